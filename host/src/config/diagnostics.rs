@@ -1,0 +1,218 @@
+//! Config diagnostics: a position, a key path, a severity and a message, rendered as
+//! `FILE:LINE:COL: KEY.PATH: message`.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// A 1-based line and column in a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Pos {
+    pub const START: Pos = Pos { line: 1, column: 1 };
+}
+
+/// One step of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// The path of keys from the document root to a value, shown as `bindings[0].upstreams[1].name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPath(Vec<Segment>);
+
+impl KeyPath {
+    pub fn root() -> Self {
+        Self(Vec::new())
+    }
+
+    pub fn push_key(&mut self, key: &str) {
+        self.0.push(Segment::Key(key.to_owned()));
+    }
+
+    pub fn push_index(&mut self, i: usize) {
+        self.0.push(Segment::Index(i));
+    }
+
+    pub fn pop(&mut self) {
+        self.0.pop();
+    }
+
+    pub fn key(mut self, key: &str) -> Self {
+        self.push_key(key);
+        self
+    }
+
+    pub fn index(mut self, i: usize) -> Self {
+        self.push_index(i);
+        self
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.0
+    }
+
+    /// The JSON pointer (RFC 6901) of this path.
+    pub fn pointer(&self) -> String {
+        let mut out = String::new();
+        for seg in &self.0 {
+            out.push('/');
+            match seg {
+                Segment::Key(k) => out.push_str(&super::yaml::escape_pointer(k)),
+                Segment::Index(i) => out.push_str(&i.to_string()),
+            }
+        }
+        out
+    }
+
+    /// Builds a path from a JSON pointer, using the document to tell array indices from keys.
+    pub fn from_pointer(pointer: &str, doc: &serde_json::Value) -> Self {
+        let mut path = KeyPath::root();
+        let mut cur = Some(doc);
+        for raw in pointer.split('/').skip(1) {
+            let seg = raw.replace("~1", "/").replace("~0", "~");
+            match cur {
+                Some(serde_json::Value::Array(items)) => match seg.parse::<usize>() {
+                    Ok(i) => {
+                        cur = items.get(i);
+                        path.push_index(i);
+                    }
+                    Err(_) => {
+                        cur = None;
+                        path.push_key(&seg);
+                    }
+                },
+                Some(serde_json::Value::Object(m)) => {
+                    cur = m.get(&seg);
+                    path.push_key(&seg);
+                }
+                _ => {
+                    cur = None;
+                    path.push_key(&seg);
+                }
+            }
+        }
+        path
+    }
+}
+
+fn is_plain_key(k: &str) -> bool {
+    k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(root)");
+        }
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Segment::Key(k) if is_plain_key(k) => {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    f.write_str(k)?;
+                }
+                Segment::Key(k) => write!(f, "[{}]", serde_json::Value::String(k.clone()))?,
+                Segment::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub pos: Pos,
+    pub path: KeyPath,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn error(pos: Pos, path: KeyPath, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            pos,
+            path,
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(pos: Pos, path: KeyPath, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            pos,
+            path,
+            message: message.into(),
+        }
+    }
+
+    /// `FILE:LINE:COL: KEY.PATH: message`, with `warning: ` before the path for warnings.
+    pub fn render(&self, file: &str) -> String {
+        let Pos { line, column } = self.pos;
+        match self.severity {
+            Severity::Error => format!("{file}:{line}:{column}: {}: {}", self.path, self.message),
+            Severity::Warning => format!(
+                "{file}:{line}:{column}: warning: {}: {}",
+                self.path, self.message
+            ),
+        }
+    }
+
+    /// The machine-readable form used by `mcpg-config-check --format json`.
+    pub fn to_json(&self, file: &str) -> serde_json::Value {
+        serde_json::json!({
+            "file": file,
+            "line": self.pos.line,
+            "column": self.pos.column,
+            "path": self.path.to_string(),
+            "severity": self.severity,
+            "message": self.message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_render_like_the_yaml_reads() {
+        let p = KeyPath::root()
+            .key("bindings")
+            .index(0)
+            .key("upstreams")
+            .index(2)
+            .key("name");
+        assert_eq!(p.to_string(), "bindings[0].upstreams[2].name");
+        assert_eq!(p.pointer(), "/bindings/0/upstreams/2/name");
+        let odd = KeyPath::root().key("headers").key("X.Y");
+        assert_eq!(odd.to_string(), "headers[\"X.Y\"]");
+        assert_eq!(KeyPath::root().to_string(), "(root)");
+    }
+
+    #[test]
+    fn pointers_round_trip_through_the_document() {
+        let doc = serde_json::json!({"a": [{"0": {"b/c": 1}}]});
+        let p = KeyPath::from_pointer("/a/0/0/b~1c", &doc);
+        assert_eq!(p.to_string(), "a[0][\"0\"][\"b/c\"]");
+        assert_eq!(p.pointer(), "/a/0/0/b~1c");
+    }
+}

@@ -1,0 +1,264 @@
+//! Configuration: the one loader both `mcpg` and `mcpg-config-check` use.
+//!
+//! The pipeline is parse (positioned YAML) → interpolate `${env.…}` → validate against the JSON
+//! Schema derived from [`model`] → deserialize → semantic rules. Each phase collects every
+//! problem it finds; a later phase runs only on what the earlier ones accepted, so one mistake is
+//! never reported twice. The result is a [`ValidatedConfig`] that start-up consumes without
+//! validating again.
+
+mod diagnostics;
+mod interpolate;
+pub mod model;
+pub mod reference;
+mod schema;
+mod semantic;
+mod yaml;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use diagnostics::{Diagnostic, KeyPath, Pos, Severity};
+pub use interpolate::EnvLookup;
+pub use model::AppConfig;
+pub use schema::app_config_schema;
+pub use semantic::{ClusterPlan, RESERVED_PATHS, RESERVED_PREFIXES};
+pub use yaml::SourceMap;
+
+use serde_json::Value;
+use url::Url;
+
+/// A configuration that passed every check, with relative paths resolved.
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig {
+    /// The file as the user named it, for messages.
+    pub file: String,
+    /// The directory relative paths were resolved against.
+    pub base_dir: PathBuf,
+    pub config: AppConfig,
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    /// Where other replicas reach this one: configured, or derived from a specific `listen`.
+    pub advertise_url: Option<Url>,
+    pub cluster: ClusterPlan,
+    /// Positions of every key, for diagnostics raised after loading (the plugin phase).
+    pub source_map: SourceMap,
+    /// The interpolated document, for the same purpose.
+    pub document: Value,
+}
+
+impl ValidatedConfig {
+    /// The one-line summary `mcpg-config-check` prints:
+    /// `1 bindings, audit on, observability on, cluster: nats`.
+    pub fn summary(&self) -> String {
+        let on = |b: bool| if b { "on" } else { "off" };
+        format!(
+            "{} bindings, audit {}, observability {}, cluster: {}",
+            self.config.bindings.len(),
+            on(self.config.audit.enabled),
+            on(self.config.observability.enabled),
+            self.config.cluster.kind
+        )
+    }
+}
+
+/// What loading one file produced: the config if it is valid, and every diagnostic.
+#[derive(Debug)]
+pub struct LoadOutcome {
+    pub config: Option<ValidatedConfig>,
+    /// Errors and warnings, ordered by position.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LoadOutcome {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+    }
+}
+
+/// The file could not be read at all (as opposed to being read and found invalid).
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: cannot read: {source}")]
+pub struct ReadError {
+    pub file: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Reads a config file and validates it, using the process environment for `${env.…}`.
+pub fn load_file(path: &Path) -> Result<LoadOutcome, ReadError> {
+    let env = |name: &str| std::env::var(name).ok();
+    load_file_with_env(path, &env)
+}
+
+/// Reads a config file and validates it, looking variables up through `env`.
+pub fn load_file_with_env(path: &Path, env: EnvLookup<'_>) -> Result<LoadOutcome, ReadError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ReadError {
+        file: file.clone(),
+        source,
+    })?;
+    let base_dir = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    Ok(load_str(&file, &base_dir, &text, env))
+}
+
+/// Validates config text. Pure: the only outside input is `env`.
+pub fn load_str(file: &str, base_dir: &Path, text: &str, env: EnvLookup<'_>) -> LoadOutcome {
+    let mut diagnostics = Vec::new();
+    let config = run(file, base_dir, text, env, &mut diagnostics);
+    diagnostics.sort_by_key(|d| (d.pos, d.severity));
+    LoadOutcome {
+        config,
+        diagnostics,
+    }
+}
+
+fn run(
+    file: &str,
+    base_dir: &Path,
+    text: &str,
+    env: EnvLookup<'_>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<ValidatedConfig> {
+    let mut root = match yaml::parse(text) {
+        Ok(Some(node)) => node,
+        // An empty file is the all-defaults configuration.
+        Ok(None) => yaml::Node {
+            pos: Pos::START,
+            kind: yaml::NodeKind::Map(Vec::new()),
+        },
+        Err(e) => {
+            diagnostics.push(e);
+            return None;
+        }
+    };
+    let mut errors = Vec::new();
+    interpolate::interpolate(&mut root, env, &mut KeyPath::root(), &mut errors);
+    let (mut doc, map) = yaml::to_json(&root, &mut errors);
+    // A null document (`~`) reads as no settings at all.
+    if doc.is_null() {
+        doc = Value::Object(Default::default());
+    }
+    // Values that failed interpolation are not trusted by the later phases either.
+    let mut invalid: Vec<String> = errors.iter().map(|d| d.path.pointer()).collect();
+    let report = schema::validate(&doc, &map);
+    errors.extend(report.diagnostics);
+    invalid.extend(report.invalid);
+    // Unknown keys are reported; without them the rest of their section is still checkable.
+    let mut pruned = doc.clone();
+    for pointer in &report.unknown_keys {
+        remove_pointer(&mut pruned, pointer);
+    }
+    let sections = semantic::Sections::extract(&pruned, &invalid);
+    let mut checker = semantic::Checker {
+        doc: &doc,
+        map: &map,
+        out: Vec::new(),
+    };
+    let derived = checker.check(&sections);
+    diagnostics.extend(errors);
+    diagnostics.extend(checker.out);
+    if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+        return None;
+    }
+    let derived = derived?;
+    let mut config: AppConfig = match serde_path_to_error::deserialize(&doc) {
+        Ok(c) => c,
+        Err(e) => {
+            // The schema is derived from these types, so this means they disagree: report it at
+            // its position rather than panic.
+            let path = KeyPath::from_pointer(&path_to_pointer(e.path()), &doc);
+            diagnostics.push(Diagnostic::error(
+                map.value_pos(&path.pointer()),
+                path,
+                e.inner().to_string(),
+            ));
+            return None;
+        }
+    };
+    resolve_paths(&mut config, base_dir);
+    Some(ValidatedConfig {
+        file: file.to_owned(),
+        base_dir: base_dir.to_path_buf(),
+        config,
+        listen: derived.listen,
+        admin_listen: derived.admin_listen,
+        advertise_url: derived.advertise_url,
+        cluster: derived.cluster,
+        source_map: map,
+        document: doc,
+    })
+}
+
+fn remove_pointer(doc: &mut Value, pointer: &str) {
+    if let Some((parent, key)) = pointer.rsplit_once('/') {
+        let key = key.replace("~1", "/").replace("~0", "~");
+        if let Some(Value::Object(m)) = doc.pointer_mut(parent) {
+            m.remove(&key);
+        }
+    }
+}
+
+fn path_to_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("/{index}")),
+            Segment::Map { key } => out.push_str(&format!("/{}", yaml::escape_pointer(key))),
+            Segment::Enum { variant } => out.push_str(&format!("/{variant}")),
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Makes every path in the config absolute against the config file's directory.
+fn resolve_paths(config: &mut AppConfig, base: &Path) {
+    use semantic::resolve;
+    for p in &mut config.plugins {
+        if let Some(path) = &mut p.source.path {
+            *path = resolve(base, path);
+        }
+    }
+    for b in &mut config.bindings {
+        for u in &mut b.upstreams {
+            if let Some(cwd) = u.stdio.as_mut().and_then(|s| s.cwd.as_mut()) {
+                *cwd = resolve(base, cwd);
+            }
+        }
+    }
+    let c = &mut config.mcp.configurations;
+    for cap in [
+        &mut c.sessions,
+        &mut c.pipelines,
+        &mut c.tasks,
+        &mut c.subscriptions,
+        &mut c.delivery,
+        &mut c.cancellation,
+    ] {
+        if let Some(dir) = &mut cap.store.dir {
+            *dir = resolve(base, dir);
+        }
+    }
+    if let Some(f) = &mut config.audit.file {
+        f.path = resolve(base, &f.path);
+    }
+}

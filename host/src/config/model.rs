@@ -1,0 +1,463 @@
+//! The configuration types: the single source of truth for the JSON Schema, the reference docs
+//! and what start-up reads. Doc comments here become schema descriptions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// An mcpg configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "mcpg configuration")]
+pub struct AppConfig {
+    /// Listeners, advertised address and shutdown behaviour of this replica.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The MCP endpoints this gateway serves. Each binding is one MCP server at its own path,
+    /// made of one or more upstream servers.
+    #[serde(default)]
+    pub bindings: Vec<BindingConfig>,
+    /// The cluster coordinator every replica shares state through. Absent means
+    /// `kind: single_node`.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    /// Native plugins mcpg may load. A `cluster.kind` other than `single_node` needs the entry
+    /// `dev.mcpg.cluster.<kind>` here.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+    /// MCP-level settings.
+    #[serde(default)]
+    pub mcp: McpConfig,
+    /// The audit log of MCP requests.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Logs, metrics and traces.
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+}
+
+/// Listeners, advertised address and shutdown behaviour of this replica.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address (`IP:PORT`) for MCP traffic. `0.0.0.0:8080` listens on every interface.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Address (`IP:PORT`) for the admin API and metrics. When absent they are served on
+    /// `listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+    /// Base URL (`http://` or `https://`) at which other replicas reach this replica's `listen`;
+    /// a forwarded request goes to `<advertise_url><binding path>`. Required when
+    /// `cluster.kind` is not `single_node` and `listen` is an unspecified address
+    /// (`0.0.0.0` or `[::]`); otherwise derived from `listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
+    /// How long a shutdown (SIGTERM, Ctrl-C) waits for in-flight requests before exiting, in
+    /// milliseconds. The replica reports not-ready the moment shutdown starts.
+    #[serde(default = "default_drain_timeout_ms")]
+    #[schemars(range(max = 3_600_000))]
+    pub drain_timeout_ms: u64,
+    /// After a shutdown signal, keep accepting requests for this long (answering `/readyz` with
+    /// 503) before closing the listeners, so a load balancer stops routing here first. In
+    /// milliseconds.
+    #[serde(default)]
+    #[schemars(range(max = 600_000))]
+    pub shutdown_delay_ms: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin_listen: None,
+            advertise_url: None,
+            drain_timeout_ms: default_drain_timeout_ms(),
+            shutdown_delay_ms: 0,
+        }
+    }
+}
+
+/// One MCP endpoint: a downstream path served as one MCP server made of its upstreams.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindingConfig {
+    /// Unique name of the binding, used in logs, metrics and the audit log.
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_-]*$"))]
+    pub name: String,
+    /// Downstream path clients connect to, e.g. `/mcp`. Unique, and none of the gateway's own
+    /// paths (`/healthz`, `/readyz`, `/metrics`, `/mcpg/…`, `/api/…`).
+    #[schemars(pattern(r"^/"))]
+    pub path: String,
+    /// The upstream MCP servers behind this binding.
+    #[schemars(length(min = 1))]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// An upstream MCP server. Exactly one transport, `stdio` or `http`, must be given.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name of the upstream, unique within its binding; used as the prefix of tool and prompt
+    /// names when a binding has several upstreams.
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_-]*$"))]
+    pub name: String,
+    /// Run the server as a child process speaking JSON-RPC over stdin/stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio: Option<StdioTransport>,
+    /// Reach the server over Streamable HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpTransport>,
+}
+
+/// A child process speaking MCP over stdin/stdout.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StdioTransport {
+    /// The program to run, found on `PATH` when it has no slash.
+    #[schemars(length(min = 1))]
+    pub command: String,
+    /// Arguments passed to the program.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment variables for the child, added to its minimal environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the child; relative paths are resolved against the config file's
+    /// directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    /// Pass mcpg's whole environment to the child. Off by default: the child gets only `PATH`,
+    /// `HOME` and `LANG` plus `env`, because mcpg's environment holds its secrets.
+    #[serde(default)]
+    pub inherit_env: bool,
+}
+
+/// An MCP server reached over Streamable HTTP.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTransport {
+    /// The server's MCP endpoint URL (`http://` or `https://`).
+    pub url: String,
+    /// Headers sent with every request to this upstream (for example an API key from
+    /// `${env.…}`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// The cluster coordinator. `kind` selects it; every other key belongs to the coordinator
+/// plugin, which validates them itself.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterConfig {
+    /// `single_node` (built in, in-process, the default) or the kind of a coordinator plugin
+    /// `dev.mcpg.cluster.<kind>`: `redis`, `nats`, `consul`, `etcd`, or a third party's.
+    #[serde(default = "default_cluster_kind")]
+    #[schemars(pattern(r"^[a-z0-9_]+$"))]
+    pub kind: String,
+    /// Kind-specific keys, passed verbatim to the plugin as its configuration.
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
+}
+
+pub const SINGLE_NODE: &str = "single_node";
+
+fn default_cluster_kind() -> String {
+    SINGLE_NODE.into()
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            kind: default_cluster_kind(),
+            settings: Map::new(),
+        }
+    }
+}
+
+/// A native plugin mcpg may load.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The plugin's id, e.g. `dev.mcpg.cluster.redis`. It must match the id the library
+    /// reports when loaded.
+    #[schemars(pattern(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)+$"))]
+    pub id: String,
+    /// Where the plugin's library comes from: exactly one of `path` or `oci`.
+    pub source: PluginSource,
+    /// The plugin's configuration. For the coordinator plugin selected by `cluster.kind`, the
+    /// inline `cluster.*` keys replace this block when any are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Map<String, Value>>,
+}
+
+/// Where a plugin library comes from. Exactly one key.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSource {
+    /// Path to the plugin's shared library (`.so`); relative paths are resolved against the
+    /// config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// OCI artifact reference, `registry/repository:tag` or `registry/repository@sha256:…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<String>,
+}
+
+/// MCP-level settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// Per-capability overrides of where state is stored and how messages fan out. Every
+    /// capability inherits the cluster coordinator by default.
+    #[serde(default)]
+    pub configurations: Capabilities,
+}
+
+/// The gateway's capabilities, each inheriting the coordinator unless overridden.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Session records (legacy protocol era).
+    #[serde(default)]
+    pub sessions: CapabilityConfig,
+    /// Multi-step exchanges the gateway carries for a client (input-required rounds, bridged
+    /// handshakes, server-to-client requests awaiting an answer).
+    #[serde(default)]
+    pub pipelines: CapabilityConfig,
+    /// Task records.
+    #[serde(default)]
+    pub tasks: CapabilityConfig,
+    /// Resource subscriptions.
+    #[serde(default)]
+    pub subscriptions: CapabilityConfig,
+    /// Server-to-client messages reaching the replica that holds the client's stream.
+    #[serde(default)]
+    pub delivery: CapabilityConfig,
+    /// Cancellation reaching the replica that runs the request.
+    #[serde(default)]
+    pub cancellation: CapabilityConfig,
+}
+
+/// Where one capability keeps its state and how it fans messages out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityConfig {
+    /// The capability's key-value store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The capability's publish/subscribe bus.
+    #[serde(default)]
+    pub bus: BusConfig,
+}
+
+/// A capability's store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `cluster` delegates to the coordinator (the default), `memory` keeps state in-process
+    /// (single replica only), `file` keeps it durable under `dir` (single replica only).
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// Directory for `kind: file`; relative paths are resolved against the config file's
+    /// directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    #[default]
+    Cluster,
+    Memory,
+    File,
+}
+
+/// A capability's bus.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// `cluster` delegates to the coordinator (the default); `memory` is in-process and
+    /// reaches only this replica.
+    #[serde(default)]
+    pub kind: BusKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    #[default]
+    Cluster,
+    Memory,
+}
+
+/// The audit log: one structured record per MCP request and its outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Record every MCP request. Needs at least one sink (`file` or `stdout`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Write records as JSON lines to standard output.
+    #[serde(default)]
+    pub stdout: bool,
+    /// Write records as JSON lines to a rotated, hash-chained file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<AuditFileConfig>,
+    /// Include tool, prompt and resource arguments in records.
+    #[serde(default)]
+    pub include_arguments: bool,
+    /// Include results in records.
+    #[serde(default)]
+    pub include_results: bool,
+    /// Field names whose values are replaced by `"[redacted]"` wherever they appear in recorded
+    /// arguments and results.
+    #[serde(default)]
+    pub redact: Vec<String>,
+    /// Records buffered between traffic and the sinks. When full, records are dropped and
+    /// counted rather than blocking traffic.
+    #[serde(default = "default_audit_queue")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub queue_capacity: u32,
+}
+
+fn default_audit_queue() -> u32 {
+    10_000
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            stdout: false,
+            file: None,
+            include_arguments: false,
+            include_results: false,
+            redact: Vec::new(),
+            queue_capacity: default_audit_queue(),
+        }
+    }
+}
+
+/// The audit file sink.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFileConfig {
+    /// The file to append to; relative paths are resolved against the config file's directory.
+    pub path: PathBuf,
+    /// Rotate the file when it reaches this many bytes.
+    #[serde(default = "default_rotate_bytes")]
+    #[schemars(range(min = 4096))]
+    pub max_bytes: u64,
+    /// Rotated files to keep besides the live one.
+    #[serde(default = "default_keep_files")]
+    #[schemars(range(max = 10_000))]
+    pub max_files: u32,
+}
+
+fn default_rotate_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+fn default_keep_files() -> u32 {
+    10
+}
+
+/// Logs, metrics and traces.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// Serve Prometheus metrics and export traces (when `tracing` is set). Logs are always
+    /// written.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Log output.
+    #[serde(default)]
+    pub logs: LogConfig,
+    /// OpenTelemetry trace export over OTLP. Absent means no traces are exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            logs: LogConfig::default(),
+            tracing: None,
+        }
+    }
+}
+
+/// Log output. The `MCPG_LOG` environment variable, when set, overrides `level`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `auto` (human-readable on a terminal, JSON otherwise), `human` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`) or a `tracing` filter directive such
+    /// as `info,mcpg=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Human,
+    Json,
+}
+
+/// OpenTelemetry trace export.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/HTTP endpoint (`http://` or `https://`), e.g. `http://127.0.0.1:4318`.
+    pub otlp_endpoint: String,
+    /// The `service.name` resource attribute.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Fraction of requests traced, from 0 to 1.
+    #[serde(default = "default_sample_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_ratio: f64,
+}
+
+fn default_service_name() -> String {
+    "mcpg".into()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}

@@ -1,0 +1,725 @@
+//! Rules the JSON Schema cannot express (uniqueness, cross-field requirements, addresses, the
+//! cluster/plugin pairing), checked on the typed config. Pure: no network, no files, no spawning.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+use url::Url;
+
+use super::diagnostics::{Diagnostic, KeyPath};
+use super::model::{
+    AuditConfig, BindingConfig, BusKind, CapabilityConfig, ClusterConfig, ObservabilityConfig,
+    PluginConfig, SINGLE_NODE, ServerConfig, StoreKind,
+};
+use super::yaml::SourceMap;
+
+/// Paths the gateway serves itself; no binding may take them.
+pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+/// Path prefixes the gateway keeps for itself (`/mcpg/meta`, the admin API).
+pub const RESERVED_PREFIXES: &[&str] = &["/mcpg", "/api"];
+
+/// Where the coordinator comes from, once validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterPlan {
+    /// The built-in in-process coordinator.
+    SingleNode,
+    /// A coordinator plugin from `plugins[plugin_index]`.
+    Plugin {
+        kind: String,
+        plugin_id: String,
+        plugin_index: usize,
+        /// The configuration the plugin receives: the inline `cluster.*` keys if any were
+        /// given, else the entry's `config`.
+        config: Map<String, Value>,
+        /// The JSON pointer under which `config`'s keys stand in the file, so the plugin's own
+        /// diagnostics can be positioned.
+        config_pointer: String,
+    },
+}
+
+/// What the semantic phase derives for start-up.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub advertise_url: Option<Url>,
+    pub cluster: ClusterPlan,
+}
+
+/// The parts of the document that passed the schema, each deserialized on its own, so that one
+/// bad section does not hide the semantic mistakes of the others. List entries keep their index
+/// in the file.
+#[derive(Debug, Default)]
+pub struct Sections {
+    pub server: Option<ServerConfig>,
+    pub bindings: Vec<(usize, BindingConfig)>,
+    /// Every binding passed the schema (so "no bindings" and uniqueness are meaningful).
+    pub bindings_complete: bool,
+    pub cluster: Option<ClusterConfig>,
+    pub plugins: Vec<(usize, PluginConfig)>,
+    pub plugins_complete: bool,
+    pub capabilities: Vec<(&'static str, CapabilityConfig)>,
+    pub audit: Option<AuditConfig>,
+    pub observability: Option<ObservabilityConfig>,
+}
+
+pub const CAPABILITIES: [&str; 6] = [
+    "sessions",
+    "pipelines",
+    "tasks",
+    "subscriptions",
+    "delivery",
+    "cancellation",
+];
+
+/// Keys whose value decides how the rest of their block is read: when one is invalid, falling back
+/// to its default would make later rules report mistakes the user did not make.
+const DECISIVE_KEYS: &[&str] = &["kind", "enabled", "stdout"];
+
+impl Sections {
+    /// Deserializes what the schema left usable. `doc` has had unknown keys removed; `invalid`
+    /// lists the pointers of values that violate the schema. An invalid leaf value is dropped, so
+    /// its key takes its default and the rest of its block is still checked; anything larger (or
+    /// a decisive key) takes out the nearest list entry or top-level block instead.
+    pub fn extract(doc: &Value, invalid: &[String]) -> Self {
+        let mut doc = doc.clone();
+        let mut dead: Vec<String> = Vec::new();
+        for pointer in invalid {
+            let Some((parent, key)) = pointer.rsplit_once('/') else {
+                dead.push(String::new());
+                continue;
+            };
+            let leaf = doc
+                .pointer(pointer)
+                .is_some_and(|v| !v.is_object() && !v.is_array());
+            if leaf
+                && !DECISIVE_KEYS.contains(&key)
+                && let Some(Value::Object(m)) = doc.pointer_mut(parent)
+            {
+                m.remove(&key.replace("~1", "/").replace("~0", "~"));
+                continue;
+            }
+            let unit = enclosing_unit(&doc, pointer);
+            if let Some(v) = doc.pointer_mut(&unit)
+                && unit
+                    .rsplit_once('/')
+                    .is_some_and(|(_, last)| last.parse::<usize>().is_ok())
+            {
+                // A list entry: null it so that the indices of the others stay as in the file.
+                *v = Value::Null;
+            } else {
+                dead.push(unit);
+            }
+        }
+        let alive = |pointer: &str| !dead.iter().any(|d| d.is_empty() || d == pointer);
+        fn section<T: serde::de::DeserializeOwned + Default>(
+            doc: &Value,
+            pointer: &str,
+        ) -> Option<T> {
+            match doc.pointer(pointer) {
+                None => Some(T::default()),
+                Some(v) => serde_json::from_value(v.clone()).ok(),
+            }
+        }
+        fn list<T: serde::de::DeserializeOwned>(
+            doc: &Value,
+            name: &str,
+        ) -> (Vec<(usize, T)>, bool) {
+            let items = doc
+                .get(name)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut out = Vec::new();
+            let mut complete = true;
+            for (i, item) in items.into_iter().enumerate() {
+                match serde_json::from_value(item) {
+                    Ok(v) => out.push((i, v)),
+                    Err(_) => complete = false,
+                }
+            }
+            (out, complete)
+        }
+        let (mut bindings, mut bindings_complete) = list(&doc, "bindings");
+        if !alive("/bindings") {
+            (bindings, bindings_complete) = (Vec::new(), false);
+        }
+        let (mut plugins, mut plugins_complete) = list(&doc, "plugins");
+        if !alive("/plugins") {
+            (plugins, plugins_complete) = (Vec::new(), false);
+        }
+        let capabilities = CAPABILITIES
+            .iter()
+            .filter_map(|name| {
+                let pointer = format!("/mcp/configurations/{name}");
+                (alive("/mcp") && alive(&pointer))
+                    .then(|| section(&doc, &pointer))
+                    .flatten()
+                    .map(|c| (*name, c))
+            })
+            .collect();
+        let get = |pointer: &'static str| alive(pointer).then_some(pointer);
+        Self {
+            server: get("/server").and_then(|p| section(&doc, p)),
+            bindings,
+            bindings_complete,
+            cluster: get("/cluster").and_then(|p| section(&doc, p)),
+            plugins,
+            plugins_complete,
+            capabilities,
+            audit: get("/audit").and_then(|p| section(&doc, p)),
+            observability: get("/observability").and_then(|p| section(&doc, p)),
+        }
+    }
+}
+
+/// The unit a broken value takes out: the nearest enclosing list entry, else its capability
+/// (`/mcp/configurations/<name>`), else its top-level block.
+fn enclosing_unit(doc: &Value, pointer: &str) -> String {
+    let segments: Vec<&str> = pointer.split('/').skip(1).collect();
+    let mut cur = Some(doc);
+    let mut unit_len = 1.min(segments.len());
+    for (i, seg) in segments.iter().enumerate() {
+        if let Some(Value::Array(_)) = cur {
+            unit_len = i + 1;
+        }
+        cur = match cur {
+            Some(Value::Array(a)) => seg.parse::<usize>().ok().and_then(|n| a.get(n)),
+            Some(Value::Object(m)) => m.get(&seg.replace("~1", "/").replace("~0", "~")),
+            _ => None,
+        };
+    }
+    if unit_len <= 1
+        && segments.len() >= 3
+        && segments[0] == "mcp"
+        && segments[1] == "configurations"
+    {
+        unit_len = 3;
+    }
+    segments[..unit_len]
+        .iter()
+        .fold(String::new(), |acc, s| format!("{acc}/{s}"))
+}
+
+pub struct Checker<'a> {
+    pub doc: &'a Value,
+    pub map: &'a SourceMap,
+    pub out: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: KeyPath, msg: impl Into<String>) {
+        let pos = self.map.value_pos(&path.pointer());
+        self.out.push(Diagnostic::error(pos, path, msg));
+    }
+
+    fn error_at_key(&mut self, path: KeyPath, msg: impl Into<String>) {
+        let pos = self.map.key_pos(&path.pointer());
+        self.out.push(Diagnostic::error(pos, path, msg));
+    }
+
+    fn warn(&mut self, path: KeyPath, msg: impl Into<String>) {
+        let pos = self.map.key_pos(&path.pointer());
+        self.out.push(Diagnostic::warning(pos, path, msg));
+    }
+
+    /// Shows a config value in a message unless it came from the environment.
+    fn show(&self, path: &KeyPath, value: &str) -> String {
+        if self.map.is_secret(&path.pointer()) {
+            "the value from the environment".into()
+        } else {
+            format!("`{value}`")
+        }
+    }
+
+    fn present(&self, path: &KeyPath) -> bool {
+        self.doc.pointer(&path.pointer()).is_some()
+    }
+
+    /// Runs every rule on the sections that passed the schema; returns what start-up needs when
+    /// everything passed and no error was found.
+    pub fn check(&mut self, s: &Sections) -> Option<Derived> {
+        let kind = s.cluster.as_ref().map(|c| c.kind.as_str());
+        let server = KeyPath::root().key("server");
+        let (mut listen, mut admin_listen, mut advertise_url) = (None, None, None);
+        if let Some(cfg) = &s.server {
+            listen = self.socket_addr(server.clone().key("listen"), &cfg.listen);
+            admin_listen = cfg
+                .admin_listen
+                .as_deref()
+                .and_then(|a| self.socket_addr(server.clone().key("admin_listen"), a));
+            if let (Some(l), Some(a)) = (listen, admin_listen)
+                && l.port() == a.port()
+                && l.port() != 0
+                && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
+            {
+                self.error(
+                    server.clone().key("admin_listen"),
+                    "overlaps `server.listen`; give the admin listener its own port, or omit it to serve the admin API on `listen`",
+                );
+            }
+            advertise_url = self.advertise(cfg, kind, listen);
+        }
+        self.bindings(s);
+        let cluster = s.cluster.as_ref().and_then(|c| self.cluster(c, s));
+        self.plugins(s, kind, &cluster);
+        self.capabilities(s, kind);
+        if let Some(a) = &s.audit {
+            self.audit(a);
+        }
+        if let Some(o) = &s.observability {
+            self.observability(o);
+        }
+
+        if self
+            .out
+            .iter()
+            .any(|d| d.severity == super::Severity::Error)
+        {
+            return None;
+        }
+        Some(Derived {
+            listen: listen?,
+            admin_listen,
+            advertise_url,
+            cluster: cluster?,
+        })
+    }
+
+    fn socket_addr(&mut self, path: KeyPath, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let shown = self.show(&path, value);
+                self.error(
+                    path,
+                    format!("{shown} is not an `IP:PORT` address (for example `127.0.0.1:8080`, `0.0.0.0:8080` or `[::1]:8080`)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn http_url(&mut self, path: KeyPath, value: &str) -> Option<Url> {
+        let shown = self.show(&path, value);
+        match Url::parse(value) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            Ok(u) => {
+                self.error(path, format!("{shown} must be an `http://` or `https://` URL (scheme `{}` is not supported)", u.scheme()));
+                None
+            }
+            Err(e) => {
+                self.error(path, format!("{shown} is not a valid URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn advertise(
+        &mut self,
+        cfg: &ServerConfig,
+        kind: Option<&str>,
+        listen: Option<SocketAddr>,
+    ) -> Option<Url> {
+        let path = KeyPath::root().key("server").key("advertise_url");
+        if let Some(raw) = &cfg.advertise_url {
+            let url = self.http_url(path.clone(), raw)?;
+            if url.query().is_some() || url.fragment().is_some() {
+                self.error(path, "must not have a query or fragment: forwarded requests go to `<advertise_url><binding path>`");
+                return None;
+            }
+            return Some(url);
+        }
+        let listen = listen?;
+        if listen.ip().is_unspecified() {
+            if kind.is_some_and(|k| k != SINGLE_NODE) {
+                self.error(
+                    path,
+                    format!(
+                        "required: `server.listen` ({listen}) listens on every interface, so other replicas cannot derive where to reach this one; set `advertise_url` (for example `http://<this host>:{}`) or pass `--advertise-url`",
+                        listen.port()
+                    ),
+                );
+            }
+            return None;
+        }
+        Url::parse(&format!("http://{listen}")).ok()
+    }
+
+    fn bindings(&mut self, s: &Sections) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut paths: HashMap<&str, usize> = HashMap::new();
+        if s.bindings_complete && s.bindings.is_empty() {
+            self.warn(
+                KeyPath::root().key("bindings"),
+                "no bindings: mcpg will serve no MCP endpoint",
+            );
+        }
+        for (i, b) in &s.bindings {
+            let i = *i;
+            let base = KeyPath::root().key("bindings").index(i);
+            if let Some(first) = names.insert(&b.name, i) {
+                self.error(
+                    base.clone().key("name"),
+                    format!(
+                        "duplicate binding name `{}` (also used by bindings[{first}])",
+                        b.name
+                    ),
+                );
+            }
+            if let Some(msg) = path_problem(&b.path) {
+                self.error(base.clone().key("path"), msg);
+            } else if let Some(first) = paths.insert(&b.path, i) {
+                self.error(
+                    base.clone().key("path"),
+                    format!(
+                        "duplicate path `{}` (also used by bindings[{first}])",
+                        b.path
+                    ),
+                );
+            }
+            let mut upstream_names: HashMap<&str, usize> = HashMap::new();
+            for (j, u) in b.upstreams.iter().enumerate() {
+                let up = base.clone().key("upstreams").index(j);
+                if let Some(first) = upstream_names.insert(&u.name, j) {
+                    self.error(up.clone().key("name"), format!("duplicate upstream name `{}` in this binding (also used by upstreams[{first}])", u.name));
+                }
+                match (&u.stdio, &u.http) {
+                    (Some(_), Some(_)) => self.error_at_key(up.clone().key("http"), "an upstream has exactly one transport: remove `stdio` or `http`"),
+                    (None, None) => self.error(up.clone(), "an upstream needs a transport: add `stdio: {command: …}` or `http: {url: …}`"),
+                    _ => {}
+                }
+                if let Some(s) = &u.stdio {
+                    for key in s.env.keys() {
+                        if key.is_empty() || key.contains(['=', '\0']) {
+                            self.error_at_key(up.clone().key("stdio").key("env").key(key), "not a valid environment variable name (it must be non-empty, without `=`)");
+                        }
+                    }
+                }
+                if let Some(h) = &u.http {
+                    self.http_url(up.clone().key("http").key("url"), &h.url);
+                    self.headers(up.clone().key("http").key("headers"), &h.headers);
+                }
+            }
+        }
+    }
+
+    fn headers(&mut self, base: KeyPath, headers: &BTreeMap<String, String>) {
+        for (name, value) in headers {
+            let p = base.clone().key(name);
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.error_at_key(p.clone(), "not a valid HTTP header name");
+            }
+            if axum::http::HeaderValue::from_str(value).is_err() {
+                self.error(
+                    p,
+                    "not a valid HTTP header value (control characters or non-ASCII text)",
+                );
+            }
+        }
+    }
+
+    fn cluster(&mut self, cluster: &ClusterConfig, s: &Sections) -> Option<ClusterPlan> {
+        let base = KeyPath::root().key("cluster");
+        let kind = &cluster.kind;
+        if kind == SINGLE_NODE {
+            if !cluster.settings.is_empty() {
+                let keys: Vec<_> = cluster.settings.keys().map(|k| format!("`{k}`")).collect();
+                self.warn(
+                    base.clone().key(
+                        cluster
+                            .settings
+                            .keys()
+                            .next()
+                            .map(String::as_str)
+                            .unwrap_or("kind"),
+                    ),
+                    format!(
+                        "`kind: single_node` ignores every other key in `cluster`; ignored: {}",
+                        keys.join(", ")
+                    ),
+                );
+            }
+            return Some(ClusterPlan::SingleNode);
+        }
+        let plugin_id = mcpg_plugin_api::cluster_plugin_id(kind);
+        let Some((index, entry)) = s.plugins.iter().find(|(_, p)| p.id == plugin_id) else {
+            if !s.plugins_complete {
+                // The entry may be among those the schema already rejected.
+                return None;
+            }
+            self.error(
+                base.key("kind"),
+                format!(
+                    "`kind: {kind}` needs the coordinator plugin `{plugin_id}`, but `plugins` has no entry with that id; add `plugins: [{{id: {plugin_id}, source: {{path: …}}}}]`"
+                ),
+            );
+            return None;
+        };
+        let index = *index;
+        let (config, config_pointer) = if !cluster.settings.is_empty() {
+            if entry.config.is_some() {
+                self.warn(
+                    KeyPath::root().key("plugins").index(index).key("config"),
+                    "replaced by the inline `cluster.*` keys, which are the coordinator's runtime config; remove this block",
+                );
+            }
+            (cluster.settings.clone(), "/cluster".to_string())
+        } else {
+            (
+                entry.config.clone().unwrap_or_default(),
+                format!("/plugins/{index}/config"),
+            )
+        };
+        Some(ClusterPlan::Plugin {
+            kind: kind.clone(),
+            plugin_id,
+            plugin_index: index,
+            config,
+            config_pointer,
+        })
+    }
+
+    fn plugins(&mut self, s: &Sections, kind: Option<&str>, cluster: &Option<ClusterPlan>) {
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in &s.plugins {
+            let i = *i;
+            let base = KeyPath::root().key("plugins").index(i);
+            if let Some(first) = ids.insert(&p.id, i) {
+                self.error(
+                    base.clone().key("id"),
+                    format!(
+                        "duplicate plugin id `{}` (also declared by plugins[{first}])",
+                        p.id
+                    ),
+                );
+            }
+            let src = base.clone().key("source");
+            match (&p.source.path, &p.source.oci) {
+                (Some(_), Some(_)) => self.error_at_key(
+                    src.clone().key("oci"),
+                    "a plugin source is exactly one of `path` or `oci`",
+                ),
+                (None, None) => {
+                    self.error(src.clone(), "a plugin source needs `path: …` or `oci: …`")
+                }
+                _ => {}
+            }
+            if let Some(path) = &p.source.path
+                && path.as_os_str().is_empty()
+            {
+                self.error(src.clone().key("path"), "must not be empty");
+            }
+            if let Some(r) = &p.source.oci
+                && let Some(msg) = oci_reference_problem(r)
+            {
+                self.error(src.key("oci"), msg);
+            }
+            if let Some(kind) = kind
+                && cluster.is_some()
+                && p.id != mcpg_plugin_api::cluster_plugin_id(kind)
+                && p.id.starts_with(mcpg_plugin_api::CLUSTER_PLUGIN_PREFIX)
+            {
+                self.warn(base.key("id"), format!("plugin `{}` is declared but `cluster.kind` is `{kind}`, so it is not loaded", p.id));
+            }
+        }
+    }
+
+    fn capabilities(&mut self, s: &Sections, kind: Option<&str>) {
+        let multi = kind.filter(|k| *k != SINGLE_NODE);
+        for (name, cap) in &s.capabilities {
+            let base = KeyPath::root().key("mcp").key("configurations").key(name);
+            let store = base.clone().key("store");
+            match (cap.store.kind, &cap.store.dir) {
+                (StoreKind::File, None) => self.error(
+                    store.clone().key("dir"),
+                    "required for `store.kind: file`: the directory that holds the state",
+                ),
+                (StoreKind::File, Some(d)) if d.as_os_str().is_empty() => {
+                    self.error(store.clone().key("dir"), "must not be empty")
+                }
+                (StoreKind::Cluster | StoreKind::Memory, Some(_)) => self.warn(
+                    store.clone().key("dir"),
+                    "ignored: `dir` is only used with `store.kind: file`",
+                ),
+                _ => {}
+            }
+            if let Some(kind) = multi
+                && cap.store.kind != StoreKind::Cluster
+            {
+                self.warn(
+                    store.key("kind"),
+                    format!(
+                        "`{name}` state pinned to this replica while `cluster.kind` is `{kind}`: other replicas will not see it; leave it inherited unless you run one replica"
+                    ),
+                );
+            }
+            if let Some(kind) = multi
+                && cap.bus.kind == BusKind::Memory
+            {
+                self.warn(
+                    base.key("bus").key("kind"),
+                    format!(
+                        "`{name}` messages pinned to this replica while `cluster.kind` is `{kind}`: cross-replica {name} will silently not happen; leave it inherited"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn audit(&mut self, a: &AuditConfig) {
+        let base = KeyPath::root().key("audit");
+        if a.enabled && !a.stdout && a.file.is_none() {
+            self.error(
+                base.clone().key("enabled"),
+                "audit is enabled but has no sink: set `audit.file.path`, or `audit.stdout: true`",
+            );
+        }
+        if !a.enabled
+            && (a.stdout || a.file.is_some())
+            && self.present(&base.clone().key("enabled"))
+        {
+            self.warn(
+                base.key("enabled"),
+                "sinks are configured but `enabled` is false: nothing will be recorded",
+            );
+        }
+    }
+
+    fn observability(&mut self, o: &ObservabilityConfig) {
+        let base = KeyPath::root().key("observability");
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&o.logs.level) {
+            self.error(
+                base.clone().key("logs").key("level"),
+                format!("not a log level or filter directive: {e}"),
+            );
+        }
+        if let Some(t) = &o.tracing {
+            self.http_url(
+                base.clone().key("tracing").key("otlp_endpoint"),
+                &t.otlp_endpoint,
+            );
+            if !o.enabled {
+                self.warn(
+                    base.key("tracing"),
+                    "ignored: `observability.enabled` is false",
+                );
+            }
+        }
+    }
+}
+
+/// Why a binding path is unusable, if it is.
+fn path_problem(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return Some("must start with `/`".into());
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        return Some(format!(
+            "must not end with `/`; write `{}`",
+            path.trim_end_matches('/')
+        ));
+    }
+    if let Some(c) = path
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/-._~".contains(*c)))
+    {
+        return Some(format!(
+            "`{c}` is not allowed in a path; use letters, digits and `/-._~`"
+        ));
+    }
+    if path != "/"
+        && path
+            .split('/')
+            .skip(1)
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Some("must not contain empty, `.` or `..` segments".into());
+    }
+    if RESERVED_PATHS.contains(&path) {
+        return Some(format!(
+            "`{path}` is served by the gateway itself; choose another path, such as `/mcp`"
+        ));
+    }
+    if let Some(prefix) = RESERVED_PREFIXES
+        .iter()
+        .find(|p| path == **p || path.starts_with(&format!("{p}/")))
+    {
+        return Some(format!(
+            "paths under `{prefix}` are reserved for the gateway; choose another path, such as `/mcp`"
+        ));
+    }
+    None
+}
+
+/// A light syntactic check of an OCI reference: `registry/repository(:tag|@sha256:hex)`.
+fn oci_reference_problem(r: &str) -> Option<String> {
+    let (name, digest) = match r.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (r, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
+        if !ok {
+            return Some("the digest must be `sha256:` followed by 64 lowercase hex digits".into());
+        }
+    }
+    let Some((registry, _)) = name.split_once('/') else {
+        return Some("must name a registry and a repository, e.g. `registry.example.com/mcpg/cluster-redis:1.2.0`".into());
+    };
+    if registry.is_empty()
+        || !(registry.contains('.') || registry.contains(':') || registry == "localhost")
+    {
+        return Some(format!(
+            "`{registry}` is not a registry host; write the registry explicitly, e.g. `registry.example.com/{name}`"
+        ));
+    }
+    None
+}
+
+/// Resolves a relative path against the config file's directory.
+pub fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_rules() {
+        assert_eq!(path_problem("/mcp"), None);
+        assert_eq!(path_problem("/"), None);
+        assert!(path_problem("mcp").is_some());
+        assert!(path_problem("/mcp/").unwrap().contains("`/mcp`"));
+        assert!(path_problem("/healthz").is_some());
+        assert!(path_problem("/api/x").is_some());
+        assert!(path_problem("/mcpg").is_some());
+        assert_eq!(path_problem("/apix"), None);
+        assert!(path_problem("/a//b").is_some());
+        assert!(path_problem("/a?b").is_some());
+    }
+
+    #[test]
+    fn oci_reference_rules() {
+        assert_eq!(
+            oci_reference_problem("registry.example.com/mcpg/cluster-redis:1.2.0"),
+            None
+        );
+        assert!(oci_reference_problem("localhost:5000/x@sha256:").is_some());
+        let digest = format!("127.0.0.1:5000/x@sha256:{}", "a".repeat(64));
+        assert_eq!(oci_reference_problem(&digest), None);
+        assert!(oci_reference_problem("mcpg/cluster-redis:1").is_some());
+        assert!(oci_reference_problem("redis").is_some());
+    }
+}

@@ -1,0 +1,15 @@
+//! mcpg: a gateway for the Model Context Protocol whose replicas behave as one server.
+//!
+//! Map of the crate:
+//! - [`config`]: the one configuration loader (parse, interpolate, schema, semantic rules) shared
+//!   by `mcpg` and `mcpg-config-check`, and the generated reference docs.
+//! - [`identity`]: this replica's node id.
+//! - [`server`]: the HTTP listeners, health and readiness, graceful shutdown.
+//! - [`telemetry`]: log output.
+//! - [`cli`]: the `mcpg` command line and boot sequence.
+
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,99 @@
+//! Liveness and readiness: `GET /healthz` answers 200 while the process runs; `GET /readyz`
+//! answers 200 only while the replica can serve, 503 while starting or draining.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+/// Where the replica is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    Ready = 1,
+    Draining = 2,
+}
+
+/// Shared, cheaply cloned readiness state.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<AtomicU8>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU8::new(Phase::Starting as u8)))
+    }
+}
+
+impl Readiness {
+    pub fn phase(&self) -> Phase {
+        match self.0.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Ready,
+            _ => Phase::Draining,
+        }
+    }
+
+    /// Marks the replica ready, unless it is already draining.
+    pub fn set_ready(&self) {
+        let _ = self.0.compare_exchange(
+            Phase::Starting as u8,
+            Phase::Ready as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Marks the replica as draining; it never becomes ready again.
+    pub fn set_draining(&self) {
+        self.0.store(Phase::Draining as u8, Ordering::Release);
+    }
+}
+
+/// The `/healthz` and `/readyz` routes.
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(readiness)
+}
+
+async fn readyz(State(r): State<Readiness>) -> (StatusCode, &'static str) {
+    match r.phase() {
+        Phase::Ready => (StatusCode::OK, "ready\n"),
+        Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+        Phase::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn status(r: &Readiness, path: &str) -> StatusCode {
+        router(r.clone())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_phase() {
+        let r = Readiness::default();
+        assert_eq!(status(&r, "/healthz").await, StatusCode::OK);
+        assert_eq!(status(&r, "/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+        r.set_ready();
+        assert_eq!(status(&r, "/readyz").await, StatusCode::OK);
+        r.set_draining();
+        r.set_ready();
+        assert_eq!(status(&r, "/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(&r, "/healthz").await, StatusCode::OK);
+    }
+}

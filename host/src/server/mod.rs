@@ -1,0 +1,155 @@
+//! The HTTP listeners of one replica and its graceful shutdown.
+//!
+//! `server.listen` carries MCP traffic plus `/healthz` and `/readyz`; `server.admin_listen`, when
+//! set, is a second listener for the admin API and metrics (and the same probes, which
+//! orchestrators often point at the admin port). Today only the probes exist; the MCP data plane
+//! and the admin API mount their routers here.
+
+pub mod health;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use health::{Phase, Readiness};
+
+/// A listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub what: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Listeners bound and ready to serve.
+pub struct Bound {
+    main: TcpListener,
+    admin: Option<TcpListener>,
+    pub readiness: Readiness,
+}
+
+impl Bound {
+    /// Opens `listen` and, if given, `admin_listen`. Binding before serving lets start-up fail
+    /// with a clear message (port in use) before anything reports ready.
+    pub async fn bind(
+        listen: SocketAddr,
+        admin_listen: Option<SocketAddr>,
+    ) -> Result<Self, BindError> {
+        let main = TcpListener::bind(listen)
+            .await
+            .map_err(|source| BindError {
+                addr: listen,
+                what: "server.listen",
+                source,
+            })?;
+        let admin = match admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| BindError {
+                addr,
+                what: "server.admin_listen",
+                source,
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            main,
+            admin,
+            readiness: Readiness::default(),
+        })
+    }
+
+    pub fn main_addr(&self) -> std::io::Result<SocketAddr> {
+        self.main.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.admin.as_ref().map(TcpListener::local_addr)
+    }
+
+    /// Serves until `shutdown` resolves, then turns unready at once, keeps serving for
+    /// `delay`, stops accepting and waits up to `drain` for in-flight requests.
+    /// Returns whether every in-flight request finished within the deadline.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()>,
+        delay: Duration,
+        drain: Duration,
+    ) -> bool {
+        let readiness = self.readiness.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let main_app: Router = health::router(readiness.clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(serve_one(self.main, main_app, stop_rx.clone()));
+        if let Some(admin) = self.admin {
+            tasks.spawn(serve_one(
+                admin,
+                health::router(readiness.clone()),
+                stop_rx.clone(),
+            ));
+        }
+        readiness.set_ready();
+        tracing::info!("ready");
+
+        shutdown.await;
+        readiness.set_draining();
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            drain_ms = drain.as_millis() as u64,
+            "shutting down: unready, draining"
+        );
+        tokio::time::sleep(delay).await;
+        let _ = stop_tx.send(true);
+        let drained =
+            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+                .await
+                .is_ok();
+        if !drained {
+            tracing::warn!("drain deadline reached with requests still in flight; closing them");
+            tasks.abort_all();
+        }
+        drained
+    }
+}
+
+async fn serve_one(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+    // Small SSE replies on kept-alive connections stall ~40 ms without TCP_NODELAY.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "listener failed");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

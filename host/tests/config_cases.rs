@@ -1,0 +1,141 @@
+//! Table-driven config tests: every `config-cases/NAME.yaml` is loaded with a fixed environment
+//! and its diagnostics compared with `NAME.expected` beside it. `MCPG_BLESS=1` rewrites the
+//! expected files; review the diff before committing it.
+
+use std::path::{Path, PathBuf};
+
+/// The environment every case sees. `SECRET_TOKEN`'s value must never appear in any output.
+const ENV: &[(&str, &str)] = &[
+    ("MCPG_REDIS_URL", "redis://127.0.0.1:6379"),
+    ("MCPG_NATS_URL", "nats://127.0.0.1:4222"),
+    ("HOSTNAME", "mcpg-test-0"),
+    ("SECRET_TOKEN", "s3cr3t-t0ken-value"),
+    ("PORT_FROM_ENV", "9090"),
+    ("EMPTY_VAR", ""),
+];
+
+fn env(name: &str) -> Option<String> {
+    ENV.iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config-cases")
+}
+
+/// What a case produces, in the form kept in its `.expected` file.
+fn render(path: &Path) -> String {
+    let name = path.file_name().unwrap().to_string_lossy().to_string();
+    let outcome = mcpg::config::load_file_with_env(path, &env).expect("case file is readable");
+    let mut out = String::new();
+    for d in &outcome.diagnostics {
+        out.push_str(&d.render(&name));
+        out.push('\n');
+    }
+    match &outcome.config {
+        Some(c) => out.push_str(&format!("valid: {}\n", c.summary())),
+        None => out.push_str(&format!("invalid: {} errors\n", outcome.errors().count())),
+    }
+    out
+}
+
+#[test]
+fn every_case_matches_its_expected_diagnostics() {
+    let bless = std::env::var_os("MCPG_BLESS").is_some();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(cases_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 20,
+        "expected the full table of cases, found {}",
+        cases.len()
+    );
+    let mut failures = Vec::new();
+    for case in &cases {
+        let actual = render(case);
+        assert!(
+            !actual.contains("s3cr3t-t0ken-value"),
+            "{}: a secret from the environment was printed:\n{actual}",
+            case.display()
+        );
+        let expected_path = case.with_extension("expected");
+        if bless {
+            std::fs::write(&expected_path, &actual).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != actual {
+            failures.push(format!(
+                "--- {}\nexpected:\n{expected}\nactual:\n{actual}",
+                case.display()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases differ (MCPG_BLESS=1 to accept):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Every case name says what it expects: `valid-*` loads, `invalid-*` does not.
+#[test]
+fn case_names_match_their_verdict() {
+    for entry in std::fs::read_dir(cases_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let outcome = mcpg::config::load_file_with_env(&path, &env).unwrap();
+        match name.split('-').next() {
+            Some("valid") => assert!(outcome.config.is_some(), "{name} should be valid"),
+            Some("invalid") => assert!(outcome.config.is_none(), "{name} should be invalid"),
+            _ => panic!("case {name} must start with valid- or invalid-"),
+        }
+    }
+}
+
+#[test]
+fn ten_independent_mistakes_are_all_reported_in_one_run() {
+    let outcome =
+        mcpg::config::load_file_with_env(&cases_dir().join("invalid-ten-mistakes.yaml"), &env)
+            .unwrap();
+    let errors: Vec<_> = outcome.errors().collect();
+    assert_eq!(errors.len(), 10, "{errors:#?}");
+    // Each on its own line of the file.
+    let mut lines: Vec<_> = errors.iter().map(|e| e.pos.line).collect();
+    lines.dedup();
+    assert_eq!(lines.len(), 10);
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let outcome =
+        mcpg::config::load_file_with_env(&cases_dir().join("valid-relative-paths.yaml"), &env)
+            .unwrap();
+    let cfg = outcome.config.expect("valid");
+    let dir = cases_dir();
+    assert_eq!(
+        cfg.config.plugins[0].source.path.as_deref(),
+        Some(dir.join("plugins/libx.so").as_path())
+    );
+    assert_eq!(
+        cfg.config.mcp.configurations.sessions.store.dir.as_deref(),
+        Some(dir.join("state/sessions").as_path())
+    );
+    assert_eq!(
+        cfg.config.bindings[0].upstreams[0]
+            .stdio
+            .as_ref()
+            .unwrap()
+            .cwd
+            .as_deref(),
+        Some(Path::new("/srv/abs"))
+    );
+}

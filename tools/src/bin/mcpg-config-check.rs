@@ -1,0 +1,126 @@
+//! `mcpg-config-check`: validates mcpg config files with the exact loader `mcpg` boots with.
+//!
+//! Exit codes: 0 every file valid; 1 a file is invalid (or has warnings under
+//! `--deny-warnings`); 2 a file cannot be read or the command line is wrong.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use mcpg::config::{self, LoadOutcome};
+use serde_json::json;
+
+/// Check mcpg configuration files and report every problem, positioned.
+#[derive(Debug, Parser)]
+#[command(name = "mcpg-config-check", version, about)]
+struct Args {
+    /// Config files to check.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    deny_warnings: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+enum Verdict {
+    Valid,
+    Invalid,
+    Unreadable,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let mut worst = 0u8;
+    let mut reports = Vec::new();
+    for path in &args.files {
+        let file = path.display().to_string();
+        let (verdict, report) = match config::load_file(path) {
+            Ok(outcome) => check(&file, &outcome, &args),
+            Err(e) => {
+                if args.format == Format::Text {
+                    eprintln!("✗ {e}");
+                }
+                (
+                    Verdict::Unreadable,
+                    json!({"file": file, "valid": false, "readable": false, "error": e.source.to_string(), "errors": [], "warnings": []}),
+                )
+            }
+        };
+        worst = worst.max(match verdict {
+            Verdict::Valid => 0,
+            Verdict::Invalid => 1,
+            Verdict::Unreadable => 2,
+        });
+        reports.push(report);
+    }
+    if args.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"valid": worst == 0, "files": reports}))
+                .expect("a JSON value serializes")
+        );
+    }
+    ExitCode::from(worst)
+}
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn check(file: &str, outcome: &LoadOutcome, args: &Args) -> (Verdict, serde_json::Value) {
+    let errors: Vec<_> = outcome.errors().collect();
+    let warnings: Vec<_> = outcome.warnings().collect();
+    let failed = !errors.is_empty() || (args.deny_warnings && !warnings.is_empty());
+    if args.format == Format::Text {
+        for d in &outcome.diagnostics {
+            println!("{}", d.render(file));
+        }
+        match (&outcome.config, failed) {
+            (Some(cfg), false) => println!("✓ {file}: valid ({})", cfg.summary()),
+            (Some(_), true) => println!(
+                "✗ {file}: {}, denied by --deny-warnings",
+                count(warnings.len(), "warning")
+            ),
+            (None, _) => println!(
+                "✗ {file}: invalid ({}, {})",
+                count(errors.len(), "error"),
+                count(warnings.len(), "warning")
+            ),
+        }
+    }
+    let report = json!({
+        "file": file,
+        "valid": !failed,
+        "readable": true,
+        "summary": outcome.config.as_ref().map(|c| c.summary()),
+        "errors": errors.iter().map(|d| d.to_json(file)).collect::<Vec<_>>(),
+        "warnings": warnings.iter().map(|d| d.to_json(file)).collect::<Vec<_>>(),
+    });
+    (
+        if failed {
+            Verdict::Invalid
+        } else {
+            Verdict::Valid
+        },
+        report,
+    )
+}
