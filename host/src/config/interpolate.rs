@@ -82,9 +82,9 @@ fn substitute(text: &str, env: EnvLookup<'_>) -> Result<(String, Vec<String>), V
             continue;
         };
         let Some(end) = body_start.find('}') else {
-            errors.push(format!(
-                "unterminated `${{` in value; write `${{env.NAME}}`, or `$${{` for a literal `${{`"
-            ));
+            errors.push(
+                "unterminated `${` in value; write `${env.NAME}`, or `$${` for a literal `${`".into(),
+            );
             break;
         };
         let body = &body_start[..end];

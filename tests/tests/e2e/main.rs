@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `mcpg` and `mcpg-config-check` binaries, started as processes.
+//! Built by `cargo build --workspace` (the test command does that first).
+
+mod harness;
+
+mod config_check;
+mod gateway_lifecycle;
