@@ -83,7 +83,8 @@ fn substitute(text: &str, env: EnvLookup<'_>) -> Result<(String, Vec<String>), V
         };
         let Some(end) = body_start.find('}') else {
             errors.push(
-                "unterminated `${` in value; write `${env.NAME}`, or `$${` for a literal `${`".into(),
+                "unterminated `${` in value; write `${env.NAME}`, or `$${` for a literal `${`"
+                    .into(),
             );
             break;
         };

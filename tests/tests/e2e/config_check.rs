@@ -28,11 +28,24 @@ fn every_example_config_is_valid() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     examples.sort();
-    assert!(examples.len() >= 5, "single-node plus one example per backend");
+    assert!(
+        examples.len() >= 5,
+        "single-node plus one example per backend"
+    );
     for example in examples {
         let out = check(&["--deny-warnings", example.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}:\n{}", example.display(), stdout(&out));
-        assert!(stdout(&out).starts_with(&format!("✓ {}: valid (", example.display())), "{}", stdout(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}:\n{}",
+            example.display(),
+            stdout(&out)
+        );
+        assert!(
+            stdout(&out).starts_with(&format!("✓ {}: valid (", example.display())),
+            "{}",
+            stdout(&out)
+        );
     }
 }
 
@@ -51,7 +64,10 @@ fn valid_output_uses_the_documented_summary_line() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         stdout(&out),
-        format!("✓ {}: valid (1 bindings, audit on, observability on, cluster: nats)\n", f.display())
+        format!(
+            "✓ {}: valid (1 bindings, audit on, observability on, cluster: nats)\n",
+            f.display()
+        )
     );
 }
 
@@ -63,8 +79,16 @@ fn exit_codes_distinguish_invalid_unreadable_and_usage() {
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     let name = bad.display().to_string();
-    assert!(text.contains(&format!("{name}:2:11: server.listen: `nowhere` is not an `IP:PORT` address")), "{text}");
-    assert!(text.contains(&format!("{name}:3:3: server.bogus: unknown key")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{name}:2:11: server.listen: `nowhere` is not an `IP:PORT` address"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{name}:3:3: server.bogus: unknown key")),
+        "{text}"
+    );
     assert!(text.contains("invalid (2 errors"), "{text}");
 
     let missing = dir.0.join("missing.yaml");
@@ -88,7 +112,11 @@ fn deny_warnings_turns_warnings_into_failure() {
     let f = dir.write("w.yaml", "cluster: {kind: single_node, url: \"redis://x\"}\nbindings: [{name: m, path: /mcp, upstreams: [{name: t, stdio: {command: x}}]}]\n");
     let out = check(&[f.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert!(stdout(&out).contains("warning: cluster.url: `kind: single_node` ignores"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("warning: cluster.url: `kind: single_node` ignores"),
+        "{}",
+        stdout(&out)
+    );
     let out = check(&["--deny-warnings", f.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("denied by --deny-warnings"));
@@ -97,20 +125,36 @@ fn deny_warnings_turns_warnings_into_failure() {
 #[test]
 fn json_format_reports_positions_for_ci_annotations() {
     let dir = TempDir::new("cc-json");
-    let good = dir.write("good.yaml", "bindings: [{name: m, path: /mcp, upstreams: [{name: t, stdio: {command: x}}]}]\n");
+    let good = dir.write(
+        "good.yaml",
+        "bindings: [{name: m, path: /mcp, upstreams: [{name: t, stdio: {command: x}}]}]\n",
+    );
     let bad = dir.write("bad.yaml", "bindings:\n  - name: m\n    path: /healthz\n    upstreams: [{name: t, stdio: {command: x}}]\n");
-    let out = check(&["--format", "json", good.to_str().unwrap(), bad.to_str().unwrap()]);
+    let out = check(&[
+        "--format",
+        "json",
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
     assert_eq!(v["valid"], false);
     assert_eq!(v["files"][0]["valid"], true);
-    assert_eq!(v["files"][0]["summary"], "1 bindings, audit off, observability on, cluster: single_node");
+    assert_eq!(
+        v["files"][0]["summary"],
+        "1 bindings, audit off, observability on, cluster: single_node"
+    );
     let err = &v["files"][1]["errors"][0];
     assert_eq!(err["line"], 3);
     assert_eq!(err["column"], 11);
     assert_eq!(err["path"], "bindings[0].path");
     assert_eq!(err["severity"], "error");
-    assert!(err["message"].as_str().unwrap().contains("served by the gateway itself"));
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("served by the gateway itself")
+    );
 }
 
 #[test]

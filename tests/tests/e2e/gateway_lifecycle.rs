@@ -7,7 +7,12 @@ use std::time::Duration;
 use crate::harness::{Proc, TempDir, bin, free_port, http_get, wait_until};
 
 fn start(config: &std::path::Path) -> Proc {
-    Proc::spawn(Command::new(bin("mcpg")).arg("--config").arg(config).env("MCPG_LOG", "info"))
+    Proc::spawn(
+        Command::new(bin("mcpg"))
+            .arg("--config")
+            .arg(config)
+            .env("MCPG_LOG", "info"),
+    )
 }
 
 fn config(listen: u16, admin: u16, extra: &str) -> String {
@@ -22,12 +27,18 @@ fn serves_probes_and_drains_on_sigterm() {
     let dir = TempDir::new("gw-probes");
     let (port, admin_port) = (free_port(), free_port());
     // A shutdown delay keeps the listener open after SIGTERM so the 503 can be observed.
-    let f = dir.write("c.yaml", &config(port, admin_port, "  shutdown_delay_ms: 3000\n"));
+    let f = dir.write(
+        "c.yaml",
+        &config(port, admin_port, "  shutdown_delay_ms: 3000\n"),
+    );
     let mcpg = start(&f);
     let main: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     assert!(
-        wait_until(Duration::from_secs(20), || matches!(http_get(main, "/readyz"), Ok((200, _)))),
+        wait_until(Duration::from_secs(20), || matches!(
+            http_get(main, "/readyz"),
+            Ok((200, _))
+        )),
         "mcpg never became ready"
     );
     assert_eq!(http_get(main, "/healthz").unwrap().0, 200);
@@ -36,14 +47,20 @@ fn serves_probes_and_drains_on_sigterm() {
 
     mcpg.signal("TERM");
     assert!(
-        wait_until(Duration::from_secs(2), || matches!(http_get(main, "/readyz"), Ok((503, _)))),
+        wait_until(Duration::from_secs(2), || matches!(
+            http_get(main, "/readyz"),
+            Ok((503, _))
+        )),
         "readyz should turn 503 as soon as shutdown starts"
     );
     // Liveness stays up while draining.
     assert_eq!(http_get(main, "/healthz").unwrap().0, 200);
     let (status, stderr) = mcpg.wait(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "{stderr}");
-    assert!(http_get(main, "/healthz").is_err(), "listener should be closed after exit");
+    assert!(
+        http_get(main, "/healthz").is_err(),
+        "listener should be closed after exit"
+    );
 }
 
 #[test]
@@ -53,7 +70,10 @@ fn ctrl_c_also_shuts_down_cleanly() {
     let f = dir.write("c.yaml", &config(port, free_port(), ""));
     let mcpg = start(&f);
     let main: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(wait_until(Duration::from_secs(20), || matches!(http_get(main, "/readyz"), Ok((200, _)))));
+    assert!(wait_until(Duration::from_secs(20), || matches!(
+        http_get(main, "/readyz"),
+        Ok((200, _))
+    )));
     mcpg.signal("INT");
     let (status, stderr) = mcpg.wait(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "{stderr}");
@@ -66,8 +86,14 @@ fn invalid_config_is_reported_like_config_check_and_exits_non_zero() {
     let (status, stderr) = start(&f).wait(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "{stderr}");
     let name = f.display().to_string();
-    assert!(stderr.contains(&format!("{name}:2:11: server.listen:")), "{stderr}");
-    assert!(stderr.contains(&format!("{name}:3:28: bindings[0].path:")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{name}:2:11: server.listen:")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{name}:3:28: bindings[0].path:")),
+        "{stderr}"
+    );
 
     let (status, stderr) = start(&dir.0.join("absent.yaml")).wait(Duration::from_secs(10));
     assert_eq!(status.code(), Some(2), "{stderr}");
@@ -82,15 +108,24 @@ fn a_port_in_use_fails_start_with_a_clear_message() {
     let f = dir.write("c.yaml", &config(port, free_port(), ""));
     let (status, stderr) = start(&f).wait(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (server.listen)")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} (server.listen)"
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_bad_node_id_flag_is_refused() {
     let dir = TempDir::new("gw-node");
     let f = dir.write("c.yaml", &config(free_port(), free_port(), ""));
-    let (status, stderr) = Proc::spawn(Command::new(bin("mcpg")).args(["--node-id", "a b", "--config"]).arg(&f))
-        .wait(Duration::from_secs(10));
+    let (status, stderr) = Proc::spawn(
+        Command::new(bin("mcpg"))
+            .args(["--node-id", "a b", "--config"])
+            .arg(&f),
+    )
+    .wait(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--node-id"), "{stderr}");
 }
