@@ -1,0 +1,681 @@
+//! The coordinator conformance suite: one call proves a coordinator's semantics.
+//!
+//! A backend author implements [`Harness`] (how to make another instance over the same backend,
+//! and a few backend facts) and calls [`run`]. Instances stand for replicas: every
+//! multi-replica check uses several of them over one shared backend. The same suite runs against
+//! mcpg's in-process `single_node`, a plugin linked as an `rlib`, and a plugin `.so` by path.
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn my_backend_conforms() {
+//!     let harness = MyHarness::start().await;
+//!     mcpg_plugin_testkit::run(&harness).await.assert_passed();
+//! }
+//! ```
+//!
+//! Nothing here asserts how long an operation takes: waits have generous deadlines and only
+//! their outcome is checked.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use mcpg_plugin_api::coordinator::*;
+
+/// How the suite reaches a backend.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// A new coordinator instance (a replica) with node id `node_id`, over the shared backend.
+    async fn instance(&self, node_id: &str) -> Arc<dyn Coordinator>;
+
+    /// Makes the backend drop lease `name` behind its holder's back, as a failure would.
+    /// Returns `false` if this backend cannot; the lost-lease check is then reported as skipped.
+    async fn break_lease(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// The shortest TTL the backend honours (Consul's sessions, for example, have 10 s).
+    fn min_ttl(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    /// How long after a node stops refreshing its presence the backend reports it gone. The
+    /// harness configures the backend so that this is short.
+    fn peer_expiry(&self) -> Duration;
+}
+
+/// What one run found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub passed: Vec<&'static str>,
+    pub failed: Vec<(&'static str, String)>,
+    pub skipped: Vec<(&'static str, String)>,
+}
+
+impl Report {
+    /// Panics, listing every failure, unless all checks passed. Skipped checks are listed on
+    /// stderr and never counted as passed.
+    pub fn assert_passed(&self) {
+        for (name, why) in &self.skipped {
+            eprintln!("testkit: SKIPPED {name}: {why}");
+        }
+        for name in &self.passed {
+            eprintln!("testkit: passed {name}");
+        }
+        assert!(
+            self.failed.is_empty(),
+            "{} of {} coordinator checks failed:\n{}",
+            self.failed.len(),
+            self.failed.len() + self.passed.len(),
+            self.failed
+                .iter()
+                .map(|(n, m)| format!("  {n}: {m}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+type CheckResult = Result<(), String>;
+
+/// Outcome of a check that may not apply to a backend.
+enum Outcome {
+    Pass,
+    Skip(String),
+}
+
+/// Runs every check against `h`, in sequence, each in its own key namespace.
+pub async fn run(h: &dyn Harness) -> Report {
+    let mut report = Report::default();
+    let run_id = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000_000;
+    macro_rules! check {
+        ($name:literal, $f:expr) => {{
+            let ns = format!("tk{run_id}/{}/", $name);
+            let outcome = tokio::time::timeout(Duration::from_secs(120), $f(h, ns)).await;
+            match outcome {
+                Ok(Ok(Outcome::Pass)) => report.passed.push($name),
+                Ok(Ok(Outcome::Skip(why))) => report.skipped.push(($name, why)),
+                Ok(Err(e)) => report.failed.push(($name, e)),
+                Err(_) => report
+                    .failed
+                    .push(($name, "did not finish within 120 s".into())),
+            }
+        }};
+    }
+    check!("kv_basics", kv_basics);
+    check!("kv_prefix_listing", kv_prefix_listing);
+    check!("kv_cas_is_atomic_under_concurrency", kv_cas_concurrent);
+    check!("kv_ttl_expiry", kv_ttl_expiry);
+    check!("pubsub_fan_out", pubsub_fan_out);
+    check!("pubsub_wildcards", pubsub_wildcards);
+    check!("lease_mutual_exclusion_and_fencing", lease_mutual_exclusion);
+    check!("lease_renewal_outlives_ttl", lease_renewal);
+    check!("lease_release_hands_over", lease_release);
+    check!("lease_abandoned_expires", lease_abandoned);
+    check!("lease_lost_is_reported", lease_lost);
+    check!("peers_join_leave_expire", peers);
+    check!("watch_prefix_sees_changes", watch_prefix);
+    report
+}
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> CheckResult {
+    if cond { Ok(()) } else { Err(msg()) }
+}
+
+fn e(err: CoordError) -> String {
+    err.to_string()
+}
+
+async fn kv_basics(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let c = h.instance("kv-a").await;
+    let k = format!("{ns}k");
+    ensure(c.get(&k).await.map_err(e)?.is_none(), || {
+        "fresh key should be absent".into()
+    })?;
+    let r1 = c.put(&k, b"one".to_vec(), None).await.map_err(e)?;
+    let got = c.get(&k).await.map_err(e)?.ok_or("key missing after put")?;
+    ensure(got.value == b"one" && got.revision == r1, || {
+        format!("get after put: {got:?}, put revision {r1}")
+    })?;
+    let r2 = c.put(&k, b"two".to_vec(), None).await.map_err(e)?;
+    ensure(r2 > r1, || {
+        format!("revision must increase on each write: {r1} then {r2}")
+    })?;
+    ensure(
+        c.create(&k, b"x".to_vec(), None)
+            .await
+            .map_err(e)?
+            .is_none(),
+        || "create over an existing key must fail".into(),
+    )?;
+    let k2 = format!("{ns}new");
+    ensure(
+        c.create(&k2, b"x".to_vec(), None)
+            .await
+            .map_err(e)?
+            .is_some(),
+        || "create of a new key must succeed".into(),
+    )?;
+    match c
+        .compare_and_swap(&k, r1, b"stale".to_vec(), None)
+        .await
+        .map_err(e)?
+    {
+        CasOutcome::Mismatch(Some(cur)) if cur.revision == r2 => {}
+        other => {
+            return Err(format!(
+                "CAS at a stale revision must fail with the current entry: {other:?}"
+            ));
+        }
+    }
+    let r3 = match c
+        .compare_and_swap(&k, r2, b"three".to_vec(), None)
+        .await
+        .map_err(e)?
+    {
+        CasOutcome::Swapped(r) => r,
+        other => {
+            return Err(format!(
+                "CAS at the current revision must succeed: {other:?}"
+            ));
+        }
+    };
+    ensure(!c.delete(&k, Some(r2)).await.map_err(e)?, || {
+        "conditional delete at a stale revision must fail".into()
+    })?;
+    ensure(c.delete(&k, Some(r3)).await.map_err(e)?, || {
+        "conditional delete at the current revision must succeed".into()
+    })?;
+    ensure(c.get(&k).await.map_err(e)?.is_none(), || {
+        "deleted key should be absent".into()
+    })?;
+    ensure(!c.delete(&k, None).await.map_err(e)?, || {
+        "deleting an absent key reports false".into()
+    })?;
+    // A second instance sees the first one's writes.
+    let d = h.instance("kv-b").await;
+    ensure(
+        d.get(&k2)
+            .await
+            .map_err(e)?
+            .is_some_and(|v| v.value == b"x"),
+        || "another instance must see the write".into(),
+    )?;
+    Ok(Outcome::Pass)
+}
+
+async fn kv_prefix_listing(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let c = h.instance("list-a").await;
+    for k in ["a/2", "a/1", "ab/1", "b/1", "a/3/x"] {
+        c.put(&format!("{ns}{k}"), k.as_bytes().to_vec(), None)
+            .await
+            .map_err(e)?;
+    }
+    let keys: Vec<String> = c
+        .list(&format!("{ns}a/"))
+        .await
+        .map_err(e)?
+        .into_iter()
+        .map(|en| en.key[ns.len()..].to_owned())
+        .collect();
+    ensure(keys == ["a/1", "a/2", "a/3/x"], || {
+        format!("list(a/) returned {keys:?}")
+    })?;
+    Ok(Outcome::Pass)
+}
+
+async fn kv_cas_concurrent(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    const INSTANCES: usize = 3;
+    const TASKS: usize = 4;
+    const INCREMENTS: u64 = 10;
+    let key = format!("{ns}counter");
+    let first = h.instance("cas-0").await;
+    first
+        .put(&key, 0u64.to_be_bytes().to_vec(), None)
+        .await
+        .map_err(e)?;
+    let mut handles = Vec::new();
+    for i in 0..INSTANCES {
+        let c = h.instance(&format!("cas-{i}")).await;
+        for _ in 0..TASKS {
+            let (c, key) = (c.clone(), key.clone());
+            handles.push(tokio::spawn(async move {
+                for _ in 0..INCREMENTS {
+                    loop {
+                        let cur = c.get(&key).await.map_err(e)?.ok_or("counter vanished")?;
+                        let n = u64::from_be_bytes(
+                            cur.value.as_slice().try_into().map_err(|_| "bad counter")?,
+                        );
+                        match c
+                            .compare_and_swap(
+                                &key,
+                                cur.revision,
+                                (n + 1).to_be_bytes().to_vec(),
+                                None,
+                            )
+                            .await
+                            .map_err(e)?
+                        {
+                            CasOutcome::Swapped(_) => break,
+                            CasOutcome::Mismatch(_) => continue,
+                        }
+                    }
+                }
+                Ok::<(), String>(())
+            }));
+        }
+    }
+    for h in handles {
+        h.await.map_err(|j| j.to_string())??;
+    }
+    let end = first
+        .get(&key)
+        .await
+        .map_err(e)?
+        .ok_or("counter vanished")?;
+    let n = u64::from_be_bytes(end.value.as_slice().try_into().map_err(|_| "bad counter")?);
+    let want = (INSTANCES * TASKS) as u64 * INCREMENTS;
+    ensure(n == want, || {
+        format!(
+            "{want} CAS increments from {} writers left the counter at {n}: updates were lost",
+            INSTANCES * TASKS
+        )
+    })?;
+    Ok(Outcome::Pass)
+}
+
+async fn eventually(
+    limit: Duration,
+    mut f: impl AsyncFnMut() -> Result<bool, String>,
+) -> Result<bool, String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if f().await? {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn kv_ttl_expiry(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let c = h.instance("ttl-a").await;
+    let ttl = h.min_ttl();
+    let k = format!("{ns}short");
+    let keep = format!("{ns}keep");
+    c.put(&k, b"v".to_vec(), Some(ttl)).await.map_err(e)?;
+    c.put(&keep, b"v".to_vec(), None).await.map_err(e)?;
+    ensure(c.get(&k).await.map_err(e)?.is_some(), || {
+        "a TTL'd key must exist right after put".into()
+    })?;
+    let gone = eventually(ttl * 4 + Duration::from_secs(10), async || {
+        Ok(c.get(&k).await.map_err(e)?.is_none())
+    })
+    .await?;
+    ensure(gone, || format!("key with TTL {ttl:?} never expired"))?;
+    ensure(c.get(&keep).await.map_err(e)?.is_some(), || {
+        "a key without TTL must not expire".into()
+    })?;
+    ensure(
+        c.list(&ns).await.map_err(e)?.iter().all(|en| en.key != k),
+        || "an expired key must not be listed".into(),
+    )?;
+    Ok(Outcome::Pass)
+}
+
+async fn collect<T: Send>(
+    s: &mut futures::stream::BoxStream<'static, T>,
+    n: usize,
+    limit: Duration,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        while out.len() < n {
+            match s.next().await {
+                Some(v) => out.push(v),
+                None => break,
+            }
+        }
+    })
+    .await;
+    out
+}
+
+async fn pubsub_fan_out(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let subject = format!("{}.events.x", ns.replace('/', "_"));
+    let pattern = format!("{}.events.*", ns.replace('/', "_"));
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        let c = h.instance(&format!("ps-{i}")).await;
+        subs.push(c.subscribe(&subject).await.map_err(e)?);
+        subs.push(c.subscribe(&pattern).await.map_err(e)?);
+    }
+    // Subscriptions can take a moment to be live on a networked bus; publishing starts after
+    // every subscribe call has returned, which the contract says is enough.
+    let publisher = h.instance("ps-pub").await;
+    for i in 0..5u8 {
+        publisher.publish(&subject, vec![i]).await.map_err(e)?;
+    }
+    for (i, s) in subs.iter_mut().enumerate() {
+        let got = collect(s, 5, Duration::from_secs(10)).await;
+        let payloads: Vec<u8> = got.iter().map(|m| m.payload[0]).collect();
+        ensure(payloads == [0, 1, 2, 3, 4], || {
+            format!("subscriber {i} received {payloads:?}, want [0, 1, 2, 3, 4] in order")
+        })?;
+        ensure(got.iter().all(|m| m.subject == subject), || {
+            format!("subscriber {i} saw a wrong subject")
+        })?;
+    }
+    Ok(Outcome::Pass)
+}
+
+async fn pubsub_wildcards(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let root = ns.replace('/', "_");
+    let c = h.instance("wc-a").await;
+    let mut deep = c.subscribe(&format!("{root}.a.>")).await.map_err(e)?;
+    let mut one = c.subscribe(&format!("{root}.a.*")).await.map_err(e)?;
+    for s in ["a.b", "a.b.c", "x.b", "a"] {
+        c.publish(&format!("{root}.{s}"), s.as_bytes().to_vec())
+            .await
+            .map_err(e)?;
+    }
+    c.publish(&format!("{root}.a.end"), b"end".to_vec())
+        .await
+        .map_err(e)?;
+    let deep_got: Vec<String> = collect(&mut deep, 3, Duration::from_secs(10))
+        .await
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    let one_got: Vec<String> = collect(&mut one, 2, Duration::from_secs(10))
+        .await
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    ensure(deep_got == ["a.b", "a.b.c", "end"], || {
+        format!("`a.>` received {deep_got:?}")
+    })?;
+    ensure(one_got == ["a.b", "end"], || {
+        format!("`a.*` received {one_got:?}")
+    })?;
+    Ok(Outcome::Pass)
+}
+
+async fn lease_mutual_exclusion(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let name = format!("{ns}mutex");
+    let inside = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(AtomicU64::new(0));
+    let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ttl = h.min_ttl().max(Duration::from_secs(2));
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let c = h.instance(&format!("mx-{i}")).await;
+        for _ in 0..2 {
+            let (c, name, inside, violations, tokens) = (
+                c.clone(),
+                name.clone(),
+                inside.clone(),
+                violations.clone(),
+                tokens.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..3 {
+                    let lease = c
+                        .acquire(&name, Some(ttl), Duration::from_secs(60))
+                        .await
+                        .map_err(e)?
+                        .ok_or("acquire with a 60 s wait gave up")?;
+                    if inside.swap(true, Ordering::SeqCst) {
+                        violations.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokens.lock().unwrap().push(lease.token());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    inside.store(false, Ordering::SeqCst);
+                    lease.release().await.map_err(e)?;
+                }
+                Ok::<(), String>(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.map_err(|j| j.to_string())??;
+    }
+    ensure(violations.load(Ordering::SeqCst) == 0, || {
+        "two holders were inside the lease at once".into()
+    })?;
+    let tokens = tokens.lock().unwrap().clone();
+    let strictly_increasing = tokens.windows(2).all(|w| w[1] > w[0]);
+    ensure(strictly_increasing, || {
+        format!("fencing tokens in acquisition order must strictly increase: {tokens:?}")
+    })?;
+    ensure(tokens.len() == 18, || {
+        format!("expected 18 acquisitions, saw {}", tokens.len())
+    })?;
+    Ok(Outcome::Pass)
+}
+
+async fn lease_renewal(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let name = format!("{ns}renew");
+    let ttl = h.min_ttl().max(Duration::from_secs(1));
+    let a = h.instance("rn-a").await;
+    let b = h.instance("rn-b").await;
+    let lease = a
+        .acquire(&name, Some(ttl), Duration::ZERO)
+        .await
+        .map_err(e)?
+        .ok_or("uncontended acquire failed")?;
+    tokio::time::sleep(ttl * 3).await;
+    ensure(!lease.is_lost(), || {
+        "a renewed lease was reported lost".into()
+    })?;
+    let other = b
+        .acquire(&name, Some(ttl), Duration::ZERO)
+        .await
+        .map_err(e)?;
+    ensure(other.is_none(), || {
+        format!("another instance acquired a lease that is being renewed, after 3 TTLs of {ttl:?}")
+    })?;
+    lease.release().await.map_err(e)?;
+    Ok(Outcome::Pass)
+}
+
+async fn lease_release(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let name = format!("{ns}handover");
+    let ttl = Duration::from_secs(60).max(h.min_ttl());
+    let a = h.instance("ho-a").await;
+    let b = h.instance("ho-b").await;
+    let first = a
+        .acquire(&name, Some(ttl), Duration::ZERO)
+        .await
+        .map_err(e)?
+        .ok_or("uncontended acquire failed")?;
+    ensure(
+        b.acquire(&name, Some(ttl), Duration::ZERO)
+            .await
+            .map_err(e)?
+            .is_none(),
+        || "a held lease was acquired by another".into(),
+    )?;
+    // The waiter could only get the lease by release: its TTL is a minute and the wait is 30 s.
+    let waiter = {
+        let (b, name) = (b.clone(), name.clone());
+        tokio::spawn(async move { b.acquire(&name, Some(ttl), Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.release().await.map_err(e)?;
+    let second = waiter
+        .await
+        .map_err(|j| j.to_string())?
+        .map_err(e)?
+        .ok_or("the waiting contender did not get the released lease")?;
+    ensure(second.token() > first.token(), || {
+        format!("token {} after {}", second.token(), first.token())
+    })?;
+    second.release().await.map_err(e)?;
+    Ok(Outcome::Pass)
+}
+
+async fn lease_abandoned(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let name = format!("{ns}abandoned");
+    let ttl = h.min_ttl().max(Duration::from_secs(1));
+    let a = h.instance("ab-a").await;
+    let b = h.instance("ab-b").await;
+    let lease = a
+        .acquire(&name, Some(ttl), Duration::ZERO)
+        .await
+        .map_err(e)?
+        .ok_or("uncontended acquire failed")?;
+    let token = lease.token();
+    // Dropping the handle stops renewal without releasing, as a crashed holder would.
+    drop(lease);
+    let next = b
+        .acquire(&name, Some(ttl), ttl * 4 + Duration::from_secs(10))
+        .await
+        .map_err(e)?
+        .ok_or("an abandoned lease never expired")?;
+    ensure(next.token() > token, || {
+        "token must increase after expiry".into()
+    })?;
+    next.release().await.map_err(e)?;
+    Ok(Outcome::Pass)
+}
+
+async fn lease_lost(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let name = format!("{ns}lost");
+    let ttl = h.min_ttl().max(Duration::from_secs(1));
+    let a = h.instance("ls-a").await;
+    let lease = a
+        .acquire(&name, Some(ttl), Duration::ZERO)
+        .await
+        .map_err(e)?
+        .ok_or("uncontended acquire failed")?;
+    if !h.break_lease(&name).await {
+        let _ = lease.release().await;
+        return Ok(Outcome::Skip(
+            "the harness cannot break a lease on this backend".into(),
+        ));
+    }
+    let told = tokio::time::timeout(ttl * 4 + Duration::from_secs(10), lease.lost())
+        .await
+        .is_ok();
+    ensure(told, || "the holder was not told its lease was lost".into())?;
+    ensure(lease.is_lost(), || {
+        "is_lost() must be true after lost() resolved".into()
+    })?;
+    Ok(Outcome::Pass)
+}
+
+async fn peers(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let tag = ns.replace('/', "-");
+    let (ida, idb, idc) = (format!("{tag}a"), format!("{tag}b"), format!("{tag}c"));
+    let a = h.instance(&ida).await;
+    let mut events = a.watch_peers().await.map_err(e)?;
+    let pa = a.register("{\"role\":\"a\"}".into()).await.map_err(e)?;
+    let b = h.instance(&idb).await;
+    let pb = b.register("{}".into()).await.map_err(e)?;
+    let c = h.instance(&idc).await;
+    let pc = c.register("{}".into()).await.map_err(e)?;
+    let live: BTreeSet<String> = b
+        .peers()
+        .await
+        .map_err(e)?
+        .into_iter()
+        .map(|p| p.node_id)
+        .collect();
+    for id in [&ida, &idb, &idc] {
+        ensure(live.contains(id), || {
+            format!("peers() from another instance lacks {id}: {live:?}")
+        })?;
+    }
+    ensure(
+        b.peers()
+            .await
+            .map_err(e)?
+            .iter()
+            .any(|p| p.node_id == ida && p.meta == "{\"role\":\"a\"}"),
+        || "peer metadata must round-trip".into(),
+    )?;
+    // b leaves gracefully; c stops refreshing (dropped) and must expire.
+    pb.deregister().await.map_err(e)?;
+    drop(pc);
+    let limit = h.peer_expiry() * 3 + Duration::from_secs(15);
+    let mut seen_up = BTreeSet::new();
+    let mut seen_down = BTreeSet::new();
+    let _ = tokio::time::timeout(limit, async {
+        while !(seen_down.contains(&idb) && seen_down.contains(&idc)) {
+            match events.next().await {
+                Some(PeerEvent::Up(p)) => {
+                    seen_up.insert(p.node_id);
+                }
+                Some(PeerEvent::Down { node_id }) => {
+                    seen_down.insert(node_id);
+                }
+                None => break,
+            }
+        }
+    })
+    .await;
+    ensure(seen_up.contains(&idb) && seen_up.contains(&idc), || {
+        format!("watch saw joins {seen_up:?}, want {idb} and {idc}")
+    })?;
+    ensure(seen_down.contains(&idb), || {
+        format!("watch did not see {idb} deregister (saw leaves {seen_down:?})")
+    })?;
+    ensure(seen_down.contains(&idc), || {
+        format!("watch did not see {idc} expire within {limit:?}")
+    })?;
+    let live: BTreeSet<String> = a
+        .peers()
+        .await
+        .map_err(e)?
+        .into_iter()
+        .map(|p| p.node_id)
+        .collect();
+    ensure(
+        live.contains(&ida) && !live.contains(&idb) && !live.contains(&idc),
+        || format!("peers after leaves: {live:?}"),
+    )?;
+    pa.deregister().await.map_err(e)?;
+    Ok(Outcome::Pass)
+}
+
+async fn watch_prefix(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let a = h.instance("wp-a").await;
+    let b = h.instance("wp-b").await;
+    let mut w = a.watch_prefix(&format!("{ns}w/")).await.map_err(e)?;
+    let k = format!("{ns}w/x");
+    b.put(&format!("{ns}other"), b"no".to_vec(), None)
+        .await
+        .map_err(e)?;
+    let r1 = b.put(&k, b"1".to_vec(), None).await.map_err(e)?;
+    b.delete(&k, None).await.map_err(e)?;
+    b.put(&format!("{ns}w/y"), b"2".to_vec(), None)
+        .await
+        .map_err(e)?;
+    let got = collect(&mut w, 3, Duration::from_secs(10)).await;
+    let summary: Vec<String> = got
+        .iter()
+        .map(|ev| match ev {
+            KvEvent::Put(en) => format!("put {}", &en.key[ns.len()..]),
+            KvEvent::Delete { key, .. } => format!("delete {}", &key[ns.len()..]),
+        })
+        .collect();
+    ensure(summary == ["put w/x", "delete w/x", "put w/y"], || {
+        format!("watch saw {summary:?}")
+    })?;
+    if let KvEvent::Put(en) = &got[0] {
+        ensure(en.revision == r1 && en.value == b"1", || {
+            format!("put event {en:?} does not match the write (revision {r1})")
+        })?;
+    }
+    Ok(Outcome::Pass)
+}
