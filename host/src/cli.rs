@@ -1,5 +1,6 @@
 //! The `mcpg` command line and boot sequence: load and validate the config exactly as
-//! `mcpg-config-check` does, set up logging, bind the listeners, serve until told to stop.
+//! `mcpg-config-check` does (plugin phase included), boot the coordinator, bind the listeners,
+//! register presence and join leader election, serve until told to stop, then resign and drain.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,8 +8,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{self, ClusterPlan};
-use crate::{identity, server, telemetry};
+use crate::capabilities::Capabilities;
+use crate::config::{self, Severity};
+use crate::control::ControlPlane;
+use crate::{coordinator, identity, server, telemetry};
 
 /// mcpg: a clustered gateway for the Model Context Protocol.
 #[derive(Debug, Parser)]
@@ -20,6 +23,11 @@ pub struct Args {
     /// This replica's node id; overrides the coordinator's `node_id` and the hostname.
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("mcpg: {message}");
+    ExitCode::from(1)
 }
 
 /// Exit codes: 0 clean shutdown, 1 invalid config or failed start, 2 unreadable config.
@@ -37,69 +45,121 @@ pub fn main() -> ExitCode {
         eprintln!("{}", d.render(&file));
     }
     let Some(cfg) = outcome.config else {
-        eprintln!(
-            "mcpg: {file}: invalid configuration ({} errors); not starting",
+        return fail(format!(
+            "{file}: invalid configuration ({} errors); not starting",
             outcome.errors().count()
-        );
-        return ExitCode::from(1);
+        ));
     };
     if let Some(id) = &args.node_id
         && let Err(e) = identity::validate(id)
     {
-        eprintln!("mcpg: --node-id: {e}");
-        return ExitCode::from(1);
+        return fail(format!("--node-id: {e}"));
     }
     telemetry::init(&cfg.config.observability.logs);
 
-    let node_id = match &cfg.cluster {
-        ClusterPlan::SingleNode => identity::single_node_id(args.node_id.as_deref()),
-        ClusterPlan::Plugin { plugin_id, .. } => {
-            // Loading coordinator plugins is the plugin ABI's job; until this build has it, say
-            // so plainly instead of silently running as a single node.
-            eprintln!(
-                "mcpg: cluster.kind `{}` needs the coordinator plugin `{plugin_id}`, and this build cannot load coordinator plugins yet; use `cluster.kind: single_node`",
-                cfg.config.cluster.kind
-            );
-            return ExitCode::from(1);
-        }
+    // The plugin phase: load the coordinator plugin and let it check its own keys, positioned
+    // in the file like every other config error.
+    let plugin = match coordinator::load_selected(&cfg) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
     };
+    if let Some(p) = &plugin {
+        let diags = match coordinator::plugin_diagnostics(&cfg, p) {
+            Ok(d) => d,
+            Err(e) => return fail(e),
+        };
+        for d in &diags {
+            eprintln!("{}", d.render(&file));
+        }
+        let errors = diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        if errors > 0 {
+            return fail(coordinator::CoordinatorError::Invalid {
+                id: p.id().to_owned(),
+                count: errors,
+            });
+        }
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(run(cfg, plugin, args.node_id, file))
+}
+
+async fn run(
+    cfg: config::ValidatedConfig,
+    plugin: Option<mcpg_plugin_api::remote::LoadedPlugin>,
+    node_id_flag: Option<String>,
+    file: String,
+) -> ExitCode {
+    let booted = match coordinator::boot(&cfg, plugin, node_id_flag.as_deref()).await {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let node_id = booted.coordinator.node_id();
+    if let Err(e) = identity::validate(&node_id) {
+        return fail(format!("the coordinator's node id: {e}"));
+    }
+    let _capabilities =
+        match Capabilities::build(&cfg.config.mcp.configurations, &booted.coordinator) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+    let bound = match server::Bound::bind(cfg.listen, cfg.admin_listen).await {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    tracing::info!(
+        node_id = %node_id,
+        listen = %bound.main_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin_listen = ?bound.admin_addr().and_then(Result::ok),
+        config = %file,
+        summary = %cfg.summary(),
+        "mcpg starting"
+    );
+    let control = match ControlPlane::start(
+        booted.coordinator.clone(),
+        booted.kind.clone(),
+        cfg.advertise_url
+            .as_ref()
+            .map(|u| u.as_str().trim_end_matches('/').to_owned()),
+    )
+    .await
+    {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("mcpg: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return fail(format!(
+                "cannot register this replica's presence with the coordinator: {e}"
+            ));
         }
     };
-    runtime.block_on(async move {
-        let bound = match server::Bound::bind(cfg.listen, cfg.admin_listen).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("mcpg: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        tracing::info!(
-            node_id = %node_id,
-            listen = %bound.main_addr().map(|a| a.to_string()).unwrap_or_default(),
-            admin_listen = ?bound.admin_addr().and_then(Result::ok),
-            config = %file,
-            summary = %cfg.summary(),
-            "mcpg starting"
-        );
-        let s = &cfg.config.server;
-        bound
-            .serve(
-                server::shutdown_signal(),
-                Duration::from_millis(s.shutdown_delay_ms),
-                Duration::from_millis(s.drain_timeout_ms),
-            )
-            .await;
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
-    })
+    let running = bound.start(control.router());
+    // Ready only once presence is registered: peers can see this replica.
+    running.readiness.set_ready();
+    tracing::info!("ready");
+
+    server::shutdown_signal().await;
+    running.readiness.set_draining();
+    let s = &cfg.config.server;
+    tracing::info!(
+        delay_ms = s.shutdown_delay_ms,
+        drain_ms = s.drain_timeout_ms,
+        "shutting down: unready, resigning, draining"
+    );
+    control.shutdown().await;
+    running
+        .shutdown(
+            Duration::from_millis(s.shutdown_delay_ms),
+            Duration::from_millis(s.drain_timeout_ms),
+        )
+        .await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
 }

@@ -3,13 +3,19 @@
 //! Map of the crate:
 //! - [`config`]: the one configuration loader (parse, interpolate, schema, semantic rules) shared
 //!   by `mcpg` and `mcpg-config-check`, and the generated reference docs.
+//! - [`coordinator`]: choosing, loading, validating and booting the cluster coordinator.
+//! - [`control`]: presence, leader election and the `/api/cluster/*` admin endpoints.
+//! - [`capabilities`]: the store and bus of each capability (sessions, tasks, …).
 //! - [`identity`]: this replica's node id.
 //! - [`server`]: the HTTP listeners, health and readiness, graceful shutdown.
 //! - [`telemetry`]: log output.
 //! - [`cli`]: the `mcpg` command line and boot sequence.
 
+pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod coordinator;
 pub mod identity;
 pub mod server;
 pub mod telemetry;

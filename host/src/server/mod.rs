@@ -2,12 +2,11 @@
 //!
 //! `server.listen` carries MCP traffic plus `/healthz` and `/readyz`; `server.admin_listen`, when
 //! set, is a second listener for the admin API and metrics (and the same probes, which
-//! orchestrators often point at the admin port). Today only the probes exist; the MCP data plane
-//! and the admin API mount their routers here.
+//! orchestrators often point at the admin port). Without it, the admin API is served on
+//! `listen`. The MCP data plane mounts its router here when it lands.
 
 pub mod health;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -72,46 +71,53 @@ impl Bound {
         self.admin.as_ref().map(TcpListener::local_addr)
     }
 
-    /// Serves until `shutdown` resolves, then turns unready at once, keeps serving for
-    /// `delay`, stops accepting and waits up to `drain` for in-flight requests.
-    /// Returns whether every in-flight request finished within the deadline.
-    pub async fn serve(
-        self,
-        shutdown: impl Future<Output = ()>,
-        delay: Duration,
-        drain: Duration,
-    ) -> bool {
+    /// Starts serving. `admin` holds the admin API routes: they go on the admin listener when
+    /// there is one, else on the main listener. The replica stays unready until the caller
+    /// marks it ready (once its presence is registered).
+    pub fn start(self, admin: Router) -> Running {
         let readiness = self.readiness.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let main_app: Router = health::router(readiness.clone());
+        let probes = health::router(readiness.clone());
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(serve_one(self.main, main_app, stop_rx.clone()));
-        if let Some(admin) = self.admin {
-            tasks.spawn(serve_one(
-                admin,
-                health::router(readiness.clone()),
-                stop_rx.clone(),
-            ));
+        match self.admin {
+            Some(listener) => {
+                tasks.spawn(serve_one(self.main, probes.clone(), stop_rx.clone()));
+                tasks.spawn(serve_one(listener, probes.merge(admin), stop_rx));
+            }
+            None => {
+                tasks.spawn(serve_one(self.main, probes.merge(admin), stop_rx));
+            }
         }
-        readiness.set_ready();
-        tracing::info!("ready");
+        Running {
+            readiness,
+            stop: stop_tx,
+            tasks,
+        }
+    }
+}
 
-        shutdown.await;
-        readiness.set_draining();
-        tracing::info!(
-            delay_ms = delay.as_millis() as u64,
-            drain_ms = drain.as_millis() as u64,
-            "shutting down: unready, draining"
-        );
+/// Listeners being served.
+pub struct Running {
+    pub readiness: Readiness,
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Keeps serving for `delay`, then stops accepting and waits up to `drain` for in-flight
+    /// requests. Returns whether every in-flight request finished within the deadline. The
+    /// caller turns the replica unready before calling this.
+    pub async fn shutdown(mut self, delay: Duration, drain: Duration) -> bool {
         tokio::time::sleep(delay).await;
-        let _ = stop_tx.send(true);
+        let _ = self.stop.send(true);
+        let tasks = &mut self.tasks;
         let drained =
             tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
                 .await
                 .is_ok();
         if !drained {
             tracing::warn!("drain deadline reached with requests still in flight; closing them");
-            tasks.abort_all();
+            self.tasks.abort_all();
         }
         drained
     }

@@ -23,6 +23,22 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A library built from this workspace (`lib<name>.so`).
+pub fn cdylib(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .join(format!("lib{name}.so"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`)",
+        path.display()
+    );
+    path
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

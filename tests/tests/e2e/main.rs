@@ -5,3 +5,4 @@ mod harness;
 
 mod config_check;
 mod gateway_lifecycle;
+mod plugins;

@@ -1,5 +1,8 @@
 //! `mcpg-config-check`: validates mcpg config files with the exact loader `mcpg` boots with.
 //!
+//! After the host's own checks, the plugin phase loads the coordinator plugin `cluster.kind`
+//! selects, when its library is at hand, and reports the plugin's findings on its keys.
+//!
 //! Exit codes: 0 every file valid; 1 a file is invalid (or has warnings under
 //! `--deny-warnings`); 2 a file cannot be read or the command line is wrong.
 
@@ -20,6 +23,9 @@ struct Args {
     /// Treat warnings as errors.
     #[arg(long)]
     deny_warnings: bool,
+    /// Skip the plugin phase (loading the coordinator plugin to check its own keys).
+    #[arg(long)]
+    no_plugins: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -50,7 +56,19 @@ fn main() -> ExitCode {
     for path in &args.files {
         let file = path.display().to_string();
         let (verdict, report) = match config::load_file(path) {
-            Ok(outcome) => check(&file, &outcome, &args),
+            Ok(mut outcome) => {
+                if !args.no_plugins
+                    && let Some(cfg) = &outcome.config
+                {
+                    let found = mcpg::coordinator::check_plugin(cfg);
+                    if found.iter().any(|d| d.severity == config::Severity::Error) {
+                        outcome.config = None;
+                    }
+                    outcome.diagnostics.extend(found);
+                    outcome.diagnostics.sort_by_key(|d| (d.pos, d.severity));
+                }
+                check(&file, &outcome, &args)
+            }
             Err(e) => {
                 if args.format == Format::Text {
                     eprintln!("✗ {e}");

@@ -1,0 +1,250 @@
+//! Choosing, loading, validating and booting the cluster coordinator: the built-in
+//! `single_node`, or the plugin `dev.mcpg.cluster.<kind>` from `plugins[]`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpg_plugin_api::coordinator::Coordinator;
+use mcpg_plugin_api::export::{HostInfo, Severity as PluginSeverity};
+use mcpg_plugin_api::memory::{MemoryConfig, MemoryStore};
+use mcpg_plugin_api::remote::{BootError, LoadError, LoadedPlugin};
+use serde_json::Value;
+
+use crate::config::{ClusterPlan, Diagnostic, KeyPath, ValidatedConfig};
+
+/// Why the coordinator could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("{0}")]
+    Load(#[from] LoadError),
+    #[error(
+        "plugin {id}: `source.oci` ({reference}) cannot be pulled by this build yet; use `source.path`"
+    )]
+    OciUnsupported { id: String, reference: String },
+    #[error("plugin {id}: its validation failed: {message}")]
+    ValidatePanicked { id: String, message: String },
+    #[error("plugin {id}: the cluster config is invalid ({count} errors)")]
+    Invalid { id: String, count: usize },
+    #[error("{0}")]
+    Boot(#[from] BootError),
+}
+
+/// Where a configured plugin's library is, if it can be found without network.
+pub enum PluginLocation {
+    Path(PathBuf),
+    Oci(String),
+}
+
+/// The plugin entry `cluster.kind` selects, and where its library is.
+pub fn selected_plugin(cfg: &ValidatedConfig) -> Option<(String, PluginLocation)> {
+    let ClusterPlan::Plugin {
+        plugin_id,
+        plugin_index,
+        ..
+    } = &cfg.cluster
+    else {
+        return None;
+    };
+    let source = &cfg.config.plugins[*plugin_index].source;
+    let location = match (&source.path, &source.oci) {
+        (Some(p), _) => PluginLocation::Path(p.clone()),
+        (None, Some(r)) => PluginLocation::Oci(r.clone()),
+        (None, None) => unreachable!("the loader rejects a source without path or oci"),
+    };
+    Some((plugin_id.clone(), location))
+}
+
+/// Loads the selected plugin's library.
+pub fn load_selected(cfg: &ValidatedConfig) -> Result<Option<LoadedPlugin>, CoordinatorError> {
+    match selected_plugin(cfg) {
+        None => Ok(None),
+        Some((id, PluginLocation::Oci(reference))) => {
+            Err(CoordinatorError::OciUnsupported { id, reference })
+        }
+        Some((id, PluginLocation::Path(path))) => Ok(Some(LoadedPlugin::load(&path, Some(&id))?)),
+    }
+}
+
+/// Runs the plugin's own validation of its config and positions each finding in the YAML file.
+/// `Err` if the plugin's validation panicked.
+pub fn plugin_diagnostics(
+    cfg: &ValidatedConfig,
+    plugin: &LoadedPlugin,
+) -> Result<Vec<Diagnostic>, CoordinatorError> {
+    let ClusterPlan::Plugin {
+        config,
+        config_pointer,
+        ..
+    } = &cfg.cluster
+    else {
+        return Ok(Vec::new());
+    };
+    let found = plugin
+        .validate(&Value::Object(config.clone()))
+        .map_err(|message| CoordinatorError::ValidatePanicked {
+            id: plugin.id().to_owned(),
+            message,
+        })?;
+    Ok(found
+        .into_iter()
+        .map(|d| {
+            let pointer = format!("{config_pointer}{}", d.pointer);
+            let path = KeyPath::from_pointer(&pointer, &cfg.document);
+            let message = redact(
+                cfg,
+                &pointer,
+                &format!("{} (plugin {})", d.message, plugin.id()),
+            );
+            // A missing key is reported where its object is; an unknown key at the key.
+            let pos = if cfg.document.pointer(&pointer).is_some() {
+                cfg.source_map.key_pos(&pointer)
+            } else {
+                cfg.source_map.value_pos(&pointer)
+            };
+            match d.severity {
+                PluginSeverity::Error => Diagnostic::error(pos, path, message),
+                PluginSeverity::Warning => Diagnostic::warning(pos, path, message),
+            }
+        })
+        .collect())
+}
+
+/// A plugin may quote the value it rejects; values from the environment must not be printed.
+fn redact(cfg: &ValidatedConfig, pointer: &str, message: &str) -> String {
+    if !cfg.source_map.is_secret(pointer) {
+        return message.to_owned();
+    }
+    let Some(value) = cfg.document.pointer(pointer) else {
+        return message.to_owned();
+    };
+    let mut out = message.replace(&value.to_string(), "<the value from the environment>");
+    if let Some(s) = value.as_str().filter(|s| !s.is_empty()) {
+        out = out.replace(s, "<the value from the environment>");
+    }
+    out
+}
+
+/// A running coordinator and what it is.
+pub struct Booted {
+    pub coordinator: Arc<dyn Coordinator>,
+    /// `single_node` or the plugin's kind.
+    pub kind: String,
+    pub plugin: Option<LoadedPlugin>,
+}
+
+/// The timing of the built-in `single_node` coordinator.
+pub fn single_node_config() -> MemoryConfig {
+    MemoryConfig {
+        lease_ttl: Duration::from_secs(15),
+        peer_ttl: Duration::from_secs(15),
+        renew_percent: 50,
+    }
+}
+
+/// The built-in in-process coordinator.
+pub fn single_node(node_id: &str) -> Arc<dyn Coordinator> {
+    Arc::new(MemoryStore::new(single_node_config()).handle(node_id))
+}
+
+/// Boots the coordinator `cfg` selects. `plugin` is the library [`load_selected`] returned,
+/// already validated.
+pub async fn boot(
+    cfg: &ValidatedConfig,
+    plugin: Option<LoadedPlugin>,
+    node_id_flag: Option<&str>,
+) -> Result<Booted, CoordinatorError> {
+    match &cfg.cluster {
+        ClusterPlan::Plugin {
+            kind,
+            config,
+            plugin_id,
+            ..
+        } => {
+            let Some(plugin) = plugin else {
+                return Err(BootError {
+                    id: plugin_id.clone(),
+                    message: "the plugin library was not loaded".into(),
+                }
+                .into());
+            };
+            let host = HostInfo {
+                node_id: node_id_flag.map(str::to_owned),
+                host_version: env!("CARGO_PKG_VERSION").to_owned(),
+            };
+            let (p, config) = (plugin.clone(), Value::Object(config.clone()));
+            let coordinator = tokio::task::spawn_blocking(move || p.boot(&config, &host))
+                .await
+                .map_err(|e| BootError {
+                    id: plugin.id().to_owned(),
+                    message: e.to_string(),
+                })??;
+            Ok(Booted {
+                coordinator,
+                kind: kind.clone(),
+                plugin: Some(plugin),
+            })
+        }
+        ClusterPlan::SingleNode => {
+            let node_id = crate::identity::single_node_id(node_id_flag);
+            Ok(Booted {
+                coordinator: single_node(&node_id),
+                kind: crate::config::model::SINGLE_NODE.into(),
+                plugin: None,
+            })
+        }
+    }
+}
+
+/// `mcpg-config-check`'s plugin phase: loads the selected plugin when its library is at hand
+/// and returns its positioned findings. A plugin that cannot be resolved without network is a
+/// warning (its keys were not checked); one that is resolvable but broken is an error.
+pub fn check_plugin(cfg: &ValidatedConfig) -> Vec<Diagnostic> {
+    let Some((id, location)) = selected_plugin(cfg) else {
+        return Vec::new();
+    };
+    let ClusterPlan::Plugin { plugin_index, .. } = &cfg.cluster else {
+        return Vec::new();
+    };
+    let source = KeyPath::root()
+        .key("plugins")
+        .index(*plugin_index)
+        .key("source");
+    let at = |key: &str| {
+        let path = source.clone().key(key);
+        (cfg.source_map.value_pos(&path.pointer()), path)
+    };
+    match location {
+        PluginLocation::Oci(_) => {
+            let (pos, path) = at("oci");
+            vec![Diagnostic::warning(
+                pos,
+                path,
+                format!(
+                    "plugin {id} comes from a registry this tool does not pull from; its `cluster.*` keys were not checked"
+                ),
+            )]
+        }
+        PluginLocation::Path(p) if !p.exists() => {
+            let (pos, path) = at("path");
+            vec![Diagnostic::warning(
+                pos,
+                path,
+                format!(
+                    "plugin library {} not found here; its `cluster.*` keys were not checked",
+                    p.display()
+                ),
+            )]
+        }
+        PluginLocation::Path(p) => {
+            let (pos, path) = at("path");
+            match LoadedPlugin::load(&p, Some(&id)) {
+                Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
+                Ok(plugin) => match plugin_diagnostics(cfg, &plugin) {
+                    Ok(diags) => diags,
+                    Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
+                },
+            }
+        }
+    }
+}
