@@ -468,11 +468,7 @@ async fn lease_renewal(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
     let ttl = h.min_ttl().max(Duration::from_secs(1));
     let a = h.instance("rn-a").await;
     let b = h.instance("rn-b").await;
-    let lease = a
-        .acquire(&name, Some(ttl), Duration::ZERO)
-        .await
-        .map_err(e)?
-        .ok_or("uncontended acquire failed")?;
+    let lease = hold(&a, &name, ttl).await?;
     tokio::time::sleep(ttl * 3).await;
     ensure(!lease.is_lost(), || {
         "a renewed lease was reported lost".into()
@@ -493,11 +489,7 @@ async fn lease_release(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
     let ttl = Duration::from_secs(60).max(h.min_ttl());
     let a = h.instance("ho-a").await;
     let b = h.instance("ho-b").await;
-    let first = a
-        .acquire(&name, Some(ttl), Duration::ZERO)
-        .await
-        .map_err(e)?
-        .ok_or("uncontended acquire failed")?;
+    let first = hold(&a, &name, ttl).await?;
     ensure(
         b.acquire(&name, Some(ttl), Duration::ZERO)
             .await
@@ -524,16 +516,24 @@ async fn lease_release(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
     Ok(Outcome::Pass)
 }
 
+/// Acquires a lease nobody else holds.
+async fn hold(
+    c: &Arc<dyn Coordinator>,
+    name: &str,
+    ttl: Duration,
+) -> Result<Box<dyn Lease>, String> {
+    c.acquire(name, Some(ttl), Duration::ZERO)
+        .await
+        .map_err(e)?
+        .ok_or_else(|| "uncontended acquire failed".into())
+}
+
 async fn lease_abandoned(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
     let name = format!("{ns}abandoned");
     let ttl = h.min_ttl().max(Duration::from_secs(1));
     let a = h.instance("ab-a").await;
     let b = h.instance("ab-b").await;
-    let lease = a
-        .acquire(&name, Some(ttl), Duration::ZERO)
-        .await
-        .map_err(e)?
-        .ok_or("uncontended acquire failed")?;
+    let lease = hold(&a, &name, ttl).await?;
     let token = lease.token();
     // Dropping the handle stops renewal without releasing, as a crashed holder would.
     drop(lease);
@@ -553,11 +553,7 @@ async fn lease_lost(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
     let name = format!("{ns}lost");
     let ttl = h.min_ttl().max(Duration::from_secs(1));
     let a = h.instance("ls-a").await;
-    let lease = a
-        .acquire(&name, Some(ttl), Duration::ZERO)
-        .await
-        .map_err(e)?
-        .ok_or("uncontended acquire failed")?;
+    let lease = hold(&a, &name, ttl).await?;
     if !h.break_lease(&name).await {
         let _ = lease.release().await;
         return Ok(Outcome::Skip(
