@@ -20,7 +20,7 @@ use crate::abi::*;
 use crate::coordinator::*;
 
 /// How bad a config finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     Error,
     Warning,

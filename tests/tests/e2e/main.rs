@@ -6,3 +6,4 @@ mod harness;
 mod config_check;
 mod gateway_lifecycle;
 mod plugins;
+mod redis_cluster;

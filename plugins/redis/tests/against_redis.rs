@@ -1,0 +1,164 @@
+//! The Redis plugin against a real `redis-server`: the coordinator test kit with several
+//! instances acting as replicas (through the `.so` mcpg loads), and a server crash mid-run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use mcpg_backends::RedisServer;
+use mcpg_plugin_api::coordinator::{Coordinator, ErrorKind};
+use mcpg_plugin_api::export::HostInfo;
+use mcpg_plugin_api::remote::LoadedPlugin;
+use mcpg_plugin_testkit::{Harness, run};
+
+const PREFIX: &str = "tk:";
+
+struct RedisHarness {
+    plugin: LoadedPlugin,
+    server: RedisServer,
+}
+
+impl RedisHarness {
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "url": self.server.url(),
+            "key_prefix": PREFIX,
+            "peer_ttl_ms": 1000,
+            "peer_refresh_interval_ms": 300,
+            "lease_ttl_ms": 2000,
+        })
+    }
+}
+
+async fn boot(
+    plugin: &LoadedPlugin,
+    config: serde_json::Value,
+    node_id: &str,
+) -> Arc<dyn Coordinator> {
+    let (p, host) = (
+        plugin.clone(),
+        HostInfo {
+            node_id: Some(node_id.to_owned()),
+            host_version: "test".into(),
+        },
+    );
+    tokio::task::spawn_blocking(move || p.boot(&config, &host))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[async_trait::async_trait]
+impl Harness for RedisHarness {
+    async fn instance(&self, node_id: &str) -> Arc<dyn Coordinator> {
+        boot(&self.plugin, self.config(), node_id).await
+    }
+
+    async fn break_lease(&self, name: &str) -> bool {
+        let key = format!("{PREFIX}lease:{name}");
+        self.server
+            .command(&["DEL", &key])
+            .is_some_and(|r| r.starts_with(":1"))
+    }
+
+    fn peer_expiry(&self) -> Duration {
+        Duration::from_millis(1000)
+    }
+}
+
+fn so_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("libmcpg_cluster_redis.so")
+}
+
+fn plugin() -> LoadedPlugin {
+    LoadedPlugin::load(&so_path(), Some("dev.mcpg.cluster.redis"))
+        .unwrap_or_else(|e| panic!("{e} (build the workspace first: cargo build --workspace)"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_library_passes_the_test_kit_against_real_redis() {
+    let harness = RedisHarness {
+        plugin: plugin(),
+        server: RedisServer::start(),
+    };
+    run(&harness).await.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_failure_says_where_it_tried_without_credentials() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (p, host) = (plugin(), HostInfo::default());
+    let config = serde_json::json!({"url": format!("redis://user:hunter2@127.0.0.1:{port}")});
+    let err = tokio::task::spawn_blocking(move || p.boot(&config, &host))
+        .await
+        .unwrap()
+        .err()
+        .expect("boot must fail");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("cannot reach redis at redis://127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_crash_gives_clean_errors_and_the_plugin_recovers() {
+    let mut server = RedisServer::start();
+    let config = serde_json::json!({"url": server.url(), "key_prefix": "fault:"});
+    let p = plugin();
+    let a = boot(&p, config.clone(), "a").await;
+    let b = boot(&p, config, "b").await;
+    a.put("k", b"before".to_vec(), None).await.unwrap();
+    let mut sub = b.subscribe("events.>").await.unwrap();
+
+    server.kill();
+    // Calls fail with a clean error while the server is down; nothing hangs or panics.
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        a.put("k", b"during".to_vec(), None),
+    )
+    .await
+    .expect("a call against a dead server must return")
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+    assert!(!b.health().await.ok);
+
+    server.restart();
+    // Commands recover once the server is back (this server keeps no data across restarts).
+    let mut recovered = false;
+    for _ in 0..100 {
+        if a.put("k", b"after".to_vec(), None).await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "the plugin never recovered after the server came back"
+    );
+    assert_eq!(b.get("k").await.unwrap().unwrap().value, b"after");
+    assert!(b.health().await.ok);
+    // The subscription made before the crash is re-established: publish until it arrives.
+    let mut got = None;
+    for i in 0..100u8 {
+        a.publish("events.x", vec![i]).await.unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            got = Some(m);
+            break;
+        }
+    }
+    let m = got.expect("the subscription was not re-established after the server restarted");
+    assert_eq!(m.subject, "events.x");
+}
