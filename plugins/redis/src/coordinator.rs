@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::pubsub::{Dispatcher, glob_escape};
 
-const PUT: &str = r#"
+pub const PUT: &str = r#"
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local r = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'r', r)
@@ -36,7 +36,7 @@ redis.call('PUBLISH', ARGV[3], 'p' .. r .. ' ' .. #ARGV[4] .. ' ' .. ARGV[4] .. 
 return r
 "#;
 
-const CAS: &str = r#"
+pub const CAS: &str = r#"
 local cur = redis.call('HMGET', KEYS[1], 'v', 'r')
 if cur[2] == false then return {0} end
 if cur[2] ~= ARGV[5] then return {0, cur[1], cur[2]} end
@@ -47,7 +47,7 @@ redis.call('PUBLISH', ARGV[3], 'p' .. r .. ' ' .. #ARGV[4] .. ' ' .. ARGV[4] .. 
 return {1, r}
 "#;
 
-const DELETE: &str = r#"
+pub const DELETE: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'r')
 if cur == false then return 0 end
 if ARGV[1] ~= '' and cur ~= ARGV[1] then return 0 end
@@ -57,19 +57,19 @@ redis.call('PUBLISH', ARGV[2], 'd' .. r .. ' ' .. #ARGV[3] .. ' ' .. ARGV[3])
 return 1
 "#;
 
-const ACQUIRE: &str = r#"
+pub const ACQUIRE: &str = r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('INCR', KEYS[2])
 end
 return 0
 "#;
 
-const RENEW: &str = r#"
+pub const RENEW: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 "#;
 
-const RELEASE: &str = r#"
+pub const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[2], 'released')
@@ -78,7 +78,7 @@ end
 return 0
 "#;
 
-const REFRESH_PEER: &str = r#"
+pub const REFRESH_PEER: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -88,14 +88,14 @@ if old == false or tonumber(old) <= now then redis.call('PUBLISH', ARGV[4], 'up'
 return 1
 "#;
 
-const DEREGISTER_PEER: &str = r#"
+pub const DEREGISTER_PEER: &str = r#"
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[2], 'down')
 return 1
 "#;
 
-const PEERS: &str = r#"
+pub const PEERS: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
