@@ -5,5 +5,6 @@ mod harness;
 
 mod config_check;
 mod gateway_lifecycle;
+mod nats_cluster;
 mod plugins;
 mod redis_cluster;

@@ -1,0 +1,1034 @@
+//! The four primitives over NATS JetStream.
+//!
+//! - KV: the state bucket. Revisions are the bucket stream's sequence numbers; compare-and-swap
+//!   is a publish with `Nats-Expected-Last-Subject-Sequence`. Per-key TTL is the `Nats-TTL`
+//!   header (nats-server 2.11+, whole seconds, rounded up); the bucket is created with
+//!   `limit_markers` so an expiry leaves a delete marker that watches see.
+//! - Pub/sub: core NATS subjects `<ns>.ps.<subject>`, where `<ns>` is the notifications stream's
+//!   name, so two deployments with distinct names never see each other. The stream captures
+//!   `<ns>.ps.>` for a minute, for inspection.
+//! - Leases: the leases bucket. A holder's entry carries its nonce and an expiry in wall-clock
+//!   milliseconds; acquiring is `create`, or `update` at the revision of an expired entry. The
+//!   fencing token is the revision of the holder's write to the fencing bucket, made with
+//!   compare-and-swap so tokens follow acquisition order.
+//! - Presence: entries `peers.<node>` in the leases bucket, refreshed every heartbeat and
+//!   considered gone after `peer_expiry_sec`; joins and leaves are also announced on
+//!   `<ns>.peers`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use mcpg_plugin_api::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::{Config, Storage};
+
+pub(crate) struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// `$JS.API` or `$JS.<domain>.API`, for publishes the KV API has no call for.
+    api_prefix: String,
+    state: kv::Store,
+    leases: kv::Store,
+    fencing: kv::Store,
+    /// Namespace of core subjects: the notifications stream's name.
+    ns: String,
+    config: Config,
+    node_id: String,
+    where_: String,
+}
+
+#[derive(Clone)]
+pub struct NatsCoordinator(Arc<Inner>);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Maps a coordinator key to a NATS KV key: `[-_/A-Za-z0-9]` stay, every other byte becomes
+/// `=XX` (so `.`, which NATS treats as a token separator, never appears unescaped).
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn decode_key(encoded: &str) -> Option<String> {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            out.push(u8::from_str_radix(encoded.get(i + 1..i + 3)?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[derive(Serialize, Deserialize)]
+struct LeaseRecord {
+    nonce: String,
+    expires_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerRecord {
+    meta: String,
+    seen_ms: u64,
+}
+
+impl NatsCoordinator {
+    pub(crate) async fn connect(config: Config, node_id: String) -> Result<Self, String> {
+        let where_ = config.servers.join(",");
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(format!("mcpg {node_id}"))
+            .connection_timeout(config.connect_timeout())
+            .request_timeout(Some(config.operation_timeout()));
+        match &config.auth {
+            Some(crate::config::Auth::Token { token }) => opts = opts.token(token.clone()),
+            Some(crate::config::Auth::UserPassword { username, password }) => {
+                opts = opts.user_and_password(username.clone(), password.clone())
+            }
+            Some(crate::config::Auth::CredentialsFile { path }) => {
+                opts = opts
+                    .credentials_file(path)
+                    .await
+                    .map_err(|e| format!("cannot read NATS credentials file {path}: {e}"))?
+            }
+            None => {}
+        }
+        if let Some(tls) = &config.tls {
+            if let Some(ca) = &tls.ca_cert {
+                opts = opts.add_root_certificates(ca.into());
+            }
+            opts = opts.require_tls(true);
+        }
+        // `nats+tls://` is the seed's spelling of `tls://`.
+        let addrs: Vec<async_nats::ServerAddr> = config
+            .servers
+            .iter()
+            .map(|s| s.replacen("nats+tls://", "tls://", 1).parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("invalid NATS server address: {e}"))?;
+        let client = tokio::time::timeout(
+            config.connect_timeout() + Duration::from_secs(1),
+            opts.connect(addrs),
+        )
+        .await
+        .map_err(|_| format!("cannot reach NATS at {where_}: timed out"))?
+        .map_err(|e| format!("cannot reach NATS at {where_}: {e}"))?;
+        let (js, api_prefix) = match &config.jetstream.domain {
+            Some(d) => (
+                jetstream::with_domain(client.clone(), d),
+                format!("$JS.{d}.API"),
+            ),
+            None => (jetstream::new(client.clone()), "$JS.API".to_owned()),
+        };
+        let j = &config.jetstream;
+        let storage = match j.storage {
+            Storage::File => jetstream::stream::StorageType::File,
+            Storage::Memory => jetstream::stream::StorageType::Memory,
+        };
+        let bucket = |name: &str, ttl_markers: bool| kv::Config {
+            bucket: name.to_owned(),
+            history: 1,
+            storage,
+            num_replicas: j.replicas,
+            limit_markers: ttl_markers.then_some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        let open = |cfg: kv::Config| {
+            let js = js.clone();
+            let where_ = where_.clone();
+            async move {
+                if let Ok(store) = js.get_key_value(cfg.bucket.clone()).await {
+                    return Ok(store);
+                }
+                let name = cfg.bucket.clone();
+                js.create_key_value(cfg).await.map_err(|e| {
+                    format!("NATS {where_}: cannot create JetStream KV bucket `{name}`: {e}")
+                })
+            }
+        };
+        let state = open(bucket(&j.state_bucket, true))
+            .await
+            .map_err(|e| format!("{e} (per-key TTL needs nats-server 2.11 or newer)"))?;
+        let leases = open(bucket(&j.leases_bucket, false)).await?;
+        let fencing = open(bucket(&j.fencing_bucket, false)).await?;
+        let ns = j.notifications_stream.clone();
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: ns.clone(),
+            subjects: vec![format!("{ns}.ps.>")],
+            max_age: Duration::from_secs(60),
+            storage,
+            num_replicas: j.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            format!("NATS {where_}: cannot create the notifications stream `{ns}`: {e}")
+        })?;
+        Ok(Self(Arc::new(Inner {
+            client,
+            js,
+            api_prefix,
+            state,
+            leases,
+            fencing,
+            ns,
+            config,
+            node_id,
+            where_,
+        })))
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> CoordError {
+        let msg = format!("NATS {}: {what}: {e}", self.0.where_);
+        if self.0.client.connection_state() != async_nats::connection::State::Connected {
+            CoordError::unavailable(msg)
+        } else if msg.contains("timed out") {
+            CoordError::new(ErrorKind::Timeout, msg)
+        } else {
+            CoordError::backend(msg)
+        }
+    }
+
+    /// Runs one operation under `connection.operation_timeout_ms`.
+    async fn op<T>(&self, what: &str, f: impl Future<Output = CoordResult<T>>) -> CoordResult<T> {
+        tokio::time::timeout(self.0.config.operation_timeout(), f)
+            .await
+            .map_err(|_| {
+                CoordError::new(
+                    ErrorKind::Timeout,
+                    format!("NATS {}: {what}: timed out", self.0.where_),
+                )
+            })?
+    }
+
+    fn key(key: &str) -> CoordResult<String> {
+        if key.is_empty() {
+            return Err(CoordError::invalid("empty key"));
+        }
+        Ok(encode_key(key))
+    }
+
+    /// A KV write the KV API has no call for: with a TTL, optionally at an expected revision
+    /// (0: the key must not exist). Returns the new revision, or `None` on a revision mismatch.
+    async fn publish_kv(
+        &self,
+        store: &kv::Store,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        expected: Option<u64>,
+    ) -> CoordResult<Option<u64>> {
+        let mut subject = String::new();
+        if store.use_jetstream_prefix {
+            subject.push_str(&self.0.api_prefix);
+            subject.push('.');
+        }
+        subject.push_str(store.put_prefix.as_ref().unwrap_or(&store.prefix));
+        subject.push_str(key);
+        let mut headers = HeaderMap::new();
+        if let Some(rev) = expected {
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                rev.to_string().as_str(),
+            );
+        }
+        if let Some(ttl) = ttl {
+            // NATS message TTLs are whole seconds, at least one.
+            let secs = ttl.as_millis().div_ceil(1000).max(1);
+            headers.insert("Nats-TTL", format!("{secs}s").as_str());
+        }
+        let ack = self
+            .0
+            .js
+            .publish_with_headers(subject, headers, Bytes::from(value))
+            .await
+            .map_err(|e| self.err("publish", e))?;
+        match ack.await {
+            Ok(a) => Ok(Some(a.sequence)),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Ok(None)
+            }
+            Err(e) => Err(self.err("publish", e)),
+        }
+    }
+
+    async fn live_entry(&self, store: &kv::Store, key: &str) -> CoordResult<Option<kv::Entry>> {
+        let e = store.entry(key).await.map_err(|e| self.err("get", e))?;
+        Ok(e.filter(|e| e.operation == kv::Operation::Put))
+    }
+
+    async fn raw_subscribe(&self, subject: String) -> CoordResult<async_nats::Subscriber> {
+        let sub = self
+            .0
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| self.err("subscribe", e))?;
+        // The server handles a connection's protocol in order: once this round trip returns,
+        // the subscription is live.
+        self.0
+            .client
+            .flush()
+            .await
+            .map_err(|e| self.err("subscribe", e))?;
+        Ok(sub)
+    }
+
+    async fn try_acquire(
+        &self,
+        name: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> CoordResult<Option<u64>> {
+        let key = Self::key(name)?;
+        let record = serde_json::to_vec(&LeaseRecord {
+            nonce: nonce.to_owned(),
+            expires_ms: now_ms() + ttl.as_millis() as u64,
+        })
+        .expect("record serializes");
+        let leases = &self.0.leases;
+        let entry = leases
+            .entry(key.as_str())
+            .await
+            .map_err(|e| self.err("acquire", e))?;
+        let expected = match entry {
+            None => 0,
+            Some(e) if e.operation != kv::Operation::Put => e.revision,
+            Some(e) => {
+                let held = serde_json::from_slice::<LeaseRecord>(&e.value)
+                    .is_ok_and(|r| r.expires_ms > now_ms());
+                if held {
+                    return Ok(None);
+                }
+                e.revision
+            }
+        };
+        let Some(lease_rev) = self
+            .publish_kv(leases, &key, record, None, Some(expected))
+            .await?
+        else {
+            return Ok(None);
+        };
+        // The fencing token: our write to the fencing bucket, in acquisition order.
+        loop {
+            let current = self
+                .0
+                .fencing
+                .entry(key.as_str())
+                .await
+                .map_err(|e| self.err("fence", e))?;
+            let (prior, expected) = match &current {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0),
+                    e.revision,
+                ),
+                Some(e) => (0, e.revision),
+                None => (0, 0),
+            };
+            if prior >= lease_rev {
+                // A later acquisition has already fenced: ours is stale.
+                return Ok(None);
+            }
+            if let Some(token) = self
+                .publish_kv(
+                    &self.0.fencing,
+                    &key,
+                    lease_rev.to_string().into_bytes(),
+                    None,
+                    Some(expected),
+                )
+                .await?
+            {
+                return Ok(Some(token));
+            }
+        }
+    }
+
+    fn peer_key(node_id: &str) -> String {
+        format!("peers.{}", encode_key(node_id))
+    }
+
+    async fn refresh_presence(&self, meta: &str) -> CoordResult<bool> {
+        let key = Self::peer_key(&self.0.node_id);
+        let fresh = match self.live_entry(&self.0.leases, &key).await? {
+            Some(e) => !serde_json::from_slice::<PeerRecord>(&e.value).is_ok_and(|r| {
+                r.seen_ms + self.0.config.peer_expiry().as_millis() as u64 > now_ms()
+            }),
+            None => true,
+        };
+        let record = serde_json::to_vec(&PeerRecord {
+            meta: meta.to_owned(),
+            seen_ms: now_ms(),
+        })
+        .expect("record serializes");
+        self.0
+            .leases
+            .put(key, record.into())
+            .await
+            .map_err(|e| self.err("presence", e))?;
+        Ok(fresh)
+    }
+
+    async fn announce_peers(&self) {
+        let _ = self
+            .0
+            .client
+            .publish(format!("{}.peers", self.0.ns), Bytes::new())
+            .await;
+        let _ = self.0.client.flush().await;
+    }
+}
+
+fn entry_of(key: &str, e: kv::Entry) -> Entry {
+    Entry {
+        key: key.to_owned(),
+        value: e.value.to_vec(),
+        revision: e.revision,
+    }
+}
+
+#[async_trait]
+impl Coordinator for NatsCoordinator {
+    fn node_id(&self) -> String {
+        self.0.node_id.clone()
+    }
+
+    async fn health(&self) -> Health {
+        let start = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(5), self.0.client.flush()).await {
+            Ok(Ok(())) => Health {
+                ok: true,
+                detail: format!(
+                    "NATS {} round trip {} µs",
+                    self.0.where_,
+                    start.elapsed().as_micros()
+                ),
+            },
+            Ok(Err(e)) => Health {
+                ok: false,
+                detail: self.err("flush", e).to_string(),
+            },
+            Err(_) => Health {
+                ok: false,
+                detail: format!("NATS {}: no answer within 5 s", self.0.where_),
+            },
+        }
+    }
+
+    async fn get(&self, key: &str) -> CoordResult<Option<Entry>> {
+        let k = Self::key(key)?;
+        self.op("get", async {
+            Ok(self
+                .live_entry(&self.0.state, &k)
+                .await?
+                .map(|e| entry_of(key, e)))
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> CoordResult<u64> {
+        let k = Self::key(key)?;
+        self.op("put", async {
+            match ttl {
+                None => self
+                    .0
+                    .state
+                    .put(k, value.into())
+                    .await
+                    .map_err(|e| self.err("put", e)),
+                Some(_) => Ok(self
+                    .publish_kv(&self.0.state, &k, value, ttl, None)
+                    .await?
+                    .expect("an unconditional write has no revision to mismatch")),
+            }
+        })
+        .await
+    }
+
+    async fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> CoordResult<Option<u64>> {
+        let k = Self::key(key)?;
+        self.op("create", async {
+            // A deleted key keeps a marker whose revision must be expected instead of 0.
+            let expected = match self
+                .0
+                .state
+                .entry(k.as_str())
+                .await
+                .map_err(|e| self.err("create", e))?
+            {
+                Some(e) if e.operation == kv::Operation::Put => return Ok(None),
+                Some(e) => e.revision,
+                None => 0,
+            };
+            self.publish_kv(&self.0.state, &k, value, ttl, Some(expected))
+                .await
+        })
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: u64,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> CoordResult<CasOutcome> {
+        let k = Self::key(key)?;
+        self.op("compare_and_swap", async {
+            let current = self.live_entry(&self.0.state, &k).await?;
+            if current.as_ref().map(|e| e.revision) != Some(expected) {
+                return Ok(CasOutcome::Mismatch(current.map(|e| entry_of(key, e))));
+            }
+            match self
+                .publish_kv(&self.0.state, &k, value, ttl, Some(expected))
+                .await?
+            {
+                Some(r) => Ok(CasOutcome::Swapped(r)),
+                None => Ok(CasOutcome::Mismatch(
+                    self.live_entry(&self.0.state, &k)
+                        .await?
+                        .map(|e| entry_of(key, e)),
+                )),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<u64>) -> CoordResult<bool> {
+        let k = Self::key(key)?;
+        self.op("delete", async {
+            let Some(current) = self.live_entry(&self.0.state, &k).await? else {
+                return Ok(false);
+            };
+            if expected.is_some_and(|r| r != current.revision) {
+                return Ok(false);
+            }
+            match self
+                .0
+                .state
+                .delete_expect_revision(k.as_str(), Some(current.revision))
+                .await
+            {
+                Ok(()) => Ok(true),
+                // Written in between: the key is no longer at the revision we checked.
+                Err(_)
+                    if self
+                        .live_entry(&self.0.state, &k)
+                        .await?
+                        .map(|e| e.revision)
+                        != Some(current.revision) =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(self.err("delete", e)),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> CoordResult<Vec<Entry>> {
+        self.op("list", async {
+            let mut keys = self.0.state.keys().await.map_err(|e| self.err("list", e))?;
+            let mut matching = Vec::new();
+            while let Some(k) = keys.next().await {
+                let k = k.map_err(|e| self.err("list", e))?;
+                if let Some(decoded) = decode_key(&k)
+                    && decoded.starts_with(prefix)
+                {
+                    matching.push((k, decoded));
+                }
+            }
+            let mut out: Vec<Entry> = futures::stream::iter(matching)
+                .map(|(k, decoded)| async move {
+                    self.live_entry(&self.0.state, &k)
+                        .await
+                        .map(|e| e.map(|e| entry_of(&decoded, e)))
+                })
+                .buffer_unordered(16)
+                .filter_map(|r| async move { r.transpose() })
+                .collect::<Vec<CoordResult<Entry>>>()
+                .await
+                .into_iter()
+                .collect::<CoordResult<_>>()?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn publish(&self, subject: &str, payload: Vec<u8>) -> CoordResult<()> {
+        if subject.is_empty() || subject.contains(['*', '>']) {
+            return Err(CoordError::invalid(format!(
+                "cannot publish to pattern `{subject}`"
+            )));
+        }
+        self.op("publish", async {
+            self.0
+                .client
+                .publish(format!("{}.ps.{subject}", self.0.ns), payload.into())
+                .await
+                .map_err(|e| self.err("publish", e))?;
+            self.0
+                .client
+                .flush()
+                .await
+                .map_err(|e| self.err("publish", e))
+        })
+        .await
+    }
+
+    async fn subscribe(&self, pattern: &str) -> CoordResult<BoxStream<'static, Message>> {
+        let prefix = format!("{}.ps.", self.0.ns);
+        let sub = self
+            .op(
+                "subscribe",
+                self.raw_subscribe(format!("{prefix}{pattern}")),
+            )
+            .await?;
+        Ok(sub
+            .map(move |m| Message {
+                subject: m.subject.as_str()[prefix.len()..].to_owned(),
+                payload: m.payload.to_vec(),
+            })
+            .boxed())
+    }
+
+    async fn acquire(
+        &self,
+        name: &str,
+        ttl: Option<Duration>,
+        wait: Duration,
+    ) -> CoordResult<Option<Box<dyn Lease>>> {
+        let ttl = ttl.unwrap_or(self.0.config.lease_ttl());
+        if ttl < Duration::from_millis(10) {
+            return Err(CoordError::invalid("lease TTL must be at least 10 ms"));
+        }
+        let nonce = format!("{}:{:032x}", self.0.node_id, rand::random::<u128>());
+        let deadline = Instant::now() + wait;
+        let mut released = if wait.is_zero() {
+            None
+        } else {
+            Some(
+                self.raw_subscribe(format!("{}.lease.{}", self.0.ns, encode_key(name)))
+                    .await?,
+            )
+        };
+        loop {
+            let sent = Instant::now();
+            if let Some(token) = self
+                .op("acquire", self.try_acquire(name, &nonce, ttl))
+                .await?
+            {
+                return Ok(Some(Box::new(NatsLease::start(
+                    self.clone(),
+                    name,
+                    nonce,
+                    token,
+                    ttl,
+                    sent,
+                ))));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let poll = (deadline - now).min(Duration::from_millis(200));
+            match released.as_mut() {
+                Some(s) => {
+                    let _ = tokio::time::timeout(poll, s.next()).await;
+                }
+                None => tokio::time::sleep(poll).await,
+            }
+        }
+    }
+
+    async fn register(&self, meta: String) -> CoordResult<Box<dyn Presence>> {
+        self.op("register", self.refresh_presence(&meta)).await?;
+        self.announce_peers().await;
+        let (stop, mut stopped) = watch::channel(false);
+        let me = self.clone();
+        let every = self.0.config.heartbeat();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.changed() => return,
+                }
+                match me.op("heartbeat", me.refresh_presence(&meta)).await {
+                    Ok(true) => me.announce_peers().await,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "heartbeat failed; retrying at the next interval")
+                    }
+                }
+            }
+        });
+        Ok(Box::new(NatsPresence {
+            coordinator: self.clone(),
+            stop,
+        }))
+    }
+
+    async fn peers(&self) -> CoordResult<Vec<Peer>> {
+        self.op("peers", async {
+            let mut keys = self
+                .0
+                .leases
+                .keys()
+                .await
+                .map_err(|e| self.err("peers", e))?;
+            let expiry = self.0.config.peer_expiry().as_millis() as u64;
+            let mut out = Vec::new();
+            while let Some(k) = keys.next().await {
+                let k = k.map_err(|e| self.err("peers", e))?;
+                let Some(id) = k.strip_prefix("peers.").and_then(decode_key) else {
+                    continue;
+                };
+                let Some(e) = self.live_entry(&self.0.leases, &k).await? else {
+                    continue;
+                };
+                if let Ok(r) = serde_json::from_slice::<PeerRecord>(&e.value)
+                    && r.seen_ms + expiry > now_ms()
+                {
+                    out.push(Peer {
+                        node_id: id,
+                        meta: r.meta,
+                    });
+                }
+            }
+            out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn watch_peers(&self) -> CoordResult<BoxStream<'static, PeerEvent>> {
+        let mut wake = self.raw_subscribe(format!("{}.peers", self.0.ns)).await?;
+        let mut known: BTreeMap<String, String> = self
+            .peers()
+            .await?
+            .into_iter()
+            .map(|p| (p.node_id, p.meta))
+            .collect();
+        let (tx, rx) = mpsc::channel(256);
+        let me = self.clone();
+        let poll = self.0.config.heartbeat().min(Duration::from_millis(500));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = wake.next() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = tx.closed() => return,
+                }
+                let Ok(now) = me.peers().await else { continue };
+                let now: BTreeMap<String, String> =
+                    now.into_iter().map(|p| (p.node_id, p.meta)).collect();
+                for (id, meta) in &now {
+                    if !known.contains_key(id)
+                        && tx
+                            .send(PeerEvent::Up(Peer {
+                                node_id: id.clone(),
+                                meta: meta.clone(),
+                            }))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+                for id in known.keys() {
+                    if !now.contains_key(id)
+                        && tx
+                            .send(PeerEvent::Down {
+                                node_id: id.clone(),
+                            })
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+                known = now;
+            }
+        });
+        let mut rx = rx;
+        Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+    }
+
+    async fn watch_prefix(&self, prefix: &str) -> CoordResult<BoxStream<'static, KvEvent>> {
+        let status = self
+            .op("watch", async {
+                self.0
+                    .state
+                    .status()
+                    .await
+                    .map_err(|e| self.err("watch", e))
+            })
+            .await?;
+        let from = status.info.state.last_sequence + 1;
+        let watch = self
+            .op("watch", async {
+                self.0
+                    .state
+                    .watch_all_from_revision(from)
+                    .await
+                    .map_err(|e| self.err("watch", e))
+            })
+            .await?;
+        let prefix = prefix.to_owned();
+        Ok(watch
+            .filter_map(move |e| {
+                let out = e.ok().and_then(|e| {
+                    let key = decode_key(&e.key)?;
+                    if !key.starts_with(&prefix) {
+                        return None;
+                    }
+                    Some(match e.operation {
+                        kv::Operation::Put => KvEvent::Put(entry_of(&key, e)),
+                        _ => KvEvent::Delete {
+                            key,
+                            revision: e.revision,
+                        },
+                    })
+                });
+                futures::future::ready(out)
+            })
+            .boxed())
+    }
+}
+
+struct NatsPresence {
+    coordinator: NatsCoordinator,
+    stop: watch::Sender<bool>,
+}
+
+#[async_trait]
+impl Presence for NatsPresence {
+    async fn deregister(&self) -> CoordResult<()> {
+        let _ = self.stop.send(true);
+        let c = &self.coordinator;
+        c.op("deregister", async {
+            c.0.leases
+                .delete(NatsCoordinator::peer_key(&c.0.node_id))
+                .await
+                .map_err(|e| c.err("deregister", e))
+        })
+        .await?;
+        c.announce_peers().await;
+        Ok(())
+    }
+}
+
+impl Drop for NatsPresence {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+struct NatsLease {
+    coordinator: NatsCoordinator,
+    name: String,
+    token: u64,
+    ttl: Duration,
+    /// The revision of our lease entry while held.
+    revision: Arc<std::sync::Mutex<Option<u64>>>,
+    nonce: String,
+    lost: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+}
+
+impl NatsLease {
+    fn start(
+        c: NatsCoordinator,
+        name: &str,
+        nonce: String,
+        token: u64,
+        ttl: Duration,
+        sent: Instant,
+    ) -> Self {
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let revision = Arc::new(std::sync::Mutex::new(None));
+        let every = ttl * c.0.config.lease.renew_before_expiry_percent / 100;
+        let (c2, key, n, rev) = (c.clone(), encode_key(name), nonce.clone(), revision.clone());
+        tokio::spawn(async move {
+            // Our entry's revision, needed to renew at it.
+            match c2.live_entry(&c2.0.leases, &key).await {
+                Ok(Some(e))
+                    if serde_json::from_slice::<LeaseRecord>(&e.value)
+                        .is_ok_and(|r| r.nonce == n) =>
+                {
+                    *rev.lock().unwrap() = Some(e.revision)
+                }
+                _ => {
+                    let _ = lost_tx.send(true);
+                    return;
+                }
+            }
+            let mut deadline = sent + ttl;
+            let mut next = sent + every;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {}
+                    _ = stop_rx.changed() => return,
+                }
+                let sent = Instant::now();
+                if sent >= deadline {
+                    *rev.lock().unwrap() = None;
+                    let _ = lost_tx.send(true);
+                    return;
+                }
+                let Some(current) = *rev.lock().unwrap() else {
+                    return;
+                };
+                let record = serde_json::to_vec(&LeaseRecord {
+                    nonce: n.clone(),
+                    expires_ms: now_ms() + ttl.as_millis() as u64,
+                })
+                .expect("record serializes");
+                match c2
+                    .publish_kv(&c2.0.leases, &key, record, None, Some(current))
+                    .await
+                {
+                    Ok(Some(r)) => {
+                        *rev.lock().unwrap() = Some(r);
+                        deadline = sent + ttl;
+                        next = sent + every;
+                    }
+                    Ok(None) => {
+                        *rev.lock().unwrap() = None;
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease renewal failed; retrying until the lease would expire");
+                        next = Instant::now()
+                            + Duration::from_millis(100)
+                                .min(deadline.saturating_duration_since(Instant::now()));
+                    }
+                }
+            }
+        });
+        Self {
+            coordinator: c,
+            name: name.to_owned(),
+            token,
+            ttl,
+            revision,
+            nonce,
+            lost: lost_rx,
+            stop: stop_tx,
+        }
+    }
+}
+
+#[async_trait]
+impl Lease for NatsLease {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn token(&self) -> u64 {
+        self.token
+    }
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+    fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+    async fn lost(&self) {
+        let mut rx = self.lost.clone();
+        let _ = rx.wait_for(|l| *l).await;
+    }
+    async fn release(&self) -> CoordResult<()> {
+        let _ = self.stop.send(true);
+        let c = &self.coordinator;
+        let key = encode_key(&self.name);
+        // The renewal task may not have recorded the revision yet: look it up by nonce.
+        let known = *self.revision.lock().unwrap();
+        let rev = match known {
+            Some(r) => Some(r),
+            None => c
+                .live_entry(&c.0.leases, &key)
+                .await?
+                .filter(|e| {
+                    serde_json::from_slice::<LeaseRecord>(&e.value)
+                        .is_ok_and(|r| r.nonce == self.nonce)
+                })
+                .map(|e| e.revision),
+        };
+        if let Some(rev) = rev {
+            c.op("release", async {
+                c.0.leases
+                    .delete_expect_revision(key.as_str(), Some(rev))
+                    .await
+                    .map_err(|e| c.err("release", e))
+            })
+            .await?;
+            let _ =
+                c.0.client
+                    .publish(format!("{}.lease.{}", c.0.ns, key), Bytes::new())
+                    .await;
+            let _ = c.0.client.flush().await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NatsLease {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_are_valid_nats_keys() {
+        for k in ["cap/sessions/abc", "a.b", "x y=z", "ünï", "tk1/kv_basics/k"] {
+            let e = encode_key(k);
+            assert!(
+                e.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/' | b'=')),
+                "{e}"
+            );
+            assert_eq!(decode_key(&e).as_deref(), Some(k));
+        }
+        assert_eq!(encode_key("a.b"), "a=2Eb");
+    }
+}
