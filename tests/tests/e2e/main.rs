@@ -4,6 +4,7 @@
 mod harness;
 
 mod config_check;
+mod etcd_cluster;
 mod gateway_lifecycle;
 mod nats_cluster;
 mod plugins;
