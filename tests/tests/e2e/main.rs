@@ -4,6 +4,7 @@
 mod harness;
 
 mod config_check;
+mod consul_config;
 mod etcd_cluster;
 mod gateway_lifecycle;
 mod nats_cluster;

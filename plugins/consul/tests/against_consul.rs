@@ -1,0 +1,110 @@
+//! The Consul plugin against a real Consul — only when one is given. No Consul server can be
+//! installed on this project's machines (it is not in Debian, PyPI or npm), so the test kit
+//! runs when `CONSUL_HTTP_ADDR` points at one (`consul agent -dev` anywhere), and otherwise says
+//! loudly that it did not run. A fake Consul would prove nothing and is deliberately absent.
+//! What *is* always tested for real: every config rule (unit tests in `config.rs` and the
+//! e2e config-check test), loading the built `.so`, and a boot failure against a closed port.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpg_plugin_api::coordinator::Coordinator;
+use mcpg_plugin_api::export::HostInfo;
+use mcpg_plugin_api::remote::LoadedPlugin;
+use mcpg_plugin_testkit::{Harness, run};
+
+fn plugin() -> LoadedPlugin {
+    let exe = std::env::current_exe().unwrap();
+    let so: PathBuf = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("libmcpg_cluster_consul.so");
+    LoadedPlugin::load(&so, Some("dev.mcpg.cluster.consul"))
+        .unwrap_or_else(|e| panic!("{e} (build the workspace first: cargo build --workspace)"))
+}
+
+async fn boot(
+    plugin: &LoadedPlugin,
+    config: serde_json::Value,
+    node_id: &str,
+) -> Result<Arc<dyn Coordinator>, String> {
+    let (p, host) = (
+        plugin.clone(),
+        HostInfo {
+            node_id: Some(node_id.to_owned()),
+            host_version: "test".into(),
+        },
+    );
+    tokio::task::spawn_blocking(move || p.boot(&config, &host))
+        .await
+        .unwrap()
+        .map_err(|e| e.to_string())
+}
+
+struct ConsulHarness {
+    plugin: LoadedPlugin,
+    address: String,
+    prefix: String,
+}
+
+#[async_trait::async_trait]
+impl Harness for ConsulHarness {
+    async fn instance(&self, node_id: &str) -> Arc<dyn Coordinator> {
+        boot(&self.plugin, serde_json::json!({"address": self.address, "service_name": "mcpg-test", "kv_prefix": self.prefix}), node_id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn min_ttl(&self) -> Duration {
+        // Consul sessions have a 10 s minimum TTL and expire within two TTLs.
+        mcpg_cluster_consul::config::MIN_SESSION_TTL
+    }
+
+    fn peer_expiry(&self) -> Duration {
+        mcpg_cluster_consul::config::PEER_TTL * 2
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_kit_against_a_real_consul_when_one_is_given() {
+    let Ok(address) = std::env::var("CONSUL_HTTP_ADDR") else {
+        eprintln!(
+            "\n*** NOT RUN: the coordinator test kit against Consul needs a real Consul; set CONSUL_HTTP_ADDR (e.g. http://127.0.0.1:8500 from `consul agent -dev`). Nothing was verified against Consul in this run. ***\n"
+        );
+        return;
+    };
+    let address = if address.contains("://") {
+        address
+    } else {
+        format!("http://{address}")
+    };
+    let prefix = format!("mcpg-test-{}/", std::process::id());
+    run(&ConsulHarness {
+        plugin: plugin(),
+        address,
+        prefix,
+    })
+    .await
+    .assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_against_a_closed_port_fails_saying_where() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = boot(&plugin(), serde_json::json!({"address": format!("http://127.0.0.1:{port}"), "service_name": "m", "token": "s3cret"}), "a")
+        .await
+        .err()
+        .expect("no Consul listens there");
+    assert!(
+        err.contains(&format!("cannot reach Consul at http://127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+}
