@@ -120,6 +120,7 @@ pub mod export;
 pub mod memory;
 pub mod remote;
 pub mod schema_check;
+pub mod support;
 
 #[doc(hidden)]
 pub use abi_stable;

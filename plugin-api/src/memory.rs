@@ -17,10 +17,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::coordinator::*;
+use crate::support::{HeldLease, HeldPresence, LeaseSignals};
 
 /// Keys under this prefix hold the store's own records (leases, fencing counters, peers).
 pub const RESERVED_PREFIX: &str = "\u{1}mcpg/";
@@ -348,7 +349,7 @@ impl Coordinator for MemoryCoordinator {
 
     async fn subscribe(&self, pattern: &str) -> CoordResult<BoxStream<'static, Message>> {
         let rx = self.subscribe_filter(Filter::Subject(pattern.to_owned()));
-        Ok(tokio_stream(rx)
+        Ok(unbounded_stream(rx)
             .filter_map(|e| async move {
                 match e {
                     Event::Message(m) => Some(m),
@@ -374,7 +375,7 @@ impl Coordinator for MemoryCoordinator {
             // not missed.
             let freed = self.store.lease_freed.notified();
             if let Some((token, revision)) = self.try_acquire(name, ttl) {
-                return Ok(Some(Box::new(MemoryLease::start(
+                return Ok(Some(Box::new(hold_lease(
                     self.clone(),
                     name,
                     token,
@@ -393,8 +394,12 @@ impl Coordinator for MemoryCoordinator {
         let key = format!("{PEER_PREFIX}{}", self.node_id);
         let ttl = self.store.config.peer_ttl;
         self.put(&key, meta.clone().into_bytes(), Some(ttl)).await?;
+        let (c, k) = (self.clone(), key.clone());
+        let (presence, mut stop_rx) = HeldPresence::new(move || {
+            let (c, k) = (c.clone(), k.clone());
+            Box::pin(async move { c.delete(&k, None).await.map(|_| ()) })
+        });
         let me = self.clone();
-        let (stop_tx, mut stop_rx) = watch::channel(false);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -404,10 +409,7 @@ impl Coordinator for MemoryCoordinator {
                 let _ = me.put(&key, meta.clone().into_bytes(), Some(ttl)).await;
             }
         });
-        Ok(Box::new(MemoryPresence {
-            coordinator: self.clone(),
-            stop: stop_tx,
-        }))
+        Ok(Box::new(presence))
     }
 
     async fn peers(&self) -> CoordResult<Vec<Peer>> {
@@ -452,7 +454,7 @@ impl Coordinator for MemoryCoordinator {
 
     async fn watch_prefix(&self, prefix: &str) -> CoordResult<BoxStream<'static, KvEvent>> {
         let rx = self.subscribe_filter(Filter::Prefix(prefix.to_owned()));
-        Ok(tokio_stream(rx)
+        Ok(unbounded_stream(rx)
             .filter_map(|e| async move {
                 match e {
                     Event::Kv(k) => Some(k),
@@ -463,126 +465,63 @@ impl Coordinator for MemoryCoordinator {
     }
 }
 
-fn tokio_stream<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> BoxStream<'static, T> {
+fn unbounded_stream<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> BoxStream<'static, T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
-struct MemoryPresence {
+/// A held lease: renewed by compare-and-swap of its record at the configured percent of the TTL;
+/// lost when the renewal finds the record gone or changed.
+fn hold_lease(
     coordinator: MemoryCoordinator,
-    stop: watch::Sender<bool>,
-}
-
-#[async_trait]
-impl Presence for MemoryPresence {
-    async fn deregister(&self) -> CoordResult<()> {
-        let _ = self.stop.send(true);
-        let key = format!("{PEER_PREFIX}{}", self.coordinator.node_id);
-        self.coordinator.delete(&key, None).await.map(|_| ())
-    }
-}
-
-impl Drop for MemoryPresence {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-struct MemoryLease {
-    coordinator: MemoryCoordinator,
-    name: String,
+    name: &str,
     token: u64,
+    revision: u64,
     ttl: Duration,
-    /// The lease record's revision while held; `None` once released or lost.
-    revision: Arc<Mutex<Option<u64>>>,
-    lost: watch::Receiver<bool>,
-    stop: watch::Sender<bool>,
-}
-
-impl MemoryLease {
-    fn start(
-        coordinator: MemoryCoordinator,
-        name: &str,
-        token: u64,
-        revision: u64,
-        ttl: Duration,
-    ) -> Self {
-        let (lost_tx, lost_rx) = watch::channel(false);
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let rev = Arc::new(Mutex::new(Some(revision)));
-        let percent = u32::from(coordinator.store.config.renew_percent.clamp(1, 99));
-        let every = ttl * percent / 100;
-        let (c, key, rev2) = (coordinator.clone(), lease_key(name), rev.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop_rx.changed() => return,
-                }
-                let Some(current) = *rev2.lock().unwrap() else {
+) -> HeldLease {
+    let rev = Arc::new(Mutex::new(Some(revision)));
+    let (c, n, r) = (coordinator.clone(), name.to_owned(), rev.clone());
+    let (lease, signals) = HeldLease::new(name, token, ttl, move || {
+        let (c, n, r) = (c.clone(), n.clone(), r.clone());
+        Box::pin(async move {
+            let current = r.lock().unwrap().take();
+            if let Some(current) = current {
+                c.delete(&lease_key(&n), Some(current)).await?;
+            }
+            Ok(())
+        })
+    });
+    let percent = u32::from(coordinator.store.config.renew_percent.clamp(1, 99));
+    let every = ttl * percent / 100;
+    let key = lease_key(name);
+    let LeaseSignals { lost, mut stop } = signals;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+            let Some(current) = *rev.lock().unwrap() else {
+                return;
+            };
+            let renewed = coordinator
+                .compare_and_swap(
+                    &key,
+                    current,
+                    coordinator.node_id.as_bytes().to_vec(),
+                    Some(ttl),
+                )
+                .await;
+            match renewed {
+                Ok(CasOutcome::Swapped(r)) => *rev.lock().unwrap() = Some(r),
+                _ => {
+                    *rev.lock().unwrap() = None;
+                    let _ = lost.send(true);
                     return;
-                };
-                let renewed = c
-                    .compare_and_swap(&key, current, c.node_id.as_bytes().to_vec(), Some(ttl))
-                    .await;
-                match renewed {
-                    Ok(CasOutcome::Swapped(r)) => *rev2.lock().unwrap() = Some(r),
-                    _ => {
-                        *rev2.lock().unwrap() = None;
-                        let _ = lost_tx.send(true);
-                        return;
-                    }
                 }
             }
-        });
-        Self {
-            coordinator,
-            name: name.to_owned(),
-            token,
-            ttl,
-            revision: rev,
-            lost: lost_rx,
-            stop: stop_tx,
         }
-    }
-}
-
-#[async_trait]
-impl Lease for MemoryLease {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn token(&self) -> u64 {
-        self.token
-    }
-
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-
-    async fn lost(&self) {
-        let mut rx = self.lost.clone();
-        let _ = rx.wait_for(|l| *l).await;
-    }
-
-    async fn release(&self) -> CoordResult<()> {
-        let _ = self.stop.send(true);
-        let rev = self.revision.lock().unwrap().take();
-        if let Some(rev) = rev {
-            self.coordinator
-                .delete(&lease_key(&self.name), Some(rev))
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for MemoryLease {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
+    });
+    lease
 }

@@ -25,6 +25,37 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use mcpg_plugin_api::coordinator::*;
 
+/// A plugin library built by this cargo workspace (`lib<name>.so` next to the test binary's
+/// `deps/` folder), loaded and checked to be `id`.
+pub fn built_library(file_name: &str, id: &str) -> mcpg_plugin_api::remote::LoadedPlugin {
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile dir")
+        .join(file_name);
+    mcpg_plugin_api::remote::LoadedPlugin::load(&path, Some(id))
+        .unwrap_or_else(|e| panic!("{e} (build the workspace first: cargo build --workspace)"))
+}
+
+/// Boots a coordinator instance from `plugin` as replica `node_id`, off the async workers (boot
+/// blocks until the plugin has connected).
+pub async fn boot(
+    plugin: &mcpg_plugin_api::remote::LoadedPlugin,
+    config: serde_json::Value,
+    node_id: &str,
+) -> Result<Arc<dyn Coordinator>, String> {
+    let plugin = plugin.clone();
+    let host = mcpg_plugin_api::export::HostInfo {
+        node_id: Some(node_id.to_owned()),
+        host_version: "test".into(),
+    };
+    tokio::task::spawn_blocking(move || plugin.boot(&config, &host))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 /// How the suite reaches a backend.
 #[async_trait]
 pub trait Harness: Send + Sync {

@@ -15,16 +15,18 @@
 //! - `P peers/<node>`: presence, locked by the replica's session.
 //! - `P ev/<subject>/<unique>`: pub/sub over KV plus blocking queries.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use mcpg_plugin_api::prelude::*;
+use mcpg_plugin_api::support::{
+    HeldLease, HeldPresence, LeaseSignals, peer_changes, receiver_stream,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc, watch};
@@ -396,10 +398,6 @@ impl ConsulCoordinator {
     }
 }
 
-fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> BoxStream<'static, T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
-}
-
 #[async_trait]
 impl Coordinator for ConsulCoordinator {
     fn node_id(&self) -> String {
@@ -606,7 +604,7 @@ impl Coordinator for ConsulCoordinator {
             ];
             if let Some(r) = self.txn(ops).await? {
                 let token = r.last().map(|p| p.modify_index).unwrap_or(0);
-                return Ok(Some(Box::new(ConsulLease::start(
+                return Ok(Some(Box::new(hold_lease(
                     self.clone(),
                     name,
                     session,
@@ -639,13 +637,14 @@ impl Coordinator for ConsulCoordinator {
         self.txn(ops)
             .await?
             .ok_or_else(|| self.err("register", "transaction refused", false))?;
-        let (stop, stopped) = watch::channel(false);
-        self.keep_session(session.clone(), PEER_TTL, stopped, None);
-        Ok(Box::new(ConsulPresence {
-            coordinator: self.clone(),
-            session,
-            stop,
-        }))
+        let (c, id) = (self.clone(), session.clone());
+        // Destroying the session deletes the key it locks (Behavior=delete).
+        let (presence, stopped) = HeldPresence::new(move || {
+            let (c, id) = (c.clone(), id.clone());
+            Box::pin(async move { c.destroy_session(&id).await })
+        });
+        self.keep_session(session, PEER_TTL, stopped, None);
+        Ok(Box::new(presence))
     }
 
     async fn peers(&self) -> CoordResult<Vec<Peer>> {
@@ -668,8 +667,12 @@ impl Coordinator for ConsulCoordinator {
     async fn watch_peers(&self) -> CoordResult<BoxStream<'static, PeerEvent>> {
         let base = self.p("peers/");
         let (_, start) = self.get_pairs(&base, true, None).await?;
-        let mut known: BTreeSet<String> =
-            self.peers().await?.into_iter().map(|p| p.node_id).collect();
+        let mut known: BTreeMap<String, String> = self
+            .peers()
+            .await?
+            .into_iter()
+            .map(|p| (p.node_id, p.meta))
+            .collect();
         let mut rx = self.blocking_watch(base.clone(), start.max(1));
         let (tx, out) = mpsc::channel(256);
         tokio::spawn(async move {
@@ -684,32 +687,11 @@ impl Coordinator for ConsulCoordinator {
                         ))
                     })
                     .collect();
-                for (id, meta) in &now {
-                    if !known.contains(id)
-                        && tx
-                            .send(PeerEvent::Up(Peer {
-                                node_id: id.clone(),
-                                meta: meta.clone(),
-                            }))
-                            .await
-                            .is_err()
-                    {
+                for ev in peer_changes(&mut known, now) {
+                    if tx.send(ev).await.is_err() {
                         return;
                     }
                 }
-                for id in &known {
-                    if !now.contains_key(id)
-                        && tx
-                            .send(PeerEvent::Down {
-                                node_id: id.clone(),
-                            })
-                            .await
-                            .is_err()
-                    {
-                        return;
-                    }
-                }
-                known = now.into_keys().collect();
             }
         });
         Ok(receiver_stream(out))
@@ -765,110 +747,49 @@ impl Coordinator for ConsulCoordinator {
     }
 }
 
-struct ConsulPresence {
-    coordinator: ConsulCoordinator,
-    session: String,
-    stop: watch::Sender<bool>,
-}
-
-#[async_trait]
-impl Presence for ConsulPresence {
-    async fn deregister(&self) -> CoordResult<()> {
-        let _ = self.stop.send(true);
-        // Destroying the session deletes the key it locks (Behavior=delete).
-        self.coordinator.destroy_session(&self.session).await
-    }
-}
-
-impl Drop for ConsulPresence {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-struct ConsulLease {
-    coordinator: ConsulCoordinator,
-    name: String,
+/// A held lease: the session is renewed at the configured percent, and the key is watched (it
+/// can also go behind our back); either failing reports the lease lost.
+fn hold_lease(
+    c: ConsulCoordinator,
+    name: &str,
     session: String,
     token: u64,
     ttl: Duration,
-    lost: watch::Receiver<bool>,
-    stop: watch::Sender<bool>,
-}
-
-impl ConsulLease {
-    fn start(c: ConsulCoordinator, name: &str, session: String, token: u64, ttl: Duration) -> Self {
-        let (lost_tx, lost_rx) = watch::channel(false);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        c.keep_session(session.clone(), ttl, stop_rx.clone(), Some(lost_tx.clone()));
-        // The key can also go behind our back (deleted by an operator): watch it.
-        let (c2, k, s) = (c.clone(), c.p(&format!("lease/{name}")), session.clone());
-        let mut stop = stop_rx;
-        tokio::spawn(async move {
-            let mut index = token;
-            loop {
-                let q = c2.get_pairs(&k, false, Some((index.max(1), c2.0.config.wait())));
-                let r = tokio::select! {
-                    r = q => r,
-                    _ = stop.changed() => return,
-                };
-                match r {
-                    Ok((pairs, returned)) => {
-                        if !pairs
-                            .iter()
-                            .any(|p| p.session.as_deref() == Some(s.as_str()))
-                        {
-                            let _ = lost_tx.send(true);
-                            return;
-                        }
-                        index = next_index(index, returned);
+) -> HeldLease {
+    let (rc, rs) = (c.clone(), session.clone());
+    // Destroying the session deletes the key it holds (Behavior=delete), which wakes contenders
+    // blocked on it; LockDelay=0s lets them take it at once.
+    let (lease, signals) = HeldLease::new(name, token, ttl, move || {
+        let (c, s) = (rc.clone(), rs.clone());
+        Box::pin(async move { c.destroy_session(&s).await })
+    });
+    let LeaseSignals { lost, mut stop } = signals;
+    c.keep_session(session.clone(), ttl, stop.clone(), Some(lost.clone()));
+    let k = c.p(&format!("lease/{name}"));
+    tokio::spawn(async move {
+        let mut index = token;
+        loop {
+            let q = c.get_pairs(&k, false, Some((index.max(1), c.0.config.wait())));
+            let r = tokio::select! {
+                r = q => r,
+                _ = stop.changed() => return,
+            };
+            match r {
+                Ok((pairs, returned)) => {
+                    if !pairs
+                        .iter()
+                        .any(|p| p.session.as_deref() == Some(session.as_str()))
+                    {
+                        let _ = lost.send(true);
+                        return;
                     }
-                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    index = next_index(index, returned);
                 }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
-        });
-        Self {
-            coordinator: c,
-            name: name.to_owned(),
-            session,
-            token,
-            ttl,
-            lost: lost_rx,
-            stop: stop_tx,
         }
-    }
-}
-
-#[async_trait]
-impl Lease for ConsulLease {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn token(&self) -> u64 {
-        self.token
-    }
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-    fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-    async fn lost(&self) {
-        let mut rx = self.lost.clone();
-        let _ = rx.wait_for(|l| *l).await;
-    }
-    async fn release(&self) -> CoordResult<()> {
-        let _ = self.stop.send(true);
-        // Destroying the session deletes the key it holds (Behavior=delete), which wakes
-        // contenders blocked on it; LockDelay=0s lets them take it at once.
-        self.coordinator.destroy_session(&self.session).await
-    }
-}
-
-impl Drop for ConsulLease {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
+    });
+    lease
 }
 
 #[cfg(test)]

@@ -5,44 +5,12 @@
 //! What *is* always tested for real: every config rule (unit tests in `config.rs` and the
 //! e2e config-check test), loading the built `.so`, and a boot failure against a closed port.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mcpg_plugin_api::coordinator::Coordinator;
-use mcpg_plugin_api::export::HostInfo;
 use mcpg_plugin_api::remote::LoadedPlugin;
-use mcpg_plugin_testkit::{Harness, run};
-
-fn plugin() -> LoadedPlugin {
-    let exe = std::env::current_exe().unwrap();
-    let so: PathBuf = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libmcpg_cluster_consul.so");
-    LoadedPlugin::load(&so, Some("dev.mcpg.cluster.consul"))
-        .unwrap_or_else(|e| panic!("{e} (build the workspace first: cargo build --workspace)"))
-}
-
-async fn boot(
-    plugin: &LoadedPlugin,
-    config: serde_json::Value,
-    node_id: &str,
-) -> Result<Arc<dyn Coordinator>, String> {
-    let (p, host) = (
-        plugin.clone(),
-        HostInfo {
-            node_id: Some(node_id.to_owned()),
-            host_version: "test".into(),
-        },
-    );
-    tokio::task::spawn_blocking(move || p.boot(&config, &host))
-        .await
-        .unwrap()
-        .map_err(|e| e.to_string())
-}
+use mcpg_plugin_testkit::{Harness, boot, built_library, run};
 
 struct ConsulHarness {
     plugin: LoadedPlugin,
@@ -83,7 +51,7 @@ async fn the_test_kit_against_a_real_consul_when_one_is_given() {
     };
     let prefix = format!("mcpg-test-{}/", std::process::id());
     run(&ConsulHarness {
-        plugin: plugin(),
+        plugin: built_library("libmcpg_cluster_consul.so", "dev.mcpg.cluster.consul"),
         address,
         prefix,
     })
@@ -98,7 +66,7 @@ async fn boot_against_a_closed_port_fails_saying_where() {
         .local_addr()
         .unwrap()
         .port();
-    let err = boot(&plugin(), serde_json::json!({"address": format!("http://127.0.0.1:{port}"), "service_name": "m", "token": "s3cret"}), "a")
+    let err = boot(&built_library("libmcpg_cluster_consul.so", "dev.mcpg.cluster.consul"), serde_json::json!({"address": format!("http://127.0.0.1:{port}"), "service_name": "m", "token": "s3cret"}), "a")
         .await
         .err()
         .expect("no Consul listens there");

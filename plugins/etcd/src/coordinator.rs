@@ -20,10 +20,10 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
     WatchOptions,
 };
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use mcpg_plugin_api::prelude::*;
-use tokio::sync::{Mutex, mpsc, watch};
+use mcpg_plugin_api::support::{HeldLease, HeldPresence, LeaseSignals, receiver_stream};
+use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
 use crate::config::{Config, DEFAULT_LEASE_TTL, PEER_TTL};
@@ -399,7 +399,7 @@ impl Coordinator for EtcdCoordinator {
             let seen = match self.try_acquire(name, ttl).await? {
                 Ok((lease, token)) => {
                     return Ok(Some(Box::new(
-                        EtcdLease::start(self.clone(), name, lease, token, ttl, sent).await?,
+                        hold_lease(self.clone(), name, lease, token, ttl, sent).await?,
                     )));
                 }
                 Err(revision) => revision,
@@ -436,7 +436,18 @@ impl Coordinator for EtcdCoordinator {
             .put(key, meta, Some(PutOptions::new().with_lease(lease)))
             .await
             .map_err(|e| self.err("register", e))?;
-        let (stop, mut stopped) = watch::channel(false);
+        let dc = self.clone();
+        let (presence, mut stopped) = HeldPresence::new(move || {
+            let c = dc.clone();
+            // Revoking the lease deletes the key, which watchers see.
+            Box::pin(async move {
+                c.c()
+                    .lease_revoke(lease)
+                    .await
+                    .map_err(|e| c.err("deregister", e))?;
+                Ok(())
+            })
+        });
         let c = self.clone();
         let every = PEER_TTL * self.0.config.renew_percent() / 100;
         tokio::spawn(async move {
@@ -461,11 +472,7 @@ impl Coordinator for EtcdCoordinator {
                 }
             }
         });
-        Ok(Box::new(EtcdPresence {
-            coordinator: self.clone(),
-            lease,
-            stop,
-        }))
+        Ok(Box::new(presence))
     }
 
     async fn peers(&self) -> CoordResult<Vec<Peer>> {
@@ -609,169 +616,93 @@ impl Coordinator for EtcdCoordinator {
     }
 }
 
-fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> BoxStream<'static, T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
-}
-
-struct EtcdPresence {
-    coordinator: EtcdCoordinator,
-    lease: i64,
-    stop: watch::Sender<bool>,
-}
-
-#[async_trait]
-impl Presence for EtcdPresence {
-    async fn deregister(&self) -> CoordResult<()> {
-        let _ = self.stop.send(true);
-        let c = &self.coordinator;
-        // Revoking the lease deletes the key, which watchers see.
-        c.c()
-            .lease_revoke(self.lease)
-            .await
-            .map_err(|e| c.err("deregister", e))?;
-        Ok(())
-    }
-}
-
-impl Drop for EtcdPresence {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-struct EtcdLease {
-    coordinator: EtcdCoordinator,
-    name: String,
+/// A held lease: keeps the etcd lease alive at the configured percent and watches the key. The
+/// local deadline counts from when each keep-alive was *sent*.
+async fn hold_lease(
+    c: EtcdCoordinator,
+    name: &str,
     lease: i64,
     token: u64,
     ttl: Duration,
-    lost: watch::Receiver<bool>,
-    stop: watch::Sender<bool>,
-}
-
-impl EtcdLease {
-    /// Keeps the etcd lease alive at the configured percent and watches the key. The local
-    /// deadline counts from when each keep-alive was *sent*.
-    async fn start(
-        c: EtcdCoordinator,
-        name: &str,
-        lease: i64,
-        token: u64,
-        ttl: Duration,
-        sent: Instant,
-    ) -> CoordResult<Self> {
-        let (lost_tx, lost_rx) = watch::channel(false);
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let key = c.p(&format!("lease/{name}"));
-        let mut key_watch = c
-            .watch(
-                key,
-                WatchOptions::new().with_start_revision(token as i64 + 1),
-            )
-            .await?;
-        let every = ttl * c.0.config.renew_percent() / 100;
-        let c2 = c.clone();
-        tokio::spawn(async move {
-            let mut keeper = c2.c().lease_keep_alive(lease).await.ok();
-            let mut deadline = sent + ttl;
-            let mut next = sent + every;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next) => {}
-                    _ = stop_rx.changed() => return,
-                    m = key_watch.message() => {
-                        // Our key deleted (or the watch broken beyond repair): the lease is gone.
-                        let deleted = match m {
-                            Ok(Some(r)) => r.events().iter().any(|e| e.event_type() == EventType::Delete),
-                            _ => false,
-                        };
-                        if deleted {
-                            let _ = lost_tx.send(true);
-                            return;
-                        }
-                        continue;
-                    }
-                }
-                let sent = Instant::now();
-                if sent >= deadline {
-                    let _ = lost_tx.send(true);
-                    return;
-                }
-                let renewed = match keeper.as_mut() {
-                    Some((k, s)) => match k.keep_alive().await {
-                        Ok(()) => match s.message().await {
-                            Ok(Some(r)) if r.ttl() > 0 => Some(true),
-                            Ok(Some(_)) => Some(false),
-                            _ => None,
-                        },
-                        Err(_) => None,
-                    },
-                    None => None,
-                };
-                match renewed {
-                    Some(true) => {
-                        deadline = sent + ttl;
-                        next = sent + every;
-                    }
-                    Some(false) => {
-                        // etcd says the lease no longer exists.
-                        let _ = lost_tx.send(true);
-                        return;
-                    }
-                    None => {
-                        keeper = c2.c().lease_keep_alive(lease).await.ok();
-                        next = Instant::now()
-                            + Duration::from_millis(100)
-                                .min(deadline.saturating_duration_since(Instant::now()));
-                    }
-                }
-            }
-        });
-        Ok(Self {
-            coordinator: c,
-            name: name.to_owned(),
-            lease,
-            token,
-            ttl,
-            lost: lost_rx,
-            stop: stop_tx,
-        })
-    }
-}
-
-#[async_trait]
-impl Lease for EtcdLease {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn token(&self) -> u64 {
-        self.token
-    }
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-    fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-    async fn lost(&self) {
-        let mut rx = self.lost.clone();
-        let _ = rx.wait_for(|l| *l).await;
-    }
-    async fn release(&self) -> CoordResult<()> {
-        let _ = self.stop.send(true);
-        let c = &self.coordinator;
+    sent: Instant,
+) -> CoordResult<HeldLease> {
+    let key = c.p(&format!("lease/{name}"));
+    let mut key_watch = c
+        .watch(
+            key,
+            WatchOptions::new().with_start_revision(token as i64 + 1),
+        )
+        .await?;
+    let rc = c.clone();
+    let (held, signals) = HeldLease::new(name, token, ttl, move || {
+        let c = rc.clone();
         // Revoking deletes the key only if it is still ours (it is attached to our lease). A
         // lease that already expired has nothing left to release.
-        match c.c().lease_revoke(self.lease).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("not found") => Ok(()),
-            Err(e) => Err(c.err("release", e)),
+        Box::pin(async move {
+            match c.c().lease_revoke(lease).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.to_string().contains("not found") => Ok(()),
+                Err(e) => Err(c.err("release", e)),
+            }
+        })
+    });
+    let every = ttl * c.0.config.renew_percent() / 100;
+    let LeaseSignals { lost, mut stop } = signals;
+    tokio::spawn(async move {
+        let mut keeper = c.c().lease_keep_alive(lease).await.ok();
+        let mut deadline = sent + ttl;
+        let mut next = sent + every;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.changed() => return,
+                m = key_watch.message() => {
+                    // Our key deleted behind our back: the lease is gone.
+                    let deleted = match m {
+                        Ok(Some(r)) => r.events().iter().any(|e| e.event_type() == EventType::Delete),
+                        _ => false,
+                    };
+                    if deleted {
+                        let _ = lost.send(true);
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let sent = Instant::now();
+            if sent >= deadline {
+                let _ = lost.send(true);
+                return;
+            }
+            let renewed = match keeper.as_mut() {
+                Some((k, s)) => match k.keep_alive().await {
+                    Ok(()) => match s.message().await {
+                        Ok(Some(r)) if r.ttl() > 0 => Some(true),
+                        Ok(Some(_)) => Some(false),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            match renewed {
+                Some(true) => {
+                    deadline = sent + ttl;
+                    next = sent + every;
+                }
+                Some(false) => {
+                    // etcd says the lease no longer exists.
+                    let _ = lost.send(true);
+                    return;
+                }
+                None => {
+                    keeper = c.c().lease_keep_alive(lease).await.ok();
+                    next = Instant::now()
+                        + Duration::from_millis(100)
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                }
+            }
         }
-    }
-}
-
-impl Drop for EtcdLease {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
+    });
+    Ok(held)
 }

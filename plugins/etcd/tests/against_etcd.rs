@@ -2,45 +2,13 @@
 //! as replicas (through the `.so` mcpg loads), an authenticated cluster, and a restart of etcd
 //! mid-run after which state and leases are intact.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mcpg_backends::EtcdServer;
 use mcpg_plugin_api::coordinator::Coordinator;
-use mcpg_plugin_api::export::HostInfo;
 use mcpg_plugin_api::remote::LoadedPlugin;
-use mcpg_plugin_testkit::{Harness, run};
-
-fn plugin() -> LoadedPlugin {
-    let exe = std::env::current_exe().unwrap();
-    let so: PathBuf = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libmcpg_cluster_etcd.so");
-    LoadedPlugin::load(&so, Some("dev.mcpg.cluster.etcd"))
-        .unwrap_or_else(|e| panic!("{e} (build the workspace first: cargo build --workspace)"))
-}
-
-async fn boot(
-    plugin: &LoadedPlugin,
-    config: serde_json::Value,
-    node_id: &str,
-) -> Result<Arc<dyn Coordinator>, String> {
-    let (p, host) = (
-        plugin.clone(),
-        HostInfo {
-            node_id: Some(node_id.to_owned()),
-            host_version: "test".into(),
-        },
-    );
-    tokio::task::spawn_blocking(move || p.boot(&config, &host))
-        .await
-        .unwrap()
-        .map_err(|e| e.to_string())
-}
+use mcpg_plugin_testkit::{Harness, boot, built_library, run};
 
 struct EtcdHarness {
     plugin: LoadedPlugin,
@@ -81,7 +49,7 @@ impl Harness for EtcdHarness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_library_passes_the_test_kit_against_real_etcd() {
     let harness = EtcdHarness {
-        plugin: plugin(),
+        plugin: built_library("libmcpg_cluster_etcd.so", "dev.mcpg.cluster.etcd"),
         server: EtcdServer::start(),
     };
     run(&harness).await.assert_passed();
@@ -96,7 +64,7 @@ async fn an_authenticated_cluster() {
     admin.user_add("root", "root-pw", None).await.unwrap();
     admin.user_grant_role("root", "root").await.unwrap();
     admin.auth_enable().await.unwrap();
-    let p = plugin();
+    let p = built_library("libmcpg_cluster_etcd.so", "dev.mcpg.cluster.etcd");
     let err = boot(&p, serde_json::json!({"endpoints": [server.url()]}), "a")
         .await
         .err()
@@ -114,7 +82,7 @@ async fn an_authenticated_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_and_leases_survive_an_etcd_restart() {
     let mut server = EtcdServer::start();
-    let p = plugin();
+    let p = built_library("libmcpg_cluster_etcd.so", "dev.mcpg.cluster.etcd");
     let config = serde_json::json!({"endpoints": [server.url()]});
     let a = boot(&p, config.clone(), "a").await.unwrap();
     let rev = a.put("cap/s1", b"state".to_vec(), None).await.unwrap();

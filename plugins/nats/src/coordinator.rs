@@ -25,8 +25,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use mcpg_plugin_api::prelude::*;
+use mcpg_plugin_api::support::{
+    HeldLease, HeldPresence, LeaseSignals, peer_changes, receiver_stream,
+};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{Config, Storage};
@@ -652,7 +655,7 @@ impl Coordinator for NatsCoordinator {
                 .op("acquire", self.try_acquire(name, &nonce, ttl))
                 .await?
             {
-                return Ok(Some(Box::new(NatsLease::start(
+                return Ok(Some(Box::new(hold_lease(
                     self.clone(),
                     name,
                     nonce,
@@ -678,7 +681,21 @@ impl Coordinator for NatsCoordinator {
     async fn register(&self, meta: String) -> CoordResult<Box<dyn Presence>> {
         self.op("register", self.refresh_presence(&meta)).await?;
         self.announce_peers().await;
-        let (stop, mut stopped) = watch::channel(false);
+        let c = self.clone();
+        let (presence, mut stopped) = HeldPresence::new(move || {
+            let c = c.clone();
+            Box::pin(async move {
+                c.op("deregister", async {
+                    c.0.leases
+                        .delete(NatsCoordinator::peer_key(&c.0.node_id))
+                        .await
+                        .map_err(|e| c.err("deregister", e))
+                })
+                .await?;
+                c.announce_peers().await;
+                Ok(())
+            })
+        });
         let me = self.clone();
         let every = self.0.config.heartbeat();
         tokio::spawn(async move {
@@ -696,10 +713,7 @@ impl Coordinator for NatsCoordinator {
                 }
             }
         });
-        Ok(Box::new(NatsPresence {
-            coordinator: self.clone(),
-            stop,
-        }))
+        Ok(Box::new(presence))
     }
 
     async fn peers(&self) -> CoordResult<Vec<Peer>> {
@@ -756,36 +770,14 @@ impl Coordinator for NatsCoordinator {
                 let Ok(now) = me.peers().await else { continue };
                 let now: BTreeMap<String, String> =
                     now.into_iter().map(|p| (p.node_id, p.meta)).collect();
-                for (id, meta) in &now {
-                    if !known.contains_key(id)
-                        && tx
-                            .send(PeerEvent::Up(Peer {
-                                node_id: id.clone(),
-                                meta: meta.clone(),
-                            }))
-                            .await
-                            .is_err()
-                    {
+                for ev in peer_changes(&mut known, now) {
+                    if tx.send(ev).await.is_err() {
                         return;
                     }
                 }
-                for id in known.keys() {
-                    if !now.contains_key(id)
-                        && tx
-                            .send(PeerEvent::Down {
-                                node_id: id.clone(),
-                            })
-                            .await
-                            .is_err()
-                    {
-                        return;
-                    }
-                }
-                known = now;
             }
         });
-        let mut rx = rx;
-        Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+        Ok(receiver_stream(rx))
     }
 
     async fn watch_prefix(&self, prefix: &str) -> CoordResult<BoxStream<'static, KvEvent>> {
@@ -830,188 +822,114 @@ impl Coordinator for NatsCoordinator {
     }
 }
 
-struct NatsPresence {
-    coordinator: NatsCoordinator,
-    stop: watch::Sender<bool>,
-}
-
-#[async_trait]
-impl Presence for NatsPresence {
-    async fn deregister(&self) -> CoordResult<()> {
-        let _ = self.stop.send(true);
-        let c = &self.coordinator;
-        c.op("deregister", async {
-            c.0.leases
-                .delete(NatsCoordinator::peer_key(&c.0.node_id))
-                .await
-                .map_err(|e| c.err("deregister", e))
-        })
-        .await?;
-        c.announce_peers().await;
-        Ok(())
-    }
-}
-
-impl Drop for NatsPresence {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-struct NatsLease {
-    coordinator: NatsCoordinator,
-    name: String,
+/// A held lease. The renewal task rewrites the entry at its revision at the configured percent
+/// of the TTL (a mismatch means it was lost); the local deadline counts from when each write
+/// was sent.
+fn hold_lease(
+    c: NatsCoordinator,
+    name: &str,
+    nonce: String,
     token: u64,
     ttl: Duration,
-    /// The revision of our lease entry while held.
-    revision: Arc<std::sync::Mutex<Option<u64>>>,
-    nonce: String,
-    lost: watch::Receiver<bool>,
-    stop: watch::Sender<bool>,
-}
-
-impl NatsLease {
-    fn start(
-        c: NatsCoordinator,
-        name: &str,
-        nonce: String,
-        token: u64,
-        ttl: Duration,
-        sent: Instant,
-    ) -> Self {
-        let (lost_tx, lost_rx) = watch::channel(false);
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let revision = Arc::new(std::sync::Mutex::new(None));
-        let every = ttl * c.0.config.lease.renew_before_expiry_percent / 100;
-        let (c2, key, n, rev) = (c.clone(), encode_key(name), nonce.clone(), revision.clone());
-        tokio::spawn(async move {
-            // Our entry's revision, needed to renew at it.
-            match c2.live_entry(&c2.0.leases, &key).await {
-                Ok(Some(e))
-                    if serde_json::from_slice::<LeaseRecord>(&e.value)
-                        .is_ok_and(|r| r.nonce == n) =>
-                {
-                    *rev.lock().unwrap() = Some(e.revision)
-                }
-                _ => {
-                    let _ = lost_tx.send(true);
-                    return;
-                }
-            }
-            let mut deadline = sent + ttl;
-            let mut next = sent + every;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next) => {}
-                    _ = stop_rx.changed() => return,
-                }
-                let sent = Instant::now();
-                if sent >= deadline {
-                    *rev.lock().unwrap() = None;
-                    let _ = lost_tx.send(true);
-                    return;
-                }
-                let Some(current) = *rev.lock().unwrap() else {
-                    return;
-                };
-                let record = serde_json::to_vec(&LeaseRecord {
-                    nonce: n.clone(),
-                    expires_ms: now_ms() + ttl.as_millis() as u64,
+    sent: Instant,
+) -> HeldLease {
+    let revision: Arc<std::sync::Mutex<Option<u64>>> = Arc::default();
+    let key = encode_key(name);
+    let (rc, rk, rn, rr) = (c.clone(), key.clone(), nonce.clone(), revision.clone());
+    let (lease, signals) = HeldLease::new(name, token, ttl, move || {
+        let (c, key, nonce, rev) = (rc.clone(), rk.clone(), rn.clone(), rr.clone());
+        Box::pin(async move {
+            // The renewal task may not have recorded the revision yet: look it up by nonce.
+            let known = *rev.lock().unwrap();
+            let rev = match known {
+                Some(r) => Some(r),
+                None => c
+                    .live_entry(&c.0.leases, &key)
+                    .await?
+                    .filter(|e| {
+                        serde_json::from_slice::<LeaseRecord>(&e.value)
+                            .is_ok_and(|r| r.nonce == nonce)
+                    })
+                    .map(|e| e.revision),
+            };
+            if let Some(rev) = rev {
+                c.op("release", async {
+                    c.0.leases
+                        .delete_expect_revision(key.as_str(), Some(rev))
+                        .await
+                        .map_err(|e| c.err("release", e))
                 })
-                .expect("record serializes");
-                match c2
-                    .publish_kv(&c2.0.leases, &key, record, None, Some(current))
-                    .await
-                {
-                    Ok(Some(r)) => {
-                        *rev.lock().unwrap() = Some(r);
-                        deadline = sent + ttl;
-                        next = sent + every;
-                    }
-                    Ok(None) => {
-                        *rev.lock().unwrap() = None;
-                        let _ = lost_tx.send(true);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "lease renewal failed; retrying until the lease would expire");
-                        next = Instant::now()
-                            + Duration::from_millis(100)
-                                .min(deadline.saturating_duration_since(Instant::now()));
-                    }
-                }
+                .await?;
+                let _ =
+                    c.0.client
+                        .publish(format!("{}.lease.{key}", c.0.ns), Bytes::new())
+                        .await;
+                let _ = c.0.client.flush().await;
             }
-        });
-        Self {
-            coordinator: c,
-            name: name.to_owned(),
-            token,
-            ttl,
-            revision,
-            nonce,
-            lost: lost_rx,
-            stop: stop_tx,
+            Ok(())
+        })
+    });
+    let every = ttl * c.0.config.lease.renew_before_expiry_percent / 100;
+    let LeaseSignals { lost, mut stop } = signals;
+    tokio::spawn(async move {
+        // Our entry's revision, needed to renew at it.
+        match c.live_entry(&c.0.leases, &key).await {
+            Ok(Some(e))
+                if serde_json::from_slice::<LeaseRecord>(&e.value)
+                    .is_ok_and(|r| r.nonce == nonce) =>
+            {
+                *revision.lock().unwrap() = Some(e.revision)
+            }
+            _ => {
+                let _ = lost.send(true);
+                return;
+            }
         }
-    }
-}
-
-#[async_trait]
-impl Lease for NatsLease {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn token(&self) -> u64 {
-        self.token
-    }
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-    fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-    async fn lost(&self) {
-        let mut rx = self.lost.clone();
-        let _ = rx.wait_for(|l| *l).await;
-    }
-    async fn release(&self) -> CoordResult<()> {
-        let _ = self.stop.send(true);
-        let c = &self.coordinator;
-        let key = encode_key(&self.name);
-        // The renewal task may not have recorded the revision yet: look it up by nonce.
-        let known = *self.revision.lock().unwrap();
-        let rev = match known {
-            Some(r) => Some(r),
-            None => c
-                .live_entry(&c.0.leases, &key)
-                .await?
-                .filter(|e| {
-                    serde_json::from_slice::<LeaseRecord>(&e.value)
-                        .is_ok_and(|r| r.nonce == self.nonce)
-                })
-                .map(|e| e.revision),
-        };
-        if let Some(rev) = rev {
-            c.op("release", async {
-                c.0.leases
-                    .delete_expect_revision(key.as_str(), Some(rev))
-                    .await
-                    .map_err(|e| c.err("release", e))
+        let mut deadline = sent + ttl;
+        let mut next = sent + every;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.changed() => return,
+            }
+            let sent = Instant::now();
+            if sent >= deadline {
+                *revision.lock().unwrap() = None;
+                let _ = lost.send(true);
+                return;
+            }
+            let Some(current) = *revision.lock().unwrap() else {
+                return;
+            };
+            let record = serde_json::to_vec(&LeaseRecord {
+                nonce: nonce.clone(),
+                expires_ms: now_ms() + ttl.as_millis() as u64,
             })
-            .await?;
-            let _ =
-                c.0.client
-                    .publish(format!("{}.lease.{}", c.0.ns, key), Bytes::new())
-                    .await;
-            let _ = c.0.client.flush().await;
+            .expect("record serializes");
+            match c
+                .publish_kv(&c.0.leases, &key, record, None, Some(current))
+                .await
+            {
+                Ok(Some(r)) => {
+                    *revision.lock().unwrap() = Some(r);
+                    deadline = sent + ttl;
+                    next = sent + every;
+                }
+                Ok(None) => {
+                    *revision.lock().unwrap() = None;
+                    let _ = lost.send(true);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed; retrying until the lease would expire");
+                    next = Instant::now()
+                        + Duration::from_millis(100)
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                }
+            }
         }
-        Ok(())
-    }
-}
-
-impl Drop for NatsLease {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
+    });
+    lease
 }
 
 #[cfg(test)]

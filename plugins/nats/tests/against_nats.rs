@@ -2,45 +2,13 @@
 //! instances acting as replicas (through the `.so` mcpg loads), authentication, and a server
 //! restart with `storage: file` after which leases and state are intact.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mcpg_backends::NatsServer;
 use mcpg_plugin_api::coordinator::Coordinator;
-use mcpg_plugin_api::export::HostInfo;
 use mcpg_plugin_api::remote::LoadedPlugin;
-use mcpg_plugin_testkit::{Harness, run};
-
-fn plugin() -> LoadedPlugin {
-    let exe = std::env::current_exe().unwrap();
-    let so: PathBuf = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libmcpg_cluster_nats.so");
-    LoadedPlugin::load(&so, Some("dev.mcpg.cluster.nats"))
-        .unwrap_or_else(|e| panic!("{e} (build the workspace first: cargo build --workspace)"))
-}
-
-async fn boot(
-    plugin: &LoadedPlugin,
-    config: serde_json::Value,
-    node_id: &str,
-) -> Result<Arc<dyn Coordinator>, String> {
-    let (p, host) = (
-        plugin.clone(),
-        HostInfo {
-            node_id: Some(node_id.to_owned()),
-            host_version: "test".into(),
-        },
-    );
-    tokio::task::spawn_blocking(move || p.boot(&config, &host))
-        .await
-        .unwrap()
-        .map_err(|e| e.to_string())
-}
+use mcpg_plugin_testkit::{Harness, boot, built_library, run};
 
 fn config(url: &str) -> serde_json::Value {
     serde_json::json!({
@@ -90,7 +58,7 @@ impl Harness for NatsHarness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_library_passes_the_test_kit_against_real_nats() {
     let harness = NatsHarness {
-        plugin: plugin(),
+        plugin: built_library("libmcpg_cluster_nats.so", "dev.mcpg.cluster.nats"),
         server: NatsServer::start(),
     };
     run(&harness).await.assert_passed();
@@ -98,7 +66,7 @@ async fn the_shared_library_passes_the_test_kit_against_real_nats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_and_user_password_authentication() {
-    let p = plugin();
+    let p = built_library("libmcpg_cluster_nats.so", "dev.mcpg.cluster.nats");
     let server = NatsServer::start_with(&["--auth", "s3cret-token"]);
     let mut c = config(&server.url());
     let err = boot(&p, c.clone(), "a")
@@ -132,7 +100,7 @@ async fn token_and_user_password_authentication() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_and_state_survive_a_server_restart_with_file_storage() {
-    let p = plugin();
+    let p = built_library("libmcpg_cluster_nats.so", "dev.mcpg.cluster.nats");
     let mut server = NatsServer::start();
     let a = boot(&p, config(&server.url()), "a").await.unwrap();
     let rev = a

@@ -19,9 +19,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use mcpg_plugin_api::prelude::*;
+use mcpg_plugin_api::support::{
+    HeldLease, HeldPresence, LeaseSignals, peer_changes, receiver_stream,
+};
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -567,7 +570,7 @@ impl Coordinator for RedisCoordinator {
         loop {
             let sent = Instant::now();
             if let Some(token) = self.try_acquire(name, &nonce, ttl).await? {
-                return Ok(Some(Box::new(RedisLease::start(
+                return Ok(Some(Box::new(hold_lease(
                     self.clone(),
                     name,
                     nonce,
@@ -593,7 +596,24 @@ impl Coordinator for RedisCoordinator {
 
     async fn register(&self, meta: String) -> CoordResult<Box<dyn Presence>> {
         self.refresh_presence(&meta).await?;
-        let (stop, mut stopped) = watch::channel(false);
+        let c = self.clone();
+        let (presence, mut stopped) = HeldPresence::new(move || {
+            let c = c.clone();
+            Box::pin(async move {
+                let mut conn = c.conn();
+                let _: i64 =
+                    c.0.scripts
+                        .deregister_peer
+                        .key(c.p("peers"))
+                        .key(c.p("peer-meta"))
+                        .arg(&c.0.node_id)
+                        .arg(c.p("ev:peers"))
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(|e| c.e(e))?;
+                Ok(())
+            })
+        });
         let me = self.clone();
         let every = self.0.config.peer_refresh();
         tokio::spawn(async move {
@@ -607,10 +627,7 @@ impl Coordinator for RedisCoordinator {
                 }
             }
         });
-        Ok(Box::new(RedisPresence {
-            coordinator: self.clone(),
-            stop,
-        }))
+        Ok(Box::new(presence))
     }
 
     async fn peers(&self) -> CoordResult<Vec<Peer>> {
@@ -659,30 +676,11 @@ impl Coordinator for RedisCoordinator {
                 let Ok(now) = me.peers().await else { continue };
                 let now: BTreeMap<String, String> =
                     now.into_iter().map(|p| (p.node_id, p.meta)).collect();
-                for (id, meta) in &now {
-                    if !known.contains_key(id) {
-                        let up = PeerEvent::Up(Peer {
-                            node_id: id.clone(),
-                            meta: meta.clone(),
-                        });
-                        if tx.send(up).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                for id in known.keys() {
-                    if !now.contains_key(id)
-                        && tx
-                            .send(PeerEvent::Down {
-                                node_id: id.clone(),
-                            })
-                            .await
-                            .is_err()
-                    {
+                for ev in peer_changes(&mut known, now) {
+                    if tx.send(ev).await.is_err() {
                         return;
                     }
                 }
-                known = now;
             }
         });
         Ok(receiver_stream(rx))
@@ -703,167 +701,80 @@ impl Coordinator for RedisCoordinator {
     }
 }
 
-fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> BoxStream<'static, T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
-}
-
-struct RedisPresence {
-    coordinator: RedisCoordinator,
-    stop: watch::Sender<bool>,
-}
-
-#[async_trait]
-impl Presence for RedisPresence {
-    async fn deregister(&self) -> CoordResult<()> {
-        let _ = self.stop.send(true);
-        let c = &self.coordinator;
-        let mut conn = c.conn();
-        let _: i64 =
-            c.0.scripts
-                .deregister_peer
-                .key(c.p("peers"))
-                .key(c.p("peer-meta"))
-                .arg(&c.0.node_id)
-                .arg(c.p("ev:peers"))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| c.e(e))?;
-        Ok(())
-    }
-}
-
-impl Drop for RedisPresence {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-struct RedisLease {
-    coordinator: RedisCoordinator,
-    name: String,
+/// A held lease. Renewal runs at the configured percent of the TTL; the local deadline counts
+/// from when each acquire or renewal was *sent*, so a slow reply can only make this holder give
+/// up early, never late.
+fn hold_lease(
+    c: RedisCoordinator,
+    name: &str,
     nonce: String,
     token: u64,
     ttl: Duration,
-    lost: watch::Receiver<bool>,
-    stop: watch::Sender<bool>,
-}
-
-impl RedisLease {
-    /// Starts renewing. The local deadline counts from when each acquire or renewal was *sent*,
-    /// so a slow reply can only make this holder give up early, never late.
-    fn start(
-        coordinator: RedisCoordinator,
-        name: &str,
-        nonce: String,
-        token: u64,
-        ttl: Duration,
-        sent: Instant,
-    ) -> Self {
-        let (lost_tx, lost_rx) = watch::channel(false);
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let every = ttl * coordinator.0.config.renew_percent() / 100;
-        let (c, n, key) = (
-            coordinator.clone(),
-            nonce.clone(),
-            coordinator.p(&format!("lease:{name}")),
-        );
-        tokio::spawn(async move {
-            let mut deadline = sent + ttl;
-            let mut next = sent + every;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next) => {}
-                    _ = stop_rx.changed() => return,
+    sent: Instant,
+) -> HeldLease {
+    let key = c.p(&format!("lease:{name}"));
+    let channel = c.p(&format!("ev:lease:{name}"));
+    let (rc, rk, rn) = (c.clone(), key.clone(), nonce.clone());
+    let (lease, signals) = HeldLease::new(name, token, ttl, move || {
+        let (c, key, nonce, channel) = (rc.clone(), rk.clone(), rn.clone(), channel.clone());
+        Box::pin(async move {
+            let mut conn = c.conn();
+            let _: i64 =
+                c.0.scripts
+                    .release
+                    .key(key)
+                    .arg(nonce)
+                    .arg(channel)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| c.e(e))?;
+            Ok(())
+        })
+    });
+    let every = ttl * c.0.config.renew_percent() / 100;
+    let LeaseSignals { lost, mut stop } = signals;
+    tokio::spawn(async move {
+        let mut deadline = sent + ttl;
+        let mut next = sent + every;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.changed() => return,
+            }
+            let sent = Instant::now();
+            if sent >= deadline {
+                let _ = lost.send(true);
+                return;
+            }
+            let mut conn = c.conn();
+            let renewed: Result<i64, _> =
+                c.0.scripts
+                    .renew
+                    .key(&key)
+                    .arg(&nonce)
+                    .arg(ttl.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await;
+            match renewed {
+                Ok(1) => {
+                    deadline = sent + ttl;
+                    next = sent + every;
                 }
-                let sent = Instant::now();
-                if sent >= deadline {
-                    let _ = lost_tx.send(true);
+                Ok(_) => {
+                    // Someone else holds it, or it expired: lost.
+                    let _ = lost.send(true);
                     return;
                 }
-                let mut conn = c.conn();
-                let renewed: Result<i64, _> =
-                    c.0.scripts
-                        .renew
-                        .key(&key)
-                        .arg(&n)
-                        .arg(ttl.as_millis() as u64)
-                        .invoke_async(&mut conn)
-                        .await;
-                match renewed {
-                    Ok(1) => {
-                        deadline = sent + ttl;
-                        next = sent + every;
-                    }
-                    Ok(_) => {
-                        // Someone else holds it, or it expired: lost.
-                        let _ = lost_tx.send(true);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %c.e(e), "lease renewal failed; retrying until the lease would expire");
-                        next = Instant::now()
-                            + Duration::from_millis(100)
-                                .min(deadline.saturating_duration_since(Instant::now()));
-                    }
+                Err(e) => {
+                    tracing::warn!(error = %c.e(e), "lease renewal failed; retrying until the lease would expire");
+                    next = Instant::now()
+                        + Duration::from_millis(100)
+                            .min(deadline.saturating_duration_since(Instant::now()));
                 }
             }
-        });
-        Self {
-            coordinator,
-            name: name.to_owned(),
-            nonce,
-            token,
-            ttl,
-            lost: lost_rx,
-            stop: stop_tx,
         }
-    }
-}
-
-#[async_trait]
-impl Lease for RedisLease {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn token(&self) -> u64 {
-        self.token
-    }
-
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-
-    async fn lost(&self) {
-        let mut rx = self.lost.clone();
-        let _ = rx.wait_for(|l| *l).await;
-    }
-
-    async fn release(&self) -> CoordResult<()> {
-        let _ = self.stop.send(true);
-        let c = &self.coordinator;
-        let mut conn = c.conn();
-        let _: i64 =
-            c.0.scripts
-                .release
-                .key(c.p(&format!("lease:{}", self.name)))
-                .arg(&self.nonce)
-                .arg(c.p(&format!("ev:lease:{}", self.name)))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| c.e(e))?;
-        Ok(())
-    }
-}
-
-impl Drop for RedisLease {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
+    });
+    lease
 }
 
 #[cfg(test)]

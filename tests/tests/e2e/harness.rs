@@ -166,3 +166,98 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// `GET path` as JSON when it answers 200.
+pub fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    match http_get(addr, path) {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+/// The node ids `/api/cluster/peers` lists, sorted.
+pub fn peer_ids(admin: SocketAddr) -> Vec<String> {
+    let mut ids: Vec<String> = get_json(admin, "/api/cluster/peers")
+        .and_then(|v| v["peers"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p["node_id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// One running `mcpg` replica of a cluster test.
+pub struct Replica {
+    pub id: &'static str,
+    pub proc: Proc,
+    pub main: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts one `mcpg` per id (with `--node-id`), each with the config `config(listen, admin)`
+/// gives, and waits until every one is ready, sees all of them as peers, and all agree on a
+/// single leader with one fencing token. Returns the replicas and the agreed status.
+pub fn start_agreeing_replicas(
+    tag: &str,
+    ids: &[&'static str],
+    config: impl Fn(u16, u16) -> String,
+) -> (TempDir, Vec<Replica>, serde_json::Value) {
+    let dir = TempDir::new(tag);
+    let mut replicas = Vec::new();
+    for id in ids {
+        let (listen, admin) = (free_port(), free_port());
+        let f = dir.write(&format!("{id}.yaml"), &config(listen, admin));
+        let proc = Proc::spawn(
+            Command::new(bin("mcpg"))
+                .args(["--node-id", id, "--config"])
+                .arg(f),
+        );
+        replicas.push(Replica {
+            id,
+            proc,
+            main: format!("127.0.0.1:{listen}").parse().unwrap(),
+            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+        });
+    }
+    for r in &replicas {
+        assert!(
+            wait_until(Duration::from_secs(30), || matches!(
+                http_get(r.main, "/readyz"),
+                Ok((200, _))
+            )),
+            "{} never became ready",
+            r.id
+        );
+    }
+    let mut all: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    all.sort();
+    for r in &replicas {
+        assert!(
+            wait_until(Duration::from_secs(15), || peer_ids(r.admin) == all),
+            "{} sees peers {:?}",
+            r.id,
+            peer_ids(r.admin)
+        );
+    }
+    let statuses = || {
+        replicas
+            .iter()
+            .filter_map(|r| get_json(r.admin, "/api/cluster/status"))
+            .collect::<Vec<_>>()
+    };
+    let agreed = wait_until(Duration::from_secs(15), || {
+        let s = statuses();
+        s.len() == replicas.len()
+            && s.iter().filter(|x| x["role"] == "leader").count() == 1
+            && s.iter().all(|x| {
+                x["leader_id"] == s[0]["leader_id"]
+                    && x["leadership_token"] == s[0]["leadership_token"]
+            })
+            && !s[0]["leader_id"].is_null()
+    });
+    assert!(agreed, "replicas disagree: {:?}", statuses());
+    let status = statuses().remove(0);
+    assert_eq!(status["backend"]["ok"], true, "{status}");
+    (dir, replicas, status)
+}

@@ -2,13 +2,14 @@
 //! each other as peers, agree on one leader, and hand leadership over when the leader stops.
 //! Also the plugin phase of `mcpg-config-check` on the seed's Redis rules.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use mcpg_backends::RedisServer;
 
-use crate::harness::{Proc, TempDir, bin, cdylib, free_port, http_get, wait_until};
+use crate::harness::{
+    TempDir, bin, cdylib, get_json, peer_ids, start_agreeing_replicas, wait_until,
+};
 
 fn config(redis: &str, listen: u16, admin: u16) -> String {
     format!(
@@ -20,93 +21,23 @@ fn config(redis: &str, listen: u16, admin: u16) -> String {
     )
 }
 
-fn status(admin: SocketAddr) -> Option<serde_json::Value> {
-    match http_get(admin, "/api/cluster/status") {
-        Ok((200, body)) => serde_json::from_str(&body).ok(),
-        _ => None,
-    }
-}
-
-fn peer_ids(admin: SocketAddr) -> Vec<String> {
-    let Ok((200, body)) = http_get(admin, "/api/cluster/peers") else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let mut ids: Vec<String> = v["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["node_id"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
 #[test]
 fn two_replicas_on_one_redis_see_each_other_and_agree_on_a_leader() {
     let redis = RedisServer::start();
-    let dir = TempDir::new("redis-2");
-    let mut replicas = Vec::new();
-    for id in ["replica-a", "replica-b"] {
-        let (listen, admin) = (free_port(), free_port());
-        let f = dir.write(&format!("{id}.yaml"), &config(&redis.url(), listen, admin));
-        let proc = Proc::spawn(
-            Command::new(bin("mcpg"))
-                .args(["--node-id", id, "--config"])
-                .arg(f),
-        );
-        let main: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-        replicas.push((id, proc, main, admin));
-    }
-    for (id, _, main, _) in &replicas {
-        assert!(
-            wait_until(Duration::from_secs(30), || matches!(
-                http_get(*main, "/readyz"),
-                Ok((200, _))
-            )),
-            "{id} never became ready"
-        );
-    }
-    for (id, _, _, admin) in &replicas {
-        assert!(
-            wait_until(Duration::from_secs(15), || peer_ids(*admin)
-                == ["replica-a", "replica-b"]),
-            "{id} sees peers {:?}",
-            peer_ids(*admin)
-        );
-    }
-    // Exactly one leader, and both replicas name the same one with the same fencing token.
-    let agreed = wait_until(Duration::from_secs(15), || {
-        let s: Vec<_> = replicas
-            .iter()
-            .filter_map(|(_, _, _, a)| status(*a))
-            .collect();
-        s.len() == 2
-            && s.iter().filter(|x| x["role"] == "leader").count() == 1
-            && s[0]["leader_id"] == s[1]["leader_id"]
-            && s[0]["leadership_token"] == s[1]["leadership_token"]
-            && !s[0]["leader_id"].is_null()
-    });
-    assert!(
-        agreed,
-        "replicas disagree: {:?}",
-        replicas
-            .iter()
-            .map(|(_, _, _, a)| status(*a))
-            .collect::<Vec<_>>()
-    );
-    let first = status(replicas[0].3).unwrap();
+    let (_dir, mut replicas, first) =
+        start_agreeing_replicas("redis-2", &["replica-a", "replica-b"], |listen, admin| {
+            config(&redis.url(), listen, admin)
+        });
     let leader = first["leader_id"].as_str().unwrap().to_owned();
-    assert_eq!(first["backend"]["ok"], true);
+    let status = |admin| get_json(admin, "/api/cluster/status");
 
     // Stop the leader: it resigns, and the other takes over with a larger token.
-    let idx = replicas.iter().position(|(id, ..)| *id == leader).unwrap();
-    let (_, proc, _, _) = replicas.remove(idx);
-    proc.signal("TERM");
-    let (code, stderr) = proc.wait(Duration::from_secs(30));
+    let idx = replicas.iter().position(|r| r.id == leader).unwrap();
+    let stopped = replicas.remove(idx);
+    stopped.proc.signal("TERM");
+    let (code, stderr) = stopped.proc.wait(Duration::from_secs(30));
     assert_eq!(code.code(), Some(0), "{stderr}");
-    let (other, _, _, admin) = &replicas[0];
+    let (other, admin) = (&replicas[0].id, &replicas[0].admin);
     assert!(
         wait_until(Duration::from_secs(15), || status(*admin)
             .is_some_and(|s| s["role"] == "leader")),
