@@ -56,6 +56,18 @@ pub fn check(schema: &Value, config: &Value) -> Vec<PluginDiagnostic> {
         .collect()
 }
 
+/// The warning for a percentage the backend clamps to 1..=99 (the seed's "clamped, not
+/// rejected" keys), if the value at `key` lies outside.
+pub fn clamped_percent(config: &Value, key: &str) -> Option<PluginDiagnostic> {
+    let p = config.get(key)?.as_i64()?;
+    (!(1..=99).contains(&p)).then(|| {
+        PluginDiagnostic::warning(
+            format!("/{key}"),
+            format!("{p} is outside 1..=99 and is clamped to {}", p.clamp(1, 99)),
+        )
+    })
+}
+
 fn push(
     err: &ValidationError<'_>,
     schema: &Value,

@@ -138,16 +138,10 @@ pub fn validate(config: &serde_json::Value) -> Vec<PluginDiagnostic> {
             )),
         }
     }
-    if let Some(p) = config
-        .get("lease_renew_before_expiry_percent")
-        .and_then(|v| v.as_i64())
-        && !(1..=99).contains(&p)
-    {
-        out.push(PluginDiagnostic::warning(
-            "/lease_renew_before_expiry_percent",
-            format!("{p} is outside 1..=99 and is clamped to {}", p.clamp(1, 99)),
-        ));
-    }
+    out.extend(mcpg_plugin_api::schema_check::clamped_percent(
+        config,
+        "lease_renew_before_expiry_percent",
+    ));
     let ttl = config
         .get("peer_ttl_ms")
         .and_then(|v| v.as_u64())

@@ -56,19 +56,10 @@ impl Plugin for TemplatePlugin {
 
     fn validate(config: &serde_json::Value) -> Vec<PluginDiagnostic> {
         let mut out = mcpg_plugin_api::schema_check::check(&Self::config_schema(), config);
-        if let Some(p) = config
-            .get("lease_renew_before_expiry_percent")
-            .and_then(|v| v.as_i64())
-            && !(1..=99).contains(&p)
-        {
-            out.push(PluginDiagnostic::warning(
-                "/lease_renew_before_expiry_percent",
-                format!(
-                    "{p} is outside 1..=99 and will be clamped to {}",
-                    p.clamp(1, 99)
-                ),
-            ));
-        }
+        out.extend(mcpg_plugin_api::schema_check::clamped_percent(
+            config,
+            "lease_renew_before_expiry_percent",
+        ));
         out
     }
 

