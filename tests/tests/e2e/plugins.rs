@@ -161,6 +161,18 @@ fn broken_plugins_are_refused_with_a_clear_error() {
         "has a different ABI layout than this mcpg expects (plugin built against mcpg-plugin-api 0.1.0, host has 0.1.0)",
     );
     refuses(
+        "pl-version",
+        plugin_config(
+            "future",
+            "dev.mcpg.cluster.future",
+            &cdylib("mcpg_test_plugin_version_skew"),
+            p,
+            a,
+            "",
+        ),
+        "was built against mcpg-plugin-api 7.0.0, but this mcpg has 0.1.0",
+    );
+    refuses(
         "pl-id",
         plugin_config(
             "other",
