@@ -165,7 +165,8 @@ pub struct ClusterConfig {
     #[serde(default = "default_cluster_kind")]
     #[schemars(pattern(r"^[a-z0-9_]+$"))]
     pub kind: String,
-    /// Kind-specific keys, passed verbatim to the plugin as its configuration.
+    /// Kind-specific keys, passed verbatim to the plugin as its configuration and checked by
+    /// the plugin (see `docs/plugins/<kind>.md` and `schemas/plugins/`).
     #[serde(flatten)]
     pub settings: Map<String, Value>,
 }

@@ -616,8 +616,11 @@ impl Coordinator for EtcdCoordinator {
     }
 }
 
-/// A held lease: keeps the etcd lease alive at the configured percent and watches the key. The
-/// local deadline counts from when each keep-alive was *sent*.
+/// A held lease: at the configured percent of the TTL, checks that the key is still ours and
+/// keeps the etcd lease alive. The local deadline counts from when each keep-alive was *sent*.
+/// No stream is opened until the first renewal, so a lease released sooner costs no watch or
+/// keep-alive stream (opening and cancelling one per lease trips etcd's HTTP/2 reset limit under
+/// churn).
 async fn hold_lease(
     c: EtcdCoordinator,
     name: &str,
@@ -627,12 +630,6 @@ async fn hold_lease(
     sent: Instant,
 ) -> CoordResult<HeldLease> {
     let key = c.p(&format!("lease/{name}"));
-    let mut key_watch = c
-        .watch(
-            key,
-            WatchOptions::new().with_start_revision(token as i64 + 1),
-        )
-        .await?;
     let rc = c.clone();
     let (held, signals) = HeldLease::new(name, token, ttl, move || {
         let c = rc.clone();
@@ -649,30 +646,34 @@ async fn hold_lease(
     let every = ttl * c.0.config.renew_percent() / 100;
     let LeaseSignals { lost, mut stop } = signals;
     tokio::spawn(async move {
-        let mut keeper = c.c().lease_keep_alive(lease).await.ok();
+        let mut keeper = None;
         let mut deadline = sent + ttl;
         let mut next = sent + every;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = stop.changed() => return,
-                m = key_watch.message() => {
-                    // Our key deleted behind our back: the lease is gone.
-                    let deleted = match m {
-                        Ok(Some(r)) => r.events().iter().any(|e| e.event_type() == EventType::Delete),
-                        _ => false,
-                    };
-                    if deleted {
-                        let _ = lost.send(true);
-                        return;
-                    }
-                    continue;
-                }
             }
             let sent = Instant::now();
             if sent >= deadline {
                 let _ = lost.send(true);
                 return;
+            }
+            // Still ours? A key deleted (or recreated by another holder) behind our back means
+            // the lease is gone even if the etcd lease lives on.
+            match c.c().get(key.as_str(), None).await {
+                Ok(r)
+                    if r.kvs()
+                        .first()
+                        .is_none_or(|kv| kv.create_revision() as u64 != token) =>
+                {
+                    let _ = lost.send(true);
+                    return;
+                }
+                _ => {}
+            }
+            if keeper.is_none() {
+                keeper = c.c().lease_keep_alive(lease).await.ok();
             }
             let renewed = match keeper.as_mut() {
                 Some((k, s)) => match k.keep_alive().await {
@@ -696,7 +697,7 @@ async fn hold_lease(
                     return;
                 }
                 None => {
-                    keeper = c.c().lease_keep_alive(lease).await.ok();
+                    keeper = None;
                     next = Instant::now()
                         + Duration::from_millis(100)
                             .min(deadline.saturating_duration_since(Instant::now()));

@@ -8,5 +8,6 @@ mod consul_config;
 mod etcd_cluster;
 mod gateway_lifecycle;
 mod nats_cluster;
+mod plugin_schemas;
 mod plugins;
 mod redis_cluster;
