@@ -209,7 +209,11 @@ impl ConsulCoordinator {
         let timeout = match index {
             Some((i, wait)) => {
                 q.push(("index", i.to_string()));
-                q.push(("wait", format!("{}ms", wait.as_millis())));
+                // Consul documents waits in whole seconds or minutes ("10s", "5m").
+                q.push((
+                    "wait",
+                    format!("{}s", wait.as_millis().div_ceil(1000).max(1)),
+                ));
                 wait + wait / 16 + Duration::from_secs(5)
             }
             None => {
