@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::coordinator::*;
-use crate::support::{HeldLease, HeldPresence, LeaseSignals};
+use crate::support::{HeldLease, HeldPresence, Renew, Renewal, keep_renewing};
 
 /// Keys under this prefix hold the store's own records (leases, fencing counters, peers).
 pub const RESERVED_PREFIX: &str = "\u{1}mcpg/";
@@ -471,6 +471,38 @@ fn unbounded_stream<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
+/// Renews a lease record by compare-and-swap at its revision.
+struct MemoryRenew {
+    coordinator: MemoryCoordinator,
+    key: String,
+    rev: Arc<Mutex<Option<u64>>>,
+    ttl: Duration,
+}
+
+impl Renew for MemoryRenew {
+    async fn renew(&mut self) -> Renewal {
+        let Some(current) = *self.rev.lock().unwrap() else {
+            return Renewal::Lost;
+        };
+        let value = self.coordinator.node_id.as_bytes().to_vec();
+        match self
+            .coordinator
+            .compare_and_swap(&self.key, current, value, Some(self.ttl))
+            .await
+        {
+            Ok(CasOutcome::Swapped(r)) => {
+                *self.rev.lock().unwrap() = Some(r);
+                Renewal::Renewed
+            }
+            _ => Renewal::Lost,
+        }
+    }
+
+    fn lost(&mut self) {
+        *self.rev.lock().unwrap() = None;
+    }
+}
+
 /// A held lease: renewed by compare-and-swap of its record at the configured percent of the TTL;
 /// lost when the renewal finds the record gone or changed.
 fn hold_lease(
@@ -493,35 +525,12 @@ fn hold_lease(
         })
     });
     let percent = u32::from(coordinator.store.config.renew_percent.clamp(1, 99));
-    let every = ttl * percent / 100;
-    let key = lease_key(name);
-    let LeaseSignals { lost, mut stop } = signals;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.changed() => return,
-            }
-            let Some(current) = *rev.lock().unwrap() else {
-                return;
-            };
-            let renewed = coordinator
-                .compare_and_swap(
-                    &key,
-                    current,
-                    coordinator.node_id.as_bytes().to_vec(),
-                    Some(ttl),
-                )
-                .await;
-            match renewed {
-                Ok(CasOutcome::Swapped(r)) => *rev.lock().unwrap() = Some(r),
-                _ => {
-                    *rev.lock().unwrap() = None;
-                    let _ = lost.send(true);
-                    return;
-                }
-            }
-        }
-    });
+    let renew = MemoryRenew {
+        key: lease_key(name),
+        coordinator,
+        rev,
+        ttl,
+    };
+    keep_renewing(Instant::now(), ttl, ttl * percent / 100, signals, renew);
     lease
 }

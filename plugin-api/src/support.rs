@@ -3,6 +3,7 @@
 //! peer-set diff that turns "who is live now" into join and leave events.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,12 +11,43 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-use crate::coordinator::{CoordResult, Lease, Peer, PeerEvent, Presence};
+use crate::coordinator::{CoordResult, Coordinator, Lease, Peer, PeerEvent, Presence};
 
 /// A stream over a channel's receiver.
 pub fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> BoxStream<'static, T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Tries `attempt` until it succeeds or `deadline` passes. Between tries it waits for a wake-up
+/// on `wake` (a release notification, subscribed before the first try so none is missed) or
+/// 200 ms, whichever comes first: a release is seen at once, an expiry by polling.
+pub async fn retry_until<T, F, Fut>(
+    deadline: Instant,
+    mut wake: Option<BoxStream<'static, ()>>,
+    mut attempt: F,
+) -> CoordResult<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = CoordResult<Option<T>>>,
+{
+    loop {
+        if let Some(v) = attempt().await? {
+            return Ok(Some(v));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        let poll = (deadline - now).min(Duration::from_millis(200));
+        match wake.as_mut() {
+            Some(w) => {
+                let _ = tokio::time::timeout(poll, w.next()).await;
+            }
+            None => tokio::time::sleep(poll).await,
+        }
+    }
 }
 
 /// The join and leave events between the peer set `known` and `now`; updates `known`.
@@ -45,6 +77,38 @@ pub fn peer_changes(
     events
 }
 
+/// Peer events for a backend whose presence expiry raises no event: re-reads the live set
+/// whenever `wake` fires (a join or leave announcement) or `poll` passes, and reports the
+/// difference. Ends when the returned stream is dropped.
+pub async fn polled_peer_events<C: Coordinator + Clone>(
+    c: C,
+    mut wake: BoxStream<'static, ()>,
+    poll: Duration,
+    buffer: usize,
+) -> CoordResult<BoxStream<'static, PeerEvent>> {
+    let live = |peers: Vec<Peer>| -> BTreeMap<String, String> {
+        peers.into_iter().map(|p| (p.node_id, p.meta)).collect()
+    };
+    let mut known = live(c.peers().await?);
+    let (tx, rx) = mpsc::channel(buffer);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = wake.next() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = tx.closed() => return,
+            }
+            let Ok(now) = c.peers().await else { continue };
+            for ev in peer_changes(&mut known, live(now)) {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(receiver_stream(rx))
+}
+
 /// What a backend's renewal task holds: where to report loss, and when to stop.
 pub struct LeaseSignals {
     /// Send `true` when the lease is lost.
@@ -54,6 +118,71 @@ pub struct LeaseSignals {
 }
 
 type Action = Box<dyn Fn() -> BoxFuture<'static, CoordResult<()>> + Send + Sync>;
+
+/// What one renewal attempt found.
+pub enum Renewal {
+    /// The backend extended the lease by its TTL.
+    Renewed,
+    /// The lease belongs to nobody or someone else now.
+    Lost,
+    /// The backend could not be asked (logged by the caller); try again until the lease would
+    /// expire.
+    Failed,
+}
+
+/// A backend's renewal of one held lease.
+pub trait Renew: Send + 'static {
+    fn renew(&mut self) -> impl Future<Output = Renewal> + Send;
+
+    /// Called once when the lease is lost, by the backend's answer or by running out of time.
+    fn lost(&mut self) {}
+}
+
+/// Renews a lease every `every` until it is released or dropped. The local deadline counts
+/// from when each acquire or renewal was *sent* (`sent` for the acquire), so a slow reply can
+/// only make the holder give up early, never late; a failed attempt is retried every 100 ms
+/// until that deadline, after which the lease is reported lost.
+pub fn keep_renewing(
+    sent: Instant,
+    ttl: Duration,
+    every: Duration,
+    signals: LeaseSignals,
+    mut r: impl Renew,
+) {
+    let LeaseSignals { lost, mut stop } = signals;
+    tokio::spawn(async move {
+        let mut deadline = sent + ttl;
+        let mut next = sent + every;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.changed() => return,
+            }
+            let sent = Instant::now();
+            let outcome = if sent >= deadline {
+                Renewal::Lost
+            } else {
+                r.renew().await
+            };
+            match outcome {
+                Renewal::Renewed => {
+                    deadline = sent + ttl;
+                    next = sent + every;
+                }
+                Renewal::Lost => {
+                    r.lost();
+                    let _ = lost.send(true);
+                    return;
+                }
+                Renewal::Failed => {
+                    next = Instant::now()
+                        + Duration::from_millis(100)
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                }
+            }
+        }
+    });
+}
 
 /// A held lease: the token and TTL, the loss signal, and the backend's release action. Dropping
 /// it stops renewal without releasing (the lease then expires by TTL, as a crashed holder's

@@ -56,6 +56,74 @@ pub async fn boot(
         .map_err(|e| e.to_string())
 }
 
+/// Retries `f` every 200 ms, up to 100 times, until it succeeds (a client reconnecting after
+/// its server restarted).
+async fn eventually_ok<T, E, Fut: std::future::Future<Output = Result<T, E>>>(
+    mut f: impl FnMut() -> Fut,
+) -> Option<T> {
+    for _ in 0..100 {
+        if let Ok(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// A backend restart keeps state and leases: replica `a` writes a key and takes a lease,
+/// `restart` restarts the server, then a new replica `b` sees the key at its revision and the
+/// lease still held; `a`'s client recovers and releases, and `b` takes over with a larger
+/// token. For backends with durable storage (NATS `storage: file`, etcd).
+pub async fn state_and_leases_survive_restart(
+    plugin: &mcpg_plugin_api::remote::LoadedPlugin,
+    config: serde_json::Value,
+    restart: impl FnOnce(),
+) {
+    let a = boot(plugin, config.clone(), "a").await.unwrap();
+    let rev = a
+        .put("cap/sessions/s1", b"state".to_vec(), None)
+        .await
+        .unwrap();
+    let lease = a
+        .acquire("leader", Some(Duration::from_secs(60)), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("uncontended");
+
+    restart();
+    let b = eventually_ok(|| boot(plugin, config.clone(), "b"))
+        .await
+        .expect("could not connect after the restart");
+    let e = b
+        .get("cap/sessions/s1")
+        .await
+        .unwrap()
+        .expect("state kept across the restart");
+    assert_eq!((e.value.as_slice(), e.revision), (&b"state"[..], rev));
+    assert!(
+        b.acquire("leader", Some(Duration::from_secs(60)), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none(),
+        "the lease must still be held after the restart"
+    );
+    // The holder's client recovers too and can release; then b takes over.
+    assert!(
+        eventually_ok(|| lease.release()).await.is_some(),
+        "the holder could not release after the restart"
+    );
+    let next = b
+        .acquire(
+            "leader",
+            Some(Duration::from_secs(60)),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .expect("handed over");
+    assert!(next.token() > lease.token());
+}
+
 /// How the suite reaches a backend.
 #[async_trait]
 pub trait Harness: Send + Sync {

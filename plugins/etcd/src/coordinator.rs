@@ -22,7 +22,9 @@ use etcd_client::{
 };
 use futures::stream::BoxStream;
 use mcpg_plugin_api::prelude::*;
-use mcpg_plugin_api::support::{HeldLease, HeldPresence, LeaseSignals, receiver_stream};
+use mcpg_plugin_api::support::{
+    HeldLease, HeldPresence, Renew, Renewal, keep_renewing, receiver_stream,
+};
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
@@ -398,9 +400,14 @@ impl Coordinator for EtcdCoordinator {
             let sent = Instant::now();
             let seen = match self.try_acquire(name, ttl).await? {
                 Ok((lease, token)) => {
-                    return Ok(Some(Box::new(
-                        hold_lease(self.clone(), name, lease, token, ttl, sent).await?,
-                    )));
+                    return Ok(Some(Box::new(hold_lease(
+                        self.clone(),
+                        name,
+                        lease,
+                        token,
+                        ttl,
+                        sent,
+                    ))));
                 }
                 Err(revision) => revision,
             };
@@ -616,19 +623,61 @@ impl Coordinator for EtcdCoordinator {
     }
 }
 
+/// Checks that the lease key is still ours and keeps the etcd lease alive.
+struct EtcdRenew {
+    c: EtcdCoordinator,
+    key: String,
+    lease: i64,
+    token: u64,
+    keeper: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+}
+
+impl Renew for EtcdRenew {
+    async fn renew(&mut self) -> Renewal {
+        // Still ours? A key deleted (or recreated by another holder) behind our back means the
+        // lease is gone even if the etcd lease lives on.
+        if let Ok(r) = self.c.c().get(self.key.as_str(), None).await
+            && r.kvs()
+                .first()
+                .is_none_or(|kv| kv.create_revision() as u64 != self.token)
+        {
+            return Renewal::Lost;
+        }
+        if self.keeper.is_none() {
+            self.keeper = self.c.c().lease_keep_alive(self.lease).await.ok();
+        }
+        let answer = match self.keeper.as_mut() {
+            Some((k, s)) => match k.keep_alive().await {
+                Ok(()) => s.message().await.ok().flatten(),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        match answer {
+            Some(r) if r.ttl() > 0 => Renewal::Renewed,
+            // etcd says the lease no longer exists.
+            Some(_) => Renewal::Lost,
+            None => {
+                self.keeper = None;
+                Renewal::Failed
+            }
+        }
+    }
+}
+
 /// A held lease: at the configured percent of the TTL, checks that the key is still ours and
-/// keeps the etcd lease alive. The local deadline counts from when each keep-alive was *sent*.
-/// No stream is opened until the first renewal, so a lease released sooner costs no watch or
+/// keeps the etcd lease alive (see `keep_renewing`). No stream is opened until the first
+/// renewal, so a lease released sooner costs no watch or
 /// keep-alive stream (opening and cancelling one per lease trips etcd's HTTP/2 reset limit under
 /// churn).
-async fn hold_lease(
+fn hold_lease(
     c: EtcdCoordinator,
     name: &str,
     lease: i64,
     token: u64,
     ttl: Duration,
     sent: Instant,
-) -> CoordResult<HeldLease> {
+) -> HeldLease {
     let key = c.p(&format!("lease/{name}"));
     let rc = c.clone();
     let (held, signals) = HeldLease::new(name, token, ttl, move || {
@@ -644,66 +693,13 @@ async fn hold_lease(
         })
     });
     let every = ttl * c.0.config.renew_percent() / 100;
-    let LeaseSignals { lost, mut stop } = signals;
-    tokio::spawn(async move {
-        let mut keeper = None;
-        let mut deadline = sent + ttl;
-        let mut next = sent + every;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = stop.changed() => return,
-            }
-            let sent = Instant::now();
-            if sent >= deadline {
-                let _ = lost.send(true);
-                return;
-            }
-            // Still ours? A key deleted (or recreated by another holder) behind our back means
-            // the lease is gone even if the etcd lease lives on.
-            match c.c().get(key.as_str(), None).await {
-                Ok(r)
-                    if r.kvs()
-                        .first()
-                        .is_none_or(|kv| kv.create_revision() as u64 != token) =>
-                {
-                    let _ = lost.send(true);
-                    return;
-                }
-                _ => {}
-            }
-            if keeper.is_none() {
-                keeper = c.c().lease_keep_alive(lease).await.ok();
-            }
-            let renewed = match keeper.as_mut() {
-                Some((k, s)) => match k.keep_alive().await {
-                    Ok(()) => match s.message().await {
-                        Ok(Some(r)) if r.ttl() > 0 => Some(true),
-                        Ok(Some(_)) => Some(false),
-                        _ => None,
-                    },
-                    Err(_) => None,
-                },
-                None => None,
-            };
-            match renewed {
-                Some(true) => {
-                    deadline = sent + ttl;
-                    next = sent + every;
-                }
-                Some(false) => {
-                    // etcd says the lease no longer exists.
-                    let _ = lost.send(true);
-                    return;
-                }
-                None => {
-                    keeper = None;
-                    next = Instant::now()
-                        + Duration::from_millis(100)
-                            .min(deadline.saturating_duration_since(Instant::now()));
-                }
-            }
-        }
-    });
-    Ok(held)
+    let renew = EtcdRenew {
+        c,
+        key,
+        lease,
+        token,
+        keeper: None,
+    };
+    keep_renewing(sent, ttl, every, signals, renew);
+    held
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use mcpg_backends::EtcdServer;
 use mcpg_plugin_api::coordinator::Coordinator;
 use mcpg_plugin_api::remote::LoadedPlugin;
-use mcpg_plugin_testkit::{Harness, boot, built_library, run};
+use mcpg_plugin_testkit::{Harness, boot, built_library, run, state_and_leases_survive_restart};
 
 struct EtcdHarness {
     plugin: LoadedPlugin,
@@ -82,54 +82,7 @@ async fn an_authenticated_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_and_leases_survive_an_etcd_restart() {
     let mut server = EtcdServer::start();
-    let p = built_library("libmcpg_cluster_etcd.so", "dev.mcpg.cluster.etcd");
+    let plugin = built_library("libmcpg_cluster_etcd.so", "dev.mcpg.cluster.etcd");
     let config = serde_json::json!({"endpoints": [server.url()]});
-    let a = boot(&p, config.clone(), "a").await.unwrap();
-    let rev = a.put("cap/s1", b"state".to_vec(), None).await.unwrap();
-    let lease = a
-        .acquire("leader", Some(Duration::from_secs(60)), Duration::ZERO)
-        .await
-        .unwrap()
-        .expect("uncontended");
-
-    server.restart();
-    let b = {
-        let mut got = None;
-        for _ in 0..100 {
-            if let Ok(c) = boot(&p, config.clone(), "b").await {
-                got = Some(c);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        got.expect("could not connect after the restart")
-    };
-    let e = b.get("cap/s1").await.unwrap().expect("state kept");
-    assert_eq!((e.value.as_slice(), e.revision), (&b"state"[..], rev));
-    assert!(
-        b.acquire("leader", Some(Duration::from_secs(60)), Duration::ZERO)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    // The holder's client reconnects by itself and can release; b then takes over.
-    let mut released = false;
-    for _ in 0..100 {
-        if lease.release().await.is_ok() {
-            released = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(released);
-    let next = b
-        .acquire(
-            "leader",
-            Some(Duration::from_secs(60)),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap()
-        .expect("handed over");
-    assert!(next.token() > lease.token());
+    state_and_leases_survive_restart(&plugin, config, || server.restart()).await;
 }

@@ -15,7 +15,6 @@
 //!   considered gone after `peer_expiry_sec`; joins and leaves are also announced on
 //!   `<ns>.peers`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,10 +25,9 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use mcpg_plugin_api::prelude::*;
 use mcpg_plugin_api::support::{
-    HeldLease, HeldPresence, LeaseSignals, peer_changes, receiver_stream,
+    HeldLease, HeldPresence, Renew, Renewal, keep_renewing, polled_peer_events, retry_until,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{Config, Storage};
@@ -641,41 +639,31 @@ impl Coordinator for NatsCoordinator {
         }
         let nonce = format!("{}:{:032x}", self.0.node_id, rand::random::<u128>());
         let deadline = Instant::now() + wait;
-        let mut released = if wait.is_zero() {
+        let wake = if wait.is_zero() {
             None
         } else {
-            Some(
-                self.raw_subscribe(format!("{}.lease.{}", self.0.ns, encode_key(name)))
-                    .await?,
-            )
+            let sub = self
+                .raw_subscribe(format!("{}.lease.{}", self.0.ns, encode_key(name)))
+                .await?;
+            Some(sub.map(|_| ()).boxed())
         };
-        loop {
+        retry_until(deadline, wake, || async {
             let sent = Instant::now();
-            if let Some(token) = self
+            let token = self
                 .op("acquire", self.try_acquire(name, &nonce, ttl))
-                .await?
-            {
-                return Ok(Some(Box::new(hold_lease(
+                .await?;
+            Ok(token.map(|token| {
+                Box::new(hold_lease(
                     self.clone(),
                     name,
-                    nonce,
+                    nonce.clone(),
                     token,
                     ttl,
                     sent,
-                ))));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let poll = (deadline - now).min(Duration::from_millis(200));
-            match released.as_mut() {
-                Some(s) => {
-                    let _ = tokio::time::timeout(poll, s.next()).await;
-                }
-                None => tokio::time::sleep(poll).await,
-            }
-        }
+                )) as Box<dyn Lease>
+            }))
+        })
+        .await
     }
 
     async fn register(&self, meta: String) -> CoordResult<Box<dyn Presence>> {
@@ -750,34 +738,13 @@ impl Coordinator for NatsCoordinator {
     }
 
     async fn watch_peers(&self) -> CoordResult<BoxStream<'static, PeerEvent>> {
-        let mut wake = self.raw_subscribe(format!("{}.peers", self.0.ns)).await?;
-        let mut known: BTreeMap<String, String> = self
-            .peers()
+        let wake = self
+            .raw_subscribe(format!("{}.peers", self.0.ns))
             .await?
-            .into_iter()
-            .map(|p| (p.node_id, p.meta))
-            .collect();
-        let (tx, rx) = mpsc::channel(256);
-        let me = self.clone();
+            .map(|_| ())
+            .boxed();
         let poll = self.0.config.heartbeat().min(Duration::from_millis(500));
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = wake.next() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = tx.closed() => return,
-                }
-                let Ok(now) = me.peers().await else { continue };
-                let now: BTreeMap<String, String> =
-                    now.into_iter().map(|p| (p.node_id, p.meta)).collect();
-                for ev in peer_changes(&mut known, now) {
-                    if tx.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(receiver_stream(rx))
+        polled_peer_events(self.clone(), wake, poll, 256).await
     }
 
     async fn watch_prefix(&self, prefix: &str) -> CoordResult<BoxStream<'static, KvEvent>> {
@@ -822,9 +789,67 @@ impl Coordinator for NatsCoordinator {
     }
 }
 
-/// A held lease. The renewal task rewrites the entry at its revision at the configured percent
-/// of the TTL (a mismatch means it was lost); the local deadline counts from when each write
-/// was sent.
+/// Rewrites a lease entry at its revision with a new expiry; a mismatch means it was lost.
+struct NatsRenew {
+    c: NatsCoordinator,
+    key: String,
+    nonce: String,
+    ttl: Duration,
+    /// Our entry's revision while held; shared with `release`.
+    revision: Arc<std::sync::Mutex<Option<u64>>>,
+    looked_up: bool,
+}
+
+impl Renew for NatsRenew {
+    async fn renew(&mut self) -> Renewal {
+        if !self.looked_up {
+            // The acquire's revision, found by our nonce.
+            match self.c.live_entry(&self.c.0.leases, &self.key).await {
+                Ok(Some(e))
+                    if serde_json::from_slice::<LeaseRecord>(&e.value)
+                        .is_ok_and(|r| r.nonce == self.nonce) =>
+                {
+                    *self.revision.lock().unwrap() = Some(e.revision);
+                    self.looked_up = true;
+                }
+                Ok(_) => return Renewal::Lost,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease lookup failed; retrying until the lease would expire");
+                    return Renewal::Failed;
+                }
+            }
+        }
+        let Some(current) = *self.revision.lock().unwrap() else {
+            return Renewal::Lost;
+        };
+        let record = serde_json::to_vec(&LeaseRecord {
+            nonce: self.nonce.clone(),
+            expires_ms: now_ms() + self.ttl.as_millis() as u64,
+        })
+        .expect("record serializes");
+        match self
+            .c
+            .publish_kv(&self.c.0.leases, &self.key, record, None, Some(current))
+            .await
+        {
+            Ok(Some(r)) => {
+                *self.revision.lock().unwrap() = Some(r);
+                Renewal::Renewed
+            }
+            Ok(None) => Renewal::Lost,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed; retrying until the lease would expire");
+                Renewal::Failed
+            }
+        }
+    }
+
+    fn lost(&mut self) {
+        *self.revision.lock().unwrap() = None;
+    }
+}
+
+/// A held lease, renewed at the configured percent of the TTL (see `keep_renewing`).
 fn hold_lease(
     c: NatsCoordinator,
     name: &str,
@@ -870,65 +895,15 @@ fn hold_lease(
         })
     });
     let every = ttl * c.0.config.lease.renew_before_expiry_percent / 100;
-    let LeaseSignals { lost, mut stop } = signals;
-    tokio::spawn(async move {
-        // Our entry's revision, needed to renew at it.
-        match c.live_entry(&c.0.leases, &key).await {
-            Ok(Some(e))
-                if serde_json::from_slice::<LeaseRecord>(&e.value)
-                    .is_ok_and(|r| r.nonce == nonce) =>
-            {
-                *revision.lock().unwrap() = Some(e.revision)
-            }
-            _ => {
-                let _ = lost.send(true);
-                return;
-            }
-        }
-        let mut deadline = sent + ttl;
-        let mut next = sent + every;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = stop.changed() => return,
-            }
-            let sent = Instant::now();
-            if sent >= deadline {
-                *revision.lock().unwrap() = None;
-                let _ = lost.send(true);
-                return;
-            }
-            let Some(current) = *revision.lock().unwrap() else {
-                return;
-            };
-            let record = serde_json::to_vec(&LeaseRecord {
-                nonce: nonce.clone(),
-                expires_ms: now_ms() + ttl.as_millis() as u64,
-            })
-            .expect("record serializes");
-            match c
-                .publish_kv(&c.0.leases, &key, record, None, Some(current))
-                .await
-            {
-                Ok(Some(r)) => {
-                    *revision.lock().unwrap() = Some(r);
-                    deadline = sent + ttl;
-                    next = sent + every;
-                }
-                Ok(None) => {
-                    *revision.lock().unwrap() = None;
-                    let _ = lost.send(true);
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "lease renewal failed; retrying until the lease would expire");
-                    next = Instant::now()
-                        + Duration::from_millis(100)
-                            .min(deadline.saturating_duration_since(Instant::now()));
-                }
-            }
-        }
-    });
+    let renew = NatsRenew {
+        c,
+        key,
+        nonce,
+        ttl,
+        revision,
+        looked_up: false,
+    };
+    keep_renewing(sent, ttl, every, signals, renew);
     lease
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use mcpg_backends::NatsServer;
 use mcpg_plugin_api::coordinator::Coordinator;
 use mcpg_plugin_api::remote::LoadedPlugin;
-use mcpg_plugin_testkit::{Harness, boot, built_library, run};
+use mcpg_plugin_testkit::{Harness, boot, built_library, run, state_and_leases_survive_restart};
 
 fn config(url: &str) -> serde_json::Value {
     serde_json::json!({
@@ -100,63 +100,8 @@ async fn token_and_user_password_authentication() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_and_state_survive_a_server_restart_with_file_storage() {
-    let p = built_library("libmcpg_cluster_nats.so", "dev.mcpg.cluster.nats");
     let mut server = NatsServer::start();
-    let a = boot(&p, config(&server.url()), "a").await.unwrap();
-    let rev = a
-        .put("cap/sessions/s1", b"state".to_vec(), None)
-        .await
-        .unwrap();
-    let lease = a
-        .acquire("leader", Some(Duration::from_secs(60)), Duration::ZERO)
-        .await
-        .unwrap()
-        .expect("uncontended");
-
-    server.restart();
-    // The client reconnects by itself; state and the lease are where they were.
-    let b = {
-        let mut got = None;
-        for _ in 0..100 {
-            if let Ok(c) = boot(&p, config(&server.url()), "b").await {
-                got = Some(c);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        got.expect("could not connect after restart")
-    };
-    let e = b
-        .get("cap/sessions/s1")
-        .await
-        .unwrap()
-        .expect("state kept across the restart");
-    assert_eq!((e.value.as_slice(), e.revision), (&b"state"[..], rev));
-    assert!(
-        b.acquire("leader", Some(Duration::from_secs(60)), Duration::ZERO)
-            .await
-            .unwrap()
-            .is_none(),
-        "the lease must still be held after the restart"
-    );
-    // The holder's connection recovers too and it can release; then b takes over.
-    let mut released = false;
-    for _ in 0..100 {
-        if lease.release().await.is_ok() {
-            released = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(released);
-    let next = b
-        .acquire(
-            "leader",
-            Some(Duration::from_secs(60)),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap()
-        .expect("handed over");
-    assert!(next.token() > lease.token());
+    let plugin = built_library("libmcpg_cluster_nats.so", "dev.mcpg.cluster.nats");
+    let config = config(&server.url());
+    state_and_leases_survive_restart(&plugin, config, || server.restart()).await;
 }

@@ -12,7 +12,6 @@
 //!   scripts themselves, so watches work without keyspace notifications), `P ev:peers`, and
 //!   `P ev:lease:<name>` (releases, to wake waiting contenders).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use mcpg_plugin_api::prelude::*;
 use mcpg_plugin_api::support::{
-    HeldLease, HeldPresence, LeaseSignals, peer_changes, receiver_stream,
+    HeldLease, HeldPresence, Renew, Renewal, keep_renewing, polled_peer_events, receiver_stream,
+    retry_until,
 };
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
@@ -558,40 +558,28 @@ impl Coordinator for RedisCoordinator {
         }
         let nonce = format!("{}:{:032x}", self.0.node_id, rand::random::<u128>());
         let deadline = Instant::now() + wait;
-        // Listen for releases before the first try, so one in between is not missed.
-        let mut released = if wait.is_zero() {
+        let wake = if wait.is_zero() {
             None
         } else {
-            Some(
-                self.raw_channel(self.p(&format!("ev:lease:{name}")))
-                    .await?,
-            )
+            let rx = self
+                .raw_channel(self.p(&format!("ev:lease:{name}")))
+                .await?;
+            Some(receiver_stream(rx).map(|_| ()).boxed())
         };
-        loop {
+        retry_until(deadline, wake, || async {
             let sent = Instant::now();
-            if let Some(token) = self.try_acquire(name, &nonce, ttl).await? {
-                return Ok(Some(Box::new(hold_lease(
+            Ok(self.try_acquire(name, &nonce, ttl).await?.map(|token| {
+                Box::new(hold_lease(
                     self.clone(),
                     name,
-                    nonce,
+                    nonce.clone(),
                     token,
                     ttl,
                     sent,
-                ))));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            // A release wakes us at once; an expiry is noticed by polling.
-            let poll = (deadline - now).min(Duration::from_millis(200));
-            match released.as_mut() {
-                Some(rx) => {
-                    let _ = tokio::time::timeout(poll, rx.recv()).await;
-                }
-                None => tokio::time::sleep(poll).await,
-            }
-        }
+                )) as Box<dyn Lease>
+            }))
+        })
+        .await
     }
 
     async fn register(&self, meta: String) -> CoordResult<Box<dyn Presence>> {
@@ -654,36 +642,19 @@ impl Coordinator for RedisCoordinator {
     }
 
     async fn watch_peers(&self) -> CoordResult<BoxStream<'static, PeerEvent>> {
-        let mut wake = self.raw_channel(self.p("ev:peers")).await?;
-        let mut known: BTreeMap<String, String> = self
-            .peers()
-            .await?
-            .into_iter()
-            .map(|p| (p.node_id, p.meta))
-            .collect();
-        let (tx, rx) = mpsc::channel(self.0.config.subscribe_pattern_buffer);
-        let me = self.clone();
+        let wake = receiver_stream(self.raw_channel(self.p("ev:peers")).await?)
+            .map(|_| ())
+            .boxed();
         // Expiry has no event without keyspace notifications, so diff the live set on every
         // change notification and on a short poll.
         let poll = self.0.config.peer_refresh().min(Duration::from_millis(500));
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = wake.recv() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = tx.closed() => return,
-                }
-                let Ok(now) = me.peers().await else { continue };
-                let now: BTreeMap<String, String> =
-                    now.into_iter().map(|p| (p.node_id, p.meta)).collect();
-                for ev in peer_changes(&mut known, now) {
-                    if tx.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(receiver_stream(rx))
+        polled_peer_events(
+            self.clone(),
+            wake,
+            poll,
+            self.0.config.subscribe_pattern_buffer,
+        )
+        .await
     }
 
     async fn watch_prefix(&self, prefix: &str) -> CoordResult<BoxStream<'static, KvEvent>> {
@@ -701,9 +672,40 @@ impl Coordinator for RedisCoordinator {
     }
 }
 
-/// A held lease. Renewal runs at the configured percent of the TTL; the local deadline counts
-/// from when each acquire or renewal was *sent*, so a slow reply can only make this holder give
-/// up early, never late.
+/// Extends a lease key's expiry, only while it still holds our nonce.
+struct RedisRenew {
+    c: RedisCoordinator,
+    key: String,
+    nonce: String,
+    ttl: Duration,
+}
+
+impl Renew for RedisRenew {
+    async fn renew(&mut self) -> Renewal {
+        let mut conn = self.c.conn();
+        let renewed: Result<i64, _> = self
+            .c
+            .0
+            .scripts
+            .renew
+            .key(&self.key)
+            .arg(&self.nonce)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        match renewed {
+            Ok(1) => Renewal::Renewed,
+            // Someone else holds it, or it expired.
+            Ok(_) => Renewal::Lost,
+            Err(e) => {
+                tracing::warn!(error = %self.c.e(e), "lease renewal failed; retrying until the lease would expire");
+                Renewal::Failed
+            }
+        }
+    }
+}
+
+/// A held lease, renewed at the configured percent of the TTL (see `keep_renewing`).
 fn hold_lease(
     c: RedisCoordinator,
     name: &str,
@@ -732,48 +734,7 @@ fn hold_lease(
         })
     });
     let every = ttl * c.0.config.renew_percent() / 100;
-    let LeaseSignals { lost, mut stop } = signals;
-    tokio::spawn(async move {
-        let mut deadline = sent + ttl;
-        let mut next = sent + every;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = stop.changed() => return,
-            }
-            let sent = Instant::now();
-            if sent >= deadline {
-                let _ = lost.send(true);
-                return;
-            }
-            let mut conn = c.conn();
-            let renewed: Result<i64, _> =
-                c.0.scripts
-                    .renew
-                    .key(&key)
-                    .arg(&nonce)
-                    .arg(ttl.as_millis() as u64)
-                    .invoke_async(&mut conn)
-                    .await;
-            match renewed {
-                Ok(1) => {
-                    deadline = sent + ttl;
-                    next = sent + every;
-                }
-                Ok(_) => {
-                    // Someone else holds it, or it expired: lost.
-                    let _ = lost.send(true);
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %c.e(e), "lease renewal failed; retrying until the lease would expire");
-                    next = Instant::now()
-                        + Duration::from_millis(100)
-                            .min(deadline.saturating_duration_since(Instant::now()));
-                }
-            }
-        }
-    });
+    keep_renewing(sent, ttl, every, signals, RedisRenew { c, key, nonce, ttl });
     lease
 }
 
