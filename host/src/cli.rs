@@ -11,6 +11,7 @@ use clap::Parser;
 use crate::capabilities::Capabilities;
 use crate::config::{self, Severity};
 use crate::control::ControlPlane;
+use crate::mcp::Gateway;
 use crate::{coordinator, identity, server, telemetry};
 
 /// mcpg: a clustered gateway for the Model Context Protocol.
@@ -107,11 +108,14 @@ async fn run(
     if let Err(e) = identity::validate(&node_id) {
         return fail(format!("the coordinator's node id: {e}"));
     }
-    let _capabilities =
+    let capabilities =
         match Capabilities::build(&cfg.config.mcp.configurations, &booted.coordinator) {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
+    // HTTPS upstreams use rustls with the ring provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let gateway = Gateway::new(&cfg, capabilities, node_id.clone());
     let bound = match server::Bound::bind(cfg.listen, cfg.admin_listen).await {
         Ok(b) => b,
         Err(e) => return fail(e),
@@ -140,7 +144,7 @@ async fn run(
             ));
         }
     };
-    let running = bound.start(control.router());
+    let running = bound.start(gateway.router(), control.router());
     // Ready only once presence is registered: peers can see this replica.
     running.readiness.set_ready();
     tracing::info!("ready");
@@ -154,12 +158,13 @@ async fn run(
         "shutting down: unready, resigning, draining"
     );
     control.shutdown().await;
-    running
+    let drained = running
         .shutdown(
             Duration::from_millis(s.shutdown_delay_ms),
             Duration::from_millis(s.drain_timeout_ms),
         )
         .await;
-    tracing::info!("stopped");
+    gateway.shutdown().await;
+    tracing::info!(drained, "stopped");
     ExitCode::SUCCESS
 }

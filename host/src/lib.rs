@@ -6,6 +6,7 @@
 //! - [`coordinator`]: choosing, loading, validating and booting the cluster coordinator.
 //! - [`control`]: presence, leader election and the `/api/cluster/*` admin endpoints.
 //! - [`capabilities`]: the store and bus of each capability (sessions, tasks, …).
+//! - [`mcp`]: the MCP data plane: bindings, upstreams, sessions, both protocol eras.
 //! - [`identity`]: this replica's node id.
 //! - [`server`]: the HTTP listeners, health and readiness, graceful shutdown.
 //! - [`telemetry`]: log output.
@@ -17,5 +18,6 @@ pub mod config;
 pub mod control;
 pub mod coordinator;
 pub mod identity;
+pub mod mcp;
 pub mod server;
 pub mod telemetry;

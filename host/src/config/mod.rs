@@ -21,7 +21,7 @@ pub use diagnostics::{Diagnostic, KeyPath, Pos, Severity};
 pub use interpolate::EnvLookup;
 pub use model::AppConfig;
 pub use schema::app_config_schema;
-pub use semantic::{ClusterPlan, RESERVED_PATHS, RESERVED_PREFIXES};
+pub use semantic::{ClusterPlan, RESERVED_PATHS, RESERVED_PREFIXES, resolve as resolve_path};
 pub use yaml::SourceMap;
 
 use serde_json::Value;

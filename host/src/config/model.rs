@@ -67,6 +67,18 @@ pub struct ServerConfig {
     #[serde(default)]
     #[schemars(range(max = 600_000))]
     pub shutdown_delay_ms: u64,
+    /// Host names (optionally `name:port`) MCP requests may carry in their `Host` header,
+    /// against DNS rebinding. When empty, a loopback `listen` allows only the loopback names
+    /// (`localhost`, `127.0.0.1`, `[::1]`) and any other `listen` allows every host. When set,
+    /// these names are allowed in addition to the loopback names on a loopback `listen`.
+    /// Behind a load balancer, it must forward the client's `Host`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) allowed to call MCP endpoints from a browser. A request
+    /// carrying an `Origin` that is neither listed here nor the same origin as its `Host` is
+    /// refused with 403. Requests without `Origin` (non-browser clients) are not affected.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -85,6 +97,8 @@ impl Default for ServerConfig {
             advertise_url: None,
             drain_timeout_ms: default_drain_timeout_ms(),
             shutdown_delay_ms: 0,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -103,6 +117,45 @@ pub struct BindingConfig {
     /// The upstream MCP servers behind this binding.
     #[schemars(length(min = 1))]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Whether tool and prompt names, resource URIs and task ids are prefixed with the
+    /// upstream's name: `auto` (only when the binding has more than one upstream), `always`
+    /// or `never` (names must then be unique across upstreams; the first upstream listing a
+    /// name wins).
+    #[serde(default)]
+    pub prefix: PrefixMode,
+    /// Separator between the upstream name and a tool, prompt or task name:
+    /// `<upstream><separator><name>`. Resource URIs are prefixed as `<upstream>+<uri>`.
+    #[serde(default = "default_separator")]
+    #[schemars(length(min = 1, max = 8), pattern(r"^[A-Za-z0-9_.-]+$"))]
+    pub separator: String,
+    /// What a client sees when an upstream is down: `fail_open` (the default) leaves it out
+    /// of list results and answers its own calls with an error; `fail_closed` answers every
+    /// request of the binding with an error while any upstream is down.
+    #[serde(default)]
+    pub on_upstream_failure: FailurePolicy,
+}
+
+fn default_separator() -> String {
+    "__".into()
+}
+
+/// When upstream names prefix tool and prompt names, resource URIs and task ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixMode {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// How a binding behaves while one of its upstreams is down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    #[default]
+    FailOpen,
+    FailClosed,
 }
 
 /// An upstream MCP server. Exactly one transport, `stdio` or `http`, must be given.
@@ -119,6 +172,11 @@ pub struct UpstreamConfig {
     /// Reach the server over Streamable HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpTransport>,
+    /// How long one request to this upstream may take, in milliseconds; overrides
+    /// `mcp.limits.request_timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86_400_000))]
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// A child process speaking MCP over stdin/stdout.
@@ -142,6 +200,47 @@ pub struct StdioTransport {
     /// `HOME` and `LANG` plus `env`, because mcpg's environment holds its secrets.
     #[serde(default)]
     pub inherit_env: bool,
+    /// How children map to clients: `per_session` (one child per legacy session, initialised
+    /// with that client's own `initialize`; the faithful choice for stateful servers) or
+    /// `shared` (one child for every client, request ids remapped; for stateless tools and
+    /// modern-era traffic).
+    #[serde(default)]
+    pub mode: StdioMode,
+    /// The most children `per_session` runs at once for this upstream; a new session beyond
+    /// it is refused with an error rather than exhausting the host.
+    #[serde(default = "default_max_children")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub max_children: u32,
+    /// Restart backoff after a child dies: the first delay, in milliseconds, doubling up to
+    /// `restart_max_backoff_ms`.
+    #[serde(default = "default_restart_backoff")]
+    #[schemars(range(min = 1, max = 600_000))]
+    pub restart_backoff_ms: u64,
+    /// The longest delay between restarts, in milliseconds.
+    #[serde(default = "default_restart_max_backoff")]
+    #[schemars(range(min = 1, max = 3_600_000))]
+    pub restart_max_backoff_ms: u64,
+}
+
+fn default_max_children() -> u32 {
+    64
+}
+
+fn default_restart_backoff() -> u64 {
+    250
+}
+
+fn default_restart_max_backoff() -> u64 {
+    30_000
+}
+
+/// How a stdio upstream's children map to clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StdioMode {
+    #[default]
+    PerSession,
+    Shared,
 }
 
 /// An MCP server reached over Streamable HTTP.
@@ -154,6 +253,29 @@ pub struct HttpTransport {
     /// `${env.…}`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The protocol era the upstream speaks: `auto` (probe once with `server/discover`, fall
+    /// back to `initialize`, and remember), `legacy` (2025-11-25 and earlier) or `modern`
+    /// (2026-07-28).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// How long establishing a connection may take, in milliseconds.
+    #[serde(default = "default_connect_timeout")]
+    #[schemars(range(min = 1, max = 600_000))]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    10_000
+}
+
+/// The protocol era of an HTTP upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Auto,
+    Legacy,
+    Modern,
 }
 
 /// The cluster coordinator. `kind` selects it; every other key belongs to the coordinator
@@ -223,6 +345,68 @@ pub struct McpConfig {
     /// capability inherits the cluster coordinator by default.
     #[serde(default)]
     pub configurations: Capabilities,
+    /// Legacy-era sessions.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    /// Limits on requests from clients.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Legacy-era sessions (`initialize` … `Mcp-Session-Id` … `DELETE`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// A session with no request for this long is ended and its upstream sessions and
+    /// children closed, in milliseconds.
+    #[serde(default = "default_idle_ttl")]
+    #[schemars(range(min = 1000, max = 604_800_000))]
+    pub idle_ttl_ms: u64,
+}
+
+fn default_idle_ttl() -> u64 {
+    30 * 60 * 1000
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            idle_ttl_ms: default_idle_ttl(),
+        }
+    }
+}
+
+/// Limits on requests from clients.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// The largest request body accepted, in bytes; larger ones get 413.
+    #[serde(default = "default_max_request_bytes")]
+    #[schemars(range(min = 1024, max = 1_073_741_824))]
+    pub max_request_bytes: u64,
+    /// How long one request may take end to end, in milliseconds, unless its upstream sets
+    /// `request_timeout_ms`. A request that runs out is cancelled upstream and answered with
+    /// a JSON-RPC error.
+    #[serde(default = "default_request_timeout")]
+    #[schemars(range(min = 1, max = 86_400_000))]
+    pub request_timeout_ms: u64,
+}
+
+fn default_max_request_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+
+fn default_request_timeout() -> u64 {
+    300_000
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: default_max_request_bytes(),
+            request_timeout_ms: default_request_timeout(),
+        }
+    }
 }
 
 /// The gateway's capabilities, each inheriting the coordinator unless overridden.

@@ -3,7 +3,7 @@
 //! `server.listen` carries MCP traffic plus `/healthz` and `/readyz`; `server.admin_listen`, when
 //! set, is a second listener for the admin API and metrics (and the same probes, which
 //! orchestrators often point at the admin port). Without it, the admin API is served on
-//! `listen`. The MCP data plane mounts its router here when it lands.
+//! `listen`. The MCP data plane's bindings are mounted on `listen` only.
 
 pub mod health;
 
@@ -71,21 +71,30 @@ impl Bound {
         self.admin.as_ref().map(TcpListener::local_addr)
     }
 
-    /// Starts serving. `admin` holds the admin API routes: they go on the admin listener when
-    /// there is one, else on the main listener. The replica stays unready until the caller
-    /// marks it ready (once its presence is registered).
-    pub fn start(self, admin: Router) -> Running {
+    /// Starts serving. `mcp` holds the bindings' endpoints (main listener only); `admin` the
+    /// admin API routes: they go on the admin listener when there is one, else on the main
+    /// listener. The replica stays unready until the caller marks it ready (once its presence
+    /// is registered).
+    pub fn start(self, mcp: Router, admin: Router) -> Running {
         let readiness = self.readiness.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let probes = health::router(readiness.clone());
         let mut tasks = tokio::task::JoinSet::new();
         match self.admin {
             Some(listener) => {
-                tasks.spawn(serve_one(self.main, probes.clone(), stop_rx.clone()));
+                tasks.spawn(serve_one(
+                    self.main,
+                    probes.clone().merge(mcp),
+                    stop_rx.clone(),
+                ));
                 tasks.spawn(serve_one(listener, probes.merge(admin), stop_rx));
             }
             None => {
-                tasks.spawn(serve_one(self.main, probes.merge(admin), stop_rx));
+                tasks.spawn(serve_one(
+                    self.main,
+                    probes.merge(admin).merge(mcp),
+                    stop_rx,
+                ));
             }
         }
         Running {

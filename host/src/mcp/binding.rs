@@ -1,0 +1,657 @@
+//! One binding: several upstreams served as one MCP server. Routes each client request to
+//! its upstream (or to all of them, merging list results page by page), relays what the
+//! upstream sends back for it (progress, log messages, server requests, the response), and
+//! relays server-to-client requests through the `pipelines` capability so the client's answer
+//! finds the upstream that asked.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::capabilities::Capabilities;
+use crate::config::model::{BindingConfig, FailurePolicy, PrefixMode};
+use crate::mcp::jsonrpc::{self, Kind, Message, RpcError, code};
+use crate::mcp::names::{self, MergedCursor, Naming, Route};
+use crate::mcp::session::Live;
+use crate::mcp::upstream::{Exchange, Upstream};
+use crate::mcp::version;
+
+/// How long a relayed server-to-client request waits for the client's answer.
+const CLIENT_ANSWER_TTL: Duration = Duration::from_secs(600);
+
+/// What the gateway answers a client message with.
+pub enum Reply {
+    /// One JSON-RPC response.
+    Json(Message),
+    /// Messages about the request, ending with its response (an SSE stream).
+    Stream(mpsc::Receiver<Message>),
+    /// A notification or response was taken (202).
+    Accepted,
+}
+
+/// Requests running on this replica, by session and request id, so a cancellation arriving
+/// on the `cancellation` bus can stop them.
+#[derive(Default)]
+pub struct Inflight {
+    running: Mutex<HashMap<(String, String), oneshot::Sender<String>>>,
+}
+
+impl Inflight {
+    fn register(
+        ctx: &Arc<Context>,
+        sid: &str,
+        id: &Value,
+    ) -> (InflightGuard, oneshot::Receiver<String>) {
+        let (tx, rx) = oneshot::channel();
+        let key = (sid.to_owned(), id.to_string());
+        ctx.inflight
+            .running
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), tx);
+        (
+            InflightGuard {
+                ctx: ctx.clone(),
+                key,
+            },
+            rx,
+        )
+    }
+
+    /// Stops the request if it runs here.
+    pub fn cancel(&self, sid: &str, id: &Value, reason: &str) -> bool {
+        let tx = self
+            .running
+            .lock()
+            .expect("lock")
+            .remove(&(sid.to_owned(), id.to_string()));
+        tx.is_some_and(|tx| tx.send(reason.to_owned()).is_ok())
+    }
+}
+
+struct InflightGuard {
+    ctx: Arc<Context>,
+    key: (String, String),
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.ctx
+            .inflight
+            .running
+            .lock()
+            .expect("lock")
+            .remove(&self.key);
+    }
+}
+
+/// Everything bindings share on this replica.
+pub struct Context {
+    pub caps: Capabilities,
+    pub inflight: Inflight,
+}
+
+/// A server-to-client request awaiting the client's answer, kept in the `pipelines` store.
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingClientRequest {
+    format: u32,
+    upstream: usize,
+    upstream_id: Value,
+}
+
+pub struct Binding {
+    pub name: String,
+    pub path: String,
+    pub naming: Naming,
+    pub upstreams: Vec<Arc<Upstream>>,
+    policy: FailurePolicy,
+    ctx: Arc<Context>,
+}
+
+impl Binding {
+    pub fn new(
+        cfg: &BindingConfig,
+        base_dir: &std::path::Path,
+        default_timeout: Duration,
+        ctx: Arc<Context>,
+    ) -> Arc<Self> {
+        let prefix = match cfg.prefix {
+            PrefixMode::Auto => cfg.upstreams.len() > 1,
+            PrefixMode::Always => true,
+            PrefixMode::Never => false,
+        };
+        Arc::new(Self {
+            name: cfg.name.clone(),
+            path: cfg.path.clone(),
+            naming: Naming {
+                prefix,
+                sep: cfg.separator.clone(),
+                upstreams: cfg.upstreams.iter().map(|u| u.name.clone()).collect(),
+            },
+            upstreams: cfg
+                .upstreams
+                .iter()
+                .map(|u| Upstream::new(u, base_dir, default_timeout))
+                .collect(),
+            policy: cfg.on_upstream_failure,
+            ctx,
+        })
+    }
+
+    pub fn fail_closed(&self) -> bool {
+        self.policy == FailurePolicy::FailClosed
+    }
+
+    fn single_passthrough(&self) -> bool {
+        self.upstreams.len() == 1 && !self.naming.prefix
+    }
+
+    /// The `initialize` result the client sees: the upstream's own when it is the only one
+    /// and unprefixed; otherwise the union of the upstreams' capabilities under the
+    /// binding's name. The protocol version is the oldest any side agreed to.
+    pub fn merge_initialize(&self, negotiated: &str, answers: &[(usize, Value)]) -> Value {
+        let mut agreed = negotiated.to_owned();
+        for (_, a) in answers {
+            if let Some(v) = a["protocolVersion"].as_str()
+                && version::is_legacy(v)
+            {
+                agreed = version::older(&agreed, v).to_owned();
+            }
+        }
+        let mut result = if self.single_passthrough() && answers.len() == 1 {
+            answers[0].1.clone()
+        } else {
+            let mut caps = Map::new();
+            let mut instructions = Vec::new();
+            for (i, a) in answers {
+                if let Some(c) = a["capabilities"].as_object() {
+                    merge_capabilities(&mut caps, c);
+                }
+                if let Some(s) = a["instructions"].as_str() {
+                    instructions.push(format!("{}: {s}", self.upstreams[*i].name));
+                }
+            }
+            let mut r = json!({
+                "capabilities": caps,
+                "serverInfo": {"name": self.name, "version": env!("CARGO_PKG_VERSION")},
+            });
+            if !instructions.is_empty() {
+                r["instructions"] = json!(instructions.join("\n\n"));
+            }
+            r
+        };
+        result["protocolVersion"] = json!(agreed);
+        result
+    }
+
+    /// Answers one client request within a session.
+    pub async fn request(self: &Arc<Self>, live: &Arc<Live>, mut msg: Message) -> Reply {
+        let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
+        let route = match self.naming.route(&mut msg) {
+            Ok(r) => r,
+            Err(e) => return Reply::Json(e.to_message(id)),
+        };
+        let up = match route {
+            Route::Local => return Reply::Json(jsonrpc::result(id, json!({}))),
+            Route::All if names::list_key(&method).is_some() => {
+                return Reply::Json(match self.merged_list(live, &method, &msg).await {
+                    Ok(r) => jsonrpc::result(id, r),
+                    Err(e) => e.to_message(id),
+                });
+            }
+            Route::All => return Reply::Json(self.broadcast(live, id, msg).await),
+            Route::One(up) => up,
+            Route::Search { list, name } => match self.search(live, list, &name).await {
+                Some(up) => up,
+                None => {
+                    return Reply::Json(
+                        RpcError::invalid_params(format!("no upstream offers `{name}`"))
+                            .to_message(id),
+                    );
+                }
+            },
+        };
+        self.forward(live, up, id, method, msg).await
+    }
+
+    /// Sends a request to one upstream and relays what comes back.
+    async fn forward(
+        self: &Arc<Self>,
+        live: &Arc<Live>,
+        up: usize,
+        id: Value,
+        method: String,
+        msg: Message,
+    ) -> Reply {
+        if self.fail_closed()
+            && let Err(e) = self.all_up(live).await
+        {
+            return Reply::Json(e.to_message(id));
+        }
+        let conn = match live.conn(up).await {
+            Ok(c) => c,
+            Err(e) => return Reply::Json(e.to_message(id)),
+        };
+        let mut ex = match conn.request(msg).await {
+            Ok(ex) => ex,
+            Err(e) => return Reply::Json(e.to_rpc().to_message(id)),
+        };
+        let deadline = tokio::time::Instant::now() + self.upstreams[up].timeout;
+        let (guard, mut cancelled) = Inflight::register(&self.ctx, &live.id, &id);
+        // Answer with plain JSON when the response is the first thing back; switch to a
+        // stream as soon as anything else arrives first.
+        let first = tokio::select! {
+            m = ex.next() => m,
+            _ = tokio::time::sleep_until(deadline) => {
+                ex.cancel("request timed out at the gateway").await;
+                return Reply::Json(timeout_error(id, &self.upstreams[up].name));
+            }
+            r = &mut cancelled => {
+                ex.cancel(r.as_deref().unwrap_or("cancelled by the client")).await;
+                return Reply::Accepted;
+            }
+        };
+        let Some(first) = first else {
+            return Reply::Json(closed_error(id, &self.upstreams[up].name));
+        };
+        if jsonrpc::kind(&first) == Kind::Response {
+            return Reply::Json(self.response_out(&method, up, id, first));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let me = self.clone();
+        let live = live.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            me.pump(live, up, id, method, ex, first, deadline, cancelled, tx)
+                .await;
+        });
+        Reply::Stream(rx)
+    }
+
+    /// Relays an exchange to the client's response stream until its response. If the client
+    /// goes away, what remains is delivered to its GET stream instead (a dropped legacy
+    /// stream is not a cancellation).
+    #[allow(clippy::too_many_arguments)]
+    async fn pump(
+        self: Arc<Self>,
+        live: Arc<Live>,
+        up: usize,
+        id: Value,
+        method: String,
+        mut ex: Exchange,
+        first: Message,
+        deadline: tokio::time::Instant,
+        mut cancelled: oneshot::Receiver<String>,
+        tx: mpsc::Sender<Message>,
+    ) {
+        let mut next = Some(first);
+        loop {
+            let m = match next.take() {
+                Some(m) => m,
+                None => tokio::select! {
+                    m = ex.next() => match m {
+                        Some(m) => m,
+                        None => closed_error(id.clone(), &self.upstreams[up].name),
+                    },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        ex.cancel("request timed out at the gateway").await;
+                        timeout_error(id.clone(), &self.upstreams[up].name)
+                    }
+                    r = &mut cancelled => {
+                        ex.cancel(r.as_deref().unwrap_or("cancelled by the client")).await;
+                        return;
+                    }
+                },
+            };
+            let (out, done) = match jsonrpc::kind(&m) {
+                Kind::Response => (self.response_out(&method, up, id.clone(), m), true),
+                Kind::Notification => {
+                    let mut m = m;
+                    self.naming.notification_out(up, &mut m);
+                    (m, false)
+                }
+                Kind::Request => match self.to_client_request(&live.id, up, m).await {
+                    Ok(m) => (m, false),
+                    Err(e) => {
+                        tracing::warn!(session = %live.id, error = %e, "cannot relay a server request");
+                        continue;
+                    }
+                },
+                Kind::Invalid => continue,
+            };
+            if let Err(unsent) = tx.send(out).await {
+                self.deliver(&live.id, &unsent.0).await;
+            }
+            if done {
+                return;
+            }
+        }
+    }
+
+    fn response_out(&self, method: &str, up: usize, id: Value, mut m: Message) -> Message {
+        m.insert("id".into(), id);
+        if let Some(r) = m.get_mut("result") {
+            self.naming.result_out(method, up, r);
+        }
+        m
+    }
+
+    /// Every upstream is reachable (for `fail_closed`).
+    async fn all_up(&self, live: &Live) -> Result<(), RpcError> {
+        for i in 0..self.upstreams.len() {
+            live.conn(i).await?;
+        }
+        Ok(())
+    }
+
+    /// One page of a list merged across upstreams: the page continues an upstream that has
+    /// more, else moves on to the next upstream, so every item is seen exactly once.
+    async fn merged_list(
+        &self,
+        live: &Live,
+        method: &str,
+        msg: &Message,
+    ) -> Result<Value, RpcError> {
+        let key = names::list_key(method).expect("a list method");
+        let params = jsonrpc::params(msg).cloned().unwrap_or_default();
+        let mut pos = match params.get("cursor").and_then(Value::as_str) {
+            Some(c) => MergedCursor::decode(c)?,
+            None => MergedCursor {
+                upstream: 0,
+                cursor: None,
+            },
+        };
+        let mut items = Vec::new();
+        let mut extra = Map::new();
+        while pos.upstream < self.upstreams.len() {
+            let up = pos.upstream;
+            let mut p = params.clone();
+            match &pos.cursor {
+                Some(c) => p.insert("cursor".into(), json!(c)),
+                None => p.remove("cursor"),
+            };
+            let page = match live.conn(up).await {
+                Ok(conn) => tokio::time::timeout(
+                    self.upstreams[up].timeout,
+                    conn.call(method, Some(Value::Object(p))),
+                )
+                .await
+                .unwrap_or_else(|_| Err(RpcError::new(code::REQUEST_TIMEOUT, "list timed out"))),
+                Err(e) => Err(e),
+            };
+            let mut page = match page {
+                Ok(p) => p,
+                // An upstream without this capability simply has nothing to list.
+                Err(e) if e.code == code::METHOD_NOT_FOUND => Value::Null,
+                Err(e) if !self.fail_closed() => {
+                    tracing::warn!(binding = %self.name, upstream = %self.upstreams[up].name, error = %e, "{method}: upstream left out");
+                    Value::Null
+                }
+                Err(e) => {
+                    return Err(RpcError::new(
+                        e.code,
+                        format!("upstream `{}`: {}", self.upstreams[up].name, e.message),
+                    ));
+                }
+            };
+            self.naming.result_out(method, up, &mut page);
+            if let Some(obj) = page.as_object_mut() {
+                if let Some(Value::Array(a)) = obj.remove(key) {
+                    items.extend(a);
+                }
+                let next = obj.remove("nextCursor");
+                for (k, v) in std::mem::take(obj) {
+                    extra.entry(k).or_insert(v);
+                }
+                if let Some(Value::String(c)) = next {
+                    let cur = MergedCursor {
+                        upstream: up,
+                        cursor: Some(c),
+                    };
+                    return Ok(list_result(key, items, extra, Some(cur.encode())));
+                }
+            }
+            pos = MergedCursor {
+                upstream: up + 1,
+                cursor: None,
+            };
+        }
+        Ok(list_result(key, items, extra, None))
+    }
+
+    /// The first upstream whose list has `name` (for unprefixed bindings of several).
+    async fn search(&self, live: &Live, list: &str, name: &str) -> Option<usize> {
+        let key = names::list_key(list)?;
+        let field = if key == "resources" { "uri" } else { "name" };
+        for up in 0..self.upstreams.len() {
+            let Ok(conn) = live.conn(up).await else {
+                continue;
+            };
+            let mut cursor: Option<String> = None;
+            loop {
+                let params = cursor.as_ref().map(|c| json!({"cursor": c}));
+                let Ok(page) = conn.call(list, params).await else {
+                    break;
+                };
+                if page[key]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|i| i[field] == name))
+                {
+                    return Some(up);
+                }
+                match page["nextCursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+            }
+        }
+        None
+    }
+
+    /// A request every upstream gets (`logging/setLevel`); answered once all have.
+    async fn broadcast(&self, live: &Live, id: Value, msg: Message) -> Message {
+        let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
+        let params = msg.get("params").cloned();
+        for up in 0..self.upstreams.len() {
+            let r = match live.conn(up).await {
+                Ok(conn) => conn.call(&method, params.clone()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r
+                && (self.fail_closed() || self.upstreams.len() == 1)
+            {
+                return e.to_message(id);
+            }
+        }
+        jsonrpc::result(id, json!({}))
+    }
+
+    /// Turns an upstream's request into one for the client: a fresh id, remembered in the
+    /// `pipelines` store with the upstream and its own id.
+    pub async fn to_client_request(
+        &self,
+        sid: &str,
+        up: usize,
+        mut m: Message,
+    ) -> Result<Message, RpcError> {
+        let upstream_id = m.get("id").cloned().unwrap_or(Value::Null);
+        let gid = format!("mcpg-{}", uuid::Uuid::new_v4().simple());
+        let rec = PendingClientRequest {
+            format: 1,
+            upstream: up,
+            upstream_id,
+        };
+        self.ctx
+            .caps
+            .pipelines
+            .store
+            .put(
+                &format!("req/{sid}/{gid}"),
+                serde_json::to_vec(&rec).expect("serialisable"),
+                Some(CLIENT_ANSWER_TTL),
+            )
+            .await
+            .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))?;
+        m.insert("id".into(), json!(gid));
+        Ok(m)
+    }
+
+    /// The client answered a server-to-client request: hand the answer to the upstream that
+    /// asked, under its own id.
+    pub async fn client_response(&self, live: &Arc<Live>, mut m: Message) {
+        let Some(gid) = m.get("id").and_then(Value::as_str).map(str::to_owned) else {
+            return;
+        };
+        let key = format!("req/{}/{gid}", live.id);
+        let store = &self.ctx.caps.pipelines.store;
+        let Ok(Some(entry)) = store.get(&key).await else {
+            tracing::debug!(session = %live.id, id = %gid, "answer to an unknown server request; dropped");
+            return;
+        };
+        let _ = store.delete(&key, None).await;
+        let Ok(rec) = serde_json::from_slice::<PendingClientRequest>(&entry.value) else {
+            return;
+        };
+        m.insert("id".into(), rec.upstream_id);
+        if let Ok(conn) = live.conn(rec.upstream).await
+            && let Err(e) = conn.send(m).await
+        {
+            tracing::warn!(session = %live.id, error = %e, "cannot hand the client's answer to the upstream");
+        }
+    }
+
+    /// A client notification: cancellations go through the `cancellation` bus to wherever
+    /// the request runs; the rest reach every upstream of the session.
+    pub async fn client_notification(&self, live: &Arc<Live>, m: Message) {
+        match jsonrpc::method(&m) {
+            Some("notifications/initialized") => {}
+            Some("notifications/cancelled") => {
+                let params = m.get("params").cloned().unwrap_or(Value::Null);
+                let payload = json!({"requestId": params["requestId"], "reason": params["reason"]});
+                if let Err(e) = self
+                    .ctx
+                    .caps
+                    .cancellation
+                    .bus
+                    .publish(&format!("s.{}", live.id), payload.to_string().into_bytes())
+                    .await
+                {
+                    tracing::warn!(session = %live.id, error = %e, "cannot publish a cancellation");
+                }
+            }
+            _ => live.notify_all(&m).await,
+        }
+    }
+
+    /// Sends a message to the client's GET stream, wherever it is held, through the
+    /// `delivery` bus.
+    pub async fn deliver(&self, sid: &str, m: &Message) {
+        if let Err(e) = self
+            .ctx
+            .caps
+            .delivery
+            .bus
+            .publish(&format!("s.{sid}"), jsonrpc::to_bytes(m))
+            .await
+        {
+            tracing::warn!(session = %sid, error = %e, "cannot deliver a message to the client");
+        }
+    }
+
+    /// The messages for one session's GET stream.
+    pub async fn delivery_stream(
+        &self,
+        sid: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Message>, RpcError> {
+        let s = self
+            .ctx
+            .caps
+            .delivery
+            .bus
+            .subscribe(&format!("s.{sid}"))
+            .await
+            .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))?;
+        Ok(s.filter_map(|m| async move {
+            match serde_json::from_slice::<Value>(&m.payload) {
+                Ok(Value::Object(o)) => Some(o),
+                _ => None,
+            }
+        })
+        .boxed())
+    }
+}
+
+/// Runs cancellations arriving on the `cancellation` bus against requests running here.
+pub fn spawn_cancellation_listener(ctx: Arc<Context>) {
+    tokio::spawn(async move {
+        let mut s = match ctx.caps.cancellation.bus.subscribe("s.*").await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot subscribe to cancellations; notifications/cancelled will not stop requests");
+                return;
+            }
+        };
+        while let Some(m) = s.next().await {
+            let sid = m.subject.trim_start_matches("s.");
+            let Ok(v) = serde_json::from_slice::<Value>(&m.payload) else {
+                continue;
+            };
+            let reason = v["reason"].as_str().unwrap_or("cancelled by the client");
+            if ctx.inflight.cancel(sid, &v["requestId"], reason) {
+                tracing::debug!(session = %sid, request = %v["requestId"], "request cancelled");
+            }
+        }
+    });
+}
+
+fn list_result(
+    key: &str,
+    items: Vec<Value>,
+    extra: Map<String, Value>,
+    next: Option<String>,
+) -> Value {
+    let mut r = extra;
+    r.insert(key.into(), Value::Array(items));
+    if let Some(n) = next {
+        r.insert("nextCursor".into(), json!(n));
+    }
+    Value::Object(r)
+}
+
+/// Union of two capability objects: present in either, nested flags true in either.
+fn merge_capabilities(into: &mut Map<String, Value>, from: &Map<String, Value>) {
+    for (k, v) in from {
+        match (into.get_mut(k), v) {
+            (Some(Value::Object(a)), Value::Object(b)) => merge_capabilities(a, b),
+            (Some(Value::Bool(a)), Value::Bool(b)) => *a = *a || *b,
+            (None, v) => {
+                into.insert(k.clone(), v.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+fn timeout_error(id: Value, upstream: &str) -> Message {
+    jsonrpc::error(
+        id,
+        code::REQUEST_TIMEOUT,
+        format!("upstream `{upstream}` did not answer in time"),
+        None,
+    )
+}
+
+fn closed_error(id: Value, upstream: &str) -> Message {
+    jsonrpc::error(
+        id,
+        code::CONNECTION_CLOSED,
+        format!("upstream `{upstream}` closed the connection before answering"),
+        None,
+    )
+}

@@ -1,0 +1,240 @@
+//! JSON-RPC 2.0 messages as MCP carries them, kept as raw JSON objects so that every field
+//! mcpg does not know passes through unchanged. Accessors read the few fields the gateway
+//! routes on; rewrites touch only those fields.
+
+use serde_json::{Map, Value, json};
+
+/// One JSON-RPC message, exactly as received (a JSON object).
+pub type Message = Map<String, Value>;
+
+/// JSON-RPC and MCP error codes the gateway produces.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// Implementation-defined server errors (`-32000` to `-32099`), numbered as the MCP SDKs
+    /// number them: the upstream's connection is closed or could not be made.
+    pub const CONNECTION_CLOSED: i64 = -32000;
+    /// The request ran out of time.
+    pub const REQUEST_TIMEOUT: i64 = -32001;
+    /// MCP: a resource that does not exist.
+    pub const RESOURCE_NOT_FOUND: i64 = -32002;
+    /// MCP 2026-07-28: an `Mcp-Method` / `Mcp-Name` header disagrees with the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
+}
+
+/// What kind of message a JSON object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+    Invalid,
+}
+
+pub fn kind(m: &Message) -> Kind {
+    if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Kind::Invalid;
+    }
+    let id_ok = m.get("id").is_some_and(valid_id);
+    match (m.get("method"), m.contains_key("id")) {
+        (Some(Value::String(_)), true) if id_ok => Kind::Request,
+        (Some(Value::String(_)), false) => Kind::Notification,
+        (None, true) if m.contains_key("result") != m.contains_key("error") => Kind::Response,
+        _ => Kind::Invalid,
+    }
+}
+
+/// A request id must be a string or an integer (MCP forbids null).
+fn valid_id(v: &Value) -> bool {
+    v.is_string() || v.as_i64().is_some() || v.as_u64().is_some()
+}
+
+pub fn method(m: &Message) -> Option<&str> {
+    m.get("method").and_then(Value::as_str)
+}
+
+pub fn id(m: &Message) -> Option<&Value> {
+    m.get("id")
+}
+
+pub fn params(m: &Message) -> Option<&Map<String, Value>> {
+    m.get("params").and_then(Value::as_object)
+}
+
+pub fn params_mut(m: &mut Message) -> &mut Map<String, Value> {
+    let p = m
+        .entry("params")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !p.is_object() {
+        *p = Value::Object(Map::new());
+    }
+    p.as_object_mut().expect("made an object above")
+}
+
+/// `params._meta.progressToken`, when the request asks for progress.
+pub fn progress_token(m: &Message) -> Option<&Value> {
+    params(m)?.get("_meta")?.get("progressToken")
+}
+
+pub fn set_progress_token(m: &mut Message, token: Value) {
+    let meta = params_mut(m)
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert("progressToken".into(), token);
+    }
+}
+
+pub fn request(id: Value, method: &str, params: Option<Value>) -> Message {
+    let mut m = Map::new();
+    m.insert("jsonrpc".into(), json!("2.0"));
+    m.insert("id".into(), id);
+    m.insert("method".into(), json!(method));
+    if let Some(p) = params {
+        m.insert("params".into(), p);
+    }
+    m
+}
+
+pub fn notification(method: &str, params: Option<Value>) -> Message {
+    let mut m = Map::new();
+    m.insert("jsonrpc".into(), json!("2.0"));
+    m.insert("method".into(), json!(method));
+    if let Some(p) = params {
+        m.insert("params".into(), p);
+    }
+    m
+}
+
+pub fn result(id: Value, result: Value) -> Message {
+    let mut m = Map::new();
+    m.insert("jsonrpc".into(), json!("2.0"));
+    m.insert("id".into(), id);
+    m.insert("result".into(), result);
+    m
+}
+
+/// An error response. `id` is `null` when the request's id could not be read.
+pub fn error(id: Value, code: i64, message: impl Into<String>, data: Option<Value>) -> Message {
+    let mut e = Map::new();
+    e.insert("code".into(), json!(code));
+    e.insert("message".into(), json!(message.into()));
+    if let Some(d) = data {
+        e.insert("data".into(), d);
+    }
+    let mut m = Map::new();
+    m.insert("jsonrpc".into(), json!("2.0"));
+    m.insert("id".into(), id);
+    m.insert("error".into(), Value::Object(e));
+    m
+}
+
+/// A JSON-RPC error as the gateway raises it, before it has an id to answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(code::INVALID_PARAMS, message)
+    }
+
+    pub fn to_message(&self, id: Value) -> Message {
+        error(id, self.code, self.message.clone(), self.data.clone())
+    }
+}
+
+/// Parses one message from bytes. A JSON array (a batch, allowed only by 2025-03-26) is
+/// reported separately so the caller can answer it as that revision requires.
+pub enum Parsed {
+    One(Message),
+    Batch(Vec<Value>),
+}
+
+pub fn parse(bytes: &[u8]) -> Result<Parsed, RpcError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(Parsed::One(m)),
+        Ok(Value::Array(a)) => Ok(Parsed::Batch(a)),
+        Ok(_) => Err(RpcError::new(
+            code::INVALID_REQUEST,
+            "a JSON-RPC message must be a JSON object",
+        )),
+        Err(e) => Err(RpcError::new(
+            code::PARSE_ERROR,
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+pub fn to_bytes(m: &Message) -> Vec<u8> {
+    serde_json::to_vec(m).expect("a JSON map always serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Message {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(
+            kind(&obj(json!({"jsonrpc":"2.0","id":1,"method":"ping"}))),
+            Kind::Request
+        );
+        assert_eq!(
+            kind(&obj(json!({"jsonrpc":"2.0","method":"x"}))),
+            Kind::Notification
+        );
+        assert_eq!(
+            kind(&obj(json!({"jsonrpc":"2.0","id":"a","result":{}}))),
+            Kind::Response
+        );
+        assert_eq!(
+            kind(&obj(json!({"jsonrpc":"2.0","id":null,"method":"ping"}))),
+            Kind::Invalid
+        );
+        assert_eq!(
+            kind(&obj(json!({"jsonrpc":"1.0","id":1,"method":"ping"}))),
+            Kind::Invalid
+        );
+        assert_eq!(
+            kind(&obj(json!({"jsonrpc":"2.0","id":1,"result":{},"error":{}}))),
+            Kind::Invalid
+        );
+    }
+
+    #[test]
+    fn progress_token_rewrite_keeps_other_meta() {
+        let mut m = obj(
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":"p","x":1}}}),
+        );
+        set_progress_token(&mut m, json!(7));
+        assert_eq!(
+            Value::Object(m),
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":7,"x":1}}})
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! The MCP data plane: each binding's endpoint on `server.listen`, served as one MCP server
+//! made of the binding's upstreams.
+//!
+//! - [`jsonrpc`]: messages as raw JSON objects (lossless), error codes.
+//! - [`version`]: protocol revisions by era, negotiation.
+//! - [`names`]: prefixing and routing across several upstreams (pure).
+//! - [`upstream`]: connections to upstream servers (stdio, Streamable HTTP).
+//! - [`session`]: legacy-era sessions: records in the `sessions` capability, live state here.
+//! - [`binding`]: one binding's request handling, relaying and list merging.
+//! - [`guard`]: DNS-rebinding protection.
+//! - [`http`]: the downstream Streamable HTTP endpoint.
+
+pub mod binding;
+pub mod guard;
+pub mod http;
+pub mod jsonrpc;
+pub mod names;
+pub mod session;
+pub mod upstream;
+pub mod version;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+
+use crate::capabilities::Capabilities;
+use crate::config::ValidatedConfig;
+use binding::{Binding, Context, Inflight};
+use session::Sessions;
+
+/// The data plane of one replica.
+pub struct Gateway {
+    pub bindings: Vec<Arc<Binding>>,
+    pub sessions: Arc<Sessions>,
+    pub guard: guard::Guard,
+    pub max_body: usize,
+}
+
+impl Gateway {
+    /// Builds every binding and its upstreams (shared stdio children start now; per-session
+    /// ones start with their sessions).
+    pub fn new(cfg: &ValidatedConfig, caps: Capabilities, node_id: String) -> Arc<Self> {
+        let c = &cfg.config;
+        let ctx = Arc::new(Context {
+            caps: caps.clone(),
+            inflight: Inflight::default(),
+        });
+        binding::spawn_cancellation_listener(ctx.clone());
+        let timeout = Duration::from_millis(c.mcp.limits.request_timeout_ms);
+        let bindings = c
+            .bindings
+            .iter()
+            .map(|b| Binding::new(b, &cfg.base_dir, timeout, ctx.clone()))
+            .collect();
+        Arc::new(Self {
+            bindings,
+            sessions: Sessions::new(
+                caps.sessions.clone(),
+                node_id,
+                Duration::from_millis(c.mcp.sessions.idle_ttl_ms),
+            ),
+            guard: guard::Guard::new(
+                cfg.listen.ip().is_loopback(),
+                &c.server.allowed_hosts,
+                &c.server.allowed_origins,
+            ),
+            max_body: c.mcp.limits.max_request_bytes as usize,
+        })
+    }
+
+    /// The routes of every binding, for the main listener.
+    pub fn router(self: &Arc<Self>) -> Router {
+        self.bindings.iter().fold(Router::new(), |r, b| {
+            r.merge(http::routes(self.clone(), b.clone()))
+        })
+    }
+
+    /// Closes every session's upstream conversations (shutdown). Records stay, so a durable
+    /// or shared store lets the sessions be revived.
+    pub async fn shutdown(&self) {
+        self.sessions.close_all().await;
+    }
+}

@@ -1,0 +1,472 @@
+//! Legacy-era sessions: the record of each session (kept in the `sessions` capability, so it
+//! survives this process and, with a cluster coordinator, is visible to every replica) and
+//! the live side a replica holds for a session it serves (its upstream conversations).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::time::Instant;
+
+use crate::capabilities::Capability;
+use crate::mcp::binding::Binding;
+use crate::mcp::jsonrpc::{self, Kind, Message, RpcError};
+use crate::mcp::upstream::{Connection, Hello, Lease};
+
+/// The format version of [`SessionRecord`]; readers refuse records of a newer format.
+pub const RECORD_FORMAT: u32 = 1;
+
+/// What the cluster knows about one session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub format: u32,
+    pub id: String,
+    pub binding: String,
+    /// The revision agreed with the client.
+    pub protocol_version: String,
+    /// The client's `initialize`, replayed to upstreams that must be reconnected.
+    pub hello: Hello,
+    /// Per upstream name: its HTTP session id, when it has one.
+    #[serde(default)]
+    pub upstream_sessions: HashMap<String, String>,
+    /// The replica serving the session.
+    pub owner: String,
+    pub created_ms: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// A new session id: 128 random bits, hex (visible ASCII, as the transport requires).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn record_key(id: &str) -> String {
+    format!("s/{id}")
+}
+
+/// One upstream's place in a live session.
+pub struct Slot {
+    lease: AsyncMutex<Option<Lease>>,
+    /// When the last reconnect attempt failed, to pace retries.
+    failed_at: Mutex<Option<Instant>>,
+}
+
+/// A session this replica serves right now.
+pub struct Live {
+    pub id: String,
+    pub binding: Arc<Binding>,
+    pub record: Mutex<SessionRecord>,
+    pub slots: Vec<Slot>,
+    touched: Mutex<(Instant, Instant)>,
+    pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Live {
+    /// The live conversation with upstream `up`, reconnecting (with the client's recorded
+    /// hello) when it has died, at most once per second.
+    pub async fn conn(&self, up: usize) -> Result<Connection, RpcError> {
+        let slot = &self.slots[up];
+        let mut lease = slot.lease.lock().await;
+        if let Some(l) = lease.as_ref()
+            && !l.conn.is_closed()
+        {
+            return Ok(l.conn.clone());
+        }
+        let upstream = &self.binding.upstreams[up];
+        if let Some(t) = *slot.failed_at.lock().expect("lock")
+            && t.elapsed() < Duration::from_secs(1)
+        {
+            return Err(RpcError::new(
+                jsonrpc::code::CONNECTION_CLOSED,
+                format!("upstream `{}` is unavailable", upstream.name),
+            ));
+        }
+        let hello = self.record.lock().expect("lock").hello.clone();
+        match upstream.connect(&hello, None).await {
+            Ok(l) => {
+                tracing::info!(session = %self.id, upstream = %upstream.name, "reconnected upstream");
+                let conn = l.conn.clone();
+                if let Some(s) = &l.upstream_session {
+                    self.record
+                        .lock()
+                        .expect("lock")
+                        .upstream_sessions
+                        .insert(upstream.name.clone(), s.clone());
+                }
+                self.start_pump(up, &l);
+                *lease = Some(l);
+                *slot.failed_at.lock().expect("lock") = None;
+                Ok(conn)
+            }
+            Err(e) => {
+                *slot.failed_at.lock().expect("lock") = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    /// Forwards what an upstream sends outside any request to the client's GET stream.
+    fn start_pump(&self, up: usize, lease: &Lease) {
+        let mut rx = lease.conn.unsolicited();
+        let owned = lease.owned;
+        let binding = self.binding.clone();
+        let sid = self.id.clone();
+        let conn = lease.conn.clone();
+        let h = tokio::spawn(async move {
+            loop {
+                let m = tokio::select! {
+                    m = rx.recv() => m,
+                    _ = conn.closed() => return,
+                };
+                let mut m = match m {
+                    Ok(m) => m,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(session = %sid, skipped = n, "client too slow; upstream messages dropped");
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                match jsonrpc::kind(&m) {
+                    Kind::Notification => {
+                        binding.naming.notification_out(up, &mut m);
+                        binding.deliver(&sid, &m).await;
+                    }
+                    // A shared child's requests cannot be attributed to one client; its
+                    // supervisor answers them.
+                    Kind::Request if owned => match binding.to_client_request(&sid, up, m).await {
+                        Ok(m) => binding.deliver(&sid, &m).await,
+                        Err(e) => {
+                            tracing::warn!(session = %sid, error = %e, "cannot relay a server request")
+                        }
+                    },
+                    _ => {}
+                }
+            }
+        });
+        self.pumps.lock().expect("lock").push(h);
+    }
+
+    /// Notes activity; returns true when the record's TTL should be refreshed.
+    fn touch(&self, ttl: Duration) -> bool {
+        let mut t = self.touched.lock().expect("lock");
+        t.0 = Instant::now();
+        if t.1.elapsed() > ttl / 10 {
+            t.1 = Instant::now();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.touched.lock().expect("lock").0.elapsed()
+    }
+
+    async fn close(&self) {
+        for h in self.pumps.lock().expect("lock").drain(..) {
+            h.abort();
+        }
+        for slot in &self.slots {
+            if let Some(l) = slot.lease.lock().await.take()
+                && l.owned
+            {
+                l.conn.close().await;
+            }
+        }
+    }
+
+    /// Sends a client notification to every upstream this session is connected to.
+    pub async fn notify_all(&self, m: &Message) {
+        for slot in &self.slots {
+            let conn = slot.lease.lock().await.as_ref().map(|l| l.conn.clone());
+            if let Some(c) = conn {
+                let _ = c.send(m.clone()).await;
+            }
+        }
+    }
+}
+
+/// Why a session could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("unknown or expired session")]
+    NotFound,
+    #[error("the session belongs to another endpoint")]
+    WrongBinding,
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
+/// The sessions of this replica: records in the `sessions` capability, live state here.
+pub struct Sessions {
+    cap: Capability,
+    node_id: String,
+    idle_ttl: Duration,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Serialises reviving one session from its record.
+    reviving: AsyncMutex<()>,
+}
+
+impl Sessions {
+    pub fn new(cap: Capability, node_id: String, idle_ttl: Duration) -> Arc<Self> {
+        let s = Arc::new(Self {
+            cap,
+            node_id,
+            idle_ttl,
+            live: Mutex::new(HashMap::new()),
+            reviving: AsyncMutex::new(()),
+        });
+        let weak = Arc::downgrade(&s);
+        let every = (idle_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(s) = weak.upgrade() else { return };
+                s.reap().await;
+            }
+        });
+        s
+    }
+
+    /// Ends sessions idle for longer than the TTL.
+    async fn reap(&self) {
+        let idle: Vec<Arc<Live>> = self
+            .live
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|l| l.idle_for() > self.idle_ttl)
+            .cloned()
+            .collect();
+        for l in idle {
+            tracing::info!(session = %l.id, binding = %l.binding.name, "session idle past its TTL; closing");
+            self.end(&l).await;
+        }
+    }
+
+    /// Starts a session for a client's `initialize`: connects every upstream with the
+    /// client's hello and records the session. Returns the live session and the result to
+    /// answer with.
+    pub async fn create(
+        &self,
+        binding: &Arc<Binding>,
+        params: &Value,
+    ) -> Result<(Arc<Live>, Value), RpcError> {
+        let requested = params
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .ok_or_else(|| RpcError::invalid_params("`params.protocolVersion` is required"))?;
+        let hello = Hello {
+            protocol_version: crate::mcp::version::negotiate_legacy(requested).to_owned(),
+            capabilities: params.get("capabilities").cloned().unwrap_or(json!({})),
+            client_info: params.get("clientInfo").cloned().unwrap_or(json!({})),
+        };
+        let connects = binding.upstreams.iter().map(|u| u.connect(&hello, None));
+        let results = futures::future::join_all(connects).await;
+        let mut leases = Vec::new();
+        let mut answers = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(l) => {
+                    answers.push((i, l.conn.handshake.get().cloned().unwrap_or_default()));
+                    leases.push(Some(l));
+                }
+                Err(e) => {
+                    tracing::warn!(binding = %binding.name, upstream = %binding.upstreams[i].name, error = %e, "upstream unavailable for a new session");
+                    if binding.fail_closed() || binding.upstreams.len() == 1 {
+                        for l in leases.into_iter().flatten() {
+                            if l.owned {
+                                l.conn.close().await;
+                            }
+                        }
+                        return Err(e);
+                    }
+                    leases.push(None);
+                }
+            }
+        }
+        let result = binding.merge_initialize(&hello.protocol_version, &answers);
+        let mut record = SessionRecord {
+            format: RECORD_FORMAT,
+            id: new_id(),
+            binding: binding.name.clone(),
+            protocol_version: result["protocolVersion"]
+                .as_str()
+                .unwrap_or(&hello.protocol_version)
+                .to_owned(),
+            hello,
+            upstream_sessions: HashMap::new(),
+            owner: self.node_id.clone(),
+            created_ms: now_ms(),
+        };
+        for (i, l) in leases.iter().enumerate() {
+            if let Some(s) = l.as_ref().and_then(|l| l.upstream_session.clone()) {
+                record
+                    .upstream_sessions
+                    .insert(binding.upstreams[i].name.clone(), s);
+            }
+        }
+        self.cap
+            .store
+            .put(
+                &record_key(&record.id),
+                serde_json::to_vec(&record).expect("serialisable"),
+                Some(self.idle_ttl),
+            )
+            .await
+            .map_err(|e| {
+                RpcError::new(
+                    jsonrpc::code::INTERNAL_ERROR,
+                    format!("cannot record the session: {e}"),
+                )
+            })?;
+        let live = self.register(binding, record, leases);
+        tracing::info!(session = %live.id, binding = %binding.name, "session started");
+        Ok((live, result))
+    }
+
+    fn register(
+        &self,
+        binding: &Arc<Binding>,
+        record: SessionRecord,
+        leases: Vec<Option<Lease>>,
+    ) -> Arc<Live> {
+        let now = Instant::now();
+        let live = Arc::new(Live {
+            id: record.id.clone(),
+            binding: binding.clone(),
+            record: Mutex::new(record),
+            slots: leases
+                .iter()
+                .map(|_| Slot {
+                    lease: AsyncMutex::new(None),
+                    failed_at: Mutex::new(None),
+                })
+                .collect(),
+            touched: Mutex::new((now, now)),
+            pumps: Mutex::new(Vec::new()),
+        });
+        for (i, l) in leases.into_iter().enumerate() {
+            if let Some(l) = l {
+                live.start_pump(i, &l);
+                *live.slots[i].lease.try_lock().expect("new session") = Some(l);
+            }
+        }
+        self.live
+            .lock()
+            .expect("lock")
+            .insert(live.id.clone(), live.clone());
+        live
+    }
+
+    /// The live session for a client's `Mcp-Session-Id`: served here already, or revived from
+    /// its record (after a restart with a durable store): upstream HTTP sessions are resumed,
+    /// stdio children started anew with the client's hello.
+    pub async fn get(&self, binding: &Arc<Binding>, id: &str) -> Result<Arc<Live>, SessionError> {
+        let found = self.live.lock().expect("lock").get(id).cloned();
+        let live = match found {
+            Some(l) => l,
+            None => self.revive(binding, id).await?,
+        };
+        if live.binding.name != binding.name {
+            return Err(SessionError::WrongBinding);
+        }
+        if live.touch(self.idle_ttl) {
+            self.refresh(&live).await;
+        }
+        Ok(live)
+    }
+
+    async fn revive(&self, binding: &Arc<Binding>, id: &str) -> Result<Arc<Live>, SessionError> {
+        let _one = self.reviving.lock().await;
+        if let Some(l) = self.live.lock().expect("lock").get(id).cloned() {
+            return Ok(l);
+        }
+        let entry = self
+            .cap
+            .store
+            .get(&record_key(id))
+            .await
+            .map_err(|e| RpcError::new(jsonrpc::code::INTERNAL_ERROR, e.to_string()))?
+            .ok_or(SessionError::NotFound)?;
+        let record: SessionRecord =
+            serde_json::from_slice(&entry.value).map_err(|_| SessionError::NotFound)?;
+        if record.format > RECORD_FORMAT {
+            return Err(RpcError::new(
+                jsonrpc::code::INTERNAL_ERROR,
+                format!(
+                    "the session was recorded in format {} by a newer mcpg; this replica reads up to {RECORD_FORMAT}",
+                    record.format
+                ),
+            )
+            .into());
+        }
+        if record.binding != binding.name {
+            return Err(SessionError::WrongBinding);
+        }
+        let mut leases = Vec::new();
+        for u in &binding.upstreams {
+            let resume = record.upstream_sessions.get(&u.name).map(String::as_str);
+            leases.push(u.connect(&record.hello, resume).await.ok());
+        }
+        let mut record = record;
+        record.owner = self.node_id.clone();
+        tracing::info!(session = %id, binding = %binding.name, "session revived from its record");
+        let live = self.register(binding, record, leases);
+        self.refresh(&live).await;
+        Ok(live)
+    }
+
+    async fn refresh(&self, live: &Live) {
+        let record = live.record.lock().expect("lock").clone();
+        if let Err(e) = self
+            .cap
+            .store
+            .put(
+                &record_key(&live.id),
+                serde_json::to_vec(&record).expect("serialisable"),
+                Some(self.idle_ttl),
+            )
+            .await
+        {
+            tracing::warn!(session = %live.id, error = %e, "cannot refresh the session record");
+        }
+    }
+
+    /// Ends a session: closes its upstream conversations and deletes its record.
+    pub async fn end(&self, live: &Arc<Live>) {
+        self.live.lock().expect("lock").remove(&live.id);
+        live.close().await;
+        if let Err(e) = self.cap.store.delete(&record_key(&live.id), None).await {
+            tracing::warn!(session = %live.id, error = %e, "cannot delete the session record");
+        }
+        tracing::info!(session = %live.id, "session ended");
+    }
+
+    /// Ends every live session (shutdown).
+    pub async fn close_all(&self) {
+        let all: Vec<_> = self
+            .live
+            .lock()
+            .expect("lock")
+            .drain()
+            .map(|(_, l)| l)
+            .collect();
+        for l in all {
+            l.close().await;
+        }
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live.lock().expect("lock").len()
+    }
+}

@@ -1,0 +1,366 @@
+//! One live conversation with an upstream server (a stdio child, or one HTTP upstream
+//! session) over a [`Transport`]: allocates the upstream request ids, rewrites progress
+//! tokens so requests from many clients never collide, and routes every incoming message to
+//! the exchange it belongs to or to the connection's unsolicited stream.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::mcp::jsonrpc::{self, Kind, Message, RpcError, code};
+
+/// Why talking to an upstream failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream `{0}` is not connected")]
+    Closed(String),
+    #[error("upstream `{upstream}`: {message}")]
+    Transport { upstream: String, message: String },
+    #[error("upstream `{upstream}` answered with HTTP {status}: {body}")]
+    Status {
+        upstream: String,
+        status: u16,
+        body: String,
+    },
+    /// The upstream's HTTP session is gone (404 on a request carrying its session id).
+    #[error("upstream `{0}` no longer knows its session")]
+    SessionExpired(String),
+}
+
+impl UpstreamError {
+    pub fn to_rpc(&self) -> RpcError {
+        RpcError::new(code::CONNECTION_CLOSED, self.to_string())
+    }
+}
+
+/// A way of moving JSON-RPC messages to and from an upstream.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Sends one message. Transports whose answers come back on the same exchange (an HTTP
+    /// POST answered with JSON or SSE) return the messages of that exchange; the others
+    /// (stdio) return `None` and deliver everything through the connection's incoming channel.
+    async fn send(
+        &self,
+        msg: Message,
+    ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError>;
+    /// Ends the conversation (kills the child, deletes the HTTP session).
+    async fn close(&self);
+}
+
+struct Route {
+    tx: mpsc::UnboundedSender<Message>,
+    /// The client's own progress token, restored on the way back.
+    progress: Option<Value>,
+}
+
+struct Shared {
+    name: Arc<str>,
+    routes: Mutex<HashMap<u64, Route>>,
+    unsolicited: broadcast::Sender<Message>,
+    closed: watch::Sender<bool>,
+}
+
+/// One live conversation with an upstream.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+    transport: Arc<dyn Transport>,
+    next_id: Arc<AtomicU64>,
+    /// What the upstream answered to the handshake (legacy `initialize`, modern
+    /// `server/discover`), set once by whoever established the connection.
+    pub handshake: Arc<std::sync::OnceLock<Value>>,
+}
+
+impl Connection {
+    /// A connection over `transport`; `incoming`, when the transport has one, carries every
+    /// message the upstream sends outside an exchange's own stream. The connection counts as
+    /// closed when `incoming` ends.
+    pub fn new(
+        name: &str,
+        transport: Arc<dyn Transport>,
+        incoming: Option<mpsc::UnboundedReceiver<Message>>,
+    ) -> Self {
+        let (unsolicited, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            name: name.into(),
+            routes: Mutex::new(HashMap::new()),
+            unsolicited,
+            closed: watch::channel(false).0,
+        });
+        if let Some(mut incoming) = incoming {
+            let s = shared.clone();
+            tokio::spawn(async move {
+                while let Some(m) = incoming.recv().await {
+                    s.dispatch(m, None);
+                }
+                s.close();
+            });
+        }
+        Self {
+            shared,
+            transport,
+            next_id: Arc::new(AtomicU64::new(1)),
+            handshake: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.shared.closed.borrow()
+    }
+
+    /// Resolves once the connection has closed.
+    pub async fn closed(&self) {
+        let mut rx = self.shared.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Messages the upstream sends that belong to no exchange: list changes, resource
+    /// updates, log messages and server requests it sends outside any request.
+    pub fn unsolicited(&self) -> broadcast::Receiver<Message> {
+        self.shared.unsolicited.subscribe()
+    }
+
+    /// Sends a request (its id and progress token are replaced by the connection's own) and
+    /// returns the exchange that yields what the upstream sends for it, ending with its
+    /// response.
+    pub async fn request(&self, mut msg: Message) -> Result<Exchange, UpstreamError> {
+        if self.is_closed() {
+            return Err(UpstreamError::Closed(self.name().into()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        msg.insert("id".into(), json!(id));
+        let progress = jsonrpc::progress_token(&msg).cloned();
+        if progress.is_some() {
+            jsonrpc::set_progress_token(&mut msg, json!(id));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared
+            .routes
+            .lock()
+            .expect("routes lock")
+            .insert(id, Route { tx, progress });
+        let exchange = Exchange {
+            id,
+            rx,
+            conn: self.clone(),
+        };
+        match self.transport.send(msg).await {
+            Ok(Some(mut stream)) => {
+                let s = self.shared.clone();
+                tokio::spawn(async move {
+                    while let Some(m) = stream.next().await {
+                        s.dispatch(m, Some(id));
+                    }
+                    // The exchange's stream ended; if no answer came, the exchange ends empty.
+                    s.routes.lock().expect("routes lock").remove(&id);
+                });
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(exchange)
+    }
+
+    /// A request whose only interesting output is its result (handshakes, list calls).
+    pub async fn call(&self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+        let msg = jsonrpc::request(json!(0), method, params);
+        let mut ex = self.request(msg).await.map_err(|e| e.to_rpc())?;
+        ex.response().await
+    }
+
+    /// Sends a notification or a response to a server request, with nothing to wait for.
+    pub async fn send(&self, msg: Message) -> Result<(), UpstreamError> {
+        if self.is_closed() {
+            return Err(UpstreamError::Closed(self.name().into()));
+        }
+        if let Some(mut stream) = self.transport.send(msg).await? {
+            // Anything sent back on this exchange (unusual) is routed like the rest.
+            let s = self.shared.clone();
+            tokio::spawn(async move {
+                while let Some(m) = stream.next().await {
+                    s.dispatch(m, None);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the conversation and fails every open exchange.
+    pub async fn close(&self) {
+        self.shared.close();
+        self.transport.close().await;
+    }
+
+    /// Feeds a message received outside any exchange (e.g. an HTTP upstream's GET stream).
+    pub fn deliver(&self, m: Message) {
+        self.shared.dispatch(m, None);
+    }
+
+    /// Marks the connection closed from the transport's side (e.g. the HTTP upstream lost
+    /// its session).
+    pub fn mark_closed(&self) {
+        self.shared.close();
+    }
+}
+
+impl Shared {
+    fn close(&self) {
+        self.routes.lock().expect("routes lock").clear();
+        self.closed.send_replace(true);
+    }
+
+    /// Routes one incoming message. `on` is the exchange whose own stream carried it, if any.
+    fn dispatch(&self, mut m: Message, on: Option<u64>) {
+        let mut routes = self.routes.lock().expect("routes lock");
+        match jsonrpc::kind(&m) {
+            Kind::Response => {
+                let Some(id) = m.get("id").and_then(Value::as_u64) else {
+                    tracing::debug!(upstream = %self.name, "response with an id mcpg never sent");
+                    return;
+                };
+                if let Some(r) = routes.remove(&id) {
+                    let _ = r.tx.send(m);
+                }
+            }
+            Kind::Notification => {
+                if jsonrpc::method(&m) == Some("notifications/progress") {
+                    let token = m
+                        .get("params")
+                        .and_then(|p| p.get("progressToken"))
+                        .and_then(Value::as_u64);
+                    if let Some(r) = token.and_then(|t| routes.get(&t)) {
+                        if let Some(orig) = &r.progress
+                            && let Some(p) = m.get_mut("params").and_then(Value::as_object_mut)
+                        {
+                            p.insert("progressToken".into(), orig.clone());
+                        }
+                        let _ = r.tx.send(m);
+                        return;
+                    }
+                }
+                let broadcast_only = jsonrpc::method(&m).is_some_and(|x| {
+                    x.ends_with("/list_changed") || x == "notifications/resources/updated"
+                });
+                match self.owner(&routes, on) {
+                    Some(id) if !broadcast_only => {
+                        let _ = routes[&id].tx.send(m);
+                    }
+                    _ => {
+                        let _ = self.unsolicited.send(m);
+                    }
+                }
+            }
+            Kind::Request => match self.owner(&routes, on) {
+                Some(id) => {
+                    let _ = routes[&id].tx.send(m);
+                }
+                None => {
+                    let _ = self.unsolicited.send(m);
+                }
+            },
+            Kind::Invalid => {
+                m.remove("params");
+                let shown = serde_json::Value::Object(m);
+                tracing::warn!(upstream = %self.name, message = %shown, "upstream sent an invalid JSON-RPC message; dropped");
+            }
+        }
+    }
+
+    /// The exchange a message without an id of ours belongs to: the exchange whose stream
+    /// carried it, or, on a transport with one shared channel (stdio), the only exchange in
+    /// flight. With several in flight there is no telling, and it is unsolicited.
+    fn owner(&self, routes: &HashMap<u64, Route>, on: Option<u64>) -> Option<u64> {
+        match on {
+            Some(id) if routes.contains_key(&id) => Some(id),
+            Some(_) => None,
+            None if routes.len() == 1 => routes.keys().next().copied(),
+            None => None,
+        }
+    }
+}
+
+/// What the upstream sends for one request: notifications and server requests related to it,
+/// then its response (with the connection's id; the caller restores its own).
+pub struct Exchange {
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Message>,
+    conn: Connection,
+}
+
+impl Exchange {
+    /// The upstream's id for this request.
+    pub fn upstream_id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The next message, or `None` when the connection closed (or the exchange's stream
+    /// ended) without a response.
+    pub async fn next(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// Waits for the response and returns its result, dropping anything else.
+    pub async fn response(&mut self) -> Result<Value, RpcError> {
+        while let Some(m) = self.next().await {
+            if jsonrpc::kind(&m) != Kind::Response {
+                continue;
+            }
+            return response_result(m);
+        }
+        Err(UpstreamError::Closed(self.conn.name().into()).to_rpc())
+    }
+
+    /// Tells the upstream to stop working on this request.
+    pub async fn cancel(&self, reason: &str) {
+        let n = jsonrpc::notification(
+            "notifications/cancelled",
+            Some(json!({"requestId": self.id, "reason": reason})),
+        );
+        let _ = self.conn.send(n).await;
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.conn
+            .shared
+            .routes
+            .lock()
+            .expect("routes lock")
+            .remove(&self.id);
+    }
+}
+
+/// A response's result, or its error as an [`RpcError`].
+pub fn response_result(mut m: Message) -> Result<Value, RpcError> {
+    if let Some(r) = m.remove("result") {
+        return Ok(r);
+    }
+    let e = m.remove("error").unwrap_or(Value::Null);
+    Err(RpcError {
+        code: e
+            .get("code")
+            .and_then(Value::as_i64)
+            .unwrap_or(code::INTERNAL_ERROR),
+        message: e
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("error without a message")
+            .to_owned(),
+        data: e.get("data").cloned(),
+    })
+}

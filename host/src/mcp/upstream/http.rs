@@ -1,0 +1,289 @@
+//! The Streamable HTTP transport to an upstream: one POST per message, answered with JSON,
+//! an SSE stream or 202; the upstream's session id and protocol version carried as headers
+//! once known; the GET stream for what the upstream sends outside any request; DELETE when the
+//! conversation ends.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+use super::conn::{Connection, Transport, UpstreamError};
+use crate::mcp::jsonrpc::{self, Message};
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+pub const VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// Builds the HTTP client every HTTP upstream of this process shares (one connection pool).
+pub fn client(connect_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .expect("the HTTP client configuration is static")
+}
+
+/// One conversation with an HTTP upstream.
+pub struct HttpTransport {
+    name: String,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    headers: HeaderMap,
+    session: RwLock<Option<String>>,
+    version: RwLock<Option<String>>,
+}
+
+impl HttpTransport {
+    pub fn new(
+        name: &str,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+        client: reqwest::Client,
+    ) -> Result<Self, UpstreamError> {
+        let bad = |message: String| UpstreamError::Transport {
+            upstream: name.into(),
+            message,
+        };
+        let url = reqwest::Url::parse(url).map_err(|e| bad(format!("bad url `{url}`: {e}")))?;
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            let k = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| bad(format!("bad header name `{k}`")))?;
+            let mut v =
+                HeaderValue::from_str(v).map_err(|_| bad(format!("bad value for header `{k}`")))?;
+            v.set_sensitive(true);
+            map.insert(k, v);
+        }
+        Ok(Self {
+            name: name.into(),
+            url,
+            client,
+            headers: map,
+            session: RwLock::new(None),
+            version: RwLock::new(None),
+        })
+    }
+
+    /// The upstream's session id, once its `initialize` answer carried one.
+    pub fn session_id(&self) -> Option<String> {
+        self.session.read().expect("lock").clone()
+    }
+
+    /// Resumes a session established earlier (e.g. recorded by another replica).
+    pub fn set_session(&self, id: Option<String>) {
+        *self.session.write().expect("lock") = id;
+    }
+
+    /// The protocol version sent in `MCP-Protocol-Version` on every request after the
+    /// handshake.
+    pub fn set_version(&self, v: Option<String>) {
+        *self.version.write().expect("lock") = v;
+    }
+
+    fn err(&self, message: impl Into<String>) -> UpstreamError {
+        UpstreamError::Transport {
+            upstream: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn base_request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        let mut rb = self
+            .client
+            .request(method, self.url.clone())
+            .headers(self.headers.clone());
+        if let Some(s) = self.session.read().expect("lock").as_deref() {
+            rb = rb.header(SESSION_HEADER, s);
+        }
+        if let Some(v) = self.version.read().expect("lock").as_deref() {
+            rb = rb.header(VERSION_HEADER, v);
+        }
+        rb
+    }
+
+    /// Opens the GET stream and feeds what arrives on it to `conn` until either ends. An
+    /// upstream that offers no GET stream (405) is fine.
+    pub fn spawn_listener(self: &Arc<Self>, conn: Connection) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut last_event: Option<String> = None;
+            let mut backoff = Duration::from_millis(200);
+            while !conn.is_closed() {
+                let mut rb = me
+                    .base_request(reqwest::Method::GET)
+                    .header(ACCEPT, "text/event-stream");
+                if let Some(id) = &last_event {
+                    rb = rb.header("last-event-id", id);
+                }
+                let resp = tokio::select! {
+                    r = rb.send() => r,
+                    _ = conn.closed() => return,
+                };
+                match resp {
+                    Ok(r) if r.status().is_success() && is_sse(r.headers()) => {
+                        backoff = Duration::from_millis(200);
+                        let mut events = r.bytes_stream().eventsource();
+                        loop {
+                            let ev = tokio::select! {
+                                e = events.next() => e,
+                                _ = conn.closed() => return,
+                            };
+                            match ev {
+                                Some(Ok(ev)) => {
+                                    if !ev.id.is_empty() {
+                                        last_event = Some(ev.id.clone());
+                                    }
+                                    for m in parse_event_data(&ev.data) {
+                                        conn.deliver(m);
+                                    }
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                    Ok(r) if r.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => return,
+                    Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                        tracing::info!(upstream = %me.name, "upstream session expired (GET 404)");
+                        conn.mark_closed();
+                        return;
+                    }
+                    Ok(r) => {
+                        tracing::debug!(upstream = %me.name, status = %r.status(), "upstream GET stream refused");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(upstream = %me.name, error = %e, "upstream GET stream failed");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = conn.closed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+}
+
+fn is_sse(h: &HeaderMap) -> bool {
+    h.get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// The JSON-RPC messages in one SSE event's data (empty for priming events and pings).
+fn parse_event_data(data: &str) -> Vec<Message> {
+    if data.trim().is_empty() {
+        return Vec::new();
+    }
+    match serde_json::from_str::<Value>(data) {
+        Ok(Value::Object(m)) => vec![m],
+        Ok(Value::Array(a)) => a
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::Object(m) => Some(m),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[async_trait]
+impl Transport for HttpTransport {
+    async fn send(
+        &self,
+        msg: Message,
+    ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
+        let is_init = jsonrpc::method(&msg) == Some("initialize");
+        let resp = self
+            .base_request(reqwest::Method::POST)
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json, text/event-stream")
+            .body(jsonrpc::to_bytes(&msg))
+            .send()
+            .await
+            .map_err(|e| self.err(format!("request failed: {}", error_chain(&e))))?;
+        let status = resp.status();
+        if is_init && let Some(s) = resp.headers().get(SESSION_HEADER) {
+            let s = s
+                .to_str()
+                .map_err(|_| self.err("the session id header is not visible ASCII"))?;
+            self.set_session(Some(s.to_owned()));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND && self.session_id().is_some() {
+            return Err(UpstreamError::SessionExpired(self.name.clone()));
+        }
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(UpstreamError::Status {
+                upstream: self.name.clone(),
+                status: status.as_u16(),
+                body: body.chars().take(500).collect(),
+            });
+        }
+        if status == reqwest::StatusCode::ACCEPTED {
+            return Ok(None);
+        }
+        if is_sse(resp.headers()) {
+            let name = self.name.clone();
+            let stream = resp
+                .bytes_stream()
+                .eventsource()
+                .take_while(move |ev| {
+                    if let Err(e) = ev {
+                        tracing::debug!(upstream = %name, error = %e, "upstream SSE stream broke");
+                    }
+                    futures::future::ready(ev.is_ok())
+                })
+                .flat_map(|ev| {
+                    futures::stream::iter(
+                        ev.map(|ev| parse_event_data(&ev.data)).unwrap_or_default(),
+                    )
+                })
+                .boxed();
+            return Ok(Some(stream));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.err(format!("reading the answer failed: {e}")))?;
+        if body.is_empty() {
+            return Ok(None);
+        }
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => Ok(Some(
+                futures::stream::iter(parse_event_data(&v.to_string())).boxed(),
+            )),
+            Err(e) => Err(self.err(format!("the answer is not JSON: {e}"))),
+        }
+    }
+
+    async fn close(&self) {
+        if self.session_id().is_none() {
+            return;
+        }
+        let r = self.base_request(reqwest::Method::DELETE).send().await;
+        if let Err(e) = r {
+            tracing::debug!(upstream = %self.name, error = %e, "DELETE of the upstream session failed");
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,318 @@
+//! Upstream MCP servers: how a configured upstream becomes live [`Connection`]s, with the
+//! handshake its era needs, restarts with backoff, and the per-session / shared choice of
+//! stdio upstreams.
+
+pub mod conn;
+pub mod http;
+pub mod stdio;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use conn::{Connection, Exchange, UpstreamError};
+
+use crate::config::model::{StdioMode, StdioTransport, UpstreamConfig};
+use crate::mcp::jsonrpc::{self, RpcError};
+use crate::mcp::version;
+
+/// The client's side of a legacy handshake, replayed to each upstream the gateway connects
+/// for that client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    #[serde(rename = "protocolVersion")]
+    pub protocol_version: String,
+    #[serde(default)]
+    pub capabilities: Value,
+    #[serde(rename = "clientInfo", default)]
+    pub client_info: Value,
+}
+
+impl Hello {
+    /// The gateway's own hello, for connections shared by many clients: it offers what a
+    /// client may offer, and the gateway answers for clients that lack it.
+    pub fn gateway() -> Self {
+        Self {
+            protocol_version: version::LATEST_LEGACY.into(),
+            capabilities: json!({"roots": {"listChanged": true}, "sampling": {}, "elicitation": {}}),
+            client_info: json!({"name": "mcpg", "version": env!("CARGO_PKG_VERSION")}),
+        }
+    }
+}
+
+/// How an upstream's conversations are established.
+enum Kind {
+    Stdio {
+        cfg: StdioTransport,
+        base_dir: PathBuf,
+    },
+    Http {
+        url: String,
+        headers: std::collections::BTreeMap<String, String>,
+        client: reqwest::Client,
+    },
+}
+
+/// One configured upstream of a binding.
+pub struct Upstream {
+    pub name: String,
+    kind: Kind,
+    pub timeout: Duration,
+    /// Caps the children of a `per_session` stdio upstream.
+    children: Option<Arc<Semaphore>>,
+    /// The one conversation of a `shared` stdio upstream, kept alive by its supervisor.
+    shared: Option<tokio::sync::watch::Receiver<Option<Connection>>>,
+}
+
+/// A live conversation for one session, holding its share of the upstream's capacity.
+pub struct Lease {
+    pub conn: Connection,
+    _permit: Option<OwnedSemaphorePermit>,
+    /// Whether the conversation belongs to this session alone (closed with it).
+    pub owned: bool,
+    /// The upstream's HTTP session id, kept in the session record.
+    pub upstream_session: Option<String>,
+}
+
+impl Upstream {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        base_dir: &std::path::Path,
+        default_timeout: Duration,
+    ) -> Arc<Self> {
+        let timeout = cfg
+            .request_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(default_timeout);
+        let (kind, children, shared) = match (&cfg.stdio, &cfg.http) {
+            (Some(s), _) => {
+                let kind = Kind::Stdio {
+                    cfg: s.clone(),
+                    base_dir: base_dir.to_owned(),
+                };
+                match s.mode {
+                    StdioMode::PerSession => (
+                        kind,
+                        Some(Arc::new(Semaphore::new(s.max_children as usize))),
+                        None,
+                    ),
+                    StdioMode::Shared => (kind, None, None),
+                }
+            }
+            (None, Some(h)) => (
+                Kind::Http {
+                    url: h.url.clone(),
+                    headers: h.headers.clone(),
+                    // One pool per upstream, so its connections are reused across sessions.
+                    client: http::client(Duration::from_millis(h.connect_timeout_ms)),
+                },
+                None,
+                None,
+            ),
+            (None, None) => unreachable!("the config loader requires a transport"),
+        };
+        let mut up = Self {
+            name: cfg.name.clone(),
+            kind,
+            timeout,
+            children,
+            shared,
+        };
+        if let Some(s) = &cfg.stdio
+            && s.mode == StdioMode::Shared
+        {
+            up.shared = Some(Self::supervise_shared(
+                cfg.name.clone(),
+                s.clone(),
+                base_dir.to_owned(),
+                Duration::from_millis(s.restart_backoff_ms),
+                Duration::from_millis(s.restart_max_backoff_ms),
+            ));
+        }
+        Arc::new(up)
+    }
+
+    /// Keeps the one child of a shared stdio upstream running: starts it, and when it dies
+    /// restarts it after a backoff that doubles up to `max` (reset after a minute of health).
+    fn supervise_shared(
+        name: String,
+        cfg: StdioTransport,
+        base_dir: PathBuf,
+        initial: Duration,
+        max: Duration,
+    ) -> tokio::sync::watch::Receiver<Option<Connection>> {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            let mut backoff = initial;
+            let mut restarts = 0u64;
+            loop {
+                let started = tokio::time::Instant::now();
+                match connect_stdio(&name, &cfg, &base_dir, &Hello::gateway()).await {
+                    Ok(conn) => {
+                        tx.send_replace(Some(conn.clone()));
+                        conn.closed().await;
+                        tx.send_replace(None);
+                        if started.elapsed() > Duration::from_secs(60) {
+                            backoff = initial;
+                        }
+                        tracing::warn!(upstream = %name, restart_in_ms = backoff.as_millis() as u64, "shared stdio upstream died; restarting");
+                    }
+                    Err(e) => {
+                        tracing::warn!(upstream = %name, error = %e.message, restart_in_ms = backoff.as_millis() as u64, "shared stdio upstream failed to start");
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max);
+                restarts += 1;
+                tracing::info!(upstream = %name, restarts, "restarting shared stdio upstream");
+            }
+        });
+        rx
+    }
+
+    /// Establishes the conversation one legacy session uses with this upstream: its own child
+    /// (`per_session`), the shared child, or its own upstream HTTP session (resumed when
+    /// `resume` names one).
+    pub async fn connect(&self, hello: &Hello, resume: Option<&str>) -> Result<Lease, RpcError> {
+        match &self.kind {
+            Kind::Stdio { cfg, base_dir } => {
+                if let Some(shared) = &self.shared {
+                    let mut rx = shared.clone();
+                    // A restart in progress gets a short grace period.
+                    let conn = tokio::time::timeout(Duration::from_secs(5), async {
+                        rx.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_closed()))
+                            .await
+                            .ok()
+                            .and_then(|c| c.clone())
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| UpstreamError::Closed(self.name.clone()).to_rpc())?;
+                    return Ok(Lease {
+                        conn,
+                        _permit: None,
+                        owned: false,
+                        upstream_session: None,
+                    });
+                }
+                let permit = match &self.children {
+                    Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {
+                        RpcError::new(
+                            jsonrpc::code::CONNECTION_CLOSED,
+                            format!(
+                                "upstream `{}` is at its max_children limit; try again later",
+                                self.name
+                            ),
+                        )
+                    })?),
+                    None => None,
+                };
+                let conn = connect_stdio(&self.name, cfg, base_dir, hello).await?;
+                Ok(Lease {
+                    conn,
+                    _permit: permit,
+                    owned: true,
+                    upstream_session: None,
+                })
+            }
+            Kind::Http {
+                url,
+                headers,
+                client,
+            } => {
+                let t = Arc::new(
+                    http::HttpTransport::new(&self.name, url, headers, client.clone())
+                        .map_err(|e| e.to_rpc())?,
+                );
+                let conn = Connection::new(&self.name, t.clone(), None);
+                if let Some(id) = resume {
+                    t.set_session(Some(id.to_owned()));
+                    t.set_version(Some(hello.protocol_version.clone()));
+                    let _ = conn
+                        .handshake
+                        .set(json!({"protocolVersion": hello.protocol_version}));
+                } else {
+                    let result = handshake(&conn, hello).await?;
+                    t.set_version(result["protocolVersion"].as_str().map(str::to_owned));
+                    conn.send(jsonrpc::notification("notifications/initialized", None))
+                        .await
+                        .map_err(|e| e.to_rpc())?;
+                }
+                t.spawn_listener(conn.clone());
+                Ok(Lease {
+                    conn,
+                    _permit: None,
+                    owned: true,
+                    upstream_session: t.session_id(),
+                })
+            }
+        }
+    }
+}
+
+async fn connect_stdio(
+    name: &str,
+    cfg: &StdioTransport,
+    base_dir: &std::path::Path,
+    hello: &Hello,
+) -> Result<Connection, RpcError> {
+    let (t, incoming) = stdio::spawn(name, cfg, base_dir).map_err(|e| e.to_rpc())?;
+    let conn = Connection::new(name, t, Some(incoming));
+    let r = handshake(&conn, hello).await;
+    match r {
+        Ok(_) => {
+            conn.send(jsonrpc::notification("notifications/initialized", None))
+                .await
+                .map_err(|e| e.to_rpc())?;
+            Ok(conn)
+        }
+        Err(e) => {
+            conn.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// The legacy handshake: `initialize` with the client's hello; the result is kept on the
+/// connection.
+async fn handshake(conn: &Connection, hello: &Hello) -> Result<Value, RpcError> {
+    let params = json!({
+        "protocolVersion": hello.protocol_version,
+        "capabilities": hello.capabilities,
+        "clientInfo": hello.client_info,
+    });
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        conn.call("initialize", Some(params)),
+    )
+    .await
+    .map_err(|_| {
+        RpcError::new(
+            jsonrpc::code::REQUEST_TIMEOUT,
+            format!(
+                "upstream `{}` did not answer initialize within 30 s",
+                conn.name()
+            ),
+        )
+    })??;
+    let v = result["protocolVersion"].as_str().unwrap_or_default();
+    if !version::is_legacy(v) {
+        return Err(RpcError::new(
+            jsonrpc::code::CONNECTION_CLOSED,
+            format!(
+                "upstream `{}` answered initialize with protocol version `{v}`, which mcpg does not speak",
+                conn.name()
+            ),
+        ));
+    }
+    let _ = conn.handshake.set(result.clone());
+    Ok(result)
+}

@@ -1,0 +1,178 @@
+//! The stdio transport: a child process speaking newline-delimited JSON-RPC on stdin/stdout,
+//! its stderr logged line by line under the upstream's name.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde_json::Value;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use tokio::process::Command;
+use tokio::sync::{mpsc, oneshot};
+
+use super::conn::{Transport, UpstreamError};
+use crate::config::model::StdioTransport;
+use crate::mcp::jsonrpc::Message;
+
+/// Environment variables a child gets unless `inherit_env` is set.
+const BASE_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER"];
+
+/// A running child.
+pub struct StdioChild {
+    name: String,
+    /// Lines for the child's stdin; taken (closing stdin) on `close`.
+    tx: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    /// Tells the monitor to kill the child if it does not exit on its own.
+    kill: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// Spawns the child; returns the transport and the channel of everything it prints.
+pub fn spawn(
+    upstream: &str,
+    cfg: &StdioTransport,
+    base_dir: &Path,
+) -> Result<(Arc<StdioChild>, mpsc::UnboundedReceiver<Message>), UpstreamError> {
+    let mut cmd = Command::new(&cfg.command);
+    cmd.args(&cfg.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if !cfg.inherit_env {
+        cmd.env_clear();
+        for k in BASE_ENV {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+    }
+    cmd.envs(&cfg.env);
+    if let Some(dir) = &cfg.cwd {
+        cmd.current_dir(crate::config::resolve_path(base_dir, dir));
+    }
+    let mut child = cmd.spawn().map_err(|e| UpstreamError::Transport {
+        upstream: upstream.into(),
+        message: format!("cannot start `{}`: {e}", cfg.command),
+    })?;
+    let pid = child.id();
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    tracing::info!(upstream, pid, command = %cfg.command, "started stdio upstream");
+
+    let (tx, mut write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let mut stdin = stdin;
+        while let Some(mut line) = write_rx.recv().await {
+            line.push(b'\n');
+            if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let name = upstream.to_owned();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Value>(&line) {
+                Ok(Value::Object(m)) => {
+                    let _ = in_tx.send(m);
+                }
+                // A batch (2025-03-26 allowed them): deliver each message.
+                Ok(Value::Array(items)) => {
+                    for item in items {
+                        if let Value::Object(m) = item {
+                            let _ = in_tx.send(m);
+                        }
+                    }
+                }
+                _ => {
+                    tracing::warn!(upstream = %name, line = %truncate(&line), "stdio upstream printed a line that is not JSON-RPC; ignored");
+                }
+            }
+        }
+        tracing::debug!(upstream = %name, "stdio upstream closed its stdout");
+    });
+    let name = upstream.to_owned();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(upstream = %name, stderr = %truncate(&line), "upstream stderr");
+        }
+    });
+    // The monitor owns the child: it reports how the child ended, and kills it when asked to
+    // and it has not exited within a grace period after its stdin closed.
+    let (kill_tx, kill_rx) = oneshot::channel::<()>();
+    let name = upstream.to_owned();
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            s = child.wait() => s,
+            _ = kill_rx => {
+                match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        tracing::debug!(upstream = %name, "child did not exit after stdin closed; killing it");
+                        let _ = child.kill().await;
+                        child.wait().await
+                    }
+                }
+            }
+        };
+        match status {
+            Ok(s) if s.success() => tracing::info!(upstream = %name, pid, "stdio upstream exited"),
+            Ok(s) => tracing::warn!(upstream = %name, pid, status = %s, "stdio upstream exited"),
+            Err(e) => {
+                tracing::warn!(upstream = %name, pid, error = %e, "cannot wait for stdio upstream")
+            }
+        }
+    });
+    Ok((
+        Arc::new(StdioChild {
+            name: upstream.into(),
+            tx: Mutex::new(Some(tx)),
+            kill: Mutex::new(Some(kill_tx)),
+        }),
+        in_rx,
+    ))
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(2000) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[async_trait]
+impl Transport for StdioChild {
+    async fn send(
+        &self,
+        msg: Message,
+    ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
+        let bytes = crate::mcp::jsonrpc::to_bytes(&msg);
+        let tx = self.tx.lock().expect("stdin lock");
+        tx.as_ref()
+            .and_then(|tx| tx.send(bytes).ok())
+            .ok_or_else(|| UpstreamError::Closed(self.name.clone()))?;
+        Ok(None)
+    }
+
+    async fn close(&self) {
+        // Closing stdin asks the child to exit, as the MCP stdio transport describes; the
+        // monitor kills it if it is still there after a grace period.
+        self.tx.lock().expect("stdin lock").take();
+        if let Some(k) = self.kill.lock().expect("kill lock").take() {
+            let _ = k.send(());
+        }
+    }
+}
