@@ -2,11 +2,13 @@
 //! Built by `cargo build --workspace` (the test command does that first).
 
 mod harness;
+mod peers;
 
 mod config_check;
 mod consul_config;
 mod etcd_cluster;
 mod gateway_lifecycle;
+mod mcp_legacy;
 mod nats_cluster;
 mod plugin_schemas;
 mod plugins;

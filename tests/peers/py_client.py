@@ -1,0 +1,98 @@
+"""Drives an MCP endpoint with the `mcp` package's own client and prints one JSON report.
+
+usage: py_client.py URL MODE PLAN
+  MODE  legacy | auto | 2026-07-28   (how the client connects: initialize, probe, or modern)
+  PLAN  JSON: {"calls": [{"name": ..., "arguments": {...}}],
+               "prompts": [{"name": ..., "arguments": {...}}],
+               "reads": ["uri", ...]}
+
+The report lists what the server offers (every page of every list) and what each planned
+operation returned, so the end-to-end tests can assert on what a real client saw.
+"""
+
+import json
+import sys
+import traceback
+
+import anyio
+from mcp import Client
+
+
+def text_of(contents):
+    out = []
+    for c in contents:
+        t = getattr(c, "text", None)
+        if t is None and getattr(c, "resource", None) is not None:
+            t = getattr(c.resource, "text", None)
+        out.append(t if t is not None else f"<{getattr(c, 'type', type(c).__name__)}>")
+    return out
+
+
+async def all_pages(fetch, key):
+    items, cursor = [], None
+    while True:
+        page = await fetch(cursor=cursor)
+        items.extend(getattr(page, key))
+        cursor = page.next_cursor
+        if cursor is None:
+            return items
+
+
+async def main() -> None:
+    url, mode, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    report = {"errors": []}
+    async with Client(url, mode=mode, read_timeout_seconds=60) as c:
+        s = c.session
+        report["protocol_version"] = c.protocol_version
+        report["era"] = "modern" if getattr(s, "discover_result", None) else "legacy"
+        info = c.server_info
+        report["server"] = info.name if info else None
+        caps = c.server_capabilities
+        report["tools"] = [t.name for t in await all_pages(c.list_tools, "tools")]
+        report["prompts"] = (
+            [p.name for p in await all_pages(c.list_prompts, "prompts")] if caps.prompts else []
+        )
+        report["resources"] = (
+            [str(r.uri) for r in await all_pages(c.list_resources, "resources")]
+            if caps.resources
+            else []
+        )
+        report["templates"] = (
+            [t.uri_template for t in await all_pages(c.list_resource_templates, "resource_templates")]
+            if caps.resources
+            else []
+        )
+        report["calls"] = []
+        for call in plan.get("calls", []):
+            try:
+                r = await c.call_tool(call["name"], call.get("arguments", {}))
+                report["calls"].append(
+                    {"name": call["name"], "is_error": bool(r.is_error), "text": text_of(r.content)}
+                )
+            except Exception as e:  # the report carries the failure; the test decides
+                report["calls"].append({"name": call["name"], "exception": repr(e)})
+        report["prompts_got"] = []
+        for p in plan.get("prompts", []):
+            try:
+                g = await c.get_prompt(p["name"], p.get("arguments", {}))
+                report["prompts_got"].append(
+                    {"name": p["name"], "messages": len(g.messages),
+                     "text": text_of([m.content for m in g.messages])}
+                )
+            except Exception as e:
+                report["prompts_got"].append({"name": p["name"], "exception": repr(e)})
+        report["reads"] = []
+        for uri in plan.get("reads", []):
+            try:
+                r = await c.read_resource(uri)
+                report["reads"].append({"uri": uri, "text": text_of(r.contents)})
+            except Exception as e:
+                report["reads"].append({"uri": uri, "exception": repr(e)})
+    print(json.dumps(report))
+
+
+try:
+    anyio.run(main)
+except BaseException:
+    traceback.print_exc()
+    sys.exit(1)
