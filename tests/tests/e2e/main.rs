@@ -9,6 +9,7 @@ mod consul_config;
 mod etcd_cluster;
 mod gateway_lifecycle;
 mod mcp_legacy;
+mod mcp_protocol;
 mod nats_cluster;
 mod plugin_schemas;
 mod plugins;

@@ -45,10 +45,15 @@ fn check(report: &Value, client: &str) {
         "everything__echo",
         "everything__get-sum",
     ] {
-        assert!(tools.contains(&t.to_owned()), "{client}: {t} missing from {tools:?}");
+        assert!(
+            tools.contains(&t.to_owned()),
+            "{client}: {t} missing from {tools:?}"
+        );
     }
     assert!(
-        tools.iter().all(|t| t.starts_with("time__") || t.starts_with("everything__")),
+        tools
+            .iter()
+            .all(|t| t.starts_with("time__") || t.starts_with("everything__")),
         "{client}: unprefixed tool in {tools:?}"
     );
     assert!(strings(&report["prompts"]).contains(&"everything__simple-prompt".to_owned()));
@@ -63,21 +68,44 @@ fn check(report: &Value, client: &str) {
     );
     let calls = report["calls"].as_array().unwrap();
     let text = |i: usize| calls[i]["text"].to_string();
-    assert!(text(0).contains("Asia/Tokyo") && text(0).contains("21:00"), "{client}: {}", calls[0]);
-    assert!(text(1).contains("Echo: hello through mcpg"), "{client}: {}", calls[1]);
-    assert!(text(2).contains("The sum of 2 and 3 is 5."), "{client}: {}", calls[2]);
+    assert!(
+        text(0).contains("Asia/Tokyo") && text(0).contains("21:00"),
+        "{client}: {}",
+        calls[0]
+    );
+    assert!(
+        text(1).contains("Echo: hello through mcpg"),
+        "{client}: {}",
+        calls[1]
+    );
+    assert!(
+        text(2).contains("The sum of 2 and 3 is 5."),
+        "{client}: {}",
+        calls[2]
+    );
     assert_eq!(calls[3]["is_error"], false, "{client}: {}", calls[3]);
     // An unknown prefix is the client's mistake: a JSON-RPC error, not a crash.
     assert!(
-        calls[4]["exception"].as_str().is_some_and(|e| e.contains("unknown tool")),
+        calls[4]["exception"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown tool")),
         "{client}: {}",
         calls[4]
     );
     let prompts = report["prompts_got"].as_array().unwrap();
-    assert!(prompts[0]["text"].to_string().contains("simple prompt"), "{client}: {prompts:?}");
-    assert!(prompts[1]["text"].to_string().contains("Paris"), "{client}: {prompts:?}");
+    assert!(
+        prompts[0]["text"].to_string().contains("simple prompt"),
+        "{client}: {prompts:?}"
+    );
+    assert!(
+        prompts[1]["text"].to_string().contains("Paris"),
+        "{client}: {prompts:?}"
+    );
     let reads = report["reads"].as_array().unwrap();
-    assert!(reads[0]["text"].to_string().contains("Everything Server"), "{client}: {reads:?}");
+    assert!(
+        reads[0]["text"].to_string().contains("Everything Server"),
+        "{client}: {reads:?}"
+    );
     assert!(reads[1]["exception"].is_null(), "{client}: {reads:?}");
 }
 
@@ -96,7 +124,10 @@ fn python_and_typescript_clients_use_time_and_everything_through_one_binding() {
     let py = py_client(&url, "legacy", plan());
     assert_eq!(py["era"], "legacy");
     assert_eq!(py["protocol_version"], "2025-11-25");
-    assert_eq!(py["server"], "all", "several upstreams are one server named after the binding");
+    assert_eq!(
+        py["server"], "all",
+        "several upstreams are one server named after the binding"
+    );
     check(&py, "python legacy");
     let ts = ts_client(&url, plan());
     assert_eq!(ts["protocol_version"], "2025-11-25");
@@ -113,13 +144,20 @@ fn a_single_unprefixed_upstream_is_passed_through_as_itself() {
             time_stdio("")
         ),
     );
-    let plan = json!({"calls": [{"name": "get_current_time", "arguments": {"timezone": "Europe/Paris"}}]});
+    let plan =
+        json!({"calls": [{"name": "get_current_time", "arguments": {"timezone": "Europe/Paris"}}]});
     for report in [
         py_client(&gw.url("/time"), "legacy", plan.clone()),
         ts_client(&gw.url("/time"), plan.clone()),
     ] {
-        assert_eq!(report["server"], "mcp-time", "the upstream's own serverInfo: {report}");
-        assert_eq!(strings(&report["tools"]), ["get_current_time", "convert_time"]);
+        assert_eq!(
+            report["server"], "mcp-time",
+            "the upstream's own serverInfo: {report}"
+        );
+        assert_eq!(
+            strings(&report["tools"]),
+            ["get_current_time", "convert_time"]
+        );
         let call = &report["calls"][0];
         assert_eq!(call["is_error"], false, "{call}");
         assert!(call["text"].to_string().contains("Europe/Paris"), "{call}");
@@ -133,7 +171,8 @@ fn server_everything_over_stdio_per_session_and_shared() {
             &format!("mcp-legacy-ev-{mode}"),
             &format!(
                 "bindings:\n  - name: ev\n    path: /ev\n    upstreams: [{}]\n",
-                everything_stdio("everything").replace("stdio]}", &format!("stdio], mode: {mode}}}"))
+                everything_stdio("everything")
+                    .replace("stdio]}", &format!("stdio], mode: {mode}}}"))
             ),
         );
         let plan = json!({
@@ -143,9 +182,20 @@ fn server_everything_over_stdio_per_session_and_shared() {
         // Two clients one after the other: the second must not see the first's child.
         for client in ["first", "second"] {
             let r = py_client(&gw.url("/ev"), "legacy", plan.clone());
-            assert_eq!(r["server"], "mcp-servers/everything", "{mode} {client}: {r}");
-            assert_eq!(r["calls"][0]["text"], json!([format!("Echo: {mode}")]), "{mode} {client}");
-            assert!(r["reads"][0]["text"].to_string().contains("Everything Server"));
+            assert_eq!(
+                r["server"], "mcp-servers/everything",
+                "{mode} {client}: {r}"
+            );
+            assert_eq!(
+                r["calls"][0]["text"],
+                json!([format!("Echo: {mode}")]),
+                "{mode} {client}"
+            );
+            assert!(
+                r["reads"][0]["text"]
+                    .to_string()
+                    .contains("Everything Server")
+            );
         }
     }
 }

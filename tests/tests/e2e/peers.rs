@@ -36,7 +36,9 @@ pub fn node() -> PathBuf {
 }
 
 pub fn everything_js() -> PathBuf {
-    installed(deps().join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"))
+    installed(
+        deps().join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
+    )
 }
 
 pub fn peers_script(name: &str) -> PathBuf {
@@ -76,7 +78,10 @@ pub fn everything_http() -> Everything {
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(addr).is_ok()),
+        wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(
+            addr
+        )
+        .is_ok()),
         "server-everything never listened on {addr}"
     );
     Everything {

@@ -1,0 +1,268 @@
+//! The downstream endpoint's protocol edges, over raw HTTP: every malformed request gets the
+//! status and JSON-RPC error the transport specification names, and everything mcpg does not
+//! know passes through unchanged (raw JSON in, raw JSON out).
+
+use serde_json::{Value, json};
+
+use crate::harness::{header, http};
+use crate::peers::{Gateway, peers_script, python};
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
+
+fn echo_gateway(tag: &str, extra: &str) -> Gateway {
+    Gateway::start(
+        tag,
+        &format!(
+            "{extra}bindings:\n  - name: echo\n    path: /mcp\n    upstreams: [{{name: echo, stdio: {{command: {:?}, args: [{:?}]}}}}]\n",
+            python().display().to_string(),
+            peers_script("echo_upstream.py").display().to_string()
+        ),
+    )
+}
+
+fn body_json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
+}
+
+/// Starts a legacy session; returns its id.
+fn initialize(gw: &Gateway) -> String {
+    let (status, headers, body) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT],
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let r = body_json(&body);
+    assert_eq!(r["result"]["protocolVersion"], "2025-06-18", "{r}");
+    // Unknown fields of the upstream's answer reach the client.
+    assert_eq!(r["result"]["x-unknown-init-field"], json!([1, 2, 3]), "{r}");
+    assert_eq!(
+        r["result"]["capabilities"]["x-vendor-capability"],
+        json!({"on": true})
+    );
+    header(&headers, "mcp-session-id")
+        .expect("initialize answers with Mcp-Session-Id")
+        .to_owned()
+}
+
+#[test]
+fn malformed_requests_get_the_statuses_the_spec_names() {
+    let gw = echo_gateway(
+        "mcp-proto-errors",
+        "mcp:\n  limits: {max_request_bytes: 2048}\n",
+    );
+    let sid = initialize(&gw);
+    let session = ("Mcp-Session-Id", sid.as_str());
+    let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}).to_string();
+    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, Option<i64>)> = vec![
+        ("bad JSON", vec![JSON, ACCEPT, session], b"{not json".to_vec(), 400, Some(-32700)),
+        ("not an object", vec![JSON, ACCEPT, session], b"42".to_vec(), 400, Some(-32600)),
+        ("batch", vec![JSON, ACCEPT, session], format!("[{list}]").into_bytes(), 400, Some(-32600)),
+        (
+            "not JSON-RPC 2.0",
+            vec![JSON, ACCEPT, session],
+            br#"{"id":1,"method":"tools/list"}"#.to_vec(),
+            400,
+            Some(-32600),
+        ),
+        (
+            "wrong content type",
+            vec![("Content-Type", "text/plain"), ACCEPT, session],
+            list.clone().into_bytes(),
+            415,
+            Some(-32600),
+        ),
+        (
+            "Accept without SSE",
+            vec![JSON, ("Accept", "application/json"), session],
+            list.clone().into_bytes(),
+            406,
+            Some(-32600),
+        ),
+        ("no session", vec![JSON, ACCEPT], list.clone().into_bytes(), 400, Some(-32600)),
+        (
+            "unknown session",
+            vec![JSON, ACCEPT, ("Mcp-Session-Id", "0123456789abcdef")],
+            list.clone().into_bytes(),
+            404,
+            Some(-32600),
+        ),
+        (
+            "unsupported protocol version",
+            vec![JSON, ACCEPT, session, ("MCP-Protocol-Version", "1999-01-01")],
+            list.clone().into_bytes(),
+            400,
+            Some(-32600),
+        ),
+        (
+            "foreign Origin",
+            vec![JSON, ACCEPT, session, ("Origin", "http://evil.example")],
+            list.clone().into_bytes(),
+            403,
+            Some(-32600),
+        ),
+        (
+            "foreign Host (DNS rebinding)",
+            vec![JSON, ACCEPT, session, ("Host", "evil.example:80")],
+            list.clone().into_bytes(),
+            403,
+            Some(-32600),
+        ),
+        (
+            "too large",
+            vec![JSON, ACCEPT, session],
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","pad":"{}"}}}}"#, "x".repeat(4096)).into_bytes(),
+            413,
+            Some(-32600),
+        ),
+    ];
+    for (what, headers, body, want, code) in cases {
+        let (status, _, text) = http(gw.addr, "POST", "/mcp", &headers, &body);
+        assert_eq!(status, want, "{what}: {text}");
+        if let Some(code) = code {
+            assert_eq!(body_json(&text)["error"]["code"], code, "{what}: {text}");
+        }
+    }
+    // The session survived every bad request.
+    let (status, _, text) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, session],
+        list.as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(body_json(&text)["result"]["tools"][0]["name"], "echo");
+    // Loopback names and same-origin browsers are allowed.
+    let (status, _, _) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[
+            JSON,
+            ACCEPT,
+            session,
+            ("Host", "localhost"),
+            ("Origin", "http://localhost:3000"),
+        ],
+        list.as_bytes(),
+    );
+    assert_eq!(status, 200);
+    // ping is answered, notifications are accepted, GET without SSE is refused.
+    let (status, _, text) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, session],
+        br#"{"jsonrpc":"2.0","id":"p","method":"ping"}"#,
+    );
+    assert_eq!(
+        (status, body_json(&text)["result"].clone()),
+        (200, json!({}))
+    );
+    let (status, _, _) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, session],
+        br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(status, 202);
+    let (status, _, _) = http(
+        gw.addr,
+        "GET",
+        "/mcp",
+        &[("Accept", "application/json"), session],
+        b"",
+    );
+    assert_eq!(status, 406);
+    // DELETE ends the session; it is then unknown.
+    let (status, _, _) = http(gw.addr, "DELETE", "/mcp", &[session], b"");
+    assert_eq!(status, 200);
+    let (status, _, _) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, session],
+        list.as_bytes(),
+    );
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn unknown_fields_and_methods_pass_through_unchanged() {
+    let gw = echo_gateway("mcp-proto-lossless", "");
+    let sid = initialize(&gw);
+    let session = ("Mcp-Session-Id", sid.as_str());
+    let post = |msg: &Value| {
+        let (status, _, text) = http(
+            gw.addr,
+            "POST",
+            "/mcp",
+            &[JSON, ACCEPT, session],
+            msg.to_string().as_bytes(),
+        );
+        (status, text)
+    };
+    // A known method with fields mcpg has never heard of, at every level.
+    let call = json!({
+        "jsonrpc": "2.0", "id": "call-1", "method": "tools/call",
+        "x-envelope": {"kept": true},
+        "params": {
+            "name": "echo",
+            "arguments": {"n": 1, "nested": {"a": [1, "two", null, 3.5, {"é": "ü"}]}},
+            "_meta": {"progressToken": "tok", "vendor.example/trace": "abc"},
+            "x-param": [true]
+        }
+    });
+    let (status, text) = post(&call);
+    assert_eq!(status, 200, "{text}");
+    let r = body_json(&text);
+    assert_eq!(r["id"], "call-1", "the client's id comes back");
+    assert_eq!(
+        r["x-envelope-extra"], "kept",
+        "unknown envelope fields of the answer"
+    );
+    assert_eq!(
+        r["result"]["x-extra"],
+        json!({"nested": {"deep": [true, null, 1.5, "é"]}})
+    );
+    assert_eq!(r["result"]["content"][0]["x-content-extra"], 1);
+    let received = &r["result"]["received"];
+    assert_eq!(received["x-envelope"], call["x-envelope"]);
+    assert_eq!(received["params"]["arguments"], call["params"]["arguments"]);
+    assert_eq!(received["params"]["x-param"], call["params"]["x-param"]);
+    assert_eq!(received["params"]["_meta"]["vendor.example/trace"], "abc");
+    assert!(
+        received["params"]["_meta"]["progressToken"].is_number(),
+        "progress tokens are the gateway's own upstream (restored on the way back)"
+    );
+    // A method mcpg does not know goes to the upstream as it is.
+    let custom =
+        json!({"jsonrpc":"2.0","id":7,"method":"vendor/custom","params":{"anything":{"x":[1,2]}}});
+    let (status, text) = post(&custom);
+    assert_eq!(status, 200, "{text}");
+    let r = body_json(&text);
+    assert_eq!(r["result"]["received"]["method"], "vendor/custom");
+    assert_eq!(r["result"]["received"]["params"], custom["params"]);
+    // Unknown list fields survive the list path too.
+    let (_, text) = post(&json!({"jsonrpc":"2.0","id":8,"method":"tools/list"}));
+    let r = body_json(&text);
+    assert_eq!(r["result"]["x-list-extra"], "kept", "{r}");
+    assert_eq!(r["result"]["tools"][0]["x-tool-extra"], json!({"a": null}));
+    // Client notifications reach the upstream unchanged.
+    let note = json!({"jsonrpc":"2.0","method":"notifications/vendor","params":{"x":{"y":1}}});
+    let (status, _) = post(&note);
+    assert_eq!(status, 202);
+    let (_, text) = post(&json!({"jsonrpc":"2.0","id":9,"method":"echo/notifications"}));
+    let seen = body_json(&text)["result"]["notifications"].clone();
+    assert!(
+        seen.as_array().unwrap().contains(&note),
+        "upstream saw {seen}"
+    );
+}
