@@ -7,6 +7,9 @@ use serde_json::{Value, json};
 use crate::harness::{header, http};
 use crate::peers::{Gateway, peers_script, python};
 
+/// What one malformed request is, and the status and JSON-RPC code it must get.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, Option<i64>);
+
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
 
@@ -59,7 +62,7 @@ fn malformed_requests_get_the_statuses_the_spec_names() {
     let sid = initialize(&gw);
     let session = ("Mcp-Session-Id", sid.as_str());
     let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}).to_string();
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, Option<i64>)> = vec![
+    let cases: Vec<Case> = vec![
         ("bad JSON", vec![JSON, ACCEPT, session], b"{not json".to_vec(), 400, Some(-32700)),
         ("not an object", vec![JSON, ACCEPT, session], b"42".to_vec(), 400, Some(-32600)),
         ("batch", vec![JSON, ACCEPT, session], format!("[{list}]").into_bytes(), 400, Some(-32600)),
