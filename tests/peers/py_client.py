@@ -4,7 +4,8 @@ usage: py_client.py URL MODE PLAN
   MODE  legacy | auto | 2026-07-28   (how the client connects: initialize, probe, or modern)
   PLAN  JSON: {"calls": [{"name": ..., "arguments": {...}}],
                "prompts": [{"name": ..., "arguments": {...}}],
-               "reads": ["uri", ...]}
+               "reads": ["uri", ...],
+               "answer": true}   # declare sampling, elicitation and roots, and answer them
 
 The report lists what the server offers (every page of every list) and what each planned
 operation returned, so the end-to-end tests can assert on what a real client saw.
@@ -15,7 +16,7 @@ import sys
 import traceback
 
 import anyio
-from mcp import Client
+from mcp import Client, types
 
 
 def text_of(contents):
@@ -40,8 +41,32 @@ async def all_pages(fetch, key):
 
 async def main() -> None:
     url, mode, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    report = {"errors": []}
-    async with Client(url, mode=mode, read_timeout_seconds=60) as c:
+    report = {"errors": [], "server_requests": []}
+    callbacks = {}
+    if plan.get("answer"):
+        async def sampling(context, params):
+            report["server_requests"].append("sampling/createMessage")
+            return types.CreateMessageResult(
+                role="assistant",
+                content=types.TextContent(type="text", text="sampled by the test client"),
+                model="test-model",
+                stop_reason="endTurn",
+            )
+
+        async def elicitation(context, params):
+            report["server_requests"].append("elicitation/create")
+            return types.ElicitResult(action="accept", content={"name": "Ada Lovelace"})
+
+        async def roots(context):
+            report["server_requests"].append("roots/list")
+            return types.ListRootsResult(
+                roots=[types.Root(uri="file:///tmp/mcpg-e2e-root", name="e2e-root")]
+            )
+
+        callbacks = dict(
+            sampling_callback=sampling, elicitation_callback=elicitation, list_roots_callback=roots
+        )
+    async with Client(url, mode=mode, read_timeout_seconds=60, **callbacks) as c:
         s = c.session
         report["protocol_version"] = c.protocol_version
         report["era"] = "modern" if getattr(s, "discover_result", None) else "legacy"

@@ -24,6 +24,27 @@ use crate::mcp::version;
 /// How long a relayed server-to-client request waits for the client's answer.
 const CLIENT_ANSWER_TTL: Duration = Duration::from_secs(600);
 
+/// Where a request's upstream conversations come from: the client's legacy session, or the
+/// shared conversations that serve modern-era clients.
+#[derive(Clone, Copy)]
+pub enum Via<'a> {
+    Session(&'a Arc<Live>),
+    Modern,
+}
+
+impl Via<'_> {
+    pub async fn conn(
+        &self,
+        b: &Binding,
+        up: usize,
+    ) -> Result<crate::mcp::upstream::Connection, RpcError> {
+        match self {
+            Via::Session(live) => live.conn(up).await,
+            Via::Modern => Ok(b.upstreams[up].modern().await?.conn),
+        }
+    }
+}
+
 /// What the gateway answers a client message with.
 pub enum Reply {
     /// One JSON-RPC response.
@@ -94,6 +115,10 @@ impl Drop for InflightGuard {
 pub struct Context {
     pub caps: Capabilities,
     pub inflight: Inflight,
+    /// Upstream exchanges waiting for a modern client's input-required retry.
+    pub parked: crate::mcp::modern::Parked,
+    /// The key that signs the `requestState` mcpg hands to modern clients.
+    pub state_key: crate::mcp::modern::StateKey,
 }
 
 /// A server-to-client request awaiting the client's answer, kept in the `pipelines` store.
@@ -110,7 +135,7 @@ pub struct Binding {
     pub naming: Naming,
     pub upstreams: Vec<Arc<Upstream>>,
     policy: FailurePolicy,
-    ctx: Arc<Context>,
+    pub(crate) ctx: Arc<Context>,
 }
 
 impl Binding {
@@ -147,7 +172,7 @@ impl Binding {
         self.policy == FailurePolicy::FailClosed
     }
 
-    fn single_passthrough(&self) -> bool {
+    pub(crate) fn single_passthrough(&self) -> bool {
         self.upstreams.len() == 1 && !self.naming.prefix
     }
 
@@ -200,22 +225,26 @@ impl Binding {
         let up = match route {
             Route::Local => return Reply::Json(jsonrpc::result(id, json!({}))),
             Route::All if names::list_key(&method).is_some() => {
-                return Reply::Json(match self.merged_list(live, &method, &msg).await {
-                    Ok(r) => jsonrpc::result(id, r),
-                    Err(e) => e.to_message(id),
-                });
+                return Reply::Json(
+                    match self.merged_list(Via::Session(live), &method, &msg).await {
+                        Ok(r) => jsonrpc::result(id, r),
+                        Err(e) => e.to_message(id),
+                    },
+                );
             }
             Route::All => return Reply::Json(self.broadcast(live, id, msg).await),
             Route::One(up) => up,
-            Route::Search { list, name } => match self.search(live, list, &name).await {
-                Some(up) => up,
-                None => {
-                    return Reply::Json(
-                        RpcError::invalid_params(format!("no upstream offers `{name}`"))
-                            .to_message(id),
-                    );
+            Route::Search { list, name } => {
+                match self.search(Via::Session(live), list, &name).await {
+                    Some(up) => up,
+                    None => {
+                        return Reply::Json(
+                            RpcError::invalid_params(format!("no upstream offers `{name}`"))
+                                .to_message(id),
+                        );
+                    }
                 }
-            },
+            }
         };
         self.forward(live, up, id, method, msg).await
     }
@@ -230,7 +259,7 @@ impl Binding {
         msg: Message,
     ) -> Reply {
         if self.fail_closed()
-            && let Err(e) = self.all_up(live).await
+            && let Err(e) = self.all_up(Via::Session(live)).await
         {
             return Reply::Json(e.to_message(id));
         }
@@ -334,7 +363,13 @@ impl Binding {
         }
     }
 
-    fn response_out(&self, method: &str, up: usize, id: Value, mut m: Message) -> Message {
+    pub(crate) fn response_out(
+        &self,
+        method: &str,
+        up: usize,
+        id: Value,
+        mut m: Message,
+    ) -> Message {
         m.insert("id".into(), id);
         if let Some(r) = m.get_mut("result") {
             self.naming.result_out(method, up, r);
@@ -343,18 +378,18 @@ impl Binding {
     }
 
     /// Every upstream is reachable (for `fail_closed`).
-    async fn all_up(&self, live: &Live) -> Result<(), RpcError> {
+    pub(crate) async fn all_up(&self, via: Via<'_>) -> Result<(), RpcError> {
         for i in 0..self.upstreams.len() {
-            live.conn(i).await?;
+            via.conn(self, i).await?;
         }
         Ok(())
     }
 
     /// One page of a list merged across upstreams: the page continues an upstream that has
     /// more, else moves on to the next upstream, so every item is seen exactly once.
-    async fn merged_list(
+    pub(crate) async fn merged_list(
         &self,
-        live: &Live,
+        via: Via<'_>,
         method: &str,
         msg: &Message,
     ) -> Result<Value, RpcError> {
@@ -376,7 +411,7 @@ impl Binding {
                 Some(c) => p.insert("cursor".into(), json!(c)),
                 None => p.remove("cursor"),
             };
-            let page = match live.conn(up).await {
+            let page = match via.conn(self, up).await {
                 Ok(conn) => tokio::time::timeout(
                     self.upstreams[up].timeout,
                     conn.call(method, Some(Value::Object(p))),
@@ -406,9 +441,7 @@ impl Binding {
                     items.extend(a);
                 }
                 let next = obj.remove("nextCursor");
-                for (k, v) in std::mem::take(obj) {
-                    extra.entry(k).or_insert(v);
-                }
+                merge_page_fields(&mut extra, std::mem::take(obj));
                 if let Some(Value::String(c)) = next {
                     let cur = MergedCursor {
                         upstream: up,
@@ -426,11 +459,11 @@ impl Binding {
     }
 
     /// The first upstream whose list has `name` (for unprefixed bindings of several).
-    async fn search(&self, live: &Live, list: &str, name: &str) -> Option<usize> {
+    pub(crate) async fn search(&self, via: Via<'_>, list: &str, name: &str) -> Option<usize> {
         let key = names::list_key(list)?;
         let field = if key == "resources" { "uri" } else { "name" };
         for up in 0..self.upstreams.len() {
-            let Ok(conn) = live.conn(up).await else {
+            let Ok(conn) = via.conn(self, up).await else {
                 continue;
             };
             let mut cursor: Option<String> = None;
@@ -610,6 +643,28 @@ pub fn spawn_cancellation_listener(ctx: Arc<Context>) {
     });
 }
 
+/// Keeps the first page's unknown fields; of the 2026-07-28 caching hints keeps the most
+/// cautious (the shortest `ttlMs`, `private` over `public`).
+fn merge_page_fields(into: &mut Map<String, Value>, from: Map<String, Value>) {
+    for (k, v) in from {
+        match (k.as_str(), into.get(&k)) {
+            ("ttlMs", Some(old)) => {
+                if v.as_f64() < old.as_f64() {
+                    into.insert(k, v);
+                }
+            }
+            ("cacheScope", Some(_)) => {
+                if v == "private" {
+                    into.insert(k, v);
+                }
+            }
+            _ => {
+                into.entry(k).or_insert(v);
+            }
+        }
+    }
+}
+
 fn list_result(
     key: &str,
     items: Vec<Value>,
@@ -625,7 +680,7 @@ fn list_result(
 }
 
 /// Union of two capability objects: present in either, nested flags true in either.
-fn merge_capabilities(into: &mut Map<String, Value>, from: &Map<String, Value>) {
+pub(crate) fn merge_capabilities(into: &mut Map<String, Value>, from: &Map<String, Value>) {
     for (k, v) in from {
         match (into.get_mut(k), v) {
             (Some(Value::Object(a)), Value::Object(b)) => merge_capabilities(a, b),

@@ -19,14 +19,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use futures::StreamExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::Gateway;
 use crate::mcp::binding::{Binding, Reply};
+use crate::mcp::headers as mcp_headers;
 use crate::mcp::jsonrpc::{self, Kind, Message, Parsed, code};
 use crate::mcp::session::SessionError;
 use crate::mcp::upstream::http::{SESSION_HEADER, VERSION_HEADER};
-use crate::mcp::version;
+use crate::mcp::{meta, version};
 
 type S = State<(Arc<Gateway>, Arc<Binding>)>;
 
@@ -89,8 +90,13 @@ fn precheck(gw: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
             why,
         ));
     }
+    Ok(())
+}
+
+/// The legacy protocol version header, when present, must name a revision mcpg speaks.
+fn legacy_version(headers: &HeaderMap) -> Result<(), Response> {
     if let Some(v) = header(headers, VERSION_HEADER)
-        && !version::is_supported(v)
+        && !version::is_legacy(v)
     {
         return Err(http_error(
             StatusCode::BAD_REQUEST,
@@ -163,6 +169,15 @@ async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
             "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
         );
     }
+    let modern = header(&headers, VERSION_HEADER).is_some_and(version::is_modern)
+        || meta::protocol_version(&msg).is_some()
+        || jsonrpc::method(&msg) == Some("server/discover");
+    if modern {
+        return modern_post(&b, &headers, kind, id, msg).await;
+    }
+    if let Err(r) = legacy_version(&headers) {
+        return r;
+    }
     if kind == Kind::Request && jsonrpc::method(&msg) == Some("initialize") {
         return initialize(&gw, &b, id, &msg).await;
     }
@@ -182,6 +197,180 @@ async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
         }
         Kind::Invalid => unreachable!("answered above"),
     }
+}
+
+/// A 2026-07-28 POST: the request metadata headers are checked against the body (the body
+/// is the source of truth), then the request is served statelessly.
+async fn modern_post(
+    b: &Arc<Binding>,
+    headers: &HeaderMap,
+    kind: Kind,
+    id: Value,
+    msg: Message,
+) -> Response {
+    let bad =
+        |code: i64, message: String| http_error(StatusCode::BAD_REQUEST, id.clone(), code, message);
+    match kind {
+        Kind::Request => {}
+        // notifications/cancelled is for stdio; over HTTP a client closes its stream.
+        Kind::Notification => return StatusCode::ACCEPTED.into_response(),
+        _ => {
+            return bad(
+                code::INVALID_REQUEST,
+                "clients send no responses in MCP 2026-07-28".into(),
+            );
+        }
+    }
+    let method = jsonrpc::method(&msg).unwrap_or_default();
+    let body_version = meta::protocol_version(&msg);
+    let Some(header_version) = header(headers, VERSION_HEADER) else {
+        return bad(
+            code::HEADER_MISMATCH,
+            "Header mismatch: the MCP-Protocol-Version header is required".into(),
+        );
+    };
+    let Some(body_version) = body_version else {
+        return bad(
+            code::INVALID_PARAMS,
+            format!("params._meta[\"{}\"] is required", meta::PROTOCOL_VERSION),
+        );
+    };
+    if header_version != body_version {
+        return bad(
+            code::HEADER_MISMATCH,
+            format!(
+                "Header mismatch: MCP-Protocol-Version header value '{header_version}' does not match body value '{body_version}'"
+            ),
+        );
+    }
+    if !version::is_modern(body_version) {
+        return http_error_data(
+            StatusCode::BAD_REQUEST,
+            id,
+            code::UNSUPPORTED_VERSION,
+            "Unsupported protocol version",
+            json!({"supported": version::all(), "requested": body_version}),
+        );
+    }
+    if meta::of(&msg)
+        .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
+        .is_none()
+    {
+        return bad(
+            code::INVALID_PARAMS,
+            format!(
+                "params._meta[\"{}\"] is required",
+                meta::CLIENT_CAPABILITIES
+            ),
+        );
+    }
+    match header(headers, mcp_headers::METHOD) {
+        Some(h) if h == method => {}
+        Some(h) => {
+            return bad(
+                code::HEADER_MISMATCH,
+                format!(
+                    "Header mismatch: Mcp-Method header value '{h}' does not match body value '{method}'"
+                ),
+            );
+        }
+        None => {
+            return bad(
+                code::HEADER_MISMATCH,
+                "Header mismatch: the Mcp-Method header is required".into(),
+            );
+        }
+    }
+    if let Some(field) = mcp_headers::name_field(method) {
+        let body_name = mcp_headers::name_value(&msg);
+        let header_name = header(headers, mcp_headers::NAME).map(mcp_headers::decode);
+        match (header_name, body_name) {
+            (None, _) => {
+                return bad(
+                    code::HEADER_MISMATCH,
+                    format!("Header mismatch: the Mcp-Name header is required for {method}"),
+                );
+            }
+            (Some(None), _) => {
+                return bad(
+                    code::HEADER_MISMATCH,
+                    "Header mismatch: the Mcp-Name header is not valid base64".into(),
+                );
+            }
+            (Some(Some(h)), body) if body.as_deref() != Some(h.as_str()) => {
+                return bad(
+                    code::HEADER_MISMATCH,
+                    format!(
+                        "Header mismatch: Mcp-Name header value '{h}' does not match body value '{}' (params.{field})",
+                        body.unwrap_or_default()
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    // Mcp-Param-* headers mirror tool arguments the upstream annotated; the upstream that
+    // defined them validates them, mcpg forwards them.
+    let extra: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with(mcp_headers::PARAM_PREFIX))
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    modern_reply(b.modern_request(msg, extra).await)
+}
+
+/// A modern reply: errors the specification gives a status get it (method not found 404,
+/// header and capability errors 400).
+fn modern_reply(r: Reply) -> Response {
+    if let Reply::Json(m) = &r
+        && let Some(code) = m
+            .get("error")
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_i64)
+    {
+        let status = match code {
+            code::METHOD_NOT_FOUND => Some(StatusCode::NOT_FOUND),
+            code::HEADER_MISMATCH | code::MISSING_CAPABILITY | code::UNSUPPORTED_VERSION => {
+                Some(StatusCode::BAD_REQUEST)
+            }
+            _ => None,
+        };
+        if let Some(status) = status {
+            let mut resp = json_response(m);
+            *resp.status_mut() = status;
+            return resp;
+        }
+    }
+    reply(r)
+}
+
+fn http_error_data(
+    status: StatusCode,
+    id: Value,
+    code: i64,
+    message: &str,
+    data: Value,
+) -> Response {
+    let body = jsonrpc::to_bytes(&jsonrpc::error(id, code, message, Some(data)));
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+/// GET and DELETE belong to the legacy era; a 2026-07-28 client gets 405.
+fn modern_get_or_delete(headers: &HeaderMap) -> Option<Response> {
+    header(headers, VERSION_HEADER)
+        .is_some_and(version::is_modern)
+        .then(|| {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                [(axum::http::header::ALLOW, HeaderValue::from_static("POST"))],
+            )
+                .into_response()
+        })
 }
 
 async fn initialize(gw: &Arc<Gateway>, b: &Arc<Binding>, id: Value, msg: &Message) -> Response {
@@ -255,6 +444,12 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
     if let Err(r) = precheck(&gw, &headers) {
         return r;
     }
+    if let Some(r) = modern_get_or_delete(&headers) {
+        return r;
+    }
+    if let Err(r) = legacy_version(&headers) {
+        return r;
+    }
     if !accepts(&headers, "text/event-stream") {
         return http_error(
             StatusCode::NOT_ACCEPTABLE,
@@ -287,6 +482,9 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
 /// DELETE ends the session and its upstream sessions.
 async fn delete(State((gw, b)): S, headers: HeaderMap) -> Response {
     if let Err(r) = precheck(&gw, &headers) {
+        return r;
+    }
+    if let Some(r) = modern_get_or_delete(&headers) {
         return r;
     }
     let live = match session(&gw, &b, &headers).await {

@@ -23,6 +23,10 @@ pub mod code {
     pub const RESOURCE_NOT_FOUND: i64 = -32002;
     /// MCP 2026-07-28: an `Mcp-Method` / `Mcp-Name` header disagrees with the body.
     pub const HEADER_MISMATCH: i64 = -32020;
+    /// MCP 2026-07-28: the request needs a client capability it did not declare.
+    pub const MISSING_CAPABILITY: i64 = -32021;
+    /// MCP 2026-07-28: the requested protocol version is not supported.
+    pub const UNSUPPORTED_VERSION: i64 = -32022;
 }
 
 /// What kind of message a JSON object is.

@@ -3,17 +3,23 @@
 //!
 //! - [`jsonrpc`]: messages as raw JSON objects (lossless), error codes.
 //! - [`version`]: protocol revisions by era, negotiation.
+//! - [`meta`], [`headers`]: the 2026-07-28 per-request `_meta` keys and metadata headers.
 //! - [`names`]: prefixing and routing across several upstreams (pure).
 //! - [`upstream`]: connections to upstream servers (stdio, Streamable HTTP).
 //! - [`session`]: legacy-era sessions: records in the `sessions` capability, live state here.
 //! - [`binding`]: one binding's request handling, relaying and list merging.
+//! - [`modern`]: 2026-07-28 requests: discovery, native forwarding, and the bridge to legacy
+//!   upstreams (input-required rounds, signed `requestState`).
 //! - [`guard`]: DNS-rebinding protection.
 //! - [`http`]: the downstream Streamable HTTP endpoint.
 
 pub mod binding;
 pub mod guard;
+pub mod headers;
 pub mod http;
 pub mod jsonrpc;
+pub mod meta;
+pub mod modern;
 pub mod names;
 pub mod session;
 pub mod upstream;
@@ -45,7 +51,10 @@ impl Gateway {
         let ctx = Arc::new(Context {
             caps: caps.clone(),
             inflight: Inflight::default(),
+            parked: modern::Parked::default(),
+            state_key: modern::StateKey::default(),
         });
+        modern::spawn_parked_reaper(ctx.clone());
         binding::spawn_cancellation_listener(ctx.clone());
         let timeout = Duration::from_millis(c.mcp.limits.request_timeout_ms);
         let bindings = c

@@ -48,9 +48,15 @@ pub trait Transport: Send + Sync + 'static {
     async fn send(
         &self,
         msg: Message,
+        headers: &[(String, String)],
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError>;
     /// Ends the conversation (kills the child, deletes the HTTP session).
     async fn close(&self);
+    /// Whether a request is cancelled by sending `notifications/cancelled` (stdio, legacy
+    /// HTTP) rather than by closing its stream (2026-07-28 HTTP).
+    fn cancels_by_notification(&self) -> bool {
+        true
+    }
 }
 
 struct Route {
@@ -114,6 +120,10 @@ impl Connection {
         &self.shared.name
     }
 
+    pub fn cancels_by_notification(&self) -> bool {
+        self.transport.cancels_by_notification()
+    }
+
     pub fn is_closed(&self) -> bool {
         *self.shared.closed.borrow()
     }
@@ -133,7 +143,16 @@ impl Connection {
     /// Sends a request (its id and progress token are replaced by the connection's own) and
     /// returns the exchange that yields what the upstream sends for it, ending with its
     /// response.
-    pub async fn request(&self, mut msg: Message) -> Result<Exchange, UpstreamError> {
+    pub async fn request(&self, msg: Message) -> Result<Exchange, UpstreamError> {
+        self.request_with(msg, &[]).await
+    }
+
+    /// [`Connection::request`] with extra transport headers (the client's `Mcp-Param-*`).
+    pub async fn request_with(
+        &self,
+        mut msg: Message,
+        headers: &[(String, String)],
+    ) -> Result<Exchange, UpstreamError> {
         if self.is_closed() {
             return Err(UpstreamError::Closed(self.name().into()));
         }
@@ -153,8 +172,10 @@ impl Connection {
             id,
             rx,
             conn: self.clone(),
+            answered: false,
+            cancel_on_drop: false,
         };
-        match self.transport.send(msg).await {
+        match self.transport.send(msg, headers).await {
             Ok(Some(mut stream)) => {
                 let s = self.shared.clone();
                 tokio::spawn(async move {
@@ -183,7 +204,7 @@ impl Connection {
         if self.is_closed() {
             return Err(UpstreamError::Closed(self.name().into()));
         }
-        if let Some(mut stream) = self.transport.send(msg).await? {
+        if let Some(mut stream) = self.transport.send(msg, &[]).await? {
             // Anything sent back on this exchange (unusual) is routed like the rest.
             let s = self.shared.clone();
             tokio::spawn(async move {
@@ -295,6 +316,8 @@ pub struct Exchange {
     id: u64,
     rx: mpsc::UnboundedReceiver<Message>,
     conn: Connection,
+    answered: bool,
+    cancel_on_drop: bool,
 }
 
 impl Exchange {
@@ -310,7 +333,19 @@ impl Exchange {
     /// The next message, or `None` when the connection closed (or the exchange's stream
     /// ended) without a response.
     pub async fn next(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        let m = self.rx.recv().await;
+        if m.as_ref()
+            .is_some_and(|m| jsonrpc::kind(m) == Kind::Response)
+        {
+            self.answered = true;
+        }
+        m
+    }
+
+    /// Tells the upstream to stop (`notifications/cancelled`) if this exchange is dropped
+    /// before its response: a modern client cancels by closing its stream.
+    pub fn cancel_on_drop(&mut self) {
+        self.cancel_on_drop = true;
     }
 
     /// Waits for the response and returns its result, dropping anything else.
@@ -336,6 +371,16 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if self.cancel_on_drop && !self.answered && !self.conn.is_closed() {
+            let conn = self.conn.clone();
+            let n = jsonrpc::notification(
+                "notifications/cancelled",
+                Some(json!({"requestId": self.id, "reason": "the client closed its stream"})),
+            );
+            tokio::spawn(async move {
+                let _ = conn.send(n).await;
+            });
+        }
         self.conn
             .shared
             .routes

@@ -15,6 +15,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::conn::{Connection, Transport, UpstreamError};
+use crate::mcp::headers;
 use crate::mcp::jsonrpc::{self, Message};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -38,6 +39,8 @@ pub struct HttpTransport {
     headers: HeaderMap,
     session: RwLock<Option<String>>,
     version: RwLock<Option<String>>,
+    /// Speaks 2026-07-28: no session; the metadata headers are derived from each message.
+    modern: bool,
 }
 
 impl HttpTransport {
@@ -68,7 +71,14 @@ impl HttpTransport {
             headers: map,
             session: RwLock::new(None),
             version: RwLock::new(None),
+            modern: false,
         })
+    }
+
+    /// The transport for 2026-07-28 traffic: stateless, metadata headers on every request.
+    pub fn into_modern(mut self) -> Self {
+        self.modern = true;
+        self
     }
 
     /// The upstream's session id, once its `initialize` answer carried one.
@@ -172,6 +182,24 @@ impl HttpTransport {
     }
 }
 
+/// `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name`, mirrored from the message as the
+/// 2026-07-28 transport requires.
+fn modern_headers(mut rb: reqwest::RequestBuilder, msg: &Message) -> reqwest::RequestBuilder {
+    let version = jsonrpc::params(msg)
+        .and_then(|p| p.get("_meta"))
+        .and_then(|m| m.get(crate::mcp::meta::PROTOCOL_VERSION))
+        .and_then(Value::as_str)
+        .unwrap_or(crate::mcp::version::LATEST_MODERN);
+    rb = rb.header(VERSION_HEADER, version);
+    if let Some(m) = jsonrpc::method(msg) {
+        rb = rb.header(headers::METHOD, m);
+    }
+    if let Some(n) = headers::name_value(msg) {
+        rb = rb.header(headers::NAME, headers::encode(&n));
+    }
+    rb
+}
+
 fn is_sse(h: &HeaderMap) -> bool {
     h.get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -201,10 +229,17 @@ impl Transport for HttpTransport {
     async fn send(
         &self,
         msg: Message,
+        extra: &[(String, String)],
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
         let is_init = jsonrpc::method(&msg) == Some("initialize");
-        let resp = self
-            .base_request(reqwest::Method::POST)
+        let mut rb = self.base_request(reqwest::Method::POST);
+        if self.modern {
+            rb = modern_headers(rb, &msg);
+            for (k, v) in extra {
+                rb = rb.header(k.as_str(), v.as_str());
+            }
+        }
+        let resp = rb
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json, text/event-stream")
             .body(jsonrpc::to_bytes(&msg))
@@ -264,6 +299,10 @@ impl Transport for HttpTransport {
             )),
             Err(e) => Err(self.err(format!("the answer is not JSON: {e}"))),
         }
+    }
+
+    fn cancels_by_notification(&self) -> bool {
+        !self.modern
     }
 
     async fn close(&self) {

@@ -18,7 +18,7 @@ pub use conn::{Connection, Exchange, UpstreamError};
 
 use crate::config::model::{StdioMode, StdioTransport, UpstreamConfig};
 use crate::mcp::jsonrpc::{self, RpcError};
-use crate::mcp::version;
+use crate::mcp::{meta, version};
 
 /// The client's side of a legacy handshake, replayed to each upstream the gateway connects
 /// for that client.
@@ -44,6 +44,22 @@ impl Hello {
     }
 }
 
+/// How an upstream serves 2026-07-28 traffic: one stateless conversation shared by every
+/// modern client, either spoken natively or bridged over a legacy session the gateway holds.
+#[derive(Clone)]
+pub struct ModernHandle {
+    pub conn: Connection,
+    /// The upstream speaks 2026-07-28; otherwise mcpg bridges over a legacy session.
+    pub native: bool,
+    /// The upstream's `server/discover` result (native) or `initialize` result (bridged).
+    pub info: Value,
+}
+
+/// The capabilities the gateway declares when it speaks for clients it does not know yet.
+fn gateway_capabilities() -> Value {
+    json!({"sampling": {}, "elicitation": {}, "roots": {}})
+}
+
 /// How an upstream's conversations are established.
 enum Kind {
     Stdio {
@@ -66,6 +82,12 @@ pub struct Upstream {
     children: Option<Arc<Semaphore>>,
     /// The one conversation of a `shared` stdio upstream, kept alive by its supervisor.
     shared: Option<tokio::sync::watch::Receiver<Option<Connection>>>,
+    /// The conversation for modern-era clients, established on first use.
+    modern: tokio::sync::Mutex<Option<ModernHandle>>,
+    /// When establishing it last failed, to pace retries.
+    modern_failed: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Whether the upstream speaks 2026-07-28, once known (configured or probed).
+    speaks_modern: std::sync::Mutex<Option<bool>>,
 }
 
 /// A live conversation for one session, holding its share of the upstream's capacity.
@@ -115,12 +137,20 @@ impl Upstream {
             ),
             (None, None) => unreachable!("the config loader requires a transport"),
         };
+        let configured = cfg.http.as_ref().and_then(|h| match h.protocol {
+            crate::config::model::UpstreamProtocol::Auto => None,
+            crate::config::model::UpstreamProtocol::Legacy => Some(false),
+            crate::config::model::UpstreamProtocol::Modern => Some(true),
+        });
         let mut up = Self {
             name: cfg.name.clone(),
             kind,
             timeout,
             children,
             shared,
+            modern: tokio::sync::Mutex::new(None),
+            modern_failed: std::sync::Mutex::new(None),
+            speaks_modern: std::sync::Mutex::new(configured),
         };
         if let Some(s) = &cfg.stdio
             && s.mode == StdioMode::Shared
@@ -256,6 +286,130 @@ impl Upstream {
             }
         }
     }
+}
+
+impl Upstream {
+    /// The conversation modern-era clients use, established on first use: the upstream is
+    /// probed with `server/discover` (unless its era is configured) and the answer
+    /// remembered; a legacy-only upstream gets one legacy session the gateway holds for all
+    /// modern clients. Retried at most once a second after a failure.
+    pub async fn modern(&self) -> Result<ModernHandle, RpcError> {
+        let mut slot = self.modern.lock().await;
+        if let Some(h) = slot.as_ref()
+            && !h.conn.is_closed()
+        {
+            return Ok(h.clone());
+        }
+        if let Some(t) = *self.modern_failed.lock().expect("lock")
+            && t.elapsed() < Duration::from_secs(1)
+        {
+            return Err(UpstreamError::Closed(self.name.clone()).to_rpc());
+        }
+        let known = *self.speaks_modern.lock().expect("lock");
+        match self.establish_modern(known).await {
+            Ok(h) => {
+                *self.speaks_modern.lock().expect("lock") = Some(h.native);
+                tracing::info!(upstream = %self.name, native = h.native, "modern-era conversation established");
+                *slot = Some(h.clone());
+                *self.modern_failed.lock().expect("lock") = None;
+                Ok(h)
+            }
+            Err(e) => {
+                *self.modern_failed.lock().expect("lock") = Some(tokio::time::Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    async fn establish_modern(&self, known: Option<bool>) -> Result<ModernHandle, RpcError> {
+        match &self.kind {
+            Kind::Stdio { cfg, base_dir } => {
+                let (t, incoming) =
+                    stdio::spawn(&self.name, cfg, base_dir).map_err(|e| e.to_rpc())?;
+                let conn = Connection::new(&self.name, t, Some(incoming));
+                if known != Some(false)
+                    && let Some(info) = discover(&conn).await
+                {
+                    return Ok(ModernHandle {
+                        conn,
+                        native: true,
+                        info,
+                    });
+                }
+                // A legacy server ignores or refuses the probe and is still uninitialised.
+                match handshake(&conn, &Hello::gateway()).await {
+                    Ok(info) => {
+                        conn.send(jsonrpc::notification("notifications/initialized", None))
+                            .await
+                            .map_err(|e| e.to_rpc())?;
+                        Ok(ModernHandle {
+                            conn,
+                            native: false,
+                            info,
+                        })
+                    }
+                    Err(e) => {
+                        conn.close().await;
+                        Err(e)
+                    }
+                }
+            }
+            Kind::Http {
+                url,
+                headers,
+                client,
+            } => {
+                if known != Some(false) {
+                    let t = Arc::new(
+                        http::HttpTransport::new(&self.name, url, headers, client.clone())
+                            .map_err(|e| e.to_rpc())?
+                            .into_modern(),
+                    );
+                    let conn = Connection::new(&self.name, t, None);
+                    if let Some(info) = discover(&conn).await {
+                        return Ok(ModernHandle {
+                            conn,
+                            native: true,
+                            info,
+                        });
+                    }
+                    if known == Some(true) {
+                        return Err(RpcError::new(
+                            jsonrpc::code::CONNECTION_CLOSED,
+                            format!("upstream `{}` did not answer server/discover", self.name),
+                        ));
+                    }
+                }
+                let lease = self.connect(&Hello::gateway(), None).await?;
+                let info = lease.conn.handshake.get().cloned().unwrap_or_default();
+                Ok(ModernHandle {
+                    conn: lease.conn,
+                    native: false,
+                    info,
+                })
+            }
+        }
+    }
+}
+
+/// Probes for 2026-07-28 with `server/discover`; the result when the upstream speaks it.
+async fn discover(conn: &Connection) -> Option<Value> {
+    let params = json!({"_meta": {
+        meta::PROTOCOL_VERSION: version::LATEST_MODERN,
+        meta::CLIENT_CAPABILITIES: gateway_capabilities(),
+        meta::CLIENT_INFO: {"name": "mcpg", "version": env!("CARGO_PKG_VERSION")},
+    }});
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        conn.call("server/discover", Some(params)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let speaks = r["supportedVersions"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|v| v.as_str().is_some_and(version::is_modern)));
+    speaks.then_some(r)
 }
 
 async fn connect_stdio(

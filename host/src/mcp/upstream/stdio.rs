@@ -158,6 +158,7 @@ impl Transport for StdioChild {
     async fn send(
         &self,
         msg: Message,
+        _headers: &[(String, String)],
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
         let bytes = crate::mcp::jsonrpc::to_bytes(&msg);
         let tx = self.tx.lock().expect("stdin lock");

@@ -1,6 +1,7 @@
-//! The data plane in the legacy era (initialize, `Mcp-Session-Id`), proven with clients and
-//! servers nobody here wrote: the Python `mcp` client and the TypeScript SDK client, in front
-//! of `mcp-server-time` (stdio) and `server-everything` (Streamable HTTP and stdio).
+//! The data plane in both protocol eras, proven with clients and servers nobody here wrote:
+//! the Python `mcp` client (legacy, auto and 2026-07-28 modes) and the TypeScript SDK client
+//! (legacy), in front of `mcp-server-time` (stdio; speaks both eras) and `server-everything`
+//! (Streamable HTTP and stdio; legacy only, so modern clients reach it through mcpg's bridge).
 
 use serde_json::{Value, json};
 
@@ -197,5 +198,95 @@ fn server_everything_over_stdio_per_session_and_shared() {
                     .contains("Everything Server")
             );
         }
+    }
+}
+
+fn two_upstreams(tag: &str, everything_url: &str) -> Gateway {
+    Gateway::start(
+        tag,
+        &format!(
+            "bindings:\n  - name: all\n    path: /mcp\n    upstreams:\n      - {}\n      - {{name: everything, http: {{url: {:?}}}}}\n",
+            time_stdio(""),
+            everything_url
+        ),
+    )
+}
+
+#[test]
+fn python_client_in_modern_and_auto_modes_reaches_both_eras_of_upstream() {
+    let everything = everything_http();
+    let gw = two_upstreams("mcp-modern-two", &everything.url);
+    let url = gw.url("/mcp");
+    // auto: the client probes with server/discover, mcpg answers for the binding.
+    let auto = py_client(&url, "auto", plan());
+    assert_eq!(auto["era"], "modern", "{auto}");
+    assert_eq!(auto["protocol_version"], "2026-07-28");
+    assert_eq!(auto["server"], "all");
+    check(&auto, "python auto");
+    // Pinned to 2026-07-28 without discovery: every request stands alone.
+    let pinned = py_client(&url, "2026-07-28", plan());
+    assert_eq!(pinned["era"], "modern");
+    let calls = pinned["calls"].as_array().unwrap();
+    assert!(
+        calls[0]["text"].to_string().contains("Asia/Tokyo"),
+        "{pinned}"
+    );
+    assert!(
+        calls[1]["text"]
+            .to_string()
+            .contains("Echo: hello through mcpg"),
+        "{pinned}"
+    );
+    assert!(
+        pinned["reads"][0]["text"]
+            .to_string()
+            .contains("Everything Server"),
+        "{pinned}"
+    );
+}
+
+/// Sampling, elicitation and roots asked by a legacy upstream reach the client: as
+/// server-to-client requests in its legacy session, and as input-required rounds (signed
+/// `requestState`, answers fed back to the upstream) for a modern client.
+#[test]
+fn server_requests_reach_legacy_and_modern_clients() {
+    let everything = everything_http();
+    let gw = two_upstreams("mcp-server-requests", &everything.url);
+    let plan = json!({
+        "answer": true,
+        "calls": [
+            {"name": "everything__trigger-elicitation-request", "arguments": {}},
+            {"name": "everything__trigger-sampling-request", "arguments": {"prompt": "hello", "maxTokens": 10}},
+            {"name": "everything__get-roots-list", "arguments": {}}
+        ]
+    });
+    for mode in ["legacy", "2026-07-28"] {
+        let r = py_client(&gw.url("/mcp"), mode, plan.clone());
+        let calls = r["calls"].as_array().unwrap();
+        assert!(
+            calls[0]["text"].to_string().contains("Name: Ada Lovelace"),
+            "{mode}: elicitation answer did not reach the upstream: {}",
+            calls[0]
+        );
+        assert!(
+            calls[1]["text"]
+                .to_string()
+                .contains("sampled by the test client"),
+            "{mode}: sampling answer did not reach the upstream: {}",
+            calls[1]
+        );
+        assert!(
+            calls[2]["text"]
+                .to_string()
+                .contains("file:///tmp/mcpg-e2e-root"),
+            "{mode}: roots answer did not reach the upstream: {}",
+            calls[2]
+        );
+        let asked = strings(&r["server_requests"]);
+        assert!(
+            asked.contains(&"elicitation/create".to_owned())
+                && asked.contains(&"sampling/createMessage".to_owned()),
+            "{mode}: the client was not asked: {asked:?}"
+        );
     }
 }

@@ -1,0 +1,536 @@
+//! 2026-07-28 ("modern") requests at a binding: `server/discover` merged across upstreams,
+//! requests forwarded to upstreams that speak the revision natively, and the bridge to
+//! legacy upstreams: a server-to-client request from a legacy upstream becomes an
+//! input-required result whose signed `requestState` leads the client's retry back to the
+//! upstream exchange that asked, and the retry's `inputResponses` become JSON-RPC responses
+//! to that upstream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+
+use crate::mcp::binding::{Binding, Context, Reply, Via, merge_capabilities};
+use crate::mcp::jsonrpc::{self, Kind, Message, RpcError, code};
+use crate::mcp::names::{self, Route};
+use crate::mcp::upstream::Exchange;
+use crate::mcp::{meta, version};
+
+/// Methods 2026-07-28 removed; a modern client calling them gets "method not found".
+const REMOVED: &[&str] = &[
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "tasks/result",
+    "tasks/list",
+];
+
+/// How long a parked upstream exchange waits for the client's retry.
+const PARK_TTL: Duration = Duration::from_secs(600);
+
+/// The key signing `requestState`: shared by every replica through the `pipelines` store
+/// (created once), so a retry verifies wherever it lands.
+#[derive(Default)]
+pub struct StateKey(tokio::sync::OnceCell<Vec<u8>>);
+
+impl StateKey {
+    async fn get(&self, ctx: &Context) -> Result<&[u8], RpcError> {
+        self.0
+            .get_or_try_init(|| async {
+                let store = &ctx.caps.pipelines.store;
+                let fresh: Vec<u8> = (0..4)
+                    .flat_map(|_| *uuid::Uuid::new_v4().as_bytes())
+                    .collect();
+                let err = |e: mcpg_plugin_api::coordinator::CoordError| {
+                    RpcError::new(
+                        code::INTERNAL_ERROR,
+                        format!("cannot read the state key: {e}"),
+                    )
+                };
+                if store
+                    .create("state-key", fresh.clone(), None)
+                    .await
+                    .map_err(err)?
+                    .is_some()
+                {
+                    return Ok(fresh);
+                }
+                Ok(store
+                    .get("state-key")
+                    .await
+                    .map_err(err)?
+                    .map(|e| e.value)
+                    .unwrap_or(fresh))
+            })
+            .await
+            .map(Vec::as_slice)
+    }
+}
+
+/// What mcpg's own `requestState` carries.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    /// Format version.
+    v: u32,
+    /// The upstream (by name) the exchange belongs to.
+    u: String,
+    /// The upstream's own `requestState`, for upstreams that speak 2026-07-28.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<String>,
+    /// The parked upstream exchange, for bridged legacy upstreams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<String>,
+}
+
+const STATE_PREFIX: &str = "mcpg1.";
+
+async fn seal(ctx: &Context, st: &State) -> Result<String, RpcError> {
+    let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(st).expect("serialisable"));
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(ctx.state_key.get(ctx).await?).expect("any key length");
+    mac.update(body.as_bytes());
+    let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    Ok(format!("{STATE_PREFIX}{body}.{tag}"))
+}
+
+async fn open(ctx: &Context, s: &str) -> Result<State, RpcError> {
+    let bad =
+        || RpcError::invalid_params("requestState was not issued by this gateway or was altered");
+    let rest = s.strip_prefix(STATE_PREFIX).ok_or_else(bad)?;
+    let (body, tag) = rest.split_once('.').ok_or_else(bad)?;
+    let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| bad())?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(ctx.state_key.get(ctx).await?).expect("any key length");
+    mac.update(body.as_bytes());
+    mac.verify_slice(&tag).map_err(|_| bad())?;
+    let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map_err(|_| bad())
+}
+
+/// An upstream exchange waiting for the client's answers to the requests it made.
+struct ParkedExchange {
+    ex: Exchange,
+    up: usize,
+    method: String,
+    /// Input key → the upstream's request awaiting the client's answer.
+    pending: HashMap<String, Message>,
+    since: tokio::time::Instant,
+}
+
+/// Upstream exchanges parked between input-required rounds (live work on this replica; the
+/// signed `requestState` carries the routing).
+#[derive(Default)]
+pub struct Parked(Mutex<HashMap<String, ParkedExchange>>);
+
+/// Drops parked exchanges nobody came back for (cancelling them upstream).
+pub fn spawn_parked_reaper(ctx: Arc<Context>) {
+    let weak = Arc::downgrade(&ctx);
+    drop(ctx);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let Some(ctx) = weak.upgrade() else { return };
+            ctx.parked
+                .0
+                .lock()
+                .expect("lock")
+                .retain(|_, p| p.since.elapsed() < PARK_TTL);
+        }
+    });
+}
+
+fn removed_error(id: Value, method: &str) -> Message {
+    jsonrpc::error(
+        id,
+        code::METHOD_NOT_FOUND,
+        format!("Method not found: `{method}` is not part of MCP 2026-07-28"),
+        None,
+    )
+}
+
+impl Binding {
+    /// Answers one 2026-07-28 request (already validated against its headers). `extra` holds
+    /// the client's `Mcp-Param-*` headers, forwarded to upstreams that speak the revision.
+    pub async fn modern_request(
+        self: &Arc<Self>,
+        mut msg: Message,
+        extra: Vec<(String, String)>,
+    ) -> Reply {
+        let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
+        if REMOVED.contains(&method.as_str()) {
+            return Reply::Json(removed_error(id, &method));
+        }
+        if method == "server/discover" {
+            return Reply::Json(jsonrpc::result(id, self.discover().await));
+        }
+        // A retry answering an input-required result carries mcpg's requestState.
+        let state = match jsonrpc::params(&msg)
+            .and_then(|p| p.get("requestState"))
+            .and_then(Value::as_str)
+        {
+            Some(s) => match open(&self.ctx, s).await {
+                Ok(st) => Some(st),
+                Err(e) => return Reply::Json(e.to_message(id)),
+            },
+            None => None,
+        };
+        let route = match self.naming.route(&mut msg) {
+            Ok(r) => r,
+            Err(e) => return Reply::Json(e.to_message(id)),
+        };
+        let up = match route {
+            Route::Local => return Reply::Json(removed_error(id, &method)),
+            Route::All if names::list_key(&method).is_some() => {
+                return Reply::Json(match self.merged_list(Via::Modern, &method, &msg).await {
+                    Ok(mut r) => {
+                        meta::complete(&mut r);
+                        meta::cache_hints(&mut r);
+                        jsonrpc::result(id, r)
+                    }
+                    Err(e) => e.to_message(id),
+                });
+            }
+            Route::All => return Reply::Json(removed_error(id, &method)),
+            Route::One(up) => up,
+            Route::Search { list, name } => match self.search(Via::Modern, list, &name).await {
+                Some(up) => up,
+                None => {
+                    return Reply::Json(
+                        RpcError::invalid_params(format!("no upstream offers `{name}`"))
+                            .to_message(id),
+                    );
+                }
+            },
+        };
+        if self.fail_closed()
+            && let Err(e) = self.all_up(Via::Modern).await
+        {
+            return Reply::Json(e.to_message(id));
+        }
+        if let Some(st) = state {
+            if st.u != self.upstreams[up].name {
+                return Reply::Json(
+                    RpcError::invalid_params("requestState belongs to another upstream")
+                        .to_message(id),
+                );
+            }
+            if let Some(key) = st.p {
+                let responses = jsonrpc::params(&msg)
+                    .and_then(|p| p.get("inputResponses"))
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                return self.resume(id, key, responses).await;
+            }
+            let p = jsonrpc::params_mut(&mut msg);
+            match st.s {
+                Some(inner) => p.insert("requestState".into(), json!(inner)),
+                None => p.remove("requestState"),
+            };
+        }
+        let handle = match self.upstreams[up].modern().await {
+            Ok(h) => h,
+            Err(e) => return Reply::Json(e.to_message(id)),
+        };
+        let mut ex = match handle.conn.request_with(msg, &extra).await {
+            Ok(ex) => ex,
+            Err(e) => return Reply::Json(e.to_rpc().to_message(id)),
+        };
+        // Closing the client's stream cancels: an upstream on stdio or a bridged legacy
+        // session is told; an HTTP upstream sees its own stream closed.
+        if !handle.native || handle.conn.cancels_by_notification() {
+            ex.cancel_on_drop();
+        }
+        self.relay_modern(ex, up, id, method, handle.native).await
+    }
+
+    /// Relays an exchange to a modern client: notifications on the response stream, the
+    /// response last. From a bridged legacy upstream, a server request ends the response
+    /// with an input-required result and parks the exchange for the retry.
+    async fn relay_modern(
+        self: &Arc<Self>,
+        mut ex: Exchange,
+        up: usize,
+        id: Value,
+        method: String,
+        native: bool,
+    ) -> Reply {
+        let deadline = tokio::time::Instant::now() + self.upstreams[up].timeout;
+        let first = tokio::select! {
+            m = ex.next() => m,
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        let Some(first) = first else {
+            return Reply::Json(jsonrpc::error(
+                id,
+                code::CONNECTION_CLOSED,
+                format!("upstream `{}` did not answer", self.upstreams[up].name),
+                None,
+            ));
+        };
+        if jsonrpc::kind(&first) != Kind::Notification {
+            return Reply::Json(self.modern_out(ex, up, id, &method, native, first).await);
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut next = Some(first);
+            loop {
+                let m = match next.take() {
+                    Some(m) => m,
+                    None => tokio::select! {
+                        m = ex.next() => match m {
+                            Some(m) => m,
+                            None => break,
+                        },
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        // The client closed its stream: dropping the exchange cancels it.
+                        _ = tx.closed() => return,
+                    },
+                };
+                if jsonrpc::kind(&m) == Kind::Notification {
+                    let mut m = m;
+                    me.naming.notification_out(up, &mut m);
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let out = me.modern_out(ex, up, id, &method, native, m).await;
+                let _ = tx.send(out).await;
+                return;
+            }
+            let _ = tx
+                .send(jsonrpc::error(
+                    id,
+                    code::CONNECTION_CLOSED,
+                    format!("upstream `{}` did not answer", me.upstreams[up].name),
+                    None,
+                ))
+                .await;
+        });
+        Reply::Stream(rx)
+    }
+
+    /// The message that ends a modern response: the upstream's response in 2026-07-28
+    /// shape, or (bridged) an input-required result for the server request that arrived.
+    async fn modern_out(
+        &self,
+        ex: Exchange,
+        up: usize,
+        id: Value,
+        method: &str,
+        native: bool,
+        m: Message,
+    ) -> Message {
+        match jsonrpc::kind(&m) {
+            Kind::Request if !native => match self.park(ex, up, method, vec![m]).await {
+                Ok(r) => jsonrpc::result(id, r),
+                Err(e) => e.to_message(id),
+            },
+            Kind::Request => {
+                // A modern upstream must not send requests; there is nobody to answer it.
+                jsonrpc::error(
+                    id,
+                    code::INTERNAL_ERROR,
+                    format!(
+                        "upstream `{}` sent a request on a 2026-07-28 stream",
+                        self.upstreams[up].name
+                    ),
+                    None,
+                )
+            }
+            _ => {
+                let mut out = self.response_out(method, up, id.clone(), m);
+                if let Some(r) = out.get_mut("result") {
+                    if !native {
+                        meta::complete(r);
+                        if meta::cacheable(method) {
+                            meta::cache_hints(r);
+                        }
+                    }
+                    if r["resultType"] == "input_required" {
+                        let inner = r["requestState"].as_str().map(str::to_owned);
+                        let st = State {
+                            v: 1,
+                            u: self.upstreams[up].name.clone(),
+                            s: inner,
+                            p: None,
+                        };
+                        match seal(&self.ctx, &st).await {
+                            Ok(sealed) => r["requestState"] = json!(sealed),
+                            Err(e) => return e.to_message(id),
+                        }
+                    }
+                    if r["resultType"] == "task" && self.naming.prefix {
+                        if let Some(t) = r["taskId"].as_str() {
+                            r["taskId"] =
+                                json!(format!("{}{}{t}", self.upstreams[up].name, self.naming.sep));
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Parks a bridged exchange whose legacy upstream asked the client something, and
+    /// returns the input-required result that asks the modern client instead.
+    async fn park(
+        &self,
+        ex: Exchange,
+        up: usize,
+        method: &str,
+        requests: Vec<Message>,
+    ) -> Result<Value, RpcError> {
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        let mut inputs = Map::new();
+        let mut pending = HashMap::new();
+        for (i, request) in requests.into_iter().enumerate() {
+            let input_key = format!("mcpg-{i}");
+            let mut embedded = Map::new();
+            embedded.insert(
+                "method".into(),
+                request.get("method").cloned().unwrap_or(Value::Null),
+            );
+            if let Some(p) = request.get("params") {
+                embedded.insert("params".into(), p.clone());
+            }
+            inputs.insert(input_key.clone(), Value::Object(embedded));
+            pending.insert(input_key, request);
+        }
+        let state = seal(
+            &self.ctx,
+            &State {
+                v: 1,
+                u: self.upstreams[up].name.clone(),
+                s: None,
+                p: Some(key.clone()),
+            },
+        )
+        .await?;
+        self.ctx.parked.0.lock().expect("lock").insert(
+            key,
+            ParkedExchange {
+                ex,
+                up,
+                method: method.to_owned(),
+                pending,
+                since: tokio::time::Instant::now(),
+            },
+        );
+        Ok(json!({
+            "resultType": "input_required",
+            "inputRequests": inputs,
+            "requestState": state,
+        }))
+    }
+
+    /// A retry answering a bridged input-required result: the answers go to the upstream as
+    /// responses to its requests, and the exchange carries on under the retry's id.
+    async fn resume(
+        self: &Arc<Self>,
+        id: Value,
+        key: String,
+        responses: Map<String, Value>,
+    ) -> Reply {
+        let parked = self.ctx.parked.0.lock().expect("lock").remove(&key);
+        let Some(mut p) = parked else {
+            return Reply::Json(
+                RpcError::invalid_params(
+                    "requestState refers to an exchange that ended or expired; send the request again without it",
+                )
+                .to_message(id),
+            );
+        };
+        for (k, v) in responses {
+            if let Some(request) = p.pending.remove(&k) {
+                let answer = jsonrpc::result(request.get("id").cloned().unwrap_or(Value::Null), v);
+                if let Err(e) = p.ex.connection().send(answer).await {
+                    return Reply::Json(e.to_rpc().to_message(id));
+                }
+            }
+        }
+        if !p.pending.is_empty() {
+            // Not every question was answered: ask again for the rest.
+            let ParkedExchange {
+                ex,
+                up,
+                method,
+                pending,
+                ..
+            } = p;
+            let requests = pending.into_values().collect();
+            return Reply::Json(match self.park(ex, up, &method, requests).await {
+                Ok(r) => jsonrpc::result(id, r),
+                Err(e) => e.to_message(id),
+            });
+        }
+        self.relay_modern(p.ex, p.up, id, p.method, false).await
+    }
+
+    /// `server/discover` for the binding: the upstreams' capabilities (their own discovery
+    /// result, or the `initialize` result of the session bridging a legacy upstream).
+    pub async fn discover(&self) -> Value {
+        let mut answers = Vec::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            match u.modern().await {
+                Ok(h) => answers.push((i, h.info)),
+                Err(e) => {
+                    tracing::warn!(binding = %self.name, upstream = %u.name, error = %e, "server/discover: upstream left out");
+                }
+            }
+        }
+        let mut caps = Map::new();
+        let mut instructions = Vec::new();
+        let mut server_info = json!({"name": self.name, "version": env!("CARGO_PKG_VERSION")});
+        for (i, a) in &answers {
+            if let Some(c) = a["capabilities"].as_object() {
+                let mut c = c.clone();
+                // The legacy tasks capability has no place in 2026-07-28.
+                c.remove("tasks");
+                merge_capabilities(&mut caps, &c);
+            }
+            if let Some(s) = a["instructions"].as_str() {
+                instructions.push(if self.single_passthrough() {
+                    s.to_owned()
+                } else {
+                    format!("{}: {s}", self.upstreams[*i].name)
+                });
+            }
+            if self.single_passthrough() {
+                let info = a["_meta"][meta::SERVER_INFO].clone();
+                let info = if info.is_null() {
+                    a["serverInfo"].clone()
+                } else {
+                    info
+                };
+                if !info.is_null() {
+                    server_info = info;
+                }
+            }
+        }
+        let mut r = json!({
+            "resultType": "complete",
+            "supportedVersions": version::all(),
+            "capabilities": caps,
+            "_meta": {meta::SERVER_INFO: server_info},
+            "ttlMs": 0,
+            "cacheScope": "private",
+        });
+        if !instructions.is_empty() {
+            r["instructions"] = json!(instructions.join("\n\n"));
+        }
+        r
+    }
+}
