@@ -269,3 +269,199 @@ fn unknown_fields_and_methods_pass_through_unchanged() {
         "upstream saw {seen}"
     );
 }
+
+/// Request headers as a test builds them.
+type Headers = Vec<(&'static str, String)>;
+/// A modern case: what it is, the body, how its headers are spoiled, the status and code.
+type ModernCase<'a> = (&'a str, Value, Box<dyn FnOnce(&mut Headers)>, u16, i64);
+
+/// A 2026-07-28 request with its metadata headers; `f` edits the headers before sending.
+fn modern(gw: &Gateway, body: &Value, f: impl FnOnce(&mut Headers)) -> (u16, Value) {
+    let mut h: Headers = vec![
+        ("Content-Type", "application/json".into()),
+        ("Accept", "application/json, text/event-stream".into()),
+        ("MCP-Protocol-Version", "2026-07-28".into()),
+        (
+            "Mcp-Method",
+            body["method"].as_str().unwrap_or_default().into(),
+        ),
+    ];
+    if let Some(n) = body["params"]["name"].as_str() {
+        h.push(("Mcp-Name", n.into()));
+    }
+    f(&mut h);
+    let headers: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _, text) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &headers,
+        body.to_string().as_bytes(),
+    );
+    (
+        status,
+        if text.is_empty() {
+            Value::Null
+        } else {
+            body_json(&text)
+        },
+    )
+}
+
+fn modern_call(name: &str) -> Value {
+    json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+        "name": name, "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}
+    }})
+}
+
+#[test]
+fn modern_requests_are_checked_against_their_headers() {
+    let gw = echo_gateway("mcp-proto-modern", "");
+    // A well-formed request is served without any session, and is told it is complete.
+    let (status, r) = modern(&gw, &modern_call("echo"), |_| {});
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["result"]["content"][0]["text"], "ok");
+    assert_eq!(
+        r["result"]["resultType"], "complete",
+        "legacy results gain resultType"
+    );
+    let set = |h: &mut Headers, k: &'static str, v: &str| {
+        h.retain(|(n, _)| *n != k);
+        h.push((k, v.into()));
+    };
+    let cases: Vec<ModernCase> = vec![
+        (
+            "Mcp-Method differs",
+            modern_call("echo"),
+            Box::new(move |h| set(h, "Mcp-Method", "tools/list")),
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Method missing",
+            modern_call("echo"),
+            Box::new(|h| h.retain(|(k, _)| *k != "Mcp-Method")),
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Name differs",
+            modern_call("echo"),
+            Box::new(move |h| set(h, "Mcp-Name", "other")),
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Name missing",
+            modern_call("echo"),
+            Box::new(|h| h.retain(|(k, _)| *k != "Mcp-Name")),
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Name bad base64",
+            modern_call("echo"),
+            Box::new(move |h| set(h, "Mcp-Name", "=?base64?***?=")),
+            400,
+            -32020,
+        ),
+        (
+            "version header differs from body",
+            modern_call("echo"),
+            Box::new(move |h| set(h, "MCP-Protocol-Version", "2025-11-25")),
+            400,
+            -32020,
+        ),
+        (
+            "unsupported version",
+            {
+                let mut c = modern_call("echo");
+                c["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] =
+                    json!("2099-01-01");
+                c
+            },
+            Box::new(move |h| set(h, "MCP-Protocol-Version", "2099-01-01")),
+            400,
+            -32022,
+        ),
+        (
+            "no client capabilities",
+            {
+                let mut c = modern_call("echo");
+                c["params"]["_meta"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("io.modelcontextprotocol/clientCapabilities");
+                c
+            },
+            Box::new(|_| {}),
+            400,
+            -32602,
+        ),
+        (
+            "ping was removed",
+            json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}),
+            Box::new(|_| {}),
+            404,
+            -32601,
+        ),
+        (
+            "forged requestState",
+            {
+                let mut c = modern_call("echo");
+                c["params"]["requestState"] = json!("mcpg1.eyJ2IjoxLCJ1IjoiZWNobyJ9.AAAA");
+                c
+            },
+            Box::new(|_| {}),
+            200,
+            -32602,
+        ),
+    ];
+    for (what, body, edit, want, code) in cases {
+        let (status, r) = modern(&gw, &body, edit);
+        assert_eq!(status, want, "{what}: {r}");
+        assert_eq!(r["error"]["code"], code, "{what}: {r}");
+        if code == -32022 {
+            assert_eq!(r["error"]["data"]["requested"], "2099-01-01");
+            assert!(
+                r["error"]["data"]["supported"]
+                    .to_string()
+                    .contains("2026-07-28")
+            );
+        }
+    }
+    // Base64-encoded names are decoded before comparing.
+    let (status, r) = modern(&gw, &modern_call("é"), |h| {
+        set(h, "Mcp-Name", "=?base64?w6k=?=")
+    });
+    assert_eq!(status, 200, "{r}");
+    // GET and DELETE belong to the legacy era.
+    let (status, _, _) = http(
+        gw.addr,
+        "GET",
+        "/mcp",
+        &[
+            ("Accept", "text/event-stream"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+        ],
+        b"",
+    );
+    assert_eq!(status, 405);
+    // server/discover describes the binding.
+    let discover = json!({"jsonrpc":"2.0","id":"d","method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}});
+    let (status, r) = modern(&gw, &discover, |_| {});
+    assert_eq!(status, 200, "{r}");
+    assert!(
+        r["result"]["supportedVersions"]
+            .to_string()
+            .contains("2026-07-28"),
+        "{r}"
+    );
+    assert!(r["result"]["capabilities"]["tools"].is_object(), "{r}");
+    assert_eq!(r["result"]["resultType"], "complete");
+    assert!(
+        r["result"]["ttlMs"].is_number() && r["result"]["cacheScope"].is_string(),
+        "{r}"
+    );
+}
