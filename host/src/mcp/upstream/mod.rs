@@ -184,6 +184,7 @@ impl Upstream {
                 match connect_stdio(&name, &cfg, &base_dir, &Hello::gateway()).await {
                     Ok(conn) => {
                         tx.send_replace(Some(conn.clone()));
+                        answer_unattributable(&conn);
                         conn.closed().await;
                         tx.send_replace(None);
                         if started.elapsed() > Duration::from_secs(60) {
@@ -342,6 +343,7 @@ impl Upstream {
                         conn.send(jsonrpc::notification("notifications/initialized", None))
                             .await
                             .map_err(|e| e.to_rpc())?;
+                        answer_unattributable(&conn);
                         Ok(ModernHandle {
                             conn,
                             native: false,
@@ -382,6 +384,8 @@ impl Upstream {
                 }
                 let lease = self.connect(&Hello::gateway(), None).await?;
                 let info = lease.conn.handshake.get().cloned().unwrap_or_default();
+                answer_unattributable(&lease.conn);
+                answer_unattributable(&lease.conn);
                 Ok(ModernHandle {
                     conn: lease.conn,
                     native: false,
@@ -410,6 +414,38 @@ async fn discover(conn: &Connection) -> Option<Value> {
         .as_array()
         .is_some_and(|v| v.iter().any(|v| v.as_str().is_some_and(version::is_modern)));
     speaks.then_some(r)
+}
+
+/// A shared child's requests that arrive outside any request cannot be attributed to one
+/// client; they are answered with an error so the child is not left waiting.
+fn answer_unattributable(conn: &Connection) {
+    let mut rx = conn.unsolicited();
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        loop {
+            let m = tokio::select! {
+                m = rx.recv() => m,
+                _ = conn.closed() => return,
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            if jsonrpc::kind(&m) == jsonrpc::Kind::Request {
+                let id = m.get("id").cloned().unwrap_or(Value::Null);
+                tracing::warn!(upstream = %conn.name(), method = jsonrpc::method(&m).unwrap_or_default(), "a shared child asked something outside any request; answering with an error");
+                let _ = conn
+                    .send(jsonrpc::error(
+                        id,
+                        jsonrpc::code::INVALID_REQUEST,
+                        "mcpg cannot tell which client this request is for (shared stdio upstream with several requests in flight)",
+                        None,
+                    ))
+                    .await;
+            }
+        }
+    });
 }
 
 async fn connect_stdio(
