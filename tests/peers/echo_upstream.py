@@ -3,6 +3,7 @@ for the lossless pass-through tests. Not a model of a real server: it proves wha
 forwards and what it returns, byte for byte in meaning.
 
 initialize -> a normal InitializeResult (plus an unknown field)
+echo/emit {count} -> answers, then sends `count` notifications/message outside any request
 any other request -> {"received": <the request>, "x-extra": {...}, "content": [...]}
 notifications -> remembered; the method `echo/notifications` returns them
 """
@@ -37,6 +38,11 @@ for line in sys.stdin:
         }})
     elif msg["method"] == "echo/notifications":
         send({"jsonrpc": "2.0", "id": msg["id"], "result": {"notifications": seen}})
+    elif msg["method"] == "echo/emit":
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+        for i in range(msg["params"]["count"]):
+            send({"jsonrpc": "2.0", "method": "notifications/message",
+                  "params": {"level": "info", "data": {"n": i + 1}}})
     elif msg["method"] == "tools/list":
         send({"jsonrpc": "2.0", "id": msg["id"], "result": {
             "tools": [{"name": "echo", "inputSchema": {"type": "object"}, "x-tool-extra": {"a": None}}],

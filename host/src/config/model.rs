@@ -362,6 +362,23 @@ pub struct SessionsConfig {
     #[serde(default = "default_idle_ttl")]
     #[schemars(range(min = 1000, max = 604_800_000))]
     pub idle_ttl_ms: u64,
+    /// How many of a session's GET-stream messages are kept for `Last-Event-ID` resumption;
+    /// older ones are dropped.
+    #[serde(default = "default_event_log_max_events")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub event_log_max_events: u64,
+    /// How long a GET-stream message is kept for resumption, in milliseconds.
+    #[serde(default = "default_event_log_max_age")]
+    #[schemars(range(min = 1000, max = 86_400_000))]
+    pub event_log_max_age_ms: u64,
+}
+
+fn default_event_log_max_events() -> u64 {
+    1000
+}
+
+fn default_event_log_max_age() -> u64 {
+    5 * 60 * 1000
 }
 
 fn default_idle_ttl() -> u64 {
@@ -372,6 +389,8 @@ impl Default for SessionsConfig {
     fn default() -> Self {
         Self {
             idle_ttl_ms: default_idle_ttl(),
+            event_log_max_events: default_event_log_max_events(),
+            event_log_max_age_ms: default_event_log_max_age(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! finds the upstream that asked.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,6 +120,9 @@ pub struct Context {
     pub parked: crate::mcp::modern::Parked,
     /// The key that signs the `requestState` mcpg hands to modern clients.
     pub state_key: crate::mcp::modern::StateKey,
+    /// Bounds of each session's GET-stream event log.
+    pub log_max_events: u64,
+    pub log_max_age: Duration,
 }
 
 /// A server-to-client request awaiting the client's answer, kept in the `pipelines` store.
@@ -355,7 +359,7 @@ impl Binding {
                 Kind::Invalid => continue,
             };
             if let Err(unsent) = tx.send(out).await {
-                self.deliver(&live.id, &unsent.0).await;
+                self.deliver(&live.id, &live.events, &unsent.0).await;
             }
             if done {
                 return;
@@ -582,41 +586,91 @@ impl Binding {
         }
     }
 
-    /// Sends a message to the client's GET stream, wherever it is held, through the
-    /// `delivery` bus.
-    pub async fn deliver(&self, sid: &str, m: &Message) {
-        if let Err(e) = self
-            .ctx
-            .caps
-            .delivery
-            .bus
-            .publish(&format!("s.{sid}"), jsonrpc::to_bytes(m))
-            .await
-        {
+    /// Sends a message to the client's GET stream, wherever it is held: numbered with the
+    /// session's next event id, kept in the session's event log (bounded by count and age) for
+    /// `Last-Event-ID` resumption, and published on the `delivery` bus.
+    pub async fn deliver(&self, sid: &str, seq: &AtomicU64, m: &Message) {
+        let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let payload = serde_json::to_vec(&json!({"seq": n, "message": m})).expect("serialisable");
+        let delivery = &self.ctx.caps.delivery;
+        let logged = delivery
+            .store
+            .put(
+                &log_key(sid, n),
+                payload.clone(),
+                Some(self.ctx.log_max_age),
+            )
+            .await;
+        if let Err(e) = logged {
+            tracing::warn!(session = %sid, error = %e, "cannot keep a message for resumption");
+        }
+        if n > self.ctx.log_max_events {
+            let _ = delivery
+                .store
+                .delete(&log_key(sid, n - self.ctx.log_max_events), None)
+                .await;
+        }
+        if let Err(e) = delivery.bus.publish(&format!("s.{sid}"), payload).await {
             tracing::warn!(session = %sid, error = %e, "cannot deliver a message to the client");
         }
     }
 
-    /// The messages for one session's GET stream.
+    /// The messages for one session's GET stream, with their event ids: those after
+    /// `last_event_id` still in the log first (a resumption), then new ones as they come.
     pub async fn delivery_stream(
         &self,
         sid: &str,
-    ) -> Result<futures::stream::BoxStream<'static, Message>, RpcError> {
-        let s = self
-            .ctx
-            .caps
-            .delivery
+        last_event_id: Option<u64>,
+    ) -> Result<futures::stream::BoxStream<'static, (u64, Message)>, RpcError> {
+        let delivery = &self.ctx.caps.delivery;
+        let err = |e: mcpg_plugin_api::coordinator::CoordError| {
+            RpcError::new(code::INTERNAL_ERROR, e.to_string())
+        };
+        // Subscribe before reading the log, so nothing falls between the two.
+        let live = delivery
             .bus
             .subscribe(&format!("s.{sid}"))
             .await
-            .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))?;
-        Ok(s.filter_map(|m| async move {
-            match serde_json::from_slice::<Value>(&m.payload) {
-                Ok(Value::Object(o)) => Some(o),
-                _ => None,
+            .map_err(err)?;
+        let mut replay: Vec<(u64, Message)> = Vec::new();
+        if let Some(last) = last_event_id {
+            for e in delivery
+                .store
+                .list(&format!("log/{sid}/"))
+                .await
+                .map_err(err)?
+            {
+                if let Some(ev) = parse_event(&e.value)
+                    && ev.0 > last
+                {
+                    replay.push(ev);
+                }
             }
-        })
-        .boxed())
+            replay.sort_by_key(|(n, _)| *n);
+        }
+        let floor = replay
+            .last()
+            .map(|(n, _)| *n)
+            .or(last_event_id)
+            .unwrap_or(0);
+        let live =
+            live.filter_map(
+                move |m| async move { parse_event(&m.payload).filter(|(n, _)| *n > floor) },
+            );
+        Ok(futures::stream::iter(replay).chain(live).boxed())
+    }
+}
+
+fn log_key(sid: &str, n: u64) -> String {
+    format!("log/{sid}/{n:016x}")
+}
+
+fn parse_event(bytes: &[u8]) -> Option<(u64, Message)> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    let n = v.get("seq")?.as_u64()?;
+    match v.get("message")? {
+        Value::Object(m) => Some((n, m.clone())),
+        _ => None,
     }
 }
 

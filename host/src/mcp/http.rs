@@ -462,7 +462,9 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
         Ok(l) => l,
         Err(r) => return r,
     };
-    let stream = match b.delivery_stream(&live.id).await {
+    // Resumption: the client names the last event it saw.
+    let last = header(&headers, "last-event-id").and_then(|v| v.trim().parse::<u64>().ok());
+    let stream = match b.delivery_stream(&live.id, last).await {
         Ok(s) => s,
         Err(e) => {
             return http_error(
@@ -473,7 +475,7 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
             );
         }
     };
-    let events = stream.map(|m| Ok::<_, Infallible>(event(&m)));
+    let events = stream.map(|(n, m)| Ok::<_, Infallible>(event(&m).id(n.to_string())));
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

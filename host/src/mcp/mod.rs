@@ -53,6 +53,8 @@ impl Gateway {
             inflight: Inflight::default(),
             parked: modern::Parked::default(),
             state_key: modern::StateKey::default(),
+            log_max_events: c.mcp.sessions.event_log_max_events,
+            log_max_age: Duration::from_millis(c.mcp.sessions.event_log_max_age_ms),
         });
         modern::spawn_parked_reaper(ctx.clone());
         binding::spawn_cancellation_listener(ctx.clone());

@@ -3,6 +3,7 @@
 //! the live side a replica holds for a session it serves (its upstream conversations).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,6 +69,8 @@ pub struct Live {
     pub slots: Vec<Slot>,
     touched: Mutex<(Instant, Instant)>,
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The last event id given to a GET-stream message of this session.
+    pub events: Arc<AtomicU64>,
 }
 
 impl Live {
@@ -121,6 +124,7 @@ impl Live {
         let binding = self.binding.clone();
         let sid = self.id.clone();
         let conn = lease.conn.clone();
+        let events = self.events.clone();
         let h = tokio::spawn(async move {
             loop {
                 let m = tokio::select! {
@@ -138,12 +142,12 @@ impl Live {
                 match jsonrpc::kind(&m) {
                     Kind::Notification => {
                         binding.naming.notification_out(up, &mut m);
-                        binding.deliver(&sid, &m).await;
+                        binding.deliver(&sid, &events, &m).await;
                     }
                     // A shared child's requests cannot be attributed to one client; its
                     // supervisor answers them.
                     Kind::Request if owned => match binding.to_client_request(&sid, up, m).await {
-                        Ok(m) => binding.deliver(&sid, &m).await,
+                        Ok(m) => binding.deliver(&sid, &events, &m).await,
                         Err(e) => {
                             tracing::warn!(session = %sid, error = %e, "cannot relay a server request")
                         }
@@ -354,6 +358,7 @@ impl Sessions {
                 .collect(),
             touched: Mutex::new((now, now)),
             pumps: Mutex::new(Vec::new()),
+            events: Arc::new(AtomicU64::new(0)),
         });
         for (i, l) in leases.into_iter().enumerate() {
             if let Some(l) = l {

@@ -4,7 +4,9 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{header, http};
+use std::time::Duration;
+
+use crate::harness::{header, http, http_for};
 use crate::peers::{Gateway, peers_script, python};
 
 /// What one malformed request is, and the status and JSON-RPC code it must get.
@@ -463,5 +465,78 @@ fn modern_requests_are_checked_against_their_headers() {
     assert!(
         r["result"]["ttlMs"].is_number() && r["result"]["cacheScope"].is_string(),
         "{r}"
+    );
+}
+
+/// The `data.n` of every `notifications/message` event on an SSE body, with its event id.
+fn sse_messages(body: &str) -> Vec<(u64, i64)> {
+    let mut out = Vec::new();
+    for block in body.replace("\r\n", "\n").split("\n\n") {
+        let mut id = None;
+        let mut data = None;
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            }
+            if let Some(d) = line.strip_prefix("data:") {
+                data = serde_json::from_str::<Value>(d.trim()).ok();
+            }
+        }
+        if let Some(v) = data
+            && v["method"] == "notifications/message"
+        {
+            let id = id.expect("every GET-stream event has an id");
+            out.push((id, v["params"]["data"]["n"].as_i64().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_get_stream_resumes_after_last_event_id() {
+    let gw = echo_gateway("mcp-proto-resume", "");
+    let sid = initialize(&gw);
+    let session = ("Mcp-Session-Id", sid.as_str());
+    // Three messages outside any request, while the client has no GET stream open.
+    let (status, _, text) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, session],
+        br#"{"jsonrpc":"2.0","id":1,"method":"echo/emit","params":{"count":3}}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    let get = |last: &str| {
+        let (status, headers, body) = http_for(
+            gw.addr,
+            "GET",
+            "/mcp",
+            &[
+                ("Accept", "text/event-stream"),
+                session,
+                ("Last-Event-ID", last),
+            ],
+            b"",
+            Duration::from_millis(1500),
+        );
+        assert_eq!(status, 200);
+        assert!(
+            header(&headers, "content-type")
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        sse_messages(&body)
+    };
+    let all = get("0");
+    assert_eq!(
+        all.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "{all:?}"
+    );
+    let after_second = get(&all[1].0.to_string());
+    assert_eq!(
+        after_second,
+        [all[2]],
+        "only what came after the named event is replayed"
     );
 }
