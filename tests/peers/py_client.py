@@ -5,7 +5,10 @@ usage: py_client.py URL MODE PLAN
   PLAN  JSON: {"calls": [{"name": ..., "arguments": {...}}],
                "prompts": [{"name": ..., "arguments": {...}}],
                "reads": ["uri", ...],
-               "answer": true}   # declare sampling, elicitation and roots, and answer them
+               "answer": true,   # declare sampling, elicitation and roots, and answer them
+               "listen": {"resource_subscriptions": [...], "trigger": {"name":..,"arguments":..},
+                          "events": N}}   # 2026-07-28: subscriptions/listen, then a call,
+                                          # then wait (up to 30 s) for N events
 
 The report lists what the server offers (every page of every list) and what each planned
 operation returned, so the end-to-end tests can assert on what a real client saw.
@@ -113,6 +116,19 @@ async def main() -> None:
                 report["reads"].append({"uri": uri, "text": text_of(r.contents)})
             except Exception as e:
                 report["reads"].append({"uri": uri, "exception": repr(e)})
+        if "listen" in plan:
+            spec = plan["listen"]
+            events = []
+            async with c.listen(resource_subscriptions=spec.get("resource_subscriptions", [])) as sub:
+                report["listen_honored"] = list(sub.honored.resource_subscriptions or [])
+                if "trigger" in spec:
+                    await c.call_tool(spec["trigger"]["name"], spec["trigger"].get("arguments", {}))
+                with anyio.move_on_after(30):
+                    async for ev in sub:
+                        events.append({"type": type(ev).__name__, "uri": getattr(ev, "uri", None)})
+                        if len(events) >= spec.get("events", 1):
+                            break
+            report["listen_events"] = events
     print(json.dumps(report))
 
 

@@ -290,3 +290,28 @@ fn server_requests_reach_legacy_and_modern_clients() {
         );
     }
 }
+
+/// `subscriptions/listen` from a modern client reaches a legacy upstream through the
+/// bridging session (`resources/subscribe` upstream), and the upstream's
+/// `notifications/resources/updated` comes back prefixed, on the client's subscription.
+#[test]
+fn a_modern_client_listens_for_resource_updates() {
+    let everything = everything_http();
+    let gw = two_upstreams("mcp-listen", &everything.url);
+    let uri = "everything+demo://resource/dynamic/text/1";
+    let r = py_client(
+        &gw.url("/mcp"),
+        "2026-07-28",
+        json!({"listen": {
+            "resource_subscriptions": [uri],
+            "trigger": {"name": "everything__toggle-subscriber-updates", "arguments": {}},
+            "events": 1
+        }}),
+    );
+    assert_eq!(r["listen_honored"], json!([uri]), "{r}");
+    assert_eq!(
+        r["listen_events"],
+        json!([{"type": "ResourceUpdated", "uri": uri}]),
+        "{r}"
+    );
+}

@@ -254,6 +254,16 @@ impl Shared {
                 }
             }
             Kind::Notification => {
+                // A 2026-07-28 subscription's notifications name the listen request.
+                let subscription = m
+                    .get("params")
+                    .and_then(|p| p.get("_meta"))
+                    .and_then(|x| x.get(crate::mcp::meta::SUBSCRIPTION_ID))
+                    .and_then(Value::as_u64);
+                if let Some(r) = subscription.and_then(|id| routes.get(&id)) {
+                    let _ = r.tx.send(m);
+                    return;
+                }
                 if jsonrpc::method(&m) == Some("notifications/progress") {
                     let token = m
                         .get("params")
