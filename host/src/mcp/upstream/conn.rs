@@ -259,7 +259,8 @@ impl Shared {
                     .get("params")
                     .and_then(|p| p.get("_meta"))
                     .and_then(|x| x.get(crate::mcp::meta::SUBSCRIPTION_ID))
-                    .and_then(Value::as_u64);
+                    // Some servers echo a numeric id as a string.
+                    .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
                 if let Some(r) = subscription.and_then(|id| routes.get(&id)) {
                     let _ = r.tx.send(m);
                     return;

@@ -200,6 +200,61 @@ fn modern_headers(mut rb: reqwest::RequestBuilder, msg: &Message) -> reqwest::Re
     rb
 }
 
+/// The JSON-RPC messages in a JSON body read as it arrives: a single object, an array of
+/// them, or a sequence of objects separated by whitespace (newline-delimited JSON).
+fn json_values(
+    body: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
+    upstream: String,
+) -> BoxStream<'static, Message> {
+    let state = (Box::pin(body), Vec::<u8>::new(), false);
+    futures::stream::unfold(state, move |(mut body, mut buf, mut done)| {
+        let upstream = upstream.clone();
+        async move {
+            loop {
+                // Take every complete value at the front of the buffer.
+                let mut out = Vec::new();
+                let mut consumed = 0;
+                {
+                    let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+                    loop {
+                        match it.next() {
+                            Some(Ok(v)) => {
+                                consumed = it.byte_offset();
+                                out.extend(parse_event_data(&v.to_string()));
+                            }
+                            Some(Err(e)) if e.is_eof() => break,
+                            Some(Err(e)) => {
+                                tracing::warn!(upstream = %upstream, error = %e, "upstream answered with invalid JSON");
+                                consumed = buf.len();
+                                done = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                buf.drain(..consumed);
+                if !out.is_empty() {
+                    return Some((futures::stream::iter(out), (body, buf, done)));
+                }
+                if done {
+                    return None;
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        tracing::debug!(upstream = %upstream, error = %e, "upstream answer broke off");
+                        done = true;
+                    }
+                    None => done = true,
+                }
+            }
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
 fn is_sse(h: &HeaderMap) -> bool {
     h.get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -253,15 +308,25 @@ impl Transport for HttpTransport {
                 .map_err(|_| self.err("the session id header is not visible ASCII"))?;
             self.set_session(Some(s.to_owned()));
         }
-        if status == reqwest::StatusCode::NOT_FOUND && self.session_id().is_some() {
-            return Err(UpstreamError::SessionExpired(self.name.clone()));
-        }
         if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
+            let body = resp.bytes().await.unwrap_or_default();
+            // An HTTP error whose body is the JSON-RPC answer to this very request (a 2026-07-28
+            // server answers -32021 with 400 and -32601 with 404) is that answer; it goes to
+            // the client as the error it is.
+            if let Some(id) = msg.get("id")
+                && let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(&body)
+                && answer.get("id") == Some(id)
+                && answer.contains_key("error")
+            {
+                return Ok(Some(futures::stream::iter([answer]).boxed()));
+            }
+            if status == reqwest::StatusCode::NOT_FOUND && self.session_id().is_some() {
+                return Err(UpstreamError::SessionExpired(self.name.clone()));
+            }
             return Err(UpstreamError::Status {
                 upstream: self.name.clone(),
                 status: status.as_u16(),
-                body: body.chars().take(500).collect(),
+                body: String::from_utf8_lossy(&body).chars().take(500).collect(),
             });
         }
         if status == reqwest::StatusCode::ACCEPTED {
@@ -286,19 +351,9 @@ impl Transport for HttpTransport {
                 .boxed();
             return Ok(Some(stream));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| self.err(format!("reading the answer failed: {e}")))?;
-        if body.is_empty() {
-            return Ok(None);
-        }
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => Ok(Some(
-                futures::stream::iter(parse_event_data(&v.to_string())).boxed(),
-            )),
-            Err(e) => Err(self.err(format!("the answer is not JSON: {e}"))),
-        }
+        // JSON: one object, or (as some servers stream) several concatenated or
+        // newline-delimited ones, yielded as each is complete.
+        Ok(Some(json_values(resp.bytes_stream(), self.name.clone())))
     }
 
     fn cancels_by_notification(&self) -> bool {
