@@ -34,6 +34,20 @@ pub enum Via<'a> {
 }
 
 impl Via<'_> {
+    /// Makes params mcpg sends on its own (list pages, searches, broadcasts) fit the
+    /// conversation: stamped with `_meta` where the conversation speaks 2026-07-28.
+    pub async fn prepare(&self, b: &Binding, up: usize, params: &mut Map<String, Value>) {
+        match self {
+            Via::Session(live) if live.is_modern(up).await => {
+                crate::mcp::stamped::stamp_params(params, live);
+            }
+            Via::Modern if b.upstreams[up].modern().await.is_ok_and(|h| h.native) => {
+                crate::mcp::stamped::stamp_gateway(params);
+            }
+            _ => {}
+        }
+    }
+
     pub async fn conn(
         &self,
         b: &Binding,
@@ -271,6 +285,9 @@ impl Binding {
             Ok(c) => c,
             Err(e) => return Reply::Json(e.to_message(id)),
         };
+        if live.is_modern(up).await {
+            return self.forward_stamped(live, up, id, method, msg).await;
+        }
         let mut ex = match conn.request(msg).await {
             Ok(ex) => ex,
             Err(e) => return Reply::Json(e.to_rpc().to_message(id)),
@@ -415,6 +432,7 @@ impl Binding {
                 Some(c) => p.insert("cursor".into(), json!(c)),
                 None => p.remove("cursor"),
             };
+            via.prepare(self, up, &mut p).await;
             let page = match via.conn(self, up).await {
                 Ok(conn) => tokio::time::timeout(
                     self.upstreams[up].timeout,
@@ -472,8 +490,12 @@ impl Binding {
             };
             let mut cursor: Option<String> = None;
             loop {
-                let params = cursor.as_ref().map(|c| json!({"cursor": c}));
-                let Ok(page) = conn.call(list, params).await else {
+                let mut params = Map::new();
+                if let Some(c) = &cursor {
+                    params.insert("cursor".into(), json!(c));
+                }
+                via.prepare(self, up, &mut params).await;
+                let Ok(page) = conn.call(list, Some(Value::Object(params))).await else {
                     break;
                 };
                 if page[key]
@@ -496,6 +518,12 @@ impl Binding {
         let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
         let params = msg.get("params").cloned();
         for up in 0..self.upstreams.len() {
+            if method == "logging/setLevel" && live.is_modern(up).await {
+                // 2026-07-28 has no setLevel: the level is stamped on the session's requests.
+                *live.log_level.lock().expect("lock") =
+                    params.as_ref().and_then(|p| p.get("level")).cloned();
+                continue;
+            }
             let r = match live.conn(up).await {
                 Ok(conn) => conn.call(&method, params.clone()).await,
                 Err(e) => Err(e),
@@ -545,6 +573,11 @@ impl Binding {
         let Some(gid) = m.get("id").and_then(Value::as_str).map(str::to_owned) else {
             return;
         };
+        let waiter = live.waiters.lock().expect("lock").remove(&gid);
+        if let Some(w) = waiter {
+            let _ = w.send(m);
+            return;
+        }
         let key = format!("req/{}/{gid}", live.id);
         let store = &self.ctx.caps.pipelines.store;
         let Ok(Some(entry)) = store.get(&key).await else {

@@ -10,6 +10,7 @@
 //! - [`binding`]: one binding's request handling, relaying and list merging.
 //! - [`modern`]: 2026-07-28 requests: discovery, native forwarding, and the bridge to legacy
 //!   upstreams (input-required rounds, signed `requestState`).
+//! - [`stamped`]: legacy sessions in front of upstreams that speak only 2026-07-28.
 //! - [`guard`]: DNS-rebinding protection.
 //! - [`http`]: the downstream Streamable HTTP endpoint.
 
@@ -22,6 +23,7 @@ pub mod meta;
 pub mod modern;
 pub mod names;
 pub mod session;
+pub mod stamped;
 pub mod upstream;
 pub mod version;
 

@@ -54,6 +54,10 @@ fn record_key(id: &str) -> String {
     format!("s/{id}")
 }
 
+/// The resource URIs a session subscribed to on one upstream that speaks only 2026-07-28, and
+/// the listen watching them.
+pub type Listen = (Vec<String>, Option<tokio::task::JoinHandle<()>>);
+
 /// One upstream's place in a live session.
 pub struct Slot {
     lease: AsyncMutex<Option<Lease>>,
@@ -71,6 +75,14 @@ pub struct Live {
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The last event id given to a GET-stream message of this session.
     pub events: Arc<AtomicU64>,
+    /// Answers this replica awaits from the client itself (input requests of an upstream
+    /// that speaks only 2026-07-28, asked as server requests), by request id.
+    pub waiters: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Message>>>,
+    /// The level from the client's `logging/setLevel`, stamped on requests to upstreams that
+    /// speak only 2026-07-28.
+    pub log_level: Mutex<Option<Value>>,
+    /// Per such upstream: the URIs the client subscribed to and the listen that watches them.
+    pub listens: Mutex<HashMap<usize, Listen>>,
 }
 
 impl Live {
@@ -117,8 +129,22 @@ impl Live {
         }
     }
 
+    /// Whether upstream `up` serves this session through its 2026-07-28 conversation.
+    pub async fn is_modern(&self, up: usize) -> bool {
+        self.slots[up]
+            .lease
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|l| l.modern)
+    }
+
     /// Forwards what an upstream sends outside any request to the client's GET stream.
     fn start_pump(&self, up: usize, lease: &Lease) {
+        if lease.modern {
+            // A 2026-07-28 conversation sends nothing outside requests and listens.
+            return;
+        }
         let mut rx = lease.conn.unsolicited();
         let owned = lease.owned;
         let binding = self.binding.clone();
@@ -179,6 +205,11 @@ impl Live {
         for h in self.pumps.lock().expect("lock").drain(..) {
             h.abort();
         }
+        for (_, (_, h)) in self.listens.lock().expect("lock").drain() {
+            if let Some(h) = h {
+                h.abort();
+            }
+        }
         for slot in &self.slots {
             if let Some(l) = slot.lease.lock().await.take()
                 && l.owned
@@ -191,7 +222,13 @@ impl Live {
     /// Sends a client notification to every upstream this session is connected to.
     pub async fn notify_all(&self, m: &Message) {
         for slot in &self.slots {
-            let conn = slot.lease.lock().await.as_ref().map(|l| l.conn.clone());
+            let conn = slot
+                .lease
+                .lock()
+                .await
+                .as_ref()
+                .filter(|l| !l.modern)
+                .map(|l| l.conn.clone());
             if let Some(c) = conn {
                 let _ = c.send(m.clone()).await;
             }
@@ -281,7 +318,7 @@ impl Sessions {
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(l) => {
-                    answers.push((i, l.conn.handshake.get().cloned().unwrap_or_default()));
+                    answers.push((i, l.answer.clone()));
                     leases.push(Some(l));
                 }
                 Err(e) => {
@@ -359,6 +396,9 @@ impl Sessions {
             touched: Mutex::new((now, now)),
             pumps: Mutex::new(Vec::new()),
             events: Arc::new(AtomicU64::new(0)),
+            waiters: Mutex::new(HashMap::new()),
+            log_level: Mutex::new(None),
+            listens: Mutex::new(HashMap::new()),
         });
         for (i, l) in leases.into_iter().enumerate() {
             if let Some(l) = l {

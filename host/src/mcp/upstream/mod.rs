@@ -88,6 +88,8 @@ pub struct Upstream {
     modern_failed: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Whether the upstream speaks 2026-07-28, once known (configured or probed).
     speaks_modern: std::sync::Mutex<Option<bool>>,
+    /// `protocol: modern`: legacy sessions, too, go through the modern conversation.
+    modern_only: bool,
 }
 
 /// A live conversation for one session, holding its share of the upstream's capacity.
@@ -98,6 +100,11 @@ pub struct Lease {
     pub owned: bool,
     /// The upstream's HTTP session id, kept in the session record.
     pub upstream_session: Option<String>,
+    /// The conversation is the upstream's shared 2026-07-28 one (the upstream speaks only
+    /// that era): the session's requests are stamped with per-request `_meta`.
+    pub modern: bool,
+    /// The handshake answer the client's `initialize` result is built from.
+    pub answer: Value,
 }
 
 impl Upstream {
@@ -151,6 +158,7 @@ impl Upstream {
             modern: tokio::sync::Mutex::new(None),
             modern_failed: std::sync::Mutex::new(None),
             speaks_modern: std::sync::Mutex::new(configured),
+            modern_only: configured == Some(true),
         };
         if let Some(s) = &cfg.stdio
             && s.mode == StdioMode::Shared
@@ -211,7 +219,57 @@ impl Upstream {
     /// Establishes the conversation one legacy session uses with this upstream: its own child
     /// (`per_session`), the shared child, or its own upstream HTTP session (resumed when
     /// `resume` names one).
+    /// Establishes the conversation one legacy session uses with this upstream: its own child
+    /// (`per_session`), the shared child, or its own upstream HTTP session (resumed when
+    /// `resume` names one). An upstream that speaks only 2026-07-28 (configured, or refusing
+    /// `initialize` while answering `server/discover`) serves the session through its shared
+    /// modern conversation instead, the session's requests stamped with `_meta`.
     pub async fn connect(&self, hello: &Hello, resume: Option<&str>) -> Result<Lease, RpcError> {
+        if self.modern_only {
+            return self.modern_lease(hello).await;
+        }
+        match self.connect_legacy(hello, resume).await {
+            Ok(mut l) => {
+                l.answer = l.conn.handshake.get().cloned().unwrap_or_default();
+                Ok(l)
+            }
+            Err(e) => match self.modern_lease(hello).await {
+                Ok(l) => {
+                    tracing::info!(upstream = %self.name, error = %e.message, "upstream refused initialize but speaks 2026-07-28; bridging the legacy session");
+                    Ok(l)
+                }
+                Err(_) => Err(e),
+            },
+        }
+    }
+
+    async fn modern_lease(&self, hello: &Hello) -> Result<Lease, RpcError> {
+        let h = self.modern().await?;
+        if !h.native {
+            return Err(RpcError::new(
+                jsonrpc::code::CONNECTION_CLOSED,
+                format!("upstream `{}` does not speak 2026-07-28", self.name),
+            ));
+        }
+        let mut answer = json!({
+            "protocolVersion": hello.protocol_version,
+            "capabilities": h.info["capabilities"],
+            "serverInfo": h.info["_meta"][meta::SERVER_INFO],
+        });
+        if let Some(i) = h.info.get("instructions") {
+            answer["instructions"] = i.clone();
+        }
+        Ok(Lease {
+            conn: h.conn,
+            _permit: None,
+            owned: false,
+            upstream_session: None,
+            modern: true,
+            answer,
+        })
+    }
+
+    async fn connect_legacy(&self, hello: &Hello, resume: Option<&str>) -> Result<Lease, RpcError> {
         match &self.kind {
             Kind::Stdio { cfg, base_dir } => {
                 if let Some(shared) = &self.shared {
@@ -232,6 +290,8 @@ impl Upstream {
                         _permit: None,
                         owned: false,
                         upstream_session: None,
+                        modern: false,
+                        answer: Value::Null,
                     });
                 }
                 let permit = match &self.children {
@@ -252,6 +312,8 @@ impl Upstream {
                     _permit: permit,
                     owned: true,
                     upstream_session: None,
+                    modern: false,
+                    answer: Value::Null,
                 })
             }
             Kind::Http {
@@ -283,6 +345,8 @@ impl Upstream {
                     _permit: None,
                     owned: true,
                     upstream_session: t.session_id(),
+                    modern: false,
+                    answer: Value::Null,
                 })
             }
         }
@@ -382,7 +446,7 @@ impl Upstream {
                         ));
                     }
                 }
-                let lease = self.connect(&Hello::gateway(), None).await?;
+                let lease = self.connect_legacy(&Hello::gateway(), None).await?;
                 let info = lease.conn.handshake.get().cloned().unwrap_or_default();
                 answer_unattributable(&lease.conn);
                 answer_unattributable(&lease.conn);
