@@ -540,3 +540,18 @@ fn the_get_stream_resumes_after_last_event_id() {
         "only what came after the named event is replayed"
     );
 }
+
+#[test]
+fn an_abandoned_session_is_reclaimed_after_its_idle_ttl() {
+    let gw = echo_gateway("mcp-proto-idle", "mcp:\n  sessions: {idle_ttl_ms: 1000}\n");
+    let sid = initialize(&gw);
+    let session = ("Mcp-Session-Id", sid.as_str());
+    let list = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let (status, _, _) = http(gw.addr, "POST", "/mcp", &[JSON, ACCEPT, session], list);
+    assert_eq!(status, 200);
+    // Silence for three times the TTL (any request would count as activity), then the
+    // session is gone.
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, _, text) = http(gw.addr, "POST", "/mcp", &[JSON, ACCEPT, session], list);
+    assert_eq!(status, 404, "the idle session was not reclaimed: {text}");
+}
