@@ -124,6 +124,8 @@ struct ParkedExchange {
     method: String,
     /// Input key → the upstream's request awaiting the client's answer.
     pending: HashMap<String, Message>,
+    /// The log level the original request asked for.
+    log_level: Option<String>,
     since: tokio::time::Instant,
 }
 
@@ -147,6 +149,35 @@ pub fn spawn_parked_reaper(ctx: Arc<Context>) {
                 .retain(|_, p| p.since.elapsed() < PARK_TTL);
         }
     });
+}
+
+const LOG_LEVELS: &[&str] = &[
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+/// Whether a message from a bridged legacy upstream may reach a modern client whose request
+/// asked for log messages at `level` (none when absent): everything but log messages, and log
+/// messages at or above that level.
+fn log_allowed(m: &Message, level: Option<&str>) -> bool {
+    if jsonrpc::method(m) != Some("notifications/message") {
+        return true;
+    }
+    let rank = |l: &str| LOG_LEVELS.iter().position(|x| *x == l);
+    let Some(wanted) = level.and_then(rank) else {
+        return false;
+    };
+    let got = m["params"]["level"]
+        .as_str()
+        .and_then(rank)
+        .unwrap_or(LOG_LEVELS.len());
+    got >= wanted
 }
 
 fn removed_error(id: Value, method: &str) -> Message {
@@ -246,6 +277,12 @@ impl Binding {
             Ok(h) => h,
             Err(e) => return Reply::Json(e.to_message(id)),
         };
+        // A legacy upstream logs whatever its session level allows; the client asked for
+        // log messages of this request at this level or above, or for none.
+        let log_level = meta::of(&msg)
+            .and_then(|m| m.get(meta::LOG_LEVEL))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let mut ex = match handle.conn.request_with(msg, &extra).await {
             Ok(ex) => ex,
             Err(e) => return Reply::Json(e.to_rpc().to_message(id)),
@@ -255,7 +292,8 @@ impl Binding {
         if !handle.native || handle.conn.cancels_by_notification() {
             ex.cancel_on_drop();
         }
-        self.relay_modern(ex, up, id, method, handle.native).await
+        self.relay_modern(ex, up, id, method, handle.native, log_level)
+            .await
     }
 
     /// Relays an exchange to a modern client: notifications on the response stream, the
@@ -268,11 +306,20 @@ impl Binding {
         id: Value,
         method: String,
         native: bool,
+        log_level: Option<String>,
     ) -> Reply {
         let deadline = tokio::time::Instant::now() + self.upstreams[up].timeout;
-        let first = tokio::select! {
-            m = ex.next() => m,
-            _ = tokio::time::sleep_until(deadline) => None,
+        let level = log_level.clone();
+        let shown = move |m: &Message| native || log_allowed(m, level.as_deref());
+        let first = loop {
+            let m = tokio::select! {
+                m = ex.next() => m,
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+            match m {
+                Some(m) if !shown(&m) => continue,
+                other => break other,
+            }
         };
         let Some(first) = first else {
             return Reply::Json(jsonrpc::error(
@@ -283,7 +330,10 @@ impl Binding {
             ));
         };
         if jsonrpc::kind(&first) != Kind::Notification {
-            return Reply::Json(self.modern_out(ex, up, id, &method, native, first).await);
+            return Reply::Json(
+                self.modern_out(ex, up, id, &method, native, log_level, first)
+                    .await,
+            );
         }
         let (tx, rx) = mpsc::channel(64);
         let me = self.clone();
@@ -303,6 +353,9 @@ impl Binding {
                     },
                 };
                 if jsonrpc::kind(&m) == Kind::Notification {
+                    if !shown(&m) {
+                        continue;
+                    }
                     let mut m = m;
                     me.naming.notification_out(up, &mut m);
                     if tx.send(m).await.is_err() {
@@ -310,7 +363,9 @@ impl Binding {
                     }
                     continue;
                 }
-                let out = me.modern_out(ex, up, id, &method, native, m).await;
+                let out = me
+                    .modern_out(ex, up, id, &method, native, log_level, m)
+                    .await;
                 let _ = tx.send(out).await;
                 return;
             }
@@ -328,6 +383,7 @@ impl Binding {
 
     /// The message that ends a modern response: the upstream's response in 2026-07-28
     /// shape, or (bridged) an input-required result for the server request that arrived.
+    #[allow(clippy::too_many_arguments)]
     async fn modern_out(
         &self,
         ex: Exchange,
@@ -335,10 +391,11 @@ impl Binding {
         id: Value,
         method: &str,
         native: bool,
+        log_level: Option<String>,
         m: Message,
     ) -> Message {
         match jsonrpc::kind(&m) {
-            Kind::Request if !native => match self.park(ex, up, method, vec![m]).await {
+            Kind::Request if !native => match self.park(ex, up, method, log_level, vec![m]).await {
                 Ok(r) => jsonrpc::result(id, r),
                 Err(e) => e.to_message(id),
             },
@@ -356,6 +413,13 @@ impl Binding {
             }
             _ => {
                 let mut out = self.response_out(method, up, id.clone(), m);
+                if !native
+                    && let Some(e) = out.get_mut("error")
+                    && e["code"] == code::RESOURCE_NOT_FOUND
+                {
+                    // 2026-07-28 retired -32002 for a missing resource in favour of -32602.
+                    e["code"] = json!(code::INVALID_PARAMS);
+                }
                 if let Some(r) = out.get_mut("result") {
                     if !native {
                         meta::complete(r);
@@ -395,6 +459,7 @@ impl Binding {
         ex: Exchange,
         up: usize,
         method: &str,
+        log_level: Option<String>,
         requests: Vec<Message>,
     ) -> Result<Value, RpcError> {
         let key = uuid::Uuid::new_v4().simple().to_string();
@@ -430,6 +495,7 @@ impl Binding {
                 up,
                 method: method.to_owned(),
                 pending,
+                log_level,
                 since: tokio::time::Instant::now(),
             },
         );
@@ -472,15 +538,19 @@ impl Binding {
                 up,
                 method,
                 pending,
+                log_level,
                 ..
             } = p;
             let requests = pending.into_values().collect();
-            return Reply::Json(match self.park(ex, up, &method, requests).await {
-                Ok(r) => jsonrpc::result(id, r),
-                Err(e) => e.to_message(id),
-            });
+            return Reply::Json(
+                match self.park(ex, up, &method, log_level, requests).await {
+                    Ok(r) => jsonrpc::result(id, r),
+                    Err(e) => e.to_message(id),
+                },
+            );
         }
-        self.relay_modern(p.ex, p.up, id, p.method, false).await
+        self.relay_modern(p.ex, p.up, id, p.method, false, p.log_level)
+            .await
     }
 
     /// `server/discover` for the binding: the upstreams' capabilities (their own discovery

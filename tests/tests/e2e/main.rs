@@ -8,6 +8,7 @@ mod config_check;
 mod consul_config;
 mod etcd_cluster;
 mod gateway_lifecycle;
+mod mcp_conformance;
 mod mcp_peers;
 mod mcp_protocol;
 mod nats_cluster;
