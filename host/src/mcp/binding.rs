@@ -41,9 +41,12 @@ impl Via<'_> {
             Via::Session(live) if live.is_modern(up).await => {
                 crate::mcp::stamped::stamp_params(params, live);
             }
-            Via::Modern if b.upstreams[up].modern().await.is_ok_and(|h| h.native) => {
-                crate::mcp::stamped::stamp_gateway(params);
-            }
+            Via::Modern => match b.upstreams[up].modern().await {
+                Ok(h) if h.native => crate::mcp::stamped::stamp_gateway(params),
+                // A bridging legacy session: see `meta::strip_request_fields`.
+                Ok(_) => crate::mcp::meta::strip_params_fields(params),
+                Err(_) => {}
+            },
             _ => {}
         }
     }

@@ -21,6 +21,28 @@ pub fn protocol_version(m: &Message) -> Option<&str> {
     of(m)?.get(PROTOCOL_VERSION)?.as_str()
 }
 
+/// Removes the 2026-07-28 per-request fields from a request's `_meta` (for a legacy
+/// conversation), keeping everything else (progress token, trace context, vendor keys).
+pub fn strip_request_fields(m: &mut Message) {
+    if let Some(p) = m.get_mut("params").and_then(Value::as_object_mut) {
+        strip_params_fields(p);
+    }
+}
+
+/// [`strip_request_fields`] on request params.
+pub fn strip_params_fields(params: &mut Map<String, Value>) {
+    if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+        for k in [
+            PROTOCOL_VERSION,
+            CLIENT_CAPABILITIES,
+            CLIENT_INFO,
+            LOG_LEVEL,
+        ] {
+            meta.remove(k);
+        }
+    }
+}
+
 /// Marks a result as complete (`resultType`), as 2026-07-28 requires and legacy results lack.
 pub fn complete(result: &mut Value) {
     if let Some(o) = result.as_object_mut() {

@@ -283,6 +283,12 @@ impl Binding {
             .and_then(|m| m.get(meta::LOG_LEVEL))
             .and_then(Value::as_str)
             .map(str::to_owned);
+        if !handle.native {
+            // The bridging session speaks a legacy revision; the per-request fields of
+            // 2026-07-28 would contradict its MCP-Protocol-Version (a dual-era upstream rejects
+            // that with -32020). The session's own `initialize` stands for them.
+            meta::strip_request_fields(&mut msg);
+        }
         let mut ex = match handle.conn.request_with(msg, &extra).await {
             Ok(ex) => ex,
             Err(e) => return Reply::Json(e.to_rpc().to_message(id)),

@@ -38,7 +38,7 @@ impl Hello {
     pub fn gateway() -> Self {
         Self {
             protocol_version: version::LATEST_LEGACY.into(),
-            capabilities: json!({"roots": {"listChanged": true}, "sampling": {}, "elicitation": {}}),
+            capabilities: json!({"roots": {"listChanged": true}, "sampling": {}, "elicitation": {"form": {}, "url": {}}}),
             client_info: json!({"name": "mcpg", "version": env!("CARGO_PKG_VERSION")}),
         }
     }
@@ -57,7 +57,7 @@ pub struct ModernHandle {
 
 /// The capabilities the gateway declares when it speaks for clients it does not know yet.
 fn gateway_capabilities() -> Value {
-    json!({"sampling": {}, "elicitation": {}, "roots": {}})
+    json!({"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {}})
 }
 
 /// How an upstream's conversations are established.
