@@ -429,3 +429,50 @@ fn every_tool_prompt_and_resource_of_both_upstreams() {
         assert_eq!(r["reads"].as_array().unwrap().len(), reads.len());
     }
 }
+
+/// Starts the workspace's fast fixture upstream (both eras on one endpoint); returns it and
+/// its URL.
+fn bench_fixture() -> (crate::harness::Proc, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(crate::harness::bin("mcpg-fixture-upstream"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the fixture upstream");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("fixture said {line:?}"))
+        .to_owned();
+    (crate::harness::Proc { child }, url)
+}
+
+/// A dual-era upstream reached in each era by configuration serves clients of both eras:
+/// through its own era, or bridged (stamped `_meta` one way, a legacy session the other).
+#[test]
+fn a_dual_era_upstream_reached_in_either_era_serves_clients_of_both() {
+    let (_fixture, url) = bench_fixture();
+    for protocol in ["legacy", "modern", "auto"] {
+        let gw = Gateway::start(
+            &format!("mcp-dual-{protocol}"),
+            &format!(
+                "bindings:\n  - name: f\n    path: /mcp\n    upstreams: [{{name: f, http: {{url: {url:?}, protocol: {protocol}}}}}]\n"
+            ),
+        );
+        let plan =
+            json!({"calls": [{"name": "echo", "arguments": {"text": format!("via {protocol}")}}]});
+        for mode in ["legacy", "2026-07-28"] {
+            let r = py_client(&gw.url("/mcp"), mode, plan.clone());
+            assert_eq!(
+                r["calls"][0]["text"],
+                json!([format!("via {protocol}")]),
+                "{mode} client, upstream reached as {protocol}: {r}"
+            );
+        }
+    }
+}
