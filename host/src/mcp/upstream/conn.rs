@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -177,14 +177,29 @@ impl Connection {
         };
         match self.transport.send(msg, headers).await {
             Ok(Some(mut stream)) => {
-                let s = self.shared.clone();
-                tokio::spawn(async move {
-                    while let Some(m) = stream.next().await {
-                        s.dispatch(m, Some(id));
+                // What is already there (a whole JSON answer) is routed at once; only a stream
+                // still open (SSE) gets a task of its own.
+                loop {
+                    match stream.next().now_or_never() {
+                        Some(Some(m)) => self.shared.dispatch(m, Some(id)),
+                        Some(None) => {
+                            self.shared.routes.lock().expect("routes lock").remove(&id);
+                            break;
+                        }
+                        None => {
+                            let s = self.shared.clone();
+                            tokio::spawn(async move {
+                                while let Some(m) = stream.next().await {
+                                    s.dispatch(m, Some(id));
+                                }
+                                // The exchange's stream ended; if no answer came, the
+                                // exchange ends empty.
+                                s.routes.lock().expect("routes lock").remove(&id);
+                            });
+                            break;
+                        }
                     }
-                    // The exchange's stream ended; if no answer came, the exchange ends empty.
-                    s.routes.lock().expect("routes lock").remove(&id);
-                });
+                }
             }
             Ok(None) => {}
             Err(e) => return Err(e),

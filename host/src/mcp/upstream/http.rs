@@ -220,7 +220,7 @@ fn json_values(
                         match it.next() {
                             Some(Ok(v)) => {
                                 consumed = it.byte_offset();
-                                out.extend(parse_event_data(&v.to_string()));
+                                out.extend(messages(v));
                             }
                             Some(Err(e)) if e.is_eof() => break,
                             Some(Err(e)) => {
@@ -266,9 +266,16 @@ fn parse_event_data(data: &str) -> Vec<Message> {
     if data.trim().is_empty() {
         return Vec::new();
     }
-    match serde_json::from_str::<Value>(data) {
-        Ok(Value::Object(m)) => vec![m],
-        Ok(Value::Array(a)) => a
+    serde_json::from_str::<Value>(data)
+        .map(messages)
+        .unwrap_or_default()
+}
+
+/// The JSON-RPC messages a JSON value holds: itself, or the objects of an array.
+fn messages(v: Value) -> Vec<Message> {
+    match v {
+        Value::Object(m) => vec![m],
+        Value::Array(a) => a
             .into_iter()
             .filter_map(|v| match v {
                 Value::Object(m) => Some(m),
@@ -351,7 +358,22 @@ impl Transport for HttpTransport {
                 .boxed();
             return Ok(Some(stream));
         }
-        // JSON: one object, or (as some servers stream) several concatenated or
+        // JSON of a known length (the common case): one value, parsed once.
+        if resp.content_length().is_some() {
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| self.err(format!("reading the answer failed: {e}")))?;
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(None);
+            }
+            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                return Ok(Some(futures::stream::iter(messages(v)).boxed()));
+            }
+            let stream = futures::stream::iter([Ok::<_, reqwest::Error>(body)]);
+            return Ok(Some(json_values(stream, self.name.clone())));
+        }
+        // Otherwise one object, or (as some servers stream) several concatenated or
         // newline-delimited ones, yielded as each is complete.
         Ok(Some(json_values(resp.bytes_stream(), self.name.clone())))
     }
