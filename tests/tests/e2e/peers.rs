@@ -139,10 +139,15 @@ pub fn py_client(url: &str, mode: &str, plan: serde_json::Value) -> serde_json::
         .args([url, mode, &plan.to_string()])
         .output()
         .expect("run the Python client");
+    report(out, &format!("Python client ({mode})"))
+}
+
+/// The JSON report a client script printed, or a failure showing what it said.
+fn report(out: std::process::Output, who: &str) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "Python client failed ({mode}):\n{}\n{stdout}",
+        "{who} failed:\n{}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad report {e}: {stdout}"))
@@ -156,11 +161,5 @@ pub fn ts_client(url: &str, plan: serde_json::Value) -> serde_json::Value {
         .env("MCPG_NODE_MODULES", deps().join("node/node_modules"))
         .output()
         .expect("run the TypeScript client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "TypeScript client failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad report {e}: {stdout}"))
+    report(out, "TypeScript client")
 }
