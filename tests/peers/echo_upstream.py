@@ -4,12 +4,16 @@ forwards and what it returns, byte for byte in meaning.
 
 initialize -> a normal InitializeResult (plus an unknown field)
 echo/emit {count} -> answers, then sends `count` notifications/message outside any request
+echo/sleep {ms} -> answers after `ms` milliseconds
+echo/exit -> the process exits without answering (a crash, as far as mcpg can tell)
 any other request -> {"received": <the request>, "x-extra": {...}, "content": [...]}
 notifications -> remembered; the method `echo/notifications` returns them
 """
 
 import json
+import os
 import sys
+import time
 
 seen = []
 
@@ -38,6 +42,11 @@ for line in sys.stdin:
         }})
     elif msg["method"] == "echo/notifications":
         send({"jsonrpc": "2.0", "id": msg["id"], "result": {"notifications": seen}})
+    elif msg["method"] == "echo/sleep":
+        time.sleep(msg["params"]["ms"] / 1000)
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {"slept": msg["params"]["ms"], "pid": os.getpid()}})
+    elif msg["method"] == "echo/exit":
+        sys.exit(3)
     elif msg["method"] == "echo/emit":
         send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
         for i in range(msg["params"]["count"]):

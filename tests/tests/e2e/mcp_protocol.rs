@@ -555,3 +555,123 @@ fn an_abandoned_session_is_reclaimed_after_its_idle_ttl() {
     let (status, _, text) = http(gw.addr, "POST", "/mcp", &[JSON, ACCEPT, session], list);
     assert_eq!(status, 404, "the idle session was not reclaimed: {text}");
 }
+
+fn echo_upstream(name: &str, extra: &str) -> String {
+    format!(
+        "{{name: {name}, stdio: {{command: {:?}, args: [{:?}]{extra}}}}}",
+        python().display().to_string(),
+        peers_script("echo_upstream.py").display().to_string()
+    )
+}
+
+fn call(gw: &Gateway, session: (&str, &str), method: &str, params: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let (status, _, text) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, session],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{method}: {text}");
+    body_json(&text)
+}
+
+/// A shared child that dies fails only what was in flight, and is restarted for what follows.
+#[test]
+fn a_shared_child_that_dies_is_restarted() {
+    let gw = Gateway::start(
+        "mcp-proto-restart",
+        &format!(
+            "bindings:\n  - name: echo\n    path: /mcp\n    upstreams: [{}]\n",
+            echo_upstream("echo", ", mode: shared, restart_backoff_ms: 100")
+        ),
+    );
+    let sid = initialize(&gw);
+    let session = ("Mcp-Session-Id", sid.as_str());
+    let before = call(&gw, session, "echo/sleep", json!({"ms": 1}));
+    let pid = before["result"]["pid"].clone();
+    assert!(pid.is_number(), "{before}");
+    let crashed = call(&gw, session, "echo/exit", json!({}));
+    assert_eq!(
+        crashed["error"]["code"], -32000,
+        "in flight when the child died: {crashed}"
+    );
+    // The supervisor starts a new child after its backoff; the session goes on with it.
+    let mut after = Value::Null;
+    let restarted = crate::harness::wait_until(Duration::from_secs(10), || {
+        after = call(&gw, session, "echo/sleep", json!({"ms": 1}));
+        after["result"]["pid"].is_number()
+    });
+    assert!(restarted, "no restart: {after}");
+    assert_ne!(after["result"]["pid"], pid, "a new child answers");
+}
+
+/// A request that outlives its timeout is cancelled upstream and answered with -32001.
+#[test]
+fn a_request_past_its_timeout_gets_an_error() {
+    let gw = Gateway::start(
+        "mcp-proto-timeout",
+        &format!(
+            "bindings:\n  - name: echo\n    path: /mcp\n    upstreams: [{}]\n",
+            echo_upstream("echo", "").replace("}}", "}, request_timeout_ms: 300}")
+        ),
+    );
+    let sid = initialize(&gw);
+    let r = call(
+        &gw,
+        ("Mcp-Session-Id", sid.as_str()),
+        "echo/sleep",
+        json!({"ms": 3000}),
+    );
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+}
+
+/// One upstream that cannot start: fail_open serves the others, fail_closed refuses.
+#[test]
+fn a_failing_upstream_is_left_out_or_fails_the_binding_as_configured() {
+    let broken = "{name: broken, stdio: {command: /nonexistent/mcp-server}}";
+    for policy in ["fail_open", "fail_closed"] {
+        let gw = Gateway::start(
+            &format!("mcp-proto-{policy}"),
+            &format!(
+                "bindings:\n  - name: echo\n    path: /mcp\n    on_upstream_failure: {policy}\n    upstreams: [{}, {broken}]\n",
+                echo_upstream("echo", "")
+            ),
+        );
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}});
+        let (status, headers, text) = http(
+            gw.addr,
+            "POST",
+            "/mcp",
+            &[JSON, ACCEPT],
+            init.to_string().as_bytes(),
+        );
+        assert_eq!(status, 200, "{text}");
+        if policy == "fail_closed" {
+            let r = body_json(&text);
+            assert_eq!(
+                r["error"]["code"], -32000,
+                "fail_closed refuses the session: {r}"
+            );
+            assert!(
+                r["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("/nonexistent/mcp-server"),
+                "{r}"
+            );
+            continue;
+        }
+        let sid = header(&headers, "mcp-session-id")
+            .expect("fail_open starts the session")
+            .to_owned();
+        let session = ("Mcp-Session-Id", sid.as_str());
+        let tools = call(&gw, session, "tools/list", json!({}));
+        assert_eq!(tools["result"]["tools"][0]["name"], "echo__echo", "{tools}");
+        let broken_call = call(&gw, session, "tools/call", json!({"name": "broken__x"}));
+        assert_eq!(broken_call["error"]["code"], -32000, "{broken_call}");
+        let ok = call(&gw, session, "tools/call", json!({"name": "echo__echo"}));
+        assert_eq!(ok["result"]["content"][0]["text"], "ok", "{ok}");
+    }
+}
