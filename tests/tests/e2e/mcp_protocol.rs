@@ -675,3 +675,52 @@ fn a_failing_upstream_is_left_out_or_fails_the_binding_as_configured() {
         assert_eq!(ok["result"]["content"][0]["text"], "ok", "{ok}");
     }
 }
+
+/// `notifications/cancelled` stops the request (through the `cancellation` bus) and reaches
+/// the upstream under the upstream's own request id.
+#[test]
+fn a_cancelled_request_is_stopped_and_the_upstream_told() {
+    let gw = echo_gateway("mcp-proto-cancel", "");
+    let sid = initialize(&gw);
+    let addr = gw.addr;
+    let slow = {
+        let sid = sid.clone();
+        std::thread::spawn(move || {
+            let body =
+                br#"{"jsonrpc":"2.0","id":"slow","method":"echo/sleep","params":{"ms":1500}}"#;
+            http_for(
+                addr,
+                "POST",
+                "/mcp",
+                &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
+                body,
+                Duration::from_secs(10),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let session = ("Mcp-Session-Id", sid.as_str());
+    let (status, _, _) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, session],
+        br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"slow","reason":"changed my mind"}}"#,
+    );
+    assert_eq!(status, 202);
+    let (status, _, text) = slow.join().unwrap();
+    assert_eq!(status, 202, "a cancelled request gets no response: {text}");
+    let seen = call(&gw, session, "echo/notifications", json!({}));
+    let cancelled: Vec<&Value> = seen["result"]["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["method"] == "notifications/cancelled")
+        .collect();
+    assert_eq!(cancelled.len(), 1, "{seen}");
+    assert!(
+        cancelled[0]["params"]["requestId"].is_number(),
+        "the upstream's own id: {seen}"
+    );
+    assert_eq!(cancelled[0]["params"]["reason"], "changed my mind");
+}
