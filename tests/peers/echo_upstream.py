@@ -53,10 +53,17 @@ for line in sys.stdin:
             send({"jsonrpc": "2.0", "method": "notifications/message",
                   "params": {"level": "info", "data": {"n": i + 1}}})
     elif msg["method"] == "tools/list":
-        send({"jsonrpc": "2.0", "id": msg["id"], "result": {
-            "tools": [{"name": "echo", "inputSchema": {"type": "object"}, "x-tool-extra": {"a": None}}],
-            "x-list-extra": "kept",
-        }})
+        # Two pages, to prove pagination survives merging.
+        if (msg.get("params") or {}).get("cursor") == "page-2":
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {
+                "tools": [{"name": "echo2", "inputSchema": {"type": "object"}}],
+            }})
+        else:
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {
+                "tools": [{"name": "echo", "inputSchema": {"type": "object"}, "x-tool-extra": {"a": None}}],
+                "x-list-extra": "kept",
+                "nextCursor": "page-2",
+            }})
     else:
         send({"jsonrpc": "2.0", "id": msg["id"], "x-envelope-extra": "kept", "result": {
             "received": msg,

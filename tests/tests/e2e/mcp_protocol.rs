@@ -724,3 +724,25 @@ fn a_cancelled_request_is_stopped_and_the_upstream_told() {
     );
     assert_eq!(cancelled[0]["params"]["reason"], "changed my mind");
 }
+
+/// Lists of several upstreams, each paginated, merge into pages that a real client walks to
+/// the end, seeing every item once and in order.
+#[test]
+fn merged_lists_keep_pagination_intact() {
+    let gw = Gateway::start(
+        "mcp-proto-pages",
+        &format!(
+            "bindings:\n  - name: echo\n    path: /mcp\n    upstreams: [{}, {}]\n",
+            echo_upstream("a", ""),
+            echo_upstream("b", "")
+        ),
+    );
+    for mode in ["legacy", "2026-07-28"] {
+        let r = crate::peers::py_client(&gw.url("/mcp"), mode, json!({}));
+        assert_eq!(
+            r["tools"],
+            json!(["a__echo", "a__echo2", "b__echo", "b__echo2"]),
+            "{mode}: {r}"
+        );
+    }
+}
