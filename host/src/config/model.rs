@@ -74,9 +74,11 @@ pub struct ServerConfig {
     /// Behind a load balancer, it must forward the client's `Host`.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
-    /// Origins (`scheme://host[:port]`) allowed to call MCP endpoints from a browser. A request
-    /// carrying an `Origin` that is neither listed here nor the same origin as its `Host` is
-    /// refused with 403. Requests without `Origin` (non-browser clients) are not affected.
+    /// Origins (`scheme://host[:port]`) allowed to call MCP endpoints from a browser, besides
+    /// those whose host passes the `Host` allowlist (the loopback names on a loopback `listen`,
+    /// and `allowed_hosts`). A request carrying any other `Origin` is refused with 403; with no
+    /// allowlist in force, only listed origins pass. Requests without `Origin` (non-browser
+    /// clients) are not affected.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
 }

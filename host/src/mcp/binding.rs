@@ -146,7 +146,8 @@ pub struct Context {
 #[derive(Debug, Serialize, Deserialize)]
 struct PendingClientRequest {
     format: u32,
-    upstream: usize,
+    /// The upstream by name (indices differ between configurations).
+    upstream: String,
     upstream_id: Value,
 }
 
@@ -291,11 +292,13 @@ impl Binding {
         if live.is_modern(up).await {
             return self.forward_stamped(live, up, id, method, msg).await;
         }
-        let mut ex = match conn.request(msg).await {
-            Ok(ex) => ex,
-            Err(e) => return Reply::Json(e.to_rpc().to_message(id)),
-        };
+        // The deadline covers sending too: a JSON answer arrives while the request is sent.
         let deadline = tokio::time::Instant::now() + self.upstreams[up].timeout;
+        let mut ex = match tokio::time::timeout_at(deadline, conn.request(msg)).await {
+            Ok(Ok(ex)) => ex,
+            Ok(Err(e)) => return Reply::Json(e.to_rpc().to_message(id)),
+            Err(_) => return Reply::Json(timeout_error(id, &self.upstreams[up].name)),
+        };
         let (guard, mut cancelled) = Inflight::register(&self.ctx, &live.id, &id);
         // Answer with plain JSON when the response is the first thing back; switch to a
         // stream as soon as anything else arrives first.
@@ -307,7 +310,8 @@ impl Binding {
             }
             r = &mut cancelled => {
                 ex.cancel(r.as_deref().unwrap_or("cancelled by the client")).await;
-                return Reply::Accepted;
+                // A cancelled request gets no response: an SSE stream that ends at once.
+                return Reply::Stream(mpsc::channel(1).1);
             }
         };
         let Some(first) = first else {
@@ -498,7 +502,9 @@ impl Binding {
                     params.insert("cursor".into(), json!(c));
                 }
                 via.prepare(self, up, &mut params).await;
-                let Ok(page) = conn.call(list, Some(Value::Object(params))).await else {
+                let call = conn.call(list, Some(Value::Object(params)));
+                let Ok(Ok(page)) = tokio::time::timeout(self.upstreams[up].timeout, call).await
+                else {
                     break;
                 };
                 if page[key]
@@ -528,7 +534,12 @@ impl Binding {
                 continue;
             }
             let r = match live.conn(up).await {
-                Ok(conn) => conn.call(&method, params.clone()).await,
+                Ok(conn) => tokio::time::timeout(
+                    self.upstreams[up].timeout,
+                    conn.call(&method, params.clone()),
+                )
+                .await
+                .unwrap_or_else(|_| Err(RpcError::new(code::REQUEST_TIMEOUT, "timed out"))),
                 Err(e) => Err(e),
             };
             if let Err(e) = r
@@ -552,7 +563,7 @@ impl Binding {
         let gid = format!("mcpg-{}", uuid::Uuid::new_v4().simple());
         let rec = PendingClientRequest {
             format: 1,
-            upstream: up,
+            upstream: self.upstreams[up].name.clone(),
             upstream_id,
         };
         self.ctx
@@ -592,7 +603,10 @@ impl Binding {
             return;
         };
         m.insert("id".into(), rec.upstream_id);
-        if let Ok(conn) = live.conn(rec.upstream).await
+        let Some(up) = self.upstreams.iter().position(|u| u.name == rec.upstream) else {
+            return;
+        };
+        if let Ok(conn) = live.conn(up).await
             && let Err(e) = conn.send(m).await
         {
             tracing::warn!(session = %live.id, error = %e, "cannot hand the client's answer to the upstream");
@@ -783,7 +797,7 @@ pub(crate) fn merge_capabilities(into: &mut Map<String, Value>, from: &Map<Strin
     }
 }
 
-fn timeout_error(id: Value, upstream: &str) -> Message {
+pub(crate) fn timeout_error(id: Value, upstream: &str) -> Message {
     jsonrpc::error(
         id,
         code::REQUEST_TIMEOUT,
@@ -792,7 +806,7 @@ fn timeout_error(id: Value, upstream: &str) -> Message {
     )
 }
 
-fn closed_error(id: Value, upstream: &str) -> Message {
+pub(crate) fn closed_error(id: Value, upstream: &str) -> Message {
     jsonrpc::error(
         id,
         code::CONNECTION_CLOSED,

@@ -94,13 +94,13 @@ fn precheck(gw: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
 }
 
 /// The legacy protocol version header, when present, must name a revision mcpg speaks.
-fn legacy_version(headers: &HeaderMap) -> Result<(), Response> {
+fn legacy_version(headers: &HeaderMap, id: &Value) -> Result<(), Response> {
     if let Some(v) = header(headers, VERSION_HEADER)
         && !version::is_legacy(v)
     {
         return Err(http_error(
             StatusCode::BAD_REQUEST,
-            Value::Null,
+            id.clone(),
             code::INVALID_REQUEST,
             format!(
                 "Bad Request: unsupported MCP-Protocol-Version `{v}` (supported: {})",
@@ -175,13 +175,13 @@ async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
     if modern {
         return modern_post(&b, &headers, kind, id, msg).await;
     }
-    if let Err(r) = legacy_version(&headers) {
+    if let Err(r) = legacy_version(&headers, &id) {
         return r;
     }
     if kind == Kind::Request && jsonrpc::method(&msg) == Some("initialize") {
         return initialize(&gw, &b, id, &msg).await;
     }
-    let live = match session(&gw, &b, &headers).await {
+    let live = match session(&gw, &b, &headers, &id).await {
         Ok(l) => l,
         Err(r) => return r,
     };
@@ -393,11 +393,12 @@ async fn session(
     gw: &Gateway,
     b: &Arc<Binding>,
     headers: &HeaderMap,
+    id: &Value,
 ) -> Result<Arc<crate::mcp::session::Live>, Response> {
     let Some(sid) = header(headers, SESSION_HEADER) else {
         return Err(http_error(
             StatusCode::BAD_REQUEST,
-            Value::Null,
+            id.clone(),
             code::INVALID_REQUEST,
             "Bad Request: Mcp-Session-Id header is required (send initialize first)",
         ));
@@ -406,13 +407,13 @@ async fn session(
         Ok(l) => Ok(l),
         Err(SessionError::NotFound | SessionError::WrongBinding) => Err(http_error(
             StatusCode::NOT_FOUND,
-            Value::Null,
+            id.clone(),
             code::INVALID_REQUEST,
             "Session not found: it expired or was ended; initialize a new one",
         )),
         Err(SessionError::Rpc(e)) => Err(http_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            Value::Null,
+            id.clone(),
             e.code,
             e.message,
         )),
@@ -447,7 +448,7 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
     if let Some(r) = modern_get_or_delete(&headers) {
         return r;
     }
-    if let Err(r) = legacy_version(&headers) {
+    if let Err(r) = legacy_version(&headers, &Value::Null) {
         return r;
     }
     if !accepts(&headers, "text/event-stream") {
@@ -458,7 +459,7 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
             "Not Acceptable: Accept must list text/event-stream",
         );
     }
-    let live = match session(&gw, &b, &headers).await {
+    let live = match session(&gw, &b, &headers, &Value::Null).await {
         Ok(l) => l,
         Err(r) => return r,
     };
@@ -489,7 +490,7 @@ async fn delete(State((gw, b)): S, headers: HeaderMap) -> Response {
     if let Some(r) = modern_get_or_delete(&headers) {
         return r;
     }
-    let live = match session(&gw, &b, &headers).await {
+    let live = match session(&gw, &b, &headers, &Value::Null).await {
         Ok(l) => l,
         Err(r) => return r,
     };

@@ -18,7 +18,9 @@ use serde_json::{Map, Value, json};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use crate::mcp::binding::{Binding, Context, Reply, Via, merge_capabilities};
+use crate::mcp::binding::{
+    Binding, Context, Reply, Via, closed_error, merge_capabilities, timeout_error,
+};
 use crate::mcp::jsonrpc::{self, Kind, Message, RpcError, code};
 use crate::mcp::names::{self, Route};
 use crate::mcp::upstream::Exchange;
@@ -289,9 +291,12 @@ impl Binding {
             // that with -32020). The session's own `initialize` stands for them.
             meta::strip_request_fields(&mut msg);
         }
-        let mut ex = match handle.conn.request_with(msg, &extra).await {
-            Ok(ex) => ex,
-            Err(e) => return Reply::Json(e.to_rpc().to_message(id)),
+        let deadline = tokio::time::Instant::now() + self.upstreams[up].timeout;
+        let sent = tokio::time::timeout_at(deadline, handle.conn.request_with(msg, &extra)).await;
+        let mut ex = match sent {
+            Ok(Ok(ex)) => ex,
+            Ok(Err(e)) => return Reply::Json(e.to_rpc().to_message(id)),
+            Err(_) => return Reply::Json(timeout_error(id, &self.upstreams[up].name)),
         };
         // Closing the client's stream cancels: an upstream on stdio or a bridged legacy
         // session is told; an HTTP upstream sees its own stream closed.
@@ -328,12 +333,12 @@ impl Binding {
             }
         };
         let Some(first) = first else {
-            return Reply::Json(jsonrpc::error(
-                id,
-                code::CONNECTION_CLOSED,
-                format!("upstream `{}` did not answer", self.upstreams[up].name),
-                None,
-            ));
+            // Timed out or closed; dropping the exchange cancels it upstream.
+            return Reply::Json(if tokio::time::Instant::now() >= deadline {
+                timeout_error(id, &self.upstreams[up].name)
+            } else {
+                closed_error(id, &self.upstreams[up].name)
+            });
         };
         if jsonrpc::kind(&first) != Kind::Notification {
             return Reply::Json(
@@ -375,14 +380,12 @@ impl Binding {
                 let _ = tx.send(out).await;
                 return;
             }
-            let _ = tx
-                .send(jsonrpc::error(
-                    id,
-                    code::CONNECTION_CLOSED,
-                    format!("upstream `{}` did not answer", me.upstreams[up].name),
-                    None,
-                ))
-                .await;
+            let out = if tokio::time::Instant::now() >= deadline {
+                timeout_error(id, &me.upstreams[up].name)
+            } else {
+                closed_error(id, &me.upstreams[up].name)
+            };
+            let _ = tx.send(out).await;
         });
         Reply::Stream(rx)
     }
@@ -468,6 +471,7 @@ impl Binding {
         log_level: Option<String>,
         requests: Vec<Message>,
     ) -> Result<Value, RpcError> {
+        ex.set_unattributable();
         let key = uuid::Uuid::new_v4().simple().to_string();
         let mut inputs = Map::new();
         let mut pending = HashMap::new();
@@ -678,6 +682,7 @@ impl Binding {
                     Err(e) => return Reply::Json(e.to_rpc().to_message(id)),
                 };
                 ex.cancel_on_drop();
+                ex.set_unattributable();
                 // The first message is the upstream's acknowledgement.
                 match tokio::time::timeout(Duration::from_secs(10), ex.next()).await {
                     Ok(Some(ack))
@@ -694,11 +699,22 @@ impl Binding {
                         continue;
                     }
                 }
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::unbounded_channel::<Message>();
                 tokio::spawn(async move {
-                    while let Some(m) = ex.next().await {
-                        if jsonrpc::kind(&m) != Kind::Notification || tx.send(m).is_err() {
-                            break;
+                    loop {
+                        let m = tokio::select! {
+                            m = ex.next() => m,
+                            // The merged stream is gone (the client left): dropping the
+                            // exchange ends the upstream listen.
+                            _ = tx.closed() => break,
+                        };
+                        match m {
+                            Some(m) if jsonrpc::kind(&m) == Kind::Notification => {
+                                if tx.send(m).is_err() {
+                                    break;
+                                }
+                            }
+                            _ => break,
                         }
                     }
                 });
@@ -718,11 +734,12 @@ impl Binding {
                     for uri in list.iter().filter_map(Value::as_str) {
                         // The bridging session is shared by every modern client, so it stays
                         // subscribed; mcpg filters what each client asked for.
-                        if handle
+                        let call = handle
                             .conn
-                            .call("resources/subscribe", Some(json!({"uri": uri})))
+                            .call("resources/subscribe", Some(json!({"uri": uri})));
+                        if tokio::time::timeout(self.upstreams[up].timeout, call)
                             .await
-                            .is_ok()
+                            .is_ok_and(|r| r.is_ok())
                         {
                             uris.push(uri.to_owned());
                         }

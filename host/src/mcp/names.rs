@@ -109,6 +109,38 @@ impl Naming {
                 _ => Route::One(0),
             });
         }
+        // A method mcpg does not know: route by a prefixed `name` or `uri` if it carries one,
+        // else to the first upstream, touching nothing else (its params pass unchanged).
+        let known = matches!(
+            method.as_str(),
+            "tools/call"
+                | "prompts/get"
+                | "resources/read"
+                | "resources/subscribe"
+                | "resources/unsubscribe"
+                | "tasks/get"
+                | "tasks/result"
+                | "tasks/cancel"
+                | "tasks/update"
+                | "completion/complete"
+        );
+        if !known {
+            let p = jsonrpc::params(m);
+            let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
+            let by_name = s("name").and_then(|n| self.name_in(n));
+            let by_uri = s("uri").and_then(|u| self.uri_in(u));
+            return Ok(Route::One(match (by_name, by_uri) {
+                (Some((up, rest)), _) => {
+                    jsonrpc::params_mut(m).insert("name".into(), json!(rest));
+                    up
+                }
+                (None, Some((up, rest))) => {
+                    jsonrpc::params_mut(m).insert("uri".into(), json!(rest));
+                    up
+                }
+                _ => 0,
+            }));
+        }
         let params = jsonrpc::params_mut(m);
         let field = |params: &mut Map<String, Value>,
                      key: &str,
@@ -149,23 +181,7 @@ impl Naming {
                     field(r, "name", "prompt", &by_name)?
                 }
             }
-            // A method mcpg does not know: route by a prefixed `name` or `uri` if it carries
-            // one, else to the first upstream.
-            _ => {
-                let name = params.get("name").and_then(Value::as_str).map(by_name);
-                let uri = params.get("uri").and_then(Value::as_str).map(by_uri);
-                match (name.flatten(), uri.flatten()) {
-                    (Some((up, rest)), _) => {
-                        params.insert("name".into(), json!(rest));
-                        up
-                    }
-                    (None, Some((up, rest))) => {
-                        params.insert("uri".into(), json!(rest));
-                        up
-                    }
-                    _ => 0,
-                }
-            }
+            _ => unreachable!("unknown methods are routed above"),
         }))
     }
 
@@ -340,6 +356,20 @@ mod tests {
         assert!(n.route(&mut m).is_err());
         let mut m = msg(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}));
         assert_eq!(n.route(&mut m).unwrap(), Route::All);
+        // Unknown methods keep their params exactly, array params and absent params included.
+        for original in [
+            json!({"jsonrpc":"2.0","id":1,"method":"vendor/x","params":[1,2]}),
+            json!({"jsonrpc":"2.0","id":1,"method":"vendor/x"}),
+            json!({"jsonrpc":"2.0","id":1,"method":"vendor/x","params":{"name":"nobody__x"}}),
+        ] {
+            let mut m = msg(original.clone());
+            assert_eq!(n.route(&mut m).unwrap(), Route::One(0));
+            assert_eq!(Value::Object(m), original);
+        }
+        let mut m =
+            msg(json!({"jsonrpc":"2.0","id":1,"method":"vendor/x","params":{"uri":"time+x://y"}}));
+        assert_eq!(n.route(&mut m).unwrap(), Route::One(2));
+        assert_eq!(m["params"]["uri"], json!("x://y"));
     }
 
     #[test]

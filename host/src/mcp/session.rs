@@ -33,6 +33,9 @@ pub struct SessionRecord {
     /// Per upstream name: its HTTP session id, when it has one.
     #[serde(default)]
     pub upstream_sessions: HashMap<String, String>,
+    /// Per upstream name: the revision that upstream agreed to (sent again on resumption).
+    #[serde(default)]
+    pub upstream_versions: HashMap<String, String>,
     /// The replica serving the session.
     pub owner: String,
     pub created_ms: u64,
@@ -182,7 +185,9 @@ impl Live {
                 }
             }
         });
-        self.pumps.lock().expect("lock").push(h);
+        let mut pumps = self.pumps.lock().expect("lock");
+        pumps.retain(|p| !p.is_finished());
+        pumps.push(h);
     }
 
     /// Notes activity; returns true when the record's TTL should be refreshed.
@@ -289,6 +294,19 @@ impl Sessions {
             .cloned()
             .collect();
         for l in idle {
+            let owner = match self.cap.store.get(&record_key(&l.id)).await {
+                Ok(Some(e)) => serde_json::from_slice::<SessionRecord>(&e.value)
+                    .ok()
+                    .map(|r| r.owner),
+                _ => None,
+            };
+            if owner.as_ref().is_some_and(|o| *o != self.node_id) {
+                // Another replica serves it now: only this replica's copy goes.
+                tracing::info!(session = %l.id, owner = ?owner, "idle local copy of a session served elsewhere; dropping it");
+                self.live.lock().expect("lock").remove(&l.id);
+                l.close().await;
+                continue;
+            }
             tracing::info!(session = %l.id, binding = %l.binding.name, "session idle past its TTL; closing");
             self.end(&l).await;
         }
@@ -346,14 +364,20 @@ impl Sessions {
                 .to_owned(),
             hello,
             upstream_sessions: HashMap::new(),
+            upstream_versions: HashMap::new(),
             owner: self.node_id.clone(),
             created_ms: now_ms(),
         };
         for (i, l) in leases.iter().enumerate() {
+            let name = &binding.upstreams[i].name;
             if let Some(s) = l.as_ref().and_then(|l| l.upstream_session.clone()) {
-                record
-                    .upstream_sessions
-                    .insert(binding.upstreams[i].name.clone(), s);
+                record.upstream_sessions.insert(name.clone(), s);
+            }
+            if let Some(v) = l
+                .as_ref()
+                .and_then(|l| l.answer["protocolVersion"].as_str())
+            {
+                record.upstream_versions.insert(name.clone(), v.to_owned());
             }
         }
         self.cap
@@ -395,7 +419,10 @@ impl Sessions {
                 .collect(),
             touched: Mutex::new((now, now)),
             pumps: Mutex::new(Vec::new()),
-            events: Arc::new(AtomicU64::new(0)),
+            // Event ids start from the clock (microseconds), so a session revived from its
+            // record (after a restart, or on another replica) keeps numbering upwards and a
+            // client's Last-Event-ID stays meaningful.
+            events: Arc::new(AtomicU64::new(now_ms() * 1000)),
             waiters: Mutex::new(HashMap::new()),
             log_level: Mutex::new(None),
             listens: Mutex::new(HashMap::new()),
@@ -460,7 +487,13 @@ impl Sessions {
         }
         let mut leases = Vec::new();
         for u in &binding.upstreams {
-            let resume = record.upstream_sessions.get(&u.name).map(String::as_str);
+            let resume = record.upstream_sessions.get(&u.name).map(|s| {
+                let version = record
+                    .upstream_versions
+                    .get(&u.name)
+                    .unwrap_or(&record.protocol_version);
+                (s.as_str(), version.as_str())
+            });
             leases.push(u.connect(&record.hello, resume).await.ok());
         }
         let mut record = record;

@@ -159,6 +159,12 @@ impl Binding {
             }
             // Ask the client each input request as a server request, on this stream.
             let mut waits = Vec::new();
+            let forget = |waits: &[(String, String, oneshot::Receiver<Message>)]| {
+                let mut w = live.waiters.lock().expect("lock");
+                for (_, gid, _) in waits {
+                    w.remove(gid);
+                }
+            };
             for (key, req) in result["inputRequests"]
                 .as_object()
                 .cloned()
@@ -172,13 +178,15 @@ impl Binding {
                     req["method"].as_str().unwrap_or_default(),
                     req.get("params").cloned(),
                 );
+                waits.push((key, gid, wrx));
                 if tx.send(request).await.is_err() {
+                    forget(&waits);
                     return;
                 }
-                waits.push((key, gid, wrx));
             }
             let mut answers = Map::new();
-            for (key, gid, wrx) in waits {
+            let asked: Vec<String> = waits.iter().map(|(_, gid, _)| gid.clone()).collect();
+            for (key, _, wrx) in waits {
                 match tokio::time::timeout_at(deadline, wrx).await {
                     Ok(Ok(answer)) => {
                         if let Some(r) = answer.get("result") {
@@ -186,7 +194,12 @@ impl Binding {
                         }
                     }
                     _ => {
-                        live.waiters.lock().expect("lock").remove(&gid);
+                        {
+                            let mut w = live.waiters.lock().expect("lock");
+                            for gid in &asked {
+                                w.remove(gid);
+                            }
+                        }
                         let _ = tx
                             .send(fail(
                                 code::REQUEST_TIMEOUT,
@@ -254,6 +267,7 @@ impl Binding {
         stamp(&mut req, live);
         let mut ex = conn.request(req).await.map_err(|e| e.to_rpc())?;
         ex.cancel_on_drop();
+        ex.set_unattributable();
         let me = self.clone();
         let session = live.clone();
         let h = tokio::spawn(async move {
@@ -267,8 +281,11 @@ impl Binding {
                 me.deliver(&session.id, &session.events, &m).await;
             }
         });
-        if let Some(entry) = live.listens.lock().expect("lock").get_mut(&up) {
-            entry.1 = Some(h);
+        if let Some(entry) = live.listens.lock().expect("lock").get_mut(&up)
+            && let Some(old) = entry.1.replace(h)
+        {
+            // A concurrent subscribe started one too; only the latest set is watched.
+            old.abort();
         }
         Ok(json!({}))
     }

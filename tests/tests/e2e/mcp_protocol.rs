@@ -708,8 +708,17 @@ fn a_cancelled_request_is_stopped_and_the_upstream_told() {
         br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"slow","reason":"changed my mind"}}"#,
     );
     assert_eq!(status, 202);
-    let (status, _, text) = slow.join().unwrap();
-    assert_eq!(status, 202, "a cancelled request gets no response: {text}");
+    let (status, headers, text) = slow.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert!(
+        !text.contains("\"result\"") && !text.contains("\"error\""),
+        "a cancelled request gets no response: {text}"
+    );
     let seen = call(&gw, session, "echo/notifications", json!({}));
     let cancelled: Vec<&Value> = seen["result"]["notifications"]
         .as_array()

@@ -63,6 +63,9 @@ struct Route {
     tx: mpsc::UnboundedSender<Message>,
     /// The client's own progress token, restored on the way back.
     progress: Option<Value>,
+    /// Whether messages without an id of ours may be attributed to this exchange when it is
+    /// the only one in flight (not for exchanges parked between rounds, or listens).
+    attributable: bool,
 }
 
 struct Shared {
@@ -163,17 +166,21 @@ impl Connection {
             jsonrpc::set_progress_token(&mut msg, json!(id));
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        self.shared
-            .routes
-            .lock()
-            .expect("routes lock")
-            .insert(id, Route { tx, progress });
-        let exchange = Exchange {
+        self.shared.routes.lock().expect("routes lock").insert(
+            id,
+            Route {
+                tx,
+                progress,
+                attributable: true,
+            },
+        );
+        let mut exchange = Exchange {
             id,
             rx,
             conn: self.clone(),
             answered: false,
             cancel_on_drop: false,
+            reader: None,
         };
         match self.transport.send(msg, headers).await {
             Ok(Some(mut stream)) => {
@@ -188,7 +195,7 @@ impl Connection {
                         }
                         None => {
                             let s = self.shared.clone();
-                            tokio::spawn(async move {
+                            let reader = tokio::spawn(async move {
                                 while let Some(m) = stream.next().await {
                                     s.dispatch(m, Some(id));
                                 }
@@ -196,13 +203,23 @@ impl Connection {
                                 // exchange ends empty.
                                 s.routes.lock().expect("routes lock").remove(&id);
                             });
+                            // Dropping the exchange closes the upstream's stream (for a
+                            // 2026-07-28 upstream, that is the cancellation).
+                            exchange.reader = Some(reader.abort_handle());
                             break;
                         }
                     }
                 }
             }
             Ok(None) => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                if matches!(e, UpstreamError::SessionExpired(_)) {
+                    // Nothing more can go through this conversation; whoever holds it
+                    // reconnects.
+                    self.shared.close();
+                }
+                return Err(e);
+            }
         }
         Ok(exchange)
     }
@@ -330,8 +347,13 @@ impl Shared {
         match on {
             Some(id) if routes.contains_key(&id) => Some(id),
             Some(_) => None,
-            None if routes.len() == 1 => routes.keys().next().copied(),
-            None => None,
+            None => {
+                let mut candidates = routes.iter().filter(|(_, r)| r.attributable);
+                match (candidates.next(), candidates.next()) {
+                    (Some((id, _)), None) => Some(*id),
+                    _ => None,
+                }
+            }
         }
     }
 }
@@ -344,6 +366,8 @@ pub struct Exchange {
     conn: Connection,
     answered: bool,
     cancel_on_drop: bool,
+    /// The task reading this exchange's own stream, if it has one.
+    reader: Option<tokio::task::AbortHandle>,
 }
 
 impl Exchange {
@@ -366,6 +390,21 @@ impl Exchange {
             self.answered = true;
         }
         m
+    }
+
+    /// Stops attributing messages without an id to this exchange (it is parked between
+    /// rounds, or a long-lived listen), so other requests in flight can be attributed.
+    pub fn set_unattributable(&self) {
+        if let Some(r) = self
+            .conn
+            .shared
+            .routes
+            .lock()
+            .expect("routes lock")
+            .get_mut(&self.id)
+        {
+            r.attributable = false;
+        }
     }
 
     /// Tells the upstream to stop (`notifications/cancelled`) if this exchange is dropped
@@ -397,6 +436,9 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
         if self.cancel_on_drop && !self.answered && !self.conn.is_closed() {
             let conn = self.conn.clone();
             let n = jsonrpc::notification(

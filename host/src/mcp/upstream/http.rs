@@ -21,7 +21,7 @@ use crate::mcp::jsonrpc::{self, Message};
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 
-/// Builds the HTTP client every HTTP upstream of this process shares (one connection pool).
+/// Builds the HTTP client of one upstream (its own connection pool).
 pub fn client(connect_timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
@@ -386,9 +386,20 @@ impl Transport for HttpTransport {
         if self.session_id().is_none() {
             return;
         }
-        let r = self.base_request(reqwest::Method::DELETE).send().await;
-        if let Err(e) = r {
-            tracing::debug!(upstream = %self.name, error = %e, "DELETE of the upstream session failed");
+        // Bounded: a stuck upstream must not hold up reaping or shutdown.
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.base_request(reqwest::Method::DELETE).send(),
+        )
+        .await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(upstream = %self.name, error = %e, "DELETE of the upstream session failed")
+            }
+            Err(_) => {
+                tracing::debug!(upstream = %self.name, "DELETE of the upstream session timed out")
+            }
         }
     }
 }

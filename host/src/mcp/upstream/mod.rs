@@ -224,7 +224,11 @@ impl Upstream {
     /// `resume` names one). An upstream that speaks only 2026-07-28 (configured, or refusing
     /// `initialize` while answering `server/discover`) serves the session through its shared
     /// modern conversation instead, the session's requests stamped with `_meta`.
-    pub async fn connect(&self, hello: &Hello, resume: Option<&str>) -> Result<Lease, RpcError> {
+    pub async fn connect(
+        &self,
+        hello: &Hello,
+        resume: Option<(&str, &str)>,
+    ) -> Result<Lease, RpcError> {
         if self.modern_only {
             return self.modern_lease(hello).await;
         }
@@ -269,7 +273,12 @@ impl Upstream {
         })
     }
 
-    async fn connect_legacy(&self, hello: &Hello, resume: Option<&str>) -> Result<Lease, RpcError> {
+    /// `resume` names an upstream HTTP session to carry on and the revision it agreed to.
+    async fn connect_legacy(
+        &self,
+        hello: &Hello,
+        resume: Option<(&str, &str)>,
+    ) -> Result<Lease, RpcError> {
         match &self.kind {
             Kind::Stdio { cfg, base_dir } => {
                 if let Some(shared) = &self.shared {
@@ -326,12 +335,10 @@ impl Upstream {
                         .map_err(|e| e.to_rpc())?,
                 );
                 let conn = Connection::new(&self.name, t.clone(), None);
-                if let Some(id) = resume {
+                if let Some((id, version)) = resume {
                     t.set_session(Some(id.to_owned()));
-                    t.set_version(Some(hello.protocol_version.clone()));
-                    let _ = conn
-                        .handshake
-                        .set(json!({"protocolVersion": hello.protocol_version}));
+                    t.set_version(Some(version.to_owned()));
+                    let _ = conn.handshake.set(json!({"protocolVersion": version}));
                 } else {
                     let result = handshake(&conn, hello).await?;
                     t.set_version(result["protocolVersion"].as_str().map(str::to_owned));
@@ -448,7 +455,6 @@ impl Upstream {
                 }
                 let lease = self.connect_legacy(&Hello::gateway(), None).await?;
                 let info = lease.conn.handshake.get().cloned().unwrap_or_default();
-                answer_unattributable(&lease.conn);
                 answer_unattributable(&lease.conn);
                 Ok(ModernHandle {
                     conn: lease.conn,
