@@ -569,7 +569,7 @@ impl Binding {
         let mut answers = Vec::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             match u.modern().await {
-                Ok(h) => answers.push((i, h.info)),
+                Ok(h) => answers.push((i, (*h.info).clone())),
                 Err(e) => {
                     tracing::warn!(binding = %self.name, upstream = %u.name, error = %e, "server/discover: upstream left out");
                 }

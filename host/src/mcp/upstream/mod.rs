@@ -51,8 +51,9 @@ pub struct ModernHandle {
     pub conn: Connection,
     /// The upstream speaks 2026-07-28; otherwise mcpg bridges over a legacy session.
     pub native: bool,
-    /// The upstream's `server/discover` result (native) or `initialize` result (bridged).
-    pub info: Value,
+    /// The upstream's `server/discover` result (native) or `initialize` result (bridged),
+    /// shared: handles are cloned on every request.
+    pub info: Arc<Value>,
 }
 
 /// The capabilities the gateway declares when it speaks for clients it does not know yet.
@@ -237,6 +238,16 @@ impl Upstream {
                 l.answer = l.conn.handshake.get().cloned().unwrap_or_default();
                 Ok(l)
             }
+            // Only a refused `initialize` (the upstream's own JSON-RPC error, not mcpg's
+            // transport, timeout or capacity errors) suggests an upstream of the other era.
+            Err(e)
+                if matches!(
+                    e.code,
+                    jsonrpc::code::CONNECTION_CLOSED | jsonrpc::code::REQUEST_TIMEOUT
+                ) || *self.speaks_modern.lock().expect("lock") == Some(false) =>
+            {
+                Err(e)
+            }
             Err(e) => match self.modern_lease(hello).await {
                 Ok(l) => {
                     tracing::info!(upstream = %self.name, error = %e.message, "upstream refused initialize but speaks 2026-07-28; bridging the legacy session");
@@ -405,7 +416,7 @@ impl Upstream {
                     return Ok(ModernHandle {
                         conn,
                         native: true,
-                        info,
+                        info: Arc::new(info),
                     });
                 }
                 // A legacy server ignores or refuses the probe and is still uninitialised.
@@ -418,7 +429,7 @@ impl Upstream {
                         Ok(ModernHandle {
                             conn,
                             native: false,
-                            info,
+                            info: Arc::new(info),
                         })
                     }
                     Err(e) => {
@@ -443,7 +454,7 @@ impl Upstream {
                         return Ok(ModernHandle {
                             conn,
                             native: true,
-                            info,
+                            info: Arc::new(info),
                         });
                     }
                     if known == Some(true) {
@@ -459,7 +470,7 @@ impl Upstream {
                 Ok(ModernHandle {
                     conn: lease.conn,
                     native: false,
-                    info,
+                    info: Arc::new(info),
                 })
             }
         }
