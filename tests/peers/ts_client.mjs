@@ -1,5 +1,7 @@
 // Drives an MCP endpoint with the TypeScript SDK's client (legacy era: initialize and a
-// session) and prints one JSON report, the same shape py_client.py prints.
+// session) and prints one JSON report, the same shape py_client.py prints. Plan key
+// "task_calls" runs tools as 2025-11-25 tasks (the SDK's experimental task stream) and records
+// what the stream reported, then lists the session's tasks.
 //
 // usage: node ts_client.mjs URL PLAN   (MCPG_NODE_MODULES names the node_modules holding the SDK)
 import { pathToFileURL } from "node:url";
@@ -69,6 +71,23 @@ for (const uri of plan.reads ?? []) {
   } catch (e) {
     report.reads.push({ uri, exception: String(e) });
   }
+}
+if (plan.task_calls) {
+  report.task_calls = [];
+  for (const call of plan.task_calls) {
+    const seen = [];
+    let text = null;
+    for await (const m of client.experimental.tasks.callToolStream({ name: call.name, arguments: call.arguments ?? {} })) {
+      if (m.task) seen.push({ type: m.type, taskId: m.task.taskId, status: m.task.status });
+      if (m.type === "result") {
+        text = textOf(m.result.content ?? []);
+        seen.push({ type: "result", relatedTask: m.result._meta?.["io.modelcontextprotocol/related-task"]?.taskId ?? null });
+      }
+      if (m.type === "error") seen.push({ type: "error", error: String(m.error) });
+    }
+    report.task_calls.push({ name: call.name, seen, text });
+  }
+  report.tasks = (await client.experimental.tasks.listTasks()).tasks.map((t) => ({ taskId: t.taskId, status: t.status }));
 }
 await transport.terminateSession().catch(() => {});
 await client.close();

@@ -201,6 +201,7 @@ impl Naming {
         if let Some(task) = result.get_mut("task") {
             self.field_name_out(up, task, "taskId");
         }
+        self.related_task_out(up, result);
         if method == "tasks/get" || method == "tasks/cancel" || method == "tasks/update" {
             self.field_name_out(up, result, "taskId");
         }
@@ -262,6 +263,16 @@ impl Naming {
         }
     }
 
+    /// `_meta["io.modelcontextprotocol/related-task"].taskId` (2025-11-25 tasks), prefixed.
+    fn related_task_out(&self, up: usize, v: &mut Value) {
+        if let Some(rt) = v
+            .get_mut("_meta")
+            .and_then(|m| m.get_mut("io.modelcontextprotocol/related-task"))
+        {
+            self.field_name_out(up, rt, "taskId");
+        }
+    }
+
     /// Prefixes what an upstream's notification names (resource updates, task status).
     pub fn notification_out(&self, up: usize, m: &mut Message) {
         if !self.prefix {
@@ -271,6 +282,7 @@ impl Naming {
         let Some(p) = m.get_mut("params") else {
             return;
         };
+        self.related_task_out(up, p);
         match method.as_str() {
             "notifications/resources/updated" => self.field_uri_out(up, p, "uri"),
             "notifications/tasks/status" => self.field_name_out(up, p, "taskId"),

@@ -476,3 +476,38 @@ fn a_dual_era_upstream_reached_in_either_era_serves_clients_of_both() {
         }
     }
 }
+
+/// A 2025-11-25 task through mcpg, driven by the TypeScript SDK's task stream against
+/// server-everything: created, polled with `tasks/get`, finished with `tasks/result`, and
+/// listed with `tasks/list`, its id prefixed with the upstream's name everywhere.
+#[test]
+fn a_legacy_task_runs_through_mcpg_with_its_id_prefixed() {
+    let everything = everything_http();
+    let gw = two_upstreams("mcp-tasks", &everything.url);
+    let r = ts_client(
+        &gw.url("/mcp"),
+        json!({"task_calls": [{"name": "everything__simulate-research-query", "arguments": {"topic": "gateways"}}]}),
+    );
+    let call = &r["task_calls"][0];
+    let seen = call["seen"].as_array().unwrap();
+    let id = seen[0]["taskId"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("everything__"), "{call}");
+    assert_eq!(seen[0]["type"], "taskCreated", "{call}");
+    assert!(
+        seen.iter()
+            .any(|s| s["status"] == "completed" && s["taskId"] == id.as_str()),
+        "{call}"
+    );
+    let last = seen.last().unwrap();
+    assert_eq!(last["type"], "result", "{call}");
+    assert_eq!(last["relatedTask"], id.as_str(), "{call}");
+    assert!(call["text"].to_string().contains("gateways"), "{call}");
+    assert!(
+        r["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["taskId"] == id.as_str()),
+        "{r}"
+    );
+}
