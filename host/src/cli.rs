@@ -144,7 +144,10 @@ async fn run(
             ));
         }
     };
-    let running = bound.start(gateway.router(), control.router());
+    let running = bound.start(
+        gateway.router().merge(control.meta_router()),
+        control.router().merge(gateway.admin_router()),
+    );
     // Ready only once presence is registered: peers can see this replica.
     running.readiness.set_ready();
     tracing::info!("ready");

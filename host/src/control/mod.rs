@@ -47,7 +47,12 @@ pub struct ControlPlane {
     presence: Arc<Mutex<Option<Arc<dyn Presence>>>>,
     leadership: Arc<Mutex<Leadership>>,
     stop: watch::Sender<bool>,
+    /// The cluster's id: created once in the coordinator by the first replica, shared by all.
+    cluster_id: String,
 }
+
+/// Where the cluster id lives in the coordinator.
+const CLUSTER_ID: &str = "mcpg/control/cluster-id";
 
 impl ControlPlane {
     /// Registers this replica's presence (returning once it is registered) and starts taking part
@@ -63,6 +68,18 @@ impl ControlPlane {
             version: env!("CARGO_PKG_VERSION").into(),
         })
         .expect("meta serializes");
+        let fresh = uuid::Uuid::new_v4().simple().to_string();
+        let cluster_id = match coordinator
+            .create(CLUSTER_ID, fresh.clone().into_bytes(), None)
+            .await?
+        {
+            Some(_) => fresh,
+            None => coordinator
+                .get(CLUSTER_ID)
+                .await?
+                .and_then(|e| String::from_utf8(e.value).ok())
+                .unwrap_or(fresh),
+        };
         let presence: Arc<dyn Presence> = Arc::from(coordinator.register(meta).await?);
         let (stop, _) = watch::channel(false);
         let cp = Self {
@@ -72,6 +89,7 @@ impl ControlPlane {
             presence: Arc::new(Mutex::new(Some(presence))),
             leadership: Arc::default(),
             stop,
+            cluster_id,
         };
         tokio::spawn(cp.clone().elect());
         Ok(cp)
@@ -195,6 +213,32 @@ impl ControlPlane {
         })
     }
 
+    /// The body of `GET /mcpg/meta`, the probe a peer or an operator uses on the MCP listener:
+    /// what this replica is, which MCP revisions it speaks, and its place in the cluster.
+    pub fn meta(&self) -> serde_json::Value {
+        json!({
+            "product": "mcpg",
+            "version": env!("CARGO_PKG_VERSION"),
+            "protocol_versions": {
+                "modern": crate::mcp::version::MODERN,
+                "legacy": crate::mcp::version::LEGACY,
+            },
+            "node_id": self.node_id,
+            "cluster": {
+                "id": self.cluster_id,
+                "kind": self.kind,
+                "role": if self.current_lease().is_some() { "leader" } else { "follower" },
+            },
+        })
+    }
+
+    /// `GET /mcpg/meta`, served on the main listener.
+    pub fn meta_router(&self) -> Router {
+        Router::new()
+            .route("/mcpg/meta", get(meta))
+            .with_state(self.clone())
+    }
+
     /// The admin routes of the control plane.
     pub fn router(&self) -> Router {
         Router::new()
@@ -207,6 +251,10 @@ impl ControlPlane {
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; drop it here rather than across an await.
     let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn meta(State(cp): State<ControlPlane>) -> Json<serde_json::Value> {
+    Json(cp.meta())
 }
 
 async fn status(State(cp): State<ControlPlane>) -> Json<serde_json::Value> {

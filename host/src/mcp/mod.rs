@@ -89,9 +89,36 @@ impl Gateway {
         })
     }
 
+    /// Admin routes of the data plane: `GET /api/cluster/sessions/{id}`.
+    pub fn admin_router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route(
+                "/api/cluster/sessions/{id}",
+                axum::routing::get(session_status),
+            )
+            .with_state(self.clone())
+    }
+
     /// Closes every session's upstream conversations (shutdown). Records stay, so a durable
     /// or shared store lets the sessions be revived.
     pub async fn shutdown(&self) {
         self.sessions.close_all().await;
+    }
+}
+
+/// `GET /api/cluster/sessions/{id}`: a legacy session's record (owner, binding, revision,
+/// which upstreams hold a session of their own) and whether this replica serves it now.
+async fn session_status(
+    axum::extract::State(gw): axum::extract::State<Arc<Gateway>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match gw.sessions.describe(&id).await {
+        Some(v) => axum::Json(v).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "no such session"})),
+        )
+            .into_response(),
     }
 }

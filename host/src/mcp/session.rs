@@ -544,7 +544,25 @@ impl Sessions {
         }
     }
 
-    pub fn live_count(&self) -> usize {
-        self.live.lock().expect("lock").len()
+    /// What the admin API shows of a session: its record, without the client's `initialize`
+    /// or the upstream session ids (credentials in all but name), and whether it is live here.
+    pub async fn describe(&self, id: &str) -> Option<Value> {
+        let entry = self.cap.store.get(&record_key(id)).await.ok()??;
+        let record: SessionRecord = serde_json::from_slice(&entry.value).ok()?;
+        let live_here = self.live.lock().expect("lock").contains_key(id);
+        let mut upstreams: Vec<&String> = record.upstream_sessions.keys().collect();
+        upstreams.sort();
+        Some(json!({
+            "id": record.id,
+            "format": record.format,
+            "binding": record.binding,
+            "protocol_version": record.protocol_version,
+            "owner": record.owner,
+            "created_ms": record.created_ms,
+            "state": if live_here { "live" } else { "recorded" },
+            "served_here": live_here,
+            "client": record.hello.client_info,
+            "upstream_sessions": upstreams,
+        }))
     }
 }

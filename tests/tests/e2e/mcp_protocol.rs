@@ -755,3 +755,56 @@ fn merged_lists_keep_pagination_intact() {
         );
     }
 }
+
+/// `GET /mcpg/meta` describes the replica on the MCP listener; `GET /api/cluster/sessions/{id}`
+/// shows a session's record on the admin API (here on the same listener) while it exists.
+#[test]
+fn meta_and_session_status_describe_the_replica_and_its_sessions() {
+    let gw = echo_gateway("mcp-proto-meta", "");
+    let meta = crate::harness::get_json(gw.addr, "/mcpg/meta").expect("/mcpg/meta answers");
+    assert_eq!(meta["product"], "mcpg");
+    assert!(
+        meta["protocol_versions"]["modern"]
+            .to_string()
+            .contains("2026-07-28"),
+        "{meta}"
+    );
+    assert!(
+        meta["protocol_versions"]["legacy"]
+            .to_string()
+            .contains("2025-11-25"),
+        "{meta}"
+    );
+    assert_eq!(meta["cluster"]["kind"], "single_node");
+    assert!(
+        meta["cluster"]["id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{meta}"
+    );
+    let sid = initialize(&gw);
+    let status = crate::harness::get_json(gw.addr, &format!("/api/cluster/sessions/{sid}"))
+        .expect("the session's status");
+    assert_eq!(status["binding"], "echo", "{status}");
+    assert_eq!(status["state"], "live");
+    assert_eq!(status["owner"], meta["node_id"]);
+    assert_eq!(status["client"]["name"], "raw");
+    let (code, _, _) = http(gw.addr, "GET", "/api/cluster/sessions/nope", &[], b"");
+    assert_eq!(code, 404);
+    let (code, _, _) = http(
+        gw.addr,
+        "DELETE",
+        "/mcp",
+        &[("Mcp-Session-Id", sid.as_str())],
+        b"",
+    );
+    assert_eq!(code, 200);
+    let (code, _, _) = http(
+        gw.addr,
+        "GET",
+        &format!("/api/cluster/sessions/{sid}"),
+        &[],
+        b"",
+    );
+    assert_eq!(code, 404, "an ended session has no status");
+}
