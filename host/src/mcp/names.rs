@@ -50,29 +50,27 @@ impl Naming {
     /// The upstream a prefixed name belongs to and the name without its prefix. The longest
     /// matching upstream name wins, so `a` and `a__b` can coexist.
     pub fn name_in(&self, name: &str) -> Option<(usize, String)> {
-        self.upstreams
-            .iter()
-            .enumerate()
-            .filter_map(|(i, u)| {
-                name.strip_prefix(u.as_str())
-                    .and_then(|rest| rest.strip_prefix(self.sep.as_str()))
-                    .map(|rest| (i, u.len(), rest.to_owned()))
-            })
-            .max_by_key(|(_, len, _)| *len)
-            .map(|(i, _, rest)| (i, rest))
+        self.strip(name, &self.sep)
     }
 
     fn uri_out(&self, up: usize, uri: &str) -> String {
         format!("{}+{}", self.upstreams[up], uri)
     }
 
+    /// [`Naming::name_in`] for URIs (`<upstream>+<uri>`).
     pub fn uri_in(&self, uri: &str) -> Option<(usize, String)> {
+        self.strip(uri, "+")
+    }
+
+    /// `<upstream><sep><rest>` → the upstream's index and `rest`, longest upstream name first.
+    fn strip(&self, value: &str, sep: &str) -> Option<(usize, String)> {
         self.upstreams
             .iter()
             .enumerate()
             .filter_map(|(i, u)| {
-                uri.strip_prefix(u.as_str())
-                    .and_then(|rest| rest.strip_prefix('+'))
+                value
+                    .strip_prefix(u.as_str())
+                    .and_then(|rest| rest.strip_prefix(sep))
                     .map(|rest| (i, u.len(), rest.to_owned()))
             })
             .max_by_key(|(_, len, _)| *len)
