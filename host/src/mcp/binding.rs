@@ -285,12 +285,12 @@ impl Binding {
         {
             return Reply::Json(e.to_message(id));
         }
-        let conn = match live.conn(up).await {
+        let (conn, modern) = match live.conn_and_era(up).await {
             Ok(c) => c,
             Err(e) => return Reply::Json(e.to_message(id)),
         };
-        if live.is_modern(up).await {
-            return self.forward_stamped(live, up, id, method, msg).await;
+        if modern {
+            return self.forward_stamped(live, up, conn, id, method, msg).await;
         }
         // The deadline covers sending too: a JSON answer arrives while the request is sent.
         let deadline = tokio::time::Instant::now() + self.upstreams[up].timeout;

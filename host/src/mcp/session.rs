@@ -92,12 +92,18 @@ impl Live {
     /// The live conversation with upstream `up`, reconnecting (with the client's recorded
     /// hello) when it has died, at most once per second.
     pub async fn conn(&self, up: usize) -> Result<Connection, RpcError> {
+        self.conn_and_era(up).await.map(|(c, _)| c)
+    }
+
+    /// [`Live::conn`], and whether the conversation is the upstream's 2026-07-28 one (so the
+    /// session's requests must be stamped), under one lock.
+    pub async fn conn_and_era(&self, up: usize) -> Result<(Connection, bool), RpcError> {
         let slot = &self.slots[up];
         let mut lease = slot.lease.lock().await;
         if let Some(l) = lease.as_ref()
             && !l.conn.is_closed()
         {
-            return Ok(l.conn.clone());
+            return Ok((l.conn.clone(), l.modern));
         }
         let upstream = &self.binding.upstreams[up];
         if let Some(t) = *slot.failed_at.lock().expect("lock")
@@ -112,7 +118,7 @@ impl Live {
         match upstream.connect(&hello, None).await {
             Ok(l) => {
                 tracing::info!(session = %self.id, upstream = %upstream.name, "reconnected upstream");
-                let conn = l.conn.clone();
+                let conn = (l.conn.clone(), l.modern);
                 if let Some(s) = &l.upstream_session {
                     self.record
                         .lock()

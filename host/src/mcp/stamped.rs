@@ -76,6 +76,7 @@ impl Binding {
         self: &Arc<Self>,
         live: &Arc<Live>,
         up: usize,
+        conn: Connection,
         id: Value,
         method: String,
         mut msg: Message,
@@ -88,10 +89,6 @@ impl Binding {
                 },
             );
         }
-        let conn = match live.conn(up).await {
-            Ok(c) => c,
-            Err(e) => return Reply::Json(e.to_message(id)),
-        };
         stamp(&mut msg, live);
         let (tx, rx) = mpsc::channel(64);
         let me = self.clone();
