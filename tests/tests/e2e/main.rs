@@ -4,6 +4,7 @@
 mod harness;
 mod peers;
 
+mod bench_smoke;
 mod config_check;
 mod consul_config;
 mod etcd_cluster;

@@ -432,7 +432,7 @@ fn every_tool_prompt_and_resource_of_both_upstreams() {
 
 /// Starts the workspace's fast fixture upstream (both eras on one endpoint); returns it and
 /// its URL.
-fn bench_fixture() -> (crate::harness::Proc, String) {
+pub fn bench_fixture() -> (crate::harness::Proc, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(crate::harness::bin("mcpg-fixture-upstream"))
         .args(["--listen", "127.0.0.1:0"])
