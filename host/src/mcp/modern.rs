@@ -40,6 +40,10 @@ const REMOVED: &[&str] = &[
 /// How long a parked upstream exchange waits for the client's retry.
 const PARK_TTL: Duration = Duration::from_secs(600);
 
+/// The most exchanges parked at once on this replica; beyond it a bridged input request is
+/// refused rather than letting abandoned rounds grow without bound.
+const MAX_PARKED: usize = 10_000;
+
 /// The key signing `requestState`: shared by every replica through the `pipelines` store
 /// (created once), so a retry verifies wherever it lands.
 #[derive(Default)]
@@ -471,6 +475,12 @@ impl Binding {
         log_level: Option<String>,
         requests: Vec<Message>,
     ) -> Result<Value, RpcError> {
+        if self.ctx.parked.0.lock().expect("lock").len() >= MAX_PARKED {
+            return Err(RpcError::new(
+                code::INTERNAL_ERROR,
+                "too many input-required exchanges are waiting for their clients; try again later",
+            ));
+        }
         ex.set_unattributable();
         let key = uuid::Uuid::new_v4().simple().to_string();
         let mut inputs = Map::new();

@@ -78,6 +78,9 @@ pub struct Live {
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The last event id given to a GET-stream message of this session.
     pub events: Arc<AtomicU64>,
+    /// Set once the session has ended here: no new upstream conversations are started for it
+    /// (a request already in flight when it ended must not leave children behind).
+    closed: std::sync::atomic::AtomicBool,
     /// Answers this replica awaits from the client itself (input requests of an upstream
     /// that speaks only 2026-07-28, asked as server requests), by request id.
     pub waiters: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Message>>>,
@@ -106,6 +109,12 @@ impl Live {
             return Ok((l.conn.clone(), l.modern));
         }
         let upstream = &self.binding.upstreams[up];
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(RpcError::new(
+                jsonrpc::code::CONNECTION_CLOSED,
+                "the session has ended",
+            ));
+        }
         if let Some(t) = *slot.failed_at.lock().expect("lock")
             && t.elapsed() < Duration::from_secs(1)
         {
@@ -213,6 +222,8 @@ impl Live {
     }
 
     async fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for h in self.pumps.lock().expect("lock").drain(..) {
             h.abort();
         }
@@ -429,6 +440,7 @@ impl Sessions {
             // record (after a restart, or on another replica) keeps numbering upwards and a
             // client's Last-Event-ID stays meaningful.
             events: Arc::new(AtomicU64::new(now_ms() * 1000)),
+            closed: std::sync::atomic::AtomicBool::new(false),
             waiters: Mutex::new(HashMap::new()),
             log_level: Mutex::new(None),
             listens: Mutex::new(HashMap::new()),
@@ -511,6 +523,9 @@ impl Sessions {
     }
 
     async fn refresh(&self, live: &Live) {
+        if live.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let record = live.record.lock().expect("lock").clone();
         if let Err(e) = self
             .cap
@@ -528,11 +543,16 @@ impl Sessions {
 
     /// Ends a session: closes its upstream conversations and deletes its record.
     pub async fn end(&self, live: &Arc<Live>) {
-        self.live.lock().expect("lock").remove(&live.id);
-        live.close().await;
+        // Closed first (no refresh writes the record back, no new upstream conversation is
+        // started), then the record goes, so a request racing the end cannot revive the
+        // session from it.
+        live.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.cap.store.delete(&record_key(&live.id), None).await {
             tracing::warn!(session = %live.id, error = %e, "cannot delete the session record");
         }
+        self.live.lock().expect("lock").remove(&live.id);
+        live.close().await;
         tracing::info!(session = %live.id, "session ended");
     }
 
