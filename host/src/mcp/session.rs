@@ -275,8 +275,9 @@ pub struct Sessions {
     node_id: String,
     idle_ttl: Duration,
     live: Mutex<HashMap<String, Arc<Live>>>,
-    /// Serialises reviving one session from its record.
-    reviving: AsyncMutex<()>,
+    /// Serialises reviving one session from its record (one lock per session id, so
+    /// sessions revive in parallel).
+    reviving: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
 }
 
 impl Sessions {
@@ -286,7 +287,7 @@ impl Sessions {
             node_id,
             idle_ttl,
             live: Mutex::new(HashMap::new()),
-            reviving: AsyncMutex::new(()),
+            reviving: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&s);
         let every = (idle_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
@@ -477,7 +478,25 @@ impl Sessions {
     }
 
     async fn revive(&self, binding: &Arc<Binding>, id: &str) -> Result<Arc<Live>, SessionError> {
-        let _one = self.reviving.lock().await;
+        let lock = self
+            .reviving
+            .lock()
+            .expect("lock")
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        let guard = lock.lock().await;
+        let r = self.revive_once(binding, id).await;
+        drop(guard);
+        self.reviving.lock().expect("lock").remove(id);
+        r
+    }
+
+    async fn revive_once(
+        &self,
+        binding: &Arc<Binding>,
+        id: &str,
+    ) -> Result<Arc<Live>, SessionError> {
         if let Some(l) = self.live.lock().expect("lock").get(id).cloned() {
             return Ok(l);
         }
@@ -503,8 +522,7 @@ impl Sessions {
         if record.binding != binding.name {
             return Err(SessionError::WrongBinding);
         }
-        let mut leases = Vec::new();
-        for u in &binding.upstreams {
+        let connects = binding.upstreams.iter().map(|u| {
             let resume = record.upstream_sessions.get(&u.name).map(|s| {
                 let version = record
                     .upstream_versions
@@ -512,8 +530,13 @@ impl Sessions {
                     .unwrap_or(&record.protocol_version);
                 (s.as_str(), version.as_str())
             });
-            leases.push(u.connect(&record.hello, resume).await.ok());
-        }
+            u.connect(&record.hello, resume)
+        });
+        let leases: Vec<Option<Lease>> = futures::future::join_all(connects)
+            .await
+            .into_iter()
+            .map(Result::ok)
+            .collect();
         let mut record = record;
         record.owner = self.node_id.clone();
         tracing::info!(session = %id, binding = %binding.name, "session revived from its record");

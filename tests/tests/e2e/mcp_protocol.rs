@@ -808,3 +808,56 @@ fn meta_and_session_status_describe_the_replica_and_its_sessions() {
     );
     assert_eq!(code, 404, "an ended session has no status");
 }
+
+/// With a durable `sessions` store, a session outlives the process: after a restart the next
+/// request with its id revives it from its record (a new child, started with the client's own
+/// `initialize`), and the client carries on without initialising again.
+#[test]
+fn a_session_in_a_durable_store_is_revived_after_a_restart() {
+    let store = crate::harness::TempDir::new("mcp-proto-revive-store");
+    let extra = format!(
+        "mcp:\n  configurations:\n    sessions:\n      store: {{kind: file, dir: {:?}}}\n",
+        store.0.display().to_string()
+    );
+    let gw = echo_gateway("mcp-proto-revive", &extra);
+    let sid = initialize(&gw);
+    let before = call(
+        &gw,
+        ("Mcp-Session-Id", sid.as_str()),
+        "echo/sleep",
+        json!({"ms": 1}),
+    );
+    let pid = before["result"]["pid"].clone();
+    let config_text = std::fs::read_to_string(gw._dir.0.join("mcpg.yaml")).unwrap();
+    let addr = gw.addr;
+    drop(gw);
+    let config = store.write("mcpg.yaml", &config_text);
+    // The same config (same port, same store) in a new process.
+    let _proc = crate::harness::Proc::spawn(
+        std::process::Command::new(crate::harness::bin("mcpg"))
+            .arg("--config")
+            .arg(&config),
+    );
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(20), || matches!(
+            crate::harness::http_get(addr, "/readyz"),
+            Ok((200, _))
+        )),
+        "mcpg did not come back"
+    );
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "echo/sleep", "params": {"ms": 1}});
+    let (status, _, text) = http(
+        addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "the session was not revived: {text}");
+    let after = body_json(&text);
+    assert!(after["result"]["pid"].is_number(), "{after}");
+    assert_ne!(
+        after["result"]["pid"], pid,
+        "a new child serves the revived session"
+    );
+}
