@@ -11,7 +11,7 @@ use url::Url;
 use super::diagnostics::{Diagnostic, KeyPath};
 use super::model::{
     AuditConfig, BindingConfig, BusKind, CapabilityConfig, ClusterConfig, ObservabilityConfig,
-    PluginConfig, SINGLE_NODE, ServerConfig, StoreKind,
+    PluginConfig, PrefixMode, SINGLE_NODE, ServerConfig, StoreKind,
 };
 use super::yaml::SourceMap;
 
@@ -381,10 +381,25 @@ impl Checker<'_> {
                 );
             }
             let mut upstream_names: HashMap<&str, usize> = HashMap::new();
+            let prefixed = match b.prefix {
+                PrefixMode::Auto => b.upstreams.len() > 1,
+                PrefixMode::Always => true,
+                PrefixMode::Never => false,
+            };
             for (j, u) in b.upstreams.iter().enumerate() {
                 let up = base.clone().key("upstreams").index(j);
                 if let Some(first) = upstream_names.insert(&u.name, j) {
                     self.error(up.clone().key("name"), format!("duplicate upstream name `{}` in this binding (also used by upstreams[{first}])", u.name));
+                }
+                // `<upstream><separator><name>` must split one way only.
+                if prefixed && !b.separator.is_empty() && u.name.contains(b.separator.as_str()) {
+                    self.error(
+                        up.clone().key("name"),
+                        format!(
+                            "`{}` contains the binding's separator `{}`, so prefixed names could not be told apart; rename the upstream or set `separator`",
+                            u.name, b.separator
+                        ),
+                    );
                 }
                 match (&u.stdio, &u.http) {
                     (Some(_), Some(_)) => self.error_at_key(up.clone().key("http"), "an upstream has exactly one transport: remove `stdio` or `http`"),
