@@ -364,6 +364,11 @@ pub struct SessionsConfig {
     #[serde(default = "default_idle_ttl")]
     #[schemars(range(min = 1000, max = 604_800_000))]
     pub idle_ttl_ms: u64,
+    /// The most legacy sessions this replica serves at once; an `initialize` beyond it is
+    /// refused with 503 and a JSON-RPC error, so a flood of sessions cannot exhaust the host.
+    #[serde(default = "default_max_sessions")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_sessions: u64,
     /// How many of a session's GET-stream messages are kept for `Last-Event-ID` resumption;
     /// older ones are dropped.
     #[serde(default = "default_event_log_max_events")]
@@ -383,6 +388,10 @@ fn default_event_log_max_age() -> u64 {
     5 * 60 * 1000
 }
 
+fn default_max_sessions() -> u64 {
+    100_000
+}
+
 fn default_idle_ttl() -> u64 {
     30 * 60 * 1000
 }
@@ -391,6 +400,7 @@ impl Default for SessionsConfig {
     fn default() -> Self {
         Self {
             idle_ttl_ms: default_idle_ttl(),
+            max_sessions: default_max_sessions(),
             event_log_max_events: default_event_log_max_events(),
             event_log_max_age_ms: default_event_log_max_age(),
         }

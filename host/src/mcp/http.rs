@@ -384,7 +384,16 @@ async fn initialize(gw: &Arc<Gateway>, b: &Arc<Binding>, id: Value, msg: &Messag
             );
             r
         }
-        Err(e) => json_response(&e.to_message(id)),
+        Err(e) => {
+            let mut r = json_response(&e.to_message(id));
+            if e.data
+                .as_ref()
+                .is_some_and(|d| d["reason"] == "session_limit")
+            {
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
     }
 }
 

@@ -72,6 +72,7 @@ impl Gateway {
                 caps.sessions.clone(),
                 node_id,
                 Duration::from_millis(c.mcp.sessions.idle_ttl_ms),
+                c.mcp.sessions.max_sessions as usize,
             ),
             guard: guard::Guard::new(
                 cfg.listen.ip().is_loopback(),

@@ -275,16 +275,24 @@ pub struct Sessions {
     node_id: String,
     idle_ttl: Duration,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// The most sessions served here at once (`mcp.sessions.max_sessions`).
+    max_sessions: usize,
     /// Serialises reviving one session from its record (one lock per session id, so
     /// sessions revive in parallel).
     reviving: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
 }
 
 impl Sessions {
-    pub fn new(cap: Capability, node_id: String, idle_ttl: Duration) -> Arc<Self> {
+    pub fn new(
+        cap: Capability,
+        node_id: String,
+        idle_ttl: Duration,
+        max_sessions: usize,
+    ) -> Arc<Self> {
         let s = Arc::new(Self {
             cap,
             node_id,
+            max_sessions,
             idle_ttl,
             live: Mutex::new(HashMap::new()),
             reviving: Mutex::new(HashMap::new()),
@@ -338,6 +346,16 @@ impl Sessions {
         binding: &Arc<Binding>,
         params: &Value,
     ) -> Result<(Arc<Live>, Value), RpcError> {
+        if self.live.lock().expect("lock").len() >= self.max_sessions {
+            return Err(RpcError::new(
+                jsonrpc::code::CONNECTION_CLOSED,
+                format!(
+                    "this replica serves its maximum of {} sessions; try again later",
+                    self.max_sessions
+                ),
+            )
+            .with_data(json!({"reason": "session_limit"})));
+        }
         let requested = params
             .get("protocolVersion")
             .and_then(Value::as_str)

@@ -861,3 +861,46 @@ fn a_session_in_a_durable_store_is_revived_after_a_restart() {
         "a new child serves the revived session"
     );
 }
+
+/// `mcp.sessions.max_sessions` bounds the sessions one replica serves: the next `initialize`
+/// gets 503 with a JSON-RPC error, and a slot freed by DELETE can be used again.
+#[test]
+fn sessions_beyond_the_limit_are_refused() {
+    let gw = echo_gateway("mcp-proto-max", "mcp:\n  sessions: {max_sessions: 1}\n");
+    let first = initialize(&gw);
+    let init = json!({"jsonrpc":"2.0","id":"second","method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}});
+    let (status, _, text) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT],
+        init.to_string().as_bytes(),
+    );
+    assert_eq!(status, 503, "{text}");
+    let r = body_json(&text);
+    assert_eq!(r["id"], "second");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum of 1 sessions"),
+        "{r}"
+    );
+    let (status, _, _) = http(
+        gw.addr,
+        "DELETE",
+        "/mcp",
+        &[("Mcp-Session-Id", first.as_str())],
+        b"",
+    );
+    assert_eq!(status, 200);
+    let (status, headers, text) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT],
+        init.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(header(&headers, "mcp-session-id").is_some());
+}
