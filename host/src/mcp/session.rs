@@ -416,20 +416,12 @@ impl Sessions {
                 record.upstream_versions.insert(name.clone(), v.to_owned());
             }
         }
-        self.cap
-            .store
-            .put(
-                &record_key(&record.id),
-                serde_json::to_vec(&record).expect("serialisable"),
-                Some(self.idle_ttl),
+        self.write_record(&record).await.map_err(|e| {
+            RpcError::new(
+                jsonrpc::code::INTERNAL_ERROR,
+                format!("cannot record the session: {e}"),
             )
-            .await
-            .map_err(|e| {
-                RpcError::new(
-                    jsonrpc::code::INTERNAL_ERROR,
-                    format!("cannot record the session: {e}"),
-                )
-            })?;
+        })?;
         let live = self.register(binding, record, leases);
         tracing::info!(session = %live.id, binding = %binding.name, "session started");
         Ok((live, result))
@@ -563,21 +555,27 @@ impl Sessions {
         Ok(live)
     }
 
+    /// Writes a session's record with the idle TTL (created, revived or refreshed).
+    async fn write_record(
+        &self,
+        record: &SessionRecord,
+    ) -> mcpg_plugin_api::coordinator::CoordResult<u64> {
+        self.cap
+            .store
+            .put(
+                &record_key(&record.id),
+                serde_json::to_vec(record).expect("serialisable"),
+                Some(self.idle_ttl),
+            )
+            .await
+    }
+
     async fn refresh(&self, live: &Live) {
         if live.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         let record = live.record.lock().expect("lock").clone();
-        if let Err(e) = self
-            .cap
-            .store
-            .put(
-                &record_key(&live.id),
-                serde_json::to_vec(&record).expect("serialisable"),
-                Some(self.idle_ttl),
-            )
-            .await
-        {
+        if let Err(e) = self.write_record(&record).await {
             tracing::warn!(session = %live.id, error = %e, "cannot refresh the session record");
         }
     }

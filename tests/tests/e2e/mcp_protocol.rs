@@ -332,46 +332,53 @@ fn modern_requests_are_checked_against_their_headers() {
         h.retain(|(n, _)| *n != k);
         h.push((k, v.into()));
     };
+    // Header edits: one replaced, or one removed.
+    let replace = |k: &'static str, v: &'static str| -> Box<dyn FnOnce(&mut Headers)> {
+        Box::new(move |h| set(h, k, v))
+    };
+    let remove = |k: &'static str| -> Box<dyn FnOnce(&mut Headers)> {
+        Box::new(move |h| h.retain(|(n, _)| *n != k))
+    };
     let cases: Vec<ModernCase> = vec![
         (
             "Mcp-Method differs",
             modern_call("echo"),
-            Box::new(move |h| set(h, "Mcp-Method", "tools/list")),
+            replace("Mcp-Method", "tools/list"),
             400,
             -32020,
         ),
         (
             "Mcp-Method missing",
             modern_call("echo"),
-            Box::new(|h| h.retain(|(k, _)| *k != "Mcp-Method")),
+            remove("Mcp-Method"),
             400,
             -32020,
         ),
         (
             "Mcp-Name differs",
             modern_call("echo"),
-            Box::new(move |h| set(h, "Mcp-Name", "other")),
+            replace("Mcp-Name", "other"),
             400,
             -32020,
         ),
         (
             "Mcp-Name missing",
             modern_call("echo"),
-            Box::new(|h| h.retain(|(k, _)| *k != "Mcp-Name")),
+            remove("Mcp-Name"),
             400,
             -32020,
         ),
         (
             "Mcp-Name bad base64",
             modern_call("echo"),
-            Box::new(move |h| set(h, "Mcp-Name", "=?base64?***?=")),
+            replace("Mcp-Name", "=?base64?***?="),
             400,
             -32020,
         ),
         (
             "version header differs from body",
             modern_call("echo"),
-            Box::new(move |h| set(h, "MCP-Protocol-Version", "2025-11-25")),
+            replace("MCP-Protocol-Version", "2025-11-25"),
             400,
             -32020,
         ),
@@ -383,7 +390,7 @@ fn modern_requests_are_checked_against_their_headers() {
                     json!("2099-01-01");
                 c
             },
-            Box::new(move |h| set(h, "MCP-Protocol-Version", "2099-01-01")),
+            replace("MCP-Protocol-Version", "2099-01-01"),
             400,
             -32022,
         ),
