@@ -12,7 +12,9 @@ use crate::capabilities::Capabilities;
 use crate::config::{self, Severity};
 use crate::control::ControlPlane;
 use crate::mcp::Gateway;
+use crate::mcp::ownership::{Ownership, OwnershipError};
 use crate::{coordinator, identity, server, telemetry};
+use std::sync::Arc;
 
 /// mcpg: a clustered gateway for the Model Context Protocol.
 #[derive(Debug, Parser)]
@@ -24,6 +26,44 @@ pub struct Args {
     /// This replica's node id; overrides the coordinator's `node_id` and the hostname.
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
+    /// Overrides `server.listen` (`IP:PORT`), so one config file serves every replica.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<String>,
+    /// Overrides `server.admin_listen` (`IP:PORT`).
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin_listen: Option<String>,
+    /// Overrides `server.advertise_url`: where the other replicas reach this one.
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// When the cluster backend cannot be reached at start, keep running (not ready) and
+    /// retry until it answers, instead of exiting with an error.
+    #[arg(long)]
+    pub wait_for_cluster: bool,
+}
+
+impl Args {
+    /// The flags that override keys of the config file.
+    fn overrides(&self) -> Vec<config::Override> {
+        let mut out = Vec::new();
+        for (flag, pointer, value) in [
+            ("--listen", "/server/listen", &self.listen),
+            ("--admin-listen", "/server/admin_listen", &self.admin_listen),
+            (
+                "--advertise-url",
+                "/server/advertise_url",
+                &self.advertise_url,
+            ),
+        ] {
+            if let Some(v) = value {
+                out.push(config::Override {
+                    flag,
+                    pointer,
+                    value: serde_json::Value::String(v.clone()),
+                });
+            }
+        }
+        out
+    }
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -34,7 +74,7 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 /// Exit codes: 0 clean shutdown, 1 invalid config or failed start, 2 unreadable config.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let outcome = match config::load_file(&args.config) {
+    let outcome = match config::load_file_with_overrides(&args.config, &args.overrides()) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("mcpg: {e}");
@@ -91,44 +131,64 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
-    runtime.block_on(run(cfg, plugin, args.node_id, file))
+    runtime.block_on(run(cfg, plugin, args.node_id, args.wait_for_cluster, file))
 }
 
-async fn run(
-    cfg: config::ValidatedConfig,
-    plugin: Option<mcpg_plugin_api::remote::LoadedPlugin>,
-    node_id_flag: Option<String>,
-    file: String,
-) -> ExitCode {
-    let booted = match coordinator::boot(&cfg, plugin, node_id_flag.as_deref()).await {
-        Ok(b) => b,
-        Err(e) => return fail(e),
-    };
-    let node_id = booted.coordinator.node_id();
-    if let Err(e) = identity::validate(&node_id) {
-        return fail(format!("the coordinator's node id: {e}"));
+/// What joining the cluster produced.
+struct Joined {
+    booted: coordinator::Booted,
+    ownership: Arc<Ownership>,
+    control: ControlPlane,
+}
+
+/// Why joining failed: `fatal` failures are not retried by `--wait-for-cluster`.
+struct JoinError {
+    message: String,
+    fatal: bool,
+}
+
+impl JoinError {
+    fn retry(message: impl std::fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            fatal: false,
+        }
     }
-    let capabilities =
-        match Capabilities::build(&cfg.config.mcp.configurations, &booted.coordinator) {
-            Ok(c) => c,
-            Err(e) => return fail(e),
-        };
-    // HTTPS upstreams use rustls with the ring provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let gateway = Gateway::new(&cfg, capabilities, node_id.clone());
-    let bound = match server::Bound::bind(cfg.listen, cfg.admin_listen).await {
-        Ok(b) => b,
-        Err(e) => return fail(e),
-    };
-    tracing::info!(
-        node_id = %node_id,
-        listen = %bound.main_addr().map(|a| a.to_string()).unwrap_or_default(),
-        admin_listen = ?bound.admin_addr().and_then(Result::ok),
-        config = %file,
-        summary = %cfg.summary(),
-        "mcpg starting"
-    );
-    let control = match ControlPlane::start(
+    fn fatal(message: impl std::fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            fatal: true,
+        }
+    }
+}
+
+/// Boots the coordinator, takes this replica's ownership lease (refusing a node id another
+/// live instance uses) and registers its presence.
+async fn join(
+    cfg: &config::ValidatedConfig,
+    plugin: Option<mcpg_plugin_api::remote::LoadedPlugin>,
+    node_id_flag: Option<&str>,
+) -> Result<Joined, JoinError> {
+    let booted = coordinator::boot(cfg, plugin, node_id_flag)
+        .await
+        .map_err(JoinError::retry)?;
+    let node_id = booted.coordinator.node_id();
+    identity::validate(&node_id)
+        .map_err(|e| JoinError::fatal(format!("the coordinator's node id: {e}")))?;
+    // The ownership lease comes first: it is also how a second live instance with this node
+    // id is refused before it registers a presence over the other one's.
+    let ownership = Ownership::start(
+        booted.coordinator.clone(),
+        node_id,
+        Duration::from_millis(cfg.config.mcp.sessions.owner_ttl_ms),
+        cfg.config.server.forwarding_secret.clone(),
+    )
+    .await
+    .map_err(|e| match e {
+        OwnershipError::DuplicateNode { .. } => JoinError::fatal(e),
+        OwnershipError::Coordinator(_) => JoinError::retry(e),
+    })?;
+    let control = ControlPlane::start(
         booted.coordinator.clone(),
         booted.kind.clone(),
         cfg.advertise_url
@@ -136,37 +196,124 @@ async fn run(
             .map(|u| u.as_str().trim_end_matches('/').to_owned()),
     )
     .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return fail(format!(
-                "cannot register this replica's presence with the coordinator: {e}"
-            ));
+    .map_err(|e| {
+        JoinError::retry(format!(
+            "cannot register this replica's presence with the coordinator: {e}"
+        ))
+    })?;
+    Ok(Joined {
+        booted,
+        ownership,
+        control,
+    })
+}
+
+async fn run(
+    cfg: config::ValidatedConfig,
+    plugin: Option<mcpg_plugin_api::remote::LoadedPlugin>,
+    node_id_flag: Option<String>,
+    wait_for_cluster: bool,
+    file: String,
+) -> ExitCode {
+    // HTTPS upstreams use rustls with the ring provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bound = match server::Bound::bind(cfg.listen, cfg.admin_listen).await {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let main_addr = bound.main_addr().map(|a| a.to_string()).unwrap_or_default();
+    let admin_addr = bound.admin_addr().and_then(Result::ok);
+    // Served at once (probes answer, the rest says it is starting) and filled in once the
+    // replica has joined the cluster.
+    let mcp = server::Late::default();
+    let admin = server::Late::default();
+    // Without an admin listener the admin routes share the main one (and its late router).
+    let separate_admin = admin_addr.is_some();
+    let running = bound.start(
+        mcp.router(),
+        if separate_admin {
+            admin.router()
+        } else {
+            axum::Router::new()
+        },
+    );
+    let joined = loop {
+        match join(&cfg, plugin.clone(), node_id_flag.as_deref()).await {
+            Ok(j) => break j,
+            Err(e) if e.fatal || !wait_for_cluster => return fail(e.message),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "cluster backend not reachable yet (--wait-for-cluster); not ready, retrying in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
         }
     };
-    let running = bound.start(
-        gateway.router().merge(control.meta_router()),
-        control.router().merge(gateway.admin_router()),
+    let Joined {
+        booted,
+        ownership,
+        control,
+    } = joined;
+    let node_id = ownership.node_id().to_owned();
+    let capabilities =
+        match Capabilities::build(&cfg.config.mcp.configurations, &booted.coordinator) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+    let gateway = Gateway::new(&cfg, capabilities, ownership);
+    tracing::info!(
+        node_id = %node_id,
+        listen = %main_addr,
+        admin_listen = ?admin_addr,
+        config = %file,
+        summary = %cfg.summary(),
+        "mcpg starting"
     );
+    let data = gateway.router().merge(control.meta_router());
+    let admin_routes = control.router().merge(gateway.admin_router());
+    if separate_admin {
+        mcp.set(data);
+        admin.set(admin_routes);
+    } else {
+        mcp.set(data.merge(admin_routes));
+    }
+    running.readiness.watch_backend(booted.coordinator.clone());
     // Ready only once presence is registered: peers can see this replica.
     running.readiness.set_ready();
     tracing::info!("ready");
 
     server::shutdown_signal().await;
     running.readiness.set_draining();
+    gateway.begin_drain();
     let s = &cfg.config.server;
     tracing::info!(
         delay_ms = s.shutdown_delay_ms,
         drain_ms = s.drain_timeout_ms,
-        "shutting down: unready, resigning, draining"
+        "shutting down: unready, resigning, handing sessions over, draining"
     );
+    let delay = Duration::from_millis(s.shutdown_delay_ms);
+    let drain = Duration::from_millis(s.drain_timeout_ms);
+    let deadline = tokio::time::Instant::now() + delay + drain;
+    // Long-lived streams end just before the deadline, with a reconnect hint, rather than
+    // being cut at it.
+    let closer = {
+        let gateway = gateway.clone();
+        let at = deadline - (drain / 10).min(Duration::from_secs(1));
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            gateway.close_streams();
+        })
+    };
+    let handed = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            gateway.hand_over(deadline).await;
+        })
+    };
+    let drained = running.shutdown(delay, drain).await;
+    let _ = handed.await;
+    // Presence goes last: until every session is handed over, peers keep forwarding here.
     control.shutdown().await;
-    let drained = running
-        .shutdown(
-            Duration::from_millis(s.shutdown_delay_ms),
-            Duration::from_millis(s.drain_timeout_ms),
-        )
-        .await;
+    closer.abort();
     gateway.shutdown().await;
     tracing::info!(drained, "stopped");
     ExitCode::SUCCESS

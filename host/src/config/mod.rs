@@ -92,14 +92,39 @@ pub struct ReadError {
     pub source: std::io::Error,
 }
 
+/// A value given on the command line that replaces (or adds) one key of the file, validated
+/// with everything else: `--listen` sets `server.listen`.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// The flag, for messages (`--listen`).
+    pub flag: &'static str,
+    /// The key as a JSON pointer (`/server/listen`).
+    pub pointer: &'static str,
+    pub value: Value,
+}
+
 /// Reads a config file and validates it, using the process environment for `${env.…}`.
 pub fn load_file(path: &Path) -> Result<LoadOutcome, ReadError> {
+    load_file_with_overrides(path, &[])
+}
+
+/// [`load_file`] with command-line values that win over the file's.
+pub fn load_file_with_overrides(
+    path: &Path,
+    overrides: &[Override],
+) -> Result<LoadOutcome, ReadError> {
     let env = |name: &str| std::env::var(name).ok();
-    load_file_with_env(path, &env)
+    let (file, base_dir, text) = read(path)?;
+    Ok(load_str_with(&file, &base_dir, &text, &env, overrides))
 }
 
 /// Reads a config file and validates it, looking variables up through `env`.
 pub fn load_file_with_env(path: &Path, env: EnvLookup<'_>) -> Result<LoadOutcome, ReadError> {
+    let (file, base_dir, text) = read(path)?;
+    Ok(load_str(&file, &base_dir, &text, env))
+}
+
+fn read(path: &Path) -> Result<(String, PathBuf, String), ReadError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ReadError {
         file: file.clone(),
@@ -116,13 +141,31 @@ pub fn load_file_with_env(path: &Path, env: EnvLookup<'_>) -> Result<LoadOutcome
         })
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    Ok(load_str(&file, &base_dir, &text, env))
+    Ok((file, base_dir, text))
 }
 
 /// Validates config text. Pure: the only outside input is `env`.
 pub fn load_str(file: &str, base_dir: &Path, text: &str, env: EnvLookup<'_>) -> LoadOutcome {
+    load_str_with(file, base_dir, text, env, &[])
+}
+
+/// [`load_str`] with command-line overrides. A diagnostic about an overridden key says which
+/// flag the value came from.
+pub fn load_str_with(
+    file: &str,
+    base_dir: &Path,
+    text: &str,
+    env: EnvLookup<'_>,
+    overrides: &[Override],
+) -> LoadOutcome {
     let mut diagnostics = Vec::new();
-    let config = run(file, base_dir, text, env, &mut diagnostics);
+    let config = run(file, base_dir, text, env, overrides, &mut diagnostics);
+    for d in &mut diagnostics {
+        let pointer = d.path.pointer();
+        if let Some(o) = overrides.iter().find(|o| o.pointer == pointer) {
+            d.message = format!("{} (value given by {})", d.message, o.flag);
+        }
+    }
     diagnostics.sort_by_key(|d| (d.pos, d.severity));
     LoadOutcome {
         config,
@@ -135,6 +178,7 @@ fn run(
     base_dir: &Path,
     text: &str,
     env: EnvLookup<'_>,
+    overrides: &[Override],
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<ValidatedConfig> {
     let mut root = match yaml::parse(text) {
@@ -155,6 +199,9 @@ fn run(
     // A null document (`~`) reads as no settings at all.
     if doc.is_null() {
         doc = Value::Object(Default::default());
+    }
+    for o in overrides {
+        set_pointer(&mut doc, o.pointer, o.value.clone());
     }
     // Values that failed interpolation are not trusted by the later phases either.
     let mut invalid: Vec<String> = errors.iter().map(|d| d.path.pointer()).collect();
@@ -205,6 +252,26 @@ fn run(
         source_map: map,
         document: doc,
     })
+}
+
+/// Sets the value at a pointer of plain keys, creating the maps on the way (a non-map in the
+/// way is replaced: the flag wins).
+fn set_pointer(doc: &mut Value, pointer: &str, value: Value) {
+    let mut cur = doc;
+    let mut keys = pointer.split('/').skip(1).peekable();
+    while let Some(k) = keys.next() {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let map = cur.as_object_mut().expect("made a map");
+        if keys.peek().is_none() {
+            map.insert(k.to_owned(), value);
+            return;
+        }
+        cur = map
+            .entry(k.to_owned())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
 }
 
 fn remove_pointer(doc: &mut Value, pointer: &str) {

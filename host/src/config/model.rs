@@ -81,6 +81,14 @@ pub struct ServerConfig {
     /// clients) are not affected.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// The secret replicas present to each other when one forwards a request to the replica
+    /// that owns its session (never sent to clients or upstreams; a request carrying a wrong
+    /// one is refused with 403). Give every replica the same value, e.g.
+    /// `${env.MCPG_FORWARDING_SECRET}`. When absent, the first replica creates one in the
+    /// cluster coordinator and the others read it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 16))]
+    pub forwarding_secret: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -100,6 +108,7 @@ impl Default for ServerConfig {
             drain_timeout_ms: default_drain_timeout_ms(),
             shutdown_delay_ms: 0,
             allowed_hosts: Vec::new(),
+            forwarding_secret: None,
             allowed_origins: Vec::new(),
         }
     }
@@ -378,6 +387,17 @@ pub struct SessionsConfig {
     #[serde(default = "default_event_log_max_age")]
     #[schemars(range(min = 1000, max = 86_400_000))]
     pub event_log_max_age_ms: u64,
+    /// The TTL of the lease under which a replica owns the sessions it serves, in
+    /// milliseconds. When a replica dies, the others take its sessions over once this lease
+    /// has expired (a replica that shuts down hands its sessions over at once). Shorter means
+    /// faster takeover and more lease renewals.
+    #[serde(default = "default_owner_ttl")]
+    #[schemars(range(min = 1000, max = 600_000))]
+    pub owner_ttl_ms: u64,
+}
+
+fn default_owner_ttl() -> u64 {
+    15_000
 }
 
 fn default_event_log_max_events() -> u64 {
@@ -403,6 +423,7 @@ impl Default for SessionsConfig {
             max_sessions: default_max_sessions(),
             event_log_max_events: default_event_log_max_events(),
             event_log_max_age_ms: default_event_log_max_age(),
+            owner_ttl_ms: default_owner_ttl(),
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct LeaderRecord {
 pub struct PeerMeta {
     pub advertise_url: Option<String>,
     pub version: String,
+    /// A random id of this process: two presences with one node id but different instances
+    /// are two processes.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 #[derive(Default)]
@@ -51,6 +55,13 @@ pub struct ControlPlane {
     cluster_id: String,
 }
 
+/// This process's instance id, made once.
+pub fn instance() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
+        .clone()
+}
+
 /// Where the cluster id lives in the coordinator.
 const CLUSTER_ID: &str = "mcpg/control/cluster-id";
 
@@ -66,6 +77,7 @@ impl ControlPlane {
         let meta = serde_json::to_string(&PeerMeta {
             advertise_url,
             version: env!("CARGO_PKG_VERSION").into(),
+            instance: Some(instance()),
         })
         .expect("meta serializes");
         let fresh = uuid::Uuid::new_v4().simple().to_string();
@@ -224,6 +236,7 @@ impl ControlPlane {
                 "legacy": crate::mcp::version::LEGACY,
             },
             "node_id": self.node_id,
+            "instance": instance(),
             "cluster": {
                 "id": self.cluster_id,
                 "kind": self.kind,

@@ -131,6 +131,8 @@ impl Drop for InflightGuard {
 
 /// Everything bindings share on this replica.
 pub struct Context {
+    /// This replica's node id (named in the `requestState` of exchanges parked here).
+    pub node_id: String,
     pub caps: Capabilities,
     pub inflight: Inflight,
     /// Upstream exchanges waiting for a modern client's input-required retry.

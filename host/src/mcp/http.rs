@@ -23,11 +23,14 @@ use serde_json::{Value, json};
 
 use super::Gateway;
 use crate::mcp::binding::{Binding, Reply};
+use crate::mcp::forward::{self, ForwardError, Origin};
 use crate::mcp::headers as mcp_headers;
 use crate::mcp::jsonrpc::{self, Kind, Message, Parsed, code};
 use crate::mcp::session::SessionError;
+use crate::mcp::session::{Busy, Live, Resolved};
 use crate::mcp::upstream::http::{SESSION_HEADER, VERSION_HEADER};
 use crate::mcp::{meta, version};
+use axum::http::Method;
 
 type S = State<(Arc<Gateway>, Arc<Binding>)>;
 
@@ -80,8 +83,21 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Common checks: DNS-rebinding guard, and the protocol version header when present.
-fn precheck(gw: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
+/// Common checks: who sent the request (a client, or another replica presenting the
+/// inter-replica secret), then for clients the DNS-rebinding guard.
+fn precheck(gw: &Gateway, headers: &HeaderMap) -> Result<Origin, Response> {
+    match gw.forwarder.origin(headers) {
+        Origin::Replica => return Ok(Origin::Replica),
+        Origin::Forged => {
+            return Err(http_error(
+                StatusCode::FORBIDDEN,
+                Value::Null,
+                code::INVALID_REQUEST,
+                "Forbidden",
+            ));
+        }
+        Origin::Client => {}
+    }
     if let Err(why) = gw.guard.check(headers) {
         return Err(http_error(
             StatusCode::FORBIDDEN,
@@ -90,7 +106,7 @@ fn precheck(gw: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
             why,
         ));
     }
-    Ok(())
+    Ok(Origin::Client)
 }
 
 /// The legacy protocol version header, when present, must name a revision mcpg speaks.
@@ -112,9 +128,10 @@ fn legacy_version(headers: &HeaderMap, id: &Value) -> Result<(), Response> {
 }
 
 async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = precheck(&gw, &headers) {
-        return r;
-    }
+    let origin = match precheck(&gw, &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
     let ct = header(&headers, CONTENT_TYPE.as_str()).unwrap_or_default();
     if !ct.to_ascii_lowercase().starts_with("application/json") {
         return http_error(
@@ -173,20 +190,40 @@ async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
         || meta::protocol_version(&msg).is_some()
         || jsonrpc::method(&msg) == Some("server/discover");
     if modern {
+        // A retry for an exchange parked on another replica is answered there.
+        if origin == Origin::Client
+            && let Some(node) = b.parked_elsewhere(&msg).await
+        {
+            return forward_parked(&gw, &b, &node, &headers, bytes, id).await;
+        }
         return modern_post(&b, &headers, kind, id, msg).await;
     }
     if let Err(r) = legacy_version(&headers, &id) {
         return r;
     }
     if kind == Kind::Request && jsonrpc::method(&msg) == Some("initialize") {
+        if origin == Origin::Client && gw.ownership.draining() {
+            // A draining replica starts no session: another replica does.
+            return match gw.ownership.other_peer().await {
+                Some((_, url)) => match gw
+                    .forwarder
+                    .send(&url, &b.path, Method::POST, &headers, bytes)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => draining_refusal(id, &e.to_string()),
+                },
+                None => draining_refusal(id, "no other replica is live"),
+            };
+        }
         return initialize(&gw, &b, id, &msg).await;
     }
-    let live = match session(&gw, &b, &headers, &id).await {
+    let (live, busy) = match session(&gw, &b, Method::POST, &headers, &bytes, &id, origin).await {
         Ok(l) => l,
         Err(r) => return r,
     };
     match kind {
-        Kind::Request => reply(b.request(&live, msg).await),
+        Kind::Request => reply_busy(b.request(&live, msg).await, Some(busy)),
         Kind::Notification => {
             b.client_notification(&live, msg).await;
             StatusCode::ACCEPTED.into_response()
@@ -397,13 +434,64 @@ async fn initialize(gw: &Arc<Gateway>, b: &Arc<Binding>, id: Value, msg: &Messag
     }
 }
 
-/// The live session a request names, or the response refusing it.
+/// 503 from a draining replica that has nowhere to send a new session.
+fn draining_refusal(id: Value, why: &str) -> Response {
+    let mut r = http_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        id,
+        code::CONNECTION_CLOSED,
+        format!("this replica is shutting down and starts no new session ({why}); try again"),
+    );
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    );
+    r
+}
+
+/// Forwards a modern retry to the replica its exchange is parked on.
+async fn forward_parked(
+    gw: &Gateway,
+    b: &Binding,
+    node: &str,
+    headers: &HeaderMap,
+    bytes: Bytes,
+    id: Value,
+) -> Response {
+    let gone = |why: String| {
+        json_response(&jsonrpc::error(
+            id.clone(),
+            code::INVALID_PARAMS,
+            format!(
+                "requestState refers to an exchange held by replica {node}, which {why}; send the request again without it"
+            ),
+            None,
+        ))
+    };
+    let Some(url) = gw.ownership.peer_url(node, false).await else {
+        return gone("is gone".into());
+    };
+    match gw
+        .forwarder
+        .send(&url, &b.path, Method::POST, headers, bytes)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => gone(format!("cannot be reached ({e})")),
+    }
+}
+
+/// The session a request names, served here (with the request counted as running on it),
+/// or the response: a refusal, or the answer of the replica that owns the session.
 async fn session(
     gw: &Gateway,
     b: &Arc<Binding>,
+    method: Method,
     headers: &HeaderMap,
+    body: &Bytes,
     id: &Value,
-) -> Result<Arc<crate::mcp::session::Live>, Response> {
+    origin: Origin,
+) -> Result<(Arc<Live>, Busy), Response> {
     let Some(sid) = header(headers, SESSION_HEADER) else {
         return Err(http_error(
             StatusCode::BAD_REQUEST,
@@ -412,30 +500,78 @@ async fn session(
             "Bad Request: Mcp-Session-Id header is required (send initialize first)",
         ));
     };
-    match gw.sessions.get(b, sid).await {
-        Ok(l) => Ok(l),
-        Err(SessionError::NotFound | SessionError::WrongBinding) => Err(http_error(
+    let forwarded = origin == Origin::Replica;
+    let mut unreachable: Option<String> = None;
+    for _ in 0..8 {
+        match gw
+            .sessions
+            .resolve(b, sid, forwarded, unreachable.as_deref())
+            .await
+        {
+            Ok(Resolved::Local(live)) => {
+                if let Some(busy) = live.begin() {
+                    return Ok((live, busy));
+                }
+                // Let go between resolving and starting (handed over, ended): look again.
+            }
+            Ok(Resolved::Remote { owner, url }) => {
+                match gw
+                    .forwarder
+                    .send(&url, &b.path, method.clone(), headers, body.clone())
+                    .await
+                {
+                    Ok(r) => return Err(r),
+                    Err(ForwardError::Misdirected) => {}
+                    Err(e @ ForwardError::Unreachable { .. }) => {
+                        tracing::warn!(session = %sid, owner = %owner, error = %e, "cannot reach the session's owner; waiting for its ownership lease");
+                        unreachable = Some(owner);
+                    }
+                }
+            }
+            Err(e) => return Err(session_error(e, id)),
+        }
+    }
+    Err(http_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        id.clone(),
+        code::INTERNAL_ERROR,
+        "the session's owner could not be settled; try again",
+    ))
+}
+
+fn session_error(e: SessionError, id: &Value) -> Response {
+    match e {
+        SessionError::NotFound | SessionError::WrongBinding => http_error(
             StatusCode::NOT_FOUND,
             id.clone(),
             code::INVALID_REQUEST,
             "Session not found: it expired or was ended; initialize a new one",
-        )),
-        Err(SessionError::Rpc(e)) => Err(http_error(
+        ),
+        SessionError::Misdirected => forward::misdirected(),
+        SessionError::Rpc(e) => http_error(
             StatusCode::SERVICE_UNAVAILABLE,
             id.clone(),
             e.code,
             e.message,
-        )),
+        ),
     }
 }
 
 fn reply(r: Reply) -> Response {
+    reply_busy(r, None)
+}
+
+/// A reply; `busy` (the request counted as running on its session) lasts until the reply,
+/// streamed or not, has been sent.
+fn reply_busy(r: Reply, busy: Option<Busy>) -> Response {
     match r {
         Reply::Json(m) => json_response(&m),
         Reply::Accepted => StatusCode::ACCEPTED.into_response(),
         Reply::Stream(rx) => {
-            let events = tokio_stream::wrappers::ReceiverStream::new(rx)
-                .map(|m| Ok::<_, Infallible>(event(&m)));
+            let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |m| {
+                let _held = &busy;
+                Ok::<_, Infallible>(event(&m))
+            });
             Sse::new(events)
                 .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
                 .into_response()
@@ -468,13 +604,22 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
             "Not Acceptable: Accept must list text/event-stream",
         );
     }
-    let live = match session(&gw, &b, &headers, &Value::Null).await {
-        Ok(l) => l,
-        Err(r) => return r,
+    let Some(sid) = header(&headers, SESSION_HEADER).map(str::to_owned) else {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            code::INVALID_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required (send initialize first)",
+        );
     };
+    // Any replica serves the stream, from the `delivery` capability: the owner publishes
+    // there wherever the stream is held.
+    if let Err(e) = gw.sessions.exists(&b, &sid).await {
+        return session_error(e, &Value::Null);
+    }
     // Resumption: the client names the last event it saw.
     let last = header(&headers, "last-event-id").and_then(|v| v.trim().parse::<u64>().ok());
-    let stream = match b.delivery_stream(&live.id, last).await {
+    let stream = match b.delivery_stream(&sid, last).await {
         Ok(s) => s,
         Err(e) => {
             return http_error(
@@ -485,24 +630,85 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
             );
         }
     };
-    let events = stream.map(|(n, m)| Ok::<_, Infallible>(event(&m).id(n.to_string())));
-    Sse::new(events)
+    // While the stream is open, someone must own the session (its upstream conversations
+    // feed the stream): if its owner dies, this replica takes it over.
+    let keeper = tokio::spawn(keep_owned(gw.clone(), b.clone(), sid));
+    let keeper = AbortOnDrop(keeper);
+    let closing = gw.streams_closing();
+    // A reconnect hint first: when the replica holding this stream goes away, the client
+    // comes back quickly (to any replica) and resumes from its Last-Event-ID.
+    let hint = futures::stream::once(async {
+        Ok::<_, Infallible>(Event::default().retry(Duration::from_millis(500)))
+    });
+    let events = stream
+        .map(move |(n, m)| {
+            let _held = &keeper;
+            Ok::<_, Infallible>(event(&m).id(n.to_string()))
+        })
+        .take_until(closing)
+        // Ended by a drain: the client reconnects (to another replica) and resumes.
+        .chain(futures::stream::once(async {
+            Ok(Event::default()
+                .retry(Duration::from_millis(500))
+                .comment("replica shutting down; reconnect with Last-Event-ID"))
+        }));
+    Sse::new(hint.chain(events))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 
-/// DELETE ends the session and its upstream sessions.
-async fn delete(State((gw, b)): S, headers: HeaderMap) -> Response {
-    if let Err(r) = precheck(&gw, &headers) {
-        return r;
+/// Aborts a task when dropped (with the stream that owns it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
+}
+
+/// Resolves a session's owner now and then while its GET stream is open here, which takes the
+/// session over once its owner is gone (its ownership lease expired or was handed back).
+async fn keep_owned(gw: Arc<Gateway>, b: Arc<Binding>, sid: String) {
+    let every = gw.ownership.owner_ttl() / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        if gw.ownership.draining() {
+            return;
+        }
+        match gw.sessions.resolve(&b, &sid, false, None).await {
+            Ok(_) => {}
+            Err(SessionError::NotFound | SessionError::WrongBinding) => return,
+            Err(e) => {
+                tracing::debug!(session = %sid, error = %e, "cannot settle the owner of a streamed session")
+            }
+        }
+    }
+}
+
+/// DELETE ends the session and its upstream sessions (on the replica that owns it).
+async fn delete(State((gw, b)): S, headers: HeaderMap) -> Response {
+    let origin = match precheck(&gw, &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
     if let Some(r) = modern_get_or_delete(&headers) {
         return r;
     }
-    let live = match session(&gw, &b, &headers, &Value::Null).await {
+    let (live, busy) = match session(
+        &gw,
+        &b,
+        Method::DELETE,
+        &headers,
+        &Bytes::new(),
+        &Value::Null,
+        origin,
+    )
+    .await
+    {
         Ok(l) => l,
         Err(r) => return r,
     };
+    drop(busy);
     gw.sessions.end(&live).await;
     StatusCode::OK.into_response()
 }

@@ -11,10 +11,13 @@
 //! - [`modern`]: 2026-07-28 requests: discovery, native forwarding, and the bridge to legacy
 //!   upstreams (input-required rounds, signed `requestState`).
 //! - [`stamped`]: legacy sessions in front of upstreams that speak only 2026-07-28.
+//! - [`ownership`]: which replica owns each session, the peer directory, takeover probes.
+//! - [`forward`]: forwarding a request to the replica that owns its session.
 //! - [`guard`]: DNS-rebinding protection.
 //! - [`http`]: the downstream Streamable HTTP endpoint.
 
 pub mod binding;
+pub mod forward;
 pub mod guard;
 pub mod headers;
 pub mod http;
@@ -22,6 +25,7 @@ pub mod jsonrpc;
 pub mod meta;
 pub mod modern;
 pub mod names;
+pub mod ownership;
 pub mod session;
 pub mod stamped;
 pub mod upstream;
@@ -35,22 +39,30 @@ use axum::Router;
 use crate::capabilities::Capabilities;
 use crate::config::ValidatedConfig;
 use binding::{Binding, Context, Inflight};
+use ownership::Ownership;
 use session::Sessions;
+use tokio::sync::watch;
 
 /// The data plane of one replica.
 pub struct Gateway {
     pub bindings: Vec<Arc<Binding>>,
     pub sessions: Arc<Sessions>,
+    pub ownership: Arc<Ownership>,
+    pub forwarder: forward::Forwarder,
     pub guard: guard::Guard,
     pub max_body: usize,
+    /// Set at the drain deadline: long-lived streams end (with a reconnect hint).
+    closing: watch::Sender<bool>,
 }
 
 impl Gateway {
     /// Builds every binding and its upstreams (shared stdio children start now; per-session
     /// ones start with their sessions).
-    pub fn new(cfg: &ValidatedConfig, caps: Capabilities, node_id: String) -> Arc<Self> {
+    pub fn new(cfg: &ValidatedConfig, caps: Capabilities, ownership: Arc<Ownership>) -> Arc<Self> {
         let c = &cfg.config;
+        let node_id = ownership.node_id().to_owned();
         let ctx = Arc::new(Context {
+            node_id: node_id.clone(),
             caps: caps.clone(),
             inflight: Inflight::default(),
             parked: modern::Parked::default(),
@@ -70,10 +82,13 @@ impl Gateway {
             bindings,
             sessions: Sessions::new(
                 caps.sessions.clone(),
-                node_id,
+                ownership.clone(),
                 Duration::from_millis(c.mcp.sessions.idle_ttl_ms),
                 c.mcp.sessions.max_sessions as usize,
             ),
+            forwarder: forward::Forwarder::new(ownership.secret().to_owned(), node_id),
+            ownership,
+            closing: watch::channel(false).0,
             guard: guard::Guard::new(
                 cfg.listen.ip().is_loopback(),
                 &c.server.allowed_hosts,
@@ -100,10 +115,35 @@ impl Gateway {
             .with_state(self.clone())
     }
 
-    /// Closes every session's upstream conversations (shutdown). Records stay, so a durable
-    /// or shared store lets the sessions be revived.
+    /// Shutdown, first step: this replica starts no session and takes none over; new
+    /// sessions and sessions left without an owner go to other replicas.
+    pub fn begin_drain(&self) {
+        self.ownership.set_draining();
+    }
+
+    /// Hands every session served here over to the cluster, each once it has no request
+    /// running, all by `deadline`.
+    pub async fn hand_over(&self, deadline: tokio::time::Instant) {
+        self.sessions.hand_over_all(deadline).await;
+    }
+
+    /// Ends long-lived streams (GET streams), each with a reconnect hint.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves when long-lived streams must end.
+    pub fn streams_closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
+    /// Last step of a shutdown: lets go of anything left and gives the ownership lease up.
     pub async fn shutdown(&self) {
         self.sessions.close_all().await;
+        self.ownership.release().await;
     }
 }
 

@@ -96,6 +96,10 @@ struct State {
     /// The parked upstream exchange, for bridged legacy upstreams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     p: Option<String>,
+    /// The replica the exchange is parked on (a retry reaching another replica is forwarded
+    /// there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<String>,
 }
 
 const STATE_PREFIX: &str = "mcpg1.";
@@ -196,6 +200,17 @@ fn removed_error(id: Value, method: &str) -> Message {
 }
 
 impl Binding {
+    /// The replica holding the exchange a retry's `requestState` names, when that is another
+    /// replica (so the retry is forwarded there).
+    pub async fn parked_elsewhere(&self, msg: &Message) -> Option<String> {
+        let s = jsonrpc::params(msg)?.get("requestState")?.as_str()?;
+        let st = open(&self.ctx, s).await.ok()?;
+        let key = st.p?;
+        let node = st.n?;
+        (node != self.ctx.node_id && !self.ctx.parked.0.lock().expect("lock").contains_key(&key))
+            .then_some(node)
+    }
+
     /// Answers one 2026-07-28 request (already validated against its headers). `extra` holds
     /// the client's `Mcp-Param-*` headers, forwarded to upstreams that speak the revision.
     pub async fn modern_request(
@@ -447,6 +462,7 @@ impl Binding {
                             u: self.upstreams[up].name.clone(),
                             s: inner,
                             p: None,
+                            n: None,
                         };
                         match seal(&self.ctx, &st).await {
                             Ok(sealed) => r["requestState"] = json!(sealed),
@@ -505,6 +521,7 @@ impl Binding {
                 u: self.upstreams[up].name.clone(),
                 s: None,
                 p: Some(key.clone()),
+                n: Some(self.ctx.node_id.clone()),
             },
         )
         .await?;

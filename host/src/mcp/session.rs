@@ -3,7 +3,8 @@
 //! the live side a replica holds for a session it serves (its upstream conversations).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +16,9 @@ use tokio::time::Instant;
 use crate::capabilities::Capability;
 use crate::mcp::binding::Binding;
 use crate::mcp::jsonrpc::{self, Kind, Message, RpcError};
+use crate::mcp::ownership::Ownership;
 use crate::mcp::upstream::{Connection, Hello, Lease};
+use mcpg_plugin_api::coordinator::{CasOutcome, Entry};
 
 /// The format version of [`SessionRecord`]; readers refuse records of a newer format.
 pub const RECORD_FORMAT: u32 = 1;
@@ -36,8 +39,13 @@ pub struct SessionRecord {
     /// Per upstream name: the revision that upstream agreed to (sent again on resumption).
     #[serde(default)]
     pub upstream_versions: HashMap<String, String>,
-    /// The replica serving the session.
+    /// The replica that owns the session (serves it and holds its upstream conversations);
+    /// empty once its owner handed it over on shutdown, so any replica may claim it at once.
     pub owner: String,
+    /// The fencing token of the owner's ownership lease when it claimed the session. A write
+    /// is accepted only from the replica and lease the record names.
+    #[serde(default)]
+    pub owner_token: u64,
     pub created_ms: u64,
 }
 
@@ -89,9 +97,47 @@ pub struct Live {
     pub log_level: Mutex<Option<Value>>,
     /// Per such upstream: the URIs the client subscribed to and the listen that watches them.
     pub listens: Mutex<HashMap<usize, Listen>>,
+    /// Requests of this session running here now (a session is handed over only when idle).
+    busy: AtomicUsize,
+}
+
+/// A request of a session running on this replica; see [`Live::begin`].
+pub struct Busy(Arc<Live>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, SeqCst);
+    }
 }
 
 impl Live {
+    /// Marks a request of this session as running here, unless the session has been let go
+    /// (handed over, ended, or its ownership lost): then `None`, and the caller resolves the
+    /// session again. Paired with [`Live::let_go_if_idle`] so that a session is never let go
+    /// under a running request.
+    pub fn begin(self: &Arc<Self>) -> Option<Busy> {
+        self.busy.fetch_add(1, SeqCst);
+        let b = Busy(self.clone());
+        (!self.closed.load(SeqCst)).then_some(b)
+    }
+
+    /// Closes the session to new requests if none is running; false if one is.
+    fn let_go_if_idle(&self) -> bool {
+        if self.busy.load(SeqCst) != 0 {
+            return false;
+        }
+        self.closed.store(true, SeqCst);
+        if self.busy.load(SeqCst) != 0 {
+            self.closed.store(false, SeqCst);
+            return false;
+        }
+        true
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(SeqCst)
+    }
+
     /// The live conversation with upstream `up`, reconnecting (with the client's recorded
     /// hello) when it has died, at most once per second.
     pub async fn conn(&self, up: usize) -> Result<Connection, RpcError> {
@@ -222,8 +268,13 @@ impl Live {
     }
 
     async fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shut(false).await
+    }
+
+    /// Closes the session here; `detach` leaves what another replica can resume (upstream
+    /// HTTP sessions) in place.
+    async fn shut(&self, detach: bool) {
+        self.closed.store(true, SeqCst);
         for h in self.pumps.lock().expect("lock").drain(..) {
             h.abort();
         }
@@ -236,7 +287,11 @@ impl Live {
             if let Some(l) = slot.lease.lock().await.take()
                 && l.owned
             {
-                l.conn.close().await;
+                if detach {
+                    l.conn.detach().await;
+                } else {
+                    l.conn.close().await;
+                }
             }
         }
     }
@@ -265,33 +320,57 @@ pub enum SessionError {
     NotFound,
     #[error("the session belongs to another endpoint")]
     WrongBinding,
+    /// A forwarded request reached a replica that does not own the session (ownership moved
+    /// while it travelled); the forwarding replica looks again.
+    #[error("this replica does not own the session")]
+    Misdirected,
     #[error(transparent)]
     Rpc(#[from] RpcError),
+}
+
+/// Where a session is served.
+pub enum Resolved {
+    /// Here.
+    Local(Arc<Live>),
+    /// By another live replica, reachable at `url`.
+    Remote { owner: String, url: String },
+}
+
+/// Why a claim did not happen.
+enum Claim {
+    /// The record changed under the claim (another replica claimed it first, or its owner
+    /// wrote): look again.
+    Raced,
+    Failed(SessionError),
+}
+
+fn unavailable(message: impl Into<String>) -> SessionError {
+    SessionError::Rpc(RpcError::new(jsonrpc::code::INTERNAL_ERROR, message.into()))
 }
 
 /// The sessions of this replica: records in the `sessions` capability, live state here.
 pub struct Sessions {
     cap: Capability,
-    node_id: String,
+    ownership: Arc<Ownership>,
     idle_ttl: Duration,
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// The most sessions served here at once (`mcp.sessions.max_sessions`).
     max_sessions: usize,
-    /// Serialises reviving one session from its record (one lock per session id, so
-    /// sessions revive in parallel).
+    /// Serialises claiming one session (one lock per session id, so sessions are claimed in
+    /// parallel).
     reviving: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
 }
 
 impl Sessions {
     pub fn new(
         cap: Capability,
-        node_id: String,
+        ownership: Arc<Ownership>,
         idle_ttl: Duration,
         max_sessions: usize,
     ) -> Arc<Self> {
         let s = Arc::new(Self {
             cap,
-            node_id,
+            ownership,
             max_sessions,
             idle_ttl,
             live: Mutex::new(HashMap::new()),
@@ -306,10 +385,28 @@ impl Sessions {
                 s.reap().await;
             }
         });
+        // Losing the ownership lease means every session served under it may be claimed by
+        // another replica: let them all go (their records are no longer ours to write).
+        let weak = Arc::downgrade(&s);
+        let mut generations = s.ownership.generations();
+        tokio::spawn(async move {
+            while generations.changed().await.is_ok() {
+                let Some(s) = weak.upgrade() else { return };
+                let all: Vec<_> = s.live.lock().expect("lock").drain().collect();
+                for (_, l) in all {
+                    l.shut(true).await;
+                }
+            }
+        });
         s
     }
 
-    /// Ends sessions idle for longer than the TTL.
+    fn node_id(&self) -> &str {
+        self.ownership.node_id()
+    }
+
+    /// Ends sessions idle for longer than the TTL. Only the owner does this (a session's
+    /// requests all reach its owner), so it happens once in the cluster.
     async fn reap(&self) {
         let idle: Vec<Arc<Live>> = self
             .live
@@ -320,27 +417,14 @@ impl Sessions {
             .cloned()
             .collect();
         for l in idle {
-            let owner = match self.cap.store.get(&record_key(&l.id)).await {
-                Ok(Some(e)) => serde_json::from_slice::<SessionRecord>(&e.value)
-                    .ok()
-                    .map(|r| r.owner),
-                _ => None,
-            };
-            if owner.as_ref().is_some_and(|o| *o != self.node_id) {
-                // Another replica serves it now: only this replica's copy goes.
-                tracing::info!(session = %l.id, owner = ?owner, "idle local copy of a session served elsewhere; dropping it");
-                self.live.lock().expect("lock").remove(&l.id);
-                l.close().await;
-                continue;
-            }
             tracing::info!(session = %l.id, binding = %l.binding.name, "session idle past its TTL; closing");
             self.end(&l).await;
         }
     }
 
     /// Starts a session for a client's `initialize`: connects every upstream with the
-    /// client's hello and records the session. Returns the live session and the result to
-    /// answer with.
+    /// client's hello and records the session, owned here. Returns the live session and the
+    /// result to answer with.
     pub async fn create(
         &self,
         binding: &Arc<Binding>,
@@ -401,7 +485,8 @@ impl Sessions {
             hello,
             upstream_sessions: HashMap::new(),
             upstream_versions: HashMap::new(),
-            owner: self.node_id.clone(),
+            owner: self.node_id().to_owned(),
+            owner_token: self.ownership.token(),
             created_ms: now_ms(),
         };
         for (i, l) in leases.iter().enumerate() {
@@ -416,12 +501,30 @@ impl Sessions {
                 record.upstream_versions.insert(name.clone(), v.to_owned());
             }
         }
-        self.write_record(&record).await.map_err(|e| {
-            RpcError::new(
-                jsonrpc::code::INTERNAL_ERROR,
-                format!("cannot record the session: {e}"),
+        let created = self
+            .cap
+            .store
+            .create(
+                &record_key(&record.id),
+                serde_json::to_vec(&record).expect("serialisable"),
+                Some(self.idle_ttl),
             )
-        })?;
+            .await;
+        if !matches!(created, Ok(Some(_))) {
+            for l in leases.into_iter().flatten() {
+                if l.owned {
+                    l.conn.close().await;
+                }
+            }
+            let why = match created {
+                Err(e) => e.to_string(),
+                _ => "a session with this id exists".into(),
+            };
+            return Err(RpcError::new(
+                jsonrpc::code::INTERNAL_ERROR,
+                format!("cannot record the session: {why}"),
+            ));
+        }
         let live = self.register(binding, record, leases);
         tracing::info!(session = %live.id, binding = %binding.name, "session started");
         Ok((live, result))
@@ -447,14 +550,15 @@ impl Sessions {
                 .collect(),
             touched: Mutex::new((now, now)),
             pumps: Mutex::new(Vec::new()),
-            // Event ids start from the clock (microseconds), so a session revived from its
-            // record (after a restart, or on another replica) keeps numbering upwards and a
-            // client's Last-Event-ID stays meaningful.
+            // Event ids start from the clock (microseconds), so a session taken over (after a
+            // restart, or by another replica) keeps numbering upwards and a client's
+            // Last-Event-ID stays meaningful.
             events: Arc::new(AtomicU64::new(now_ms() * 1000)),
             closed: std::sync::atomic::AtomicBool::new(false),
             waiters: Mutex::new(HashMap::new()),
             log_level: Mutex::new(None),
             listens: Mutex::new(HashMap::new()),
+            busy: AtomicUsize::new(0),
         });
         for (i, l) in leases.into_iter().enumerate() {
             if let Some(l) = l {
@@ -469,25 +573,137 @@ impl Sessions {
         live
     }
 
-    /// The live session for a client's `Mcp-Session-Id`: served here already, or revived from
-    /// its record (after a restart with a durable store): upstream HTTP sessions are resumed,
-    /// stdio children started anew with the client's hello.
-    pub async fn get(&self, binding: &Arc<Binding>, id: &str) -> Result<Arc<Live>, SessionError> {
+    /// Where the session a client names is served: here (already, or claimed now because its
+    /// owner is gone, handed it over, or was an earlier instance of this replica), or by the
+    /// live replica that owns it. `forwarded`: the request was forwarded here by another
+    /// replica and must not be forwarded again. `unreachable`: a replica a forward just failed
+    /// to reach; it counts as live until its ownership lease is gone, never merely because
+    /// the forward failed.
+    pub async fn resolve(
+        &self,
+        binding: &Arc<Binding>,
+        id: &str,
+        forwarded: bool,
+        unreachable: Option<&str>,
+    ) -> Result<Resolved, SessionError> {
         let found = self.live.lock().expect("lock").get(id).cloned();
-        let live = match found {
-            Some(l) => l,
-            None => self.revive(binding, id).await?,
-        };
-        if live.binding.name != binding.name {
-            return Err(SessionError::WrongBinding);
+        if let Some(live) = found
+            && !live.is_closed()
+        {
+            if live.binding.name != binding.name {
+                return Err(SessionError::WrongBinding);
+            }
+            if live.touch(self.idle_ttl) {
+                self.refresh(&live).await;
+            }
+            return Ok(Resolved::Local(live));
         }
-        if live.touch(self.idle_ttl) {
-            self.refresh(&live).await;
+        let ttl = self.ownership.owner_ttl();
+        let deadline = Instant::now() + ttl + ttl / 2 + Duration::from_secs(2);
+        let mut fresh = false;
+        loop {
+            let (_, record) = self.read(binding, id).await?;
+            let owner = record.owner.as_str();
+            let claimable = if owner.is_empty() {
+                true
+            } else if owner == self.node_id() {
+                // Recorded as ours but not live here: an earlier instance of this replica, or
+                // a lease since lost. Holding the lease now proves that holder is gone.
+                self.ownership.held()
+            } else {
+                if Some(owner) != unreachable
+                    && let Some(url) = self.ownership.peer_url(owner, fresh).await
+                {
+                    if forwarded {
+                        return Err(SessionError::Misdirected);
+                    }
+                    return Ok(Resolved::Remote {
+                        owner: owner.to_owned(),
+                        url,
+                    });
+                }
+                // Its presence is gone (or it cannot be reached): its lease decides.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(unavailable(format!(
+                        "the replica that owns this session ({owner}) cannot be reached and still holds its ownership lease; try again"
+                    )));
+                }
+                self.ownership
+                    .owner_gone(owner, left.min(Duration::from_millis(500)))
+                    .await
+                    .map_err(|e| unavailable(format!("the coordinator: {e}")))?
+            };
+            if claimable {
+                if self.ownership.draining()
+                    && !forwarded
+                    && let Some((owner, url)) = self.ownership.other_peer().await
+                {
+                    // A draining replica takes nothing over: the session goes to a peer.
+                    return Ok(Resolved::Remote { owner, url });
+                }
+                match self.claim(binding, id, &record.owner).await {
+                    Ok(live) => {
+                        live.touch(self.idle_ttl);
+                        return Ok(Resolved::Local(live));
+                    }
+                    Err(Claim::Raced) => {}
+                    Err(Claim::Failed(e)) => return Err(e),
+                }
+            } else if Instant::now() >= deadline {
+                return Err(unavailable(
+                    "the session's owner did not hand it over in time; try again",
+                ));
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            fresh = true;
         }
-        Ok(live)
     }
 
-    async fn revive(&self, binding: &Arc<Binding>, id: &str) -> Result<Arc<Live>, SessionError> {
+    /// The session's record, checked for format and binding.
+    async fn read(
+        &self,
+        binding: &Arc<Binding>,
+        id: &str,
+    ) -> Result<(Entry, SessionRecord), SessionError> {
+        let entry = self
+            .cap
+            .store
+            .get(&record_key(id))
+            .await
+            .map_err(|e| unavailable(format!("the sessions store: {e}")))?
+            .ok_or(SessionError::NotFound)?;
+        let record: SessionRecord =
+            serde_json::from_slice(&entry.value).map_err(|_| SessionError::NotFound)?;
+        if record.format > RECORD_FORMAT {
+            return Err(unavailable(format!(
+                "the session was recorded in format {} by a newer mcpg; this replica reads up to {RECORD_FORMAT}",
+                record.format
+            )));
+        }
+        if record.binding != binding.name {
+            return Err(SessionError::WrongBinding);
+        }
+        Ok((entry, record))
+    }
+
+    /// Whether a session exists for this binding (the GET stream is served by any replica
+    /// from the `delivery` capability, without owning the session).
+    pub async fn exists(&self, binding: &Arc<Binding>, id: &str) -> Result<(), SessionError> {
+        self.read(binding, id).await.map(|_| ())
+    }
+
+    /// Claims a session whose owner was `seen_owner`: the record is rewritten with this
+    /// replica and its lease's token (compare-and-swap: one claimant wins), then its upstream
+    /// conversations are resumed (HTTP sessions by id) or started anew (children, with the
+    /// client's recorded hello).
+    async fn claim(
+        &self,
+        binding: &Arc<Binding>,
+        id: &str,
+        seen_owner: &str,
+    ) -> Result<Arc<Live>, Claim> {
         let lock = self
             .reviving
             .lock()
@@ -496,41 +712,48 @@ impl Sessions {
             .or_default()
             .clone();
         let guard = lock.lock().await;
-        let r = self.revive_once(binding, id).await;
+        let r = self.claim_locked(binding, id, seen_owner).await;
         drop(guard);
         self.reviving.lock().expect("lock").remove(id);
         r
     }
 
-    async fn revive_once(
+    async fn claim_locked(
         &self,
         binding: &Arc<Binding>,
         id: &str,
-    ) -> Result<Arc<Live>, SessionError> {
-        if let Some(l) = self.live.lock().expect("lock").get(id).cloned() {
+        seen_owner: &str,
+    ) -> Result<Arc<Live>, Claim> {
+        if let Some(l) = self.live.lock().expect("lock").get(id).cloned()
+            && !l.is_closed()
+        {
             return Ok(l);
         }
-        let entry = self
+        let (entry, mut record) = self.read(binding, id).await.map_err(Claim::Failed)?;
+        if record.owner != seen_owner {
+            return Err(Claim::Raced);
+        }
+        let previous = std::mem::take(&mut record.owner);
+        record.owner = self.node_id().to_owned();
+        record.owner_token = self.ownership.token();
+        match self
             .cap
             .store
-            .get(&record_key(id))
-            .await
-            .map_err(|e| RpcError::new(jsonrpc::code::INTERNAL_ERROR, e.to_string()))?
-            .ok_or(SessionError::NotFound)?;
-        let record: SessionRecord =
-            serde_json::from_slice(&entry.value).map_err(|_| SessionError::NotFound)?;
-        if record.format > RECORD_FORMAT {
-            return Err(RpcError::new(
-                jsonrpc::code::INTERNAL_ERROR,
-                format!(
-                    "the session was recorded in format {} by a newer mcpg; this replica reads up to {RECORD_FORMAT}",
-                    record.format
-                ),
+            .compare_and_swap(
+                &record_key(id),
+                entry.revision,
+                serde_json::to_vec(&record).expect("serialisable"),
+                Some(self.idle_ttl),
             )
-            .into());
-        }
-        if record.binding != binding.name {
-            return Err(SessionError::WrongBinding);
+            .await
+        {
+            Ok(CasOutcome::Swapped(_)) => {}
+            Ok(CasOutcome::Mismatch(_)) => return Err(Claim::Raced),
+            Err(e) => {
+                return Err(Claim::Failed(unavailable(format!(
+                    "the sessions store: {e}"
+                ))));
+            }
         }
         let connects = binding.upstreams.iter().map(|u| {
             let resume = record.upstream_sessions.get(&u.name).map(|s| {
@@ -547,55 +770,169 @@ impl Sessions {
             .into_iter()
             .map(Result::ok)
             .collect();
-        let mut record = record;
-        record.owner = self.node_id.clone();
-        tracing::info!(session = %id, binding = %binding.name, "session revived from its record");
-        let live = self.register(binding, record, leases);
-        self.refresh(&live).await;
-        Ok(live)
+        tracing::info!(
+            session = %id,
+            binding = %binding.name,
+            previous_owner = %previous,
+            token = record.owner_token,
+            "session taken over"
+        );
+        Ok(self.register(binding, record, leases))
     }
 
-    /// Writes a session's record with the idle TTL (created, revived or refreshed).
-    async fn write_record(
-        &self,
-        record: &SessionRecord,
-    ) -> mcpg_plugin_api::coordinator::CoordResult<u64> {
-        self.cap
-            .store
-            .put(
-                &record_key(&record.id),
-                serde_json::to_vec(record).expect("serialisable"),
-                Some(self.idle_ttl),
-            )
-            .await
-    }
-
-    async fn refresh(&self, live: &Live) {
-        if live.closed.load(std::sync::atomic::Ordering::Relaxed) {
+    /// Writes a live session's record again (TTL refresh, new upstream session ids), fenced:
+    /// only while the record still names this replica and its lease's token. A refused write
+    /// means the session was claimed elsewhere: this replica lets it go.
+    async fn refresh(&self, live: &Arc<Live>) {
+        if live.is_closed() {
             return;
         }
         let record = live.record.lock().expect("lock").clone();
-        if let Err(e) = self.write_record(&record).await {
-            tracing::warn!(session = %live.id, error = %e, "cannot refresh the session record");
+        match self
+            .fenced(&record, |e| {
+                let r = record.clone();
+                async move {
+                    self.cap
+                        .store
+                        .compare_and_swap(
+                            &record_key(&r.id),
+                            e.revision,
+                            serde_json::to_vec(&r).expect("serialisable"),
+                            Some(self.idle_ttl),
+                        )
+                        .await
+                        .map(|o| matches!(o, CasOutcome::Swapped(_)))
+                }
+            })
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(session = %live.id, "the session is owned elsewhere now; letting go of it here");
+                self.let_go(live).await;
+            }
+            Err(e) => {
+                tracing::warn!(session = %live.id, error = %e, "cannot refresh the session record")
+            }
         }
     }
 
-    /// Ends a session: closes its upstream conversations and deletes its record.
+    /// Runs `write` on the stored record only if it still names this replica and `record`'s
+    /// token; false when fenced off (or the record is gone).
+    async fn fenced<F, Fut>(
+        &self,
+        record: &SessionRecord,
+        write: F,
+    ) -> mcpg_plugin_api::coordinator::CoordResult<bool>
+    where
+        F: FnOnce(Entry) -> Fut,
+        Fut: std::future::Future<Output = mcpg_plugin_api::coordinator::CoordResult<bool>>,
+    {
+        let Some(entry) = self.cap.store.get(&record_key(&record.id)).await? else {
+            return Ok(false);
+        };
+        let Ok(stored) = serde_json::from_slice::<SessionRecord>(&entry.value) else {
+            return Ok(false);
+        };
+        if stored.owner != self.node_id() || stored.owner_token != record.owner_token {
+            return Ok(false);
+        }
+        write(entry).await
+    }
+
+    /// Drops this replica's copy of a session another replica now owns.
+    async fn let_go(&self, live: &Arc<Live>) {
+        self.live.lock().expect("lock").remove(&live.id);
+        live.shut(true).await;
+    }
+
+    /// Ends a session: closes its upstream conversations and deletes its record (fenced: a
+    /// replica that no longer owns the session only drops its copy).
     pub async fn end(&self, live: &Arc<Live>) {
         // Closed first (no refresh writes the record back, no new upstream conversation is
         // started), then the record goes, so a request racing the end cannot revive the
         // session from it.
-        live.closed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = self.cap.store.delete(&record_key(&live.id), None).await {
-            tracing::warn!(session = %live.id, error = %e, "cannot delete the session record");
-        }
+        live.closed.store(true, SeqCst);
+        let record = live.record.lock().expect("lock").clone();
+        let key = record_key(&record.id);
+        let deleted = self
+            .fenced(&record, |e| async move {
+                self.cap.store.delete(&key, Some(e.revision)).await
+            })
+            .await;
         self.live.lock().expect("lock").remove(&live.id);
-        live.close().await;
-        tracing::info!(session = %live.id, "session ended");
+        match deleted {
+            Ok(true) => {
+                live.close().await;
+                tracing::info!(session = %live.id, "session ended");
+            }
+            Ok(false) => {
+                live.shut(true).await;
+                tracing::info!(session = %live.id, "session owned elsewhere; dropped the copy here");
+            }
+            Err(e) => {
+                live.close().await;
+                tracing::warn!(session = %live.id, error = %e, "cannot delete the session record");
+            }
+        }
     }
 
-    /// Ends every live session (shutdown).
+    /// Shutdown: hands every session served here back to the cluster (its record says it has
+    /// no owner, so the next request for it is served by another replica at once), each as
+    /// soon as no request of it is running here, and all of them by `deadline`.
+    pub async fn hand_over_all(&self, deadline: Instant) {
+        loop {
+            let all: Vec<Arc<Live>> = self.live.lock().expect("lock").values().cloned().collect();
+            if all.is_empty() {
+                return;
+            }
+            let late = Instant::now() >= deadline;
+            for l in all {
+                if late {
+                    l.closed.store(true, SeqCst);
+                } else if !l.let_go_if_idle() {
+                    continue;
+                }
+                self.hand_over(&l).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn hand_over(&self, live: &Arc<Live>) {
+        let mut record = live.record.lock().expect("lock").clone();
+        let token = record.owner_token;
+        record.owner = String::new();
+        record.owner_token = 0;
+        let id = record.id.clone();
+        let fence = SessionRecord {
+            owner: self.node_id().to_owned(),
+            owner_token: token,
+            ..record.clone()
+        };
+        let r = self
+            .fenced(&fence, |e| async move {
+                self.cap
+                    .store
+                    .compare_and_swap(
+                        &record_key(&id),
+                        e.revision,
+                        serde_json::to_vec(&record).expect("serialisable"),
+                        Some(self.idle_ttl),
+                    )
+                    .await
+                    .map(|o| matches!(o, CasOutcome::Swapped(_)))
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(session = %live.id, error = %e, "cannot hand the session over; it is taken over once the ownership lease expires");
+        }
+        self.let_go(live).await;
+        tracing::info!(session = %live.id, "session handed over");
+    }
+
+    /// Lets go of every live session without touching records (shutdown after the hand-over;
+    /// nothing should be left).
     pub async fn close_all(&self) {
         let all: Vec<_> = self
             .live
@@ -605,8 +942,13 @@ impl Sessions {
             .map(|(_, l)| l)
             .collect();
         for l in all {
-            l.close().await;
+            l.shut(true).await;
         }
+    }
+
+    /// How many sessions this replica serves now.
+    pub fn live_count(&self) -> usize {
+        self.live.lock().expect("lock").len()
     }
 
     /// What the admin API shows of a session: its record, without the client's `initialize`
@@ -617,14 +959,22 @@ impl Sessions {
         let live_here = self.live.lock().expect("lock").contains_key(id);
         let mut upstreams: Vec<&String> = record.upstream_sessions.keys().collect();
         upstreams.sort();
+        let state = if live_here {
+            "live"
+        } else if record.owner.is_empty() {
+            "handed_over"
+        } else {
+            "recorded"
+        };
         Some(json!({
             "id": record.id,
             "format": record.format,
             "binding": record.binding,
             "protocol_version": record.protocol_version,
-            "owner": record.owner,
+            "owner": if record.owner.is_empty() { Value::Null } else { json!(record.owner) },
+            "owner_token": record.owner_token,
             "created_ms": record.created_ms,
-            "state": if live_here { "live" } else { "recorded" },
+            "state": state,
             "served_here": live_here,
             "client": record.hello.client_info,
             "upstream_sessions": upstreams,

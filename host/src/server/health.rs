@@ -1,8 +1,12 @@
 //! Liveness and readiness: `GET /healthz` answers 200 while the process runs; `GET /readyz`
-//! answers 200 only while the replica can serve, 503 while starting or draining.
+//! answers 200 only while the replica can serve: 503 while starting, draining, or while the
+//! cluster coordinator does not answer its health check.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
+
+use mcpg_plugin_api::coordinator::Coordinator;
 
 use axum::Router;
 use axum::extract::State;
@@ -20,15 +24,52 @@ pub enum Phase {
 
 /// Shared, cheaply cloned readiness state.
 #[derive(Debug, Clone)]
-pub struct Readiness(Arc<AtomicU8>);
+pub struct Readiness(Arc<AtomicU8>, Arc<AtomicBool>);
 
 impl Default for Readiness {
     fn default() -> Self {
-        Self(Arc::new(AtomicU8::new(Phase::Starting as u8)))
+        Self(
+            Arc::new(AtomicU8::new(Phase::Starting as u8)),
+            Arc::new(AtomicBool::new(true)),
+        )
     }
 }
 
+/// How often the coordinator's health is checked for `/readyz`.
+const BACKEND_CHECK: Duration = Duration::from_secs(2);
+
 impl Readiness {
+    /// Checks the coordinator's health every two seconds for as long as the process runs;
+    /// `/readyz` fails while it is unhealthy.
+    pub fn watch_backend(&self, coordinator: Arc<dyn Coordinator>) {
+        let ok = self.1.clone();
+        tokio::spawn(async move {
+            loop {
+                let h = tokio::time::timeout(BACKEND_CHECK, coordinator.health()).await;
+                let healthy = matches!(&h, Ok(h) if h.ok);
+                if ok.swap(healthy, Ordering::AcqRel) != healthy {
+                    match h {
+                        Ok(h) if healthy => {
+                            tracing::info!(detail = %h.detail, "cluster coordinator reachable again; ready")
+                        }
+                        Ok(h) => {
+                            tracing::warn!(detail = %h.detail, "cluster coordinator unhealthy; not ready")
+                        }
+                        Err(_) => {
+                            tracing::warn!("cluster coordinator health check timed out; not ready")
+                        }
+                    }
+                }
+                tokio::time::sleep(BACKEND_CHECK).await;
+            }
+        });
+    }
+
+    /// Whether the coordinator answered its last health check.
+    pub fn backend_ok(&self) -> bool {
+        self.1.load(Ordering::Acquire)
+    }
+
     pub fn phase(&self) -> Phase {
         match self.0.load(Ordering::Acquire) {
             0 => Phase::Starting,
@@ -63,6 +104,10 @@ pub fn router(readiness: Readiness) -> Router {
 
 async fn readyz(State(r): State<Readiness>) -> (StatusCode, &'static str) {
     match r.phase() {
+        Phase::Ready if !r.backend_ok() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster coordinator unreachable\n",
+        ),
         Phase::Ready => (StatusCode::OK, "ready\n"),
         Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
         Phase::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),

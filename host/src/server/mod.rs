@@ -10,10 +10,15 @@ pub mod health;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::{Arc, OnceLock};
+
 use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::ServiceExt;
 
 pub use health::{Phase, Readiness};
 
@@ -102,6 +107,37 @@ impl Bound {
             stop: stop_tx,
             tasks,
         }
+    }
+}
+
+/// Routes that exist only once the replica has joined the cluster: served from the start,
+/// answering 503 ("starting") until they are set.
+#[derive(Clone, Default)]
+pub struct Late(Arc<OnceLock<Router>>);
+
+impl Late {
+    /// The router to serve now.
+    pub fn router(&self) -> Router {
+        let me = self.clone();
+        Router::new().fallback(move |req: axum::extract::Request| {
+            let me = me.clone();
+            async move {
+                match me.0.get() {
+                    Some(r) => r.clone().oneshot(req).await.into_response(),
+                    None => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(axum::http::header::RETRY_AFTER, "2")],
+                        "starting: joining the cluster\n",
+                    )
+                        .into_response(),
+                }
+            }
+        })
+    }
+
+    /// Fills the routes in (once).
+    pub fn set(&self, r: Router) {
+        let _ = self.0.set(r);
     }
 }
 

@@ -52,6 +52,11 @@ pub trait Transport: Send + Sync + 'static {
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError>;
     /// Ends the conversation (kills the child, deletes the HTTP session).
     async fn close(&self);
+    /// Lets go of the conversation so another replica can resume it: what can be resumed
+    /// (an HTTP session) is left in place; what cannot (a child process) is ended.
+    async fn detach(&self) {
+        self.close().await
+    }
     /// Whether a request is cancelled by sending `notifications/cancelled` (stdio, legacy
     /// HTTP) rather than by closing its stream (2026-07-28 HTTP).
     fn cancels_by_notification(&self) -> bool {
@@ -252,6 +257,13 @@ impl Connection {
     pub async fn close(&self) {
         self.shared.close();
         self.transport.close().await;
+    }
+
+    /// Lets go of the conversation without ending it upstream (another replica takes the
+    /// session over); every open exchange fails.
+    pub async fn detach(&self) {
+        self.shared.close();
+        self.transport.detach().await;
     }
 
     /// Feeds a message received outside any exchange (e.g. an HTTP upstream's GET stream).

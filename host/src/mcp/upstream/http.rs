@@ -382,6 +382,9 @@ impl Transport for HttpTransport {
         !self.modern
     }
 
+    /// The HTTP session stays: the replica taking the session over resumes it by its id.
+    async fn detach(&self) {}
+
     async fn close(&self) {
         if self.session_id().is_none() {
             return;
