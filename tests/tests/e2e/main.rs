@@ -5,6 +5,7 @@ mod harness;
 mod peers;
 
 mod bench_smoke;
+mod cluster_lifecycle;
 mod cluster_sessions;
 mod config_check;
 mod consul_config;

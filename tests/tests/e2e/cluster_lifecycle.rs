@@ -1,0 +1,210 @@
+//! A replica's life in a cluster, on a real Redis: a draining replica hands its sessions over
+//! (no waiting for lease expiry), a second live instance of one node id is refused while a
+//! quick restart of the same id is not, `--wait-for-cluster` waits for a backend that is not
+//! up yet (and without it `mcpg` exits saying where it tried), and `/readyz` follows the
+//! coordinator.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mcpg_backends::RedisServer;
+use serde_json::{Value, json};
+
+use crate::harness::{
+    Proc, TempDir, bin, cdylib, free_port, get_json, header, http, http_get, wait_until,
+};
+use crate::peers::{peers_script, python};
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
+
+/// One config file for every replica of a test; `owner_ttl_ms` as given.
+fn config(dir: &TempDir, redis: &str, owner_ttl_ms: u64) -> std::path::PathBuf {
+    dir.write(
+        "mcpg.yaml",
+        &format!(
+            "server:\n  drain_timeout_ms: 3000\n\
+             cluster:\n  kind: redis\n  url: \"{redis}\"\n  key_prefix: \"life:\"\n  lease_ttl_ms: 2000\n  peer_ttl_ms: 2000\n\
+             plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n\
+             mcp:\n  sessions: {{owner_ttl_ms: {owner_ttl_ms}}}\n\
+             bindings:\n  - name: echo\n    path: /echo\n    upstreams: [{{name: echo, stdio: {{command: {:?}, args: [{:?}]}}}}]\n",
+            cdylib("mcpg_cluster_redis").display(),
+            python().display().to_string(),
+            peers_script("echo_upstream.py").display().to_string()
+        ),
+    )
+}
+
+struct Node {
+    proc: Proc,
+    main: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn start(config: &std::path::Path, id: &str, extra: &[&str]) -> Node {
+    let (listen, admin) = (free_port(), free_port());
+    let proc = Proc::spawn(
+        Command::new(bin("mcpg"))
+            .arg("--config")
+            .arg(config)
+            .args(["--node-id", id])
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(extra),
+    );
+    Node {
+        proc,
+        main: format!("127.0.0.1:{listen}").parse().unwrap(),
+        admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+    }
+}
+
+fn ready(n: &Node) -> bool {
+    matches!(http_get(n.main, "/readyz"), Ok((200, _)))
+}
+
+fn wait_ready(n: &Node, what: &str) {
+    assert!(
+        wait_until(Duration::from_secs(30), || ready(n)),
+        "{what} never became ready"
+    );
+}
+
+fn initialize(addr: SocketAddr) -> String {
+    let (status, headers, body) = http(
+        addr,
+        "POST",
+        "/echo",
+        &[JSON, ACCEPT],
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    header(&headers, "mcp-session-id").unwrap().to_owned()
+}
+
+fn sleep_call(addr: SocketAddr, sid: &str) -> (u16, Value) {
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/echo",
+        &[JSON, ACCEPT, ("Mcp-Session-Id", sid)],
+        br#"{"jsonrpc":"2.0","id":1,"method":"echo/sleep","params":{"ms":1}}"#,
+    );
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// SIGTERM hands every session over at once: with a one-minute ownership lease, the other
+/// replica serves the session within seconds, and the draining replica exits 0.
+#[test]
+fn a_draining_replica_hands_its_sessions_over() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("life-drain");
+    let f = config(&dir, &redis.url(), 60_000);
+    let a = start(&f, "drain-a", &[]);
+    let b = start(&f, "drain-b", &[]);
+    wait_ready(&a, "drain-a");
+    wait_ready(&b, "drain-b");
+    let sid = initialize(a.main);
+    let (status, r) = sleep_call(b.main, &sid);
+    assert_eq!(status, 200, "{r}");
+    let owner = |admin| {
+        get_json(admin, &format!("/api/cluster/sessions/{sid}")).map(|v| v["owner"].clone())
+    };
+    assert_eq!(owner(b.admin), Some(json!("drain-a")));
+
+    let started = Instant::now();
+    a.proc.signal("TERM");
+    let (code, stderr) = a.proc.wait(Duration::from_secs(30));
+    assert_eq!(code.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("session handed over"), "{stderr}");
+    let (status, r) = sleep_call(b.main, &sid);
+    assert_eq!(status, 200, "{r}");
+    assert!(r["result"]["pid"].is_number(), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "served only after the ownership lease would have expired"
+    );
+    assert_eq!(owner(b.admin), Some(json!("drain-b")));
+}
+
+/// Two live processes with one node id: the second is refused. A process restarting with the
+/// id of one that died is not (it waits out the dead one's lease).
+#[test]
+fn a_node_id_in_use_is_refused_but_a_restart_is_not() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("life-dup");
+    let f = config(&dir, &redis.url(), 1500);
+    let first = start(&f, "same-id", &[]);
+    wait_ready(&first, "the first instance");
+    let second = start(&f, "same-id", &[]);
+    let (code, stderr) = second.proc.wait(Duration::from_secs(30));
+    assert_eq!(code.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another live mcpg instance is using node id `same-id`"),
+        "{stderr}"
+    );
+    assert!(ready(&first), "the first instance was disturbed");
+
+    // The first dies without a goodbye; a restart with its id starts once its lease expires.
+    first.proc.signal("KILL");
+    drop(first);
+    let restarted = start(&f, "same-id", &[]);
+    wait_ready(&restarted, "the restarted instance");
+}
+
+/// Without `--wait-for-cluster`, an unreachable backend at start is fatal and the message
+/// names it; with it, the replica runs unready until the backend comes, then becomes ready.
+/// `/readyz` then follows the coordinator's health.
+#[test]
+fn a_backend_that_is_not_up_yet_is_waited_for_only_when_asked() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.kill();
+    let dir = TempDir::new("life-wait");
+    let f = config(&dir, &url, 2000);
+
+    let eager = start(&f, "eager", &[]);
+    let (code, stderr) = eager.proc.wait(Duration::from_secs(30));
+    assert_eq!(code.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&url), "says where it tried: {stderr}");
+
+    let patient = start(&f, "patient", &["--wait-for-cluster"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || matches!(
+            http_get(patient.main, "/healthz"),
+            Ok((200, _))
+        )),
+        "not alive while waiting"
+    );
+    let (status, body) = http_get(patient.main, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    let (status, _) = http_get(patient.main, "/echo").unwrap();
+    assert_eq!(status, 503, "MCP answers 503 while joining");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        patient.proc.child.id() > 0 && !ready(&patient),
+        "became ready without a backend"
+    );
+    redis.restart();
+    wait_ready(&patient, "the waiting replica");
+    let sid = initialize(patient.main);
+    assert_eq!(sleep_call(patient.main, &sid).0, 200);
+
+    // The backend goes away: not ready; it comes back: ready again.
+    redis.kill();
+    assert!(
+        wait_until(Duration::from_secs(15), || !ready(&patient)),
+        "still ready with the coordinator gone"
+    );
+    let (_, body) = http_get(patient.main, "/readyz").unwrap();
+    assert!(body.contains("coordinator"), "{body}");
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(20), || ready(&patient)),
+        "not ready again after the coordinator came back"
+    );
+    let _ = patient.admin;
+}
