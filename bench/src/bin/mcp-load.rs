@@ -44,6 +44,11 @@ struct Args {
     /// The MCP endpoint, e.g. http://127.0.0.1:8080/mcp.
     #[arg(long)]
     url: String,
+    /// Legacy era: where each worker opens (and ends) its session, when not `--url`; the
+    /// calls still go to `--url`. With two replicas, this sends every call to a replica that
+    /// does not own the session (the cross-replica benchmark).
+    #[arg(long)]
+    session_url: Option<String>,
     #[arg(long, value_enum, default_value = "modern")]
     era: Era,
     /// Workers: requests in flight at once (with --rate, the most in flight).
@@ -93,6 +98,12 @@ impl Shared {
                 *first = Some(text);
             }
         }
+    }
+}
+
+impl Args {
+    fn session_url(&self) -> &str {
+        self.session_url.as_deref().unwrap_or(&self.url)
     }
 }
 
@@ -147,7 +158,7 @@ impl Worker {
             "clientInfo": {"name": "mcp-load", "version": env!("CARGO_PKG_VERSION")}}});
         let resp = sh
             .client
-            .post(&sh.args.url)
+            .post(sh.args.session_url())
             .headers(self.headers(sh, "initialize", None))
             .body(body.to_string())
             .send()
@@ -170,7 +181,7 @@ impl Worker {
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         let resp = sh
             .client
-            .post(&sh.args.url)
+            .post(sh.args.session_url())
             .headers(self.headers(sh, "notifications/initialized", None))
             .body(note.to_string())
             .send()
@@ -191,7 +202,7 @@ impl Worker {
         if self.session.is_some() {
             let _ = sh
                 .client
-                .delete(&sh.args.url)
+                .delete(sh.args.session_url())
                 .headers(self.headers(sh, "", None))
                 .send()
                 .await;
@@ -487,6 +498,7 @@ async fn run(args: Args) -> Value {
     let mut report = json!({
         "era": match a.era { Era::Modern => "modern", Era::Legacy => "legacy" },
         "url": a.url,
+        "session_url": a.session_url(),
         "tool": match a.tool { Tool::Echo => "echo", Tool::Payload => "payload" },
         "concurrency": a.concurrency,
         "rate": a.rate,

@@ -521,8 +521,9 @@ async fn session(
                     .await
                 {
                     Ok(r) => return Err(r),
-                    Err(ForwardError::Misdirected) => {}
+                    Err(ForwardError::Misdirected) => gw.sessions.forget_remote(sid),
                     Err(e @ ForwardError::Unreachable { .. }) => {
+                        gw.sessions.forget_remote(sid);
                         tracing::warn!(session = %sid, owner = %owner, error = %e, "cannot reach the session's owner; waiting for its ownership lease");
                         unreachable = Some(owner);
                     }

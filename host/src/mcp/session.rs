@@ -359,7 +359,14 @@ pub struct Sessions {
     /// Serialises claiming one session (one lock per session id, so sessions are claimed in
     /// parallel).
     reviving: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    /// Where sessions owned elsewhere were last found, so that forwarding a request costs no
+    /// read of the record. Safe to be stale: the replica forwarded to refuses a session it
+    /// does not own, and a failed forward forgets the entry.
+    remote: Mutex<HashMap<String, (String, String, Instant)>>,
 }
+
+/// The most entries the remote-owner cache holds before it starts over.
+const REMOTE_CACHE_MAX: usize = 100_000;
 
 impl Sessions {
     pub fn new(
@@ -375,6 +382,7 @@ impl Sessions {
             idle_ttl,
             live: Mutex::new(HashMap::new()),
             reviving: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&s);
         let every = (idle_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
@@ -599,6 +607,14 @@ impl Sessions {
             return Ok(Resolved::Local(live));
         }
         let ttl = self.ownership.owner_ttl();
+        if !forwarded && unreachable.is_none() {
+            let cached = self.remote.lock().expect("lock").get(id).cloned();
+            if let Some((owner, url, at)) = cached
+                && at.elapsed() < ttl
+            {
+                return Ok(Resolved::Remote { owner, url });
+            }
+        }
         let deadline = Instant::now() + ttl + ttl / 2 + Duration::from_secs(2);
         let mut fresh = false;
         loop {
@@ -617,6 +633,15 @@ impl Sessions {
                     if forwarded {
                         return Err(SessionError::Misdirected);
                     }
+                    let mut cache = self.remote.lock().expect("lock");
+                    if cache.len() >= REMOTE_CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(
+                        id.to_owned(),
+                        (owner.to_owned(), url.clone(), Instant::now()),
+                    );
+                    drop(cache);
                     return Ok(Resolved::Remote {
                         owner: owner.to_owned(),
                         url,
@@ -659,6 +684,11 @@ impl Sessions {
             }
             fresh = true;
         }
+    }
+
+    /// Forgets where a session was found elsewhere (a forward there failed or was refused).
+    pub fn forget_remote(&self, id: &str) {
+        self.remote.lock().expect("lock").remove(id);
     }
 
     /// The session's record, checked for format and binding.
