@@ -78,7 +78,8 @@ impl Gateway {
             .iter()
             .map(|b| Binding::new(b, &cfg.base_dir, timeout, ctx.clone()))
             .collect();
-        Arc::new(Self {
+        let bindings: Vec<Arc<Binding>> = bindings;
+        let gw = Arc::new(Self {
             bindings,
             sessions: Sessions::new(
                 caps.sessions.clone(),
@@ -95,7 +96,9 @@ impl Gateway {
                 &c.server.allowed_origins,
             ),
             max_body: c.mcp.limits.max_request_bytes as usize,
-        })
+        });
+        spawn_sweeper(&gw, Duration::from_millis(c.mcp.sessions.idle_ttl_ms));
+        gw
     }
 
     /// The routes of every binding, for the main listener.
@@ -145,6 +148,29 @@ impl Gateway {
         self.sessions.close_all().await;
         self.ownership.release().await;
     }
+}
+
+/// The lease under which one replica at a time sweeps sessions left idle by departed replicas.
+const SWEEPER_LEASE: &str = "mcpg/sessions/sweeper";
+
+/// Every quarter of the idle TTL (between 1 s and 5 min), whichever replica takes the sweeper
+/// lease ends the sessions that departed replicas left idle ([`Sessions::sweep`]).
+fn spawn_sweeper(gw: &Arc<Gateway>, idle_ttl: Duration) {
+    let every = (idle_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let weak = Arc::downgrade(gw);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(gw) = weak.upgrade() else { return };
+            if gw.ownership.draining() {
+                return;
+            }
+            if let Some(lease) = gw.ownership.try_lease(SWEEPER_LEASE, every * 2).await {
+                gw.sessions.sweep(&gw.bindings).await;
+                let _ = lease.release().await;
+            }
+        }
+    });
 }
 
 /// `GET /api/cluster/sessions/{id}`: a legacy session's record (owner, binding, revision,

@@ -198,6 +198,16 @@ impl Ownership {
         Some(others.swap_remove(pick))
     }
 
+    /// Takes the cluster-wide lease `name` if nobody holds it (for work done by one replica at
+    /// a time); `None` when it is held or the coordinator fails.
+    pub async fn try_lease(&self, name: &str, ttl: Duration) -> Option<Box<dyn Lease>> {
+        self.coordinator
+            .acquire(name, Some(ttl), Duration::ZERO)
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Whether `node`'s ownership lease is gone (expired or released), waiting up to `wait`
     /// for it to go. For this replica's own id the answer is yes: holding the lease now means
     /// any earlier holder of the id has lost it.

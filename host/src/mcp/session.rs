@@ -47,6 +47,11 @@ pub struct SessionRecord {
     #[serde(default)]
     pub owner_token: u64,
     pub created_ms: u64,
+    /// When the owner last saw a request of the session (updated with each refresh of the
+    /// record, at most every tenth of the idle TTL). How the cluster finds sessions that were
+    /// left idle by a replica that is gone.
+    #[serde(default)]
+    pub active_ms: u64,
 }
 
 pub fn now_ms() -> u64 {
@@ -413,6 +418,98 @@ impl Sessions {
         self.ownership.node_id()
     }
 
+    /// How long a record outlives the last refresh: twice the idle TTL, so that a session
+    /// left behind by a replica that died is still there for the sweep to end properly
+    /// (its upstream sessions deleted); the store drops it in any case.
+    fn record_ttl(&self) -> Duration {
+        self.idle_ttl * 2
+    }
+
+    /// Ends sessions idle for longer than the TTL whose owner is gone (or which no replica
+    /// owns after a hand-over): each is claimed (so no replica serves it meanwhile), its
+    /// upstream HTTP sessions are deleted, and its record removed. Run under the cluster-wide
+    /// sweeper lease, so by one replica at a time; sessions with a live owner are that
+    /// owner's to reap.
+    pub async fn sweep(&self, bindings: &[Arc<Binding>]) {
+        let entries = match self.cap.store.list("s/").await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "session sweep: cannot list the session records");
+                return;
+            }
+        };
+        let now = now_ms();
+        let idle = self.idle_ttl.as_millis() as u64;
+        let peers = self.ownership.peers(true).await;
+        for e in entries {
+            let Ok(rec) = serde_json::from_slice::<SessionRecord>(&e.value) else {
+                continue;
+            };
+            if rec.format > RECORD_FORMAT
+                || now.saturating_sub(rec.active_ms.max(rec.created_ms)) <= idle
+                || self.live.lock().expect("lock").contains_key(&rec.id)
+            {
+                continue;
+            }
+            let orphaned = if rec.owner.is_empty() {
+                true
+            } else if rec.owner == self.node_id() {
+                self.ownership.held()
+            } else if peers.contains_key(&rec.owner) {
+                false
+            } else {
+                self.ownership
+                    .owner_gone(&rec.owner, Duration::ZERO)
+                    .await
+                    .unwrap_or(false)
+            };
+            if !orphaned {
+                continue;
+            }
+            let mut claimed = rec.clone();
+            claimed.owner = self.node_id().to_owned();
+            claimed.owner_token = self.ownership.token();
+            let key = record_key(&rec.id);
+            let revision = match self
+                .cap
+                .store
+                .compare_and_swap(
+                    &key,
+                    e.revision,
+                    serde_json::to_vec(&claimed).expect("serialisable"),
+                    Some(self.record_ttl()),
+                )
+                .await
+            {
+                Ok(CasOutcome::Swapped(r)) => r,
+                _ => continue,
+            };
+            let mut closed = 0;
+            if let Some(b) = bindings.iter().find(|b| b.name == rec.binding) {
+                for u in &b.upstreams {
+                    let Some(sid) = rec.upstream_sessions.get(&u.name) else {
+                        continue;
+                    };
+                    let version = rec
+                        .upstream_versions
+                        .get(&u.name)
+                        .unwrap_or(&rec.protocol_version);
+                    if let Ok(l) = u.connect(&rec.hello, Some((sid, version))).await {
+                        l.conn.close().await;
+                        closed += 1;
+                    }
+                }
+            }
+            let _ = self.cap.store.delete(&key, Some(revision)).await;
+            tracing::info!(
+                session = %rec.id,
+                previous_owner = %rec.owner,
+                upstream_sessions_closed = closed,
+                "idle session of a departed replica cleaned up"
+            );
+        }
+    }
+
     /// Ends sessions idle for longer than the TTL. Only the owner does this (a session's
     /// requests all reach its owner), so it happens once in the cluster.
     async fn reap(&self) {
@@ -496,6 +593,7 @@ impl Sessions {
             owner: self.node_id().to_owned(),
             owner_token: self.ownership.token(),
             created_ms: now_ms(),
+            active_ms: now_ms(),
         };
         for (i, l) in leases.iter().enumerate() {
             let name = &binding.upstreams[i].name;
@@ -515,7 +613,7 @@ impl Sessions {
             .create(
                 &record_key(&record.id),
                 serde_json::to_vec(&record).expect("serialisable"),
-                Some(self.idle_ttl),
+                Some(self.record_ttl()),
             )
             .await;
         if !matches!(created, Ok(Some(_))) {
@@ -766,6 +864,7 @@ impl Sessions {
         let previous = std::mem::take(&mut record.owner);
         record.owner = self.node_id().to_owned();
         record.owner_token = self.ownership.token();
+        record.active_ms = now_ms();
         match self
             .cap
             .store
@@ -773,7 +872,7 @@ impl Sessions {
                 &record_key(id),
                 entry.revision,
                 serde_json::to_vec(&record).expect("serialisable"),
-                Some(self.idle_ttl),
+                Some(self.record_ttl()),
             )
             .await
         {
@@ -828,7 +927,7 @@ impl Sessions {
                             &record_key(&r.id),
                             e.revision,
                             serde_json::to_vec(&r).expect("serialisable"),
-                            Some(self.idle_ttl),
+                            Some(self.record_ttl()),
                         )
                         .await
                         .map(|o| matches!(o, CasOutcome::Swapped(_)))
@@ -948,7 +1047,7 @@ impl Sessions {
                         &record_key(&id),
                         e.revision,
                         serde_json::to_vec(&record).expect("serialisable"),
-                        Some(self.idle_ttl),
+                        Some(self.record_ttl()),
                     )
                     .await
                     .map(|o| matches!(o, CasOutcome::Swapped(_)))

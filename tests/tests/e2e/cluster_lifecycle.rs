@@ -208,3 +208,71 @@ fn a_backend_that_is_not_up_yet_is_waited_for_only_when_asked() {
     );
     let _ = patient.admin;
 }
+
+/// A session whose owner died and that no client came back for is ended once, cluster-wide,
+/// after its idle TTL: a surviving replica claims it, deletes its upstream HTTP session and
+/// removes its record.
+#[test]
+fn sessions_left_idle_by_a_dead_replica_are_cleaned_up_once() {
+    let redis = RedisServer::start();
+    let everything = crate::peers::everything_http();
+    let dir = TempDir::new("life-sweep");
+    let f = dir.write(
+        "mcpg.yaml",
+        &format!(
+            "cluster:\n  kind: redis\n  url: \"{}\"\n  key_prefix: \"sweep:\"\n  lease_ttl_ms: 2000\n  peer_ttl_ms: 2000\n\
+             plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n\
+             mcp:\n  sessions: {{owner_ttl_ms: 1500, idle_ttl_ms: 2000}}\n\
+             bindings:\n  - name: ev\n    path: /ev\n    upstreams: [{{name: everything, http: {{url: \"{}\"}}}}]\n",
+            redis.url(),
+            cdylib("mcpg_cluster_redis").display(),
+            everything.url
+        ),
+    );
+    let a = start(&f, "sweep-a", &[]);
+    let b = start(&f, "sweep-b", &[]);
+    wait_ready(&a, "sweep-a");
+    wait_ready(&b, "sweep-b");
+    let (status, headers, body) = http(
+        a.main,
+        "POST",
+        "/ev",
+        &[JSON, ACCEPT],
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let sid = header(&headers, "mcp-session-id").unwrap().to_owned();
+    let record = get_json(b.admin, &format!("/api/cluster/sessions/{sid}")).unwrap();
+    assert_eq!(
+        record["upstream_sessions"],
+        json!(["everything"]),
+        "{record}"
+    );
+
+    a.proc.signal("KILL");
+    drop(a);
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(
+            b.admin,
+            &format!("/api/cluster/sessions/{sid}")
+        )
+        .is_ok_and(|(s, _)| s == 404)),
+        "the abandoned session was never cleaned up"
+    );
+    b.proc.signal("TERM");
+    let (code, stderr) = b.proc.wait(Duration::from_secs(30));
+    assert_eq!(code.code(), Some(0), "{stderr}");
+    let swept: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("idle session of a departed replica cleaned up"))
+        .collect();
+    assert_eq!(swept.len(), 1, "{stderr}");
+    assert!(swept[0].contains(&sid), "{}", swept[0]);
+    assert!(
+        swept[0].contains("\"upstream_sessions_closed\":1"),
+        "the upstream session was not deleted: {}",
+        swept[0]
+    );
+}
