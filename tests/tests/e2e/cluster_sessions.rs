@@ -446,6 +446,91 @@ fn raw_scenarios(c: &Cluster) {
     }
 }
 
+/// A long-running tool call of `server-everything`, sent to one replica that does not own the
+/// session (forwarded to the owner, which runs it) and cancelled through a third: the call
+/// stops long before its end, after progress had started flowing, and gets no result; the
+/// session goes on.
+fn long_tool_call_cancelled_elsewhere(c: &Cluster) {
+    let first = &c.replicas[0];
+    let (status, headers, body) = http(
+        first.main,
+        "POST",
+        "/ev",
+        &[JSON, ACCEPT],
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let sid = header(&headers, "mcp-session-id").unwrap().to_owned();
+    let (status, _) = post(
+        c.replicas.last().unwrap().main,
+        "/ev",
+        &sid,
+        &json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    );
+    assert_eq!(status, 202);
+    let owner = c.owner(&sid).unwrap();
+    let runs_via = c.other_than(&owner).main;
+    let cancels_via = c
+        .replicas
+        .iter()
+        .rev()
+        .find(|r| r.id != owner)
+        .unwrap_or(first)
+        .main;
+    let started = Instant::now();
+    let long = {
+        let sid = sid.clone();
+        std::thread::spawn(move || {
+            http_for(
+                runs_via,
+                "POST",
+                "/ev",
+                &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
+                json!({"jsonrpc":"2.0","id":"long","method":"tools/call","params":{
+                    "name":"trigger-long-running-operation",
+                    "arguments":{"duration":10,"steps":20},
+                    "_meta":{"progressToken":"long-progress"}}})
+                .to_string()
+                .as_bytes(),
+                Duration::from_secs(20),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, text) = post(
+        cancels_via,
+        "/ev",
+        &sid,
+        &json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"long","reason":"cancelled elsewhere"}}),
+    );
+    assert_eq!(status, 202, "{text}");
+    let (status, _, text) = long.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("long-progress"),
+        "progress had not started: {text}"
+    );
+    assert!(
+        !text.contains("\"result\""),
+        "a cancelled call gets no result: {text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the 10 s operation was not cancelled ({:?})",
+        started.elapsed()
+    );
+    let (status, text) = post(
+        runs_via,
+        "/ev",
+        &sid,
+        &json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"after the cancel"}}}),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("after the cancel"), "{text}");
+}
+
 /// `data.n` of each `notifications/message` on an SSE body, with its event id.
 fn sse_messages(body: &str) -> Vec<(u64, i64)> {
     let mut out = Vec::new();
@@ -584,6 +669,7 @@ fn now_s() -> f64 {
 fn three_replicas_behind_round_robin_serve_every_session_and_survive_a_kill() {
     let mut c = Cluster::start("cluster-3", 3);
     raw_scenarios(&c);
+    long_tool_call_cancelled_elsewhere(&c);
     client_scenarios(&c);
 
     // Long-running clients of both eras, one subscribed to a resource of server-everything.
@@ -673,6 +759,7 @@ fn three_replicas_behind_round_robin_serve_every_session_and_survive_a_kill() {
 fn one_single_node_replica_passes_the_same_scenarios() {
     let c = Cluster::start("cluster-1", 1);
     raw_scenarios(&c);
+    long_tool_call_cancelled_elsewhere(&c);
     client_scenarios(&c);
     let dir = TempDir::new("single-clients");
     let uri = "demo://resource/dynamic/text/1";
