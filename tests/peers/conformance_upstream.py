@@ -64,7 +64,13 @@ from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, PromptsListChanged, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourceUpdated,
+    ToolsListChanged,
+)
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.message import ServerMessageMetadata
 
@@ -533,6 +539,14 @@ async def _trigger_tools(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     if not is_modern(ctx):
         await ctx.session.send_tool_list_changed()
     return result(text("Mutation triggered"))
+
+
+@tool("test_trigger_resource_update", "Announces that test://watched-resource changed (listen streams; 2025 subscribers)")
+async def _trigger_resource_update(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
+    await SUBSCRIPTIONS.publish(ResourceUpdated(uri="test://watched-resource"))
+    if not is_modern(ctx):
+        await ctx.session.send_resource_updated("test://watched-resource")
+    return result(text("Update triggered"))
 
 
 @tool("test_trigger_prompt_change", "Announces prompts/list_changed (listen streams; the 2025 GET stream)")

@@ -533,6 +533,7 @@ impl Binding {
                 // 2026-07-28 has no setLevel: the level is stamped on the session's requests.
                 *live.log_level.lock().expect("lock") =
                     params.as_ref().and_then(|p| p.get("level")).cloned();
+                live.mark_dirty();
                 continue;
             }
             let r = match live.conn(up).await {

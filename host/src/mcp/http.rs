@@ -223,7 +223,12 @@ async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
         Err(r) => return r,
     };
     match kind {
-        Kind::Request => reply_busy(b.request(&live, msg).await, Some(busy)),
+        Kind::Request => {
+            let r = b.request(&live, msg).await;
+            // A request may change state the record keeps (log level, subscriptions).
+            gw.sessions.persist_if_dirty(&live).await;
+            reply_busy(r, Some(busy))
+        }
         Kind::Notification => {
             b.client_notification(&live, msg).await;
             StatusCode::ACCEPTED.into_response()

@@ -52,6 +52,14 @@ pub struct SessionRecord {
     /// left idle by a replica that is gone.
     #[serde(default)]
     pub active_ms: u64,
+    /// The client's `logging/setLevel` level, for upstreams that speak only 2026-07-28
+    /// (stamped on the session's requests there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<Value>,
+    /// Per upstream name, for upstreams that speak only 2026-07-28: the resource URIs the
+    /// client subscribed to (watched by a listen, started again by a replica taking over).
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub listened: HashMap<String, Vec<String>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -104,6 +112,9 @@ pub struct Live {
     pub listens: Mutex<HashMap<usize, Listen>>,
     /// Requests of this session running here now (a session is handed over only when idle).
     busy: AtomicUsize,
+    /// Set when state kept in the record (log level, subscriptions) changed here and has not
+    /// been written yet.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 /// A request of a session running on this replica; see [`Live::begin`].
@@ -141,6 +152,26 @@ impl Live {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(SeqCst)
+    }
+
+    /// Notes that the record must be written again (see [`Sessions::persist_if_dirty`]).
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, SeqCst);
+    }
+
+    /// The record as this replica knows it now, live state included.
+    fn current_record(&self) -> SessionRecord {
+        let mut r = self.record.lock().expect("lock").clone();
+        r.log_level = self.log_level.lock().expect("lock").clone();
+        r.listened = self
+            .listens
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, (uris, _))| !uris.is_empty())
+            .map(|(up, (uris, _))| (self.binding.upstreams[*up].name.clone(), uris.clone()))
+            .collect();
+        r
     }
 
     /// The live conversation with upstream `up`, reconnecting (with the client's recorded
@@ -594,6 +625,8 @@ impl Sessions {
             owner_token: self.ownership.token(),
             created_ms: now_ms(),
             active_ms: now_ms(),
+            log_level: None,
+            listened: HashMap::new(),
         };
         for (i, l) in leases.iter().enumerate() {
             let name = &binding.upstreams[i].name;
@@ -646,7 +679,6 @@ impl Sessions {
         let live = Arc::new(Live {
             id: record.id.clone(),
             binding: binding.clone(),
-            record: Mutex::new(record),
             slots: leases
                 .iter()
                 .map(|_| Slot {
@@ -662,9 +694,11 @@ impl Sessions {
             events: Arc::new(AtomicU64::new(now_ms() * 1000)),
             closed: std::sync::atomic::AtomicBool::new(false),
             waiters: Mutex::new(HashMap::new()),
-            log_level: Mutex::new(None),
+            log_level: Mutex::new(record.log_level.clone()),
             listens: Mutex::new(HashMap::new()),
             busy: AtomicUsize::new(0),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+            record: Mutex::new(record),
         });
         for (i, l) in leases.into_iter().enumerate() {
             if let Some(l) = l {
@@ -906,7 +940,26 @@ impl Sessions {
             token = record.owner_token,
             "session taken over"
         );
-        Ok(self.register(binding, record, leases))
+        let listened = record.listened.clone();
+        let live = self.register(binding, record, leases);
+        // Subscriptions on upstreams that speak only 2026-07-28 were watched by the previous
+        // owner's listens: watch them from here.
+        for (name, uris) in listened {
+            let Some(up) = binding.upstreams.iter().position(|u| u.name == name) else {
+                continue;
+            };
+            let (b, l) = (binding.clone(), live.clone());
+            tokio::spawn(async move {
+                let started = match l.conn(up).await {
+                    Ok(conn) => b.start_listen(&l, up, &conn, uris).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = started {
+                    tracing::warn!(session = %l.id, upstream = %name, error = %e, "cannot watch the session's subscriptions again");
+                }
+            });
+        }
+        Ok(live)
     }
 
     /// Writes a live session's record again (TTL refresh, new upstream session ids), fenced:
@@ -916,7 +969,9 @@ impl Sessions {
         if live.is_closed() {
             return;
         }
-        let record = live.record.lock().expect("lock").clone();
+        live.dirty.store(false, SeqCst);
+        live.record.lock().expect("lock").active_ms = now_ms();
+        let record = live.current_record();
         match self
             .fenced(&record, |e| {
                 let r = record.clone();
@@ -943,6 +998,14 @@ impl Sessions {
             Err(e) => {
                 tracing::warn!(session = %live.id, error = %e, "cannot refresh the session record")
             }
+        }
+    }
+
+    /// Writes the record now if state kept in it changed (after a `logging/setLevel` or a
+    /// subscription), so that a replica taking the session over has it.
+    pub async fn persist_if_dirty(&self, live: &Arc<Live>) {
+        if live.dirty.load(SeqCst) {
+            self.refresh(live).await;
         }
     }
 
@@ -1029,7 +1092,7 @@ impl Sessions {
     }
 
     async fn hand_over(&self, live: &Arc<Live>) {
-        let mut record = live.record.lock().expect("lock").clone();
+        let mut record = live.current_record();
         let token = record.owner_token;
         record.owner = String::new();
         record.owner_token = 0;
@@ -1107,6 +1170,8 @@ impl Sessions {
             "served_here": live_here,
             "client": record.hello.client_info,
             "upstream_sessions": upstreams,
+            "log_level": record.log_level,
+            "subscriptions": record.listened,
         }))
     }
 }

@@ -253,9 +253,23 @@ impl Binding {
             }
             entry.0.clone()
         };
+        live.mark_dirty();
         if uris.is_empty() {
             return Ok(json!({}));
         }
+        self.start_listen(live, up, &conn, uris).await
+    }
+
+    /// Watches `uris` on upstream `up` (which speaks only 2026-07-28) for a legacy session:
+    /// one `subscriptions/listen` whose notifications go to the session's GET stream. Also how
+    /// a session taken over by another replica gets its subscriptions back.
+    pub(crate) async fn start_listen(
+        self: &Arc<Self>,
+        live: &Arc<Live>,
+        up: usize,
+        conn: &crate::mcp::upstream::Connection,
+        uris: Vec<String>,
+    ) -> Result<Value, RpcError> {
         let mut req = jsonrpc::request(
             json!(0),
             "subscriptions/listen",
@@ -278,9 +292,9 @@ impl Binding {
                 me.deliver(&session.id, &session.events, &m).await;
             }
         });
-        if let Some(entry) = live.listens.lock().expect("lock").get_mut(&up)
-            && let Some(old) = entry.1.replace(h)
-        {
+        let mut listens = live.listens.lock().expect("lock");
+        let entry = listens.entry(up).or_insert_with(|| (uris, None));
+        if let Some(old) = entry.1.replace(h) {
             // A concurrent subscribe started one too; only the latest set is watched.
             old.abort();
         }

@@ -276,3 +276,139 @@ fn sessions_left_idle_by_a_dead_replica_are_cleaned_up_once() {
         swept[0]
     );
 }
+
+/// A legacy session in front of an upstream spoken to in 2026-07-28 only keeps what mcpg holds
+/// for it (the client's log level, its resource subscriptions, watched by a listen) in its
+/// record, so the replica taking it over after the owner is killed stamps the same level and
+/// watches the same resources: an update triggered after the takeover reaches the client's
+/// GET stream, and debug logs still reach it.
+#[test]
+fn a_bridged_session_keeps_its_log_level_and_subscriptions_across_a_takeover() {
+    use std::io::{BufRead, BufReader};
+    let redis = RedisServer::start();
+    let port = free_port();
+    let mut child = Command::new(python())
+        .arg(peers_script("conformance_upstream.py"))
+        .args(["--port", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the conformance fixture");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "fixture said {line:?}");
+    let _fixture = Proc { child };
+    let dir = TempDir::new("life-bridged");
+    let f = dir.write(
+        "mcpg.yaml",
+        &format!(
+            "cluster:\n  kind: redis\n  url: \"{}\"\n  key_prefix: \"bridged:\"\n  lease_ttl_ms: 2000\n  peer_ttl_ms: 2000\n\
+             plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n\
+             mcp:\n  sessions: {{owner_ttl_ms: 1500}}\n\
+             bindings:\n  - name: cf\n    path: /cf\n    upstreams: [{{name: cf, http: {{url: \"http://127.0.0.1:{port}/mcp\", protocol: modern}}}}]\n",
+            redis.url(),
+            cdylib("mcpg_cluster_redis").display(),
+        ),
+    );
+    let a = start(&f, "bridged-a", &[]);
+    let b = start(&f, "bridged-b", &[]);
+    wait_ready(&a, "bridged-a");
+    wait_ready(&b, "bridged-b");
+    let (status, headers, body) = http(
+        a.main,
+        "POST",
+        "/cf",
+        &[JSON, ACCEPT],
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let sid = header(&headers, "mcp-session-id").unwrap().to_owned();
+    let post = |addr: SocketAddr, body: Value| {
+        let (status, _, text) = http(
+            addr,
+            "POST",
+            "/cf",
+            &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
+            body.to_string().as_bytes(),
+        );
+        (status, text)
+    };
+    for (i, (method, params)) in [
+        ("logging/setLevel", json!({"level": "debug"})),
+        (
+            "resources/subscribe",
+            json!({"uri": "test://watched-resource"}),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, text) = post(
+            a.main,
+            json!({"jsonrpc":"2.0","id":i + 1,"method":method,"params":params}),
+        );
+        assert_eq!(status, 200, "{method}: {text}");
+        assert!(text.contains("\"result\""), "{method}: {text}");
+    }
+    let record = get_json(b.admin, &format!("/api/cluster/sessions/{sid}")).unwrap();
+    assert_eq!(record["log_level"], "debug", "{record}");
+    assert_eq!(
+        record["subscriptions"],
+        json!({"cf": ["test://watched-resource"]}),
+        "{record}"
+    );
+
+    a.proc.signal("KILL");
+    drop(a);
+    // The next request (to b) waits out a's ownership lease and takes the session over.
+    let (status, text) = post(
+        b.main,
+        json!({"jsonrpc":"2.0","id":10,"method":"tools/list"}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let record = get_json(b.admin, &format!("/api/cluster/sessions/{sid}")).unwrap();
+    assert_eq!(record["owner"], "bridged-b", "{record}");
+    // Debug logs still reach the client: the level was taken over.
+    let (status, text) = post(
+        b.main,
+        json!({"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"test_logging_tool","arguments":{}}}),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("Logging tool: debug entry"), "{text}");
+    // The subscription was taken over: an update reaches the GET stream.
+    std::thread::sleep(Duration::from_millis(1000));
+    let stream = {
+        let sid = sid.clone();
+        let main = b.main;
+        std::thread::spawn(move || {
+            crate::harness::http_for(
+                main,
+                "GET",
+                "/cf",
+                &[
+                    ("Accept", "text/event-stream"),
+                    ("Mcp-Session-Id", sid.as_str()),
+                ],
+                b"",
+                Duration::from_secs(3),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, text) = post(
+        b.main,
+        json!({"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":"test_trigger_resource_update","arguments":{}}}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let (status, _, events) = stream.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        events.contains("notifications/resources/updated")
+            && events.contains("test://watched-resource"),
+        "no update after the takeover: {events}"
+    );
+}
