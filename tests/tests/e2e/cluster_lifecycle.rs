@@ -12,12 +12,10 @@ use mcpg_backends::RedisServer;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Proc, TempDir, bin, cdylib, free_port, get_json, header, http, http_get, wait_until,
+    MCP_ACCEPT as ACCEPT, MCP_JSON as JSON, Proc, TempDir, bin, cdylib, free_port, get_json, http,
+    http_get, legacy_session, session_post, wait_until,
 };
 use crate::peers::{peers_script, python};
-
-const JSON: (&str, &str) = ("Content-Type", "application/json");
-const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
 
 /// One config file for every replica of a test; `owner_ttl_ms` as given.
 fn config(dir: &TempDir, redis: &str, owner_ttl_ms: u64) -> std::path::PathBuf {
@@ -72,17 +70,7 @@ fn wait_ready(n: &Node, what: &str) {
 }
 
 fn initialize(addr: SocketAddr) -> String {
-    let (status, headers, body) = http(
-        addr,
-        "POST",
-        "/echo",
-        &[JSON, ACCEPT],
-        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
-            .to_string()
-            .as_bytes(),
-    );
-    assert_eq!(status, 200, "{body}");
-    header(&headers, "mcp-session-id").unwrap().to_owned()
+    legacy_session(addr, "/echo")
 }
 
 fn sleep_call(addr: SocketAddr, sid: &str) -> (u16, Value) {
@@ -233,17 +221,7 @@ fn sessions_left_idle_by_a_dead_replica_are_cleaned_up_once() {
     let b = start(&f, "sweep-b", &[]);
     wait_ready(&a, "sweep-a");
     wait_ready(&b, "sweep-b");
-    let (status, headers, body) = http(
-        a.main,
-        "POST",
-        "/ev",
-        &[JSON, ACCEPT],
-        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
-            .to_string()
-            .as_bytes(),
-    );
-    assert_eq!(status, 200, "{body}");
-    let sid = header(&headers, "mcp-session-id").unwrap().to_owned();
+    let sid = legacy_session(a.main, "/ev");
     let record = get_json(b.admin, &format!("/api/cluster/sessions/{sid}")).unwrap();
     assert_eq!(
         record["upstream_sessions"],
@@ -284,22 +262,8 @@ fn sessions_left_idle_by_a_dead_replica_are_cleaned_up_once() {
 /// GET stream, and debug logs still reach it.
 #[test]
 fn a_bridged_session_keeps_its_log_level_and_subscriptions_across_a_takeover() {
-    use std::io::{BufRead, BufReader};
     let redis = RedisServer::start();
-    let port = free_port();
-    let mut child = Command::new(python())
-        .arg(peers_script("conformance_upstream.py"))
-        .args(["--port", &port.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the conformance fixture");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening on"), "fixture said {line:?}");
-    let _fixture = Proc { child };
+    let (_fixture, fixture_url) = crate::peers::conformance_fixture();
     let dir = TempDir::new("life-bridged");
     let f = dir.write(
         "mcpg.yaml",
@@ -307,7 +271,7 @@ fn a_bridged_session_keeps_its_log_level_and_subscriptions_across_a_takeover() {
             "cluster:\n  kind: redis\n  url: \"{}\"\n  key_prefix: \"bridged:\"\n  lease_ttl_ms: 2000\n  peer_ttl_ms: 2000\n\
              plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n\
              mcp:\n  sessions: {{owner_ttl_ms: 1500}}\n\
-             bindings:\n  - name: cf\n    path: /cf\n    upstreams: [{{name: cf, http: {{url: \"http://127.0.0.1:{port}/mcp\", protocol: modern}}}}]\n",
+             bindings:\n  - name: cf\n    path: /cf\n    upstreams: [{{name: cf, http: {{url: \"{fixture_url}\", protocol: modern}}}}]\n",
             redis.url(),
             cdylib("mcpg_cluster_redis").display(),
         ),
@@ -316,27 +280,8 @@ fn a_bridged_session_keeps_its_log_level_and_subscriptions_across_a_takeover() {
     let b = start(&f, "bridged-b", &[]);
     wait_ready(&a, "bridged-a");
     wait_ready(&b, "bridged-b");
-    let (status, headers, body) = http(
-        a.main,
-        "POST",
-        "/cf",
-        &[JSON, ACCEPT],
-        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
-            .to_string()
-            .as_bytes(),
-    );
-    assert_eq!(status, 200, "{body}");
-    let sid = header(&headers, "mcp-session-id").unwrap().to_owned();
-    let post = |addr: SocketAddr, body: Value| {
-        let (status, _, text) = http(
-            addr,
-            "POST",
-            "/cf",
-            &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
-            body.to_string().as_bytes(),
-        );
-        (status, text)
-    };
+    let sid = legacy_session(a.main, "/cf");
+    let post = |addr: SocketAddr, body: Value| session_post(addr, "/cf", &sid, &body);
     for (i, (method, params)) in [
         ("logging/setLevel", json!({"level": "debug"})),
         (

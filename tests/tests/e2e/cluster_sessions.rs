@@ -15,13 +15,10 @@ use mcpg_backends::RedisServer;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Proc, TempDir, bin, cdylib, free_port, get_json, header, http, http_for, http_get, repo_root,
-    wait_until,
+    MCP_ACCEPT as ACCEPT, MCP_JSON as JSON, Proc, TempDir, bin, cdylib, free_port, get_json, http,
+    http_for, http_get, legacy_session, repo_root, session_post, wait_until,
 };
 use crate::peers::{Everything, everything_http, peers_script, py_client, python};
-
-const JSON: (&str, &str) = ("Content-Type", "application/json");
-const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
 
 /// nginx, found where Debian puts it; `tools/install-test-deps` installs it.
 fn nginx_bin() -> PathBuf {
@@ -273,29 +270,7 @@ fn body_json(body: &str) -> Value {
 }
 
 fn post(addr: SocketAddr, path: &str, sid: &str, body: &Value) -> (u16, String) {
-    let (status, _, text) = http(
-        addr,
-        "POST",
-        path,
-        &[JSON, ACCEPT, ("Mcp-Session-Id", sid)],
-        body.to_string().as_bytes(),
-    );
-    (status, text)
-}
-
-/// A legacy session on the echo binding, started on `addr`.
-fn echo_session(addr: SocketAddr) -> String {
-    let (status, headers, body) = http(
-        addr,
-        "POST",
-        "/echo",
-        &[JSON, ACCEPT],
-        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
-            .to_string()
-            .as_bytes(),
-    );
-    assert_eq!(status, 200, "{body}");
-    header(&headers, "mcp-session-id").unwrap().to_owned()
+    session_post(addr, path, sid, body)
 }
 
 /// Raw-HTTP scenarios on the echo binding, each touching several replicas directly: every
@@ -304,7 +279,7 @@ fn echo_session(addr: SocketAddr) -> String {
 /// and resumes there from Last-Event-ID.
 fn raw_scenarios(c: &Cluster) {
     let first = &c.replicas[0];
-    let sid = echo_session(first.main);
+    let sid = legacy_session(first.main, "/echo");
     let owner = c.owner(&sid).expect("the session has an owner");
     assert_eq!(
         owner, first.id,
@@ -452,17 +427,7 @@ fn raw_scenarios(c: &Cluster) {
 /// session goes on.
 fn long_tool_call_cancelled_elsewhere(c: &Cluster) {
     let first = &c.replicas[0];
-    let (status, headers, body) = http(
-        first.main,
-        "POST",
-        "/ev",
-        &[JSON, ACCEPT],
-        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
-            .to_string()
-            .as_bytes(),
-    );
-    assert_eq!(status, 200, "{body}");
-    let sid = header(&headers, "mcp-session-id").unwrap().to_owned();
+    let sid = legacy_session(first.main, "/ev");
     let (status, _) = post(
         c.replicas.last().unwrap().main,
         "/ev",

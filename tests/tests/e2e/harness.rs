@@ -320,3 +320,41 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
+
+/// The headers every raw MCP POST carries.
+pub const MCP_JSON: (&str, &str) = ("Content-Type", "application/json");
+pub const MCP_ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
+
+/// Starts a legacy (2025-11-25) session at `path` on `addr` with a raw `initialize`; returns
+/// its `Mcp-Session-Id`.
+pub fn legacy_session(addr: SocketAddr, path: &str) -> String {
+    let init = serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}});
+    let (status, headers, body) = http(
+        addr,
+        "POST",
+        path,
+        &[MCP_JSON, MCP_ACCEPT],
+        init.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "initialize at {addr}{path}: {body}");
+    header(&headers, "mcp-session-id")
+        .unwrap_or_else(|| panic!("initialize answered without Mcp-Session-Id: {body}"))
+        .to_owned()
+}
+
+/// A raw POST of `body` in session `sid`: the status and the body text.
+pub fn session_post(
+    addr: SocketAddr,
+    path: &str,
+    sid: &str,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    let (status, _, text) = http(
+        addr,
+        "POST",
+        path,
+        &[MCP_JSON, MCP_ACCEPT, ("Mcp-Session-Id", sid)],
+        body.to_string().as_bytes(),
+    );
+    (status, text)
+}

@@ -7,29 +7,10 @@
 //! with its reason, in `tests/conformance/expected-failures-2026-07-28-bridged.yml` (the suite
 //! fails the run on any other failure and on any listed one that passes).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::harness::{Proc, TempDir, free_port, repo_root};
-use crate::peers::{Gateway, deps, node, peers_script, python};
-
-/// Starts the fixture upstream on a free port; returns it and its URL.
-fn fixture() -> (Proc, String) {
-    let port = free_port();
-    let mut child = Command::new(python())
-        .arg(peers_script("conformance_upstream.py"))
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the conformance fixture");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening on"), "fixture said {line:?}");
-    (Proc { child }, format!("http://127.0.0.1:{port}/mcp"))
-}
+use crate::harness::{TempDir, repo_root};
+use crate::peers::{Gateway, conformance_fixture, deps, node, peers_script, python};
 
 /// How mcpg reaches the fixture in a run.
 enum Via {
@@ -42,7 +23,7 @@ enum Via {
 /// Runs the suite for `version`; `baseline` names the expected-failures file
 /// (`tests/conformance/expected-failures-<baseline>.yml`), when the run has one.
 fn run_suite(version: &str, via: Via, baseline: Option<&str>) {
-    let (_fixture, url) = fixture();
+    let (_fixture, url) = conformance_fixture();
     let upstream = match via {
         Via::Http(protocol) => {
             format!("{{name: fixture, http: {{url: {url:?}, protocol: {protocol}}}}}")

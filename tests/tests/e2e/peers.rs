@@ -163,3 +163,23 @@ pub fn ts_client(url: &str, plan: serde_json::Value) -> serde_json::Value {
         .expect("run the TypeScript client");
     report(out, "TypeScript client")
 }
+
+/// Starts the conformance suite's fixture upstream (`conformance_upstream.py`) over HTTP on a
+/// free port; returns it and its URL.
+pub fn conformance_fixture() -> (Proc, String) {
+    use std::io::{BufRead, BufReader};
+    let port = free_port();
+    let mut child = Command::new(python())
+        .arg(peers_script("conformance_upstream.py"))
+        .args(["--port", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the conformance fixture");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "fixture said {line:?}");
+    (Proc { child }, format!("http://127.0.0.1:{port}/mcp"))
+}
