@@ -18,11 +18,13 @@ use std::sync::Arc;
 
 /// mcpg: a clustered gateway for the Model Context Protocol.
 #[derive(Debug, Parser)]
-#[command(name = "mcpg", version, about)]
+#[command(name = "mcpg", version, about, subcommand_negates_reqs = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// The configuration file (YAML).
-    #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: PathBuf,
+    #[arg(long, short = 'c', value_name = "FILE", required = true)]
+    pub config: Option<PathBuf>,
     /// This replica's node id; overrides the coordinator's `node_id` and the hostname.
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
@@ -39,6 +41,162 @@ pub struct Args {
     /// retry until it answers, instead of exiting with an error.
     #[arg(long)]
     pub wait_for_cluster: bool,
+}
+
+/// Commands besides serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Publish, fetch and look at plugins in OCI registries.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `mcpg plugin …`
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginCommand {
+    /// Packs a plugin library built for this machine (its id, ABI version, platform and config
+    /// schema read from the library) and pushes it to a registry tag, keeping the builds for
+    /// other platforms already published there.
+    Push {
+        /// The plugin's shared library (`.so`).
+        file: PathBuf,
+        /// Where to push: `registry/repository:tag`.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Pulls a plugin into the cache (every digest verified) and prints where its library is.
+    Pull {
+        /// `registry/repository:tag` or `registry/repository@sha256:…`.
+        reference: String,
+        /// The build to pull, `os/architecture` (default: this machine's).
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
+        /// The plugin cache (default: `$MCPG_PLUGIN_CACHE`, `$XDG_CACHE_HOME/mcpg/plugins` or
+        /// `~/.cache/mcpg/plugins`).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Shows what a reference holds: the digest it resolves to and each platform's build.
+    Inspect {
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+}
+
+/// How to reach a registry.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// Talk to the registry over plain HTTP instead of HTTPS.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Registry user name; the password is read from `$MCPG_REGISTRY_PASSWORD`. Without it,
+    /// the container tools' credentials file (`$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json`) is used when it has the registry, else none.
+    #[arg(long, value_name = "USER")]
+    pub username: Option<String>,
+}
+
+impl RegistryArgs {
+    fn basic(&self) -> Result<crate::oci::Basic, String> {
+        match &self.username {
+            None => Ok(None),
+            Some(u) => match std::env::var("MCPG_REGISTRY_PASSWORD") {
+                Ok(p) => Ok(Some((u.clone(), p))),
+                Err(_) => Err("--username needs the password in $MCPG_REGISTRY_PASSWORD".into()),
+            },
+        }
+    }
+}
+
+/// Runs `mcpg plugin …`.
+fn plugin_command(cmd: PluginCommand) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    let out = rt.block_on(async {
+        match cmd {
+            PluginCommand::Push {
+                file,
+                reference,
+                registry,
+            } => {
+                let p = crate::oci::push(&file, &reference, registry.plain_http, registry.basic()?)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({
+                    "pushed": reference,
+                    "digest": p.index_digest,
+                    "pinned": pinned(&reference, &p.index_digest),
+                    "platform": p.info.platform.to_string(),
+                    "manifest_digest": p.manifest_digest,
+                    "id": p.info.id,
+                    "abi": p.info.abi,
+                }))
+            }
+            PluginCommand::Pull {
+                reference,
+                platform,
+                cache_dir,
+                registry,
+            } => {
+                let want = match platform {
+                    Some(p) => crate::oci::artifact::Platform::parse(&p).ok_or_else(|| {
+                        format!("--platform `{p}`: expected OS/ARCH, e.g. linux/amd64")
+                    })?,
+                    None => crate::oci::artifact::Platform::host(),
+                };
+                let src = crate::oci::Source {
+                    reference: reference.clone(),
+                    policy: crate::config::model::PullPolicy::Always,
+                    plain_http: registry.plain_http,
+                    basic: registry.basic()?,
+                    cache_dir: cache_dir.unwrap_or_else(crate::oci::cache::default_dir),
+                };
+                let r = crate::oci::fetch(&src, &want, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({
+                    "pulled": reference,
+                    "digest": r.digest,
+                    "id": r.info.id,
+                    "platform": r.info.platform.to_string(),
+                    "abi": r.info.abi,
+                    "library": r.library,
+                }))
+            }
+            PluginCommand::Inspect {
+                reference,
+                registry,
+            } => crate::oci::inspect(&reference, registry.plain_http, registry.basic()?)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    });
+    match out {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `registry/repository@digest` for a pushed tag.
+fn pinned(reference: &str, digest: &str) -> String {
+    let repo = match reference.rfind(':') {
+        Some(i) if !reference[i..].contains('/') => &reference[..i],
+        _ => reference,
+    };
+    format!("{repo}@{digest}")
 }
 
 impl Args {
@@ -74,14 +232,24 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 /// Exit codes: 0 clean shutdown, 1 invalid config or failed start, 2 unreadable config.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let outcome = match config::load_file_with_overrides(&args.config, &args.overrides()) {
+    if let Some(Command::Plugin(cmd)) = args.command {
+        telemetry::init(&Default::default());
+        return plugin_command(cmd);
+    }
+    let config_path = args
+        .config
+        .clone()
+        .expect("clap requires --config without a command");
+    // HTTPS (upstreams, registries) uses rustls with the ring provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let outcome = match config::load_file_with_overrides(&config_path, &args.overrides()) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("mcpg: {e}");
             return ExitCode::from(2);
         }
     };
-    let file = args.config.display().to_string();
+    let file = config_path.display().to_string();
     for d in &outcome.diagnostics {
         eprintln!("{}", d.render(&file));
     }
@@ -215,8 +383,6 @@ async fn run(
     wait_for_cluster: bool,
     file: String,
 ) -> ExitCode {
-    // HTTPS upstreams use rustls with the ring provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let bound = match server::Bound::bind(cfg.listen, cfg.admin_listen).await {
         Ok(b) => b,
         Err(e) => return fail(e),

@@ -4,6 +4,7 @@
 //! - [`config`]: the one configuration loader (parse, interpolate, schema, semantic rules) shared
 //!   by `mcpg` and `mcpg-config-check`, and the generated reference docs.
 //! - [`coordinator`]: choosing, loading, validating and booting the cluster coordinator.
+//! - [`oci`]: plugins from OCI registries: the artifact format, the cache, pull and push.
 //! - [`control`]: presence, leader election and the `/api/cluster/*` admin endpoints.
 //! - [`capabilities`]: the store and bus of each capability (sessions, tasks, …).
 //! - [`mcp`]: the MCP data plane: bindings, upstreams, sessions, both protocol eras.
@@ -19,5 +20,6 @@ pub mod control;
 pub mod coordinator;
 pub mod identity;
 pub mod mcp;
+pub mod oci;
 pub mod server;
 pub mod telemetry;

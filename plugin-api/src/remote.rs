@@ -63,10 +63,18 @@ pub struct LoadedPlugin {
     module: PluginModRef,
     id: String,
     origin: String,
+    abi: String,
 }
 
 fn host_version() -> String {
     PluginModRef::VERSION_STRINGS.version.to_string()
+}
+
+/// The plugin ABI version of this host: the `mcpg-plugin-api` version it was built against.
+/// A library loads when it was built against a compatible one (same major; for 0.x, same
+/// minor).
+pub fn host_abi_version() -> String {
+    host_version()
 }
 
 impl LoadedPlugin {
@@ -105,7 +113,8 @@ impl LoadedPlugin {
                     detail: first_line(&other.to_string()),
                 },
             })?;
-        let plugin = Self::from_module(module, path.display().to_string());
+        let mut plugin = Self::from_module(module, path.display().to_string());
+        plugin.abi = plugin_version;
         if let Some(expected) = expected_id
             && plugin.id != expected
         {
@@ -122,7 +131,17 @@ impl LoadedPlugin {
     /// same path through the boundary as a loaded library.
     pub fn from_module(module: PluginModRef, origin: String) -> Self {
         let id = module.plugin_id()().into_string();
-        Self { module, id, origin }
+        Self {
+            module,
+            id,
+            origin,
+            abi: host_version(),
+        }
+    }
+
+    /// The `mcpg-plugin-api` version the library was built against.
+    pub fn abi_version(&self) -> &str {
+        &self.abi
     }
 
     pub fn id(&self) -> &str {

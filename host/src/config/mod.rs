@@ -304,6 +304,9 @@ fn resolve_paths(config: &mut AppConfig, base: &Path) {
         if let Some(path) = &mut p.source.path {
             *path = resolve(base, path);
         }
+        if let Some(dir) = &mut p.source.cache_dir {
+            *dir = resolve(base, dir);
+        }
     }
     for b in &mut config.bindings {
         for u in &mut b.upstreams {

@@ -343,9 +343,49 @@ pub struct PluginSource {
     /// config file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
-    /// OCI artifact reference, `registry/repository:tag` or `registry/repository@sha256:…`.
+    /// OCI artifact reference, `registry/repository:tag` or `registry/repository@sha256:…`,
+    /// as published by `mcpg plugin push`. mcpg pulls the build for its OS, architecture and
+    /// plugin ABI, verifies every digest, and caches it (see `cache_dir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<String>,
+    /// When an `oci` source contacts its registry: `if_not_present` uses the cached artifact
+    /// when there is one, so a cached plugin boots offline (the default for a digest-pinned
+    /// reference); `always` resolves the reference again at every start (the default for a
+    /// tag, whose resolved digest is logged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
+    /// Reach an `oci` source's registry over plain HTTP instead of HTTPS. Only for a registry
+    /// you trust on the path, such as one on loopback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
+    /// HTTP basic credentials for an `oci` source's registry, e.g. from `${env.…}`. Without
+    /// them, the entry for the registry in the container tools' credentials file
+    /// (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`) is used when there is
+    /// one, else the registry is asked anonymously.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RegistryCredentials>,
+    /// Where pulled plugins are cached, by digest. Default: `$MCPG_PLUGIN_CACHE`, else
+    /// `$XDG_CACHE_HOME/mcpg/plugins`, else `~/.cache/mcpg/plugins`. Relative paths are
+    /// resolved against the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// When an `oci` plugin source contacts its registry: `if_not_present` (use the cached
+/// artifact when there is one) or `always` (resolve the reference at every start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    IfNotPresent,
+    Always,
+}
+
+/// HTTP basic credentials for a registry.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
 }
 
 /// MCP-level settings.

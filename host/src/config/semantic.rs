@@ -530,7 +530,23 @@ impl Checker<'_> {
             if let Some(r) = &p.source.oci
                 && let Some(msg) = oci_reference_problem(r)
             {
-                self.error(src.key("oci"), msg);
+                self.error(src.clone().key("oci"), msg);
+            }
+            if p.source.oci.is_none() {
+                let s = &p.source;
+                for (key, set) in [
+                    ("pull_policy", s.pull_policy.is_some()),
+                    ("plain_http", s.plain_http),
+                    ("auth", s.auth.is_some()),
+                    ("cache_dir", s.cache_dir.is_some()),
+                ] {
+                    if set {
+                        self.error_at_key(
+                            src.clone().key(key),
+                            "applies only to an `oci` source (this source is a `path`)",
+                        );
+                    }
+                }
             }
             if let Some(kind) = kind
                 && cluster.is_some()

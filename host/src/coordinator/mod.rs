@@ -18,10 +18,12 @@ use crate::config::{ClusterPlan, Diagnostic, KeyPath, ValidatedConfig};
 pub enum CoordinatorError {
     #[error("{0}")]
     Load(#[from] LoadError),
-    #[error(
-        "plugin {id}: `source.oci` ({reference}) cannot be pulled by this build yet; use `source.path`"
-    )]
-    OciUnsupported { id: String, reference: String },
+    #[error("plugin {id}: {source}")]
+    Oci {
+        id: String,
+        #[source]
+        source: crate::oci::OciError,
+    },
     #[error("plugin {id}: its validation failed: {message}")]
     ValidatePanicked { id: String, message: String },
     #[error("plugin {id}: the cluster config is invalid ({count} errors)")]
@@ -30,10 +32,10 @@ pub enum CoordinatorError {
     Boot(#[from] BootError),
 }
 
-/// Where a configured plugin's library is, if it can be found without network.
+/// Where a configured plugin's library comes from.
 pub enum PluginLocation {
     Path(PathBuf),
-    Oci(String),
+    Oci(crate::oci::Source),
 }
 
 /// The plugin entry `cluster.kind` selects, and where its library is.
@@ -49,7 +51,9 @@ pub fn selected_plugin(cfg: &ValidatedConfig) -> Option<(String, PluginLocation)
     let source = &cfg.config.plugins[*plugin_index].source;
     let location = match (&source.path, &source.oci) {
         (Some(p), _) => PluginLocation::Path(p.clone()),
-        (None, Some(r)) => PluginLocation::Oci(r.clone()),
+        (None, Some(_)) => {
+            PluginLocation::Oci(crate::oci::Source::from_config(source).expect("has oci"))
+        }
         (None, None) => unreachable!("the loader rejects a source without path or oci"),
     };
     Some((plugin_id.clone(), location))
@@ -59,8 +63,33 @@ pub fn selected_plugin(cfg: &ValidatedConfig) -> Option<(String, PluginLocation)
 pub fn load_selected(cfg: &ValidatedConfig) -> Result<Option<LoadedPlugin>, CoordinatorError> {
     match selected_plugin(cfg) {
         None => Ok(None),
-        Some((id, PluginLocation::Oci(reference))) => {
-            Err(CoordinatorError::OciUnsupported { id, reference })
+        Some((id, PluginLocation::Oci(src))) => {
+            // Start-up is not async yet here: a small runtime of its own does the pull.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CoordinatorError::Oci {
+                    id: id.clone(),
+                    source: crate::oci::OciError::Push(format!("cannot start a runtime: {e}")),
+                })?;
+            let resolved = rt
+                .block_on(crate::oci::fetch(
+                    &src,
+                    &crate::oci::artifact::Platform::host(),
+                    Some(&id),
+                ))
+                .map_err(|source| CoordinatorError::Oci {
+                    id: id.clone(),
+                    source,
+                })?;
+            tracing::info!(
+                plugin = %id,
+                reference = %src.reference,
+                digest = %resolved.digest,
+                library = %resolved.library.display(),
+                "plugin library from the OCI cache"
+            );
+            Ok(Some(LoadedPlugin::load(&resolved.library, Some(&id))?))
         }
         Some((id, PluginLocation::Path(path))) => Ok(Some(LoadedPlugin::load(&path, Some(&id))?)),
     }
@@ -215,15 +244,34 @@ pub fn check_plugin(cfg: &ValidatedConfig) -> Vec<Diagnostic> {
         (cfg.source_map.value_pos(&path.pointer()), path)
     };
     match location {
-        PluginLocation::Oci(_) => {
+        PluginLocation::Oci(src) => {
+            // Only what is cached already: checking a config never contacts a registry.
             let (pos, path) = at("oci");
-            vec![Diagnostic::warning(
-                pos,
-                path,
-                format!(
-                    "plugin {id} comes from a registry this tool does not pull from; its `cluster.*` keys were not checked"
-                ),
-            )]
+            match crate::oci::cached(&src, &crate::oci::artifact::Platform::host()) {
+                Ok(None) => vec![Diagnostic::warning(
+                    pos,
+                    path,
+                    format!(
+                        "plugin {id} ({}) is not in the plugin cache {}; its `cluster.*` keys were not checked (`mcpg plugin pull {}` caches it)",
+                        src.reference,
+                        src.cache_dir.display(),
+                        src.reference
+                    ),
+                )],
+                Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
+                Ok(Some(r)) if r.info.id != id => vec![Diagnostic::error(
+                    pos,
+                    path,
+                    format!("{} holds plugin `{}`, not `{id}`", src.reference, r.info.id),
+                )],
+                Ok(Some(r)) => match LoadedPlugin::load(&r.library, Some(&id)) {
+                    Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
+                    Ok(plugin) => match plugin_diagnostics(cfg, &plugin) {
+                        Ok(diags) => diags,
+                        Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
+                    },
+                },
+            }
         }
         PluginLocation::Path(p) if !p.exists() => {
             let (pos, path) = at("path");

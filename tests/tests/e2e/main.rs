@@ -17,4 +17,5 @@ mod mcp_protocol;
 mod nats_cluster;
 mod plugin_schemas;
 mod plugins;
+mod plugins_oci;
 mod redis_cluster;
