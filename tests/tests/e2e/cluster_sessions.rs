@@ -208,17 +208,22 @@ impl Cluster {
             );
         }
         // Everyone sees everyone (forwarding needs the peers' advertised URLs).
-        for r in &replicas {
-            assert!(
-                wait_until(Duration::from_secs(15), || get_json(
-                    r.admin,
-                    "/api/cluster/peers"
-                )
-                .and_then(|v| v["peers"].as_array().map(Vec::len))
-                    == Some(n)),
-                "{} does not see its peers",
-                r.id
-            );
+        for r in &mut replicas {
+            let seen = wait_until(Duration::from_secs(30), || {
+                get_json(r.admin, "/api/cluster/peers")
+                    .and_then(|v| v["peers"].as_array().map(Vec::len))
+                    == Some(n)
+            });
+            if !seen {
+                let peers = get_json(r.admin, "/api/cluster/peers");
+                let proc = r.proc.take().unwrap();
+                proc.signal("TERM");
+                let (status, stderr) = proc.wait(Duration::from_secs(30));
+                panic!(
+                    "{} does not see its {n} peers: {peers:?}; it exited {status}:\n{stderr}",
+                    r.id
+                );
+            }
         }
         let nginx = Nginx::start(&replicas.iter().map(|r| r.main).collect::<Vec<_>>());
         Self {

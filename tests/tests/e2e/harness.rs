@@ -119,7 +119,16 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// A child process that is killed if the test ends before it exits.
 pub struct Proc {
     pub child: Child,
+    /// What the process wrote to stderr so far, read continuously (a full pipe would block a
+    /// chatty process).
+    stderr: Option<StderrReader>,
 }
+
+/// What a process wrote to stderr so far, and the thread reading it.
+type StderrReader = (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    std::thread::JoinHandle<()>,
+);
 
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Self {
@@ -128,7 +137,32 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn process");
-        Self { child }
+        Self::adopt(child)
+    }
+
+    /// Takes over a child whose output pipes may already be partly read (e.g. a first line of
+    /// stdout): whatever is still piped is read from now on, stderr kept for [`Proc::wait`].
+    pub fn adopt(mut child: Child) -> Self {
+        let stderr = child.stderr.take().map(|mut err| {
+            let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = buf.clone();
+            let reader = std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n) = err.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            });
+            (buf, reader)
+        });
+        if let Some(mut out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut out, &mut std::io::sink());
+            });
+        }
+        Self { child, stderr }
     }
 
     pub fn signal(&self, sig: &str) {
@@ -148,6 +182,15 @@ impl Proc {
                 let mut err = String::new();
                 if let Some(mut e) = self.child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
+                }
+                if let Some((buf, reader)) = self.stderr.take() {
+                    // The reader sees the pipe close once the process (and anything that
+                    // inherited the pipe) is gone; a grandchild holding it must not hang us.
+                    let until = Instant::now() + Duration::from_secs(2);
+                    while !reader.is_finished() && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    err.push_str(&String::from_utf8_lossy(&buf.lock().unwrap()));
                 }
                 return (status, err);
             }

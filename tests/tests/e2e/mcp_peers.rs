@@ -449,7 +449,7 @@ pub fn bench_fixture() -> (crate::harness::Proc, String) {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("fixture said {line:?}"))
         .to_owned();
-    (crate::harness::Proc { child }, url)
+    (crate::harness::Proc::adopt(child), url)
 }
 
 /// A dual-era upstream reached in each era by configuration serves clients of both eras:

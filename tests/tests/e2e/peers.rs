@@ -181,5 +181,5 @@ pub fn conformance_fixture() -> (Proc, String) {
         .read_line(&mut line)
         .unwrap();
     assert!(line.contains("listening on"), "fixture said {line:?}");
-    (Proc { child }, format!("http://127.0.0.1:{port}/mcp"))
+    (Proc::adopt(child), format!("http://127.0.0.1:{port}/mcp"))
 }
