@@ -136,6 +136,8 @@ struct ParkedExchange {
     pending: HashMap<String, Message>,
     /// The log level the original request asked for.
     log_level: Option<String>,
+    /// The client capabilities the original request declared.
+    caps: Option<Value>,
     since: tokio::time::Instant,
 }
 
@@ -188,6 +190,43 @@ fn log_allowed(m: &Message, level: Option<&str>) -> bool {
         .and_then(rank)
         .unwrap_or(LOG_LEVELS.len());
     got >= wanted
+}
+
+/// The client capability a server-to-client request needs.
+fn needed_capability(method: &str) -> Option<&'static str> {
+    match method {
+        "sampling/createMessage" => Some("sampling"),
+        "elicitation/create" => Some("elicitation"),
+        "roots/list" => Some("roots"),
+        _ => None,
+    }
+}
+
+/// A bridged legacy upstream asked the client for something the client did not declare it
+/// can do (say `roots/list` from a client without `roots`): answered on the client's behalf
+/// with "method not found", as such a client would, instead of turning it into an
+/// input-required round the client cannot complete. True when declined.
+async fn decline(ex: &Exchange, caps: Option<&Value>, m: &Message) -> bool {
+    if jsonrpc::kind(m) != Kind::Request {
+        return false;
+    }
+    let (Some(caps), Some(method)) = (caps, jsonrpc::method(m)) else {
+        return false;
+    };
+    let Some(cap) = needed_capability(method) else {
+        return false;
+    };
+    if caps.get(cap).is_some() {
+        return false;
+    }
+    let answer = jsonrpc::error(
+        m.get("id").cloned().unwrap_or(Value::Null),
+        code::METHOD_NOT_FOUND,
+        format!("the client did not declare the `{cap}` capability"),
+        None,
+    );
+    let _ = ex.connection().send(answer).await;
+    true
 }
 
 fn removed_error(id: Value, method: &str) -> Message {
@@ -300,6 +339,11 @@ impl Binding {
         };
         // A legacy upstream logs whatever its session level allows; the client asked for
         // log messages of this request at this level or above, or for none.
+        // What the client declared it can answer (a bridged upstream's server request it
+        // cannot answer is declined on its behalf).
+        let caps = meta::of(&msg)
+            .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
+            .cloned();
         let log_level = meta::of(&msg)
             .and_then(|m| m.get(meta::LOG_LEVEL))
             .and_then(Value::as_str)
@@ -322,13 +366,14 @@ impl Binding {
         if !handle.native || handle.conn.cancels_by_notification() {
             ex.cancel_on_drop();
         }
-        self.relay_modern(ex, up, id, method, handle.native, log_level)
+        self.relay_modern(ex, up, id, method, handle.native, log_level, caps)
             .await
     }
 
     /// Relays an exchange to a modern client: notifications on the response stream, the
     /// response last. From a bridged legacy upstream, a server request ends the response
     /// with an input-required result and parks the exchange for the retry.
+    #[allow(clippy::too_many_arguments)]
     async fn relay_modern(
         self: &Arc<Self>,
         mut ex: Exchange,
@@ -337,6 +382,7 @@ impl Binding {
         method: String,
         native: bool,
         log_level: Option<String>,
+        caps: Option<Value>,
     ) -> Reply {
         let deadline = tokio::time::Instant::now() + self.upstreams[up].timeout;
         let level = log_level.clone();
@@ -348,6 +394,7 @@ impl Binding {
             };
             match m {
                 Some(m) if !shown(&m) => continue,
+                Some(m) if !native && decline(&ex, caps.as_ref(), &m).await => continue,
                 other => break other,
             }
         };
@@ -361,7 +408,7 @@ impl Binding {
         };
         if jsonrpc::kind(&first) != Kind::Notification {
             return Reply::Json(
-                self.modern_out(ex, up, id, &method, native, log_level, first)
+                self.modern_out(ex, up, id, &method, native, log_level, caps, first)
                     .await,
             );
         }
@@ -382,6 +429,9 @@ impl Binding {
                         _ = tx.closed() => return,
                     },
                 };
+                if !native && decline(&ex, caps.as_ref(), &m).await {
+                    continue;
+                }
                 if jsonrpc::kind(&m) == Kind::Notification {
                     if !shown(&m) {
                         continue;
@@ -394,7 +444,7 @@ impl Binding {
                     continue;
                 }
                 let out = me
-                    .modern_out(ex, up, id, &method, native, log_level, m)
+                    .modern_out(ex, up, id, &method, native, log_level, caps, m)
                     .await;
                 let _ = tx.send(out).await;
                 return;
@@ -420,13 +470,16 @@ impl Binding {
         method: &str,
         native: bool,
         log_level: Option<String>,
+        caps: Option<Value>,
         m: Message,
     ) -> Message {
         match jsonrpc::kind(&m) {
-            Kind::Request if !native => match self.park(ex, up, method, log_level, vec![m]).await {
-                Ok(r) => jsonrpc::result(id, r),
-                Err(e) => e.to_message(id),
-            },
+            Kind::Request if !native => {
+                match self.park(ex, up, method, log_level, caps, vec![m]).await {
+                    Ok(r) => jsonrpc::result(id, r),
+                    Err(e) => e.to_message(id),
+                }
+            }
             Kind::Request => {
                 // A modern upstream must not send requests; there is nobody to answer it.
                 jsonrpc::error(
@@ -489,6 +542,7 @@ impl Binding {
         up: usize,
         method: &str,
         log_level: Option<String>,
+        caps: Option<Value>,
         requests: Vec<Message>,
     ) -> Result<Value, RpcError> {
         if self.ctx.parked.0.lock().expect("lock").len() >= MAX_PARKED {
@@ -533,6 +587,7 @@ impl Binding {
                 method: method.to_owned(),
                 pending,
                 log_level,
+                caps,
                 since: tokio::time::Instant::now(),
             },
         );
@@ -576,17 +631,18 @@ impl Binding {
                 method,
                 pending,
                 log_level,
+                caps,
                 ..
             } = p;
             let requests = pending.into_values().collect();
             return Reply::Json(
-                match self.park(ex, up, &method, log_level, requests).await {
+                match self.park(ex, up, &method, log_level, caps, requests).await {
                     Ok(r) => jsonrpc::result(id, r),
                     Err(e) => e.to_message(id),
                 },
             );
         }
-        self.relay_modern(p.ex, p.up, id, p.method, false, p.log_level)
+        self.relay_modern(p.ex, p.up, id, p.method, false, p.log_level, p.caps)
             .await
     }
 
