@@ -39,6 +39,9 @@ impl UpstreamError {
     }
 }
 
+/// How many messages outside any exchange one conversation buffers for its readers.
+const UNSOLICITED_BUFFER: usize = 64;
+
 /// A way of moving JSON-RPC messages to and from an upstream.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -100,7 +103,11 @@ impl Connection {
         transport: Arc<dyn Transport>,
         incoming: Option<mpsc::UnboundedReceiver<Message>>,
     ) -> Self {
-        let (unsolicited, _) = broadcast::channel(1024);
+        // Messages outside any exchange are rare (list changes, resource updates, logs) and
+        // are forwarded at once; a broadcast channel allocates every slot up front, per
+        // conversation, so this bound is per-session memory. A receiver that falls this far
+        // behind loses messages, with a warning.
+        let (unsolicited, _) = broadcast::channel(UNSOLICITED_BUFFER);
         let shared = Arc::new(Shared {
             name: name.into(),
             routes: Mutex::new(HashMap::new()),
