@@ -58,3 +58,34 @@ fn mcp_load_drives_the_fixture_directly_and_through_mcpg() {
         }
     }
 }
+
+/// `mcp-sessions` (the memory benchmark's session holder) opens sessions through mcpg, holds
+/// them until its stdin closes, and ends them.
+#[test]
+fn mcp_sessions_opens_holds_and_ends_sessions_through_mcpg() {
+    use std::io::Write;
+    let (_fixture, url) = crate::mcp_peers::bench_fixture();
+    let gw = Gateway::start(
+        "bench-sessions",
+        &format!(
+            "bindings:\n  - name: f\n    path: /mcp\n    upstreams: [{{name: f, http: {{url: {url:?}, protocol: legacy}}}}]\n"
+        ),
+    );
+    let mut child = Command::new(bin("mcp-sessions"))
+        .args(["--url", &gw.url("/mcp"), "--sessions", "5"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mcp-sessions");
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(b"\n");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "opened 5");
+}

@@ -1,0 +1,71 @@
+"""Draws bench/results/summary.png from the latest result files: throughput and p50 latency of
+every case of the gateway-overhead, cross-replica and other-gateways benchmarks, side by side.
+
+usage: python plot.py RESULTS_DIR     (needs matplotlib; bench/run-plot installs it)
+"""
+
+import glob
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def latest(results, name):
+    files = sorted(f for f in glob.glob(os.path.join(results, f"{name}-*.json")) if "-quick" not in f)
+    if not files:
+        return None
+    with open(files[-1]) as f:
+        return json.load(f)
+
+
+def cases(report, label):
+    out = []
+    for r in report["runs"]:
+        size = r.get("payload_bytes", 100)
+        size = f"{size // 1024}K" if size >= 1024 else f"{size}B"
+        era = r.get("era", "")
+        out.append((f"{label}\n{era} {size} c{r['concurrency']}", r["target"], r["throughput_rps"], r["latency_us"]["p50"]))
+    return out
+
+
+def main():
+    results = sys.argv[1]
+    panels = []
+    for name, label in [("gateway-overhead", "overhead"), ("cross-replica", "cross-replica"), ("other-gateways", "gateways")]:
+        report = latest(results, name)
+        if report:
+            panels.append((name, cases(report, label)))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(16, 4.5 * len(panels)), squeeze=False)
+    for row, (name, data) in enumerate(panels):
+        groups = list(dict.fromkeys(c[0] for c in data))
+        targets = list(dict.fromkeys(c[1] for c in data))
+        width = 0.8 / len(targets)
+        for col, (metric, idx, ylabel) in enumerate([("throughput", 2, "requests/s"), ("p50 latency", 3, "µs (log)")]):
+            ax = axes[row][col]
+            for i, t in enumerate(targets):
+                xs, ys = [], []
+                for g, group in enumerate(groups):
+                    v = next((c[idx] for c in data if c[0] == group and c[1] == t), None)
+                    if v is not None:
+                        xs.append(g + i * width)
+                        ys.append(v)
+                ax.bar(xs, ys, width, label=t)
+            ax.set_xticks([g + width * (len(targets) - 1) / 2 for g in range(len(groups))])
+            ax.set_xticklabels(groups, fontsize=7)
+            ax.set_ylabel(ylabel)
+            if idx == 3:
+                ax.set_yscale("log")
+            ax.set_title(f"{name}: {metric}")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = os.path.join(results, "summary.png")
+    fig.savefig(out, dpi=110)
+    print(out)
+
+
+main()
