@@ -389,20 +389,27 @@ async fn run(
     };
     let main_addr = bound.main_addr().map(|a| a.to_string()).unwrap_or_default();
     let admin_addr = bound.admin_addr().and_then(Result::ok);
-    // Served at once (probes answer, the rest says it is starting) and filled in once the
-    // replica has joined the cluster.
-    let mcp = server::Late::default();
-    let admin = server::Late::default();
-    // Without an admin listener the admin routes share the main one (and its late router).
+    // Without an admin listener the admin routes share the main one.
     let separate_admin = admin_addr.is_some();
-    let running = bound.start(
-        mcp.router(),
-        if separate_admin {
-            admin.router()
-        } else {
-            axum::Router::new()
-        },
-    );
+    // With --wait-for-cluster the listeners serve at once (probes answer, the rest says it is
+    // starting) through routes filled in once the replica has joined the cluster; otherwise
+    // the replica joins first and then serves its routes directly (no indirection on the
+    // request path).
+    let mut bound = Some(bound);
+    let late = if wait_for_cluster {
+        let (mcp, admin) = (server::Late::default(), server::Late::default());
+        let running = bound.take().expect("bound once").start(
+            mcp.router(),
+            if separate_admin {
+                admin.router()
+            } else {
+                axum::Router::new()
+            },
+        );
+        Some((running, mcp, admin))
+    } else {
+        None
+    };
     let joined = loop {
         match join(&cfg, plugin.clone(), node_id_flag.as_deref()).await {
             Ok(j) => break j,
@@ -435,12 +442,18 @@ async fn run(
     );
     let data = gateway.router().merge(control.meta_router());
     let admin_routes = control.router().merge(gateway.admin_router());
-    if separate_admin {
-        mcp.set(data);
-        admin.set(admin_routes);
-    } else {
-        mcp.set(data.merge(admin_routes));
-    }
+    let running = match late {
+        Some((running, mcp, admin)) => {
+            if separate_admin {
+                mcp.set(data);
+                admin.set(admin_routes);
+            } else {
+                mcp.set(data.merge(admin_routes));
+            }
+            running
+        }
+        None => bound.take().expect("bound once").start(data, admin_routes),
+    };
     running.readiness.watch_backend(booted.coordinator.clone());
     // Ready only once presence is registered: peers can see this replica.
     running.readiness.set_ready();
