@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     MCP_ACCEPT as ACCEPT, MCP_JSON as JSON, Proc, TempDir, bin, cdylib, free_port, get_json, http,
-    http_for, http_get, legacy_session, repo_root, session_post, wait_until,
+    http_for, http_get, legacy_session, repo_root, session_post, sse_messages, wait_until,
 };
 use crate::peers::{Everything, everything_http, peers_script, py_client, python};
 
@@ -499,31 +499,6 @@ fn long_tool_call_cancelled_elsewhere(c: &Cluster) {
     );
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("after the cancel"), "{text}");
-}
-
-/// `data.n` of each `notifications/message` on an SSE body, with its event id.
-fn sse_messages(body: &str) -> Vec<(u64, i64)> {
-    let mut out = Vec::new();
-    for block in body.replace("\r\n", "\n").split("\n\n") {
-        let (mut id, mut data) = (None, None);
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("id:") {
-                id = v.trim().parse().ok();
-            }
-            if let Some(d) = line.strip_prefix("data:") {
-                data = serde_json::from_str::<Value>(d.trim()).ok();
-            }
-        }
-        if let Some(v) = data
-            && v["method"] == "notifications/message"
-        {
-            out.push((
-                id.expect("events carry ids"),
-                v["params"]["data"]["n"].as_i64().unwrap(),
-            ));
-        }
-    }
-    out
 }
 
 /// Real clients through the load balancer: server-to-client requests in both eras (the

@@ -401,3 +401,27 @@ pub fn session_post(
     );
     (status, text)
 }
+
+/// The `data.n` of every `notifications/message` event on an SSE body, with its event id.
+pub fn sse_messages(body: &str) -> Vec<(u64, i64)> {
+    let mut out = Vec::new();
+    for block in body.replace("\r\n", "\n").split("\n\n") {
+        let mut id = None;
+        let mut data = None;
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            }
+            if let Some(d) = line.strip_prefix("data:") {
+                data = serde_json::from_str::<serde_json::Value>(d.trim()).ok();
+            }
+        }
+        if let Some(v) = data
+            && v["method"] == "notifications/message"
+        {
+            let id = id.expect("every GET-stream event has an id");
+            out.push((id, v["params"]["data"]["n"].as_i64().unwrap()));
+        }
+    }
+    out
+}

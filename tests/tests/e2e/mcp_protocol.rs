@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use std::time::Duration;
 
-use crate::harness::{header, http, http_for};
+use crate::harness::{header, http, http_for, sse_messages};
 use crate::peers::{Gateway, peers_script, python};
 
 /// What one malformed request is, and the status and JSON-RPC code it must get.
@@ -473,30 +473,6 @@ fn modern_requests_are_checked_against_their_headers() {
         r["result"]["ttlMs"].is_number() && r["result"]["cacheScope"].is_string(),
         "{r}"
     );
-}
-
-/// The `data.n` of every `notifications/message` event on an SSE body, with its event id.
-fn sse_messages(body: &str) -> Vec<(u64, i64)> {
-    let mut out = Vec::new();
-    for block in body.replace("\r\n", "\n").split("\n\n") {
-        let mut id = None;
-        let mut data = None;
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("id:") {
-                id = v.trim().parse().ok();
-            }
-            if let Some(d) = line.strip_prefix("data:") {
-                data = serde_json::from_str::<Value>(d.trim()).ok();
-            }
-        }
-        if let Some(v) = data
-            && v["method"] == "notifications/message"
-        {
-            let id = id.expect("every GET-stream event has an id");
-            out.push((id, v["params"]["data"]["n"].as_i64().unwrap()));
-        }
-    }
-    out
 }
 
 #[test]

@@ -159,15 +159,20 @@ fn config(redis: &str, source: &str) -> String {
     )
 }
 
+/// The `server.listen` address of a config [`config`] wrote.
+fn listen_of(config: &str) -> SocketAddr {
+    config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen: \""))
+        .and_then(|l| l.trim_end_matches('"').parse().ok())
+        .expect("the config names server.listen")
+}
+
 /// Boots `mcpg` with `config`; returns its stderr once it was ready and stopped cleanly, or
 /// the failure it exited with.
 fn boot(dir: &TempDir, name: &str, config: &str) -> Result<String, String> {
     let f = dir.write(name, config);
-    let listen: SocketAddr = config
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("listen: \""))
-        .and_then(|l| l.trim_end_matches('"').parse().ok())
-        .unwrap();
+    let listen = listen_of(config);
     let mut proc = Proc::spawn(Command::new(bin("mcpg")).arg("--config").arg(&f));
     // Ready, or exited (a refusal): whichever comes first.
     let ready = wait_until(Duration::from_secs(60), || {
@@ -449,12 +454,7 @@ fn a_registry_with_basic_auth_takes_credentials_from_the_config_or_the_docker_fi
         dir.0.join("c2").display()
     );
     let f = dir.write("auth.yaml", &config(&redis.url(), &source));
-    let listen: SocketAddr = std::fs::read_to_string(&f)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("listen: \""))
-        .and_then(|l| l.trim_end_matches('"').parse().ok())
-        .unwrap();
+    let listen = listen_of(&std::fs::read_to_string(&f).unwrap());
     let proc = Proc::spawn(
         Command::new(bin("mcpg"))
             .arg("--config")
