@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
+use crate::mcp::upstream::http::error_chain;
+
 /// Carries the inter-replica secret on a forwarded request.
 pub const FORWARDED: &str = "x-mcpg-forwarded";
 /// Names the replica that forwarded a request (for logs).
@@ -159,15 +161,4 @@ pub fn misdirected() -> Response {
         "this replica does not own the session\n",
     )
         .into_response()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

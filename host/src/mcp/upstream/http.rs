@@ -407,7 +407,8 @@ impl Transport for HttpTransport {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, `outer: inner: …` (reqwest's own text hides the cause).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
