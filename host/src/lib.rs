@@ -10,9 +10,14 @@
 //! - [`mcp`]: the MCP data plane: bindings, upstreams, sessions, both protocol eras.
 //! - [`identity`]: this replica's node id.
 //! - [`server`]: the HTTP listeners, health and readiness, graceful shutdown.
-//! - [`telemetry`]: log output.
+//! - [`telemetry`]: logs, metrics and traces.
+//! - [`audit`]: the audit log of MCP requests (sinks, hash chain, `mcpg audit verify`).
+//! - [`auth`]: downstream authentication and per-identity access rules.
+//! - [`tls`]: listener certificates (reloaded on change) and custom CAs for outgoing TLS.
 //! - [`cli`]: the `mcpg` command line and boot sequence.
 
+pub mod audit;
+pub mod auth;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
@@ -23,3 +28,4 @@ pub mod mcp;
 pub mod oci;
 pub mod server;
 pub mod telemetry;
+pub mod tls;

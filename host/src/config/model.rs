@@ -89,6 +89,44 @@ pub struct ServerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 16))]
     pub forwarding_secret: Option<String>,
+    /// Serve `listen` over HTTPS with this certificate and key. Absent means plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
+    /// Serve `admin_listen` over HTTPS with this certificate and key. Absent means plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_tls: Option<ServerTlsConfig>,
+    /// The bearer token the admin API (`/api/…`) and `/metrics` require, e.g.
+    /// `${env.MCPG_ADMIN_TOKEN}`. Required when they are reachable on a non-loopback address
+    /// (`admin_listen`, or `listen` when `admin_listen` is absent); on loopback, optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 16))]
+    pub admin_token: Option<String>,
+    /// PEM file of the certificate authorities trusted when forwarding to another replica's
+    /// `https://` `advertise_url`, in addition to the system's web PKI roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding_ca_file: Option<PathBuf>,
+}
+
+/// A TLS certificate and key for a listener. Both files are PEM; they are read at start and
+/// read again whenever either changes on disk (checked every `reload_interval_ms`), so a
+/// renewed certificate is served without a restart. A change that does not load keeps the old
+/// certificate and logs an error.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// The certificate chain (leaf first); relative paths are resolved against the config
+    /// file's directory.
+    pub cert_file: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// How often the files are checked for changes, in milliseconds.
+    #[serde(default = "default_tls_reload")]
+    #[schemars(range(min = 100, max = 86_400_000))]
+    pub reload_interval_ms: u64,
+}
+
+fn default_tls_reload() -> u64 {
+    10_000
 }
 
 fn default_listen() -> String {
@@ -110,6 +148,10 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             forwarding_secret: None,
             allowed_origins: Vec::new(),
+            tls: None,
+            admin_tls: None,
+            admin_token: None,
+            forwarding_ca_file: None,
         }
     }
 }
@@ -144,6 +186,200 @@ pub struct BindingConfig {
     /// request of the binding with an error while any upstream is down.
     #[serde(default)]
     pub on_upstream_failure: FailurePolicy,
+    /// Who may call this binding. Absent means anyone who can reach it (no authentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Which tools, prompts and resources each caller may see and use. Absent means everything,
+    /// for everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessConfig>,
+}
+
+/// Downstream authentication of a binding, as an OAuth 2.1 resource server (the MCP
+/// authorization specification): requests need `Authorization: Bearer <token>`; a missing or
+/// invalid token is answered `401` with `WWW-Authenticate` pointing at the protected-resource
+/// metadata document (`/.well-known/oauth-protected-resource<path>`). At least one of `tokens`
+/// or `jwt` must be given; a token is checked against `tokens` first, then as a JWT.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Static bearer tokens, each with a name that identifies its holder in access rules, logs
+    /// and the audit log.
+    #[serde(default)]
+    pub tokens: Vec<StaticToken>,
+    /// JSON Web Tokens issued by an authorization server, checked against its keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+    /// The resource identifier announced in the protected-resource metadata (the canonical URL
+    /// of this binding, e.g. `https://mcp.example.com/mcp`). Absent: derived from the request
+    /// (`Host` header and, behind a proxy, `X-Forwarded-Proto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Authorization servers announced in the protected-resource metadata. Absent: the JWT
+    /// issuer, when `jwt` is set.
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// Scopes announced in the protected-resource metadata and in `WWW-Authenticate`.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+}
+
+/// A static bearer token.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    /// Who holds the token (`token:<name>` is its identity), unique within the binding.
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$"))]
+    pub name: String,
+    /// The token itself; give it from the environment, e.g. `${env.MCPG_CI_TOKEN}`.
+    #[schemars(length(min = 16))]
+    pub token: String,
+}
+
+/// JWT validation: signature against the issuer's keys, `iss`, `aud`, `exp` and `nbf`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// URL of the issuer's JSON Web Key Set (`http://` or `https://`), fetched at start and again
+    /// every `jwks_refresh_ms`, or at once (at most every 10 s) when a token names a key id it
+    /// does not hold. Exactly one of `jwks_url` or `jwks_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// A JSON Web Key Set file, read at start and whenever it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// The required `iss` claim.
+    #[schemars(length(min = 1))]
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one of them (RFC 8707: tokens meant
+    /// for another resource are refused).
+    #[schemars(length(min = 1))]
+    pub audiences: Vec<String>,
+    /// Tolerance for `exp` and `nbf`, in milliseconds.
+    #[serde(default = "default_clock_skew")]
+    #[schemars(range(max = 600_000))]
+    pub clock_skew_ms: u64,
+    /// Accepted signature algorithms. Symmetric (`HS*`) algorithms are not supported.
+    #[serde(default = "default_jwt_algorithms")]
+    #[schemars(length(min = 1))]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// The claim that names the caller: the identity is `jwt:<value>`.
+    #[serde(default = "default_identity_claim")]
+    #[schemars(length(min = 1))]
+    pub identity_claim: String,
+    /// Scopes every token must carry (in its `scope` or `scp` claim); a token without them is
+    /// answered `403` with `error="insufficient_scope"`.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// How often the key set is fetched again, in milliseconds.
+    #[serde(default = "default_jwks_refresh")]
+    #[schemars(range(min = 1000, max = 86_400_000))]
+    pub jwks_refresh_ms: u64,
+    /// PEM file of certificate authorities trusted for an `https://` `jwks_url`, in addition to
+    /// the web PKI roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_clock_skew() -> u64 {
+    60_000
+}
+
+fn default_identity_claim() -> String {
+    "sub".into()
+}
+
+fn default_jwks_refresh() -> u64 {
+    300_000
+}
+
+fn default_jwt_algorithms() -> Vec<JwtAlgorithm> {
+    vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256]
+}
+
+/// A JWT signature algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+/// Per-caller access to a binding's tools, prompts and resources, applied to calls and to list
+/// results alike (a denied tool is neither listed nor callable). The rules that match a caller
+/// are combined: a name denied by any of them is denied; otherwise a name allowed by any of
+/// them is allowed; otherwise `default` decides.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// What a name no matching rule mentions gets: `allow` or `deny`.
+    #[serde(default)]
+    pub default: AccessDefault,
+    /// The rules, each for the callers its `match` selects.
+    #[serde(default)]
+    pub rules: Vec<AccessRule>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessDefault {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// One access rule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// Which callers the rule applies to; every condition given must hold. Empty: every
+    /// caller, including unauthenticated ones on a binding without `auth`.
+    #[serde(default, rename = "match")]
+    pub matches: AccessMatch,
+    /// Names this rule allows.
+    #[serde(default)]
+    pub allow: AccessNames,
+    /// Names this rule denies (deny wins over allow).
+    #[serde(default)]
+    pub deny: AccessNames,
+}
+
+/// Conditions on the caller.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessMatch {
+    /// Names of static tokens (any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<String>,
+    /// JWT identities: values of the `identity_claim` (any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+    /// JWT claims and a value each must have (equal, or contained when the claim is a list;
+    /// `scope` is split on spaces). All of them must hold.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
+}
+
+/// Name patterns per kind, as clients see them (prefixed where the binding prefixes). `*`
+/// matches any run of characters, `?` one character.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessNames {
+    /// Tool names.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Prompt names.
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    /// Resource URIs (and resource template URI templates in list results).
+    #[serde(default)]
+    pub resources: Vec<String>,
 }
 
 fn default_separator() -> String {
@@ -273,6 +509,15 @@ pub struct HttpTransport {
     #[serde(default = "default_connect_timeout")]
     #[schemars(range(min = 1, max = 600_000))]
     pub connect_timeout_ms: u64,
+    /// Headers of the client's request copied to this upstream (e.g. `authorization` to let the
+    /// upstream see the client's own token). Nothing of the client's is sent unless listed
+    /// here: by default the upstream receives only `headers`.
+    #[serde(default)]
+    pub pass_through_headers: Vec<String>,
+    /// PEM file of certificate authorities trusted for this upstream's `https://` URL, in
+    /// addition to the web PKI roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_connect_timeout() -> u64 {

@@ -1,0 +1,1 @@
+//! Downstream access control: bearer tokens and JWTs, identities, per-identity access rules.

@@ -1,0 +1,1 @@
+//! TLS: listener certificates reloaded on change, and client trust roots with custom CAs.
