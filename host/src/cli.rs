@@ -431,7 +431,10 @@ async fn run(
             Ok(c) => c,
             Err(e) => return fail(e),
         };
-    let gateway = Gateway::new(&cfg, capabilities, ownership);
+    let gateway = match Gateway::new(&cfg, capabilities, ownership) {
+        Ok(g) => g,
+        Err(e) => return fail(e),
+    };
     tracing::info!(
         node_id = %node_id,
         listen = %main_addr,

@@ -313,7 +313,29 @@ fn resolve_paths(config: &mut AppConfig, base: &Path) {
             if let Some(cwd) = u.stdio.as_mut().and_then(|s| s.cwd.as_mut()) {
                 *cwd = resolve(base, cwd);
             }
+            if let Some(ca) = u.http.as_mut().and_then(|h| h.ca_file.as_mut()) {
+                *ca = resolve(base, ca);
+            }
         }
+        if let Some(j) = b.auth.as_mut().and_then(|a| a.jwt.as_mut()) {
+            for p in [j.jwks_file.as_mut(), j.ca_file.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                *p = resolve(base, p);
+            }
+        }
+    }
+    let server = &mut config.server;
+    for tls in [server.tls.as_mut(), server.admin_tls.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        tls.cert_file = resolve(base, &tls.cert_file);
+        tls.key_file = resolve(base, &tls.key_file);
+    }
+    if let Some(ca) = &mut server.forwarding_ca_file {
+        *ca = resolve(base, ca);
     }
     let c = &mut config.mcp.configurations;
     for cap in [

@@ -10,15 +10,15 @@ use url::Url;
 
 use super::diagnostics::{Diagnostic, KeyPath};
 use super::model::{
-    AuditConfig, BindingConfig, BusKind, CapabilityConfig, ClusterConfig, ObservabilityConfig,
-    PluginConfig, PrefixMode, SINGLE_NODE, ServerConfig, StoreKind,
+    AccessConfig, AuditConfig, AuthConfig, BindingConfig, BusKind, CapabilityConfig, ClusterConfig,
+    ObservabilityConfig, PluginConfig, PrefixMode, SINGLE_NODE, ServerConfig, StoreKind,
 };
 use super::yaml::SourceMap;
 
 /// Paths the gateway serves itself; no binding may take them.
 pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
 /// Path prefixes the gateway keeps for itself (`/mcpg/meta`, the admin API).
-pub const RESERVED_PREFIXES: &[&str] = &["/mcpg", "/api"];
+pub const RESERVED_PREFIXES: &[&str] = &["/mcpg", "/api", "/.well-known"];
 
 /// Where the coordinator comes from, once validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -261,6 +261,7 @@ impl Checker<'_> {
                 );
             }
             advertise_url = self.advertise(cfg, kind, listen);
+            self.admin_access(cfg, listen, admin_listen);
         }
         self.bindings(s);
         let cluster = s.cluster.as_ref().and_then(|c| self.cluster(c, s));
@@ -314,6 +315,43 @@ impl Checker<'_> {
                 self.error(path, format!("{shown} is not a valid URL: {e}"));
                 None
             }
+        }
+    }
+
+    /// The admin API and metrics need a token wherever they are reachable from other hosts;
+    /// without one they are not served there (see `server::admin`).
+    fn admin_access(
+        &mut self,
+        cfg: &ServerConfig,
+        listen: Option<SocketAddr>,
+        admin_listen: Option<SocketAddr>,
+    ) {
+        let server = KeyPath::root().key("server");
+        let (addr, key) = match (admin_listen, &cfg.admin_listen) {
+            (Some(a), _) => (Some(a), "admin_listen"),
+            (None, Some(_)) => (None, "admin_listen"),
+            (None, None) => (listen, "listen"),
+        };
+        if let Some(addr) = addr
+            && !addr.ip().is_loopback()
+            && cfg.admin_token.is_none()
+        {
+            let shown = self.show(&server.clone().key(key), &addr.to_string());
+            let hint = if key == "listen" {
+                "; or give the admin API its own loopback listener with `server.admin_listen: 127.0.0.1:9090`"
+            } else {
+                ""
+            };
+            self.warn(
+                server.clone().key(key),
+                format!("the admin API and /metrics are not served on {shown} (not a loopback address) without a token: set `server.admin_token` (e.g. `${{env.MCPG_ADMIN_TOKEN}}`) to use them{hint}"),
+            );
+        }
+        if cfg.admin_tls.is_some() && cfg.admin_listen.is_none() {
+            self.error_at_key(
+                server.key("admin_tls"),
+                "applies to `admin_listen`, which is not set (without it the admin API is served on `listen`, with `server.tls`)",
+            );
         }
     }
 
@@ -416,6 +454,127 @@ impl Checker<'_> {
                 if let Some(h) = &u.http {
                     self.http_url(up.clone().key("http").key("url"), &h.url);
                     self.headers(up.clone().key("http").key("headers"), &h.headers);
+                    for (k, name) in h.pass_through_headers.iter().enumerate() {
+                        let p = up.clone().key("http").key("pass_through_headers").index(k);
+                        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                            self.error(p, format!("`{name}` is not a valid HTTP header name"));
+                        } else if h.headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
+                            self.error(p, format!("`{name}` is also set in `headers`; an upstream gets a header from one place"));
+                        }
+                    }
+                }
+            }
+            let token_names = match &b.auth {
+                Some(a) => self.auth(base.clone().key("auth"), a),
+                None => Vec::new(),
+            };
+            if let Some(acc) = &b.access {
+                self.access(
+                    base.clone().key("access"),
+                    acc,
+                    b.auth.as_ref(),
+                    &token_names,
+                );
+            }
+        }
+    }
+
+    /// A binding's `auth`; returns the static token names.
+    fn auth(&mut self, base: KeyPath, a: &AuthConfig) -> Vec<String> {
+        if a.tokens.is_empty() && a.jwt.is_none() {
+            self.error(
+                base.clone(),
+                "needs `tokens`, `jwt` or both: otherwise no request could be authenticated",
+            );
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut values: HashMap<&str, usize> = HashMap::new();
+        for (i, t) in a.tokens.iter().enumerate() {
+            let p = base.clone().key("tokens").index(i);
+            if let Some(first) = names.insert(&t.name, i) {
+                self.error(
+                    p.clone().key("name"),
+                    format!(
+                        "duplicate token name `{}` (also used by tokens[{first}])",
+                        t.name
+                    ),
+                );
+            }
+            if let Some(first) = values.insert(&t.token, i) {
+                self.error(
+                    p.key("token"),
+                    format!("the same token as tokens[{first}]: each holder needs its own token"),
+                );
+            }
+        }
+        if let Some(j) = &a.jwt {
+            let jp = base.clone().key("jwt");
+            match (&j.jwks_url, &j.jwks_file) {
+                (Some(_), Some(_)) => self.error_at_key(jp.clone().key("jwks_file"), "give one of `jwks_url` or `jwks_file`, not both"),
+                (None, None) => self.error(jp.clone(), "needs the issuer's keys: `jwks_url` (e.g. `https://idp.example/.well-known/jwks.json`) or `jwks_file`"),
+                (Some(u), None) => {
+                    self.http_url(jp.clone().key("jwks_url"), u);
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = &a.resource
+            && let Some(u) = self.http_url(base.clone().key("resource"), r)
+            && u.fragment().is_some()
+        {
+            self.error(
+                base.clone().key("resource"),
+                "must not have a fragment (RFC 9728)",
+            );
+        }
+        for (i, s) in a.authorization_servers.iter().enumerate() {
+            self.http_url(base.clone().key("authorization_servers").index(i), s);
+        }
+        a.tokens.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// A binding's `access` rules.
+    fn access(
+        &mut self,
+        base: KeyPath,
+        acc: &AccessConfig,
+        auth: Option<&AuthConfig>,
+        token_names: &[String],
+    ) {
+        let jwt = auth.is_some_and(|a| a.jwt.is_some());
+        for (i, r) in acc.rules.iter().enumerate() {
+            let rp = base.clone().key("rules").index(i);
+            let m = &r.matches;
+            let conditional =
+                !(m.tokens.is_empty() && m.subjects.is_empty() && m.claims.is_empty());
+            if conditional && auth.is_none() {
+                self.warn(rp.clone().key("match"), "the binding has no `auth`, so no caller has an identity and this rule never applies");
+            }
+            for (k, t) in m.tokens.iter().enumerate() {
+                if auth.is_some() && !token_names.contains(t) {
+                    self.error(
+                        rp.clone().key("match").key("tokens").index(k),
+                        format!("no token named `{t}` in this binding's `auth.tokens`"),
+                    );
+                }
+            }
+            if auth.is_some() && !jwt && (!m.subjects.is_empty() || !m.claims.is_empty()) {
+                self.warn(rp.clone().key("match"), "`subjects` and `claims` match JWT callers, and this binding's `auth` has no `jwt`: the rule never applies");
+            }
+            for (side, names) in [("allow", &r.allow), ("deny", &r.deny)] {
+                for (kind, list) in [
+                    ("tools", &names.tools),
+                    ("prompts", &names.prompts),
+                    ("resources", &names.resources),
+                ] {
+                    for (k, pat) in list.iter().enumerate() {
+                        if let Err(e) = crate::auth::policy::pattern(pat) {
+                            self.error(
+                                rp.clone().key(side).key(kind).index(k),
+                                format!("`{pat}` is not a valid name pattern: {}", e.kind()),
+                            );
+                        }
+                    }
                 }
             }
         }

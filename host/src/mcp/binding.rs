@@ -160,6 +160,8 @@ pub struct Binding {
     pub upstreams: Vec<Arc<Upstream>>,
     policy: FailurePolicy,
     pub(crate) ctx: Arc<Context>,
+    /// Who may call this binding and what each caller may use.
+    pub access: crate::mcp::access::Access,
 }
 
 impl Binding {
@@ -168,13 +170,14 @@ impl Binding {
         base_dir: &std::path::Path,
         default_timeout: Duration,
         ctx: Arc<Context>,
-    ) -> Arc<Self> {
+    ) -> anyhow::Result<Arc<Self>> {
         let prefix = match cfg.prefix {
             PrefixMode::Auto => cfg.upstreams.len() > 1,
             PrefixMode::Always => true,
             PrefixMode::Never => false,
         };
-        Arc::new(Self {
+        Ok(Arc::new(Self {
+            access: crate::mcp::access::Access::new(cfg)?,
             name: cfg.name.clone(),
             path: cfg.path.clone(),
             naming: Naming {
@@ -189,7 +192,12 @@ impl Binding {
                 .collect(),
             policy: cfg.on_upstream_failure,
             ctx,
-        })
+        }))
+    }
+
+    /// Whether an upstream of this binding sees some of the client's headers.
+    pub fn passes_headers(&self) -> bool {
+        self.upstreams.iter().any(|u| u.passes_headers())
     }
 
     pub fn fail_closed(&self) -> bool {

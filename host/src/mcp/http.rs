@@ -22,24 +22,142 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::Gateway;
+use crate::auth::AuthError;
+use crate::mcp::access::Caller;
 use crate::mcp::binding::{Binding, Reply};
 use crate::mcp::forward::{self, ForwardError, Origin};
 use crate::mcp::headers as mcp_headers;
 use crate::mcp::jsonrpc::{self, Kind, Message, Parsed, code};
 use crate::mcp::session::SessionError;
 use crate::mcp::session::{Busy, Live, Resolved};
-use crate::mcp::upstream::http::{SESSION_HEADER, VERSION_HEADER};
+use crate::mcp::upstream::http::{CLIENT_HEADERS, SESSION_HEADER, VERSION_HEADER};
 use crate::mcp::{meta, version};
 use axum::http::Method;
 
 type S = State<(Arc<Gateway>, Arc<Binding>)>;
 
-/// The routes of one binding at its path.
+/// The routes of one binding at its path, and its protected-resource metadata document when
+/// it has `auth`.
 pub fn routes(gw: Arc<Gateway>, b: Arc<Binding>) -> Router {
     let path = b.path.clone();
     let mr: MethodRouter<(Arc<Gateway>, Arc<Binding>)> =
         axum::routing::post(post).get(get).delete(delete);
-    Router::new().route(&path, mr.with_state((gw, b)))
+    let mut r = Router::new().route(&path, mr.with_state((gw.clone(), b.clone())));
+    if let Some(auth) = &b.access.auth {
+        let suffix = match &auth.config.resource {
+            Some(res) => url::Url::parse(res)
+                .map(|u| u.path().trim_end_matches('/').to_owned())
+                .unwrap_or_else(|_| path.clone()),
+            None => path.clone(),
+        };
+        r = r.route(
+            &format!("{METADATA_PREFIX}{suffix}"),
+            axum::routing::get(metadata).with_state((gw, b)),
+        );
+    }
+    r
+}
+
+/// Where protected-resource metadata is published (RFC 9728 §3.1): inserted between the
+/// resource's host and path.
+const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
+
+/// The binding's resource identifier: configured, or derived from how the client reached us.
+fn resource(gw: &Gateway, b: &Binding, headers: &HeaderMap) -> String {
+    if let Some(r) = b
+        .access
+        .auth
+        .as_ref()
+        .and_then(|a| a.config.resource.clone())
+    {
+        return r;
+    }
+    let scheme = header(headers, "x-forwarded-proto")
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| *v == "http" || *v == "https")
+        .unwrap_or(if gw.tls { "https" } else { "http" });
+    let host = header(headers, "x-forwarded-host")
+        .or_else(|| header(headers, "host"))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}{}", b.path)
+}
+
+/// The URL of the binding's protected-resource metadata.
+fn metadata_url(gw: &Gateway, b: &Binding, headers: &HeaderMap) -> String {
+    let res = resource(gw, b, headers);
+    match url::Url::parse(&res) {
+        Ok(u) => {
+            let origin = u.origin().ascii_serialization();
+            format!(
+                "{origin}{METADATA_PREFIX}{}",
+                u.path().trim_end_matches('/')
+            )
+        }
+        Err(_) => format!("{METADATA_PREFIX}{}", b.path),
+    }
+}
+
+/// `GET /.well-known/oauth-protected-resource<path>`: the binding's protected-resource
+/// metadata (RFC 9728), public by design.
+async fn metadata(State((gw, b)): S, headers: HeaderMap) -> Response {
+    let Some(auth) = &b.access.auth else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let doc = auth.metadata(&resource(&gw, &b, &headers));
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
+/// Who sent a request, on a binding with `auth`; otherwise `None`. A request without a valid
+/// token is refused with `401` (`403` for a missing scope) and a challenge naming the
+/// binding's protected-resource metadata.
+async fn caller(gw: &Gateway, b: &Binding, headers: &HeaderMap) -> Result<Caller, Response> {
+    let Some(auth) = &b.access.auth else {
+        return Ok(None);
+    };
+    match auth
+        .authenticate(header(headers, axum::http::header::AUTHORIZATION.as_str()))
+        .await
+    {
+        Ok(id) => Ok(Some(Arc::new(id))),
+        Err(e) => {
+            tracing::info!(binding = %b.name, reason = e.reason(), "request refused: {e}");
+            let status = if e == AuthError::InsufficientScope {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            let mut r = http_error(
+                status,
+                Value::Null,
+                code::INVALID_REQUEST,
+                format!(
+                    "{}: {e}",
+                    if status == StatusCode::FORBIDDEN {
+                        "Forbidden"
+                    } else {
+                        "Unauthorized"
+                    }
+                ),
+            );
+            if let Ok(v) = HeaderValue::from_str(&auth.challenge(&e, &metadata_url(gw, b, headers)))
+            {
+                r.headers_mut()
+                    .insert(axum::http::header::WWW_AUTHENTICATE, v);
+            }
+            Err(r)
+        }
+    }
+}
+
+/// The caller's identity key, what sessions are bound to.
+fn key(who: &Caller) -> Option<&str> {
+    who.as_deref().map(|i| i.key.as_str())
 }
 
 /// An HTTP error carrying a JSON-RPC error body, as the transport asks for.
@@ -132,6 +250,28 @@ async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
         Ok(o) => o,
         Err(r) => return r,
     };
+    let who = match caller(&gw, &b, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if b.passes_headers() {
+        // Upstreams configured to see some of the client's headers read them from here.
+        let snapshot = Arc::new(headers.clone());
+        return CLIENT_HEADERS
+            .scope(snapshot, post_as(gw, b, headers, body, origin, who))
+            .await;
+    }
+    post_as(gw, b, headers, body, origin, who).await
+}
+
+async fn post_as(
+    gw: Arc<Gateway>,
+    b: Arc<Binding>,
+    headers: HeaderMap,
+    body: Body,
+    origin: Origin,
+    who: Caller,
+) -> Response {
     let ct = header(&headers, CONTENT_TYPE.as_str()).unwrap_or_default();
     if !ct.to_ascii_lowercase().starts_with("application/json") {
         return http_error(
@@ -196,7 +336,7 @@ async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
         {
             return forward_parked(&gw, &b, &node, &headers, bytes, id).await;
         }
-        return modern_post(&b, &headers, kind, id, msg).await;
+        return modern_post(&b, &headers, kind, id, msg, &who).await;
     }
     if let Err(r) = legacy_version(&headers, &id) {
         return r;
@@ -216,15 +356,21 @@ async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
                 None => draining_refusal(id, "no other replica is live"),
             };
         }
-        return initialize(&gw, &b, id, &msg).await;
+        return initialize(&gw, &b, id, &msg, key(&who)).await;
     }
-    let (live, busy) = match session(&gw, &b, Method::POST, &headers, &bytes, &id, origin).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
+    let (live, busy) =
+        match session(&gw, &b, Method::POST, &headers, &bytes, &id, origin, &who).await {
+            Ok(l) => l,
+            Err(r) => return r,
+        };
     match kind {
         Kind::Request => {
+            if let Some((_, _, refusal)) = b.access.refuse(&who, &msg) {
+                return json_response(&refusal);
+            }
+            let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
             let r = b.request(&live, msg).await;
+            let r = b.access.filter(&who, &method, r);
             // A request may change state the record keeps (log level, subscriptions).
             gw.sessions.persist_if_dirty(&live).await;
             reply_busy(r, Some(busy))
@@ -249,6 +395,7 @@ async fn modern_post(
     kind: Kind,
     id: Value,
     msg: Message,
+    who: &Caller,
 ) -> Response {
     let bad =
         |code: i64, message: String| http_error(StatusCode::BAD_REQUEST, id.clone(), code, message);
@@ -358,7 +505,12 @@ async fn modern_post(
         .filter(|(k, _)| k.as_str().starts_with(mcp_headers::PARAM_PREFIX))
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
-    modern_reply(b.modern_request(msg, extra).await)
+    if let Some((_, _, refusal)) = b.access.refuse(who, &msg) {
+        return json_response(&refusal);
+    }
+    let method = method.to_owned();
+    let r = b.modern_request(msg, extra).await;
+    modern_reply(b.access.filter(who, &method, r))
 }
 
 /// A modern reply: errors the specification gives a status get it (method not found 404,
@@ -415,9 +567,15 @@ fn modern_get_or_delete(headers: &HeaderMap) -> Option<Response> {
         })
 }
 
-async fn initialize(gw: &Arc<Gateway>, b: &Arc<Binding>, id: Value, msg: &Message) -> Response {
+async fn initialize(
+    gw: &Arc<Gateway>,
+    b: &Arc<Binding>,
+    id: Value,
+    msg: &Message,
+    identity: Option<&str>,
+) -> Response {
     let params = msg.get("params").cloned().unwrap_or(Value::Null);
-    match gw.sessions.create(b, &params).await {
+    match gw.sessions.create(b, &params, identity).await {
         Ok((live, result)) => {
             let mut r = json_response(&jsonrpc::result(id, result));
             r.headers_mut().insert(
@@ -486,6 +644,7 @@ async fn forward_parked(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// The session a request names, served here (with the request counted as running on it),
 /// or the response: a refusal, or the answer of the replica that owns the session.
 async fn session(
@@ -496,6 +655,7 @@ async fn session(
     body: &Bytes,
     id: &Value,
     origin: Origin,
+    who: &Caller,
 ) -> Result<(Arc<Live>, Busy), Response> {
     let Some(sid) = header(headers, SESSION_HEADER) else {
         return Err(http_error(
@@ -510,7 +670,7 @@ async fn session(
     for _ in 0..8 {
         match gw
             .sessions
-            .resolve(b, sid, forwarded, unreachable.as_deref())
+            .resolve(b, sid, forwarded, unreachable.as_deref(), key(who))
             .await
         {
             Ok(Resolved::Local(live)) => {
@@ -596,6 +756,10 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
     if let Err(r) = precheck(&gw, &headers) {
         return r;
     }
+    let who = match caller(&gw, &b, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     if let Some(r) = modern_get_or_delete(&headers) {
         return r;
     }
@@ -620,7 +784,7 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
     };
     // Any replica serves the stream, from the `delivery` capability: the owner publishes
     // there wherever the stream is held.
-    if let Err(e) = gw.sessions.exists(&b, &sid).await {
+    if let Err(e) = gw.sessions.exists(&b, &sid, key(&who)).await {
         return session_error(e, &Value::Null);
     }
     // Resumption: the client names the last event it saw.
@@ -638,7 +802,12 @@ async fn get(State((gw, b)): S, headers: HeaderMap) -> Response {
     };
     // While the stream is open, someone must own the session (its upstream conversations
     // feed the stream): if its owner dies, this replica takes it over.
-    let keeper = tokio::spawn(keep_owned(gw.clone(), b.clone(), sid));
+    let keeper = tokio::spawn(keep_owned(
+        gw.clone(),
+        b.clone(),
+        sid,
+        key(&who).map(str::to_owned),
+    ));
     let keeper = AbortOnDrop(keeper);
     let closing = gw.streams_closing();
     // A reconnect hint first: when the replica holding this stream goes away, the client
@@ -674,14 +843,18 @@ impl Drop for AbortOnDrop {
 
 /// Resolves a session's owner now and then while its GET stream is open here, which takes the
 /// session over once its owner is gone (its ownership lease expired or was handed back).
-async fn keep_owned(gw: Arc<Gateway>, b: Arc<Binding>, sid: String) {
+async fn keep_owned(gw: Arc<Gateway>, b: Arc<Binding>, sid: String, identity: Option<String>) {
     let every = gw.ownership.owner_ttl() / 3;
     loop {
         tokio::time::sleep(every).await;
         if gw.ownership.draining() {
             return;
         }
-        match gw.sessions.resolve(&b, &sid, false, None).await {
+        match gw
+            .sessions
+            .resolve(&b, &sid, false, None, identity.as_deref())
+            .await
+        {
             Ok(_) => {}
             Err(SessionError::NotFound | SessionError::WrongBinding) => return,
             Err(e) => {
@@ -700,6 +873,10 @@ async fn delete(State((gw, b)): S, headers: HeaderMap) -> Response {
     if let Some(r) = modern_get_or_delete(&headers) {
         return r;
     }
+    let who = match caller(&gw, &b, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     let (live, busy) = match session(
         &gw,
         &b,
@@ -708,6 +885,7 @@ async fn delete(State((gw, b)): S, headers: HeaderMap) -> Response {
         &Bytes::new(),
         &Value::Null,
         origin,
+        &who,
     )
     .await
     {

@@ -16,6 +16,7 @@
 //! - [`guard`]: DNS-rebinding protection.
 //! - [`http`]: the downstream Streamable HTTP endpoint.
 
+pub mod access;
 pub mod binding;
 pub mod forward;
 pub mod guard;
@@ -51,6 +52,8 @@ pub struct Gateway {
     pub forwarder: forward::Forwarder,
     pub guard: guard::Guard,
     pub max_body: usize,
+    /// `listen` serves HTTPS (for URLs derived from requests).
+    pub tls: bool,
     /// Set at the drain deadline: long-lived streams end (with a reconnect hint).
     closing: watch::Sender<bool>,
 }
@@ -58,7 +61,11 @@ pub struct Gateway {
 impl Gateway {
     /// Builds every binding and its upstreams (shared stdio children start now; per-session
     /// ones start with their sessions).
-    pub fn new(cfg: &ValidatedConfig, caps: Capabilities, ownership: Arc<Ownership>) -> Arc<Self> {
+    pub fn new(
+        cfg: &ValidatedConfig,
+        caps: Capabilities,
+        ownership: Arc<Ownership>,
+    ) -> anyhow::Result<Arc<Self>> {
         let c = &cfg.config;
         let node_id = ownership.node_id().to_owned();
         let ctx = Arc::new(Context {
@@ -76,9 +83,11 @@ impl Gateway {
         let bindings = c
             .bindings
             .iter()
-            .map(|b| Binding::new(b, &cfg.base_dir, timeout, ctx.clone()))
-            .collect();
-        let bindings: Vec<Arc<Binding>> = bindings;
+            .map(|b| {
+                Binding::new(b, &cfg.base_dir, timeout, ctx.clone())
+                    .map_err(|e| anyhow::anyhow!("binding `{}`: {e}", b.name))
+            })
+            .collect::<anyhow::Result<Vec<Arc<Binding>>>>()?;
         let gw = Arc::new(Self {
             bindings,
             sessions: Sessions::new(
@@ -96,9 +105,10 @@ impl Gateway {
                 &c.server.allowed_origins,
             ),
             max_body: c.mcp.limits.max_request_bytes as usize,
+            tls: c.server.tls.is_some(),
         });
         spawn_sweeper(&gw, Duration::from_millis(c.mcp.sessions.idle_ttl_ms));
-        gw
+        Ok(gw)
     }
 
     /// The routes of every binding, for the main listener.

@@ -522,11 +522,12 @@ impl Binding {
                             Err(e) => return e.to_message(id),
                         }
                     }
-                    if r["resultType"] == "task" && self.naming.prefix {
-                        if let Some(t) = r["taskId"].as_str() {
-                            r["taskId"] =
-                                json!(format!("{}{}{t}", self.upstreams[up].name, self.naming.sep));
-                        }
+                    if r["resultType"] == "task"
+                        && self.naming.prefix
+                        && let Some(t) = r["taskId"].as_str()
+                    {
+                        r["taskId"] =
+                            json!(format!("{}{}{t}", self.upstreams[up].name, self.naming.sep));
                     }
                 }
                 out

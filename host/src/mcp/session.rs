@@ -60,6 +60,10 @@ pub struct SessionRecord {
     /// client subscribed to (watched by a listen, started again by a replica taking over).
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub listened: HashMap<String, Vec<String>>,
+    /// Who created the session (`token:<name>`, `jwt:<subject>`), on a binding with `auth`.
+    /// Only that identity may use it: anyone else presenting the id is told it does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 pub fn now_ms() -> u64 {
@@ -565,6 +569,7 @@ impl Sessions {
         &self,
         binding: &Arc<Binding>,
         params: &Value,
+        identity: Option<&str>,
     ) -> Result<(Arc<Live>, Value), RpcError> {
         if self.live.lock().expect("lock").len() >= self.max_sessions {
             return Err(RpcError::new(
@@ -627,6 +632,7 @@ impl Sessions {
             active_ms: now_ms(),
             log_level: None,
             listened: HashMap::new(),
+            identity: identity.map(str::to_owned),
         };
         for (i, l) in leases.iter().enumerate() {
             let name = &binding.upstreams[i].name;
@@ -725,6 +731,7 @@ impl Sessions {
         id: &str,
         forwarded: bool,
         unreachable: Option<&str>,
+        identity: Option<&str>,
     ) -> Result<Resolved, SessionError> {
         let found = self.live.lock().expect("lock").get(id).cloned();
         if let Some(live) = found
@@ -732,6 +739,9 @@ impl Sessions {
         {
             if live.binding.name != binding.name {
                 return Err(SessionError::WrongBinding);
+            }
+            if live.record.lock().expect("lock").identity.as_deref() != identity {
+                return Err(SessionError::NotFound);
             }
             if live.touch(self.idle_ttl) {
                 self.refresh(&live).await;
@@ -751,6 +761,11 @@ impl Sessions {
         let mut fresh = false;
         loop {
             let (_, record) = self.read(binding, id).await?;
+            // Checked before forwarding or claiming: another identity learns nothing, not
+            // even which replica serves the session (the owner checks again).
+            if record.identity.as_deref() != identity {
+                return Err(SessionError::NotFound);
+            }
             let owner = record.owner.as_str();
             let claimable = if owner.is_empty() {
                 true
@@ -852,8 +867,17 @@ impl Sessions {
 
     /// Whether a session exists for this binding (the GET stream is served by any replica
     /// from the `delivery` capability, without owning the session).
-    pub async fn exists(&self, binding: &Arc<Binding>, id: &str) -> Result<(), SessionError> {
-        self.read(binding, id).await.map(|_| ())
+    pub async fn exists(
+        &self,
+        binding: &Arc<Binding>,
+        id: &str,
+        identity: Option<&str>,
+    ) -> Result<(), SessionError> {
+        let (_, record) = self.read(binding, id).await?;
+        if record.identity.as_deref() != identity {
+            return Err(SessionError::NotFound);
+        }
+        Ok(())
     }
 
     /// Claims a session whose owner was `seen_owner`: the record is rewritten with this

@@ -41,6 +41,16 @@ pub struct HttpTransport {
     version: RwLock<Option<String>>,
     /// Speaks 2026-07-28: no session; the metadata headers are derived from each message.
     modern: bool,
+    /// Headers of the client's request copied to this upstream; nothing else of the client's
+    /// (its `Authorization` above all) ever reaches an upstream.
+    pass_through: Vec<HeaderName>,
+}
+
+tokio::task_local! {
+    /// The headers of the client request being served, set by the downstream endpoint for
+    /// bindings with `pass_through_headers`. Requests an upstream is sent on behalf of no
+    /// client request (its GET stream, reconnects) carry none.
+    pub static CLIENT_HEADERS: Arc<HeaderMap>;
 }
 
 impl HttpTransport {
@@ -72,7 +82,17 @@ impl HttpTransport {
             session: RwLock::new(None),
             version: RwLock::new(None),
             modern: false,
+            pass_through: Vec::new(),
         })
+    }
+
+    /// Copies these headers of the client's request to each request sent on its behalf.
+    pub fn with_pass_through(mut self, names: &[String]) -> Self {
+        self.pass_through = names
+            .iter()
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        self
     }
 
     /// The transport for 2026-07-28 traffic: stateless, metadata headers on every request.
@@ -114,6 +134,19 @@ impl HttpTransport {
         }
         if let Some(v) = self.version.read().expect("lock").as_deref() {
             rb = rb.header(VERSION_HEADER, v);
+        }
+        if !self.pass_through.is_empty() {
+            let copied: Vec<(HeaderName, HeaderValue)> = CLIENT_HEADERS
+                .try_with(|h| {
+                    self.pass_through
+                        .iter()
+                        .flat_map(|n| h.get_all(n).iter().map(|v| (n.clone(), v.clone())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (k, v) in copied {
+                rb = rb.header(k, v);
+            }
         }
         rb
     }

@@ -71,6 +71,8 @@ enum Kind {
         url: String,
         headers: std::collections::BTreeMap<String, String>,
         client: reqwest::Client,
+        /// Client headers copied to this upstream (`http.pass_through_headers`).
+        pass_through: Vec<String>,
     },
 }
 
@@ -139,6 +141,7 @@ impl Upstream {
                     headers: h.headers.clone(),
                     // One pool per upstream, so its connections are reused across sessions.
                     client: http::client(Duration::from_millis(h.connect_timeout_ms)),
+                    pass_through: h.pass_through_headers.clone(),
                 },
                 None,
                 None,
@@ -173,6 +176,11 @@ impl Upstream {
             ));
         }
         Arc::new(up)
+    }
+
+    /// Whether some of the client's headers are copied to this upstream.
+    pub fn passes_headers(&self) -> bool {
+        matches!(&self.kind, Kind::Http { pass_through, .. } if !pass_through.is_empty())
     }
 
     /// Keeps the one child of a shared stdio upstream running: starts it, and when it dies
@@ -340,10 +348,12 @@ impl Upstream {
                 url,
                 headers,
                 client,
+                pass_through,
             } => {
                 let t = Arc::new(
                     http::HttpTransport::new(&self.name, url, headers, client.clone())
-                        .map_err(|e| e.to_rpc())?,
+                        .map_err(|e| e.to_rpc())?
+                        .with_pass_through(pass_through),
                 );
                 let conn = Connection::new(&self.name, t.clone(), None);
                 if let Some((id, version)) = resume {
@@ -442,11 +452,13 @@ impl Upstream {
                 url,
                 headers,
                 client,
+                pass_through,
             } => {
                 if known != Some(false) {
                     let t = Arc::new(
                         http::HttpTransport::new(&self.name, url, headers, client.clone())
                             .map_err(|e| e.to_rpc())?
+                            .with_pass_through(pass_through)
                             .into_modern(),
                     );
                     let conn = Connection::new(&self.name, t, None);

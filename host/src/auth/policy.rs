@@ -1,0 +1,246 @@
+//! Per-identity access rules, compiled once: which tool, prompt and resource names a caller may
+//! see and use. Pure: `mcp/access.rs` applies the answers to MCP messages.
+
+use globset::GlobMatcher;
+use serde_json::Value;
+
+use super::Identity;
+use crate::config::model::{AccessConfig, AccessDefault, AccessMatch, AccessNames};
+
+/// What a name refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tool,
+    Prompt,
+    Resource,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tool => "tool",
+            Kind::Prompt => "prompt",
+            Kind::Resource => "resource",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Names {
+    tools: Vec<GlobMatcher>,
+    prompts: Vec<GlobMatcher>,
+    resources: Vec<GlobMatcher>,
+}
+
+impl Names {
+    fn compile(n: &AccessNames) -> Result<Self, String> {
+        let one = |patterns: &[String]| -> Result<Vec<GlobMatcher>, String> {
+            patterns
+                .iter()
+                .map(|p| pattern(p).map_err(|e| format!("`{p}`: {e}")))
+                .collect()
+        };
+        Ok(Self {
+            tools: one(&n.tools)?,
+            prompts: one(&n.prompts)?,
+            resources: one(&n.resources)?,
+        })
+    }
+
+    fn matches(&self, kind: Kind, name: &str) -> bool {
+        let list = match kind {
+            Kind::Tool => &self.tools,
+            Kind::Prompt => &self.prompts,
+            Kind::Resource => &self.resources,
+        };
+        list.iter().any(|g| g.is_match(name))
+    }
+}
+
+/// A name pattern: `*` any run of characters (slashes included: resource URIs are not paths
+/// here), `?` one character; everything else literal.
+pub fn pattern(p: &str) -> Result<GlobMatcher, globset::Error> {
+    Ok(globset::GlobBuilder::new(p)
+        .literal_separator(false)
+        .backslash_escape(true)
+        .build()?
+        .compile_matcher())
+}
+
+struct Rule {
+    matches: AccessMatch,
+    allow: Names,
+    deny: Names,
+}
+
+/// A binding's compiled access rules.
+pub struct Policy {
+    default_allow: bool,
+    rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// Compiles the rules (patterns were checked by the config loader; an error here names the
+    /// pattern anyway).
+    pub fn new(cfg: &AccessConfig) -> Result<Self, String> {
+        let rules = cfg
+            .rules
+            .iter()
+            .map(|r| {
+                Ok(Rule {
+                    matches: r.matches.clone(),
+                    allow: Names::compile(&r.allow)?,
+                    deny: Names::compile(&r.deny)?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            default_allow: cfg.default == AccessDefault::Allow,
+            rules,
+        })
+    }
+
+    /// Whether `who` may see and use the `kind` named `name` (as the client sees it).
+    pub fn allows(&self, who: Option<&Identity>, kind: Kind, name: &str) -> bool {
+        let mut allowed = false;
+        for r in self.rules.iter().filter(|r| applies(&r.matches, who)) {
+            if r.deny.matches(kind, name) {
+                return false;
+            }
+            allowed |= r.allow.matches(kind, name);
+        }
+        allowed || self.default_allow
+    }
+}
+
+fn applies(m: &AccessMatch, who: Option<&Identity>) -> bool {
+    if m.tokens.is_empty() && m.subjects.is_empty() && m.claims.is_empty() {
+        return true;
+    }
+    let Some(who) = who else { return false };
+    if !m.tokens.is_empty() && !who.token.as_ref().is_some_and(|t| m.tokens.contains(t)) {
+        return false;
+    }
+    if !m.subjects.is_empty() && !who.subject.as_ref().is_some_and(|s| m.subjects.contains(s)) {
+        return false;
+    }
+    m.claims.iter().all(|(k, want)| match who.claims.get(k) {
+        Some(Value::String(s)) if k == "scope" => s.split_whitespace().any(|x| x == want),
+        Some(Value::String(s)) => s == want,
+        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(want.as_str())),
+        Some(Value::Bool(b)) => b.to_string() == *want,
+        Some(Value::Number(n)) => n.to_string() == *want,
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::AccessRule;
+    use serde_json::json;
+
+    fn jwt(sub: &str, claims: Value) -> Identity {
+        Identity {
+            key: format!("jwt:{sub}"),
+            token: None,
+            subject: Some(sub.into()),
+            claims: claims.as_object().unwrap().clone(),
+        }
+    }
+
+    fn token(name: &str) -> Identity {
+        Identity::token(name)
+    }
+
+    fn names(tools: &[&str], prompts: &[&str], resources: &[&str]) -> AccessNames {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        AccessNames {
+            tools: v(tools),
+            prompts: v(prompts),
+            resources: v(resources),
+        }
+    }
+
+    #[test]
+    fn deny_wins_allow_adds_default_decides() {
+        let cfg = AccessConfig {
+            default: AccessDefault::Deny,
+            rules: vec![
+                AccessRule {
+                    matches: AccessMatch::default(),
+                    allow: names(&["time__*"], &[], &[]),
+                    deny: names(&[], &[], &["file:///secret/*"]),
+                },
+                AccessRule {
+                    matches: AccessMatch {
+                        claims: [("groups".to_string(), "admins".to_string())].into(),
+                        ..Default::default()
+                    },
+                    allow: names(&["*"], &["*"], &["*"]),
+                    deny: names(&["*delete*"], &[], &[]),
+                },
+                AccessRule {
+                    matches: AccessMatch {
+                        tokens: vec!["ci".into()],
+                        ..Default::default()
+                    },
+                    allow: names(&["echo"], &[], &[]),
+                    deny: AccessNames::default(),
+                },
+            ],
+        };
+        let p = Policy::new(&cfg).unwrap();
+        let admin = jwt("alice", json!({"groups": ["admins", "x"]}));
+        let user = jwt("bob", json!({"groups": "users"}));
+        let ci = token("ci");
+        assert!(p.allows(None, Kind::Tool, "time__now"));
+        assert!(!p.allows(None, Kind::Tool, "echo"));
+        assert!(p.allows(Some(&ci), Kind::Tool, "echo"));
+        assert!(!p.allows(Some(&user), Kind::Tool, "echo"));
+        assert!(p.allows(Some(&admin), Kind::Tool, "echo"));
+        assert!(!p.allows(Some(&admin), Kind::Tool, "fs__delete_file"));
+        assert!(p.allows(Some(&admin), Kind::Prompt, "any"));
+        assert!(!p.allows(Some(&user), Kind::Prompt, "any"));
+        // The deny for everyone beats the admins' allow.
+        assert!(!p.allows(Some(&admin), Kind::Resource, "file:///secret/key"));
+        assert!(p.allows(Some(&admin), Kind::Resource, "file:///public/a"));
+    }
+
+    #[test]
+    fn subjects_scopes_and_default_allow() {
+        let cfg = AccessConfig {
+            default: AccessDefault::Allow,
+            rules: vec![AccessRule {
+                matches: AccessMatch {
+                    subjects: vec!["mallory".into()],
+                    claims: [("scope".to_string(), "mcp:read".to_string())].into(),
+                    ..Default::default()
+                },
+                allow: AccessNames::default(),
+                deny: names(&["*"], &["*"], &["*"]),
+            }],
+        };
+        let p = Policy::new(&cfg).unwrap();
+        let m = jwt("mallory", json!({"scope": "openid mcp:read"}));
+        let m2 = jwt("mallory", json!({"scope": "openid"}));
+        assert!(!p.allows(Some(&m), Kind::Tool, "t"));
+        assert!(p.allows(Some(&m2), Kind::Tool, "t"));
+        assert!(p.allows(Some(&token("x")), Kind::Tool, "t"));
+        assert!(p.allows(None, Kind::Tool, "t"));
+    }
+
+    #[test]
+    fn patterns_match_whole_names() {
+        let g = pattern("time__get_*").unwrap();
+        assert!(g.is_match("time__get_current_time"));
+        assert!(!g.is_match("xtime__get_current_time"));
+        assert!(
+            pattern("file:///a/*")
+                .unwrap()
+                .is_match("file:///a/b/c.txt")
+        );
+        assert!(pattern("ab?").unwrap().is_match("abc"));
+        assert!(pattern("[").is_err());
+    }
+}
