@@ -484,3 +484,16 @@ fn the_rotated_file_names_are_recognised_exactly() {
     got.sort();
     assert_eq!(got, [1, 12]);
 }
+
+#[test]
+fn mcpg_audit_verify_takes_one_or_more_files_and_no_config() {
+    use crate::cli::{Args, AuditCommand, Command};
+    use clap::Parser;
+    let args = Args::try_parse_from(["mcpg", "audit", "verify", "a.jsonl", "a.jsonl.1"]).unwrap();
+    assert!(matches!(
+        args.command,
+        Some(Command::Audit(AuditCommand::Verify { files })) if files.len() == 2
+    ));
+    let usage = Args::try_parse_from(["mcpg", "audit", "verify"]).unwrap_err();
+    assert_eq!(usage.exit_code(), 2);
+}
