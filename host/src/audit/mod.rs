@@ -277,7 +277,8 @@ impl WarnGate {
     fn open(&self) -> bool {
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
         let last = self.last.load(Ordering::Relaxed);
-        if last != 0 && now - last < WARN_INTERVAL.as_millis() as u64 {
+        // Saturating: another thread may have stored a later `now` than ours.
+        if last != 0 && now.saturating_sub(last) < WARN_INTERVAL.as_millis() as u64 {
             return false;
         }
         self.last

@@ -210,7 +210,14 @@ impl FileSink {
                     o.seq
                 )
             }
-            Err(e) => format!("the last line of {} is unreadable: {e}", from.display()),
+            Err(e) => {
+                // Keep the numbering going if the line still says where it was.
+                let seq = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("seq").and_then(|s| s.as_u64()));
+                sink.next_seq = seq.map_or(0, |s| s + 1);
+                format!("the last line of {} is unreadable: {e}", from.display())
+            }
         };
         tracing::error!("audit file {}: chain break: {reason}", path.display());
         let marker = chain::seal(

@@ -497,3 +497,21 @@ fn mcpg_audit_verify_takes_one_or_more_files_and_no_config() {
     let usage = Args::try_parse_from(["mcpg", "audit", "verify"]).unwrap_err();
     assert_eq!(usage.exit_code(), 2);
 }
+
+#[tokio::test]
+async fn an_unreadable_last_line_at_start_is_marked_as_a_chain_break() {
+    let dir = temp_dir();
+    let path = dir.join("audit.jsonl");
+    let cfg = config(&path, 1 << 20, 3);
+    write(&cfg, 0, 5).await;
+    let mut l = lines(&path);
+    l[4] = r#"{"seq":4,"note":"written by hand"}"#.into();
+    set_lines(&path, &l);
+    write(&cfg, 5, 2).await;
+
+    let p = problems(std::slice::from_ref(&path));
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(matches!(p[0].kind, ProblemKind::Malformed(_)) && p[0].line == 5);
+    assert!(matches!(p[1].kind, ProblemKind::ChainBreak(_)));
+    assert_eq!((p[1].line, p[1].seq), (6, Some(5)), "numbering continues");
+}
