@@ -515,3 +515,10 @@ async fn an_unreadable_last_line_at_start_is_marked_as_a_chain_break() {
     assert!(matches!(p[1].kind, ProblemKind::ChainBreak(_)));
     assert_eq!((p[1].line, p[1].seq), (6, Some(5)), "numbering continues");
 }
+
+#[tokio::test]
+async fn records_a_failing_file_cannot_take_are_counted_as_dropped() {
+    // Every write to /dev/full fails with "no space left on device".
+    let a = write(&config(Path::new("/dev/full"), 1 << 20, 0), 0, 3).await;
+    assert_eq!((a.written(), a.dropped()), (0, 3));
+}
