@@ -49,6 +49,44 @@ pub enum Command {
     /// Publish, fetch and look at plugins in OCI registries.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Check audit log files.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `mcpg audit …`
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Checks audit files against their hash chain (every record's hash, the links between
+    /// records and files, the seq numbering). Exit 0: intact; 1: problems, each printed;
+    /// 2: a file could not be read.
+    Verify {
+        /// The live file and any rotated ones (`audit.jsonl*`), in any order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Runs `mcpg audit …`.
+fn audit_command(cmd: AuditCommand) -> ExitCode {
+    let AuditCommand::Verify { files } = cmd;
+    match crate::audit::verify(&files) {
+        Ok(report) => {
+            println!("OK: {report}");
+            ExitCode::SUCCESS
+        }
+        Err(crate::audit::VerifyError::Invalid { summary, problems }) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            println!("FAILED: {} problem(s) in {summary}", problems.len());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("mcpg: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `mcpg plugin …`
@@ -235,6 +273,9 @@ pub fn main() -> ExitCode {
     if let Some(Command::Plugin(cmd)) = args.command {
         telemetry::init(&Default::default());
         return plugin_command(cmd);
+    }
+    if let Some(Command::Audit(cmd)) = args.command {
+        return audit_command(cmd);
     }
     let config_path = args
         .config
