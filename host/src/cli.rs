@@ -472,7 +472,11 @@ async fn run(
             Ok(c) => c,
             Err(e) => return fail(e),
         };
-    let gateway = match Gateway::new(&cfg, capabilities, ownership) {
+    let auditor = match crate::audit::Auditor::start(&cfg.config.audit, &node_id).await {
+        Ok(a) => a,
+        Err(e) => return fail(format!("audit: {e:#}")),
+    };
+    let gateway = match Gateway::new(&cfg, capabilities, ownership, auditor.clone()) {
         Ok(g) => g,
         Err(e) => return fail(e),
     };
@@ -538,6 +542,8 @@ async fn run(
     control.shutdown().await;
     closer.abort();
     gateway.shutdown().await;
+    // After the last request: every record of this run reaches the file.
+    auditor.shutdown().await;
     tracing::info!(drained, "stopped");
     ExitCode::SUCCESS
 }

@@ -28,6 +28,7 @@ use crate::mcp::binding::{Binding, Reply};
 use crate::mcp::forward::{self, ForwardError, Origin};
 use crate::mcp::headers as mcp_headers;
 use crate::mcp::jsonrpc::{self, Kind, Message, Parsed, code};
+use crate::mcp::observe::Observed;
 use crate::mcp::session::SessionError;
 use crate::mcp::session::{Busy, Live, Resolved};
 use crate::mcp::upstream::http::{CLIENT_HEADERS, SESSION_HEADER, VERSION_HEADER};
@@ -336,7 +337,7 @@ async fn post_as(
         {
             return forward_parked(&gw, &b, &node, &headers, bytes, id).await;
         }
-        return modern_post(&b, &headers, kind, id, msg, &who).await;
+        return modern_post(&gw, &b, &headers, kind, id, msg, &who).await;
     }
     if let Err(r) = legacy_version(&headers, &id) {
         return r;
@@ -356,7 +357,7 @@ async fn post_as(
                 None => draining_refusal(id, "no other replica is live"),
             };
         }
-        return initialize(&gw, &b, id, &msg, key(&who)).await;
+        return initialize(&gw, &b, id, &msg, &who).await;
     }
     let (live, busy) =
         match session(&gw, &b, Method::POST, &headers, &bytes, &id, origin, &who).await {
@@ -365,12 +366,14 @@ async fn post_as(
         };
     match kind {
         Kind::Request => {
+            let obs = Observed::begin(&gw.auditor, &b, &msg, "legacy", Some(&live.id), &who);
             if let Some((_, _, refusal)) = b.access.refuse(&who, &msg) {
+                obs.denied();
                 return json_response(&refusal);
             }
             let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
             let r = b.request(&live, msg).await;
-            let r = b.access.filter(&who, &method, r);
+            let r = obs.reply(b.access.filter(&who, &method, r));
             // A request may change state the record keeps (log level, subscriptions).
             gw.sessions.persist_if_dirty(&live).await;
             reply_busy(r, Some(busy))
@@ -390,6 +393,7 @@ async fn post_as(
 /// A 2026-07-28 POST: the request metadata headers are checked against the body (the body
 /// is the source of truth), then the request is served statelessly.
 async fn modern_post(
+    gw: &Gateway,
     b: &Arc<Binding>,
     headers: &HeaderMap,
     kind: Kind,
@@ -505,12 +509,14 @@ async fn modern_post(
         .filter(|(k, _)| k.as_str().starts_with(mcp_headers::PARAM_PREFIX))
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
+    let obs = Observed::begin(&gw.auditor, b, &msg, "modern", None, who);
     if let Some((_, _, refusal)) = b.access.refuse(who, &msg) {
+        obs.denied();
         return json_response(&refusal);
     }
     let method = method.to_owned();
     let r = b.modern_request(msg, extra).await;
-    modern_reply(b.access.filter(who, &method, r))
+    modern_reply(obs.reply(b.access.filter(who, &method, r)))
 }
 
 /// A modern reply: errors the specification gives a status get it (method not found 404,
@@ -572,12 +578,16 @@ async fn initialize(
     b: &Arc<Binding>,
     id: Value,
     msg: &Message,
-    identity: Option<&str>,
+    who: &Caller,
 ) -> Response {
+    let mut obs = Observed::begin(&gw.auditor, b, msg, "legacy", None, who);
     let params = msg.get("params").cloned().unwrap_or(Value::Null);
-    match gw.sessions.create(b, &params, identity).await {
+    match gw.sessions.create(b, &params, key(who)).await {
         Ok((live, result)) => {
-            let mut r = json_response(&jsonrpc::result(id, result));
+            let answer = jsonrpc::result(id, result);
+            obs.set_session(&live.id);
+            obs.finish(Some(&answer));
+            let mut r = json_response(&answer);
             r.headers_mut().insert(
                 SESSION_HEADER,
                 HeaderValue::from_str(&live.id).expect("hex session ids are valid headers"),
@@ -585,7 +595,9 @@ async fn initialize(
             r
         }
         Err(e) => {
-            let mut r = json_response(&e.to_message(id));
+            let answer = e.to_message(id);
+            obs.finish(Some(&answer));
+            let mut r = json_response(&answer);
             if e.data
                 .as_ref()
                 .is_some_and(|d| d["reason"] == "session_limit")

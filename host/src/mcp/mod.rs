@@ -26,6 +26,7 @@ pub mod jsonrpc;
 pub mod meta;
 pub mod modern;
 pub mod names;
+pub mod observe;
 pub mod ownership;
 pub mod session;
 pub mod stamped;
@@ -54,6 +55,8 @@ pub struct Gateway {
     pub max_body: usize,
     /// `listen` serves HTTPS (for URLs derived from requests).
     pub tls: bool,
+    /// The audit log every request is recorded in (when enabled).
+    pub auditor: crate::audit::Auditor,
     /// Set at the drain deadline: long-lived streams end (with a reconnect hint).
     closing: watch::Sender<bool>,
 }
@@ -65,6 +68,7 @@ impl Gateway {
         cfg: &ValidatedConfig,
         caps: Capabilities,
         ownership: Arc<Ownership>,
+        auditor: crate::audit::Auditor,
     ) -> anyhow::Result<Arc<Self>> {
         let c = &cfg.config;
         let node_id = ownership.node_id().to_owned();
@@ -106,6 +110,7 @@ impl Gateway {
             ),
             max_body: c.mcp.limits.max_request_bytes as usize,
             tls: c.server.tls.is_some(),
+            auditor,
         });
         spawn_sweeper(&gw, Duration::from_millis(c.mcp.sessions.idle_ttl_ms));
         Ok(gw)

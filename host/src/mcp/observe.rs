@@ -1,0 +1,159 @@
+//! What each MCP request leaves behind once it is answered: its audit record and its metrics,
+//! taken from the request and the response that ended it (for a streamed reply, when the
+//! stream ends: without a response, the request was cancelled).
+
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::audit::{Auditor, Outcome, Record};
+use crate::mcp::access::{Caller, target};
+use crate::mcp::binding::{Binding, Reply};
+use crate::mcp::jsonrpc::{self, Message, code};
+
+/// A request being served, until its outcome is known.
+pub struct Observed {
+    started: Instant,
+    record: Record,
+    auditor: Auditor,
+}
+
+impl Observed {
+    /// Notes a request as it arrives. `session`: the legacy session it belongs to.
+    pub fn begin(
+        auditor: &Auditor,
+        b: &Binding,
+        msg: &Message,
+        era: &'static str,
+        session: Option<&str>,
+        who: &Caller,
+    ) -> Self {
+        let method = jsonrpc::method(msg).unwrap_or_default();
+        let mut record = Record::new(era, &b.name, method);
+        record.identity = who.as_deref().map(|i| i.key.clone());
+        record.session = session.map(str::to_owned);
+        record.request_id = msg.get("id").cloned();
+        let named = target(msg).map(|(_, n)| n);
+        record.upstream = upstream_of(b, named.as_deref());
+        record.name = named;
+        if auditor.wants_arguments() {
+            record.arguments = jsonrpc::params(msg).map(|p| match p.get("arguments") {
+                Some(a) => a.clone(),
+                None => {
+                    let mut p = p.clone();
+                    // `_meta` is protocol plumbing (progress tokens, client capabilities).
+                    p.remove("_meta");
+                    Value::Object(p)
+                }
+            });
+        }
+        Self {
+            started: Instant::now(),
+            record,
+            auditor: auditor.clone(),
+        }
+    }
+
+    /// The legacy session the request started (an `initialize`).
+    pub fn set_session(&mut self, id: &str) {
+        self.record.session = Some(id.to_owned());
+    }
+
+    /// The request was refused by the access rules.
+    pub fn denied(mut self) {
+        self.record.outcome = Outcome::Denied;
+        self.done();
+    }
+
+    /// The request ended with `response` (or, `None`, without one: cancelled).
+    pub fn finish(mut self, response: Option<&Message>) {
+        self.record.outcome = match response {
+            None => Outcome::Cancelled,
+            Some(m) => match m.get("error") {
+                Some(e) => {
+                    let code = e.get("code").and_then(Value::as_i64).unwrap_or(0);
+                    if code == code::REQUEST_TIMEOUT {
+                        Outcome::TimedOut
+                    } else {
+                        Outcome::Error {
+                            code,
+                            message: e
+                                .get("message")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_owned(),
+                        }
+                    }
+                }
+                None => {
+                    if self.auditor.wants_results() {
+                        self.record.result = m.get("result").cloned();
+                    }
+                    Outcome::Ok
+                }
+            },
+        };
+        self.done();
+    }
+
+    fn done(mut self) {
+        self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        if self.auditor.enabled() {
+            self.auditor.record(self.record);
+        }
+    }
+
+    /// `reply`, observed: at once for a JSON answer, when the stream ends for a stream.
+    pub fn reply(self, reply: Reply) -> Reply {
+        match reply {
+            Reply::Json(m) => {
+                self.finish(Some(&m));
+                Reply::Json(m)
+            }
+            Reply::Stream(mut rx) => {
+                let (tx, out) = mpsc::channel(16);
+                let id = self.record.request_id.clone();
+                tokio::spawn(async move {
+                    let mut me = Some(self);
+                    while let Some(m) = rx.recv().await {
+                        let ends = is_response_to(&m, id.as_ref());
+                        if ends && let Some(o) = me.take() {
+                            o.finish(Some(&m));
+                        }
+                        if tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                    if let Some(o) = me {
+                        o.finish(None);
+                    }
+                });
+                Reply::Stream(out)
+            }
+            Reply::Accepted => {
+                self.finish(None);
+                Reply::Accepted
+            }
+        }
+    }
+}
+
+fn is_response_to(m: &Message, id: Option<&Value>) -> bool {
+    id.is_some()
+        && m.get("id") == id
+        && (m.contains_key("result") || m.contains_key("error"))
+        && !m.contains_key("method")
+}
+
+/// The upstream a name belongs to: the only one, or the one its prefix names.
+fn upstream_of(b: &Binding, name: Option<&str>) -> Option<String> {
+    if b.upstreams.len() == 1 {
+        return Some(b.upstreams[0].name.clone());
+    }
+    let name = name?;
+    b.naming
+        .name_in(name)
+        .or_else(|| b.naming.uri_in(name))
+        .map(|(i, _)| b.upstreams[i].name.clone())
+}
