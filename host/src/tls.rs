@@ -514,7 +514,12 @@ pub(crate) mod tests {
 
     fn serial_of(c: &ServerCert) -> String {
         let key = c.current.key.read().unwrap().clone();
-        Summary::of(&key.cert[0]).serial
+        serial(&key.cert[0])
+    }
+
+    /// The serial (hex) of a certificate.
+    pub(crate) fn serial(cert: &CertificateDer<'_>) -> String {
+        Summary::of(cert).serial
     }
 
     #[test]
