@@ -293,3 +293,23 @@ fn start_up_fails_naming_the_missing_key_file() {
     assert!(e.starts_with("server.admin_tls.key_file: "), "{e}");
     assert!(e.contains("absent.key"), "{e}");
 }
+
+#[tokio::test]
+async fn the_upstream_client_trusts_its_ca_file() {
+    let pki = Pki::new("upstream");
+    let other = Pki::new("upstream-other");
+    let cert = ServerCert::load("server.tls", &pki.write_leaf(5, 100)).unwrap();
+    let (running, addr) = serve(cert).await;
+    let url = format!("https://localhost:{}/healthz", addr.port());
+
+    let c = crate::mcp::upstream::http::client(Duration::from_secs(5), Some(&pki.ca_file()));
+    assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::OK);
+    let c = crate::mcp::upstream::http::client(Duration::from_secs(5), Some(&other.ca_file()));
+    assert!(c.get(&url).send().await.is_err());
+
+    assert!(
+        running
+            .shutdown(Duration::ZERO, Duration::from_secs(5))
+            .await
+    );
+}

@@ -138,7 +138,10 @@ impl Upstream {
                     url: h.url.clone(),
                     headers: h.headers.clone(),
                     // One pool per upstream, so its connections are reused across sessions.
-                    client: http::client(Duration::from_millis(h.connect_timeout_ms)),
+                    client: http::client(
+                        Duration::from_millis(h.connect_timeout_ms),
+                        h.ca_file.as_deref(),
+                    ),
                 },
                 None,
                 None,
