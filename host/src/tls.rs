@@ -62,6 +62,8 @@ struct Files {
 struct Current {
     files: Files,
     key: RwLock<Arc<CertifiedKey>>,
+    /// What the files looked like when the first pair was read, for the reloader to start from.
+    initial: (Option<(Stamp, Stamp)>, [u8; 32]),
 }
 
 impl ResolvesServerCert for Current {
@@ -80,10 +82,15 @@ impl ServerCert {
             key_file: cfg.key_file.clone(),
             interval: Duration::from_millis(cfg.reload_interval_ms.max(1)),
         };
-        let loaded = files.load()?;
+        // Stamped before reading: a write racing the read leaves a newer stamp, so the
+        // reloader looks again.
+        let stamps = files.stamps();
+        let (cert, key) = files.read()?;
+        let loaded = files.parse(&cert, &key)?;
         let current = Arc::new(Current {
             files,
             key: RwLock::new(loaded.key),
+            initial: (stamps, hash(&cert, &key)),
         });
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -108,14 +115,17 @@ impl ServerCert {
     pub fn spawn_reloader(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.current);
         let interval = self.current.files.interval;
-        let seen = Seen::now(&self.current.files);
+        let seen = Seen {
+            stamps: self.current.initial.0.clone(),
+            hash: Some(self.current.initial.1),
+        };
         tokio::spawn(reload_loop(weak, interval, seen))
     }
 }
 
 /// What the reloader last saw of both files: cheap metadata first, the contents' hash to tell
 /// a real change from a touch.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
     modified: Option<SystemTime>,
     len: u64,
@@ -124,15 +134,6 @@ struct Stamp {
 struct Seen {
     stamps: Option<(Stamp, Stamp)>,
     hash: Option<[u8; 32]>,
-}
-
-impl Seen {
-    fn now(files: &Files) -> Self {
-        let stamps = files.stamps();
-        // Hash what is on disk now; the certificate was loaded from these bytes moments ago.
-        let hash = files.read().ok().map(|(c, k)| hash(&c, &k));
-        Self { stamps, hash }
-    }
 }
 
 fn hash(cert: &[u8], key: &[u8]) -> [u8; 32] {
@@ -170,7 +171,9 @@ async fn reload_loop(current: Weak<Current>, interval: Duration, mut seen: Seen)
 fn check(cur: &Current, seen: &mut Seen) {
     let files = &cur.files;
     let stamps = files.stamps();
-    if stamps.is_some() && stamps == seen.stamps {
+    // A file that stays missing compares equal too (None), so it is reported once, not on
+    // every check.
+    if stamps == seen.stamps {
         return;
     }
     seen.stamps = stamps;
@@ -240,11 +243,6 @@ impl Files {
             read(self.cert_key(), &self.cert)?,
             read(self.key_key(), &self.key_file)?,
         ))
-    }
-
-    fn load(&self) -> Result<Loaded, LoadError> {
-        let (cert, key) = self.read()?;
-        self.parse(&cert, &key)
     }
 
     fn parse(&self, cert: &[u8], key: &[u8]) -> Result<Loaded, LoadError> {
@@ -622,6 +620,10 @@ pub(crate) mod tests {
 
         std::fs::write(&cfg.cert_file, "garbage").unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(serial_of(&c), "10");
+        // A file gone for a while is no reason to stop serving either.
+        std::fs::remove_file(&cfg.key_file).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(serial_of(&c), "10");
 
         pki.write_leaf(0x11, 100);
