@@ -424,8 +424,16 @@ async fn run(
     wait_for_cluster: bool,
     file: String,
 ) -> ExitCode {
+    // Certificates and CA files are read before anything binds, so a bad one stops start-up
+    // with its key.
+    let security = match server::Security::from_config(&cfg.config.server)
+        .and_then(|s| crate::tls::check_ca_files(&cfg.config).map(|()| s))
+    {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
     let bound = match server::Bound::bind(cfg.listen, cfg.admin_listen).await {
-        Ok(b) => b,
+        Ok(b) => b.with_security(security),
         Err(e) => return fail(e),
     };
     let main_addr = bound.main_addr().map(|a| a.to_string()).unwrap_or_default();

@@ -68,7 +68,7 @@ impl Verifier {
         let source = match (&cfg.jwks_url, &cfg.jwks_file) {
             (Some(url), _) => Source::Url {
                 url: url.clone(),
-                client: reqwest::Client::builder()
+                client: crate::tls::client_builder(cfg.ca_file.as_deref())?
                     .connect_timeout(Duration::from_secs(10))
                     .timeout(Duration::from_secs(30))
                     .build()?,

@@ -383,7 +383,8 @@ impl Checker<'_> {
             }
             return None;
         }
-        Url::parse(&format!("http://{listen}")).ok()
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        Url::parse(&format!("{scheme}://{listen}")).ok()
     }
 
     fn bindings(&mut self, s: &Sections) {

@@ -60,8 +60,14 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(secret: String, node_id: String) -> Self {
-        let client = reqwest::Client::builder()
+    /// `ca_file` (`server.forwarding_ca_file`) is trusted for replicas' `https://` URLs in
+    /// addition to the platform's roots; start-up has already checked that it reads.
+    pub fn new(secret: String, node_id: String, ca_file: Option<&std::path::Path>) -> Self {
+        let builder = crate::tls::client_builder(ca_file).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "server.forwarding_ca_file not usable; trusting the platform roots only");
+            reqwest::Client::builder()
+        });
+        let client = builder
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))

@@ -100,7 +100,11 @@ impl Gateway {
                 Duration::from_millis(c.mcp.sessions.idle_ttl_ms),
                 c.mcp.sessions.max_sessions as usize,
             ),
-            forwarder: forward::Forwarder::new(ownership.secret().to_owned(), node_id),
+            forwarder: forward::Forwarder::new(
+                ownership.secret().to_owned(),
+                node_id,
+                c.server.forwarding_ca_file.as_deref(),
+            ),
             ownership,
             closing: watch::channel(false).0,
             guard: guard::Guard::new(

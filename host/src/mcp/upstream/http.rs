@@ -21,9 +21,16 @@ use crate::mcp::jsonrpc::{self, Message};
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 
-/// Builds the HTTP client of one upstream (its own connection pool).
-pub fn client(connect_timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+/// Builds the HTTP client of one upstream (its own connection pool), trusting `ca_file` in
+/// addition to the platform's roots. Start-up has already read the file
+/// (`tls::check_ca_files`); should it have become unreadable since, the client keeps only the
+/// platform's roots and the error is logged, so the upstream's TLS fails rather than the boot.
+pub fn client(connect_timeout: Duration, ca_file: Option<&std::path::Path>) -> reqwest::Client {
+    let builder = crate::tls::client_builder(ca_file).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "upstream CA file not usable; trusting the platform roots only");
+        reqwest::Client::builder()
+    });
+    builder
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))

@@ -140,7 +140,10 @@ impl Upstream {
                     url: h.url.clone(),
                     headers: h.headers.clone(),
                     // One pool per upstream, so its connections are reused across sessions.
-                    client: http::client(Duration::from_millis(h.connect_timeout_ms)),
+                    client: http::client(
+                        Duration::from_millis(h.connect_timeout_ms),
+                        h.ca_file.as_deref(),
+                    ),
                     pass_through: h.pass_through_headers.clone(),
                 },
                 None,
