@@ -75,8 +75,8 @@ pub fn init(obs: &ObservabilityConfig) {
 
 /// The log output layer. The request span passes the level filter whatever the level, so that
 /// a `warn` line inside a request still carries the request's ids when `info` is filtered out
-/// (a span only prints as the context of lines, never on its own).
-/// Colours only on a terminal: `format: human` into a file or a pipe gets plain text.
+/// (a span only prints as the context of lines, never on its own). Colours only on a terminal:
+/// `format: human` into a file or a pipe gets plain text.
 fn log_layer<S, W>(
     json: bool,
     ansi: bool,
