@@ -305,7 +305,7 @@ pub fn main() -> ExitCode {
     {
         return fail(format!("--node-id: {e}"));
     }
-    telemetry::init(&cfg.config.observability.logs);
+    telemetry::init(&cfg.config.observability);
 
     // The plugin phase: load the coordinator plugin and let it check its own keys, positioned
     // in the file like every other config error.

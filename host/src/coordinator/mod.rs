@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use crate::config::{ClusterPlan, Diagnostic, KeyPath, ValidatedConfig};
 
+mod instrumented;
+pub use instrumented::{Instrumented, instrument};
+
 /// Why the coordinator could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -209,7 +212,7 @@ pub async fn boot(
                     message: e.to_string(),
                 })??;
             Ok(Booted {
-                coordinator,
+                coordinator: instrument(coordinator),
                 kind: kind.clone(),
                 plugin: Some(plugin),
             })
@@ -217,7 +220,7 @@ pub async fn boot(
         ClusterPlan::SingleNode => {
             let node_id = crate::identity::single_node_id(node_id_flag);
             Ok(Booted {
-                coordinator: single_node(&node_id),
+                coordinator: instrument(single_node(&node_id)),
                 kind: crate::config::model::SINGLE_NODE.into(),
                 plugin: None,
             })

@@ -1,0 +1,506 @@
+//! Telemetry: log output and the request span (this file), Prometheus metrics (`metrics`),
+//! OpenTelemetry traces and trace-context propagation (`traces`).
+//!
+//! Logs go through `tracing` to standard error: human-readable on a terminal, one flat JSON
+//! object per line otherwise. Every line emitted inside a [`request_span`] carries that
+//! request's fields (`request_id`, `session`, `binding`, …) — in JSON as top-level keys, in the
+//! human format in the span prefix. See `docs/observability.md`.
+
+pub mod metrics;
+pub mod traces;
+
+use std::fmt;
+use std::io::IsTerminal;
+
+use serde_json::{Map, Value};
+use tracing::field::{Empty, Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::field::{RecordFields, VisitOutput};
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::fmt::format::{
+    DefaultVisitor, FormatEvent, FormatFields, JsonFields, Writer,
+};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::model::{LogFormat, ObservabilityConfig};
+
+pub use traces::{
+    TracesGuard, TracingError, extract_parent, inject_headers, inject_meta, set_parent,
+    start_traces,
+};
+
+/// The name of the span [`request_span`] opens; the log filter always lets it through (see
+/// [`init`]).
+pub const REQUEST_SPAN: &str = "mcp.request";
+
+/// Installs the global subscriber: the log output and, when `observability.enabled` and
+/// `observability.tracing` is set, the OpenTelemetry layer (whose exporter starts with
+/// [`start_traces`] once the node id is known). `MCPG_LOG`, when set, overrides the configured
+/// level.
+pub fn init(obs: &ObservabilityConfig) {
+    let logs = &obs.logs;
+    let directive = std::env::var("MCPG_LOG").unwrap_or_else(|_| logs.level.clone());
+    // The loader has already checked the configured level; a bad MCPG_LOG falls back to it.
+    let filter = EnvFilter::builder()
+        .parse(&directive)
+        .or_else(|_| EnvFilter::builder().parse(&logs.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match logs.format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let otel = obs.tracing.as_ref().filter(|_| obs.enabled).map(|cfg| {
+        traces::install(cfg)
+            .layer()
+            .with_filter(traces::span_filter())
+    });
+    // `try_init` so that tests embedding the host may call this more than once.
+    let _ = tracing_subscriber::registry()
+        .with(otel)
+        .with(log_layer(
+            json,
+            std::io::stderr().is_terminal(),
+            std::io::stderr,
+            filter,
+        ))
+        .try_init();
+}
+
+/// The log output layer. The request span passes the level filter whatever the level, so that
+/// a `warn` line inside a request still carries the request's ids when `info` is filtered out
+/// (a span only prints as the context of lines, never on its own). Colours only on a terminal:
+/// `format: human` into a file or a pipe gets plain text.
+fn log_layer<S, W>(
+    json: bool,
+    ansi: bool,
+    writer: W,
+    filter: EnvFilter,
+) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = filter.or(filter_fn(|m| m.is_span() && m.name() == REQUEST_SPAN));
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi && !json);
+    if json {
+        layer
+            .event_format(FlatJson)
+            .fmt_fields(JsonFields::new())
+            .with_filter(filter)
+            .boxed()
+    } else {
+        layer.fmt_fields(HumanFields).with_filter(filter).boxed()
+    }
+}
+
+/// The span around one MCP request or notification from a client: every log line inside it
+/// carries these fields, and with tracing configured it is the request's server span (see
+/// `traces`). `era` is the protocol era (e.g. `legacy`, `2026-07-28`).
+///
+/// Fields recorded later with `Span::record`: `identity`, `upstream`, `outcome` (or through
+/// [`record_outcome`]), and the target through [`record_target`]. Call [`set_parent`] before
+/// the span is first entered, so the remote parent is in place when the span starts.
+pub fn request_span(
+    binding: &str,
+    method: &str,
+    request_id: Option<&Value>,
+    session: Option<&str>,
+    era: &'static str,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "mcpg::request",
+        "mcp.request",
+        binding,
+        method,
+        request_id = Empty,
+        session = Empty,
+        era,
+        identity = Empty,
+        upstream = Empty,
+        tool = Empty,
+        prompt = Empty,
+        resource = Empty,
+        outcome = Empty,
+        // Read by the OpenTelemetry layer only; both log formats leave `otel.*` out.
+        "otel.name" = method,
+        "otel.kind" = "server",
+        "otel.status_code" = Empty,
+    );
+    match request_id {
+        Some(Value::String(s)) => {
+            span.record("request_id", s.as_str());
+        }
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                span.record("request_id", i);
+            } else if let Some(u) = n.as_u64() {
+                span.record("request_id", u);
+            } else {
+                span.record("request_id", n.as_f64().unwrap_or_default());
+            }
+        }
+        Some(other) => {
+            span.record("request_id", tracing::field::display(other));
+        }
+        None => {}
+    }
+    if let Some(s) = session {
+        span.record("session", s);
+    }
+    traces::annotate_request(&span, method, request_id, session);
+    span
+}
+
+/// Records what the request is about, from its `params`: the tool of a `tools/call`, the
+/// prompt of a `prompts/get`, the URI of a `resources/*` request. The tool or prompt name
+/// becomes part of the trace span's name (`tools/call get_weather`).
+pub fn record_target(span: &tracing::Span, method: &str, params: Option<&Value>) {
+    let str_param = |key: &str| params.and_then(|p| p.get(key)).and_then(Value::as_str);
+    match method {
+        "tools/call" => {
+            if let Some(name) = str_param("name") {
+                span.record("tool", name);
+                traces::annotate_target(span, method, Some(("gen_ai.tool.name", name)));
+            }
+        }
+        "prompts/get" => {
+            if let Some(name) = str_param("name") {
+                span.record("prompt", name);
+                traces::annotate_target(span, method, Some(("gen_ai.prompt.name", name)));
+            }
+        }
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            if let Some(uri) = str_param("uri") {
+                span.record("resource", uri);
+                // The URI is an attribute but not part of the span name: it is unbounded.
+                traces::annotate_target(span, method, None);
+                traces::set_attribute(span, "mcp.resource.uri", uri.to_owned());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Records how the request ended (`ok`, `error`, `cancelled`, `timed_out`, `denied`,
+/// `unauthenticated`). `error` is `(error.type, description)` for a failure: per the MCP
+/// semantic conventions, the JSON-RPC error code as a string (or `tool_error` for a tool
+/// result with `isError`), and the error message.
+pub fn record_outcome(span: &tracing::Span, outcome: &str, error: Option<(&str, &str)>) {
+    span.record("outcome", outcome);
+    if let Some((error_type, message)) = error {
+        traces::mark_error(span, error_type, message);
+    }
+}
+
+/// Records the negotiated MCP protocol version (trace attribute `mcp.protocol.version`).
+pub fn record_protocol_version(span: &tracing::Span, version: &str) {
+    traces::set_attribute(span, "mcp.protocol.version", version.to_owned());
+}
+
+/// Field formatting for the human format: the default rendering, without `otel.*` fields.
+struct HumanFields;
+
+impl<'w> FormatFields<'w> for HumanFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut v = SkipOtel(DefaultVisitor::new(writer, true));
+        fields.record(&mut v);
+        v.0.finish()
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        let empty = current.fields.is_empty();
+        let mut v = SkipOtel(DefaultVisitor::new(current.as_writer(), empty));
+        fields.record(&mut v);
+        v.0.finish()
+    }
+}
+
+struct SkipOtel<V>(V);
+
+impl<V: Visit> Visit for SkipOtel<V> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if !is_otel(field) {
+            self.0.record_f64(field, value)
+        }
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if !is_otel(field) {
+            self.0.record_i64(field, value)
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if !is_otel(field) {
+            self.0.record_u64(field, value)
+        }
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if !is_otel(field) {
+            self.0.record_bool(field, value)
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if !is_otel(field) {
+            self.0.record_str(field, value)
+        }
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if !is_otel(field) {
+            self.0.record_error(field, value)
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if !is_otel(field) {
+            self.0.record_debug(field, value)
+        }
+    }
+}
+
+fn is_otel(field: &Field) -> bool {
+    field.name().starts_with("otel.")
+}
+
+/// One JSON object per line, flat for `jq`: `timestamp`, `level`, `message`, then the fields
+/// of every enclosing span from the outermost in (so `request_id` and `session` are top-level
+/// keys), then the event's own fields (which win over a span's on a name clash), then `target`.
+/// tracing-subscriber's own JSON format can flatten only the event's fields; spans go into
+/// nested `span`/`spans` objects.
+struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        let mut fields = Map::new();
+        event.record(&mut JsonVisitor(&mut fields));
+        let meta = event.metadata();
+        // Events bridged from the `log` crate carry their real target in `log.target`.
+        let target = match fields.remove("log.target") {
+            Some(Value::String(t)) => t,
+            _ => meta.target().to_owned(),
+        };
+        fields.retain(|k, _| !k.starts_with("log."));
+
+        let mut line = Map::new();
+        line.insert("timestamp".into(), Value::String(timestamp));
+        line.insert("level".into(), Value::String(meta.level().to_string()));
+        if let Some(m) = fields.remove("message") {
+            line.insert("message".into(), m);
+        }
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                // The span's fields as JsonFields stored them: a JSON object (empty string when
+                // the span has none).
+                let Some(stored) = ext.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(Value::Object(span_fields)) = serde_json::from_str(&stored.fields) {
+                    for (k, v) in span_fields {
+                        if !k.starts_with("otel.") {
+                            line.insert(k, v);
+                        }
+                    }
+                }
+            }
+        }
+        line.extend(fields);
+        line.insert("target".into(), Value::String(target));
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().into(), Value::from(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::from(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// A writer into a shared buffer, standing in for standard error.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'w self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    impl Buffer {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// Runs `f` under the log layer `init` installs, writing to a buffer; returns the output.
+    fn capture(json: bool, level: &str, f: impl FnOnce()) -> String {
+        let buf = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(log_layer(
+            json,
+            false,
+            buf.clone(),
+            EnvFilter::new(level),
+        ));
+        tracing::subscriber::with_default(subscriber, f);
+        buf.text()
+    }
+
+    fn json_lines(out: &str) -> Vec<Value> {
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    #[test]
+    fn json_lines_carry_the_request_fields_at_top_level() {
+        let out = capture(true, "info", || {
+            let span = request_span(
+                "main",
+                "tools/call",
+                Some(&json!(42)),
+                Some("sess-1"),
+                "legacy",
+            );
+            let _g = span.enter();
+            span.record("upstream", "files");
+            record_target(&span, "tools/call", Some(&json!({"name": "get_weather"})));
+            tracing::info!(bytes = 12, "relayed");
+            record_outcome(&span, "ok", None);
+            tracing::warn!("late");
+        });
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 2, "{out}");
+        let l = &lines[0];
+        assert_eq!(l["message"], "relayed");
+        assert_eq!(l["level"], "INFO");
+        assert_eq!(l["request_id"], 42);
+        assert_eq!(l["session"], "sess-1");
+        assert_eq!(l["binding"], "main");
+        assert_eq!(l["method"], "tools/call");
+        assert_eq!(l["era"], "legacy");
+        assert_eq!(l["upstream"], "files");
+        assert_eq!(l["tool"], "get_weather");
+        assert_eq!(l["bytes"], 12);
+        assert!(l["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(l.get("outcome").is_none(), "not yet recorded: {l}");
+        assert!(
+            l.as_object()
+                .unwrap()
+                .keys()
+                .all(|k| !k.starts_with("otel.")),
+            "{l}"
+        );
+        assert_eq!(lines[1]["outcome"], "ok");
+        // A string id stays a string.
+        let out = capture(true, "info", || {
+            let span = request_span("main", "ping", Some(&json!("a-1")), None, "legacy");
+            let _g = span.enter();
+            tracing::info!("x");
+        });
+        let l = &json_lines(&out)[0];
+        assert_eq!(l["request_id"], "a-1");
+        assert!(l.get("session").is_none());
+    }
+
+    #[test]
+    fn request_fields_survive_a_level_that_filters_info_out() {
+        let out = capture(true, "warn", || {
+            let span = request_span("main", "ping", Some(&json!(7)), Some("s"), "legacy");
+            let _g = span.enter();
+            tracing::info!("hidden");
+            tracing::warn!("shown");
+        });
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 1, "{out}");
+        assert_eq!(lines[0]["message"], "shown");
+        assert_eq!(lines[0]["request_id"], 7);
+        assert_eq!(lines[0]["session"], "s");
+    }
+
+    #[test]
+    fn human_lines_show_the_request_in_the_span_prefix() {
+        let out = capture(false, "info", || {
+            let span = request_span("main", "tools/call", Some(&json!(3)), Some("s-9"), "legacy");
+            let _g = span.enter();
+            record_target(&span, "tools/call", Some(&json!({"name": "echo"})));
+            tracing::info!("relayed");
+        });
+        assert!(out.contains("mcp.request{"), "{out}");
+        assert!(out.contains("request_id=3"), "{out}");
+        assert!(out.contains("session=\"s-9\""), "{out}");
+        assert!(out.contains("tool=\"echo\""), "{out}");
+        assert!(out.contains("relayed"), "{out}");
+        assert!(!out.contains("otel."), "{out}");
+    }
+
+    #[test]
+    fn lines_outside_a_request_have_no_request_fields() {
+        let out = capture(true, "info", || tracing::info!(node = "n1", "joined"));
+        let l = &json_lines(&out)[0];
+        assert_eq!(l["node"], "n1");
+        assert!(l.get("request_id").is_none());
+        assert_eq!(l["target"], module_path!());
+    }
+}
