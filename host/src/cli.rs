@@ -480,10 +480,22 @@ async fn run(
             Ok(c) => c,
             Err(e) => return fail(e),
         };
+    let obs = &cfg.config.observability;
+    // Traces need the node id (`service.instance.id`), known only now.
+    let traces = if obs.enabled {
+        match telemetry::start_traces(&node_id) {
+            Ok(t) => t,
+            Err(e) => return fail(format!("observability.tracing: {e}")),
+        }
+    } else {
+        None
+    };
     let auditor = match crate::audit::Auditor::start(&cfg.config.audit, &node_id).await {
         Ok(a) => a,
         Err(e) => return fail(format!("audit: {e:#}")),
     };
+    let (written, dropped) = auditor.counters();
+    telemetry::metrics::metrics().register_audit(written, dropped);
     let gateway = match Gateway::new(&cfg, capabilities, ownership, auditor.clone()) {
         Ok(g) => g,
         Err(e) => return fail(e),
@@ -497,7 +509,11 @@ async fn run(
         "mcpg starting"
     );
     let data = gateway.router().merge(control.meta_router());
-    let admin_routes = control.router().merge(gateway.admin_router());
+    let mut admin_routes = control.router().merge(gateway.admin_router());
+    if obs.enabled {
+        admin_routes =
+            admin_routes.route("/metrics", axum::routing::get(telemetry::metrics::handler));
+    }
     let running = match late {
         Some((running, mcp, admin)) => {
             if separate_admin {
@@ -552,6 +568,9 @@ async fn run(
     gateway.shutdown().await;
     // After the last request: every record of this run reaches the file.
     auditor.shutdown().await;
+    if let Some(t) = traces {
+        t.shutdown().await;
+    }
     tracing::info!(drained, "stopped");
     ExitCode::SUCCESS
 }

@@ -188,7 +188,7 @@ impl Binding {
             upstreams: cfg
                 .upstreams
                 .iter()
-                .map(|u| Upstream::new(u, base_dir, default_timeout))
+                .map(|u| Upstream::new(&cfg.name, u, base_dir, default_timeout))
                 .collect(),
             policy: cfg.on_upstream_failure,
             ctx,

@@ -110,6 +110,8 @@ impl Forwarder {
         let mut secret = HeaderValue::from_str(&self.secret).expect("the secret is a header value");
         secret.set_sensitive(true);
         out.insert(HeaderName::from_static(FORWARDED), secret);
+        // The owner's span becomes a child of this replica's (when traces are exported).
+        crate::telemetry::inject_headers(&tracing::Span::current(), &mut out);
         if let Ok(v) = HeaderValue::from_str(&self.node_id) {
             out.insert(HeaderName::from_static(FORWARDED_BY), v);
         }

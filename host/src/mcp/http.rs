@@ -128,6 +128,7 @@ async fn caller(gw: &Gateway, b: &Binding, headers: &HeaderMap) -> Result<Caller
         Ok(id) => Ok(Some(Arc::new(id))),
         Err(e) => {
             tracing::info!(binding = %b.name, reason = e.reason(), "request refused: {e}");
+            crate::telemetry::metrics::metrics().auth_failure(&b.name, e.reason());
             let status = if e == AuthError::InsufficientScope {
                 StatusCode::FORBIDDEN
             } else {
@@ -357,22 +358,33 @@ async fn post_as(
                 None => draining_refusal(id, "no other replica is live"),
             };
         }
-        return initialize(&gw, &b, id, &msg, &who).await;
+        return initialize(&gw, &b, &headers, id, &msg, &who).await;
     }
-    let (live, busy) =
-        match session(&gw, &b, Method::POST, &headers, &bytes, &id, origin, &who).await {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
+    // A request's span starts before its session is found, so that a request forwarded to the
+    // session's owner is traced through both replicas; it is recorded (audit, metrics) only
+    // where it is served.
+    let obs = (kind == Kind::Request).then(|| {
+        let sid = header(&headers, SESSION_HEADER);
+        Observed::begin(&gw.auditor, &b, &headers, &msg, "legacy", sid, &who)
+    });
+    let resolving = session(&gw, &b, Method::POST, &headers, &bytes, &id, origin, &who);
+    let resolved = match &obs {
+        Some(o) => o.within(resolving).await,
+        None => resolving.await,
+    };
+    let (live, busy) = match resolved {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     match kind {
         Kind::Request => {
-            let obs = Observed::begin(&gw.auditor, &b, &msg, "legacy", Some(&live.id), &who);
-            if let Some((_, _, refusal)) = b.access.refuse(&who, &msg) {
-                obs.denied();
+            let obs = obs.expect("made for requests");
+            if let Some((kind, _, refusal)) = b.access.refuse(&who, &msg) {
+                obs.denied(kind);
                 return json_response(&refusal);
             }
             let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
-            let r = b.request(&live, msg).await;
+            let r = obs.within(b.request(&live, msg)).await;
             let r = obs.reply(b.access.filter(&who, &method, r));
             // A request may change state the record keeps (log level, subscriptions).
             gw.sessions.persist_if_dirty(&live).await;
@@ -509,13 +521,13 @@ async fn modern_post(
         .filter(|(k, _)| k.as_str().starts_with(mcp_headers::PARAM_PREFIX))
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
-    let obs = Observed::begin(&gw.auditor, b, &msg, "modern", None, who);
-    if let Some((_, _, refusal)) = b.access.refuse(who, &msg) {
-        obs.denied();
+    let obs = Observed::begin(&gw.auditor, b, headers, &msg, "modern", None, who);
+    if let Some((kind, _, refusal)) = b.access.refuse(who, &msg) {
+        obs.denied(kind);
         return json_response(&refusal);
     }
     let method = method.to_owned();
-    let r = b.modern_request(msg, extra).await;
+    let r = obs.within(b.modern_request(msg, extra)).await;
     modern_reply(obs.reply(b.access.filter(who, &method, r)))
 }
 
@@ -576,13 +588,14 @@ fn modern_get_or_delete(headers: &HeaderMap) -> Option<Response> {
 async fn initialize(
     gw: &Arc<Gateway>,
     b: &Arc<Binding>,
+    headers: &HeaderMap,
     id: Value,
     msg: &Message,
     who: &Caller,
 ) -> Response {
-    let mut obs = Observed::begin(&gw.auditor, b, msg, "legacy", None, who);
+    let mut obs = Observed::begin(&gw.auditor, b, headers, msg, "legacy", None, who);
     let params = msg.get("params").cloned().unwrap_or(Value::Null);
-    match gw.sessions.create(b, &params, key(who)).await {
+    match obs.within(gw.sessions.create(b, &params, key(who))).await {
         Ok((live, result)) => {
             let answer = jsonrpc::result(id, result);
             obs.set_session(&live.id);
@@ -692,14 +705,22 @@ async fn session(
                 // Let go between resolving and starting (handed over, ended): look again.
             }
             Ok(Resolved::Remote { owner, url }) => {
-                match gw
+                let sent = gw
                     .forwarder
                     .send(&url, &b.path, method.clone(), headers, body.clone())
-                    .await
-                {
-                    Ok(r) => return Err(r),
-                    Err(ForwardError::Misdirected) => gw.sessions.forget_remote(sid),
+                    .await;
+                let m = crate::telemetry::metrics::metrics();
+                match sent {
+                    Ok(r) => {
+                        m.forwarded(&b.name, "ok");
+                        return Err(r);
+                    }
+                    Err(ForwardError::Misdirected) => {
+                        m.forwarded(&b.name, "misdirected");
+                        gw.sessions.forget_remote(sid);
+                    }
                     Err(e @ ForwardError::Unreachable { .. }) => {
+                        m.forwarded(&b.name, "unreachable");
                         gw.sessions.forget_remote(sid);
                         tracing::warn!(session = %sid, owner = %owner, error = %e, "cannot reach the session's owner; waiting for its ownership lease");
                         unreachable = Some(owner);

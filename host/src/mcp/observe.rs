@@ -1,22 +1,26 @@
-//! What each MCP request leaves behind once it is answered: its audit record and its metrics,
-//! taken from the request and the response that ended it (for a streamed reply, when the
-//! stream ends: without a response, the request was cancelled).
+//! What each MCP request leaves behind: its span (log fields, trace), and once it is answered
+//! its audit record and metrics, taken from the request and the response that ended it (for a
+//! streamed reply, when the stream ends: without a response, the request was cancelled).
 
 use std::time::Instant;
 
+use axum::http::HeaderMap;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::audit::{Auditor, Outcome, Record};
 use crate::mcp::access::{Caller, target};
 use crate::mcp::binding::{Binding, Reply};
 use crate::mcp::jsonrpc::{self, Message, code};
+use crate::telemetry::{self, metrics::metrics};
 
 /// A request being served, until its outcome is known.
 pub struct Observed {
     started: Instant,
     record: Record,
     auditor: Auditor,
+    span: tracing::Span,
 }
 
 impl Observed {
@@ -24,12 +28,22 @@ impl Observed {
     pub fn begin(
         auditor: &Auditor,
         b: &Binding,
+        headers: &HeaderMap,
         msg: &Message,
         era: &'static str,
         session: Option<&str>,
         who: &Caller,
     ) -> Self {
         let method = jsonrpc::method(msg).unwrap_or_default();
+        let params = msg.get("params");
+        let span = telemetry::request_span(&b.name, method, msg.get("id"), session, era);
+        // The caller's trace (W3C `traceparent` header, or in `_meta`) is the parent; a request
+        // forwarded by another replica carries that replica's span.
+        telemetry::set_parent(
+            &span,
+            telemetry::extract_parent(headers, params.and_then(|p| p.get("_meta"))),
+        );
+        telemetry::record_target(&span, method, params);
         let mut record = Record::new(era, &b.name, method);
         record.identity = who.as_deref().map(|i| i.key.clone());
         record.session = session.map(str::to_owned);
@@ -37,6 +51,12 @@ impl Observed {
         let named = target(msg).map(|(_, n)| n);
         record.upstream = upstream_of(b, named.as_deref());
         record.name = named;
+        if let Some(i) = &record.identity {
+            span.record("identity", i.as_str());
+        }
+        if let Some(u) = &record.upstream {
+            span.record("upstream", u.as_str());
+        }
         if auditor.wants_arguments() {
             record.arguments = jsonrpc::params(msg).map(|p| match p.get("arguments") {
                 Some(a) => a.clone(),
@@ -52,16 +72,29 @@ impl Observed {
             started: Instant::now(),
             record,
             auditor: auditor.clone(),
+            span,
         }
+    }
+
+    /// The request's span: the work serving it runs inside it.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// `fut` run inside the request's span.
+    pub fn within<F: std::future::Future>(&self, fut: F) -> tracing::instrument::Instrumented<F> {
+        fut.instrument(self.span.clone())
     }
 
     /// The legacy session the request started (an `initialize`).
     pub fn set_session(&mut self, id: &str) {
         self.record.session = Some(id.to_owned());
+        self.span.record("session", id);
     }
 
     /// The request was refused by the access rules.
-    pub fn denied(mut self) {
+    pub fn denied(mut self, kind: crate::auth::Kind) {
+        metrics().access_denied(&self.record.binding, kind.as_str());
         self.record.outcome = Outcome::Denied;
         self.done();
     }
@@ -98,7 +131,33 @@ impl Observed {
     }
 
     fn done(mut self) {
-        self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = self.started.elapsed();
+        self.record.latency_ms = elapsed.as_secs_f64() * 1000.0;
+        let label = match &self.record.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Error { .. } => "error",
+            Outcome::Cancelled => "cancelled",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Denied => "denied",
+        };
+        let code = match &self.record.outcome {
+            Outcome::Error { code, message } => Some((code.to_string(), message.clone())),
+            Outcome::TimedOut => Some((code::REQUEST_TIMEOUT.to_string(), "timed out".into())),
+            _ => None,
+        };
+        telemetry::record_outcome(
+            &self.span,
+            label,
+            code.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+        );
+        metrics().request_done(
+            &self.record.binding,
+            self.record.upstream.as_deref(),
+            &self.record.method,
+            label,
+            elapsed.as_secs_f64(),
+        );
+        self.record.trace_id = telemetry::traces::trace_id(&self.span);
         if self.auditor.enabled() {
             self.auditor.record(self.record);
         }

@@ -435,6 +435,29 @@ impl Sessions {
         });
         // Losing the ownership lease means every session served under it may be claimed by
         // another replica: let them all go (their records are no longer ours to write).
+        // The open-sessions gauge, counted here every 2 s rather than at each of the places a
+        // session starts, is claimed, ends or is let go.
+        let weak = Arc::downgrade(&s);
+        tokio::spawn(async move {
+            let mut seen: HashMap<String, i64> = HashMap::new();
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let Some(s) = weak.upgrade() else { return };
+                let mut now: HashMap<String, i64> = seen.keys().map(|k| (k.clone(), 0)).collect();
+                for l in s.live.lock().expect("lock").values() {
+                    *now.entry(l.binding.name.clone()).or_default() += 1;
+                }
+                drop(s);
+                let m = crate::telemetry::metrics::metrics();
+                for (b, n) in &now {
+                    let before = seen.get(b).copied().unwrap_or(0);
+                    if *n != before {
+                        m.sessions_open_add(b, n - before);
+                    }
+                }
+                seen = now;
+            }
+        });
         let weak = Arc::downgrade(&s);
         let mut generations = s.ownership.generations();
         tokio::spawn(async move {
@@ -964,6 +987,7 @@ impl Sessions {
             token = record.owner_token,
             "session taken over"
         );
+        crate::telemetry::metrics::metrics().takeover(&binding.name);
         let listened = record.listened.clone();
         let live = self.register(binding, record, leases);
         // Subscriptions on upstreams that speak only 2026-07-28 were watched by the previous

@@ -311,6 +311,13 @@ pub fn set_parent(span: &tracing::Span, cx: Context) {
     }
 }
 
+/// The trace id of the span, when traces are exported (for the audit record).
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
 /// Writes the span's context as `traceparent` (and `tracestate` when not empty) into the
 /// headers of a request mcpg sends: to an HTTP upstream, or to the replica a request is
 /// forwarded to. Replaces any the client sent; leaves the headers alone when tracing is off.

@@ -173,6 +173,15 @@ impl Connection {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         msg.insert("id".into(), json!(id));
+        // With traces exported, the upstream learns the request's trace in `_meta`, where the
+        // specification reserves `traceparent`; otherwise the message is left as it came.
+        let span = tracing::Span::current();
+        if crate::telemetry::traces::trace_id(&span).is_some()
+            && let Some(Value::Object(p)) = msg.get_mut("params")
+            && let Value::Object(meta) = p.entry("_meta").or_insert_with(|| json!({}))
+        {
+            crate::telemetry::inject_meta(&span, meta);
+        }
         let progress = jsonrpc::progress_token(&msg).cloned();
         if progress.is_some() {
             jsonrpc::set_progress_token(&mut msg, json!(id));

@@ -335,6 +335,11 @@ impl Transport for HttpTransport {
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
         let is_init = jsonrpc::method(&msg) == Some("initialize");
         let mut rb = self.base_request(reqwest::Method::POST);
+        let mut trace = HeaderMap::new();
+        crate::telemetry::inject_headers(&tracing::Span::current(), &mut trace);
+        if !trace.is_empty() {
+            rb = rb.headers(trace);
+        }
         if self.modern {
             rb = modern_headers(rb, &msg);
             for (k, v) in extra {

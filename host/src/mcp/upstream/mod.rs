@@ -112,6 +112,7 @@ pub struct Lease {
 
 impl Upstream {
     pub fn new(
+        binding: &str,
         cfg: &UpstreamConfig,
         base_dir: &std::path::Path,
         default_timeout: Duration,
@@ -171,6 +172,7 @@ impl Upstream {
             && s.mode == StdioMode::Shared
         {
             up.shared = Some(Self::supervise_shared(
+                binding.to_owned(),
                 cfg.name.clone(),
                 s.clone(),
                 base_dir.to_owned(),
@@ -189,6 +191,7 @@ impl Upstream {
     /// Keeps the one child of a shared stdio upstream running: starts it, and when it dies
     /// restarts it after a backoff that doubles up to `max` (reset after a minute of health).
     fn supervise_shared(
+        binding: String,
         name: String,
         cfg: StdioTransport,
         base_dir: PathBuf,
@@ -196,6 +199,7 @@ impl Upstream {
         max: Duration,
     ) -> tokio::sync::watch::Receiver<Option<Connection>> {
         let (tx, rx) = tokio::sync::watch::channel(None);
+        let metrics = crate::telemetry::metrics::metrics();
         tokio::spawn(async move {
             let mut backoff = initial;
             let mut restarts = 0u64;
@@ -205,7 +209,9 @@ impl Upstream {
                     Ok(conn) => {
                         tx.send_replace(Some(conn.clone()));
                         answer_unattributable(&conn);
+                        metrics.upstream_up(&binding, &name, true);
                         conn.closed().await;
+                        metrics.upstream_up(&binding, &name, false);
                         tx.send_replace(None);
                         if started.elapsed() > Duration::from_secs(60) {
                             backoff = initial;
@@ -222,6 +228,7 @@ impl Upstream {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(max);
                 restarts += 1;
+                metrics.upstream_restart(&binding, &name);
                 tracing::info!(upstream = %name, restarts, "restarting shared stdio upstream");
             }
         });
