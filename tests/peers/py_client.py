@@ -10,11 +10,17 @@ usage: py_client.py URL MODE PLAN
                           "events": N}}   # 2026-07-28: subscriptions/listen, then a call,
                                           # then wait (up to 30 s) for N events
 
+Environment: MCPG_TEST_BEARER, when set, is sent as `Authorization: Bearer <value>` (and
+MCPG_TEST_HEADERS, a JSON object, as further headers); MCPG_TEST_CA names a PEM file of the
+authorities to trust for an https:// URL.
+
 The report lists what the server offers (every page of every list) and what each planned
 operation returned, so the end-to-end tests can assert on what a real client saw.
 """
 
 import json
+import os
+import ssl
 import sys
 import traceback
 
@@ -69,7 +75,24 @@ async def main() -> None:
         callbacks = dict(
             sampling_callback=sampling, elicitation_callback=elicitation, list_roots_callback=roots
         )
-    async with Client(url, mode=mode, read_timeout_seconds=60, **callbacks) as c:
+    target, extra = url, {}
+    headers = json.loads(os.environ.get("MCPG_TEST_HEADERS", "{}"))
+    if os.environ.get("MCPG_TEST_BEARER"):
+        headers["Authorization"] = "Bearer " + os.environ["MCPG_TEST_BEARER"]
+    if headers or os.environ.get("MCPG_TEST_CA"):
+        import httpx2
+        from mcp.client.streamable_http import streamable_http_client
+
+        verify = True
+        if os.environ.get("MCPG_TEST_CA"):
+            verify = ssl.create_default_context(cafile=os.environ["MCPG_TEST_CA"])
+        http = httpx2.AsyncClient(
+            headers=headers, verify=verify, timeout=httpx2.Timeout(30, read=300)
+        )
+        target = streamable_http_client(url, http_client=http)
+        # A transport object has no URL to key the response cache on.
+        extra["cache"] = None
+    async with Client(target, mode=mode, read_timeout_seconds=60, **callbacks, **extra) as c:
         s = c.session
         report["protocol_version"] = c.protocol_version
         report["era"] = "modern" if getattr(s, "discover_result", None) else "legacy"

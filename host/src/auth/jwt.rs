@@ -215,17 +215,25 @@ impl Verifier {
                 "the token's algorithm does not match its key".into(),
             ));
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
-                ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (nbf)".into()),
-                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::Invalid(format!("the `{c}` claim is missing"))
+        // The algorithm was checked against the allowlist above; the library wants exactly
+        // the ones of the key's family.
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                    ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
+                    ErrorKind::ImmatureSignature => {
+                        AuthError::Invalid("not valid yet (nbf)".into())
+                    }
+                    ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                    ErrorKind::MissingRequiredClaim(c) => {
+                        AuthError::Invalid(format!("the `{c}` claim is missing"))
+                    }
+                    other => AuthError::Invalid(format!("malformed ({other:?})")),
                 }
-                _ => AuthError::Invalid("malformed".into()),
             })?;
         let claims = data.claims;
         let subject = match claims.get(&self.identity_claim) {

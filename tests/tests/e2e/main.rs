@@ -4,6 +4,7 @@
 mod harness;
 mod peers;
 
+mod access_control;
 mod bench_smoke;
 mod cluster_lifecycle;
 mod cluster_sessions;

@@ -142,6 +142,44 @@ pub fn py_client(url: &str, mode: &str, plan: serde_json::Value) -> serde_json::
     report(out, &format!("Python client ({mode})"))
 }
 
+/// [`py_client`] with extra environment (`MCPG_TEST_BEARER`, `MCPG_TEST_HEADERS`,
+/// `MCPG_TEST_CA`: see `py_client.py`).
+pub fn py_client_env(
+    url: &str,
+    mode: &str,
+    plan: serde_json::Value,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(peers_script("py_client.py"))
+        .args([url, mode, &plan.to_string()])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the Python client");
+    report(out, &format!("Python client ({mode})"))
+}
+
+/// The access-control fixture (`auth_fixture.py`: a test JWT issuer and a header-revealing
+/// HTTP upstream) on a free port; returns it and its port.
+pub fn auth_fixture() -> (Proc, u16) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(python())
+        .arg(peers_script("auth_fixture.py"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the auth fixture");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("auth fixture said {line:?}"));
+    (Proc::adopt(child), port)
+}
+
 /// The JSON report a client script printed, or a failure showing what it said.
 fn report(out: std::process::Output, who: &str) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
