@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::Gateway;
 use crate::auth::AuthError;
-use crate::mcp::access::Caller;
+use crate::mcp::access::{self, Caller};
 use crate::mcp::binding::{Binding, Reply};
 use crate::mcp::forward::{self, ForwardError, Origin};
 use crate::mcp::headers as mcp_headers;
@@ -383,8 +383,13 @@ async fn post_as(
                 obs.denied(kind);
                 return json_response(&refusal);
             }
+            if let Some(refusal) = access::task_refused(&b, &who, &msg).await {
+                obs.finish(Some(&refusal));
+                return json_response(&refusal);
+            }
             let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
             let r = obs.within(b.request(&live, msg)).await;
+            let r = access::own_tasks(&b, &who, &method, r).await;
             let r = obs.reply(b.access.filter(&who, &method, r));
             // A request may change state the record keeps (log level, subscriptions).
             gw.sessions.persist_if_dirty(&live).await;
@@ -526,8 +531,13 @@ async fn modern_post(
         obs.denied(kind);
         return json_response(&refusal);
     }
+    if let Some(refusal) = access::task_refused(b, who, &msg).await {
+        obs.finish(Some(&refusal));
+        return json_response(&refusal);
+    }
     let method = method.to_owned();
     let r = obs.within(b.modern_request(msg, extra)).await;
+    let r = access::own_tasks(b, who, &method, r).await;
     modern_reply(obs.reply(b.access.filter(who, &method, r)))
 }
 

@@ -418,3 +418,76 @@ fn a_session_is_its_makers_on_every_replica() {
     let (status, _, _) = post(a, Some(&bob), Some(&sid), &list_tools());
     assert_eq!(status, 404);
 }
+
+/// A 2026-07-28 request (the metadata headers mirror the body) with a bearer token.
+fn modern(
+    addr: SocketAddr,
+    bearer: &str,
+    method: &str,
+    name: &str,
+    mut params: Value,
+) -> (u16, String) {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"tasks": {}},
+    });
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    let auth = format!("Bearer {bearer}");
+    let (status, _, text) = http(
+        addr,
+        "POST",
+        "/mcp",
+        &[
+            MCP_JSON,
+            MCP_ACCEPT,
+            ("Authorization", &auth),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", method),
+            ("Mcp-Name", name),
+        ],
+        body.to_string().as_bytes(),
+    );
+    (status, text)
+}
+
+#[test]
+fn a_task_is_its_makers() {
+    // server-everything runs tasks; 2026-07-28 clients share mcpg's one conversation with it,
+    // so without identity binding any caller holding a task id could read it.
+    let (_fx, fixture) = auth_fixture();
+    let everything = crate::peers::everything_http();
+    let gw = Gateway::start(
+        "auth-tasks",
+        &format!(
+            "bindings:\n  - name: tasks\n    path: /mcp\n    upstreams: [{{name: everything, http: {{url: \"{}\"}}}}]\n    auth:\n      jwt: {{jwks_url: \"http://127.0.0.1:{fixture}/jwks.json\", issuer: \"http://issuer.test\", audiences: [\"http://mcpg.test/mcp\"]}}\n",
+            everything.url
+        ),
+    );
+    let alice = jwt(fixture, "sub=alice");
+    let bob = jwt(fixture, "sub=bob");
+    let (status, text) = modern(
+        gw.addr,
+        &alice,
+        "tools/call",
+        "simulate-research-query",
+        json!({"name": "simulate-research-query", "arguments": {"topic": "gateways"}, "task": {"ttl": 60000}}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let task = text
+        .split("\"taskId\":\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap_or_else(|| panic!("a task was created: {text}"))
+        .to_owned();
+    let get = json!({"taskId": task});
+    let (status, text) = modern(gw.addr, &bob, "tasks/get", &task, get.clone());
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("Task not found"),
+        "bob reads alice's task: {text}"
+    );
+    assert!(!text.contains("\"status\""), "{text}");
+    let (status, text) = modern(gw.addr, &alice, "tasks/get", &task, get);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"status\""), "alice reads her task: {text}");
+}
