@@ -16,6 +16,7 @@ mod mcp_conformance;
 mod mcp_peers;
 mod mcp_protocol;
 mod nats_cluster;
+mod observability;
 mod plugin_schemas;
 mod plugins;
 mod plugins_oci;
