@@ -87,7 +87,8 @@ impl Record {
 }
 
 /// How a request ended: `{"status":"ok"}`, `{"status":"error","code":…,"message":…}`,
-/// `{"status":"cancelled"}`, `{"status":"timed_out"}`, `{"status":"denied"}`.
+/// `{"status":"cancelled"}`, `{"status":"timed_out"}`, `{"status":"denied"}`, and
+/// `{"status":"tool_error"}` for a tool result marked `isError`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
@@ -96,6 +97,7 @@ pub enum Outcome {
     Cancelled,
     TimedOut,
     Denied,
+    ToolError,
 }
 
 /// The handle the data plane records through. Cloning is cheap.

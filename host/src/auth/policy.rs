@@ -57,8 +57,9 @@ impl Names {
     }
 }
 
-/// A name pattern: `*` any run of characters (slashes included: resource URIs are not paths
-/// here), `?` one character; everything else literal.
+/// A name pattern (glob syntax): `*` any run of characters (slashes included: resource URIs
+/// are not paths here), `?` one character, `[…]` a character class, `{a,b}` alternatives;
+/// `\` escapes.
 pub fn pattern(p: &str) -> Result<GlobMatcher, globset::Error> {
     Ok(globset::GlobBuilder::new(p)
         .literal_separator(false)

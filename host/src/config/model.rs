@@ -96,8 +96,9 @@ pub struct ServerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_tls: Option<ServerTlsConfig>,
     /// The bearer token the admin API (`/api/…`) and `/metrics` require, e.g.
-    /// `${env.MCPG_ADMIN_TOKEN}`. Required when they are reachable on a non-loopback address
-    /// (`admin_listen`, or `listen` when `admin_listen` is absent); on loopback, optional.
+    /// `${env.MCPG_ADMIN_TOKEN}`. Without it they are served only on a loopback address: on a
+    /// non-loopback `admin_listen` (or `listen` when `admin_listen` is absent) they answer
+    /// `403`, and the config check warns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 16))]
     pub admin_token: Option<String>,

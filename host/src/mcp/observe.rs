@@ -123,7 +123,16 @@ impl Observed {
                     if self.auditor.wants_results() {
                         self.record.result = m.get("result").cloned();
                     }
-                    Outcome::Ok
+                    let failed_tool = m
+                        .get("result")
+                        .and_then(|r| r.get("isError"))
+                        .and_then(Value::as_bool)
+                        == Some(true);
+                    if failed_tool {
+                        Outcome::ToolError
+                    } else {
+                        Outcome::Ok
+                    }
                 }
             },
         };
@@ -139,10 +148,12 @@ impl Observed {
             Outcome::Cancelled => "cancelled",
             Outcome::TimedOut => "timed_out",
             Outcome::Denied => "denied",
+            Outcome::ToolError => "tool_error",
         };
         let code = match &self.record.outcome {
             Outcome::Error { code, message } => Some((code.to_string(), message.clone())),
             Outcome::TimedOut => Some((code::REQUEST_TIMEOUT.to_string(), "timed out".into())),
+            Outcome::ToolError => Some(("tool_error".into(), "the tool reported an error".into())),
             _ => None,
         };
         telemetry::record_outcome(

@@ -294,7 +294,7 @@ impl Metrics {
         }
     }
 
-    /// A finished MCP request. `outcome` is one of `ok`, `error`, `cancelled`, `timed_out`,
+    /// A finished MCP request. `outcome` is one of `ok`, `error`, `cancelled`, `timed_out`, `tool_error`,
     /// `denied`, `unauthenticated`; `method` is mapped through [`method_label`].
     pub fn request_done(
         &self,

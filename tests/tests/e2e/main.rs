@@ -21,3 +21,4 @@ mod plugin_schemas;
 mod plugins;
 mod plugins_oci;
 mod redis_cluster;
+mod tls;

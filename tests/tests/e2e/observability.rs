@@ -234,11 +234,7 @@ fn metrics_pass_promtool_and_count_what_happened() {
         "mcpg_sessions_open with one raw session open: {:?}",
         open()
     );
-    // BUG (host/src/mcp/upstream/mod.rs): `mcpg_upstream_up` is set only by
-    // `supervise_shared`, i.e. for `stdio.mode: shared` children. docs/observability.md says
-    // it is 1 "while the upstream is reachable (child running, HTTP upstream answering)", but a
-    // `per_session` child (the default, running here for the open session) or an HTTP upstream
-    // never gets a series. Read while the session's child runs, asserted last.
+    // The session's child started: the last attempt to reach the upstream succeeded.
     let up = samples(
         &metrics(),
         "mcpg_upstream_up",
@@ -254,7 +250,7 @@ fn metrics_pass_promtool_and_count_what_happened() {
     assert_eq!(
         up,
         [1.0],
-        "BUG: mcpg_upstream_up has no series for a running per_session stdio upstream"
+        "mcpg_upstream_up after a per_session child started"
     );
 }
 

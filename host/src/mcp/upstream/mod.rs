@@ -79,6 +79,8 @@ enum Kind {
 /// One configured upstream of a binding.
 pub struct Upstream {
     pub name: String,
+    /// The binding it belongs to (a label of its metrics).
+    binding: String,
     kind: Kind,
     pub timeout: Duration,
     /// Caps the children of a `per_session` stdio upstream.
@@ -159,6 +161,7 @@ impl Upstream {
         });
         let mut up = Self {
             name: cfg.name.clone(),
+            binding: binding.to_owned(),
             kind,
             timeout,
             children,
@@ -244,6 +247,17 @@ impl Upstream {
     /// `initialize` while answering `server/discover`) serves the session through its shared
     /// modern conversation instead, the session's requests stamped with `_meta`.
     pub async fn connect(
+        &self,
+        hello: &Hello,
+        resume: Option<(&str, &str)>,
+    ) -> Result<Lease, RpcError> {
+        let r = self.connect_any(hello, resume).await;
+        // Health as the last attempt to reach it found it (shared children: their supervisor).
+        crate::telemetry::metrics::metrics().upstream_up(&self.binding, &self.name, r.is_ok());
+        r
+    }
+
+    async fn connect_any(
         &self,
         hello: &Hello,
         resume: Option<(&str, &str)>,
