@@ -374,7 +374,12 @@ async fn post_as(
     };
     let (live, busy) = match resolved {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => {
+            if let Some(o) = obs {
+                o.not_here();
+            }
+            return r;
+        }
     };
     match kind {
         Kind::Request => {

@@ -18,6 +18,9 @@ use crate::telemetry::{self, metrics::metrics};
 /// A request being served, until its outcome is known.
 pub struct Observed {
     started: Instant,
+    /// Until it is answered (or found not to be served here, [`Observed::not_here`]): a
+    /// request dropped before that (its client went away) is recorded as cancelled.
+    armed: bool,
     record: Record,
     auditor: Auditor,
     span: tracing::Span,
@@ -70,6 +73,7 @@ impl Observed {
         }
         Self {
             started: Instant::now(),
+            armed: true,
             record,
             auditor: auditor.clone(),
             span,
@@ -139,7 +143,14 @@ impl Observed {
         self.done();
     }
 
+    /// The request is not served on this replica (forwarded to its session's owner, which
+    /// records it; or refused before reaching its session): nothing is recorded here.
+    pub fn not_here(mut self) {
+        self.armed = false;
+    }
+
     fn done(mut self) {
+        self.armed = false;
         let elapsed = self.started.elapsed();
         self.record.latency_ms = elapsed.as_secs_f64() * 1000.0;
         let label = match &self.record.outcome {
@@ -170,7 +181,8 @@ impl Observed {
         );
         self.record.trace_id = telemetry::traces::trace_id(&self.span);
         if self.auditor.enabled() {
-            self.auditor.record(self.record);
+            let record = std::mem::replace(&mut self.record, Record::new("", "", ""));
+            self.auditor.record(record);
         }
     }
 
@@ -205,6 +217,22 @@ impl Observed {
                 self.finish(None);
                 Reply::Accepted
             }
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if self.armed {
+            // The request's future was dropped unanswered: its client disconnected.
+            let me = Observed {
+                started: self.started,
+                armed: false,
+                record: std::mem::replace(&mut self.record, Record::new("", "", "")),
+                auditor: self.auditor.clone(),
+                span: self.span.clone(),
+            };
+            me.finish(None);
         }
     }
 }

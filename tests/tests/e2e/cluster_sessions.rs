@@ -160,26 +160,27 @@ impl Cluster {
         let everything = everything_http();
         let dir = TempDir::new(tag);
         let redis = (n > 1).then(RedisServer::start);
+        let cluster = match &redis {
+            Some(r) => format!(
+                "cluster:\n  kind: redis\n  url: \"{}\"\n  key_prefix: \"e2e6:\"\n  lease_ttl_ms: 3000\n  peer_ttl_ms: 3000\n\
+                 plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n",
+                r.url(),
+                cdylib("mcpg_cluster_redis").display()
+            ),
+            None => String::new(),
+        };
+        // One config file for every replica, written once before any starts (a rewrite while
+        // one reads it would hand that one a torn file): the flags make each one itself.
+        let f = dir.write(
+            "mcpg.yaml",
+            &format!(
+                "server:\n  drain_timeout_ms: 5000\n{cluster}mcp:\n  sessions: {{owner_ttl_ms: 3000}}\n{}",
+                bindings(&everything.url)
+            ),
+        );
         let mut replicas = Vec::new();
         for i in 0..n {
             let (listen, admin) = (free_port(), free_port());
-            let cluster = match &redis {
-                Some(r) => format!(
-                    "cluster:\n  kind: redis\n  url: \"{}\"\n  key_prefix: \"e2e6:\"\n  lease_ttl_ms: 3000\n  peer_ttl_ms: 3000\n\
-                     plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n",
-                    r.url(),
-                    cdylib("mcpg_cluster_redis").display()
-                ),
-                None => String::new(),
-            };
-            // One config file for every replica: the flags make each one itself.
-            let f = dir.write(
-                "mcpg.yaml",
-                &format!(
-                    "server:\n  drain_timeout_ms: 5000\n{cluster}mcp:\n  sessions: {{owner_ttl_ms: 3000}}\n{}",
-                    bindings(&everything.url)
-                ),
-            );
             let id = format!("replica-{i}");
             let proc = Proc::spawn(
                 Command::new(bin("mcpg"))
