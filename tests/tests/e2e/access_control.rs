@@ -13,7 +13,7 @@ use mcpg_backends::RedisServer;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, cdylib, free_port, header, http, http_get, wait_until,
+    MCP_ACCEPT, MCP_JSON, bin, cdylib, header, http, http_get, start_agreeing_replicas,
 };
 use crate::peers::{Gateway, auth_fixture, py_client_env, time_stdio};
 
@@ -373,38 +373,19 @@ fn rules_shape_what_each_caller_sees_and_sessions_belong_to_their_maker() {
 fn a_session_is_its_makers_on_every_replica() {
     let (_fx, fixture) = auth_fixture();
     let redis = RedisServer::start();
-    let dir = TempDir::new("auth-cluster");
-    let config = dir.write(
-        "mcpg.yaml",
-        &format!(
-            "cluster:\n  kind: redis\n  url: \"{}\"\n  key_prefix: \"auth:\"\n\
+    let plugin = cdylib("mcpg_cluster_redis");
+    let (_dir, replicas, _) =
+        start_agreeing_replicas("auth-cluster", &["auth-a", "auth-b"], |l, adm| {
+            format!(
+                "server:\n  listen: \"127.0.0.1:{l}\"\n  admin_listen: \"127.0.0.1:{adm}\"\n\
+             cluster:\n  kind: redis\n  url: \"{}\"\n  key_prefix: \"auth:\"\n\
              plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n{}",
-            redis.url(),
-            cdylib("mcpg_cluster_redis").display(),
-            binding(fixture)
-        ),
-    );
-    let start = |id: &str| {
-        let port = free_port();
-        let proc = Proc::spawn(
-            Command::new(bin("mcpg"))
-                .arg("--config")
-                .arg(&config)
-                .args(["--node-id", id])
-                .args(["--listen", &format!("127.0.0.1:{port}")]),
-        );
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert!(
-            wait_until(Duration::from_secs(30), || matches!(
-                http_get(addr, "/readyz"),
-                Ok((200, _))
-            )),
-            "{id} never became ready"
-        );
-        (proc, addr)
-    };
-    let (_a, a) = start("auth-a");
-    let (_b, b) = start("auth-b");
+                redis.url(),
+                plugin.display(),
+                binding(fixture)
+            )
+        });
+    let (a, b) = (replicas[0].main, replicas[1].main);
     let alice = jwt(fixture, "sub=alice");
     let bob = jwt(fixture, "sub=bob");
     let sid = initialize(a, &alice);

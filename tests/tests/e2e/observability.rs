@@ -20,9 +20,9 @@ use prost::Message as _;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    MCP_ACCEPT, MCP_JSON, Proc, cdylib, http, legacy_session, start_agreeing_replicas, wait_until,
+    MCP_ACCEPT, MCP_JSON, cdylib, http, legacy_session, start_agreeing_replicas, wait_until,
 };
-use crate::peers::{Gateway, peers_script, py_client, python, time_stdio};
+use crate::peers::{Gateway, py_client, time_stdio};
 
 // ---------------------------------------------------------------------------------------------
 // Metrics
@@ -434,26 +434,6 @@ fn flatten(req: &ExportTraceServiceRequest) -> Vec<Seen> {
 /// `SPAN_KIND_SERVER` in the OTLP protobuf.
 const SERVER: i32 = 2;
 
-/// The auth fixture: its header-revealing HTTP MCP upstream is at `/mcp` on the port it
-/// prints.
-fn header_upstream() -> (Proc, u16) {
-    let mut child = Command::new(python())
-        .arg(peers_script("auth_fixture.py"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the auth fixture");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("the auth fixture said {line:?}"));
-    (Proc::adopt(child), port)
-}
-
 fn header_binding(fixture: u16) -> String {
     format!(
         "bindings:\n  - name: hdr\n    path: /mcp\n    upstreams: [{{name: hdr, http: {{url: \"http://127.0.0.1:{fixture}/mcp\", protocol: legacy}}}}]\n"
@@ -537,7 +517,7 @@ const MODERN_SPAN: &str = "53995c3f42cd8ad8";
 #[test]
 fn traces_reach_an_otlp_collector_with_mcp_attributes_and_the_callers_parent() {
     let collector = Collector::start();
-    let (_fixture, port) = header_upstream();
+    let (_fixture, port) = crate::peers::auth_fixture();
     let gw = Gateway::start(
         "obs-traces",
         &format!(
@@ -668,7 +648,7 @@ fn traces_reach_an_otlp_collector_with_mcp_attributes_and_the_callers_parent() {
 #[test]
 fn a_forwarded_request_is_traced_through_both_replicas() {
     let collector = Collector::start();
-    let (_fixture, port) = header_upstream();
+    let (_fixture, port) = crate::peers::auth_fixture();
     let redis = RedisServer::start();
     let plugin = cdylib("mcpg_cluster_redis");
     let binding = header_binding(port);
