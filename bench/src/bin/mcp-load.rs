@@ -8,6 +8,9 @@
 //! counted when their (intended) send time falls in the measured window, after the warm-up.
 //! An error is any transport failure, non-200 status, unreadable answer, JSON-RPC error, tool
 //! result with `isError: true`, or (`--tool payload`) a text of the wrong length.
+//!
+//! `--header 'Name: value'` (repeatable) adds a header to every request, e.g. a bearer token
+//! for a binding with `auth`; the report lists the names (`headers`), not the values.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
@@ -72,6 +75,23 @@ struct Args {
     /// Per-request timeout, in seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout_secs: f64,
+    /// An extra header sent on every request (`initialize`, `notifications/initialized`,
+    /// `tools/call`, the closing `DELETE`), as `'Name: value'`, e.g.
+    /// `--header 'Authorization: Bearer …'`. Repeatable.
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// `Name: value` as a header; the value is trimmed of surrounding whitespace.
+fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected 'Name: value', got {s:?}"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|e| format!("header name {:?}: {e}", name.trim()))?;
+    let value =
+        HeaderValue::from_str(value.trim()).map_err(|e| format!("header value for {name}: {e}"))?;
+    Ok((name, value))
 }
 
 /// What the workers share.
@@ -146,6 +166,9 @@ impl Worker {
                     );
                 }
             }
+        }
+        for (name, value) in &sh.args.headers {
+            h.insert(name.clone(), value.clone());
         }
         h
     }
@@ -517,6 +540,7 @@ async fn run(args: Args) -> Value {
             "mean": (hist.mean() / 100.0).round() / 10.0,
         },
         "payload_bytes": a.payload_bytes,
+        "headers": a.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
     });
     if let Some(e) = sh.first_error.lock().await.take() {
         report["first_error"] = Value::String(e);
