@@ -46,7 +46,18 @@ pub struct Verifier {
     identity_claim: String,
     required_scopes: Vec<String>,
     binding: String,
+    /// Tokens already verified, by SHA-256, with the identity they carry and until when that
+    /// answer may be reused: a client presents the same token on every request, and checking
+    /// its signature each time would dominate the cost of a small request (measured in
+    /// `bench/run-security-overhead`).
+    verified: std::sync::Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
+    leeway: u64,
 }
+
+/// How long a verified token is trusted without checking it again (so a key removed from the
+/// set stops being accepted within this time), and how many are remembered.
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+const VERIFIED_MAX: usize = 10_000;
 
 fn algorithm(a: JwtAlgorithm) -> Algorithm {
     match a {
@@ -93,6 +104,8 @@ impl Verifier {
             identity_claim: cfg.identity_claim.clone(),
             required_scopes: cfg.required_scopes.clone(),
             binding: binding.to_owned(),
+            verified: std::sync::Mutex::new(HashMap::new()),
+            leeway: cfg.clock_skew_ms.div_ceil(1000),
         });
         let every = match v.source {
             Source::Url { .. } => Duration::from_millis(cfg.jwks_refresh_ms),
@@ -178,6 +191,33 @@ impl Verifier {
 
     /// Checks a token and names its holder.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        use sha2::{Digest, Sha256};
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((who, until)) = self.verified.lock().expect("lock").get(&digest)
+            && Instant::now() < *until
+        {
+            return Ok(who.clone());
+        }
+        let who = self.verify_anew(token).await?;
+        // Reusable until the token expires (with the configured skew) or VERIFIED_FOR passes.
+        let exp = who.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(u64::MAX);
+        let left = Duration::from_secs((exp + self.leeway).saturating_sub(now));
+        let mut cache = self.verified.lock().expect("lock");
+        if cache.len() >= VERIFIED_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            digest,
+            (who.clone(), Instant::now() + left.min(VERIFIED_FOR)),
+        );
+        Ok(who)
+    }
+
+    async fn verify_anew(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("not a JWT".into()))?;
         if !self.algorithms.contains(&header.alg) {
