@@ -395,10 +395,10 @@ async fn post_as(
             let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
             let r = obs.within(b.request(&live, msg)).await;
             let r = access::own_tasks(&b, &who, &method, r).await;
-            let r = obs.reply(b.access.filter(&who, &method, r));
+            let (r, obs) = obs.reply(b.access.filter(&who, &method, r));
             // A request may change state the record keeps (log level, subscriptions).
             gw.sessions.persist_if_dirty(&live).await;
-            reply_busy(r, Some(busy))
+            reply_busy(r, Some(busy), obs)
         }
         Kind::Notification => {
             b.client_notification(&live, msg).await;
@@ -543,12 +543,13 @@ async fn modern_post(
     let method = method.to_owned();
     let r = obs.within(b.modern_request(msg, extra)).await;
     let r = access::own_tasks(b, who, &method, r).await;
-    modern_reply(obs.reply(b.access.filter(who, &method, r)))
+    let (r, obs) = obs.reply(b.access.filter(who, &method, r));
+    modern_reply(r, obs)
 }
 
 /// A modern reply: errors the specification gives a status get it (method not found 404,
 /// header and capability errors 400).
-fn modern_reply(r: Reply) -> Response {
+fn modern_reply(r: Reply, obs: Option<Observed>) -> Response {
     if let Reply::Json(m) = &r
         && let Some(code) = m
             .get("error")
@@ -568,7 +569,7 @@ fn modern_reply(r: Reply) -> Response {
             return resp;
         }
     }
-    reply(r)
+    reply_busy(r, None, obs)
 }
 
 fn http_error_data(
@@ -771,19 +772,17 @@ fn session_error(e: SessionError, id: &Value) -> Response {
     }
 }
 
-fn reply(r: Reply) -> Response {
-    reply_busy(r, None)
-}
-
 /// A reply; `busy` (the request counted as running on its session) lasts until the reply,
 /// streamed or not, has been sent.
-fn reply_busy(r: Reply, busy: Option<Busy>) -> Response {
+/// `obs` observes a streamed reply's messages as they go out.
+fn reply_busy(r: Reply, busy: Option<Busy>, mut obs: Option<Observed>) -> Response {
     match r {
         Reply::Json(m) => json_response(&m),
         Reply::Accepted => StatusCode::ACCEPTED.into_response(),
         Reply::Stream(rx) => {
             let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |m| {
                 let _held = &busy;
+                crate::mcp::observe::saw(&mut obs, &m);
                 Ok::<_, Infallible>(event(&m))
             });
             Sse::new(events)

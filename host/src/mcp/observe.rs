@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use axum::http::HeaderMap;
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::audit::{Auditor, Outcome, Record};
@@ -186,38 +185,33 @@ impl Observed {
         }
     }
 
-    /// `reply`, observed: at once for a JSON answer, when the stream ends for a stream.
-    pub fn reply(self, reply: Reply) -> Reply {
+    /// `reply`, observed: at once for a JSON answer; for a stream, the observer comes back to
+    /// go along with it (see [`saw`]) rather than a task of its own relaying it, which would
+    /// cost every streamed reply another hop between tasks.
+    pub fn reply(self, reply: Reply) -> (Reply, Option<Observed>) {
         match reply {
             Reply::Json(m) => {
                 self.finish(Some(&m));
-                Reply::Json(m)
+                (Reply::Json(m), None)
             }
-            Reply::Stream(mut rx) => {
-                let (tx, out) = mpsc::channel(16);
-                let id = self.record.request_id.clone();
-                tokio::spawn(async move {
-                    let mut me = Some(self);
-                    while let Some(m) = rx.recv().await {
-                        let ends = is_response_to(&m, id.as_ref());
-                        if ends && let Some(o) = me.take() {
-                            o.finish(Some(&m));
-                        }
-                        if tx.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                    if let Some(o) = me {
-                        o.finish(None);
-                    }
-                });
-                Reply::Stream(out)
-            }
+            Reply::Stream(rx) => (Reply::Stream(rx), Some(self)),
             Reply::Accepted => {
                 self.finish(None);
-                Reply::Accepted
+                (Reply::Accepted, None)
             }
         }
+    }
+}
+
+/// One message of a streamed reply went to the client: the response ends the request. An
+/// observer still held when the stream is dropped records the request as cancelled.
+pub fn saw(slot: &mut Option<Observed>, m: &Message) {
+    if slot
+        .as_ref()
+        .is_some_and(|o| is_response_to(m, o.record.request_id.as_ref()))
+        && let Some(o) = slot.take()
+    {
+        o.finish(Some(m));
     }
 }
 
