@@ -198,15 +198,16 @@ impl Cluster {
                 admin: format!("127.0.0.1:{admin}").parse().unwrap(),
             });
         }
-        for r in &replicas {
-            assert!(
-                wait_until(Duration::from_secs(30), || matches!(
-                    http_get(r.main, "/readyz"),
-                    Ok((200, _))
-                )),
-                "{} never became ready",
-                r.id
-            );
+        for r in &mut replicas {
+            let ready = wait_until(Duration::from_secs(60), || {
+                matches!(http_get(r.main, "/readyz"), Ok((200, _)))
+            });
+            if !ready {
+                let proc = r.proc.take().unwrap();
+                proc.signal("KILL");
+                let (status, stderr) = proc.wait(Duration::from_secs(10));
+                panic!("{} never became ready ({status}):\n{stderr}", r.id);
+            }
         }
         // Everyone sees everyone (forwarding needs the peers' advertised URLs).
         for r in &mut replicas {
