@@ -51,7 +51,6 @@ pub struct Verifier {
     /// its signature each time would dominate the cost of a small request (measured in
     /// `bench/run-security-overhead`).
     verified: std::sync::Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
-    leeway: u64,
 }
 
 /// How long a verified token is trusted without checking it again (so a key removed from the
@@ -105,7 +104,6 @@ impl Verifier {
             required_scopes: cfg.required_scopes.clone(),
             binding: binding.to_owned(),
             verified: std::sync::Mutex::new(HashMap::new()),
-            leeway: cfg.clock_skew_ms.div_ceil(1000),
         });
         let every = match v.source {
             Source::Url { .. } => Duration::from_millis(cfg.jwks_refresh_ms),
@@ -205,7 +203,7 @@ impl Verifier {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(u64::MAX);
-        let left = Duration::from_secs((exp + self.leeway).saturating_sub(now));
+        let left = Duration::from_secs((exp + self.validation.leeway).saturating_sub(now));
         let mut cache = self.verified.lock().expect("lock");
         if cache.len() >= VERIFIED_MAX {
             cache.clear();

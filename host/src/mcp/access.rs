@@ -189,6 +189,11 @@ pub async fn own_tasks(b: &Arc<Binding>, who: &Caller, method: &str, reply: Repl
         return reply;
     };
     let listing = method == "tasks/list";
+    // Only a tool call creates a task a client can see (2025-11-25 task-augmented calls,
+    // 2026-07-28 task results): any other reply is passed on as it is, with no relay.
+    if !listing && method != "tools/call" {
+        return reply;
+    }
     match reply {
         Reply::Stream(mut rx) => {
             let (tx, out) = mpsc::channel(16);
