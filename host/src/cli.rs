@@ -12,7 +12,7 @@ use crate::capabilities::Capabilities;
 use crate::config::{self, Severity};
 use crate::control::ControlPlane;
 use crate::mcp::Gateway;
-use crate::mcp::ownership::{Ownership, OwnershipError};
+use crate::mcp::cluster::ownership::{Ownership, OwnershipError};
 use crate::{coordinator, identity, server, telemetry};
 use std::sync::Arc;
 

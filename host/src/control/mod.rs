@@ -232,8 +232,8 @@ impl ControlPlane {
             "product": "mcpg",
             "version": env!("CARGO_PKG_VERSION"),
             "protocol_versions": {
-                "modern": crate::mcp::version::MODERN,
-                "legacy": crate::mcp::version::LEGACY,
+                "modern": crate::mcp::wire::version::MODERN,
+                "legacy": crate::mcp::wire::version::LEGACY,
             },
             "node_id": self.node_id,
             "instance": instance(),

@@ -9,11 +9,17 @@ use tokio::sync::mpsc;
 
 use crate::auth::{Authenticator, Identity, Kind, Policy};
 use crate::config::model::BindingConfig;
-use crate::mcp::binding::{Binding, Reply};
-use crate::mcp::jsonrpc::{self, Message, code};
+use crate::mcp::binding::Binding;
+use crate::mcp::relay::Reply;
+use crate::mcp::wire::jsonrpc::{self, Message, code};
 
 /// The caller of a request: `None` on a binding without `auth`.
 pub type Caller = Option<Arc<Identity>>;
+
+/// The caller's identity key, what sessions and tasks are bound to.
+pub fn identity_key(who: &Caller) -> Option<&str> {
+    who.as_deref().map(|i| i.key.as_str())
+}
 
 /// A binding's authentication and access rules.
 #[derive(Default)]

@@ -4,9 +4,8 @@
 //! relays server-to-client requests through the `pipelines` capability so the client's answer
 //! finds the upstream that asked.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,11 +15,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::capabilities::Capabilities;
 use crate::config::model::{BindingConfig, FailurePolicy, PrefixMode};
-use crate::mcp::jsonrpc::{self, Kind, Message, RpcError, code};
-use crate::mcp::names::{self, MergedCursor, Naming, Route};
+use crate::mcp::relay::{Inflight, Reply};
+use crate::mcp::route::names::{self, MergedCursor, Naming, Route};
 use crate::mcp::session::Live;
 use crate::mcp::upstream::{Exchange, Upstream};
-use crate::mcp::version;
+use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
+use crate::mcp::wire::version;
 
 /// How long a relayed server-to-client request waits for the client's answer.
 const CLIENT_ANSWER_TTL: Duration = Duration::from_secs(600);
@@ -39,12 +39,12 @@ impl Via<'_> {
     pub async fn prepare(&self, b: &Binding, up: usize, params: &mut Map<String, Value>) {
         match self {
             Via::Session(live) if live.is_modern(up).await => {
-                crate::mcp::stamped::stamp_params(params, live);
+                crate::mcp::bridge::legacy_to_modern::stamp_params(params, live);
             }
             Via::Modern => match b.upstreams[up].modern().await {
-                Ok(h) if h.native => crate::mcp::stamped::stamp_gateway(params),
+                Ok(h) if h.native => crate::mcp::bridge::legacy_to_modern::stamp_gateway(params),
                 // A bridging legacy session: see `meta::strip_request_fields`.
-                Ok(_) => crate::mcp::meta::strip_params_fields(params),
+                Ok(_) => crate::mcp::wire::meta::strip_params_fields(params),
                 Err(_) => {}
             },
             _ => {}
@@ -63,72 +63,6 @@ impl Via<'_> {
     }
 }
 
-/// What the gateway answers a client message with.
-pub enum Reply {
-    /// One JSON-RPC response.
-    Json(Message),
-    /// Messages about the request, ending with its response (an SSE stream).
-    Stream(mpsc::Receiver<Message>),
-    /// A notification or response was taken (202).
-    Accepted,
-}
-
-/// Requests running on this replica, by session and request id, so a cancellation arriving
-/// on the `cancellation` bus can stop them.
-#[derive(Default)]
-pub struct Inflight {
-    running: Mutex<HashMap<(String, String), oneshot::Sender<String>>>,
-}
-
-impl Inflight {
-    fn register(
-        ctx: &Arc<Context>,
-        sid: &str,
-        id: &Value,
-    ) -> (InflightGuard, oneshot::Receiver<String>) {
-        let (tx, rx) = oneshot::channel();
-        let key = (sid.to_owned(), id.to_string());
-        ctx.inflight
-            .running
-            .lock()
-            .expect("lock")
-            .insert(key.clone(), tx);
-        (
-            InflightGuard {
-                ctx: ctx.clone(),
-                key,
-            },
-            rx,
-        )
-    }
-
-    /// Stops the request if it runs here.
-    pub fn cancel(&self, sid: &str, id: &Value, reason: &str) -> bool {
-        let tx = self
-            .running
-            .lock()
-            .expect("lock")
-            .remove(&(sid.to_owned(), id.to_string()));
-        tx.is_some_and(|tx| tx.send(reason.to_owned()).is_ok())
-    }
-}
-
-struct InflightGuard {
-    ctx: Arc<Context>,
-    key: (String, String),
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.ctx
-            .inflight
-            .running
-            .lock()
-            .expect("lock")
-            .remove(&self.key);
-    }
-}
-
 /// Everything bindings share on this replica.
 pub struct Context {
     /// This replica's node id (named in the `requestState` of exchanges parked here).
@@ -136,9 +70,9 @@ pub struct Context {
     pub caps: Capabilities,
     pub inflight: Inflight,
     /// Upstream exchanges waiting for a modern client's input-required retry.
-    pub parked: crate::mcp::modern::Parked,
+    pub parked: crate::mcp::bridge::modern_to_legacy::Parked,
     /// The key that signs the `requestState` mcpg hands to modern clients.
-    pub state_key: crate::mcp::modern::StateKey,
+    pub state_key: crate::mcp::bridge::modern_to_legacy::StateKey,
     /// Bounds of each session's GET-stream event log.
     pub log_max_events: u64,
     pub log_max_age: Duration,

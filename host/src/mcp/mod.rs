@@ -1,9 +1,8 @@
 //! The MCP data plane: each binding's endpoint on `server.listen`, served as one MCP server
 //! made of the binding's upstreams.
 //!
-//! - [`jsonrpc`]: messages as raw JSON objects (lossless), error codes.
-//! - [`version`]: protocol revisions by era, negotiation.
-//! - [`meta`], [`headers`]: the 2026-07-28 per-request `_meta` keys and metadata headers.
+//! - [`wire`]: messages as raw JSON objects (lossless), revisions by era, the 2026-07-28
+//!   per-request `_meta` keys and metadata headers (pure).
 //! - [`names`]: prefixing and routing across several upstreams (pure).
 //! - [`upstream`]: connections to upstream servers (stdio, Streamable HTTP).
 //! - [`session`]: legacy-era sessions: records in the `sessions` capability, live state here.
@@ -18,20 +17,16 @@
 
 pub mod access;
 pub mod binding;
-pub mod forward;
-pub mod guard;
-pub mod headers;
-pub mod http;
-pub mod jsonrpc;
-pub mod meta;
-pub mod modern;
-pub mod names;
+pub mod bridge;
+pub mod cluster;
+pub mod front;
 pub mod observe;
-pub mod ownership;
+pub mod relay;
+pub mod route;
+pub mod serve;
 pub mod session;
-pub mod stamped;
 pub mod upstream;
-pub mod version;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +35,11 @@ use axum::Router;
 
 use crate::capabilities::Capabilities;
 use crate::config::ValidatedConfig;
-use binding::{Binding, Context, Inflight};
-use ownership::Ownership;
+use binding::{Binding, Context};
+use cluster::forward;
+use cluster::ownership::Ownership;
+use front::guard;
+use relay::Inflight;
 use session::Sessions;
 use tokio::sync::watch;
 
@@ -76,12 +74,12 @@ impl Gateway {
             node_id: node_id.clone(),
             caps: caps.clone(),
             inflight: Inflight::default(),
-            parked: modern::Parked::default(),
-            state_key: modern::StateKey::default(),
+            parked: bridge::modern_to_legacy::Parked::default(),
+            state_key: bridge::modern_to_legacy::StateKey::default(),
             log_max_events: c.mcp.sessions.event_log_max_events,
             log_max_age: Duration::from_millis(c.mcp.sessions.event_log_max_age_ms),
         });
-        modern::spawn_parked_reaper(ctx.clone());
+        bridge::modern_to_legacy::spawn_parked_reaper(ctx.clone());
         binding::spawn_cancellation_listener(ctx.clone());
         let timeout = Duration::from_millis(c.mcp.limits.request_timeout_ms);
         let bindings = c
@@ -123,7 +121,7 @@ impl Gateway {
     /// The routes of every binding, for the main listener.
     pub fn router(self: &Arc<Self>) -> Router {
         self.bindings.iter().fold(Router::new(), |r, b| {
-            r.merge(http::routes(self.clone(), b.clone()))
+            r.merge(front::routes(self.clone(), b.clone()))
         })
     }
 

@@ -15,11 +15,10 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::conn::{Connection, Transport, UpstreamError};
-use crate::mcp::headers;
-use crate::mcp::jsonrpc::{self, Message};
+use crate::mcp::wire::headers;
+use crate::mcp::wire::jsonrpc::{self, Message};
 
-pub const SESSION_HEADER: &str = "mcp-session-id";
-pub const VERSION_HEADER: &str = "mcp-protocol-version";
+use crate::mcp::wire::headers::{SESSION_HEADER, VERSION_HEADER};
 
 /// Builds the HTTP client of one upstream (its own connection pool), trusting `ca_file` in
 /// addition to the platform's roots. Start-up has already read the file
@@ -227,9 +226,9 @@ impl HttpTransport {
 fn modern_headers(mut rb: reqwest::RequestBuilder, msg: &Message) -> reqwest::RequestBuilder {
     let version = jsonrpc::params(msg)
         .and_then(|p| p.get("_meta"))
-        .and_then(|m| m.get(crate::mcp::meta::PROTOCOL_VERSION))
+        .and_then(|m| m.get(crate::mcp::wire::meta::PROTOCOL_VERSION))
         .and_then(Value::as_str)
-        .unwrap_or(crate::mcp::version::LATEST_MODERN);
+        .unwrap_or(crate::mcp::wire::version::LATEST_MODERN);
     rb = rb.header(VERSION_HEADER, version);
     if let Some(m) = jsonrpc::method(msg) {
         rb = rb.header(headers::METHOD, m);

@@ -17,8 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use conn::{Connection, Exchange, UpstreamError};
 
 use crate::config::model::{StdioMode, StdioTransport, UpstreamConfig};
-use crate::mcp::jsonrpc::{self, RpcError};
-use crate::mcp::{meta, version};
+use crate::mcp::wire::jsonrpc::{self, RpcError};
+use crate::mcp::wire::{meta, version};
 
 /// The client's side of a legacy handshake, replayed to each upstream the gateway connects
 /// for that client.

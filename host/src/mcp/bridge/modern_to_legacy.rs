@@ -18,13 +18,12 @@ use serde_json::{Map, Value, json};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use crate::mcp::binding::{
-    Binding, Context, Reply, Via, closed_error, merge_capabilities, timeout_error,
-};
-use crate::mcp::jsonrpc::{self, Kind, Message, RpcError, code};
-use crate::mcp::names::{self, Route};
+use crate::mcp::binding::{Binding, Context, Via, closed_error, merge_capabilities, timeout_error};
+use crate::mcp::relay::Reply;
+use crate::mcp::route::names::{self, Route};
 use crate::mcp::upstream::Exchange;
-use crate::mcp::{meta, version};
+use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
+use crate::mcp::wire::{meta, version};
 
 /// Methods 2026-07-28 removed; a modern client calling them gets "method not found".
 const REMOVED: &[&str] = &[

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::mcp::jsonrpc::{self, Message};
+use super::jsonrpc::{self, Message};
 
 pub const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::mcp::binding::{Binding, Reply};
-use crate::mcp::jsonrpc::{self, Kind, Message, RpcError, code};
+use crate::mcp::binding::Binding;
+use crate::mcp::relay::Reply;
 use crate::mcp::session::Live;
 use crate::mcp::upstream::Connection;
-use crate::mcp::{meta, version};
+use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
+use crate::mcp::wire::{meta, version};
 
 /// How many input-required rounds one request may take before mcpg gives up.
 const MAX_ROUNDS: usize = 16;

@@ -2,6 +2,8 @@
 //! survives this process and, with a cluster coordinator, is visible to every replica) and
 //! the live side a replica holds for a session it serves (its upstream conversations).
 
+pub mod placement;
+
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -15,9 +17,9 @@ use tokio::time::Instant;
 
 use crate::capabilities::Capability;
 use crate::mcp::binding::Binding;
-use crate::mcp::jsonrpc::{self, Kind, Message, RpcError};
-use crate::mcp::ownership::Ownership;
+use crate::mcp::cluster::ownership::Ownership;
 use crate::mcp::upstream::{Connection, Hello, Lease};
+use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError};
 use mcpg_plugin_api::coordinator::{CasOutcome, Entry};
 
 /// The format version of [`SessionRecord`]; readers refuse records of a newer format.
@@ -78,7 +80,7 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-fn record_key(id: &str) -> String {
+pub(super) fn record_key(id: &str) -> String {
     format!("s/{id}")
 }
 
@@ -364,27 +366,17 @@ pub enum SessionError {
     /// while it travelled); the forwarding replica looks again.
     #[error("this replica does not own the session")]
     Misdirected,
+    /// This replica serves its maximum of sessions (`mcp.sessions.max_sessions`).
+    #[error("this replica serves its maximum of {max} sessions; try again later")]
+    Limit { max: usize },
+    /// The session's owner could not be settled after several attempts.
+    #[error("the session's owner could not be settled; try again")]
+    Unsettled,
     #[error(transparent)]
     Rpc(#[from] RpcError),
 }
 
-/// Where a session is served.
-pub enum Resolved {
-    /// Here.
-    Local(Arc<Live>),
-    /// By another live replica, reachable at `url`.
-    Remote { owner: String, url: String },
-}
-
-/// Why a claim did not happen.
-enum Claim {
-    /// The record changed under the claim (another replica claimed it first, or its owner
-    /// wrote): look again.
-    Raced,
-    Failed(SessionError),
-}
-
-fn unavailable(message: impl Into<String>) -> SessionError {
+pub(super) fn unavailable(message: impl Into<String>) -> SessionError {
     SessionError::Rpc(RpcError::new(jsonrpc::code::INTERNAL_ERROR, message.into()))
 }
 
@@ -396,17 +388,9 @@ pub struct Sessions {
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// The most sessions served here at once (`mcp.sessions.max_sessions`).
     max_sessions: usize,
-    /// Serialises claiming one session (one lock per session id, so sessions are claimed in
-    /// parallel).
-    reviving: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
-    /// Where sessions owned elsewhere were last found, so that forwarding a request costs no
-    /// read of the record. Safe to be stale: the replica forwarded to refuses a session it
-    /// does not own, and a failed forward forgets the entry.
-    remote: Mutex<HashMap<String, (String, String, Instant)>>,
+    /// Claims in progress and where sessions owned elsewhere were last found.
+    placement: placement::Placement,
 }
-
-/// The most entries the remote-owner cache holds before it starts over.
-const REMOTE_CACHE_MAX: usize = 100_000;
 
 impl Sessions {
     pub fn new(
@@ -421,8 +405,7 @@ impl Sessions {
             max_sessions,
             idle_ttl,
             live: Mutex::new(HashMap::new()),
-            reviving: Mutex::new(HashMap::new()),
-            remote: Mutex::new(HashMap::new()),
+            placement: placement::Placement::default(),
         });
         let weak = Arc::downgrade(&s);
         let every = (idle_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
@@ -593,23 +576,18 @@ impl Sessions {
         binding: &Arc<Binding>,
         params: &Value,
         identity: Option<&str>,
-    ) -> Result<(Arc<Live>, Value), RpcError> {
+    ) -> Result<(Arc<Live>, Value), SessionError> {
         if self.live.lock().expect("lock").len() >= self.max_sessions {
-            return Err(RpcError::new(
-                jsonrpc::code::CONNECTION_CLOSED,
-                format!(
-                    "this replica serves its maximum of {} sessions; try again later",
-                    self.max_sessions
-                ),
-            )
-            .with_data(json!({"reason": "session_limit"})));
+            return Err(SessionError::Limit {
+                max: self.max_sessions,
+            });
         }
         let requested = params
             .get("protocolVersion")
             .and_then(Value::as_str)
             .ok_or_else(|| RpcError::invalid_params("`params.protocolVersion` is required"))?;
         let hello = Hello {
-            protocol_version: crate::mcp::version::negotiate_legacy(requested).to_owned(),
+            protocol_version: crate::mcp::wire::version::negotiate_legacy(requested).to_owned(),
             capabilities: params.get("capabilities").cloned().unwrap_or(json!({})),
             client_info: params.get("clientInfo").cloned().unwrap_or(json!({})),
         };
@@ -631,7 +609,7 @@ impl Sessions {
                                 l.conn.close().await;
                             }
                         }
-                        return Err(e);
+                        return Err(e.into());
                     }
                     leases.push(None);
                 }
@@ -688,10 +666,7 @@ impl Sessions {
                 Err(e) => e.to_string(),
                 _ => "a session with this id exists".into(),
             };
-            return Err(RpcError::new(
-                jsonrpc::code::INTERNAL_ERROR,
-                format!("cannot record the session: {why}"),
-            ));
+            return Err(unavailable(format!("cannot record the session: {why}")));
         }
         let live = self.register(binding, record, leases);
         tracing::info!(session = %live.id, binding = %binding.name, "session started");
@@ -742,125 +717,6 @@ impl Sessions {
         live
     }
 
-    /// Where the session a client names is served: here (already, or claimed now because its
-    /// owner is gone, handed it over, or was an earlier instance of this replica), or by the
-    /// live replica that owns it. `forwarded`: the request was forwarded here by another
-    /// replica and must not be forwarded again. `unreachable`: a replica a forward just failed
-    /// to reach; it counts as live until its ownership lease is gone, never merely because
-    /// the forward failed.
-    pub async fn resolve(
-        &self,
-        binding: &Arc<Binding>,
-        id: &str,
-        forwarded: bool,
-        unreachable: Option<&str>,
-        identity: Option<&str>,
-    ) -> Result<Resolved, SessionError> {
-        let found = self.live.lock().expect("lock").get(id).cloned();
-        if let Some(live) = found
-            && !live.is_closed()
-        {
-            if live.binding.name != binding.name {
-                return Err(SessionError::WrongBinding);
-            }
-            if live.record.lock().expect("lock").identity.as_deref() != identity {
-                return Err(SessionError::NotFound);
-            }
-            if live.touch(self.idle_ttl) {
-                self.refresh(&live).await;
-            }
-            return Ok(Resolved::Local(live));
-        }
-        let ttl = self.ownership.owner_ttl();
-        if !forwarded && unreachable.is_none() {
-            let cached = self.remote.lock().expect("lock").get(id).cloned();
-            if let Some((owner, url, at)) = cached
-                && at.elapsed() < ttl
-            {
-                return Ok(Resolved::Remote { owner, url });
-            }
-        }
-        let deadline = Instant::now() + ttl + ttl / 2 + Duration::from_secs(2);
-        let mut fresh = false;
-        loop {
-            let (_, record) = self.read(binding, id).await?;
-            // Checked before forwarding or claiming: another identity learns nothing, not
-            // even which replica serves the session (the owner checks again).
-            if record.identity.as_deref() != identity {
-                return Err(SessionError::NotFound);
-            }
-            let owner = record.owner.as_str();
-            let claimable = if owner.is_empty() {
-                true
-            } else if owner == self.node_id() {
-                // Recorded as ours but not live here: an earlier instance of this replica, or
-                // a lease since lost. Holding the lease now proves that holder is gone.
-                self.ownership.held()
-            } else {
-                if Some(owner) != unreachable
-                    && let Some(url) = self.ownership.peer_url(owner, fresh).await
-                {
-                    if forwarded {
-                        return Err(SessionError::Misdirected);
-                    }
-                    let mut cache = self.remote.lock().expect("lock");
-                    if cache.len() >= REMOTE_CACHE_MAX {
-                        cache.clear();
-                    }
-                    cache.insert(
-                        id.to_owned(),
-                        (owner.to_owned(), url.clone(), Instant::now()),
-                    );
-                    drop(cache);
-                    return Ok(Resolved::Remote {
-                        owner: owner.to_owned(),
-                        url,
-                    });
-                }
-                // Its presence is gone (or it cannot be reached): its lease decides.
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(unavailable(format!(
-                        "the replica that owns this session ({owner}) cannot be reached and still holds its ownership lease; try again"
-                    )));
-                }
-                self.ownership
-                    .owner_gone(owner, left.min(Duration::from_millis(500)))
-                    .await
-                    .map_err(|e| unavailable(format!("the coordinator: {e}")))?
-            };
-            if claimable {
-                if self.ownership.draining()
-                    && !forwarded
-                    && let Some((owner, url)) = self.ownership.other_peer().await
-                {
-                    // A draining replica takes nothing over: the session goes to a peer.
-                    return Ok(Resolved::Remote { owner, url });
-                }
-                match self.claim(binding, id, &record.owner).await {
-                    Ok(live) => {
-                        live.touch(self.idle_ttl);
-                        return Ok(Resolved::Local(live));
-                    }
-                    Err(Claim::Raced) => {}
-                    Err(Claim::Failed(e)) => return Err(e),
-                }
-            } else if Instant::now() >= deadline {
-                return Err(unavailable(
-                    "the session's owner did not hand it over in time; try again",
-                ));
-            } else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            fresh = true;
-        }
-    }
-
-    /// Forgets where a session was found elsewhere (a forward there failed or was refused).
-    pub fn forget_remote(&self, id: &str) {
-        self.remote.lock().expect("lock").remove(id);
-    }
-
     /// The session's record, checked for format and binding.
     async fn read(
         &self,
@@ -901,113 +757,6 @@ impl Sessions {
             return Err(SessionError::NotFound);
         }
         Ok(())
-    }
-
-    /// Claims a session whose owner was `seen_owner`: the record is rewritten with this
-    /// replica and its lease's token (compare-and-swap: one claimant wins), then its upstream
-    /// conversations are resumed (HTTP sessions by id) or started anew (children, with the
-    /// client's recorded hello).
-    async fn claim(
-        &self,
-        binding: &Arc<Binding>,
-        id: &str,
-        seen_owner: &str,
-    ) -> Result<Arc<Live>, Claim> {
-        let lock = self
-            .reviving
-            .lock()
-            .expect("lock")
-            .entry(id.to_owned())
-            .or_default()
-            .clone();
-        let guard = lock.lock().await;
-        let r = self.claim_locked(binding, id, seen_owner).await;
-        drop(guard);
-        self.reviving.lock().expect("lock").remove(id);
-        r
-    }
-
-    async fn claim_locked(
-        &self,
-        binding: &Arc<Binding>,
-        id: &str,
-        seen_owner: &str,
-    ) -> Result<Arc<Live>, Claim> {
-        if let Some(l) = self.live.lock().expect("lock").get(id).cloned()
-            && !l.is_closed()
-        {
-            return Ok(l);
-        }
-        let (entry, mut record) = self.read(binding, id).await.map_err(Claim::Failed)?;
-        if record.owner != seen_owner {
-            return Err(Claim::Raced);
-        }
-        let previous = std::mem::take(&mut record.owner);
-        record.owner = self.node_id().to_owned();
-        record.owner_token = self.ownership.token();
-        record.active_ms = now_ms();
-        match self
-            .cap
-            .store
-            .compare_and_swap(
-                &record_key(id),
-                entry.revision,
-                serde_json::to_vec(&record).expect("serialisable"),
-                Some(self.record_ttl()),
-            )
-            .await
-        {
-            Ok(CasOutcome::Swapped(_)) => {}
-            Ok(CasOutcome::Mismatch(_)) => return Err(Claim::Raced),
-            Err(e) => {
-                return Err(Claim::Failed(unavailable(format!(
-                    "the sessions store: {e}"
-                ))));
-            }
-        }
-        let connects = binding.upstreams.iter().map(|u| {
-            let resume = record.upstream_sessions.get(&u.name).map(|s| {
-                let version = record
-                    .upstream_versions
-                    .get(&u.name)
-                    .unwrap_or(&record.protocol_version);
-                (s.as_str(), version.as_str())
-            });
-            u.connect(&record.hello, resume)
-        });
-        let leases: Vec<Option<Lease>> = futures::future::join_all(connects)
-            .await
-            .into_iter()
-            .map(Result::ok)
-            .collect();
-        tracing::info!(
-            session = %id,
-            binding = %binding.name,
-            previous_owner = %previous,
-            token = record.owner_token,
-            "session taken over"
-        );
-        crate::telemetry::metrics::metrics().takeover(&binding.name);
-        let listened = record.listened.clone();
-        let live = self.register(binding, record, leases);
-        // Subscriptions on upstreams that speak only 2026-07-28 were watched by the previous
-        // owner's listens: watch them from here.
-        for (name, uris) in listened {
-            let Some(up) = binding.upstreams.iter().position(|u| u.name == name) else {
-                continue;
-            };
-            let (b, l) = (binding.clone(), live.clone());
-            tokio::spawn(async move {
-                let started = match l.conn(up).await {
-                    Ok(conn) => b.start_listen(&l, up, &conn, uris).await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = started {
-                    tracing::warn!(session = %l.id, upstream = %name, error = %e, "cannot watch the session's subscriptions again");
-                }
-            });
-        }
-        Ok(live)
     }
 
     /// Writes a live session's record again (TTL refresh, new upstream session ids), fenced:

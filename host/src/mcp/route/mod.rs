@@ -1,0 +1,4 @@
+//! Where a client request goes among a binding's upstreams: names prefixed and unprefixed,
+//! merged cursors ([`names`], pure).
+
+pub mod names;

@@ -1,0 +1,48 @@
+//! The pipeline every admitted client request goes through, written once for both eras:
+//! access rules, task ownership, dispatch to the binding (within a legacy session, or
+//! statelessly for 2026-07-28), tasks the answer creates recorded as the caller's, list
+//! results narrowed to what the caller may see. The request is observed throughout.
+
+use std::sync::Arc;
+
+use crate::mcp::access::{self, Caller};
+use crate::mcp::binding::Binding;
+use crate::mcp::observe::Observed;
+use crate::mcp::relay::Reply;
+use crate::mcp::session::Live;
+use crate::mcp::wire::jsonrpc::{self, Message};
+
+/// How a request reaches its upstreams.
+pub enum Dispatch<'a> {
+    /// Within the client's legacy session.
+    Session(&'a Arc<Live>),
+    /// Statelessly (2026-07-28), with the client's `Mcp-Param-*` headers for upstreams that
+    /// speak the revision.
+    Stateless(Vec<(String, String)>),
+}
+
+/// Serves one request; the reply, and the observation still running while a streamed reply
+/// is sent.
+pub async fn serve(
+    b: &Arc<Binding>,
+    who: &Caller,
+    obs: Observed,
+    msg: Message,
+    dispatch: Dispatch<'_>,
+) -> (Reply, Option<Observed>) {
+    if let Some((kind, _, refusal)) = b.access.refuse(who, &msg) {
+        obs.denied(kind);
+        return (Reply::Json(refusal), None);
+    }
+    if let Some(refusal) = access::task_refused(b, who, &msg).await {
+        obs.finish(Some(&refusal));
+        return (Reply::Json(refusal), None);
+    }
+    let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
+    let r = match dispatch {
+        Dispatch::Session(live) => obs.within(b.request(live, msg)).await,
+        Dispatch::Stateless(extra) => obs.within(b.modern_request(msg, extra)).await,
+    };
+    let r = access::own_tasks(b, who, &method, r).await;
+    obs.reply(b.access.filter(who, &method, r))
+}
