@@ -39,7 +39,6 @@ use binding::{Binding, Context};
 use cluster::forward;
 use cluster::ownership::Ownership;
 use front::guard;
-use relay::Inflight;
 use session::Sessions;
 use tokio::sync::watch;
 
@@ -53,6 +52,9 @@ pub struct Gateway {
     pub max_body: usize,
     /// `listen` serves HTTPS (for URLs derived from requests).
     pub tls: bool,
+    /// Exchanges of 2026-07-28 clients parked between input-required rounds, and the key
+    /// signing their `requestState`.
+    pub bridge: Arc<bridge::modern_to_legacy::Bridge>,
     /// The audit log every request is recorded in (when enabled).
     pub auditor: crate::audit::Auditor,
     /// Set at the drain deadline: long-lived streams end (with a reconnect hint).
@@ -71,16 +73,16 @@ impl Gateway {
         let c = &cfg.config;
         let node_id = ownership.node_id().to_owned();
         let ctx = Arc::new(Context {
-            node_id: node_id.clone(),
             caps: caps.clone(),
-            inflight: Inflight::default(),
-            parked: bridge::modern_to_legacy::Parked::default(),
-            state_key: bridge::modern_to_legacy::StateKey::default(),
-            log_max_events: c.mcp.sessions.event_log_max_events,
-            log_max_age: Duration::from_millis(c.mcp.sessions.event_log_max_age_ms),
+            inflight: Default::default(),
+            delivery: session::delivery::Delivery::new(
+                caps.delivery.clone(),
+                c.mcp.sessions.event_log_max_events,
+                Duration::from_millis(c.mcp.sessions.event_log_max_age_ms),
+            ),
+            server_requests: session::server_requests::ServerRequests::new(caps.pipelines.clone()),
         });
-        bridge::modern_to_legacy::spawn_parked_reaper(ctx.clone());
-        binding::spawn_cancellation_listener(ctx.clone());
+        relay::cancel::spawn_listener(ctx.inflight.clone(), caps.cancellation.clone());
         let timeout = Duration::from_millis(c.mcp.limits.request_timeout_ms);
         let bindings = c
             .bindings
@@ -103,6 +105,10 @@ impl Gateway {
                 node_id,
                 c.server.forwarding_ca_file.as_deref(),
             ),
+            bridge: bridge::modern_to_legacy::Bridge::new(
+                ownership.node_id().to_owned(),
+                caps.pipelines.clone(),
+            ),
             ownership,
             closing: watch::channel(false).0,
             guard: guard::Guard::new(
@@ -114,7 +120,7 @@ impl Gateway {
             tls: c.server.tls.is_some(),
             auditor,
         });
-        spawn_sweeper(&gw, Duration::from_millis(c.mcp.sessions.idle_ttl_ms));
+        gw.sessions.spawn_sweeper(gw.bindings.clone());
         Ok(gw)
     }
 
@@ -165,29 +171,6 @@ impl Gateway {
         self.sessions.close_all().await;
         self.ownership.release().await;
     }
-}
-
-/// The lease under which one replica at a time sweeps sessions left idle by departed replicas.
-const SWEEPER_LEASE: &str = "mcpg/sessions/sweeper";
-
-/// Every quarter of the idle TTL (between 1 s and 5 min), whichever replica takes the sweeper
-/// lease ends the sessions that departed replicas left idle ([`Sessions::sweep`]).
-fn spawn_sweeper(gw: &Arc<Gateway>, idle_ttl: Duration) {
-    let every = (idle_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
-    let weak = Arc::downgrade(gw);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            let Some(gw) = weak.upgrade() else { return };
-            if gw.ownership.draining() {
-                return;
-            }
-            if let Some(lease) = gw.ownership.try_lease(SWEEPER_LEASE, every * 2).await {
-                gw.sessions.sweep(&gw.bindings).await;
-                let _ = lease.release().await;
-            }
-        }
-    });
 }
 
 /// `GET /api/cluster/sessions/{id}`: a legacy session's record (owner, binding, revision,

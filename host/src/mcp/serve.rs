@@ -9,17 +9,8 @@ use crate::mcp::access::{self, Caller};
 use crate::mcp::binding::Binding;
 use crate::mcp::observe::Observed;
 use crate::mcp::relay::Reply;
-use crate::mcp::session::Live;
+use crate::mcp::route::dispatch::{self, Client};
 use crate::mcp::wire::jsonrpc::{self, Message};
-
-/// How a request reaches its upstreams.
-pub enum Dispatch<'a> {
-    /// Within the client's legacy session.
-    Session(&'a Arc<Live>),
-    /// Statelessly (2026-07-28), with the client's `Mcp-Param-*` headers for upstreams that
-    /// speak the revision.
-    Stateless(Vec<(String, String)>),
-}
 
 /// Serves one request; the reply, and the observation still running while a streamed reply
 /// is sent.
@@ -28,7 +19,7 @@ pub async fn serve(
     who: &Caller,
     obs: Observed,
     msg: Message,
-    dispatch: Dispatch<'_>,
+    client: Client<'_>,
 ) -> (Reply, Option<Observed>) {
     if let Some((kind, _, refusal)) = b.access.refuse(who, &msg) {
         obs.denied(kind);
@@ -39,10 +30,7 @@ pub async fn serve(
         return (Reply::Json(refusal), None);
     }
     let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
-    let r = match dispatch {
-        Dispatch::Session(live) => obs.within(b.request(live, msg)).await,
-        Dispatch::Stateless(extra) => obs.within(b.modern_request(msg, extra)).await,
-    };
+    let r = obs.within(dispatch::dispatch(b, client, msg)).await;
     let r = access::own_tasks(b, who, &method, r).await;
     obs.reply(b.access.filter(who, &method, r))
 }

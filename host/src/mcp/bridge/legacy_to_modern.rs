@@ -10,295 +10,190 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::mcp::binding::Binding;
 use crate::mcp::relay::Reply;
+use crate::mcp::relay::exchange::{Call, response_out};
 use crate::mcp::session::Live;
 use crate::mcp::upstream::Connection;
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
-use crate::mcp::wire::{meta, version};
 
 /// How many input-required rounds one request may take before mcpg gives up.
 const MAX_ROUNDS: usize = 16;
 
 /// Adds the session's per-request `_meta` to a request.
 fn stamp(msg: &mut Message, live: &Live) {
-    stamp_params(jsonrpc::params_mut(msg), live);
+    live.stamp(jsonrpc::params_mut(msg));
 }
 
-/// Adds the session's per-request `_meta` (what its client's `initialize` declared) to
-/// request params.
-pub(crate) fn stamp_params(params: &mut Map<String, Value>, live: &Live) {
-    let hello = live.record.lock().expect("lock").hello.clone();
-    let level = live.log_level.lock().expect("lock").clone();
-    let caps = if hello.capabilities.is_object() {
-        hello.capabilities
-    } else {
-        json!({})
-    };
-    stamp_with(params, caps, hello.client_info, level);
-}
-
-/// Adds mcpg's own per-request `_meta` to params that carry none (requests mcpg makes itself
-/// on a 2026-07-28 conversation, such as searching a list).
-pub(crate) fn stamp_gateway(params: &mut Map<String, Value>) {
-    let has = params
-        .get("_meta")
-        .and_then(|m| m.get(meta::PROTOCOL_VERSION))
-        .is_some();
-    if !has {
-        stamp_with(
-            params,
-            json!({}),
-            json!({"name": "mcpg", "version": env!("CARGO_PKG_VERSION")}),
-            None,
-        );
-    }
-}
-
-fn stamp_with(params: &mut Map<String, Value>, caps: Value, info: Value, level: Option<Value>) {
-    let m = params
-        .entry("_meta")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Some(m) = m.as_object_mut() {
-        m.insert(meta::PROTOCOL_VERSION.into(), json!(version::LATEST_MODERN));
-        m.insert(meta::CLIENT_CAPABILITIES.into(), caps);
-        if !info.is_null() {
-            m.insert(meta::CLIENT_INFO.into(), info);
-        }
-        if let Some(l) = level {
-            m.insert(meta::LOG_LEVEL.into(), l);
-        }
-    }
-}
-
-impl Binding {
-    /// A legacy session's request to an upstream that speaks only 2026-07-28.
-    pub(crate) async fn forward_stamped(
-        self: &Arc<Self>,
-        live: &Arc<Live>,
-        up: usize,
-        conn: Connection,
-        id: Value,
-        method: String,
-        mut msg: Message,
-    ) -> Reply {
-        if method == "resources/subscribe" || method == "resources/unsubscribe" {
-            return Reply::Json(
-                match self.stamped_subscription(live, up, &method, &msg).await {
-                    Ok(r) => jsonrpc::result(id, r),
-                    Err(e) => e.to_message(id),
-                },
-            );
-        }
-        stamp(&mut msg, live);
-        let (tx, rx) = mpsc::channel(64);
-        let me = self.clone();
-        let live = live.clone();
-        tokio::spawn(async move {
-            me.run_stamped(live, up, id, method, conn, msg, tx).await;
+/// A legacy session's request to an upstream that speaks only 2026-07-28.
+pub async fn forward(call: Call, conn: Connection, mut msg: Message) -> Reply {
+    if call.method == "resources/subscribe" || call.method == "resources/unsubscribe" {
+        let r = subscription(&call.live, call.up, &call.method, &msg).await;
+        return Reply::Json(match r {
+            Ok(r) => jsonrpc::result(call.id, r),
+            Err(e) => e.to_message(call.id),
         });
-        Reply::Stream(rx)
     }
+    stamp(&mut msg, &call.live);
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(run(call, conn, msg, tx));
+    Reply::Stream(rx)
+}
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run_stamped(
-        self: Arc<Self>,
-        live: Arc<Live>,
-        up: usize,
-        id: Value,
-        method: String,
-        conn: Connection,
-        mut msg: Message,
-        tx: mpsc::Sender<Message>,
-    ) {
-        let name = self.upstreams[up].name.clone();
-        let deadline = tokio::time::Instant::now() + self.upstreams[up].timeout;
-        let fail = |code: i64, message: String| jsonrpc::error(id.clone(), code, message, None);
-        for _ in 0..MAX_ROUNDS {
-            let mut ex = match conn.request(msg.clone()).await {
-                Ok(ex) => ex,
-                Err(e) => {
-                    let _ = tx.send(e.to_rpc().to_message(id.clone())).await;
-                    return;
-                }
-            };
-            let response = loop {
-                let m = tokio::select! {
-                    m = ex.next() => m,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        let _ = tx.send(fail(code::REQUEST_TIMEOUT, format!("upstream `{name}` did not answer in time"))).await;
-                        return;
-                    }
-                };
-                match m {
-                    None => {
-                        let _ = tx
-                            .send(fail(
-                                code::CONNECTION_CLOSED,
-                                format!("upstream `{name}` closed the connection before answering"),
-                            ))
-                            .await;
-                        return;
-                    }
-                    Some(mut m) if jsonrpc::kind(&m) == Kind::Notification => {
-                        self.naming.notification_out(up, &mut m);
-                        if tx.send(m).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(m) if jsonrpc::kind(&m) == Kind::Response => break m,
-                    Some(_) => {}
-                }
-            };
-            let result = response.get("result").cloned().unwrap_or(Value::Null);
-            if result["resultType"] != "input_required" {
-                let _ = tx.send(self.response_out(&method, up, id, response)).await;
+/// Runs the request's rounds: each input-required result is asked of the client as server
+/// requests on the request's stream, and the request sent again with the answers.
+async fn run(call: Call, conn: Connection, mut msg: Message, tx: mpsc::Sender<Message>) {
+    let Call {
+        b,
+        live,
+        up,
+        id,
+        method,
+    } = call;
+    let name = b.upstreams[up].name.clone();
+    let deadline = tokio::time::Instant::now() + b.upstreams[up].timeout;
+    let fail = |code: i64, message: String| jsonrpc::error(id.clone(), code, message, None);
+    for _ in 0..MAX_ROUNDS {
+        let mut ex = match conn.request(msg.clone()).await {
+            Ok(ex) => ex,
+            Err(e) => {
+                let _ = tx.send(e.to_rpc().to_message(id.clone())).await;
                 return;
             }
-            // Ask the client each input request as a server request, on this stream.
-            let mut waits = Vec::new();
-            let forget = |waits: &[(String, String, oneshot::Receiver<Message>)]| {
-                let mut w = live.waiters.lock().expect("lock");
-                for (_, gid, _) in waits {
-                    w.remove(gid);
-                }
-            };
-            for (key, req) in result["inputRequests"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default()
-            {
-                let gid = format!("mcpg-{}", uuid::Uuid::new_v4().simple());
-                let (wtx, wrx) = oneshot::channel();
-                live.waiters.lock().expect("lock").insert(gid.clone(), wtx);
-                let request = jsonrpc::request(
-                    json!(gid),
-                    req["method"].as_str().unwrap_or_default(),
-                    req.get("params").cloned(),
-                );
-                waits.push((key, gid, wrx));
-                if tx.send(request).await.is_err() {
-                    forget(&waits);
+        };
+        let response = loop {
+            let m = tokio::select! {
+                m = ex.next() => m,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let _ = tx.send(fail(code::REQUEST_TIMEOUT, format!("upstream `{name}` did not answer in time"))).await;
                     return;
                 }
-            }
-            let mut answers = Map::new();
-            let asked: Vec<String> = waits.iter().map(|(_, gid, _)| gid.clone()).collect();
-            for (key, _, wrx) in waits {
-                match tokio::time::timeout_at(deadline, wrx).await {
-                    Ok(Ok(answer)) => {
-                        if let Some(r) = answer.get("result") {
-                            answers.insert(key, r.clone());
-                        }
-                    }
-                    _ => {
-                        {
-                            let mut w = live.waiters.lock().expect("lock");
-                            for gid in &asked {
-                                w.remove(gid);
-                            }
-                        }
-                        let _ = tx
-                            .send(fail(
-                                code::REQUEST_TIMEOUT,
-                                "the client did not answer the upstream's request in time".into(),
-                            ))
-                            .await;
+            };
+            match m {
+                None => {
+                    let _ = tx
+                        .send(fail(
+                            code::CONNECTION_CLOSED,
+                            format!("upstream `{name}` closed the connection before answering"),
+                        ))
+                        .await;
+                    return;
+                }
+                Some(mut m) if jsonrpc::kind(&m) == Kind::Notification => {
+                    b.naming.notification_out(up, &mut m);
+                    if tx.send(m).await.is_err() {
                         return;
                     }
                 }
+                Some(m) if jsonrpc::kind(&m) == Kind::Response => break m,
+                Some(_) => {}
             }
-            let p = jsonrpc::params_mut(&mut msg);
-            p.insert("inputResponses".into(), Value::Object(answers));
-            match result.get("requestState") {
-                Some(s) => p.insert("requestState".into(), s.clone()),
-                None => p.remove("requestState"),
-            };
-        }
-        let _ = tx
-            .send(fail(
-                code::INTERNAL_ERROR,
-                format!("upstream `{name}` asked for input more than {MAX_ROUNDS} times"),
-            ))
-            .await;
-    }
-
-    /// `resources/subscribe` / `unsubscribe` of a legacy session on an upstream that speaks
-    /// only 2026-07-28: the session's listen on that upstream is restarted with the new set of
-    /// URIs, and its notifications go to the session's GET stream.
-    async fn stamped_subscription(
-        self: &Arc<Self>,
-        live: &Arc<Live>,
-        up: usize,
-        method: &str,
-        msg: &Message,
-    ) -> Result<Value, RpcError> {
-        let uri = jsonrpc::params(msg)
-            .and_then(|p| p.get("uri"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| RpcError::invalid_params("`params.uri` is required"))?
-            .to_owned();
-        let conn = live.conn(up).await?;
-        let uris = {
-            let mut listens = live.listens.lock().expect("lock");
-            let entry = listens.entry(up).or_insert_with(|| (Vec::new(), None));
-            if method == "resources/subscribe" {
-                if !entry.0.contains(&uri) {
-                    entry.0.push(uri);
-                }
-            } else {
-                entry.0.retain(|u| *u != uri);
-            }
-            if let Some(h) = entry.1.take() {
-                h.abort();
-            }
-            entry.0.clone()
         };
-        live.mark_dirty();
-        if uris.is_empty() {
-            return Ok(json!({}));
+        let result = response.get("result").cloned().unwrap_or(Value::Null);
+        if result["resultType"] != "input_required" {
+            let _ = tx.send(response_out(&b, &method, up, id, response)).await;
+            return;
         }
-        self.start_listen(live, up, &conn, uris).await
-    }
-
-    /// Watches `uris` on upstream `up` (which speaks only 2026-07-28) for a legacy session:
-    /// one `subscriptions/listen` whose notifications go to the session's GET stream. Also how
-    /// a session taken over by another replica gets its subscriptions back.
-    pub(crate) async fn start_listen(
-        self: &Arc<Self>,
-        live: &Arc<Live>,
-        up: usize,
-        conn: &crate::mcp::upstream::Connection,
-        uris: Vec<String>,
-    ) -> Result<Value, RpcError> {
-        let mut req = jsonrpc::request(
-            json!(0),
-            "subscriptions/listen",
-            Some(json!({"notifications": {"resourceSubscriptions": uris}})),
-        );
-        stamp(&mut req, live);
-        let mut ex = conn.request(req).await.map_err(|e| e.to_rpc())?;
-        ex.cancel_on_drop();
-        ex.set_unattributable();
-        let me = self.clone();
-        let session = live.clone();
-        let h = tokio::spawn(async move {
-            while let Some(mut m) = ex.next().await {
-                if jsonrpc::kind(&m) != Kind::Notification
-                    || jsonrpc::method(&m) == Some("notifications/subscriptions/acknowledged")
-                {
-                    continue;
-                }
-                me.naming.notification_out(up, &mut m);
-                me.deliver(&session.id, &session.events, &m).await;
+        // Ask the client each input request as a server request, on this stream.
+        let mut waits = Vec::new();
+        let forget = |waits: &[(String, String, oneshot::Receiver<Message>)]| {
+            let mut w = live.waiters.lock().expect("lock");
+            for (_, gid, _) in waits {
+                w.remove(gid);
             }
-        });
-        let mut listens = live.listens.lock().expect("lock");
-        let entry = listens.entry(up).or_insert_with(|| (uris, None));
-        if let Some(old) = entry.1.replace(h) {
-            // A concurrent subscribe started one too; only the latest set is watched.
-            old.abort();
+        };
+        for (key, req) in result["inputRequests"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let gid = format!("mcpg-{}", uuid::Uuid::new_v4().simple());
+            let (wtx, wrx) = oneshot::channel();
+            live.waiters.lock().expect("lock").insert(gid.clone(), wtx);
+            let request = jsonrpc::request(
+                json!(gid),
+                req["method"].as_str().unwrap_or_default(),
+                req.get("params").cloned(),
+            );
+            waits.push((key, gid, wrx));
+            if tx.send(request).await.is_err() {
+                forget(&waits);
+                return;
+            }
         }
-        Ok(json!({}))
+        let mut answers = Map::new();
+        let asked: Vec<String> = waits.iter().map(|(_, gid, _)| gid.clone()).collect();
+        for (key, _, wrx) in waits {
+            match tokio::time::timeout_at(deadline, wrx).await {
+                Ok(Ok(answer)) => {
+                    if let Some(r) = answer.get("result") {
+                        answers.insert(key, r.clone());
+                    }
+                }
+                _ => {
+                    {
+                        let mut w = live.waiters.lock().expect("lock");
+                        for gid in &asked {
+                            w.remove(gid);
+                        }
+                    }
+                    let _ = tx
+                        .send(fail(
+                            code::REQUEST_TIMEOUT,
+                            "the client did not answer the upstream's request in time".into(),
+                        ))
+                        .await;
+                    return;
+                }
+            }
+        }
+        let p = jsonrpc::params_mut(&mut msg);
+        p.insert("inputResponses".into(), Value::Object(answers));
+        match result.get("requestState") {
+            Some(s) => p.insert("requestState".into(), s.clone()),
+            None => p.remove("requestState"),
+        };
     }
+    let _ = tx
+        .send(fail(
+            code::INTERNAL_ERROR,
+            format!("upstream `{name}` asked for input more than {MAX_ROUNDS} times"),
+        ))
+        .await;
+}
+
+/// `resources/subscribe` / `unsubscribe` of a legacy session on an upstream that speaks
+/// only 2026-07-28: the session's listen on that upstream is restarted with the new set of
+/// URIs, and its notifications go to the session's GET stream.
+async fn subscription(
+    live: &Arc<Live>,
+    up: usize,
+    method: &str,
+    msg: &Message,
+) -> Result<Value, RpcError> {
+    let uri = jsonrpc::params(msg)
+        .and_then(|p| p.get("uri"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid_params("`params.uri` is required"))?
+        .to_owned();
+    let conn = live.conn(up).await?;
+    let uris = {
+        let mut listens = live.listens.lock().expect("lock");
+        let entry = listens.entry(up).or_insert_with(|| (Vec::new(), None));
+        if method == "resources/subscribe" {
+            if !entry.0.contains(&uri) {
+                entry.0.push(uri);
+            }
+        } else {
+            entry.0.retain(|u| *u != uri);
+        }
+        if let Some(h) = entry.1.take() {
+            h.abort();
+        }
+        entry.0.clone()
+    };
+    live.mark_dirty();
+    if uris.is_empty() {
+        return Ok(json!({}));
+    }
+    live.watch(up, &conn, uris).await
 }

@@ -3,4 +3,6 @@
 //! of either era ([`modern_to_legacy`]: discovery, native forwarding, parked exchanges).
 
 pub mod legacy_to_modern;
+pub mod listen;
 pub mod modern_to_legacy;
+pub mod request_state;

@@ -25,7 +25,8 @@ use crate::mcp::access::{Caller, identity_key};
 use crate::mcp::binding::Binding;
 use crate::mcp::cluster::forward::Origin;
 use crate::mcp::observe::Observed;
-use crate::mcp::serve::{self, Dispatch};
+use crate::mcp::route::dispatch::Client;
+use crate::mcp::serve;
 use crate::mcp::session::placement::Placed;
 use crate::mcp::session::{Busy, Live};
 use crate::mcp::upstream::http::CLIENT_HEADERS;
@@ -149,7 +150,7 @@ async fn post_as(
 async fn modern_post(p: Post) -> Response {
     // A retry for an exchange parked on another replica is answered there.
     if p.origin == Origin::Client
-        && let Some(node) = p.b.parked_elsewhere(&p.msg).await
+        && let Some(node) = p.gw.bridge.parked_elsewhere(&p.msg).await
     {
         return forward_parked(&p, &node).await;
     }
@@ -172,7 +173,17 @@ async fn modern_post(p: Post) -> Response {
         None,
         &p.who,
     );
-    let (r, obs) = serve::serve(&p.b, &p.who, obs, p.msg, Dispatch::Stateless(extra)).await;
+    let (r, obs) = serve::serve(
+        &p.b,
+        &p.who,
+        obs,
+        p.msg,
+        Client::Stateless {
+            bridge: &p.gw.bridge,
+            extra,
+        },
+    )
+    .await;
     respond::modern_reply(r, obs)
 }
 
@@ -232,17 +243,22 @@ async fn legacy_post(p: Post) -> Response {
     match kind {
         Kind::Request => {
             let obs = obs.expect("made for requests");
-            let (r, obs) = serve::serve(&p.b, &p.who, obs, p.msg, Dispatch::Session(&live)).await;
+            let (r, obs) = serve::serve(&p.b, &p.who, obs, p.msg, Client::Session(&live)).await;
             // A request may change state the record keeps (log level, subscriptions).
             p.gw.sessions.persist_if_dirty(&live).await;
             respond::reply(r, Some(busy), obs)
         }
         Kind::Notification => {
-            p.b.client_notification(&live, p.msg).await;
+            crate::mcp::relay::cancel::client_notification(
+                &p.b.ctx.caps.cancellation,
+                &live,
+                p.msg,
+            )
+            .await;
             respond::accepted()
         }
         Kind::Response => {
-            p.b.client_response(&live, p.msg).await;
+            p.b.ctx.server_requests.answered(&live, p.msg).await;
             respond::accepted()
         }
         Kind::Invalid => unreachable!("refused by admit::message"),
@@ -382,7 +398,9 @@ async fn open_stream(
     // Resumption: the client names the last event it saw.
     let last = header(headers, "last-event-id").and_then(|v| v.trim().parse::<u64>().ok());
     let stream = b
-        .delivery_stream(&sid, last)
+        .ctx
+        .delivery
+        .stream(&sid, last)
         .await
         .map_err(McpError::StreamUnavailable)?;
     let keeper = gw

@@ -1,359 +1,35 @@
-//! Legacy-era sessions: the record of each session (kept in the `sessions` capability, so it
-//! survives this process and, with a cluster coordinator, is visible to every replica) and
-//! the live side a replica holds for a session it serves (its upstream conversations).
+//! Legacy-era sessions: records in the `sessions` capability ([`record`]), so a session
+//! survives this process and every replica sees it; the live side a replica holds for each
+//! session it serves ([`live`]); where a request's session is served and every failover
+//! decision ([`placement`]); idle reaping and the cluster-wide sweep ([`sweep`]). This file is
+//! the registry: starting, refreshing (fenced), ending and handing over sessions.
 
+pub mod delivery;
+pub mod live;
 pub mod placement;
+pub mod record;
+pub mod server_requests;
+pub mod sweep;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 
 use crate::capabilities::Capability;
 use crate::mcp::binding::Binding;
 use crate::mcp::cluster::ownership::Ownership;
-use crate::mcp::upstream::{Connection, Hello, Lease};
-use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError};
+use crate::mcp::route::fanout;
+use crate::mcp::upstream::{Hello, Lease};
+use crate::mcp::wire::jsonrpc::{self, RpcError};
 use mcpg_plugin_api::coordinator::{CasOutcome, Entry};
 
-/// The format version of [`SessionRecord`]; readers refuse records of a newer format.
-pub const RECORD_FORMAT: u32 = 1;
-
-/// What the cluster knows about one session.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub format: u32,
-    pub id: String,
-    pub binding: String,
-    /// The revision agreed with the client.
-    pub protocol_version: String,
-    /// The client's `initialize`, replayed to upstreams that must be reconnected.
-    pub hello: Hello,
-    /// Per upstream name: its HTTP session id, when it has one.
-    #[serde(default)]
-    pub upstream_sessions: HashMap<String, String>,
-    /// Per upstream name: the revision that upstream agreed to (sent again on resumption).
-    #[serde(default)]
-    pub upstream_versions: HashMap<String, String>,
-    /// The replica that owns the session (serves it and holds its upstream conversations);
-    /// empty once its owner handed it over on shutdown, so any replica may claim it at once.
-    pub owner: String,
-    /// The fencing token of the owner's ownership lease when it claimed the session. A write
-    /// is accepted only from the replica and lease the record names.
-    #[serde(default)]
-    pub owner_token: u64,
-    pub created_ms: u64,
-    /// When the owner last saw a request of the session (updated with each refresh of the
-    /// record, at most every tenth of the idle TTL). How the cluster finds sessions that were
-    /// left idle by a replica that is gone.
-    #[serde(default)]
-    pub active_ms: u64,
-    /// The client's `logging/setLevel` level, for upstreams that speak only 2026-07-28
-    /// (stamped on the session's requests there).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_level: Option<Value>,
-    /// Per upstream name, for upstreams that speak only 2026-07-28: the resource URIs the
-    /// client subscribed to (watched by a listen, started again by a replica taking over).
-    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
-    pub listened: HashMap<String, Vec<String>>,
-    /// Who created the session (`token:<name>`, `jwt:<subject>`), on a binding with `auth`.
-    /// Only that identity may use it: anyone else presenting the id is told it does not exist.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
-/// A new session id: 128 random bits, hex (visible ASCII, as the transport requires).
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
-pub(super) fn record_key(id: &str) -> String {
-    format!("s/{id}")
-}
-
-/// The resource URIs a session subscribed to on one upstream that speaks only 2026-07-28, and
-/// the listen watching them.
-pub type Listen = (Vec<String>, Option<tokio::task::JoinHandle<()>>);
-
-/// One upstream's place in a live session.
-pub struct Slot {
-    lease: AsyncMutex<Option<Lease>>,
-    /// When the last reconnect attempt failed, to pace retries.
-    failed_at: Mutex<Option<Instant>>,
-}
-
-/// A session this replica serves right now.
-pub struct Live {
-    pub id: String,
-    pub binding: Arc<Binding>,
-    pub record: Mutex<SessionRecord>,
-    pub slots: Vec<Slot>,
-    touched: Mutex<(Instant, Instant)>,
-    pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// The last event id given to a GET-stream message of this session.
-    pub events: Arc<AtomicU64>,
-    /// Set once the session has ended here: no new upstream conversations are started for it
-    /// (a request already in flight when it ended must not leave children behind).
-    closed: std::sync::atomic::AtomicBool,
-    /// Answers this replica awaits from the client itself (input requests of an upstream
-    /// that speaks only 2026-07-28, asked as server requests), by request id.
-    pub waiters: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Message>>>,
-    /// The level from the client's `logging/setLevel`, stamped on requests to upstreams that
-    /// speak only 2026-07-28.
-    pub log_level: Mutex<Option<Value>>,
-    /// Per such upstream: the URIs the client subscribed to and the listen that watches them.
-    pub listens: Mutex<HashMap<usize, Listen>>,
-    /// Requests of this session running here now (a session is handed over only when idle).
-    busy: AtomicUsize,
-    /// Set when state kept in the record (log level, subscriptions) changed here and has not
-    /// been written yet.
-    dirty: std::sync::atomic::AtomicBool,
-}
-
-/// A request of a session running on this replica; see [`Live::begin`].
-pub struct Busy(Arc<Live>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, SeqCst);
-    }
-}
-
-impl Live {
-    /// Marks a request of this session as running here, unless the session has been let go
-    /// (handed over, ended, or its ownership lost): then `None`, and the caller resolves the
-    /// session again. Paired with [`Live::let_go_if_idle`] so that a session is never let go
-    /// under a running request.
-    pub fn begin(self: &Arc<Self>) -> Option<Busy> {
-        self.busy.fetch_add(1, SeqCst);
-        let b = Busy(self.clone());
-        (!self.closed.load(SeqCst)).then_some(b)
-    }
-
-    /// Closes the session to new requests if none is running; false if one is.
-    fn let_go_if_idle(&self) -> bool {
-        if self.busy.load(SeqCst) != 0 {
-            return false;
-        }
-        self.closed.store(true, SeqCst);
-        if self.busy.load(SeqCst) != 0 {
-            self.closed.store(false, SeqCst);
-            return false;
-        }
-        true
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(SeqCst)
-    }
-
-    /// Notes that the record must be written again (see [`Sessions::persist_if_dirty`]).
-    pub fn mark_dirty(&self) {
-        self.dirty.store(true, SeqCst);
-    }
-
-    /// The record as this replica knows it now, live state included.
-    fn current_record(&self) -> SessionRecord {
-        let mut r = self.record.lock().expect("lock").clone();
-        r.log_level = self.log_level.lock().expect("lock").clone();
-        r.listened = self
-            .listens
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(_, (uris, _))| !uris.is_empty())
-            .map(|(up, (uris, _))| (self.binding.upstreams[*up].name.clone(), uris.clone()))
-            .collect();
-        r
-    }
-
-    /// The live conversation with upstream `up`, reconnecting (with the client's recorded
-    /// hello) when it has died, at most once per second.
-    pub async fn conn(&self, up: usize) -> Result<Connection, RpcError> {
-        self.conn_and_era(up).await.map(|(c, _)| c)
-    }
-
-    /// [`Live::conn`], and whether the conversation is the upstream's 2026-07-28 one (so the
-    /// session's requests must be stamped), under one lock.
-    pub async fn conn_and_era(&self, up: usize) -> Result<(Connection, bool), RpcError> {
-        let slot = &self.slots[up];
-        let mut lease = slot.lease.lock().await;
-        if let Some(l) = lease.as_ref()
-            && !l.conn.is_closed()
-        {
-            return Ok((l.conn.clone(), l.modern));
-        }
-        let upstream = &self.binding.upstreams[up];
-        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(RpcError::new(
-                jsonrpc::code::CONNECTION_CLOSED,
-                "the session has ended",
-            ));
-        }
-        if let Some(t) = *slot.failed_at.lock().expect("lock")
-            && t.elapsed() < Duration::from_secs(1)
-        {
-            return Err(RpcError::new(
-                jsonrpc::code::CONNECTION_CLOSED,
-                format!("upstream `{}` is unavailable", upstream.name),
-            ));
-        }
-        let hello = self.record.lock().expect("lock").hello.clone();
-        match upstream.connect(&hello, None).await {
-            Ok(l) => {
-                tracing::info!(session = %self.id, upstream = %upstream.name, "reconnected upstream");
-                let conn = (l.conn.clone(), l.modern);
-                if let Some(s) = &l.upstream_session {
-                    self.record
-                        .lock()
-                        .expect("lock")
-                        .upstream_sessions
-                        .insert(upstream.name.clone(), s.clone());
-                }
-                self.start_pump(up, &l);
-                *lease = Some(l);
-                *slot.failed_at.lock().expect("lock") = None;
-                Ok(conn)
-            }
-            Err(e) => {
-                *slot.failed_at.lock().expect("lock") = Some(Instant::now());
-                Err(e)
-            }
-        }
-    }
-
-    /// Whether upstream `up` serves this session through its 2026-07-28 conversation.
-    pub async fn is_modern(&self, up: usize) -> bool {
-        self.slots[up]
-            .lease
-            .lock()
-            .await
-            .as_ref()
-            .is_some_and(|l| l.modern)
-    }
-
-    /// Forwards what an upstream sends outside any request to the client's GET stream.
-    fn start_pump(&self, up: usize, lease: &Lease) {
-        if lease.modern {
-            // A 2026-07-28 conversation sends nothing outside requests and listens.
-            return;
-        }
-        let mut rx = lease.conn.unsolicited();
-        let owned = lease.owned;
-        let binding = self.binding.clone();
-        let sid = self.id.clone();
-        let conn = lease.conn.clone();
-        let events = self.events.clone();
-        let h = tokio::spawn(async move {
-            loop {
-                let m = tokio::select! {
-                    m = rx.recv() => m,
-                    _ = conn.closed() => return,
-                };
-                let mut m = match m {
-                    Ok(m) => m,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(session = %sid, skipped = n, "client too slow; upstream messages dropped");
-                        continue;
-                    }
-                    Err(_) => return,
-                };
-                match jsonrpc::kind(&m) {
-                    Kind::Notification => {
-                        binding.naming.notification_out(up, &mut m);
-                        binding.deliver(&sid, &events, &m).await;
-                    }
-                    // A shared child's requests cannot be attributed to one client; its
-                    // supervisor answers them.
-                    Kind::Request if owned => match binding.to_client_request(&sid, up, m).await {
-                        Ok(m) => binding.deliver(&sid, &events, &m).await,
-                        Err(e) => {
-                            tracing::warn!(session = %sid, error = %e, "cannot relay a server request")
-                        }
-                    },
-                    _ => {}
-                }
-            }
-        });
-        let mut pumps = self.pumps.lock().expect("lock");
-        pumps.retain(|p| !p.is_finished());
-        pumps.push(h);
-    }
-
-    /// Notes activity; returns true when the record's TTL should be refreshed.
-    fn touch(&self, ttl: Duration) -> bool {
-        let mut t = self.touched.lock().expect("lock");
-        t.0 = Instant::now();
-        if t.1.elapsed() > ttl / 10 {
-            t.1 = Instant::now();
-            true
-        } else {
-            false
-        }
-    }
-
-    fn idle_for(&self) -> Duration {
-        self.touched.lock().expect("lock").0.elapsed()
-    }
-
-    async fn close(&self) {
-        self.shut(false).await
-    }
-
-    /// Closes the session here; `detach` leaves what another replica can resume (upstream
-    /// HTTP sessions) in place.
-    async fn shut(&self, detach: bool) {
-        self.closed.store(true, SeqCst);
-        for h in self.pumps.lock().expect("lock").drain(..) {
-            h.abort();
-        }
-        for (_, (_, h)) in self.listens.lock().expect("lock").drain() {
-            if let Some(h) = h {
-                h.abort();
-            }
-        }
-        for slot in &self.slots {
-            if let Some(l) = slot.lease.lock().await.take()
-                && l.owned
-            {
-                if detach {
-                    l.conn.detach().await;
-                } else {
-                    l.conn.close().await;
-                }
-            }
-        }
-    }
-
-    /// Sends a client notification to every upstream this session is connected to.
-    pub async fn notify_all(&self, m: &Message) {
-        for slot in &self.slots {
-            let conn = slot
-                .lease
-                .lock()
-                .await
-                .as_ref()
-                .filter(|l| !l.modern)
-                .map(|l| l.conn.clone());
-            if let Some(c) = conn {
-                let _ = c.send(m.clone()).await;
-            }
-        }
-    }
-}
+pub use live::{Busy, Live};
+use record::record_key;
+pub use record::{RECORD_FORMAT, SessionRecord, new_id, now_ms};
 
 /// Why a session could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -466,108 +142,6 @@ impl Sessions {
         self.idle_ttl * 2
     }
 
-    /// Ends sessions idle for longer than the TTL whose owner is gone (or which no replica
-    /// owns after a hand-over): each is claimed (so no replica serves it meanwhile), its
-    /// upstream HTTP sessions are deleted, and its record removed. Run under the cluster-wide
-    /// sweeper lease, so by one replica at a time; sessions with a live owner are that
-    /// owner's to reap.
-    pub async fn sweep(&self, bindings: &[Arc<Binding>]) {
-        let entries = match self.cap.store.list("s/").await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "session sweep: cannot list the session records");
-                return;
-            }
-        };
-        let now = now_ms();
-        let idle = self.idle_ttl.as_millis() as u64;
-        let peers = self.ownership.peers(true).await;
-        for e in entries {
-            let Ok(rec) = serde_json::from_slice::<SessionRecord>(&e.value) else {
-                continue;
-            };
-            if rec.format > RECORD_FORMAT
-                || now.saturating_sub(rec.active_ms.max(rec.created_ms)) <= idle
-                || self.live.lock().expect("lock").contains_key(&rec.id)
-            {
-                continue;
-            }
-            let orphaned = if rec.owner.is_empty() {
-                true
-            } else if rec.owner == self.node_id() {
-                self.ownership.held()
-            } else if peers.contains_key(&rec.owner) {
-                false
-            } else {
-                self.ownership
-                    .owner_gone(&rec.owner, Duration::ZERO)
-                    .await
-                    .unwrap_or(false)
-            };
-            if !orphaned {
-                continue;
-            }
-            let mut claimed = rec.clone();
-            claimed.owner = self.node_id().to_owned();
-            claimed.owner_token = self.ownership.token();
-            let key = record_key(&rec.id);
-            let revision = match self
-                .cap
-                .store
-                .compare_and_swap(
-                    &key,
-                    e.revision,
-                    serde_json::to_vec(&claimed).expect("serialisable"),
-                    Some(self.record_ttl()),
-                )
-                .await
-            {
-                Ok(CasOutcome::Swapped(r)) => r,
-                _ => continue,
-            };
-            let mut closed = 0;
-            if let Some(b) = bindings.iter().find(|b| b.name == rec.binding) {
-                for u in &b.upstreams {
-                    let Some(sid) = rec.upstream_sessions.get(&u.name) else {
-                        continue;
-                    };
-                    let version = rec
-                        .upstream_versions
-                        .get(&u.name)
-                        .unwrap_or(&rec.protocol_version);
-                    if let Ok(l) = u.connect(&rec.hello, Some((sid, version))).await {
-                        l.conn.close().await;
-                        closed += 1;
-                    }
-                }
-            }
-            let _ = self.cap.store.delete(&key, Some(revision)).await;
-            tracing::info!(
-                session = %rec.id,
-                previous_owner = %rec.owner,
-                upstream_sessions_closed = closed,
-                "idle session of a departed replica cleaned up"
-            );
-        }
-    }
-
-    /// Ends sessions idle for longer than the TTL. Only the owner does this (a session's
-    /// requests all reach its owner), so it happens once in the cluster.
-    async fn reap(&self) {
-        let idle: Vec<Arc<Live>> = self
-            .live
-            .lock()
-            .expect("lock")
-            .values()
-            .filter(|l| l.idle_for() > self.idle_ttl)
-            .cloned()
-            .collect();
-        for l in idle {
-            tracing::info!(session = %l.id, binding = %l.binding.name, "session idle past its TTL; closing");
-            self.end(&l).await;
-        }
-    }
-
     /// Starts a session for a client's `initialize`: connects every upstream with the
     /// client's hello and records the session, owned here. Returns the live session and the
     /// result to answer with.
@@ -615,7 +189,7 @@ impl Sessions {
                 }
             }
         }
-        let result = binding.merge_initialize(&hello.protocol_version, &answers);
+        let result = fanout::merge_initialize(binding, &hello.protocol_version, &answers);
         let mut record = SessionRecord {
             format: RECORD_FORMAT,
             id: new_id(),
@@ -679,37 +253,7 @@ impl Sessions {
         record: SessionRecord,
         leases: Vec<Option<Lease>>,
     ) -> Arc<Live> {
-        let now = Instant::now();
-        let live = Arc::new(Live {
-            id: record.id.clone(),
-            binding: binding.clone(),
-            slots: leases
-                .iter()
-                .map(|_| Slot {
-                    lease: AsyncMutex::new(None),
-                    failed_at: Mutex::new(None),
-                })
-                .collect(),
-            touched: Mutex::new((now, now)),
-            pumps: Mutex::new(Vec::new()),
-            // Event ids start from the clock (microseconds), so a session taken over (after a
-            // restart, or by another replica) keeps numbering upwards and a client's
-            // Last-Event-ID stays meaningful.
-            events: Arc::new(AtomicU64::new(now_ms() * 1000)),
-            closed: std::sync::atomic::AtomicBool::new(false),
-            waiters: Mutex::new(HashMap::new()),
-            log_level: Mutex::new(record.log_level.clone()),
-            listens: Mutex::new(HashMap::new()),
-            busy: AtomicUsize::new(0),
-            dirty: std::sync::atomic::AtomicBool::new(false),
-            record: Mutex::new(record),
-        });
-        for (i, l) in leases.into_iter().enumerate() {
-            if let Some(l) = l {
-                live.start_pump(i, &l);
-                *live.slots[i].lease.try_lock().expect("new session") = Some(l);
-            }
-        }
+        let live = Live::new(binding, record, leases);
         self.live
             .lock()
             .expect("lock")

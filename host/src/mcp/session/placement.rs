@@ -360,10 +360,10 @@ impl Sessions {
             let Some(up) = binding.upstreams.iter().position(|u| u.name == name) else {
                 continue;
             };
-            let (b, l) = (binding.clone(), live.clone());
+            let l = live.clone();
             tokio::spawn(async move {
                 let started = match l.conn(up).await {
-                    Ok(conn) => b.start_listen(&l, up, &conn, uris).await.map(|_| ()),
+                    Ok(conn) => l.watch(up, &conn, uris).await.map(|_| ()),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = started {

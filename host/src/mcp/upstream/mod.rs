@@ -20,6 +20,18 @@ use crate::config::model::{StdioMode, StdioTransport, UpstreamConfig};
 use crate::mcp::wire::jsonrpc::{self, RpcError};
 use crate::mcp::wire::{meta, version};
 
+/// Where a request's upstream conversations come from: a legacy client's session (its own
+/// conversations), or the shared conversations that serve 2026-07-28 clients. What mcpg sends
+/// on its own (list pages, searches) goes through this.
+#[async_trait::async_trait]
+pub trait Conversations: Send + Sync {
+    /// The conversation with upstream `up`.
+    async fn conn(&self, up: usize) -> Result<Connection, RpcError>;
+    /// Makes params mcpg sends on its own fit the conversation with upstream `up` (stamped
+    /// with `_meta` where it speaks 2026-07-28).
+    async fn prepare(&self, up: usize, params: &mut serde_json::Map<String, Value>);
+}
+
 /// The client's side of a legacy handshake, replayed to each upstream the gateway connects
 /// for that client.
 #[derive(Debug, Clone, Serialize, Deserialize)]
