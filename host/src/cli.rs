@@ -508,8 +508,10 @@ async fn run(
         summary = %cfg.summary(),
         "mcpg starting"
     );
-    let data = gateway.router().merge(control.meta_router());
-    let mut admin_routes = control.router().merge(gateway.admin_router());
+    let data = crate::mcp::front::router(&gateway).merge(control.meta_router());
+    let mut admin_routes = control
+        .router()
+        .merge(crate::mcp::front::admin_router(&gateway));
     if obs.enabled {
         admin_routes =
             admin_routes.route("/metrics", axum::routing::get(telemetry::metrics::handler));

@@ -31,8 +31,6 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-
 use crate::capabilities::Capabilities;
 use crate::config::ValidatedConfig;
 use binding::{Binding, Context};
@@ -124,23 +122,6 @@ impl Gateway {
         Ok(gw)
     }
 
-    /// The routes of every binding, for the main listener.
-    pub fn router(self: &Arc<Self>) -> Router {
-        self.bindings.iter().fold(Router::new(), |r, b| {
-            r.merge(front::routes(self.clone(), b.clone()))
-        })
-    }
-
-    /// Admin routes of the data plane: `GET /api/cluster/sessions/{id}`.
-    pub fn admin_router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route(
-                "/api/cluster/sessions/{id}",
-                axum::routing::get(session_status),
-            )
-            .with_state(self.clone())
-    }
-
     /// Shutdown, first step: this replica starts no session and takes none over; new
     /// sessions and sessions left without an owner go to other replicas.
     pub fn begin_drain(&self) {
@@ -170,22 +151,5 @@ impl Gateway {
     pub async fn shutdown(&self) {
         self.sessions.close_all().await;
         self.ownership.release().await;
-    }
-}
-
-/// `GET /api/cluster/sessions/{id}`: a legacy session's record (owner, binding, revision,
-/// which upstreams hold a session of their own) and whether this replica serves it now.
-async fn session_status(
-    axum::extract::State(gw): axum::extract::State<Arc<Gateway>>,
-    axum::extract::Path(id): axum::extract::Path<String>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match gw.sessions.describe(&id).await {
-        Some(v) => axum::Json(v).into_response(),
-        None => (
-            axum::http::StatusCode::NOT_FOUND,
-            axum::Json(serde_json::json!({"error": "no such session"})),
-        )
-            .into_response(),
     }
 }

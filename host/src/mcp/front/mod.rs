@@ -38,9 +38,42 @@ use respond::McpError;
 
 type S = State<(Arc<Gateway>, Arc<Binding>)>;
 
+/// The routes of every binding, for the main listener.
+pub fn router(gw: &Arc<Gateway>) -> Router {
+    gw.bindings
+        .iter()
+        .fold(Router::new(), |r, b| r.merge(routes(gw.clone(), b.clone())))
+}
+
+/// Admin routes of the data plane: `GET /api/cluster/sessions/{id}`.
+pub fn admin_router(gw: &Arc<Gateway>) -> Router {
+    Router::new()
+        .route(
+            "/api/cluster/sessions/{id}",
+            axum::routing::get(session_status),
+        )
+        .with_state(gw.clone())
+}
+
+/// `GET /api/cluster/sessions/{id}`: a legacy session's record (owner, binding, revision,
+/// which upstreams hold a session of their own) and whether this replica serves it now.
+async fn session_status(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match gw.sessions.describe(&id).await {
+        Some(v) => axum::Json(v).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "no such session"})),
+        )
+            .into_response(),
+    }
+}
+
 /// The routes of one binding at its path, and its protected-resource metadata document when
 /// it has `auth`.
-pub fn routes(gw: Arc<Gateway>, b: Arc<Binding>) -> Router {
+fn routes(gw: Arc<Gateway>, b: Arc<Binding>) -> Router {
     let path = b.path.clone();
     let mr: MethodRouter<(Arc<Gateway>, Arc<Binding>)> =
         axum::routing::post(post).get(get).delete(delete);
