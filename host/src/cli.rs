@@ -508,7 +508,8 @@ async fn run(
         summary = %cfg.summary(),
         "mcpg starting"
     );
-    let data = crate::mcp::front::router(&gateway).merge(control.meta_router());
+    let data = crate::mcp::front::router(&gateway)
+        .merge(control.meta_router(crate::mcp::wire::version::by_era()));
     let mut admin_routes = control
         .router()
         .merge(crate::mcp::front::admin_router(&gateway));

@@ -61,8 +61,11 @@ impl Binding {
             upstreams: cfg
                 .upstreams
                 .iter()
-                .map(|u| Upstream::new(&cfg.name, u, base_dir, default_timeout))
-                .collect(),
+                .map(|u| {
+                    Upstream::new(&cfg.name, u, base_dir, default_timeout)
+                        .map_err(|e| anyhow::anyhow!("upstream `{}`: {e}", u.name))
+                })
+                .collect::<anyhow::Result<_>>()?,
             policy: cfg.on_upstream_failure,
             ctx,
         }))

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use axum::http::HeaderMap;
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -32,7 +31,7 @@ impl Observed {
     pub fn begin(
         auditor: &Auditor,
         b: &Binding,
-        headers: &HeaderMap,
+        parent: opentelemetry::Context,
         msg: &Message,
         era: Era,
         session: Option<&str>,
@@ -43,10 +42,7 @@ impl Observed {
         let span = telemetry::request_span(&b.name, method, msg.get("id"), session, era.as_str());
         // The caller's trace (W3C `traceparent` header, or in `_meta`) is the parent; a request
         // forwarded by another replica carries that replica's span.
-        telemetry::set_parent(
-            &span,
-            telemetry::extract_parent(headers, params.and_then(|p| p.get("_meta"))),
-        );
+        telemetry::set_parent(&span, parent);
         telemetry::record_target(&span, method, params);
         let mut record = Record::new(era.as_str(), &b.name, method);
         record.identity = who.as_deref().map(|i| i.key.clone());

@@ -134,6 +134,13 @@ async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
     post_as(gw, b, headers, body, origin, who).await
 }
 
+/// The caller's trace context (W3C `traceparent` header, or in `_meta`): the parent of the
+/// request's span.
+fn trace_parent(headers: &HeaderMap, msg: &Message) -> opentelemetry::Context {
+    let meta = jsonrpc::params(msg).and_then(|p| p.get("_meta"));
+    crate::telemetry::extract_parent(headers, meta)
+}
+
 /// One admitted POST: who sent it, and the message it carries.
 struct Post {
     gw: Arc<Gateway>,
@@ -200,7 +207,7 @@ async fn modern_post(p: Post) -> Response {
     let obs = Observed::begin(
         &p.gw.auditor,
         &p.b,
-        &p.headers,
+        trace_parent(&p.headers, &p.msg),
         &p.msg,
         Era::Modern,
         None,
@@ -238,7 +245,7 @@ async fn legacy_post(p: Post) -> Response {
         Observed::begin(
             &p.gw.auditor,
             &p.b,
-            &p.headers,
+            trace_parent(&p.headers, &p.msg),
             &p.msg,
             Era::Legacy,
             sid,
@@ -319,7 +326,7 @@ async fn initialize(p: &Post) -> Response {
     let mut obs = Observed::begin(
         &p.gw.auditor,
         &p.b,
-        &p.headers,
+        trace_parent(&p.headers, &p.msg),
         &p.msg,
         Era::Legacy,
         None,

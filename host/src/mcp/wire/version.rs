@@ -53,6 +53,11 @@ pub fn is_supported(v: &str) -> bool {
     is_legacy(v) || is_modern(v)
 }
 
+/// The revisions mcpg speaks by era, as `GET /mcpg/meta` names them.
+pub fn by_era() -> serde_json::Value {
+    serde_json::json!({"modern": MODERN, "legacy": LEGACY})
+}
+
 /// Every revision mcpg speaks, newest first.
 pub fn all() -> Vec<&'static str> {
     MODERN.iter().chain(LEGACY).copied().collect()
