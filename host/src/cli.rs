@@ -307,32 +307,7 @@ pub fn main() -> ExitCode {
     }
     telemetry::init(&cfg.config.observability);
 
-    // The plugin phase: load the coordinator plugin and let it check its own keys, positioned
-    // in the file like every other config error.
-    let plugin = match coordinator::load_selected(&cfg) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    if let Some(p) = &plugin {
-        let diags = match coordinator::plugin_diagnostics(&cfg, p) {
-            Ok(d) => d,
-            Err(e) => return fail(e),
-        };
-        for d in &diags {
-            eprintln!("{}", d.render(&file));
-        }
-        let errors = diags
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count();
-        if errors > 0 {
-            return fail(coordinator::CoordinatorError::Invalid {
-                id: p.id().to_owned(),
-                count: errors,
-            });
-        }
-    }
-
+    // The one Tokio runtime of the process (each plugin runs its own inside its library).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -340,7 +315,39 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
-    runtime.block_on(run(cfg, plugin, args.node_id, args.wait_for_cluster, file))
+    runtime.block_on(async move {
+        let plugin = match plugin_phase(&cfg, &file).await {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        };
+        run(cfg, plugin, args.node_id, args.wait_for_cluster, file).await
+    })
+}
+
+/// The plugin phase: loads the coordinator plugin and lets it check its own keys, positioned
+/// in the file like every other config error.
+async fn plugin_phase(
+    cfg: &config::ValidatedConfig,
+    file: &str,
+) -> Result<Option<mcpg_plugin_api::remote::LoadedPlugin>, coordinator::CoordinatorError> {
+    let plugin = coordinator::load_selected(cfg).await?;
+    if let Some(p) = &plugin {
+        let diags = coordinator::plugin_diagnostics(cfg, p)?;
+        for d in &diags {
+            eprintln!("{}", d.render(file));
+        }
+        let errors = diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        if errors > 0 {
+            return Err(coordinator::CoordinatorError::Invalid {
+                id: p.id().to_owned(),
+                count: errors,
+            });
+        }
+    }
+    Ok(plugin)
 }
 
 /// What joining the cluster produced.
