@@ -104,7 +104,10 @@ mod tests {
             .acquire("mcpg/owners/n1", Some(ttl), Duration::ZERO)
             .await
             .unwrap();
-        assert!(held.is_none(), "the ownership lease is at mcpg/owners/<node id>");
+        assert!(
+            held.is_none(),
+            "the ownership lease is at mcpg/owners/<node id>"
+        );
 
         let sweeper = ops.sweeper_lease(ttl).await;
         assert!(sweeper.is_some());
@@ -117,7 +120,11 @@ mod tests {
         let secret = ops.forwarding_secret().await.unwrap();
         let stored = raw.get("mcpg/control/forwarding-secret").await.unwrap();
         assert_eq!(stored.unwrap().value, secret.as_bytes());
-        assert_eq!(ops.forwarding_secret().await.unwrap(), secret, "created once");
+        assert_eq!(
+            ops.forwarding_secret().await.unwrap(),
+            secret,
+            "created once"
+        );
     }
 
     /// A lease taken through the raw key (as the previous release does) is seen as held.

@@ -11,9 +11,6 @@ use super::record::{RECORD_FORMAT, SessionRecord, now_ms, record_key};
 use super::{Live, Sessions};
 use crate::mcp::binding::Binding;
 
-/// The lease under which one replica at a time sweeps sessions left idle by departed replicas.
-const SWEEPER_LEASE: &str = "mcpg/sessions/sweeper";
-
 impl Sessions {
     /// Every quarter of the idle TTL (between 1 s and 5 min), whichever replica takes the
     /// sweeper lease ends the sessions that departed replicas left idle ([`Sessions::sweep`]).
@@ -27,7 +24,7 @@ impl Sessions {
                 if s.ownership.draining() {
                     return;
                 }
-                if let Some(lease) = s.ownership.try_lease(SWEEPER_LEASE, every * 2).await {
+                if let Some(lease) = s.ownership.sweeper_lease(every * 2).await {
                     s.sweep(&bindings).await;
                     let _ = lease.release().await;
                 }
