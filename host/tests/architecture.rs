@@ -981,7 +981,6 @@ struct Ref {
     line: usize,
     written: String,
     target: Target,
-    pub_use: bool,
 }
 
 struct FileRefs {
@@ -1070,7 +1069,6 @@ fn analyze(src_prefix: &str, files: &[(String, String)]) -> Vec<FileRefs> {
                     line: p.line,
                     written: p.segs.join("::"),
                     target: resolve(&modules, &imported, &here, p),
-                    pub_use: p.pub_use,
                 })
                 .collect();
             FileRefs {
@@ -1133,7 +1131,9 @@ struct ModuleGraph {
 
 impl ModuleGraph {
     /// Nodes are the non-test module files; an edge is any path one names into another
-    /// (resolved to the deepest module file it names), except a `pub use` of its own descendant.
+    /// (resolved to the deepest module file it names), except into its own descendants: a
+    /// module is made of its children, so using them is composition, not a dependency. A child
+    /// naming its parent (`super::Record`, `crate::mcp::Gateway`) is an edge.
     fn new(files: &[FileRefs]) -> Self {
         let live = || files.iter().filter(|f| !f.test_only);
         let modules: BTreeMap<Vec<String>, String> = live()
@@ -1153,7 +1153,7 @@ impl ModuleGraph {
                 else {
                     continue;
                 };
-                if &to == from || (r.pub_use && to.starts_with(from)) {
+                if to.starts_with(from) {
                     continue;
                 }
                 edges
@@ -1459,14 +1459,13 @@ fn f<'a>(x: &'a str) -> char {
                 "// use crate::a;\nconst S: &str = \"crate::a::x\"; fn f() -> http::HeaderName { todo!() }",
             ),
         ]);
-        // a/mod.rs → a/inner.rs only through `inner::go()`: `pub use inner::Thing` is its own
-        // child's re-export; main.rs is a crate of its own; b's tests and b_tests.rs are test-only.
+        // a/mod.rs naming its own child a/inner.rs is composition, not an edge; main.rs is a
+        // crate of its own; b's tests and b_tests.rs are test-only.
         assert_eq!(
             found,
             pairs(&[
                 ("a/inner.rs", "a/mod.rs"),
                 ("a/inner.rs", "c.rs"),
-                ("a/mod.rs", "a/inner.rs"),
                 ("a/mod.rs", "b.rs")
             ])
         );
@@ -1508,23 +1507,42 @@ fn f<'a>(x: &'a str) -> char {
     }
 
     #[test]
-    fn a_child_naming_its_parent_is_a_cycle_when_the_parent_uses_it() {
+    fn a_parent_using_its_children_is_composition_but_a_loop_through_a_sibling_is_a_cycle() {
         let files = [
-            ("lib.rs", "pub mod m;"),
+            ("lib.rs", "pub mod m; pub mod n;"),
             (
                 "m/mod.rs",
                 "pub mod front; pub struct Gateway; fn wire() { front::router(); }",
             ),
             ("m/front.rs", "use crate::m::Gateway; pub fn router() {}"),
+            ("n.rs", "pub fn f() {}"),
         ];
         let analyzed = analyze(
             "src/",
             &files.map(|(p, s)| (format!("src/{p}"), s.to_owned())),
         );
-        let cycles = ModuleGraph::new(&analyzed).cycles();
+        assert!(ModuleGraph::new(&analyzed).cycles().is_empty());
+        // The parent naming a sibling that names a child that names the parent closes a loop.
+        let files = [
+            ("lib.rs", "pub mod m; pub mod n;"),
+            (
+                "m/mod.rs",
+                "pub mod front; pub struct G; fn wire() { crate::n::f(); }",
+            ),
+            ("m/front.rs", "pub fn router(_: super::G) {}"),
+            ("n.rs", "pub fn f() { crate::m::front::router(); }"),
+        ];
+        let analyzed = analyze(
+            "src/",
+            &files.map(|(p, s)| (format!("src/{p}"), s.to_owned())),
+        );
         assert_eq!(
-            cycles,
-            [vec!["src/m/front.rs".to_owned(), "src/m/mod.rs".to_owned()]]
+            ModuleGraph::new(&analyzed).cycles(),
+            [vec![
+                "src/m/front.rs".to_owned(),
+                "src/m/mod.rs".to_owned(),
+                "src/n.rs".to_owned()
+            ]]
         );
     }
 }

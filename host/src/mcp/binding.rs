@@ -1,30 +1,14 @@
-//! One binding: several upstreams served as one MCP server. Routes each client request to
-//! its upstream (or to all of them, merging list results page by page), relays what the
-//! upstream sends back for it (progress, log messages, server requests, the response), and
-//! relays server-to-client requests through the `pipelines` capability so the client's answer
-//! finds the upstream that asked.
+//! One binding as configured: its path, its upstreams and how their names are prefixed, its
+//! failure policy, its access rules and the store recording who owns each task. Plain data:
+//! what a request does with it is decided in `route/`, `relay/` and `bridge/`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::capabilities::Capabilities;
+use crate::capabilities::Capability;
 use crate::config::model::{BindingConfig, FailurePolicy, PrefixMode};
-use crate::mcp::relay::cancel::Inflight;
 use crate::mcp::route::names::Naming;
-use crate::mcp::session::delivery::Delivery;
-use crate::mcp::session::server_requests::ServerRequests;
 use crate::mcp::upstream::Upstream;
-
-/// Everything bindings share on this replica.
-pub struct Context {
-    pub caps: Capabilities,
-    /// Requests running here, for cancellation.
-    pub inflight: Arc<Inflight>,
-    /// Messages for legacy sessions' GET streams.
-    pub delivery: Delivery,
-    /// Server-to-client requests awaiting the client's answer.
-    pub server_requests: ServerRequests,
-}
 
 pub struct Binding {
     pub name: String,
@@ -32,7 +16,8 @@ pub struct Binding {
     pub naming: Naming,
     pub upstreams: Vec<Arc<Upstream>>,
     policy: FailurePolicy,
-    pub(crate) ctx: Arc<Context>,
+    /// The `tasks` capability: who created each task (see `mcp::tasks`).
+    pub tasks: Capability,
     /// Who may call this binding and what each caller may use.
     pub access: crate::mcp::access::Access,
 }
@@ -42,7 +27,7 @@ impl Binding {
         cfg: &BindingConfig,
         base_dir: &std::path::Path,
         default_timeout: Duration,
-        ctx: Arc<Context>,
+        tasks: Capability,
     ) -> anyhow::Result<Arc<Self>> {
         let prefix = match cfg.prefix {
             PrefixMode::Auto => cfg.upstreams.len() > 1,
@@ -67,7 +52,7 @@ impl Binding {
                 })
                 .collect::<anyhow::Result<_>>()?,
             policy: cfg.on_upstream_failure,
-            ctx,
+            tasks,
         }))
     }
 

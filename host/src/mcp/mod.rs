@@ -25,6 +25,7 @@ pub mod relay;
 pub mod route;
 pub mod serve;
 pub mod session;
+pub mod tasks;
 pub mod upstream;
 pub mod wire;
 
@@ -33,7 +34,7 @@ use std::time::Duration;
 
 use crate::capabilities::Capabilities;
 use crate::config::ValidatedConfig;
-use binding::{Binding, Context};
+use binding::Binding;
 use cluster::forward;
 use cluster::ownership::Ownership;
 use front::guard;
@@ -70,23 +71,23 @@ impl Gateway {
     ) -> anyhow::Result<Arc<Self>> {
         let c = &cfg.config;
         let node_id = ownership.node_id().to_owned();
-        let ctx = Arc::new(Context {
-            caps: caps.clone(),
-            inflight: Default::default(),
+        let services = Arc::new(session::Services {
             delivery: session::delivery::Delivery::new(
                 caps.delivery.clone(),
                 c.mcp.sessions.event_log_max_events,
                 Duration::from_millis(c.mcp.sessions.event_log_max_age_ms),
             ),
             server_requests: session::server_requests::ServerRequests::new(caps.pipelines.clone()),
+            inflight: Default::default(),
+            cancellation: caps.cancellation.clone(),
         });
-        relay::cancel::spawn_listener(ctx.inflight.clone(), caps.cancellation.clone());
+        relay::cancel::spawn_listener(services.inflight.clone(), caps.cancellation.clone());
         let timeout = Duration::from_millis(c.mcp.limits.request_timeout_ms);
         let bindings = c
             .bindings
             .iter()
             .map(|b| {
-                Binding::new(b, &cfg.base_dir, timeout, ctx.clone())
+                Binding::new(b, &cfg.base_dir, timeout, caps.tasks.clone())
                     .map_err(|e| anyhow::anyhow!("binding `{}`: {e}", b.name))
             })
             .collect::<anyhow::Result<Vec<Arc<Binding>>>>()?;
@@ -94,6 +95,7 @@ impl Gateway {
             bindings,
             sessions: Sessions::new(
                 caps.sessions.clone(),
+                services,
                 ownership.clone(),
                 Duration::from_millis(c.mcp.sessions.idle_ttl_ms),
                 c.mcp.sessions.max_sessions as usize,

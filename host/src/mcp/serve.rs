@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use crate::mcp::access::{self, Caller};
+use crate::mcp::access::Caller;
 use crate::mcp::binding::Binding;
 use crate::mcp::observe::Observed;
 use crate::mcp::relay::Reply;
 use crate::mcp::route::dispatch::{self, Client};
+use crate::mcp::tasks;
 use crate::mcp::wire::jsonrpc::{self, Message};
 
 /// Serves one request; the reply, and the observation still running while a streamed reply
@@ -25,12 +26,12 @@ pub async fn serve(
         obs.denied(kind);
         return (Reply::Json(refusal), None);
     }
-    if let Some(refusal) = access::task_refused(b, who, &msg).await {
+    if let Some(refusal) = tasks::task_refused(b, who, &msg).await {
         obs.finish(Some(&refusal));
         return (Reply::Json(refusal), None);
     }
     let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
     let r = obs.within(dispatch::dispatch(b, client, msg)).await;
-    let r = access::own_tasks(b, who, &method, r).await;
+    let r = tasks::own_tasks(b, who, &method, r).await;
     obs.reply(b.access.filter(who, &method, r))
 }

@@ -17,7 +17,7 @@ use crate::capabilities::Capability;
 use crate::mcp::binding::Binding;
 use crate::mcp::relay::Reply;
 use crate::mcp::relay::exchange::{closed_error, response_out, timeout_error};
-use crate::mcp::route::dispatch::Path;
+use crate::mcp::route::path::Path;
 use crate::mcp::upstream::Exchange;
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
 use crate::mcp::wire::meta;

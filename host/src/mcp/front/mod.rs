@@ -289,16 +289,11 @@ async fn legacy_post(p: Post) -> Response {
             respond::reply(r, Some(busy), obs)
         }
         Kind::Notification => {
-            crate::mcp::relay::cancel::client_notification(
-                &p.b.ctx.caps.cancellation,
-                &live,
-                p.msg,
-            )
-            .await;
+            live.client_notification(p.msg).await;
             respond::accepted()
         }
         Kind::Response => {
-            p.b.ctx.server_requests.answered(&live, p.msg).await;
+            live.services.server_requests.answered(&live, p.msg).await;
             respond::accepted()
         }
         Kind::Invalid => unreachable!("refused by admit::message"),
@@ -437,8 +432,9 @@ async fn open_stream(
     gw.sessions.exists(b, &sid, identity_key(&who)).await?;
     // Resumption: the client names the last event it saw.
     let last = header(headers, "last-event-id").and_then(|v| v.trim().parse::<u64>().ok());
-    let stream = b
-        .ctx
+    let stream = gw
+        .sessions
+        .services()
         .delivery
         .stream(&sid, last)
         .await

@@ -1,17 +1,15 @@
 //! Cancellation: a client's `notifications/cancelled` is published on the `cancellation`
-//! bus, and whichever replica runs the request stops it; the requests running here are kept
-//! by session and request id ([`Inflight`]).
+//! bus (by its session), and whichever replica runs the request stops it; the requests running
+//! here are kept by session and request id ([`Inflight`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::capabilities::Capability;
-use crate::mcp::session::Live;
-use crate::mcp::wire::jsonrpc::{self, Message};
 
 /// Requests running on this replica, by session and request id, so a cancellation arriving
 /// on the `cancellation` bus can stop them.
@@ -85,24 +83,4 @@ pub fn spawn_listener(inflight: Arc<Inflight>, cancellation: Capability) {
             }
         }
     });
-}
-
-/// A client notification: cancellations go through the `cancellation` bus to wherever
-/// the request runs; the rest reach every upstream of the session.
-pub async fn client_notification(cancellation: &Capability, live: &Live, m: Message) {
-    match jsonrpc::method(&m) {
-        Some("notifications/initialized") => {}
-        Some("notifications/cancelled") => {
-            let params = m.get("params").cloned().unwrap_or(Value::Null);
-            let payload = json!({"requestId": params["requestId"], "reason": params["reason"]});
-            if let Err(e) = cancellation
-                .bus
-                .publish(&format!("s.{}", live.id), payload.to_string().into_bytes())
-                .await
-            {
-                tracing::warn!(session = %live.id, error = %e, "cannot publish a cancellation");
-            }
-        }
-        _ => live.notify_all(&m).await,
-    }
 }

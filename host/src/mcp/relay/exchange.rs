@@ -38,7 +38,11 @@ impl Call {
             Ok(Err(e)) => return Reply::Json(e.to_rpc().to_message(self.id)),
             Err(_) => return Reply::Json(timeout_error(self.id.clone(), self.name())),
         };
-        let (guard, mut cancelled) = self.b.ctx.inflight.register(&self.live.id, &self.id);
+        let (guard, mut cancelled) = self
+            .live
+            .services
+            .inflight
+            .register(&self.live.id, &self.id);
         // Answer with plain JSON when the response is the first thing back; switch to a
         // stream as soon as anything else arrives first.
         let first = tokio::select! {
@@ -104,8 +108,8 @@ impl Call {
                     b.naming.notification_out(up, &mut m);
                     (m, false)
                 }
-                Kind::Request => match b
-                    .ctx
+                Kind::Request => match live
+                    .services
                     .server_requests
                     .to_client_request(&live.id, self.name(), m)
                     .await
@@ -119,7 +123,7 @@ impl Call {
                 Kind::Invalid => continue,
             };
             if let Err(unsent) = r.tx.send(out).await {
-                b.ctx
+                live.services
                     .delivery
                     .deliver(&live.id, &live.events, &unsent.0)
                     .await;

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 
+use super::Services;
 use super::record::{SessionRecord, now_ms};
 use crate::mcp::binding::Binding;
 use crate::mcp::upstream::{Connection, Conversations, Lease};
@@ -33,6 +34,8 @@ pub struct Slot {
 pub struct Live {
     pub id: String,
     pub binding: Arc<Binding>,
+    /// Delivery, server requests and cancellation on this replica.
+    pub services: Arc<Services>,
     pub record: Mutex<SessionRecord>,
     pub slots: Vec<Slot>,
     pub(super) touched: Mutex<(Instant, Instant)>,
@@ -188,6 +191,7 @@ impl Live {
         let mut rx = lease.conn.unsolicited();
         let owned = lease.owned;
         let binding = self.binding.clone();
+        let services = self.services.clone();
         let sid = self.id.clone();
         let conn = lease.conn.clone();
         let events = self.events.clone();
@@ -208,17 +212,16 @@ impl Live {
                 match jsonrpc::kind(&m) {
                     Kind::Notification => {
                         binding.naming.notification_out(up, &mut m);
-                        binding.ctx.delivery.deliver(&sid, &events, &m).await;
+                        services.delivery.deliver(&sid, &events, &m).await;
                     }
                     // A shared child's requests cannot be attributed to one client; its
                     // supervisor answers them.
-                    Kind::Request if owned => match binding
-                        .ctx
+                    Kind::Request if owned => match services
                         .server_requests
                         .to_client_request(&sid, &binding.upstreams[up].name, m)
                         .await
                     {
-                        Ok(m) => binding.ctx.delivery.deliver(&sid, &events, &m).await,
+                        Ok(m) => services.delivery.deliver(&sid, &events, &m).await,
                         Err(e) => {
                             tracing::warn!(session = %sid, error = %e, "cannot relay a server request")
                         }
@@ -290,6 +293,28 @@ impl Live {
         crate::mcp::wire::meta::stamp(params, caps, hello.client_info, level);
     }
 
+    /// A client notification: cancellations go through the `cancellation` bus to wherever
+    /// the request runs; the rest reach every upstream of the session.
+    pub async fn client_notification(&self, m: Message) {
+        match jsonrpc::method(&m) {
+            Some("notifications/initialized") => {}
+            Some("notifications/cancelled") => {
+                let params = m.get("params").cloned().unwrap_or(Value::Null);
+                let payload = serde_json::json!({"requestId": params["requestId"], "reason": params["reason"]});
+                if let Err(e) = self
+                    .services
+                    .cancellation
+                    .bus
+                    .publish(&format!("s.{}", self.id), payload.to_string().into_bytes())
+                    .await
+                {
+                    tracing::warn!(session = %self.id, error = %e, "cannot publish a cancellation");
+                }
+            }
+            _ => self.notify_all(&m).await,
+        }
+    }
+
     /// Sends a client notification to every upstream this session is connected to.
     pub async fn notify_all(&self, m: &Message) {
         for slot in &self.slots {
@@ -311,6 +336,7 @@ impl Live {
     /// A session served here from now on, with the upstream conversations it has.
     pub(super) fn new(
         binding: &Arc<Binding>,
+        services: Arc<Services>,
         record: SessionRecord,
         leases: Vec<Option<Lease>>,
     ) -> Arc<Self> {
@@ -318,6 +344,7 @@ impl Live {
         let live = Arc::new(Live {
             id: record.id.clone(),
             binding: binding.clone(),
+            services,
             slots: leases
                 .iter()
                 .map(|_| Slot {
@@ -395,7 +422,8 @@ impl Live {
                     continue;
                 }
                 b.naming.notification_out(up, &mut m);
-                b.ctx
+                session
+                    .services
                     .delivery
                     .deliver(&session.id, &session.events, &m)
                     .await;

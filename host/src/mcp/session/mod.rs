@@ -28,6 +28,22 @@ use crate::mcp::wire::jsonrpc::{self, RpcError};
 use mcpg_plugin_api::coordinator::{CasOutcome, Entry};
 
 pub use live::{Busy, Live};
+
+use crate::mcp::relay::cancel::Inflight;
+use delivery::Delivery;
+use server_requests::ServerRequests;
+
+/// What live sessions use on this replica besides their records.
+pub struct Services {
+    /// Messages for legacy sessions' GET streams.
+    pub delivery: Delivery,
+    /// Server-to-client requests awaiting the client's answer.
+    pub server_requests: ServerRequests,
+    /// Requests running here, for cancellation.
+    pub inflight: Arc<Inflight>,
+    /// The `cancellation` capability: a client's cancellation reaches wherever its request runs.
+    pub cancellation: Capability,
+}
 use record::record_key;
 pub use record::{RECORD_FORMAT, SessionRecord, new_id, now_ms};
 
@@ -59,6 +75,7 @@ pub(super) fn unavailable(message: impl Into<String>) -> SessionError {
 /// The sessions of this replica: records in the `sessions` capability, live state here.
 pub struct Sessions {
     cap: Capability,
+    services: Arc<Services>,
     ownership: Arc<Ownership>,
     idle_ttl: Duration,
     live: Mutex<HashMap<String, Arc<Live>>>,
@@ -71,12 +88,14 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(
         cap: Capability,
+        services: Arc<Services>,
         ownership: Arc<Ownership>,
         idle_ttl: Duration,
         max_sessions: usize,
     ) -> Arc<Self> {
         let s = Arc::new(Self {
             cap,
+            services,
             ownership,
             max_sessions,
             idle_ttl,
@@ -253,7 +272,7 @@ impl Sessions {
         record: SessionRecord,
         leases: Vec<Option<Lease>>,
     ) -> Arc<Live> {
-        let live = Live::new(binding, record, leases);
+        let live = Live::new(binding, self.services.clone(), record, leases);
         self.live
             .lock()
             .expect("lock")
@@ -477,6 +496,11 @@ impl Sessions {
         for l in all {
             l.shut(true).await;
         }
+    }
+
+    /// What live sessions use on this replica besides their records.
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     /// How many sessions this replica serves now.
