@@ -93,22 +93,8 @@ impl Naming {
             _ => {}
         }
         if !self.prefix {
-            if self.upstreams.len() == 1 {
-                return Ok(Route::One(0));
-            }
-            let p = jsonrpc::params(m);
-            let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
-            return Ok(match method.as_str() {
-                "tools/call" => search("tools/list", s("name"))?,
-                "prompts/get" => search("prompts/list", s("name"))?,
-                "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                    search("resources/list", s("uri"))?
-                }
-                _ => Route::One(0),
-            });
+            return self.route_unprefixed(&method, m);
         }
-        // A method mcpg does not know: route by a prefixed `name` or `uri` if it carries one,
-        // else to the first upstream, touching nothing else (its params pass unchanged).
         let known = matches!(
             method.as_str(),
             "tools/call"
@@ -122,51 +108,68 @@ impl Naming {
                 | "tasks/update"
                 | "completion/complete"
         );
-        if !known {
-            let p = jsonrpc::params(m);
-            let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
-            let by_name = s("name").and_then(|n| self.name_in(n));
-            let by_uri = s("uri").and_then(|u| self.uri_in(u));
-            return Ok(Route::One(match (by_name, by_uri) {
-                (Some((up, rest)), _) => {
-                    jsonrpc::params_mut(m).insert("name".into(), json!(rest));
-                    up
-                }
-                (None, Some((up, rest))) => {
-                    jsonrpc::params_mut(m).insert("uri".into(), json!(rest));
-                    up
-                }
-                _ => 0,
-            }));
+        if known {
+            self.route_prefixed(&method, jsonrpc::params_mut(m))
+                .map(Route::One)
+        } else {
+            Ok(Route::One(self.route_unknown(m)))
         }
-        let params = jsonrpc::params_mut(m);
-        let field = |params: &mut Map<String, Value>,
-                     key: &str,
-                     what: &str,
-                     resolve: &dyn Fn(&str) -> Option<(usize, String)>|
-         -> Result<usize, RpcError> {
-            let v = params.get(key).and_then(Value::as_str).ok_or_else(|| {
-                RpcError::invalid_params(format!("`params.{key}` (a string) is required"))
-            })?;
-            let (up, rest) = resolve(v).ok_or_else(|| {
-                RpcError::invalid_params(format!(
-                    "unknown {what} `{v}`: names on this endpoint are prefixed with their upstream ({})",
-                    self.upstreams.join(", ")
-                ))
-            })?;
-            params.insert(key.into(), json!(rest));
-            Ok(up)
-        };
+    }
+
+    /// Without prefixes: the only upstream, or the one whose list offers the name.
+    fn route_unprefixed(&self, method: &str, m: &Message) -> Result<Route, RpcError> {
+        if self.upstreams.len() == 1 {
+            return Ok(Route::One(0));
+        }
+        let p = jsonrpc::params(m);
+        let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
+        Ok(match method {
+            "tools/call" => search("tools/list", s("name"))?,
+            "prompts/get" => search("prompts/list", s("name"))?,
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                search("resources/list", s("uri"))?
+            }
+            _ => Route::One(0),
+        })
+    }
+
+    /// A method mcpg does not know: routed by a prefixed `name` or `uri` if it carries one,
+    /// else to the first upstream, touching nothing else (its params pass unchanged).
+    fn route_unknown(&self, m: &mut Message) -> usize {
+        let p = jsonrpc::params(m);
+        let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
+        let by_name = s("name").and_then(|n| self.name_in(n));
+        let by_uri = s("uri").and_then(|u| self.uri_in(u));
+        match (by_name, by_uri) {
+            (Some((up, rest)), _) => {
+                jsonrpc::params_mut(m).insert("name".into(), json!(rest));
+                up
+            }
+            (None, Some((up, rest))) => {
+                jsonrpc::params_mut(m).insert("uri".into(), json!(rest));
+                up
+            }
+            _ => 0,
+        }
+    }
+
+    /// A known method on a prefixed binding: the upstream its name, URI or task id names, the
+    /// prefix stripped; an unprefixed name is refused.
+    fn route_prefixed(
+        &self,
+        method: &str,
+        params: &mut Map<String, Value>,
+    ) -> Result<usize, RpcError> {
         let by_name = |n: &str| self.name_in(n);
         let by_uri = |u: &str| self.uri_in(u);
-        Ok(Route::One(match method.as_str() {
-            "tools/call" => field(params, "name", "tool", &by_name)?,
-            "prompts/get" => field(params, "name", "prompt", &by_name)?,
+        match method {
+            "tools/call" => self.strip_field(params, "name", "tool", &by_name),
+            "prompts/get" => self.strip_field(params, "name", "prompt", &by_name),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                field(params, "uri", "resource", &by_uri)?
+                self.strip_field(params, "uri", "resource", &by_uri)
             }
             "tasks/get" | "tasks/result" | "tasks/cancel" | "tasks/update" => {
-                field(params, "taskId", "task", &by_name)?
+                self.strip_field(params, "taskId", "task", &by_name)
             }
             "completion/complete" => {
                 let r = params
@@ -174,13 +177,34 @@ impl Naming {
                     .and_then(Value::as_object_mut)
                     .ok_or_else(|| RpcError::invalid_params("`params.ref` is required"))?;
                 if r.contains_key("uri") {
-                    field(r, "uri", "resource", &by_uri)?
+                    self.strip_field(r, "uri", "resource", &by_uri)
                 } else {
-                    field(r, "name", "prompt", &by_name)?
+                    self.strip_field(r, "name", "prompt", &by_name)
                 }
             }
-            _ => unreachable!("unknown methods are routed above"),
-        }))
+            _ => unreachable!("unknown methods are routed by route_unknown"),
+        }
+    }
+
+    /// The upstream `params[key]` names (by `resolve`), with the prefix stripped in place.
+    fn strip_field(
+        &self,
+        params: &mut Map<String, Value>,
+        key: &str,
+        what: &str,
+        resolve: &dyn Fn(&str) -> Option<(usize, String)>,
+    ) -> Result<usize, RpcError> {
+        let v = params.get(key).and_then(Value::as_str).ok_or_else(|| {
+            RpcError::invalid_params(format!("`params.{key}` (a string) is required"))
+        })?;
+        let (up, rest) = resolve(v).ok_or_else(|| {
+            RpcError::invalid_params(format!(
+                "unknown {what} `{v}`: names on this endpoint are prefixed with their upstream ({})",
+                self.upstreams.join(", ")
+            ))
+        })?;
+        params.insert(key.into(), json!(rest));
+        Ok(up)
     }
 
     /// Prefixes what an upstream's result names: list items, and resource links, embedded
