@@ -1,0 +1,458 @@
+//! The container image (`Containerfile`, `tools/build-image`), built from this build's
+//! binaries with podman (`--storage-driver vfs`, storage of its own), pushed to a real registry
+//! (Debian's `docker-registry`), pulled back with skopeo (manifest digest unchanged), unpacked
+//! with umoci, and run: `mcpg-config-check --deny-warnings` and `mcpg` from its root filesystem
+//! under `chroot`, as the image's user, with the image's environment. Containers cannot run on
+//! these machines (no cgroups), so chroot plays the runtime: same files, same user, same
+//! entrypoint, the host's network.
+//!
+//! Two boots: `single_node` in front of the fixture upstream (an MCP call answered, SIGTERM
+//! exits 0), and the Kubernetes base's config (`deploy/kubernetes/base/mcpg.yaml`) with the
+//! Deployment's arguments and environment, which loads the Redis plugin from the image's
+//! plugin directory against a real `redis-server`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use mcpg_backends::RedisServer;
+use serde_json::{Value, json};
+
+use crate::harness::{
+    Proc, TempDir, bin, free_port, http, http_get, legacy_session, repo_root, session_post,
+    wait_until,
+};
+use crate::mcp_peers::bench_fixture;
+use crate::plugins_oci::Registry;
+
+/// Where the image keeps the shipped plugins (docs/deployment.md#container-image).
+const PLUGIN_DIR: &str = "/usr/lib/mcpg/plugins";
+const SHIPPED_PLUGINS: [&str; 4] = ["redis", "nats", "etcd", "consul"];
+
+/// A system tool that `tools/install-test-deps` installs from Debian.
+fn tool(name: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is missing: run tools/install-test-deps (apt-get install -y {package})");
+}
+
+fn run(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json_of(out: &Output, what: &str) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The unpacked image: its root filesystem and what a runtime would run (umoci's runtime
+/// config: the image's user, environment and entrypoint + command).
+struct Unpacked {
+    rootfs: PathBuf,
+    uid: u64,
+    gid: u64,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+impl Unpacked {
+    fn read(bundle: &Path) -> Self {
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+        let process = &config["process"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .unwrap_or_else(|| panic!("runtime config: {process}"))
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect()
+        };
+        Self {
+            rootfs: bundle.join("rootfs"),
+            uid: process["user"]["uid"].as_u64().unwrap(),
+            gid: process["user"]["gid"].as_u64().unwrap(),
+            env: strings(&process["env"])
+                .into_iter()
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    (k.to_owned(), v.to_owned())
+                })
+                .collect(),
+            args: strings(&process["args"]),
+        }
+    }
+
+    /// `argv` run inside the image as its user, with only the image's environment plus `env`.
+    fn command(&self, argv: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(tool("chroot", "coreutils"));
+        c.arg(format!("--userspec={}:{}", self.uid, self.gid))
+            .arg(&self.rootfs)
+            .args(argv)
+            .env_clear();
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn write(&self, path: &str, text: &str) {
+        std::fs::write(self.rootfs.join(path.trim_start_matches('/')), text).unwrap();
+    }
+
+    fn config_check(&self, config: &str, env: &[(&str, &str)]) {
+        let out = self
+            .command(
+                &[
+                    "/usr/local/bin/mcpg-config-check",
+                    "--deny-warnings",
+                    config,
+                ],
+                env,
+            )
+            .output()
+            .expect("run mcpg-config-check in the image");
+        assert!(
+            out.status.success(),
+            "mcpg-config-check --deny-warnings {config} in the image:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `(uid, gid, groups)` of a running process, from /proc.
+fn credentials(pid: u32) -> (String, String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (field("Uid:"), field("Gid:"), field("Groups:"))
+}
+
+/// `tools/call echo` in a fresh legacy session at `addr`/mcp; the answer's text.
+fn echo(addr: SocketAddr, text: &str) -> String {
+    let sid = legacy_session(addr, "/mcp");
+    let (status, body) = session_post(
+        addr,
+        "/mcp",
+        &sid,
+        &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":text}}}),
+    );
+    assert_eq!(status, 200, "tools/call through the image's mcpg: {body}");
+    body
+}
+
+fn workspace_version() -> String {
+    let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    manifest
+        .lines()
+        .skip_while(|l| *l != "[workspace.package]")
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("workspace version")
+        .to_owned()
+}
+
+#[test]
+fn the_image_is_built_pushed_pulled_and_runs_mcpg_as_its_user() {
+    let (podman, skopeo, umoci) = (
+        tool("podman", "podman"),
+        tool("skopeo", "skopeo"),
+        tool("umoci", "umoci"),
+    );
+    let dir = TempDir::new("image");
+    // podman refuses a run root longer than 50 characters: its storage gets a short path.
+    let storage = TempDir(std::env::temp_dir().join(format!("mcpg-img-{}", std::process::id())));
+    let storage = &storage.0;
+    let tag = "localhost/mcpg:e2e";
+
+    // Built by the script users run, from the binaries this test build produced.
+    let profile_dir = bin("mcpg").parent().unwrap().to_path_buf();
+    let out = run(
+        Command::new(repo_root().join("tools/build-image"))
+            .arg("--profile-dir")
+            .arg(&profile_dir)
+            .arg("--storage")
+            .arg(storage)
+            .args(["--tag", tag])
+            .env("TMPDIR", &dir.0),
+        "tools/build-image",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tag);
+    let podman_cmd = || {
+        let mut c = Command::new(&podman);
+        c.arg("--root")
+            .arg(storage.join("root"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .args(["--storage-driver", "vfs"]);
+        c
+    };
+
+    // Pushed to a registry and pulled back: the same manifest, byte for byte.
+    let registry = Registry::start(None);
+    let remote = format!("docker://{}/mcpg:e2e", registry.addr);
+    let digest_file = dir.0.join("pushed-digest");
+    run(
+        podman_cmd()
+            .args(["push", "--quiet", "--tls-verify=false", "--digestfile"])
+            .arg(&digest_file)
+            .args([tag, &remote]),
+        "podman push",
+    );
+    let pushed = std::fs::read_to_string(&digest_file).unwrap();
+    assert!(pushed.starts_with("sha256:"), "{pushed:?}");
+    let inspected = json_of(
+        &run(
+            Command::new(&skopeo).args(["inspect", "--tls-verify=false", &remote]),
+            "skopeo inspect",
+        ),
+        "skopeo inspect",
+    );
+    assert_eq!(inspected["Digest"], pushed.as_str(), "{inspected}");
+    let layout = dir.0.join("oci");
+    run(
+        Command::new(&skopeo)
+            .args(["copy", "--quiet", "--src-tls-verify=false", &remote])
+            .arg(format!("oci:{}:e2e", layout.display())),
+        "skopeo copy",
+    );
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        pushed.as_str(),
+        "the pulled manifest differs from the pushed one: {index}"
+    );
+
+    // What the image says about itself.
+    assert_eq!(inspected["Architecture"], "amd64", "{inspected}");
+    let labels = &inspected["Labels"];
+    assert_eq!(
+        labels["org.opencontainers.image.version"],
+        workspace_version().as_str()
+    );
+    let revision = labels["org.opencontainers.image.revision"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        revision.len() >= 40 && revision.chars().take(40).all(|c| c.is_ascii_hexdigit()),
+        "revision label: {labels}"
+    );
+    for key in ["source", "licenses", "title", "documentation"] {
+        let v = labels[format!("org.opencontainers.image.{key}")]
+            .as_str()
+            .unwrap_or_default();
+        assert!(!v.is_empty(), "label {key} is missing: {labels}");
+    }
+
+    let bundle = dir.0.join("bundle");
+    run(
+        Command::new(&umoci)
+            .args(["unpack", "--image"])
+            .arg(format!("{}:e2e", layout.display()))
+            .arg(&bundle),
+        "umoci unpack",
+    );
+    let image = Unpacked::read(&bundle);
+    check_root_filesystem(&image);
+
+    let (_fixture, upstream) = bench_fixture();
+    boot_single_node(&image, &upstream);
+    boot_kubernetes_config(&image, &upstream);
+}
+
+/// A non-root user, no shell, the plugins where the docs say, CA certificates, and the
+/// plugin cache writable by that user only.
+fn check_root_filesystem(image: &Unpacked) {
+    assert_ne!(image.uid, 0, "the image runs as root");
+    assert_ne!(image.gid, 0, "the image runs with group root");
+    assert_eq!(
+        image.args[0], "/usr/local/bin/mcpg",
+        "entrypoint: {:?}",
+        image.args
+    );
+    let fs = &image.rootfs;
+    let passwd = std::fs::read_to_string(fs.join("etc/passwd")).unwrap();
+    assert!(
+        passwd.contains(&format!(":{}:{}:", image.uid, image.gid)),
+        "the image's user is not in /etc/passwd: {passwd}"
+    );
+    for shell in ["bin/sh", "bin/bash", "usr/bin/sh", "usr/bin/env"] {
+        assert!(!fs.join(shell).exists(), "{shell} is in the image");
+    }
+    for p in SHIPPED_PLUGINS {
+        let lib = fs.join(format!(
+            "{}/libmcpg_cluster_{p}.so",
+            PLUGIN_DIR.trim_start_matches('/')
+        ));
+        assert!(lib.is_file(), "{} is missing", lib.display());
+    }
+    let certs = std::fs::read_to_string(fs.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+    assert!(certs.matches("BEGIN CERTIFICATE").count() > 50);
+    let cache = image
+        .env
+        .iter()
+        .find(|(k, _)| k == "MCPG_PLUGIN_CACHE")
+        .map(|(_, v)| v.clone())
+        .expect("MCPG_PLUGIN_CACHE in the image's environment");
+    let parent = Path::new(&cache).parent().unwrap();
+    let meta = std::fs::metadata(fs.join(parent.strip_prefix("/").unwrap())).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (u64::from(meta.uid()), u64::from(meta.gid())),
+        (image.uid, image.gid),
+        "{} is not the image user's",
+        parent.display()
+    );
+    let bin_meta = std::fs::metadata(fs.join("usr/local/bin/mcpg")).unwrap();
+    assert_eq!(
+        bin_meta.uid(),
+        0,
+        "the binaries must not be the runtime user's"
+    );
+    assert_eq!(
+        bin_meta.mode() & 0o022,
+        0,
+        "the binaries must not be writable"
+    );
+}
+
+/// `single_node` in front of the fixture: config checked, ready, an MCP call answered, run
+/// as the image's user, SIGTERM exits 0.
+fn boot_single_node(image: &Unpacked, upstream: &str) {
+    let (listen, admin) = (free_port(), free_port());
+    image.write(
+        "/etc/mcpg/single-node.yaml",
+        &format!(
+            "server: {{listen: \"127.0.0.1:{listen}\", admin_listen: \"127.0.0.1:{admin}\"}}\n\
+             bindings:\n  - name: fixture\n    path: /mcp\n    upstreams: [{{name: f, http: {{url: {upstream:?}}}}}]\n"
+        ),
+    );
+    image.config_check("/etc/mcpg/single-node.yaml", &[]);
+    let mut argv: Vec<&str> = vec![&image.args[0]];
+    argv.extend(["--config", "/etc/mcpg/single-node.yaml"]);
+    let proc = Proc::spawn(&mut image.command(&argv, &[]));
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+    let ready = wait_until(Duration::from_secs(30), || {
+        matches!(http_get(addr, "/readyz"), Ok((200, _)))
+    });
+    assert!(ready, "mcpg from the image never became ready");
+    let (uid, gid, groups) = credentials(proc.child.id());
+    let want = |id: u64| vec![id.to_string(); 4].join(" ");
+    assert_eq!(uid, want(image.uid), "mcpg runs with uids {uid}");
+    assert_eq!(gid, want(image.gid), "mcpg runs with gids {gid}");
+    assert!(
+        groups.is_empty() || groups == image.gid.to_string(),
+        "supplementary groups {groups}"
+    );
+    let body = echo(addr, "from the image");
+    assert!(body.contains("from the image"), "{body}");
+    proc.signal("TERM");
+    let (status, stderr) = proc.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit after SIGTERM: {status}\n{stderr}");
+}
+
+/// The Kubernetes base's config, with the arguments and environment its Deployment gives
+/// (deploy/kubernetes/base/deployment.yaml) except the ports: free loopback ports instead of
+/// 8080 and 9090. The Redis plugin is loaded from the image's plugin directory, both by
+/// `mcpg-config-check` (its plugin phase) and by `mcpg`, which joins a real Redis.
+fn boot_kubernetes_config(image: &Unpacked, upstream: &str) {
+    let redis = RedisServer::start();
+    let config = std::fs::read_to_string(repo_root().join("deploy/kubernetes/base/mcpg.yaml"))
+        .expect("the Kubernetes base's config");
+    assert!(
+        config.contains(&format!("{PLUGIN_DIR}/libmcpg_cluster_redis.so")),
+        "the Kubernetes config does not load the plugin the image ships"
+    );
+    image.write("/etc/mcpg/config.yaml", &config);
+    let admin_token = "admin-token-for-the-image-test";
+    let redis_url = redis.url();
+    let (listen, admin) = (free_port(), free_port());
+    let advertise = format!("http://127.0.0.1:{listen}");
+    let env = [
+        ("MCPG_ADVERTISE_URL", advertise.as_str()),
+        ("MCPG_REDIS_URL", redis_url.as_str()),
+        (
+            "MCPG_FORWARDING_SECRET",
+            "forwarding-secret-for-the-image-test",
+        ),
+        ("MCPG_ADMIN_TOKEN", admin_token),
+        ("MCPG_UPSTREAM_URL", upstream),
+    ];
+    // The image's default command names this very file.
+    assert_eq!(
+        image.args[1..],
+        ["--config", "/etc/mcpg/config.yaml"],
+        "the image's command"
+    );
+    image.config_check("/etc/mcpg/config.yaml", &env);
+
+    let listen_arg = format!("--listen=127.0.0.1:{listen}");
+    let admin_arg = format!("--admin-listen=127.0.0.1:{admin}");
+    let argv = [
+        image.args[0].as_str(),
+        "--config=/etc/mcpg/config.yaml",
+        "--node-id=mcpg-6d4b9c7f8-x2x9q",
+        "--wait-for-cluster",
+        &listen_arg,
+        &admin_arg,
+    ];
+    let _proc = Proc::spawn(&mut image.command(&argv, &env));
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let ready = wait_until(Duration::from_secs(30), || {
+        matches!(http_get(addr, "/readyz"), Ok((200, _)))
+    });
+    assert!(ready, "mcpg from the image never became ready on Redis");
+    let bearer = format!("Bearer {admin_token}");
+    let (status, _, body) = http(
+        admin_addr,
+        "GET",
+        "/api/cluster/status",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["cluster_kind"], "redis", "{s}");
+    assert_eq!(s["backend"]["ok"], true, "{s}");
+    assert_eq!(s["node_id"], "mcpg-6d4b9c7f8-x2x9q", "{s}");
+    let keys = redis
+        .command(&["KEYS", "mcpg:default:*"])
+        .unwrap_or_default();
+    assert!(
+        keys.starts_with('*') && !keys.starts_with("*0"),
+        "nothing under the config's key_prefix in Redis: {keys:?}"
+    );
+    let body = echo(addr, "through redis");
+    assert!(body.contains("through redis"), "{body}");
+}
