@@ -190,24 +190,28 @@ fn the_image_is_built_pushed_pulled_and_runs_mcpg_as_its_user() {
     );
     let dir = TempDir::new("image");
     // podman refuses a run root longer than 50 characters: its storage gets a short path.
-    let storage = TempDir(std::env::temp_dir().join(format!("mcpg-img-{}", std::process::id())));
+    let short =
+        |n: u8| TempDir(std::env::temp_dir().join(format!("mcpg-img{n}-{}", std::process::id())));
+    let (storage, again) = (short(1), short(2));
     let storage = &storage.0;
     let tag = "localhost/mcpg:e2e";
 
     // Built by the script users run, from the binaries this test build produced.
     let profile_dir = bin("mcpg").parent().unwrap().to_path_buf();
-    let out = run(
-        Command::new(repo_root().join("tools/build-image"))
-            .arg("--profile-dir")
-            .arg(&profile_dir)
-            .arg("--storage")
-            .arg(storage)
-            .args(["--tag", tag])
-            .env("TMPDIR", &dir.0),
-        "tools/build-image",
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tag);
-    let podman_cmd = || {
+    let build = |storage: &Path| {
+        let out = run(
+            Command::new(repo_root().join("tools/build-image"))
+                .arg("--profile-dir")
+                .arg(&profile_dir)
+                .arg("--storage")
+                .arg(storage)
+                .args(["--tag", tag])
+                .env("TMPDIR", &dir.0),
+            "tools/build-image",
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tag);
+    };
+    let podman_in = |storage: &Path| {
         let mut c = Command::new(&podman);
         c.arg("--root")
             .arg(storage.join("root"))
@@ -216,6 +220,20 @@ fn the_image_is_built_pushed_pulled_and_runs_mcpg_as_its_user() {
             .args(["--storage-driver", "vfs"]);
         c
     };
+    let podman_cmd = || podman_in(storage);
+    let image_id = |storage: &Path| {
+        let out = run(
+            podman_in(storage).args(["image", "inspect", "--format", "{{.Id}}", tag]),
+            "podman image inspect",
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // Built twice from the same binaries, in separate storage (no layer cache shared): the
+    // same image, since file times and the creation time come from the commit, not the clock.
+    build(storage);
+    build(&again.0);
+    assert_eq!(image_id(storage), image_id(&again.0));
+    drop(again);
 
     // Pushed to a registry and pulled back: the same manifest, byte for byte.
     let registry = Registry::start(None);
