@@ -8,8 +8,9 @@
 //!
 //! Two boots: `single_node` in front of the fixture upstream (an MCP call answered, SIGTERM
 //! exits 0), and the Kubernetes base's config (`deploy/kubernetes/base/mcpg.yaml`) with the
-//! Deployment's arguments and environment, which loads the Redis plugin from the image's
-//! plugin directory against a real `redis-server`.
+//! Deployment's arguments and environment (read from its manifest), which loads the Redis
+//! plugin from the image's plugin directory against a real `redis-server`. The test needs
+//! root (`chroot`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use std::time::Duration;
 use mcpg_backends::RedisServer;
 use serde_json::{Value, json};
 
+use crate::deploy_kubernetes::yaml_documents;
 use crate::harness::{
     Proc, TempDir, bin, free_port, http, http_get, legacy_session, repo_root, session_post,
     wait_until,
@@ -187,6 +189,11 @@ fn the_image_is_built_pushed_pulled_and_runs_mcpg_as_its_user() {
         tool("podman", "podman"),
         tool("skopeo", "skopeo"),
         tool("umoci", "umoci"),
+    );
+    let (uid, _, _) = credentials(std::process::id());
+    assert!(
+        uid.starts_with("0 "),
+        "the image test runs the image under chroot, which needs root (uids {uid})"
     );
     let dir = TempDir::new("image");
     // podman refuses a run root longer than 50 characters: its storage gets a short path.
@@ -399,10 +406,65 @@ fn boot_single_node(image: &Unpacked, upstream: &str) {
     assert!(status.success(), "exit after SIGTERM: {status}\n{stderr}");
 }
 
-/// The Kubernetes base's config, with the arguments and environment its Deployment gives
-/// (deploy/kubernetes/base/deployment.yaml) except the ports: free loopback ports instead of
-/// 8080 and 9090. The Redis plugin is loaded from the image's plugin directory, both by
-/// `mcpg-config-check` (its plugin phase) and by `mcpg`, which joins a real Redis.
+/// What the kubelet would run for the base Deployment's container (its `args` and `env`,
+/// `$(VAR)` expanded from the variables before, field references resolved for a pod named
+/// `pod` at `pod_ip`, Secret keys looked up in `secrets`): the arguments and the environment.
+fn deployment_process(
+    pod: &str,
+    pod_ip: &str,
+    secrets: &[(&str, &str)],
+) -> (Vec<String>, Vec<(String, String)>) {
+    let deployment =
+        &yaml_documents(&repo_root().join("deploy/kubernetes/base/deployment.yaml"))[0];
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(containers.len(), 1, "one container per pod");
+    let c = &containers[0];
+    assert!(
+        c["command"].is_null(),
+        "the Deployment must keep the image's entrypoint"
+    );
+    let expand = |v: &str, env: &[(String, String)]| {
+        env.iter()
+            .fold(v.to_owned(), |v, (k, x)| v.replace(&format!("$({k})"), x))
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap().to_owned();
+        let from = &e["valueFrom"];
+        let value = if let Some(v) = e["value"].as_str() {
+            expand(v, &env)
+        } else if from["fieldRef"]["fieldPath"] == "metadata.name" {
+            pod.to_owned()
+        } else if from["fieldRef"]["fieldPath"] == "status.podIP" {
+            pod_ip.to_owned()
+        } else if let Some(key) = from["secretKeyRef"]["key"].as_str() {
+            secrets
+                .iter()
+                .find(|(k, _)| *k == key)
+                .unwrap_or_else(|| panic!("env {name}: no Secret key {key} in the test"))
+                .1
+                .to_owned()
+        } else {
+            panic!("env {name}: a source the test does not know: {e}")
+        };
+        env.push((name, value));
+    }
+    let args = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| expand(a.as_str().unwrap(), &env))
+        .collect();
+    (args, env)
+}
+
+/// The Kubernetes base's config with the arguments and environment its Deployment gives
+/// (read from deploy/kubernetes/base/deployment.yaml), except the ports: free loopback ports
+/// instead of 8080 and 9090 (flags, which win over the file, and the advertise URL). The Redis
+/// plugin is loaded from the image's plugin directory, both by `mcpg-config-check` (its plugin
+/// phase) and by `mcpg`, which joins a real Redis.
 fn boot_kubernetes_config(image: &Unpacked, upstream: &str) {
     let redis = RedisServer::start();
     let config = std::fs::read_to_string(repo_root().join("deploy/kubernetes/base/mcpg.yaml"))
@@ -414,36 +476,42 @@ fn boot_kubernetes_config(image: &Unpacked, upstream: &str) {
     image.write("/etc/mcpg/config.yaml", &config);
     let admin_token = "admin-token-for-the-image-test";
     let redis_url = redis.url();
+    let pod = "mcpg-6d4b9c7f8-x2x9q";
+    let (args, mut env) = deployment_process(
+        pod,
+        "127.0.0.1",
+        &[
+            ("redis-url", &redis_url),
+            ("forwarding-secret", "forwarding-secret-for-the-image-test"),
+            ("admin-token", admin_token),
+        ],
+    );
     let (listen, admin) = (free_port(), free_port());
-    let advertise = format!("http://127.0.0.1:{listen}");
-    let env = [
-        ("MCPG_ADVERTISE_URL", advertise.as_str()),
-        ("MCPG_REDIS_URL", redis_url.as_str()),
-        (
-            "MCPG_FORWARDING_SECRET",
-            "forwarding-secret-for-the-image-test",
-        ),
-        ("MCPG_ADMIN_TOKEN", admin_token),
-        ("MCPG_UPSTREAM_URL", upstream),
-    ];
-    // The image's default command names this very file.
+    for (k, v) in &mut env {
+        if k == "MCPG_ADVERTISE_URL" {
+            assert_eq!(v, "http://127.0.0.1:8080");
+            *v = format!("http://127.0.0.1:{listen}");
+        }
+    }
+    env.push(("MCPG_UPSTREAM_URL".into(), upstream.into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // The image's default command names this very file, and so does the Deployment.
     assert_eq!(
         image.args[1..],
         ["--config", "/etc/mcpg/config.yaml"],
         "the image's command"
     );
+    assert!(
+        args.contains(&"--config=/etc/mcpg/config.yaml".to_owned()),
+        "{args:?}"
+    );
     image.config_check("/etc/mcpg/config.yaml", &env);
 
-    let listen_arg = format!("--listen=127.0.0.1:{listen}");
-    let admin_arg = format!("--admin-listen=127.0.0.1:{admin}");
-    let argv = [
-        image.args[0].as_str(),
-        "--config=/etc/mcpg/config.yaml",
-        "--node-id=mcpg-6d4b9c7f8-x2x9q",
-        "--wait-for-cluster",
-        &listen_arg,
-        &admin_arg,
-    ];
+    let mut argv: Vec<String> = vec![image.args[0].clone()];
+    argv.extend(args);
+    argv.push(format!("--listen=127.0.0.1:{listen}"));
+    argv.push(format!("--admin-listen=127.0.0.1:{admin}"));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let _proc = Proc::spawn(&mut image.command(&argv, &env));
     let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
@@ -463,7 +531,7 @@ fn boot_kubernetes_config(image: &Unpacked, upstream: &str) {
     let s: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(s["cluster_kind"], "redis", "{s}");
     assert_eq!(s["backend"]["ok"], true, "{s}");
-    assert_eq!(s["node_id"], "mcpg-6d4b9c7f8-x2x9q", "{s}");
+    assert_eq!(s["node_id"], pod, "the node id is not the pod's name: {s}");
     let keys = redis
         .command(&["KEYS", "mcpg:default:*"])
         .unwrap_or_default();

@@ -41,7 +41,7 @@ fn run(cmd: &mut Command, what: &str) -> Output {
 }
 
 /// Every document of a YAML file (or stream), as JSON, through the checkers' PyYAML.
-fn yaml_documents(path: &Path) -> Vec<Value> {
+pub(crate) fn yaml_documents(path: &Path) -> Vec<Value> {
     let out = run(
         Command::new(installed(deps().join("deploy-venv/bin/python")))
             .args([
