@@ -183,71 +183,111 @@ fn workspace_version() -> String {
         .to_owned()
 }
 
+/// podman with storage of its own (removed with it). podman refuses a run root longer than
+/// 50 characters, so it lives at a short path.
+struct Podman {
+    storage: TempDir,
+}
+
+impl Podman {
+    fn new(n: u8) -> Self {
+        let dir = std::env::temp_dir().join(format!("mcpg-img{n}-{}", std::process::id()));
+        Self {
+            storage: TempDir(dir),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(tool("podman", "podman"));
+        c.arg("--root")
+            .arg(self.storage.0.join("root"))
+            .arg("--runroot")
+            .arg(self.storage.0.join("run"))
+            .args(["--storage-driver", "vfs"]);
+        c
+    }
+
+    /// `tools/build-image` from the binaries this test build produced, into this storage.
+    fn build(&self, tag: &str, tmp: &Path) {
+        let profile_dir = bin("mcpg").parent().unwrap().to_path_buf();
+        let out = run(
+            Command::new(repo_root().join("tools/build-image"))
+                .arg("--profile-dir")
+                .arg(&profile_dir)
+                .arg("--storage")
+                .arg(&self.storage.0)
+                .args(["--tag", tag])
+                .env("TMPDIR", tmp),
+            "tools/build-image",
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tag);
+    }
+
+    fn image_id(&self, tag: &str) -> String {
+        let out = run(
+            self.command()
+                .args(["image", "inspect", "--format", "{{.Id}}", tag]),
+            "podman image inspect",
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
 #[test]
 fn the_image_is_built_pushed_pulled_and_runs_mcpg_as_its_user() {
-    let (podman, skopeo, umoci) = (
-        tool("podman", "podman"),
-        tool("skopeo", "skopeo"),
-        tool("umoci", "umoci"),
-    );
     let (uid, _, _) = credentials(std::process::id());
     assert!(
         uid.starts_with("0 "),
         "the image test runs the image under chroot, which needs root (uids {uid})"
     );
     let dir = TempDir::new("image");
-    // podman refuses a run root longer than 50 characters: its storage gets a short path.
-    let short =
-        |n: u8| TempDir(std::env::temp_dir().join(format!("mcpg-img{n}-{}", std::process::id())));
-    let (storage, again) = (short(1), short(2));
-    let storage = &storage.0;
     let tag = "localhost/mcpg:e2e";
 
-    // Built by the script users run, from the binaries this test build produced.
-    let profile_dir = bin("mcpg").parent().unwrap().to_path_buf();
-    let build = |storage: &Path| {
-        let out = run(
-            Command::new(repo_root().join("tools/build-image"))
-                .arg("--profile-dir")
-                .arg(&profile_dir)
-                .arg("--storage")
-                .arg(storage)
-                .args(["--tag", tag])
-                .env("TMPDIR", &dir.0),
-            "tools/build-image",
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tag);
-    };
-    let podman_in = |storage: &Path| {
-        let mut c = Command::new(&podman);
-        c.arg("--root")
-            .arg(storage.join("root"))
-            .arg("--runroot")
-            .arg(storage.join("run"))
-            .args(["--storage-driver", "vfs"]);
-        c
-    };
-    let podman_cmd = || podman_in(storage);
-    let image_id = |storage: &Path| {
-        let out = run(
-            podman_in(storage).args(["image", "inspect", "--format", "{{.Id}}", tag]),
-            "podman image inspect",
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
     // Built twice from the same binaries, in separate storage (no layer cache shared): the
     // same image, since file times and the creation time come from the commit, not the clock.
-    build(storage);
-    build(&again.0);
-    assert_eq!(image_id(storage), image_id(&again.0));
-    drop(again);
+    let podman = Podman::new(1);
+    podman.build(tag, &dir.0);
+    {
+        let again = Podman::new(2);
+        again.build(tag, &dir.0);
+        assert_eq!(podman.image_id(tag), again.image_id(tag));
+    }
 
-    // Pushed to a registry and pulled back: the same manifest, byte for byte.
     let registry = Registry::start(None);
+    let (inspected, layout) = push_and_pull_back(&podman, tag, &registry, &dir);
+    check_labels(&inspected);
+
+    let bundle = dir.0.join("bundle");
+    run(
+        Command::new(tool("umoci", "umoci"))
+            .args(["unpack", "--image"])
+            .arg(format!("{}:e2e", layout.display()))
+            .arg(&bundle),
+        "umoci unpack",
+    );
+    let image = Unpacked::read(&bundle);
+    check_root_filesystem(&image);
+
+    let (_fixture, upstream) = bench_fixture();
+    boot_single_node(&image, &upstream);
+    boot_kubernetes_config(&image, &upstream);
+}
+
+/// Pushes `tag` to the registry with podman and copies it back with skopeo into an OCI
+/// layout: the same manifest, byte for byte (the digest podman pushed, the registry serves
+/// and the layout holds are one). Returns `skopeo inspect` of the pushed image and the layout.
+fn push_and_pull_back(
+    podman: &Podman,
+    tag: &str,
+    registry: &Registry,
+    dir: &TempDir,
+) -> (Value, PathBuf) {
+    let skopeo = tool("skopeo", "skopeo");
     let remote = format!("docker://{}/mcpg:e2e", registry.addr);
     let digest_file = dir.0.join("pushed-digest");
     run(
-        podman_cmd()
+        podman
+            .command()
             .args(["push", "--quiet", "--tls-verify=false", "--digestfile"])
             .arg(&digest_file)
             .args([tag, &remote]),
@@ -277,9 +317,13 @@ fn the_image_is_built_pushed_pulled_and_runs_mcpg_as_its_user() {
         pushed.as_str(),
         "the pulled manifest differs from the pushed one: {index}"
     );
+    (inspected, layout)
+}
 
-    // What the image says about itself.
+/// What the image says about itself: linux/amd64, and the OCI annotation labels.
+fn check_labels(inspected: &Value) {
     assert_eq!(inspected["Architecture"], "amd64", "{inspected}");
+    assert_eq!(inspected["Os"], "linux", "{inspected}");
     let labels = &inspected["Labels"];
     assert_eq!(
         labels["org.opencontainers.image.version"],
@@ -298,21 +342,6 @@ fn the_image_is_built_pushed_pulled_and_runs_mcpg_as_its_user() {
             .unwrap_or_default();
         assert!(!v.is_empty(), "label {key} is missing: {labels}");
     }
-
-    let bundle = dir.0.join("bundle");
-    run(
-        Command::new(&umoci)
-            .args(["unpack", "--image"])
-            .arg(format!("{}:e2e", layout.display()))
-            .arg(&bundle),
-        "umoci unpack",
-    );
-    let image = Unpacked::read(&bundle);
-    check_root_filesystem(&image);
-
-    let (_fixture, upstream) = bench_fixture();
-    boot_single_node(&image, &upstream);
-    boot_kubernetes_config(&image, &upstream);
 }
 
 /// A non-root user, no shell, the plugins where the docs say, CA certificates, and the
