@@ -7,10 +7,10 @@
 //! entrypoint, the host's network.
 //!
 //! Two boots: `single_node` in front of the fixture upstream (an MCP call answered, SIGTERM
-//! exits 0), and the Kubernetes base's config (`deploy/kubernetes/base/mcpg.yaml`) with the
-//! Deployment's arguments and environment (read from its manifest), which loads the Redis
-//! plugin from the image's plugin directory against a real `redis-server`. The test needs
-//! root (`chroot`).
+//! exits 0), and two pods of the Kubernetes base (`deploy/kubernetes/base/mcpg.yaml`, with the
+//! Deployment's arguments and environment read from its manifest), which load the Redis plugin
+//! from the image's plugin directory, join a real `redis-server`, find each other at their
+//! advertise URLs and serve one session between them. The test needs root (`chroot`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -489,30 +489,30 @@ fn deployment_process(
     (args, env)
 }
 
-/// The Kubernetes base's config with the arguments and environment its Deployment gives
-/// (read from deploy/kubernetes/base/deployment.yaml), except the ports: free loopback ports
-/// instead of 8080 and 9090 (flags, which win over the file, and the advertise URL). The Redis
-/// plugin is loaded from the image's plugin directory, both by `mcpg-config-check` (its plugin
-/// phase) and by `mcpg`, which joins a real Redis.
-fn boot_kubernetes_config(image: &Unpacked, upstream: &str) {
-    let redis = RedisServer::start();
-    let config = std::fs::read_to_string(repo_root().join("deploy/kubernetes/base/mcpg.yaml"))
-        .expect("the Kubernetes base's config");
-    assert!(
-        config.contains(&format!("{PLUGIN_DIR}/libmcpg_cluster_redis.so")),
-        "the Kubernetes config does not load the plugin the image ships"
-    );
-    image.write("/etc/mcpg/config.yaml", &config);
-    let admin_token = "admin-token-for-the-image-test";
-    let redis_url = redis.url();
-    let pod = "mcpg-6d4b9c7f8-x2x9q";
+/// One pod of the base Deployment, run from the image.
+struct Pod {
+    name: &'static str,
+    _proc: Proc,
+    main: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// The admin token and forwarding secret the test's "Secret" holds.
+const ADMIN_TOKEN: &str = "admin-token-for-the-image-test";
+const FORWARDING_SECRET: &str = "forwarding-secret-for-the-image-test";
+
+/// Starts pod `name` from the image with the arguments and environment the base Deployment
+/// gives it (read from deploy/kubernetes/base/deployment.yaml), except the ports: free loopback
+/// ports instead of 8080 and 9090 (flags, which win over the file, and the advertise URL).
+/// `mcpg-config-check --deny-warnings` runs first with the same environment.
+fn start_pod(image: &Unpacked, name: &'static str, redis_url: &str, upstream: &str) -> Pod {
     let (args, mut env) = deployment_process(
-        pod,
+        name,
         "127.0.0.1",
         &[
-            ("redis-url", &redis_url),
-            ("forwarding-secret", "forwarding-secret-for-the-image-test"),
-            ("admin-token", admin_token),
+            ("redis-url", redis_url),
+            ("forwarding-secret", FORWARDING_SECRET),
+            ("admin-token", ADMIN_TOKEN),
         ],
     );
     let (listen, admin) = (free_port(), free_port());
@@ -524,12 +524,6 @@ fn boot_kubernetes_config(image: &Unpacked, upstream: &str) {
     }
     env.push(("MCPG_UPSTREAM_URL".into(), upstream.into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    // The image's default command names this very file, and so does the Deployment.
-    assert_eq!(
-        image.args[1..],
-        ["--config", "/etc/mcpg/config.yaml"],
-        "the image's command"
-    );
     assert!(
         args.contains(&"--config=/etc/mcpg/config.yaml".to_owned()),
         "{args:?}"
@@ -541,26 +535,63 @@ fn boot_kubernetes_config(image: &Unpacked, upstream: &str) {
     argv.push(format!("--listen=127.0.0.1:{listen}"));
     argv.push(format!("--admin-listen=127.0.0.1:{admin}"));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let _proc = Proc::spawn(&mut image.command(&argv, &env));
-    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let ready = wait_until(Duration::from_secs(30), || {
-        matches!(http_get(addr, "/readyz"), Ok((200, _)))
-    });
-    assert!(ready, "mcpg from the image never became ready on Redis");
-    let bearer = format!("Bearer {admin_token}");
-    let (status, _, body) = http(
-        admin_addr,
-        "GET",
-        "/api/cluster/status",
-        &[("Authorization", &bearer)],
-        b"",
+    Pod {
+        name,
+        _proc: Proc::spawn(&mut image.command(&argv, &env)),
+        main: format!("127.0.0.1:{listen}").parse().unwrap(),
+        admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+    }
+}
+
+/// `GET path` on the admin listener with the admin token, as JSON.
+fn admin_get(pod: &Pod, path: &str) -> Value {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _, body) = http(pod.admin, "GET", path, &[("Authorization", &bearer)], b"");
+    assert_eq!(status, 200, "{} {path}: {body}", pod.name);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The Kubernetes base's config as two pods of its Deployment on a real Redis: the Redis
+/// plugin is loaded from the image's plugin directory (by `mcpg-config-check`'s plugin phase
+/// and by `mcpg`), the node ids are the pods' names, each finds the other at its advertise
+/// URL, and a session opened on one is served through the other (forwarded with the
+/// Secret's forwarding secret).
+fn boot_kubernetes_config(image: &Unpacked, upstream: &str) {
+    let redis = RedisServer::start();
+    let config = std::fs::read_to_string(repo_root().join("deploy/kubernetes/base/mcpg.yaml"))
+        .expect("the Kubernetes base's config");
+    assert!(
+        config.contains(&format!("{PLUGIN_DIR}/libmcpg_cluster_redis.so")),
+        "the Kubernetes config does not load the plugin the image ships"
     );
-    assert_eq!(status, 200, "{body}");
-    let s: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(s["cluster_kind"], "redis", "{s}");
-    assert_eq!(s["backend"]["ok"], true, "{s}");
-    assert_eq!(s["node_id"], pod, "the node id is not the pod's name: {s}");
+    image.write("/etc/mcpg/config.yaml", &config);
+    // The image's default command names this very file, and so does the Deployment.
+    assert_eq!(
+        image.args[1..],
+        ["--config", "/etc/mcpg/config.yaml"],
+        "the image's command"
+    );
+    let pods = [
+        start_pod(image, "mcpg-6d4b9c7f8-x2x9q", &redis.url(), upstream),
+        start_pod(image, "mcpg-6d4b9c7f8-k7v4m", &redis.url(), upstream),
+    ];
+    for pod in &pods {
+        let ready = wait_until(Duration::from_secs(30), || {
+            matches!(http_get(pod.main, "/readyz"), Ok((200, _)))
+        });
+        assert!(
+            ready,
+            "{} from the image never became ready on Redis",
+            pod.name
+        );
+        let s = admin_get(pod, "/api/cluster/status");
+        assert_eq!(s["cluster_kind"], "redis", "{s}");
+        assert_eq!(s["backend"]["ok"], true, "{s}");
+        assert_eq!(
+            s["node_id"], pod.name,
+            "the node id is not the pod's name: {s}"
+        );
+    }
     let keys = redis
         .command(&["KEYS", "mcpg:default:*"])
         .unwrap_or_default();
@@ -568,6 +599,28 @@ fn boot_kubernetes_config(image: &Unpacked, upstream: &str) {
         keys.starts_with('*') && !keys.starts_with("*0"),
         "nothing under the config's key_prefix in Redis: {keys:?}"
     );
-    let body = echo(addr, "through redis");
-    assert!(body.contains("through redis"), "{body}");
+    // Each pod sees the other, at the URL its environment advertised.
+    let seen = wait_until(Duration::from_secs(15), || {
+        admin_get(&pods[0], "/api/cluster/peers")["peers"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2)
+    });
+    let peers = admin_get(&pods[0], "/api/cluster/peers");
+    assert!(seen, "{peers}");
+    let advertised = format!("http://{}", pods[1].main);
+    assert!(
+        peers.to_string().contains(&advertised),
+        "{} is not advertised at {advertised}: {peers}",
+        pods[1].name
+    );
+    // A session opened on one pod, called through the other.
+    let sid = legacy_session(pods[0].main, "/mcp");
+    let (status, body) = session_post(
+        pods[1].main,
+        "/mcp",
+        &sid,
+        &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"across pods"}}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("across pods"), "{body}");
 }
