@@ -329,6 +329,12 @@ fn check_labels(inspected: &Value) {
         labels["org.opencontainers.image.version"],
         workspace_version().as_str()
     );
+    // What `podman build .` labels an image with when no --build-arg says otherwise.
+    let containerfile = std::fs::read_to_string(repo_root().join("Containerfile")).unwrap();
+    assert!(
+        containerfile.contains(&format!("ARG MCPG_VERSION={}\n", workspace_version())),
+        "the Containerfile's default MCPG_VERSION is not the workspace's version"
+    );
     let revision = labels["org.opencontainers.image.revision"]
         .as_str()
         .unwrap_or_default();
