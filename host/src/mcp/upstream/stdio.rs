@@ -86,6 +86,8 @@ fn command(cfg: &StdioTransport, base_dir: &Path) -> Command {
         }
     }
     cmd.envs(&cfg.env);
+    // The service manager's socket is mcpg's own: a child must not report for it.
+    cmd.env_remove("NOTIFY_SOCKET");
     if let Some(dir) = &cfg.cwd {
         cmd.current_dir(crate::config::resolve_path(base_dir, dir));
     }
