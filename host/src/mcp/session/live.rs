@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::Services;
 use super::record::{SessionRecord, now_ms};
 use crate::mcp::binding::Binding;
-use crate::mcp::upstream::{Connection, Conversations, Lease};
+use crate::mcp::upstream::{Connection, Conversations, Link};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError};
 use crate::mcp::wire::version::Era;
 
@@ -25,7 +25,7 @@ pub type Listen = (Vec<String>, Option<tokio::task::JoinHandle<()>>);
 
 /// One upstream's place in a live session.
 pub struct Slot {
-    pub(super) lease: AsyncMutex<Option<Lease>>,
+    pub(super) link: AsyncMutex<Option<Link>>,
     /// When the last reconnect attempt failed, to pace retries.
     pub(super) failed_at: Mutex<Option<Instant>>,
 }
@@ -127,8 +127,8 @@ impl Live {
     /// speaks only that, so the session's requests must be stamped), under one lock.
     pub async fn conn_and_era(&self, up: usize) -> Result<(Connection, Era), RpcError> {
         let slot = &self.slots[up];
-        let mut lease = slot.lease.lock().await;
-        if let Some(l) = lease.as_ref()
+        let mut link = slot.link.lock().await;
+        if let Some(l) = link.as_ref()
             && !l.conn.is_closed()
         {
             return Ok((l.conn.clone(), era_of(l)));
@@ -161,7 +161,7 @@ impl Live {
                         .insert(upstream.name.clone(), s.clone());
                 }
                 self.start_pump(up, &l);
-                *lease = Some(l);
+                *link = Some(l);
                 *slot.failed_at.lock().expect("lock") = None;
                 Ok(conn)
             }
@@ -175,7 +175,7 @@ impl Live {
     /// Whether upstream `up` serves this session through its 2026-07-28 conversation.
     pub async fn is_modern(&self, up: usize) -> bool {
         self.slots[up]
-            .lease
+            .link
             .lock()
             .await
             .as_ref()
@@ -183,17 +183,17 @@ impl Live {
     }
 
     /// Forwards what an upstream sends outside any request to the client's GET stream.
-    pub(super) fn start_pump(&self, up: usize, lease: &Lease) {
-        if lease.modern {
+    pub(super) fn start_pump(&self, up: usize, link: &Link) {
+        if link.modern {
             // A 2026-07-28 conversation sends nothing outside requests and listens.
             return;
         }
-        let mut rx = lease.conn.unsolicited();
-        let owned = lease.owned;
+        let mut rx = link.conn.unsolicited();
+        let owned = link.owned;
         let binding = self.binding.clone();
         let services = self.services.clone();
         let sid = self.id.clone();
-        let conn = lease.conn.clone();
+        let conn = link.conn.clone();
         let events = self.events.clone();
         let h = tokio::spawn(async move {
             loop {
@@ -268,7 +268,7 @@ impl Live {
             }
         }
         for slot in &self.slots {
-            if let Some(l) = slot.lease.lock().await.take()
+            if let Some(l) = slot.link.lock().await.take()
                 && l.owned
             {
                 if detach {
@@ -319,7 +319,7 @@ impl Live {
     pub async fn notify_all(&self, m: &Message) {
         for slot in &self.slots {
             let conn = slot
-                .lease
+                .link
                 .lock()
                 .await
                 .as_ref()
@@ -338,17 +338,17 @@ impl Live {
         binding: &Arc<Binding>,
         services: Arc<Services>,
         record: SessionRecord,
-        leases: Vec<Option<Lease>>,
+        links: Vec<Option<Link>>,
     ) -> Arc<Self> {
         let now = Instant::now();
         let live = Arc::new(Live {
             id: record.id.clone(),
             binding: binding.clone(),
             services,
-            slots: leases
+            slots: links
                 .iter()
                 .map(|_| Slot {
-                    lease: AsyncMutex::new(None),
+                    link: AsyncMutex::new(None),
                     failed_at: Mutex::new(None),
                 })
                 .collect(),
@@ -366,17 +366,17 @@ impl Live {
             dirty: std::sync::atomic::AtomicBool::new(false),
             record: Mutex::new(record),
         });
-        for (i, l) in leases.into_iter().enumerate() {
+        for (i, l) in links.into_iter().enumerate() {
             if let Some(l) = l {
                 live.start_pump(i, &l);
-                *live.slots[i].lease.try_lock().expect("new session") = Some(l);
+                *live.slots[i].link.try_lock().expect("new session") = Some(l);
             }
         }
         live
     }
 }
 
-fn era_of(l: &Lease) -> Era {
+fn era_of(l: &Link) -> Era {
     if l.modern { Era::Modern } else { Era::Legacy }
 }
 

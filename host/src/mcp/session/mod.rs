@@ -23,7 +23,7 @@ use crate::capabilities::Capability;
 use crate::mcp::binding::Binding;
 use crate::mcp::cluster::ownership::Ownership;
 use crate::mcp::route::fanout;
-use crate::mcp::upstream::{Hello, Lease};
+use crate::mcp::upstream::{Hello, Link};
 use crate::mcp::wire::jsonrpc::{self, RpcError};
 use mcpg_plugin_api::coordinator::{CasOutcome, Entry};
 
@@ -184,14 +184,14 @@ impl Sessions {
             capabilities: params.get("capabilities").cloned().unwrap_or(json!({})),
             client_info: params.get("clientInfo").cloned().unwrap_or(json!({})),
         };
-        let leases = connect_all(binding, &hello).await?;
-        let answers: Vec<(usize, Value)> = leases
+        let links = connect_all(binding, &hello).await?;
+        let answers: Vec<(usize, Value)> = links
             .iter()
             .enumerate()
             .filter_map(|(i, l)| Some((i, l.as_ref()?.answer.clone())))
             .collect();
         let result = fanout::merge_initialize(binding, &hello.protocol_version, &answers);
-        let record = self.new_record(binding, &result, hello, &leases, identity);
+        let record = self.new_record(binding, &result, hello, &links, identity);
         let created = self
             .cap
             .store
@@ -202,14 +202,14 @@ impl Sessions {
             )
             .await;
         if !matches!(created, Ok(Some(_))) {
-            close_all(leases).await;
+            close_all(links).await;
             let why = match created {
                 Err(e) => e.to_string(),
                 _ => "a session with this id exists".into(),
             };
             return Err(unavailable(format!("cannot record the session: {why}")));
         }
-        let live = self.register(binding, record, leases);
+        let live = self.register(binding, record, links);
         tracing::info!(session = %live.id, binding = %binding.name, "session started");
         Ok((live, result))
     }
@@ -220,7 +220,7 @@ impl Sessions {
         binding: &Binding,
         result: &Value,
         hello: Hello,
-        leases: &[Option<Lease>],
+        links: &[Option<Link>],
         identity: Option<&str>,
     ) -> SessionRecord {
         let mut record = SessionRecord {
@@ -242,7 +242,7 @@ impl Sessions {
             listened: HashMap::new(),
             identity: identity.map(str::to_owned),
         };
-        for (i, l) in leases.iter().enumerate() {
+        for (i, l) in links.iter().enumerate() {
             let Some(l) = l else { continue };
             let name = &binding.upstreams[i].name;
             if let Some(s) = &l.upstream_session {
@@ -259,9 +259,9 @@ impl Sessions {
         &self,
         binding: &Arc<Binding>,
         record: SessionRecord,
-        leases: Vec<Option<Lease>>,
+        links: Vec<Option<Link>>,
     ) -> Arc<Live> {
-        let live = Live::new(binding, self.services.clone(), record, leases);
+        let live = Live::new(binding, self.services.clone(), record, links);
         self.live
             .lock()
             .expect("lock")
@@ -466,7 +466,7 @@ impl Sessions {
             })
             .await;
         if let Err(e) = r {
-            tracing::warn!(session = %live.id, error = %e, "cannot hand the session over; it is taken over once the ownership lease expires");
+            tracing::warn!(session = %live.id, error = %e, "cannot hand the session over; it is taken over once the ownership link expires");
         }
         self.let_go(live).await;
         tracing::info!(session = %live.id, "session handed over");
@@ -533,29 +533,29 @@ impl Sessions {
 /// Connects every upstream of a binding for a new session with the client's hello. An
 /// upstream that fails is left out, unless the binding fails closed or has no other: then
 /// the session does not start (and what was connected is closed).
-async fn connect_all(binding: &Binding, hello: &Hello) -> Result<Vec<Option<Lease>>, RpcError> {
+async fn connect_all(binding: &Binding, hello: &Hello) -> Result<Vec<Option<Link>>, RpcError> {
     let connects = binding.upstreams.iter().map(|u| u.connect(hello, None));
     let results = futures::future::join_all(connects).await;
-    let mut leases = Vec::new();
+    let mut links = Vec::new();
     for (i, r) in results.into_iter().enumerate() {
         match r {
-            Ok(l) => leases.push(Some(l)),
+            Ok(l) => links.push(Some(l)),
             Err(e) => {
                 tracing::warn!(binding = %binding.name, upstream = %binding.upstreams[i].name, error = %e, "upstream unavailable for a new session");
                 if binding.fail_closed() || binding.upstreams.len() == 1 {
-                    close_all(leases).await;
+                    close_all(links).await;
                     return Err(e);
                 }
-                leases.push(None);
+                links.push(None);
             }
         }
     }
-    Ok(leases)
+    Ok(links)
 }
 
 /// Closes the upstream conversations a session that did not start had opened.
-async fn close_all(leases: Vec<Option<Lease>>) {
-    for l in leases.into_iter().flatten() {
+async fn close_all(links: Vec<Option<Link>>) {
+    for l in links.into_iter().flatten() {
         if l.owned {
             l.conn.close().await;
         }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{Busy, Live, SessionError, Sessions, now_ms, record_key, unavailable};
 use crate::mcp::binding::Binding;
 use crate::mcp::cluster::forward::ForwardError;
-use crate::mcp::upstream::Lease;
+use crate::mcp::upstream::Link;
 
 /// The most entries the remote-owner cache holds before it starts over.
 const REMOTE_CACHE_MAX: usize = 100_000;
@@ -414,7 +414,7 @@ impl Sessions {
             });
             u.connect(&record.hello, resume)
         });
-        let leases: Vec<Option<Lease>> = futures::future::join_all(connects)
+        let links: Vec<Option<Link>> = futures::future::join_all(connects)
             .await
             .into_iter()
             .map(Result::ok)
@@ -428,7 +428,7 @@ impl Sessions {
         );
         crate::telemetry::metrics::metrics().takeover(&binding.name);
         let listened = record.listened.clone();
-        let live = self.register(binding, record, leases);
+        let live = self.register(binding, record, links);
         // Subscriptions on upstreams that speak only 2026-07-28 were watched by the previous
         // owner's listens: watch them from here.
         rewatch(binding, &live, listened);
