@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::mcp::relay::Reply;
 use crate::mcp::relay::exchange::{Call, closed_error, response_out, timeout_error};
+use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::session::Live;
 use crate::mcp::upstream::Connection;
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
@@ -182,7 +183,7 @@ async fn ask(
 /// URIs, and its notifications go to the session's GET stream.
 async fn subscription(
     live: &Arc<Live>,
-    up: usize,
+    up: UpstreamIdx,
     method: &str,
     msg: &Message,
 ) -> Result<Value, RpcError> {

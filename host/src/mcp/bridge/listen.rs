@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::mcp::binding::Binding;
 use crate::mcp::relay::Reply;
+use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::upstream::{Connection, ModernHandle};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError};
 use crate::mcp::wire::meta;
@@ -56,7 +57,7 @@ pub async fn listen(b: &Arc<Binding>, id: Value, msg: Message) -> Reply {
     let client_meta = jsonrpc::params(&msg).and_then(|p| p.get("_meta")).cloned();
     let mut honored = Map::new();
     let mut sources: Vec<Source> = Vec::new();
-    for up in 0..b.upstreams.len() {
+    for up in b.indices() {
         let sub = sub_filter(b, &filter, up);
         if sub.is_empty() {
             continue;
@@ -105,7 +106,7 @@ pub async fn listen(b: &Arc<Binding>, id: Value, msg: Message) -> Reply {
 /// honors, and its notifications follow. `None` when it did not acknowledge (left out).
 async fn native_source(
     b: &Binding,
-    up: usize,
+    up: UpstreamIdx,
     conn: &Connection,
     sub: Map<String, Value>,
     client_meta: Option<&Value>,
@@ -244,7 +245,7 @@ fn merged(ack: Message, id: Value, sources: Vec<Source>) -> mpsc::Receiver<Messa
 }
 
 /// The part of a client's filter that concerns upstream `up` (names unprefixed).
-fn sub_filter(b: &Binding, filter: &Map<String, Value>, up: usize) -> Map<String, Value> {
+fn sub_filter(b: &Binding, filter: &Map<String, Value>, up: UpstreamIdx) -> Map<String, Value> {
     let mut sub = Map::new();
     for (field, _, _) in LIST_FILTERS {
         if filter.get(*field) == Some(&json!(true)) {
@@ -284,7 +285,12 @@ fn sub_filter(b: &Binding, filter: &Map<String, Value>, up: usize) -> Map<String
 }
 
 /// Adds what one upstream honored to the acknowledgement (names prefixed back).
-fn merge_honored(b: &Binding, into: &mut Map<String, Value>, up: usize, h: &Map<String, Value>) {
+fn merge_honored(
+    b: &Binding,
+    into: &mut Map<String, Value>,
+    up: UpstreamIdx,
+    h: &Map<String, Value>,
+) {
     for (k, v) in h {
         match v {
             Value::Bool(true) => {

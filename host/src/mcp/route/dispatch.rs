@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::fanout::{self, Stateless};
-use super::names::{self, Route};
+use super::names::{self, Route, UpstreamIdx};
 use super::path::Path;
 use crate::mcp::binding::Binding;
 use crate::mcp::bridge::modern_to_legacy::{self, Bridge};
@@ -121,7 +121,7 @@ async fn target(
     method: &str,
     id: &Value,
     msg: &mut Message,
-) -> Result<usize, Reply> {
+) -> Result<UpstreamIdx, Reply> {
     let conv: &dyn Conversations = match client {
         Client::Session(live) => live.as_ref(),
         Client::Stateless { .. } => &Stateless(b),
@@ -169,7 +169,7 @@ async fn target(
 async fn broadcast(b: &Binding, live: &Live, id: Value, msg: Message) -> Message {
     let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
     let params = msg.get("params").cloned();
-    for up in 0..b.upstreams.len() {
+    for up in b.indices() {
         if method == "logging/setLevel" && live.is_modern(up).await {
             // 2026-07-28 has no setLevel: the level is stamped on the session's requests.
             *live.log_level.lock().expect("lock") =

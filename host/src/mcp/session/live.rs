@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::Services;
 use super::record::{SessionRecord, now_ms};
 use crate::mcp::binding::Binding;
+use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::upstream::{Connection, Conversations, Link};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError};
 use crate::mcp::wire::version::Era;
@@ -52,7 +53,7 @@ pub struct Live {
     /// speak only 2026-07-28.
     pub log_level: Mutex<Option<Value>>,
     /// Per such upstream: the URIs the client subscribed to and the listen that watches them.
-    pub listens: Mutex<HashMap<usize, Listen>>,
+    pub listens: Mutex<HashMap<UpstreamIdx, Listen>>,
     /// Requests of this session running here now (a session is handed over only when idle).
     pub(super) busy: AtomicUsize,
     /// Set when state kept in the record (log level, subscriptions) changed here and has not
@@ -119,13 +120,13 @@ impl Live {
 
     /// The live conversation with upstream `up`, reconnecting (with the client's recorded
     /// hello) when it has died, at most once per second.
-    pub async fn conn(&self, up: usize) -> Result<Connection, RpcError> {
+    pub async fn conn(&self, up: UpstreamIdx) -> Result<Connection, RpcError> {
         self.conn_and_era(up).await.map(|(c, _)| c)
     }
 
     /// [`Live::conn`], and the era the conversation speaks (2026-07-28 when the upstream
     /// speaks only that, so the session's requests must be stamped), under one lock.
-    pub async fn conn_and_era(&self, up: usize) -> Result<(Connection, Era), RpcError> {
+    pub async fn conn_and_era(&self, up: UpstreamIdx) -> Result<(Connection, Era), RpcError> {
         let slot = &self.slots[up];
         let mut link = slot.link.lock().await;
         if let Some(l) = link.as_ref()
@@ -173,7 +174,7 @@ impl Live {
     }
 
     /// Whether upstream `up` serves this session through its 2026-07-28 conversation.
-    pub async fn is_modern(&self, up: usize) -> bool {
+    pub async fn is_modern(&self, up: UpstreamIdx) -> bool {
         self.slots[up]
             .link
             .lock()
@@ -183,7 +184,7 @@ impl Live {
     }
 
     /// Forwards what an upstream sends outside any request to the client's GET stream.
-    pub(super) fn start_pump(&self, up: usize, link: &Link) {
+    pub(super) fn start_pump(&self, up: UpstreamIdx, link: &Link) {
         if link.modern {
             // A 2026-07-28 conversation sends nothing outside requests and listens.
             return;
@@ -368,7 +369,7 @@ impl Live {
         });
         for (i, l) in links.into_iter().enumerate() {
             if let Some(l) = l {
-                live.start_pump(i, &l);
+                live.start_pump(UpstreamIdx(i), &l);
                 *live.slots[i].link.try_lock().expect("new session") = Some(l);
             }
         }
@@ -382,11 +383,11 @@ fn era_of(l: &Link) -> Era {
 
 #[async_trait::async_trait]
 impl Conversations for Live {
-    async fn conn(&self, up: usize) -> Result<Connection, RpcError> {
+    async fn conn(&self, up: UpstreamIdx) -> Result<Connection, RpcError> {
         Live::conn(self, up).await
     }
 
-    async fn prepare(&self, up: usize, params: &mut serde_json::Map<String, Value>) {
+    async fn prepare(&self, up: UpstreamIdx, params: &mut serde_json::Map<String, Value>) {
         if self.is_modern(up).await {
             self.stamp(params);
         }
@@ -399,7 +400,7 @@ impl Live {
     /// session taken over by another replica gets its subscriptions back.
     pub async fn watch(
         self: &Arc<Self>,
-        up: usize,
+        up: UpstreamIdx,
         conn: &Connection,
         uris: Vec<String>,
     ) -> Result<Value, RpcError> {

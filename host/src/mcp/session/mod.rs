@@ -23,6 +23,7 @@ use crate::capabilities::Capability;
 use crate::mcp::binding::Binding;
 use crate::mcp::cluster::ownership::Ownership;
 use crate::mcp::route::fanout;
+use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::upstream::{Hello, Link};
 use crate::mcp::wire::jsonrpc::{self, RpcError};
 use mcpg_plugin_api::coordinator::{CasOutcome, Entry};
@@ -185,10 +186,10 @@ impl Sessions {
             client_info: params.get("clientInfo").cloned().unwrap_or(json!({})),
         };
         let links = connect_all(binding, &hello).await?;
-        let answers: Vec<(usize, Value)> = links
+        let answers: Vec<(UpstreamIdx, Value)> = links
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| Some((i, l.as_ref()?.answer.clone())))
+            .filter_map(|(i, l)| Some((UpstreamIdx(i), l.as_ref()?.answer.clone())))
             .collect();
         let result = fanout::merge_initialize(binding, &hello.protocol_version, &answers);
         let record = self.new_record(binding, &result, hello, &links, identity);

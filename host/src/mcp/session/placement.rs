@@ -440,7 +440,10 @@ impl Sessions {
 /// owner watched on upstreams that speak only 2026-07-28.
 fn rewatch(binding: &Binding, live: &Arc<Live>, listened: HashMap<String, Vec<String>>) {
     for (name, uris) in listened {
-        let Some(up) = binding.upstreams.iter().position(|u| u.name == name) else {
+        let Some(up) = binding
+            .indices()
+            .find(|&u| binding.upstreams[u].name == name)
+        else {
             continue;
         };
         let l = live.clone();

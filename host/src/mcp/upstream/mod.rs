@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use conn::{Connection, Exchange, UpstreamError};
 
 use crate::config::model::{StdioMode, StdioTransport, UpstreamConfig};
+use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::wire::jsonrpc::{self, RpcError};
 use crate::mcp::wire::{meta, version};
 
@@ -26,10 +27,10 @@ use crate::mcp::wire::{meta, version};
 #[async_trait::async_trait]
 pub trait Conversations: Send + Sync {
     /// The conversation with upstream `up`.
-    async fn conn(&self, up: usize) -> Result<Connection, RpcError>;
+    async fn conn(&self, up: UpstreamIdx) -> Result<Connection, RpcError>;
     /// Makes params mcpg sends on its own fit the conversation with upstream `up` (stamped
     /// with `_meta` where it speaks 2026-07-28).
-    async fn prepare(&self, up: usize, params: &mut serde_json::Map<String, Value>);
+    async fn prepare(&self, up: UpstreamIdx, params: &mut serde_json::Map<String, Value>);
 }
 
 /// The client's side of a legacy handshake, replayed to each upstream the gateway connects
