@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::deploy_kubernetes::yaml_documents;
 use crate::harness::{
-    Proc, TempDir, bin, free_port, http, http_get, legacy_session, repo_root, session_post,
+    Proc, TempDir, bin, free_port, http, http_get, legacy_session, repo_root, run_ok, session_post,
     wait_until,
 };
 use crate::mcp_peers::bench_fixture;
@@ -41,20 +41,6 @@ fn tool(name: &str, package: &str) -> PathBuf {
         }
     }
     panic!("{name} is missing: run tools/install-test-deps (apt-get install -y {package})");
-}
-
-fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn json_of(out: &Output, what: &str) -> Value {
@@ -210,7 +196,7 @@ impl Podman {
     /// `tools/build-image` from the binaries this test build produced, into this storage.
     fn build(&self, tag: &str, tmp: &Path) {
         let profile_dir = bin("mcpg").parent().unwrap().to_path_buf();
-        let out = run(
+        let out = run_ok(
             Command::new(repo_root().join("tools/build-image"))
                 .arg("--profile-dir")
                 .arg(&profile_dir)
@@ -224,7 +210,7 @@ impl Podman {
     }
 
     fn image_id(&self, tag: &str) -> String {
-        let out = run(
+        let out = run_ok(
             self.command()
                 .args(["image", "inspect", "--format", "{{.Id}}", tag]),
             "podman image inspect",
@@ -258,7 +244,7 @@ fn the_image_is_built_pushed_pulled_and_runs_mcpg_as_its_user() {
     check_labels(&inspected);
 
     let bundle = dir.0.join("bundle");
-    run(
+    run_ok(
         Command::new(tool("umoci", "umoci"))
             .args(["unpack", "--image"])
             .arg(format!("{}:e2e", layout.display()))
@@ -285,7 +271,7 @@ fn push_and_pull_back(
     let skopeo = tool("skopeo", "skopeo");
     let remote = format!("docker://{}/mcpg:e2e", registry.addr);
     let digest_file = dir.0.join("pushed-digest");
-    run(
+    run_ok(
         podman
             .command()
             .args(["push", "--quiet", "--tls-verify=false", "--digestfile"])
@@ -296,7 +282,7 @@ fn push_and_pull_back(
     let pushed = std::fs::read_to_string(&digest_file).unwrap();
     assert!(pushed.starts_with("sha256:"), "{pushed:?}");
     let inspected = json_of(
-        &run(
+        &run_ok(
             Command::new(&skopeo).args(["inspect", "--tls-verify=false", &remote]),
             "skopeo inspect",
         ),
@@ -304,7 +290,7 @@ fn push_and_pull_back(
     );
     assert_eq!(inspected["Digest"], pushed.as_str(), "{inspected}");
     let layout = dir.0.join("oci");
-    run(
+    run_ok(
         Command::new(&skopeo)
             .args(["copy", "--quiet", "--src-tls-verify=false", &remote])
             .arg(format!("oci:{}:e2e", layout.display())),

@@ -10,11 +10,11 @@
 //! phase, since the plugin path is the image's.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::{TempDir, bin, repo_root};
+use crate::harness::{TempDir, bin, repo_root, run_ok};
 use crate::peers::deps;
 
 fn installed(p: PathBuf) -> PathBuf {
@@ -26,23 +26,9 @@ fn installed(p: PathBuf) -> PathBuf {
     p
 }
 
-fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Every document of a YAML file (or stream), as JSON, through the checkers' PyYAML.
 pub(crate) fn yaml_documents(path: &Path) -> Vec<Value> {
-    let out = run(
+    let out = run_ok(
         Command::new(installed(deps().join("deploy-venv/bin/python")))
             .args([
                 "-c",
@@ -93,7 +79,7 @@ fn containerfile_env(name: &str) -> String {
 /// repository: every deployer makes their own).
 fn tree_with_secrets(dir: &TempDir) -> PathBuf {
     let copy = dir.0.join("kubernetes");
-    run(
+    run_ok(
         Command::new("cp")
             .arg("-r")
             .arg(repo_root().join("deploy/kubernetes"))
@@ -130,7 +116,7 @@ fn the_kubernetes_manifests_render_validate_and_pass_the_scanner() {
 
     let mut rendered = Vec::new();
     for (name, path) in [("base", "base"), ("example", "overlays/example")] {
-        let out = run(
+        let out = run_ok(
             Command::new(&kubectl).arg("kustomize").arg(tree.join(path)),
             &format!("kubectl kustomize {path}"),
         );
@@ -141,7 +127,7 @@ fn the_kubernetes_manifests_render_validate_and_pass_the_scanner() {
     }
 
     // Every object against the Kubernetes schemas, unknown fields refused.
-    let out = run(
+    let out = run_ok(
         Command::new(installed(venv.join("kubernetes-validate")))
             .args(["--strict", "--kubernetes-version", "1.37.0"])
             .args(&rendered),
