@@ -540,3 +540,5 @@ impl Sessions {
         }))
     }
 }
+#[cfg(test)]
+mod tests;

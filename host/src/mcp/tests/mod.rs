@@ -1,0 +1,6 @@
+//! In-process unit tests of the data plane on the in-memory coordinator: access and task
+//! ownership, the routing of each era path and the status of every refusal, the signed
+//! `requestState`. The session machinery's own tests are in `session/tests`; both use
+//! [`kit`]. They start no process and open no socket.
+
+pub(crate) mod kit;
