@@ -2,4 +2,5 @@
 //! under fencing ([`records`]), claims racing, placement decisions ([`placement`]), the sweep
 //! ([`sweep`]) and the delivery log ([`delivery`]). Time is paused where leases matter.
 
+mod placement;
 mod records;
