@@ -2,5 +2,7 @@
 //! under fencing ([`records`]), claims racing, placement decisions ([`placement`]), the sweep
 //! ([`sweep`]) and the delivery log ([`delivery`]). Time is paused where leases matter.
 
+mod delivery;
 mod placement;
 mod records;
+mod sweep;
