@@ -4,3 +4,7 @@
 //! [`kit`]. They start no process and open no socket.
 
 pub(crate) mod kit;
+
+mod access_tasks;
+mod request_state;
+mod routing;
