@@ -95,7 +95,18 @@ impl Replica {
         max: usize,
         idle_ttl: Duration,
     ) -> Replica {
-        let coordinator: Arc<dyn Coordinator> = Arc::new(store.handle(node));
+        Self::on(Arc::new(store.handle(node)), node, url, max, idle_ttl).await
+    }
+
+    /// [`Replica::with_idle_ttl`] on a coordinator of the test's making (one that stalls a
+    /// write, say).
+    pub(crate) async fn on(
+        coordinator: Arc<dyn Coordinator>,
+        node: &str,
+        url: Option<&str>,
+        max: usize,
+        idle_ttl: Duration,
+    ) -> Replica {
         let caps = Capabilities::build(&Default::default(), &coordinator).expect("capabilities");
         let ownership = Ownership::start(
             Coordination::new(coordinator.clone()),

@@ -4,8 +4,17 @@
 //! is fenced; two replicas claiming one orphaned session: exactly one wins.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use mcpg_plugin_api::memory::lease_key;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use mcpg_plugin_api::coordinator::{
+    CasOutcome, CoordResult, Coordinator, Entry, Health, KvEvent, Lease, Message, Peer, PeerEvent,
+    Presence,
+};
+use mcpg_plugin_api::memory::{MemoryCoordinator, lease_key};
+use tokio::sync::Barrier;
 
 use crate::mcp::session::placement::Resolved;
 use crate::mcp::session::{Live, SessionError, Sessions};
@@ -192,7 +201,6 @@ async fn a_lost_lease_lets_every_session_go_and_fences_the_old_token() {
     let mut generations = a.ownership.generations();
 
     let raw = store.handle("raw");
-    use mcpg_plugin_api::coordinator::Coordinator;
     assert!(
         raw.delete(&lease_key("mcpg/owners/node-a"), None)
             .await
@@ -223,17 +231,17 @@ async fn a_lost_lease_lets_every_session_go_and_fences_the_old_token() {
     // the record names this replica.
     let stale = old.current_record();
     assert_eq!(stale.owner_token, old_token);
-    let called = std::sync::atomic::AtomicBool::new(false);
+    let called = AtomicBool::new(false);
     let fenced = a
         .sessions
         .fenced(&stale, |_| async {
-            called.store(true, std::sync::atomic::Ordering::SeqCst);
+            called.store(true, Ordering::SeqCst);
             Ok(true)
         })
         .await
         .unwrap();
     assert!(!fenced, "a write under the old token is refused");
-    assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(!called.load(Ordering::SeqCst));
     // Now the current token passes the fence.
     let current = live(&a.sessions, &id).current_record();
     assert!(
@@ -244,47 +252,132 @@ async fn a_lost_lease_lets_every_session_go_and_fences_the_old_token() {
     );
 }
 
-/// Two replicas claiming the same handed-over sessions at once, on several threads: each
-/// session is won by exactly one of them (compare-and-swap on the record), the record names
-/// the winner and its token, and the loser is sent to the winner.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A coordinator that holds the first compare-and-swap of `key` until the other replica's
+/// reaches the same point: both claimants have read the record at one revision before
+/// either writes, which is the race a claim must survive.
+struct Stalling {
+    inner: MemoryCoordinator,
+    key: &'static str,
+    both: Arc<Barrier>,
+    stalled: AtomicBool,
+}
+
+#[async_trait]
+impl Coordinator for Stalling {
+    fn node_id(&self) -> String {
+        self.inner.node_id()
+    }
+    async fn health(&self) -> Health {
+        self.inner.health().await
+    }
+    async fn get(&self, key: &str) -> CoordResult<Option<Entry>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> CoordResult<u64> {
+        self.inner.put(key, value, ttl).await
+    }
+    async fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> CoordResult<Option<u64>> {
+        self.inner.create(key, value, ttl).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: u64,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> CoordResult<CasOutcome> {
+        if key.ends_with(self.key) && !self.stalled.swap(true, Ordering::SeqCst) {
+            self.both.wait().await;
+        }
+        self.inner.compare_and_swap(key, expected, value, ttl).await
+    }
+    async fn delete(&self, key: &str, expected: Option<u64>) -> CoordResult<bool> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self, prefix: &str) -> CoordResult<Vec<Entry>> {
+        self.inner.list(prefix).await
+    }
+    async fn publish(&self, subject: &str, payload: Vec<u8>) -> CoordResult<()> {
+        self.inner.publish(subject, payload).await
+    }
+    async fn subscribe(&self, pattern: &str) -> CoordResult<BoxStream<'static, Message>> {
+        self.inner.subscribe(pattern).await
+    }
+    async fn acquire(
+        &self,
+        name: &str,
+        ttl: Option<Duration>,
+        wait: Duration,
+    ) -> CoordResult<Option<Box<dyn Lease>>> {
+        self.inner.acquire(name, ttl, wait).await
+    }
+    async fn register(&self, meta: String) -> CoordResult<Box<dyn Presence>> {
+        self.inner.register(meta).await
+    }
+    async fn peers(&self) -> CoordResult<Vec<Peer>> {
+        self.inner.peers().await
+    }
+    async fn watch_peers(&self) -> CoordResult<BoxStream<'static, PeerEvent>> {
+        self.inner.watch_peers().await
+    }
+    async fn watch_prefix(&self, prefix: &str) -> CoordResult<BoxStream<'static, KvEvent>> {
+        self.inner.watch_prefix(prefix).await
+    }
+}
+
+/// Two replicas claim the same handed-over session at once, both having read the record
+/// before either writes: exactly one wins (compare-and-swap on the record), the record names
+/// the winner and its token, and the loser, looking again, is sent to the winner.
+#[tokio::test(start_paused = true)]
 async fn two_replicas_claiming_one_orphaned_session_exactly_one_wins() {
     let store = kit::store();
-    let b = Arc::new(Replica::start(&store, "node-b", Some("http://node-b.test"), 100).await);
-    let c = Arc::new(Replica::start(&store, "node-c", Some("http://node-c.test"), 100).await);
-    const N: usize = 40;
-    let ids: Vec<String> = (0..N).map(|i| format!("orphan{i}")).collect();
-    for id in &ids {
-        b.put_record(&kit::record(id, "", 0, kit::fresh())).await;
-    }
-    let mut races = Vec::new();
-    for id in &ids {
-        let (b, c, id1, id2) = (b.clone(), c.clone(), id.clone(), id.clone());
-        let tb = tokio::spawn(async move { resolve(&b, &id1).await });
-        let tc = tokio::spawn(async move { resolve(&c, &id2).await });
-        races.push((id.clone(), tb, tc));
-    }
-    for (id, tb, tc) in races {
-        let (rb, rc) = (tb.await.unwrap(), tc.await.unwrap());
-        let won = |r: &Result<Resolved, SessionError>| matches!(r, Ok(Resolved::Local(_)));
-        let sent_to = |r: &Result<Resolved, SessionError>| match r {
-            Ok(Resolved::Remote { owner, .. }) => Some(owner.clone()),
-            _ => None,
-        };
-        let (winner, token) = match (won(&rb), won(&rc)) {
-            (true, false) => {
-                assert_eq!(sent_to(&rc).as_deref(), Some("node-b"), "{id}: loser C");
-                ("node-b", b.ownership.token())
-            }
-            (false, true) => {
-                assert_eq!(sent_to(&rb).as_deref(), Some("node-c"), "{id}: loser B");
-                ("node-c", c.ownership.token())
-            }
-            (true, true) => panic!("{id}: both replicas claimed the session"),
-            (false, false) => panic!("{id}: neither replica claimed the session"),
-        };
-        let r = b.record(&id).await.unwrap();
-        assert_eq!((r.owner.as_str(), r.owner_token), (winner, token), "{id}");
-    }
-    assert_eq!(b.sessions.live_count() + c.sessions.live_count(), N);
+    let both = Arc::new(Barrier::new(2));
+    let replica = |node: &'static str, url: &'static str| {
+        let coordinator = Arc::new(Stalling {
+            inner: store.handle(node),
+            key: "s/orphan",
+            both: both.clone(),
+            stalled: AtomicBool::new(false),
+        });
+        Replica::on(coordinator, node, Some(url), 10, kit::IDLE_TTL)
+    };
+    let b = replica("node-b", "http://node-b.test").await;
+    let c = replica("node-c", "http://node-c.test").await;
+    b.put_record(&kit::record("orphan", "", 0, kit::fresh()))
+        .await;
+
+    let (rb, rc) = tokio::join!(resolve(&b, "orphan"), resolve(&c, "orphan"));
+    let won = |r: &Result<Resolved, SessionError>| matches!(r, Ok(Resolved::Local(_)));
+    let sent_to = |r: &Result<Resolved, SessionError>| match r {
+        Ok(Resolved::Remote { owner, .. }) => Some(owner.clone()),
+        _ => None,
+    };
+    let (winner, token) = match (won(&rb), won(&rc)) {
+        (true, false) => {
+            assert_eq!(
+                sent_to(&rc).as_deref(),
+                Some("node-b"),
+                "the loser is sent on"
+            );
+            ("node-b", b.ownership.token())
+        }
+        (false, true) => {
+            assert_eq!(
+                sent_to(&rb).as_deref(),
+                Some("node-c"),
+                "the loser is sent on"
+            );
+            ("node-c", c.ownership.token())
+        }
+        (true, true) => panic!("both replicas claimed the session"),
+        (false, false) => panic!("neither replica claimed the session"),
+    };
+    let r = b.record("orphan").await.unwrap();
+    assert_eq!((r.owner.as_str(), r.owner_token), (winner, token));
+    assert_eq!(b.sessions.live_count() + c.sessions.live_count(), 1);
 }
