@@ -313,3 +313,27 @@ async fn initialize_without_a_protocol_version_is_invalid_params() {
         "nothing recorded"
     );
 }
+
+/// A draining replica takes no session over: a session whose owner is gone is sent to a live
+/// peer instead of being claimed here (a forwarded request, which must not travel again, is
+/// still served here).
+#[tokio::test(start_paused = true)]
+async fn a_draining_replica_sends_orphaned_sessions_to_a_peer() {
+    let store = kit::store();
+    let a = Replica::start(&store, "node-a", Some("http://node-a.test"), 10).await;
+    let b = Replica::start(&store, "node-b", Some("http://node-b.test"), 10).await;
+    a.put_record(&kit::record("orphan", "", 0, kit::fresh()))
+        .await;
+    a.ownership.set_draining();
+    let f = Forwards::answering(vec![Ok("from B")]);
+    match place(&a.sessions, &a.binding, "orphan", false, None, &f).await {
+        Ok(Placed::Answered(x)) => assert_eq!(x, "from B"),
+        _ => panic!("the draining replica did not send the session on"),
+    }
+    assert_eq!(f.urls(), ["http://node-b.test"]);
+    assert_eq!(a.record("orphan").await.unwrap().owner, "", "not claimed");
+    assert!(placed_here(
+        place(&a.sessions, &a.binding, "orphan", true, None, &f).await
+    ));
+    drop(b);
+}

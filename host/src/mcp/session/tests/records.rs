@@ -187,6 +187,46 @@ async fn the_owners_own_writes_go_through() {
     assert_eq!(b.record(&s3).await.unwrap().owner, "node-b");
 }
 
+/// Shutdown hands sessions over only once no request of theirs runs here: an idle one at
+/// once, a busy one when its request is done (its record then has no owner).
+#[tokio::test(start_paused = true)]
+async fn a_hand_over_waits_for_running_requests() {
+    let store = kit::store();
+    let a = Replica::start(&store, "node-a", None, 10).await;
+    let (busy_id, idle_id) = (a.create(None).await, a.create(None).await);
+    let busy = live(&a.sessions, &busy_id)
+        .begin()
+        .expect("a running request");
+    let sessions = a.sessions.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let handing = tokio::spawn(async move { sessions.hand_over_all(deadline).await });
+    kit::eventually("the idle session is let go", || {
+        a.sessions.live_count() == 1
+    })
+    .await;
+    assert_eq!(a.record(&idle_id).await.unwrap().owner, "");
+    assert_eq!(a.record(&busy_id).await.unwrap().owner, "node-a");
+    assert!(!handing.is_finished());
+    drop(busy);
+    handing.await.unwrap();
+    assert_eq!(a.sessions.live_count(), 0);
+    assert_eq!(a.record(&busy_id).await.unwrap().owner, "");
+}
+
+/// At the deadline, a session still busy is handed over anyway.
+#[tokio::test(start_paused = true)]
+async fn a_hand_over_ends_at_its_deadline() {
+    let store = kit::store();
+    let a = Replica::start(&store, "node-a", None, 10).await;
+    let id = a.create(None).await;
+    let _busy = live(&a.sessions, &id).begin().expect("a running request");
+    a.sessions
+        .hand_over_all(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    assert_eq!(a.sessions.live_count(), 0);
+    assert_eq!(a.record(&id).await.unwrap().owner, "");
+}
+
 /// A replica whose ownership lease is lost (the backend dropped it) lets every session go at
 /// once and takes a new lease with a higher token; its next request claims the session again
 /// under the new token, after which a write under the old token is fenced off even though the

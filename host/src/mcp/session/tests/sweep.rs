@@ -20,6 +20,9 @@ async fn the_sweep_removes_idle_records_of_departed_owners_and_keeps_the_rest() 
         .await;
     s.put_record(&kit::record("handed-over-idle", "", 0, idle))
         .await;
+    // Left by an earlier instance of the sweeping replica (which now holds the lease).
+    s.put_record(&kit::record("earlier-instance-idle", "node-s", 1, idle))
+        .await;
     s.put_record(&kit::record(
         "live-owner-idle",
         "node-a",
@@ -47,7 +50,7 @@ async fn the_sweep_removes_idle_records_of_departed_owners_and_keeps_the_rest() 
 
     s.sessions.sweep(std::slice::from_ref(&s.binding)).await;
 
-    for gone in ["gone-idle", "handed-over-idle"] {
+    for gone in ["gone-idle", "handed-over-idle", "earlier-instance-idle"] {
         assert!(s.record(gone).await.is_none(), "{gone} was swept");
     }
     for kept in [
