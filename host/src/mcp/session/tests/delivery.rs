@@ -43,7 +43,7 @@ async fn nothing_more(s: &mut BoxStream<'static, (u64, Message)>) {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_resumed_stream_replays_after_the_last_event_id_then_goes_on() {
     let store = kit::store();
     let d = delivery(&store, "node-a", 100);
@@ -57,6 +57,14 @@ async fn a_resumed_stream_replays_after_the_last_event_id_then_goes_on() {
     assert_eq!(next(&mut resumed).await, (103, 3));
     assert_eq!(next(&mut resumed).await, (104, 4));
     assert_eq!(next(&mut resumed).await, (105, 5));
+    // A message both in the log and still on its way over the bus is not given twice.
+    let c: Arc<dyn Coordinator> = Arc::new(store.handle("node-a"));
+    let bus = Capabilities::build(&Default::default(), &c)
+        .unwrap()
+        .delivery
+        .bus;
+    let late = serde_json::to_vec(&json!({"seq": 104, "message": note(4)})).unwrap();
+    bus.publish("s.s1", late).await.unwrap();
     d.deliver("s1", &seq, &note(6)).await;
     assert_eq!(
         next(&mut resumed).await,
@@ -78,7 +86,7 @@ async fn a_resumed_stream_replays_after_the_last_event_id_then_goes_on() {
 
 /// The log keeps the last `max_events` messages; a stream held on another replica receives
 /// what this one delivers.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_log_is_bounded_and_shared_by_replicas() {
     let store = kit::store();
     let a = delivery(&store, "node-a", 3);
