@@ -155,3 +155,5 @@ impl Gateway {
         self.ownership.release().await;
     }
 }
+#[cfg(test)]
+mod tests;

@@ -562,3 +562,6 @@ async fn close_all(links: Vec<Option<Link>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
