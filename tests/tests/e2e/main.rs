@@ -24,4 +24,5 @@ mod plugin_schemas;
 mod plugins;
 mod plugins_oci;
 mod redis_cluster;
+mod rolling_upgrade;
 mod tls;
