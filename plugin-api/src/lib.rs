@@ -117,6 +117,7 @@
 pub mod abi;
 pub mod coordinator;
 pub mod export;
+pub mod layer;
 pub mod memory;
 pub mod remote;
 pub mod schema_check;
