@@ -1,7 +1,9 @@
 //! One backend subscription per channel, fanned out to the layer's local subscribers, and the
 //! byte encoding of what travels on the channels.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -9,7 +11,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::Store;
 use crate::coordinator::{CoordResult, Entry, KvEvent};
-use crate::support::receiver_stream;
+use crate::support::{receiver_stream, reconnecting};
+
+const SPILL_PREFIX: &str = "\u{1}mcpg/spill/";
 
 type Sink = Box<dyn FnMut(&[u8]) -> bool + Send>;
 
@@ -26,8 +30,13 @@ pub(super) struct Hub(Arc<Shared>);
 
 impl Hub {
     /// Subscribes to `channel` (live once this returns) and starts dispatching.
-    pub(super) async fn start(store: &dyn Store, channel: &str) -> CoordResult<Self> {
-        let mut source = store.listen(channel).await?;
+    pub(super) async fn start(store: Arc<dyn Store>, channel: &str) -> CoordResult<Self> {
+        let (again, name) = (store.clone(), channel.to_owned());
+        let mut source = reconnecting(Duration::from_millis(300), move || {
+            let (store, name) = (again.clone(), name.clone());
+            async move { store.listen(&name).await }
+        })
+        .await?;
         let (stop, mut stopped) = watch::channel(());
         let shared = Arc::new(Shared {
             sinks: Mutex::new(Vec::new()),
@@ -39,6 +48,9 @@ impl Hub {
                 let bytes = tokio::select! {
                     b = source.next() => match b { Some(b) => b, None => return },
                     _ = stopped.changed() => return,
+                };
+                let Some(bytes) = resolve(store.as_ref(), bytes).await else {
+                    continue;
                 };
                 let Some(shared) = weak.upgrade() else { return };
                 shared.sinks.lock().unwrap().retain_mut(|sink| sink(&bytes));
@@ -71,6 +83,39 @@ impl Hub {
                 item
             })
             .boxed()
+    }
+}
+
+/// A payload sent as it is: tagged 0.
+pub(super) fn inline(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.insert(0, 0);
+    bytes
+}
+
+/// A payload stored under `key`: tagged 1.
+pub(super) fn reference(key: &str) -> Vec<u8> {
+    let mut out = vec![1];
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// A fresh key for a payload too large for the channel.
+pub(super) fn spill_key(node_id: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{SPILL_PREFIX}{node_id}/{nanos:x}-{n}")
+}
+
+/// What a received payload stands for; `None` if a referenced one is gone (it is lost).
+async fn resolve(store: &dyn Store, bytes: Vec<u8>) -> Option<Vec<u8>> {
+    match bytes.split_first()? {
+        (0, rest) => Some(rest.to_vec()),
+        (1, key) => Some(store.get(std::str::from_utf8(key).ok()?).await.ok()??.value),
+        _ => None,
     }
 }
 

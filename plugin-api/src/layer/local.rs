@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Cond, Store};
-use crate::coordinator::{CoordResult, Entry};
+use crate::coordinator::{CoordError, CoordResult, Entry};
 
 #[derive(Default)]
 struct State {
@@ -45,12 +45,24 @@ impl State {
 
 /// The small store in memory. Clones share one store: several layers over clones behave like
 /// several replicas on one backend.
-#[derive(Clone, Default)]
-pub struct LocalStore(Arc<Mutex<State>>);
+#[derive(Clone)]
+pub struct LocalStore(Arc<Mutex<State>>, usize);
+
+impl Default for LocalStore {
+    fn default() -> Self {
+        Self(Arc::default(), usize::MAX)
+    }
+}
 
 impl LocalStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose channel takes payloads of at most `limit` bytes, as PostgreSQL's
+    /// `NOTIFY` does: the layer sends larger ones by reference.
+    pub fn with_max_payload(limit: usize) -> Self {
+        Self(Arc::default(), limit)
     }
 }
 
@@ -99,7 +111,14 @@ impl Store for LocalStore {
         Ok(keys.iter().filter_map(|k| st.live(k)).collect())
     }
 
+    fn max_payload(&self) -> usize {
+        self.1
+    }
+
     async fn send(&self, channel: &str, payload: Vec<u8>) -> CoordResult<()> {
+        if payload.len() > self.1 {
+            return Err(CoordError::invalid("payload over the channel's limit"));
+        }
         let mut st = self.0.lock().unwrap();
         st.listeners
             .retain(|(c, tx)| c != channel || tx.send(payload.clone()).is_ok());

@@ -27,26 +27,30 @@
 mod hub;
 mod leases;
 mod local;
+mod seed;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, mpsc};
 
 use crate::coordinator::*;
 use crate::memory::RESERVED_PREFIX;
-use crate::support::{HeldPresence, polled_peer_events};
+use crate::support::{HeldPresence, peer_changes, receiver_stream};
 
 pub use local::LocalStore;
+pub use seed::SeedKeys;
 
 /// The channel carrying published messages.
 pub const MESSAGE_CHANNEL: &str = "m";
 /// The channel carrying KV change events (puts and deletes made through the layer).
 pub const KV_CHANNEL: &str = "k";
 const PEER_PREFIX: &str = "\u{1}mcpg/peer/";
+const HEALTH_KEY: &str = "\u{1}mcpg/health";
 
 /// The condition of a conditional write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +61,16 @@ pub enum Cond {
     Absent,
     /// Only if the key's live entry has this revision.
     Revision(u64),
+}
+
+impl Cond {
+    /// The revision a `Revision` condition names.
+    pub fn revision(self) -> Option<u64> {
+        match self {
+            Cond::Revision(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// What a backend provides for the layer. Every method is one request to the backend; the
@@ -87,15 +101,33 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> CoordResult<Vec<Entry>>;
     /// Sends `payload` to every subscription of `channel` (a short name, letters only).
     async fn send(&self, channel: &str, payload: Vec<u8>) -> CoordResult<()>;
-    /// Payloads sent to `channel` from the moment this returns. The stream keeps going across
-    /// reconnections and after the store's other handles are dropped.
+    /// The largest payload `send` accepts (PostgreSQL's `NOTIFY` takes under 8000 bytes).
+    /// The layer stores a larger one as an entry with a one-minute TTL and sends a reference
+    /// that listeners resolve with `get`. Default: no limit.
+    fn max_payload(&self) -> usize {
+        usize::MAX
+    }
+    /// Payloads sent to `channel` from the moment this returns. The stream may end when the
+    /// connection behind it is lost: the layer then listens again (every 300 ms until that
+    /// works), and payloads sent in between are lost, as the contract allows.
     async fn listen(&self, channel: &str) -> CoordResult<BoxStream<'static, Vec<u8>>>;
+    /// Removes expired entries, if the backend does not on its own. The layer calls it about
+    /// every second while the coordinator lives; the default does nothing.
+    async fn sweep(&self) -> CoordResult<()> {
+        Ok(())
+    }
 
-    /// The backend's health; the default says it is fine.
+    /// The backend's health; the default reads one key and reports whether that worked.
     async fn health(&self, _layer: &Layer) -> Health {
-        Health {
-            ok: true,
-            detail: "ok".into(),
+        match self.get(HEALTH_KEY).await {
+            Ok(_) => Health {
+                ok: true,
+                detail: "reachable".into(),
+            },
+            Err(e) => Health {
+                ok: false,
+                detail: e.to_string(),
+            },
         }
     }
 
@@ -189,13 +221,24 @@ impl Layer {
         Self::from_arc(Arc::new(store), config)
     }
 
+    /// The coordinator over `store`. Call it on a Tokio runtime (the plugin's, in `boot`): it
+    /// starts the sweeper.
     pub fn from_arc(store: Arc<dyn Store>, config: LayerConfig) -> Self {
-        Self(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             store,
             config,
             messages: OnceCell::new(),
             changes: OnceCell::new(),
-        }))
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let _ = inner.store.sweep().await;
+            }
+        });
+        Self(inner)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -211,7 +254,7 @@ impl Layer {
             MESSAGE_CHANNEL => &self.0.messages,
             _ => &self.0.changes,
         };
-        cell.get_or_try_init(|| hub::Hub::start(self.0.store.as_ref(), channel))
+        cell.get_or_try_init(|| hub::Hub::start(self.0.store.clone(), channel))
             .await
     }
 
@@ -252,7 +295,7 @@ impl Layer {
     async fn announce(&self, ev: &KvEvent) {
         // The write happened; a lost announcement costs watchers an event, not the caller
         // its write (the contract makes watch events at-most-once).
-        let _ = self.0.store.send(KV_CHANNEL, hub::encode_kv(ev)).await;
+        let _ = self.send(KV_CHANNEL, hub::encode_kv(ev)).await;
     }
 
     pub async fn derived_publish(&self, subject: &str, payload: Vec<u8>) -> CoordResult<()> {
@@ -262,7 +305,19 @@ impl Layer {
             )));
         }
         let bytes = hub::encode_message(subject, &payload);
-        self.0.store.send(MESSAGE_CHANNEL, bytes).await
+        self.send(MESSAGE_CHANNEL, bytes).await
+    }
+
+    /// Sends on a channel, inline or (above the store's `max_payload`) by reference.
+    async fn send(&self, channel: &str, bytes: Vec<u8>) -> CoordResult<()> {
+        let store = &self.0.store;
+        if bytes.len() < store.max_payload() {
+            return store.send(channel, hub::inline(bytes)).await;
+        }
+        let key = hub::spill_key(&self.0.config.node_id);
+        let ttl = Some(Duration::from_secs(60));
+        store.put_if(&key, Cond::Any, bytes, ttl).await?;
+        store.send(channel, hub::reference(&key)).await
     }
 
     pub async fn derived_subscribe(
@@ -273,7 +328,7 @@ impl Layer {
         let pattern = pattern.to_owned();
         Ok(hub.stream(self.0.config.buffer, move |bytes| {
             let (subject, payload) = hub::decode_message(bytes)?;
-            subject_matches(&pattern, &subject).then(|| Message { subject, payload })
+            subject_matches(&pattern, &subject).then_some(Message { subject, payload })
         }))
     }
 
@@ -333,14 +388,49 @@ impl Layer {
             .collect())
     }
 
+    /// Joins and leaves from the announced presence writes (so a short-lived peer is seen),
+    /// and expiries (which raise no event) from re-reading the live set on a short poll.
     pub async fn derived_watch_peers(&self) -> CoordResult<BoxStream<'static, PeerEvent>> {
-        let wake = self
-            .derived_watch_prefix(PEER_PREFIX)
-            .await?
-            .map(|_| ())
-            .boxed();
+        let mut changes = self.derived_watch_prefix(PEER_PREFIX).await?;
+        let live = |peers: Vec<Peer>| -> BTreeMap<String, String> {
+            peers.into_iter().map(|p| (p.node_id, p.meta)).collect()
+        };
+        let mut known = live(self.peers().await?);
         let poll = self.0.config.peer_refresh.min(Duration::from_millis(500));
-        polled_peer_events(self.clone(), wake, poll, self.0.config.buffer).await
+        let (tx, rx) = mpsc::channel(self.0.config.buffer.max(1));
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let events = tokio::select! {
+                    ev = changes.next() => match ev {
+                        Some(KvEvent::Put(e)) => {
+                            let id = e.key[PEER_PREFIX.len()..].to_owned();
+                            let meta = String::from_utf8_lossy(&e.value).into_owned();
+                            let mut now = known.clone();
+                            now.insert(id, meta);
+                            peer_changes(&mut known, now)
+                        }
+                        Some(KvEvent::Delete { key, .. }) => {
+                            let mut now = known.clone();
+                            now.remove(&key[PEER_PREFIX.len()..]);
+                            peer_changes(&mut known, now)
+                        }
+                        None => return,
+                    },
+                    _ = tokio::time::sleep(poll) => match me.peers().await {
+                        Ok(now) => peer_changes(&mut known, live(now)),
+                        Err(_) => continue,
+                    },
+                    _ = tx.closed() => return,
+                };
+                for ev in events {
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(receiver_stream(rx))
     }
 }
 

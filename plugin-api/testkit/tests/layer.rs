@@ -42,3 +42,12 @@ impl Harness for LayerHarness {
 async fn the_layer_over_the_in_memory_store_passes_the_test_kit() {
     run(&LayerHarness(LocalStore::new())).await.assert_passed();
 }
+
+/// A channel that takes only small payloads (as PostgreSQL's `NOTIFY`): the layer passes the
+/// kit's large messages and watch events by reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_over_a_store_with_a_small_channel_limit_passes_the_test_kit() {
+    run(&LayerHarness(LocalStore::with_max_payload(100)))
+        .await
+        .assert_passed();
+}
