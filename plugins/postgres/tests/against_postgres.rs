@@ -1,0 +1,91 @@
+//! The PostgreSQL plugin against a real PostgreSQL (Debian's, started on a free port in a
+//! temporary directory): the coordinator test kit through the `.so` mcpg loads, with several
+//! instances acting as replicas; a boot failure that names the server without credentials;
+//! and a server restart after which state, leases and subscriptions are intact.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpg_backends::PostgresServer;
+use mcpg_plugin_api::coordinator::Coordinator;
+use mcpg_plugin_api::remote::LoadedPlugin;
+use mcpg_plugin_testkit::{Harness, boot, built_library, run, state_and_leases_survive_restart};
+
+const ID: &str = "dev.mcpg.cluster.postgres";
+
+fn plugin() -> LoadedPlugin {
+    built_library("libmcpg_cluster_postgres.so", ID)
+}
+
+struct PgHarness {
+    plugin: LoadedPlugin,
+    server: PostgresServer,
+}
+
+impl PgHarness {
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "url": self.server.url(),
+            "schema": "tk",
+            "peer_ttl_ms": 1000,
+            "peer_refresh_interval_ms": 300,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Harness for PgHarness {
+    async fn instance(&self, node_id: &str) -> Arc<dyn Coordinator> {
+        boot(&self.plugin, self.config(), node_id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn break_lease(&self, name: &str) -> bool {
+        // Through another instance: the lease record is an entry of the same table.
+        let c = self.instance("breaker").await;
+        let key = mcpg_plugin_api::memory::lease_key(name);
+        c.delete(&key, None).await.unwrap_or(false)
+    }
+
+    fn peer_expiry(&self) -> Duration {
+        Duration::from_millis(1000)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_library_passes_the_test_kit_against_real_postgres() {
+    let harness = PgHarness {
+        plugin: plugin(),
+        server: PostgresServer::start(),
+    };
+    run(&harness).await.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_failure_says_where_it_tried_without_credentials() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://mcpg:hunter2@127.0.0.1:{port}/db");
+    let err = boot(&plugin(), serde_json::json!({ "url": url }), "a")
+        .await
+        .err()
+        .expect("boot must fail");
+    assert!(
+        err.contains(&format!(
+            "cannot reach postgres at postgres://127.0.0.1:{port}/db"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_leases_survive_a_postgres_restart() {
+    let mut server = PostgresServer::start();
+    let config = serde_json::json!({"url": server.url(), "schema": "restart"});
+    state_and_leases_survive_restart(&plugin(), config, || server.restart()).await;
+}
