@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use mcpg_cluster_template::TemplatePlugin;
 use mcpg_plugin_api::coordinator::Coordinator;
+use mcpg_plugin_api::export::Plugin;
 use mcpg_plugin_api::export::{HostInfo, root_module};
 use mcpg_plugin_api::memory::lease_key;
 use mcpg_plugin_api::remote::LoadedPlugin;
-use mcpg_plugin_api::export::Plugin;
 use mcpg_plugin_testkit::{Harness, built_library, run};
 
 struct PluginHarness(LoadedPlugin);
