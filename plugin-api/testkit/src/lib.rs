@@ -36,7 +36,10 @@ use mcpg_plugin_api::coordinator::*;
 pub fn built_library(file_name: &str, id: &str) -> mcpg_plugin_api::remote::LoadedPlugin {
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("the test executable's folder");
-    let candidates = [deps.join(file_name), deps.parent().unwrap_or(deps).join(file_name)];
+    let candidates = [
+        deps.join(file_name),
+        deps.parent().unwrap_or(deps).join(file_name),
+    ];
     let Some(path) = candidates.iter().find(|p| p.is_file()) else {
         panic!(
             "{file_name} is neither at {} nor at {}: a crate's own tests get it from `cargo test -p <that crate>`; \
@@ -242,7 +245,10 @@ pub async fn run(h: &dyn Harness) -> Report {
     check!("kv_contract_corners", kv_contract_corners);
     check!("large_payloads", large_payloads);
     check!("awkward_keys_and_values", awkward_bytes);
-    check!("handles_outlive_their_coordinator", handles_outlive_coordinator);
+    check!(
+        "handles_outlive_their_coordinator",
+        handles_outlive_coordinator
+    );
     check!("backend_restart", backend_restart);
     report
 }
@@ -803,9 +809,17 @@ async fn watch_prefix(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
 async fn kv_contract_corners(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
     let c = h.instance("corner-a").await;
     let k = format!("{ns}absent");
-    match c.compare_and_swap(&k, 1, b"x".to_vec(), None).await.map_err(e)? {
+    match c
+        .compare_and_swap(&k, 1, b"x".to_vec(), None)
+        .await
+        .map_err(e)?
+    {
         CasOutcome::Mismatch(None) => {}
-        other => return Err(format!("CAS on an absent key must be Mismatch(None): {other:?}")),
+        other => {
+            return Err(format!(
+                "CAS on an absent key must be Mismatch(None): {other:?}"
+            ));
+        }
     }
     ensure(c.get(&k).await.map_err(e)?.is_none(), || {
         "a failed CAS on an absent key created it".into()
@@ -836,7 +850,11 @@ async fn large_payloads(h: &dyn Harness, ns: String) -> Result<Outcome, String> 
     let mut w = b.watch_prefix(&format!("{ns}big/")).await.map_err(e)?;
     let k = format!("{ns}big/v");
     let rev = a.put(&k, big.clone(), None).await.map_err(e)?;
-    let got = b.get(&k).await.map_err(e)?.ok_or("a 64 KiB value vanished")?;
+    let got = b
+        .get(&k)
+        .await
+        .map_err(e)?
+        .ok_or("a 64 KiB value vanished")?;
     ensure(got.value == big && got.revision == rev, || {
         format!("a 64 KiB value came back as {} bytes", got.value.len())
     })?;
@@ -848,7 +866,9 @@ async fn large_payloads(h: &dyn Harness, ns: String) -> Result<Outcome, String> 
         Some(KvEvent::Put(en)) if en.value == big => {}
         other => {
             let len = other.map(|ev| format!("{:?}", std::mem::discriminant(&ev)));
-            return Err(format!("the watch did not carry the 64 KiB put intact ({len:?})"));
+            return Err(format!(
+                "the watch did not carry the 64 KiB put intact ({len:?})"
+            ));
         }
     }
     for payload in [big, huge] {
@@ -882,7 +902,11 @@ async fn awkward_bytes(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
     for (key, value) in cases {
         let k = format!("{ns}{key}");
         let rev = c.put(&k, value.to_vec(), None).await.map_err(e)?;
-        let got = c.get(&k).await.map_err(e)?.ok_or_else(|| format!("{key:?} vanished"))?;
+        let got = c
+            .get(&k)
+            .await
+            .map_err(e)?
+            .ok_or_else(|| format!("{key:?} vanished"))?;
         ensure(got.value == value && got.revision == rev, || {
             format!("{key:?} came back as {:?}", got.value)
         })?;
@@ -897,7 +921,9 @@ async fn awkward_bytes(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
     let mut want: Vec<String> = cases.iter().map(|(k, _)| k.to_string()).collect();
     want.sort();
     keys.sort();
-    ensure(keys == want, || format!("list returned {keys:?}, want {want:?}"))?;
+    ensure(keys == want, || {
+        format!("list returned {keys:?}, want {want:?}")
+    })?;
     for (prefix, only) in [("%", "%"), ("glob*", "glob*?[x]/%_like")] {
         let got: Vec<String> = c
             .list(&format!("{ns}{prefix}"))
@@ -959,8 +985,14 @@ async fn handles_outlive_coordinator(h: &dyn Harness, ns: String) -> Result<Outc
     ensure(peers.iter().any(|p| p.node_id == id), || {
         format!("a presence expired once its coordinator was dropped: {rule}")
     })?;
-    lease.release().await.map_err(|err| format!("{err}: {rule}"))?;
-    presence.deregister().await.map_err(|err| format!("{err}: {rule}"))?;
+    lease
+        .release()
+        .await
+        .map_err(|err| format!("{err}: {rule}"))?;
+    presence
+        .deregister()
+        .await
+        .map_err(|err| format!("{err}: {rule}"))?;
     Ok(Outcome::Pass)
 }
 
@@ -975,14 +1007,18 @@ async fn backend_restart(h: &dyn Harness, ns: String) -> Result<Outcome, String>
         .await
         .map_err(e)?;
     if !h.restart_backend().await {
-        return Ok(Outcome::Skip("the harness cannot restart this backend".into()));
+        return Ok(Outcome::Skip(
+            "the harness cannot restart this backend".into(),
+        ));
     }
     let k = format!("{ns}k");
     let written = eventually(Duration::from_secs(30), async || {
         Ok(a.put(&k, b"after".to_vec(), None).await.is_ok())
     })
     .await?;
-    ensure(written, || "writes never recovered after the restart".into())?;
+    ensure(written, || {
+        "writes never recovered after the restart".into()
+    })?;
     let got = b.get(&k).await.map_err(e)?.map(|en| en.value);
     ensure(got.as_deref() == Some(&b"after"[..]), || {
         format!("after the restart another replica read {got:?}")
@@ -992,7 +1028,10 @@ async fn backend_restart(h: &dyn Harness, ns: String) -> Result<Outcome, String>
     let mut received = false;
     for i in 0..100u8 {
         a.publish(&subject, vec![i]).await.map_err(e)?;
-        if !collect(&mut sub, 1, Duration::from_millis(200)).await.is_empty() {
+        if !collect(&mut sub, 1, Duration::from_millis(200))
+            .await
+            .is_empty()
+        {
             received = true;
             break;
         }

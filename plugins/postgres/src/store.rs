@@ -43,13 +43,11 @@ const SWEEP: &str = "DELETE FROM {s}.kv WHERE exp <= now()";
 /// Prepared on each connect.
 const ALL: [&str; 7] = [GET, UPSERT, UPDATE, DELETE, LIST, SEND, SWEEP];
 
-/// The connection: its client, prepared statements, and the notifications it receives
-/// (`(channel, payload)`; the channel closes with the connection).
-type Conn = Arc<(
-    Client,
-    Vec<Statement>,
-    broadcast::Receiver<(String, String)>,
-)>;
+/// A notification: channel and payload.
+type Note = (String, String);
+/// The connection: its client, prepared statements, and the notifications it receives (their
+/// channel closes with the connection).
+type Conn = Arc<(Client, Vec<Statement>, broadcast::Receiver<Note>)>;
 
 pub struct PgStore {
     pg: Config,
@@ -80,7 +78,7 @@ fn tls(ca_cert: Option<&str>) -> Result<MakeRustlsConnect, String> {
 
 impl PgStore {
     /// Connects (creating what is missing), or says where it could not.
-    pub async fn connect(config: &crate::config::Config) -> Result<Self, String> {
+    pub async fn connect(config: &crate::Config) -> Result<Self, String> {
         let url = redacted_url(&config.url);
         let mut pg: Config = config.url.parse().map_err(|e| format!("{url}: {e}"))?;
         pg.connect_timeout(*pg.get_connect_timeout().unwrap_or(&Duration::from_secs(5)));
@@ -198,7 +196,7 @@ impl Store for PgStore {
             .await
             .map_err(error)?;
         // Ends when the connection does; a listener that lags skips what it missed.
-        let payload = move |note: Result<(String, String), _>| {
+        let payload = move |note: Result<Note, _>| {
             let hex = note
                 .ok()
                 .filter(|(ch, _)| *ch == channel)
