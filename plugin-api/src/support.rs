@@ -48,6 +48,38 @@ pub fn redacted_url(url: &str) -> String {
     }
 }
 
+/// A release or deregister action for [`HeldLease::new`] / [`HeldPresence::new`] without the
+/// clone-twice dance: `state` is cloned into each call of `f`.
+///
+/// ```ignore
+/// HeldLease::new(name, token, ttl, action((client, key), |(c, k)| async move {
+///     c.delete(&k).await
+/// }))
+/// ```
+pub fn action<S, F, Fut>(
+    state: S,
+    f: F,
+) -> impl Fn() -> BoxFuture<'static, CoordResult<()>> + Send + Sync + 'static
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = CoordResult<()>> + Send + 'static,
+{
+    move || Box::pin(f(state.clone()))
+}
+
+/// The lease-acquire prologue every backend repeats: the caller's TTL or the configured
+/// default, refused below 10 ms.
+pub fn lease_ttl(requested: Option<Duration>, default: Duration) -> CoordResult<Duration> {
+    let ttl = requested.unwrap_or(default);
+    if ttl < Duration::from_millis(10) {
+        return Err(crate::coordinator::CoordError::invalid(
+            "lease TTL must be at least 10 ms",
+        ));
+    }
+    Ok(ttl)
+}
+
 /// A stream over a channel's receiver.
 pub fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> BoxStream<'static, T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()

@@ -17,9 +17,9 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::{Cond, Layer};
-use crate::coordinator::{CoordError, CoordResult, KvEvent, Lease};
+use crate::coordinator::{CoordResult, KvEvent, Lease};
 use crate::memory::lease_key;
-use crate::support::{HeldLease, Renew, Renewal, keep_renewing, retry_until};
+use crate::support::{HeldLease, Renew, Renewal, action, keep_renewing, lease_ttl, retry_until};
 
 const FENCE_PREFIX: &str = "\u{1}mcpg/fence/";
 
@@ -34,10 +34,7 @@ impl Layer {
         ttl: Option<Duration>,
         wait: Duration,
     ) -> CoordResult<Option<Box<dyn Lease>>> {
-        let ttl = ttl.unwrap_or(self.config().lease_ttl);
-        if ttl < Duration::from_millis(10) {
-            return Err(CoordError::invalid("lease TTL must be at least 10 ms"));
-        }
+        let ttl = lease_ttl(ttl, self.config().lease_ttl)?;
         let key = lease_key(name);
         // Subscribed before the first try, so a release in between is not missed; an expiry
         // raises no event and is found by retry_until's poll.
@@ -109,17 +106,15 @@ impl Layer {
         sent: Instant,
     ) -> HeldLease {
         let rev = Arc::new(Mutex::new(Some(revision)));
-        let (me, k, r) = (self.clone(), key.to_owned(), rev.clone());
-        let (lease, signals) = HeldLease::new(name, token, ttl, move || {
-            let (me, k, r) = (me.clone(), k.clone(), r.clone());
-            Box::pin(async move {
-                let current = r.lock().unwrap().take();
-                if let Some(current) = current {
-                    me.remove(&k, Cond::Revision(current)).await?;
-                }
-                Ok(())
-            })
+        let state = (self.clone(), key.to_owned(), rev.clone());
+        let release = action(state, |(me, k, r)| async move {
+            let current = r.lock().unwrap().take();
+            if let Some(current) = current {
+                me.remove(&k, Cond::Revision(current)).await?;
+            }
+            Ok(())
         });
+        let (lease, signals) = HeldLease::new(name, token, ttl, release);
         let percent = u32::from(self.config().renew_percent.clamp(1, 99));
         let renew = LayerRenew {
             layer: self.clone(),

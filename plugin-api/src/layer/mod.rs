@@ -40,7 +40,7 @@ use tokio::sync::{OnceCell, mpsc};
 
 use crate::coordinator::*;
 use crate::memory::RESERVED_PREFIX;
-use crate::support::{HeldPresence, peer_changes, receiver_stream};
+use crate::support::{HeldPresence, action, peer_changes, receiver_stream};
 
 pub use local::LocalStore;
 pub use seed::SeedKeys;
@@ -353,11 +353,10 @@ impl Layer {
         let ttl = self.0.config.peer_ttl;
         self.write(&key, Cond::Any, meta.clone().into_bytes(), Some(ttl))
             .await?;
-        let (me, k) = (self.clone(), key.clone());
-        let (presence, mut stop) = HeldPresence::new(move || {
-            let (me, k) = (me.clone(), k.clone());
-            Box::pin(async move { me.remove(&k, Cond::Any).await.map(|_| ()) })
+        let deregister = action((self.clone(), key.clone()), |(me, k)| async move {
+            me.remove(&k, Cond::Any).await.map(|_| ())
         });
+        let (presence, mut stop) = HeldPresence::new(deregister);
         let (store, every) = (self.0.store.clone(), self.0.config.peer_refresh);
         tokio::spawn(async move {
             loop {
