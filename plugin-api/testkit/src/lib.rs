@@ -13,6 +13,12 @@
 //! }
 //! ```
 //!
+//! Loading and booting the plugin as mcpg does: [`built_library`] finds the `.so` that
+//! `cargo test` builds beside the test executable (or names the command that builds it), and
+//! [`boot`] boots one instance as a replica. A harness that can restart its server implements
+//! [`Harness::restart_backend`]; [`state_and_leases_survive_restart`] is the extra scenario for
+//! durable backends. Real servers for a harness: the `mcpg-backends` crate (`tools/backends`).
+//!
 //! Nothing here asserts how long an operation takes: waits have generous deadlines and only
 //! their outcome is checked.
 
