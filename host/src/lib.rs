@@ -9,6 +9,7 @@
 //! - [`capabilities`]: the store and bus of each capability (sessions, tasks, …).
 //! - [`mcp`]: the MCP data plane: bindings, upstreams, sessions, both protocol eras.
 //! - [`identity`]: this replica's node id.
+//! - [`errors`]: errors rendered with their chain of causes.
 //! - [`server`]: the HTTP listeners, health and readiness, graceful shutdown.
 //! - [`telemetry`]: logs, metrics and traces.
 //! - [`audit`]: the audit log of MCP requests (sinks, hash chain, `mcpg audit verify`).
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod coordinator;
+pub mod errors;
 pub mod identity;
 pub mod mcp;
 pub mod oci;

@@ -12,6 +12,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::jwks_http::JwksFetcher;
 use super::{AuthError, Identity};
 use crate::config::model::{JwtAlgorithm, JwtConfig};
 
@@ -20,10 +21,7 @@ use crate::config::model::{JwtAlgorithm, JwtConfig};
 const REFETCH_MIN: Duration = Duration::from_secs(10);
 
 enum Source {
-    Url {
-        url: String,
-        client: reqwest::Client,
-    },
+    Url(JwksFetcher),
     File(PathBuf),
 }
 
@@ -76,13 +74,7 @@ impl Verifier {
     /// Builds the verifier and starts keeping its key set fresh.
     pub fn start(cfg: &JwtConfig, binding: &str) -> anyhow::Result<Arc<Self>> {
         let source = match (&cfg.jwks_url, &cfg.jwks_file) {
-            (Some(url), _) => Source::Url {
-                url: url.clone(),
-                client: crate::tls::client_builder(cfg.ca_file.as_deref())?
-                    .connect_timeout(Duration::from_secs(10))
-                    .timeout(Duration::from_secs(30))
-                    .build()?,
-            },
+            (Some(url), _) => Source::Url(JwksFetcher::new(url, cfg.ca_file.as_deref())?),
             (None, Some(p)) => Source::File(p.clone()),
             (None, None) => anyhow::bail!("jwt needs `jwks_url` or `jwks_file`"),
         };
@@ -106,7 +98,7 @@ impl Verifier {
             verified: std::sync::Mutex::new(HashMap::new()),
         });
         let every = match v.source {
-            Source::Url { .. } => Duration::from_millis(cfg.jwks_refresh_ms),
+            Source::Url(_) => Duration::from_millis(cfg.jwks_refresh_ms),
             // A file is cheap to look at: notice a rotated key set within a second.
             Source::File(_) => Duration::from_secs(1),
         };
@@ -125,19 +117,7 @@ impl Verifier {
     /// Fetches or reads the key set again; keeps the old keys when that fails.
     async fn reload(&self) {
         let text = match &self.source {
-            Source::Url { url, client } => {
-                let r = async {
-                    let resp = client.get(url).send().await?.error_for_status()?;
-                    resp.text().await
-                }
-                .await;
-                r.map_err(|e| {
-                    format!(
-                        "fetching {url}: {}",
-                        crate::mcp::upstream::http::error_chain(&e)
-                    )
-                })
-            }
+            Source::Url(fetcher) => fetcher.fetch().await,
             Source::File(p) => {
                 let stamp = std::fs::metadata(p)
                     .ok()

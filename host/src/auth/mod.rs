@@ -3,6 +3,7 @@
 //! statuses and MCP messages are not known here: `mcp/http.rs` turns an [`AuthError`] into a
 //! `401`/`403` and `mcp/access.rs` applies a [`Policy`] to MCP messages.
 
+pub mod jwks_http;
 pub mod jwt;
 pub mod policy;
 

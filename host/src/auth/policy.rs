@@ -37,7 +37,7 @@ impl Names {
         let one = |patterns: &[String]| -> Result<Vec<GlobMatcher>, String> {
             patterns
                 .iter()
-                .map(|p| pattern(p).map_err(|e| format!("`{p}`: {e}")))
+                .map(|p| crate::config::model::name_pattern(p).map_err(|e| format!("`{p}`: {e}")))
                 .collect()
         };
         Ok(Self {
@@ -55,17 +55,6 @@ impl Names {
         };
         list.iter().any(|g| g.is_match(name))
     }
-}
-
-/// A name pattern (glob syntax): `*` any run of characters (slashes included: resource URIs
-/// are not paths here), `?` one character, `[…]` a character class, `{a,b}` alternatives;
-/// `\` escapes.
-pub fn pattern(p: &str) -> Result<GlobMatcher, globset::Error> {
-    Ok(globset::GlobBuilder::new(p)
-        .literal_separator(false)
-        .backslash_escape(true)
-        .build()?
-        .compile_matcher())
 }
 
 struct Rule {
@@ -233,15 +222,19 @@ mod tests {
 
     #[test]
     fn patterns_match_whole_names() {
-        let g = pattern("time__get_*").unwrap();
+        let g = crate::config::model::name_pattern("time__get_*").unwrap();
         assert!(g.is_match("time__get_current_time"));
         assert!(!g.is_match("xtime__get_current_time"));
         assert!(
-            pattern("file:///a/*")
+            crate::config::model::name_pattern("file:///a/*")
                 .unwrap()
                 .is_match("file:///a/b/c.txt")
         );
-        assert!(pattern("ab?").unwrap().is_match("abc"));
-        assert!(pattern("[").is_err());
+        assert!(
+            crate::config::model::name_pattern("ab?")
+                .unwrap()
+                .is_match("abc")
+        );
+        assert!(crate::config::model::name_pattern("[").is_err());
     }
 }

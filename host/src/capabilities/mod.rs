@@ -2,8 +2,10 @@
 //! `cancellation` each get a key-value store and a bus, chosen by
 //! `mcp.configurations.<capability>`: the cluster coordinator (the default), in-process memory,
 //! or (stores only) a durable file store. The data plane keeps all of its state here and never
-//! names a backend.
+//! names a backend; cluster-wide leases, the peer directory and the forwarding secret are
+//! operations of [`cluster::Coordination`].
 
+pub mod cluster;
 mod file;
 
 use std::sync::Arc;

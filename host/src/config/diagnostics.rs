@@ -64,7 +64,7 @@ impl KeyPath {
         for seg in &self.0 {
             out.push('/');
             match seg {
-                Segment::Key(k) => out.push_str(&super::yaml::escape_pointer(k)),
+                Segment::Key(k) => out.push_str(&escape_pointer(k)),
                 Segment::Index(i) => out.push_str(&i.to_string()),
             }
         }
@@ -187,6 +187,11 @@ impl Diagnostic {
             "message": self.message,
         })
     }
+}
+
+/// JSON pointer escaping (RFC 6901).
+pub fn escape_pointer(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
 }
 
 #[cfg(test)]

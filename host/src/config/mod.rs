@@ -289,7 +289,7 @@ fn path_to_pointer(path: &serde_path_to_error::Path) -> String {
     for seg in path.iter() {
         match seg {
             Segment::Seq { index } => out.push_str(&format!("/{index}")),
-            Segment::Map { key } => out.push_str(&format!("/{}", yaml::escape_pointer(key))),
+            Segment::Map { key } => out.push_str(&format!("/{}", diagnostics::escape_pointer(key))),
             Segment::Enum { variant } => out.push_str(&format!("/{variant}")),
             Segment::Unknown => {}
         }

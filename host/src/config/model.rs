@@ -984,3 +984,14 @@ fn default_service_name() -> String {
 fn default_sample_ratio() -> f64 {
     1.0
 }
+
+/// A name pattern (glob syntax): `*` any run of characters (slashes included: resource URIs
+/// are not paths here), `?` one character, `[…]` a character class, `{a,b}` alternatives;
+/// `\` escapes.
+pub fn name_pattern(p: &str) -> Result<globset::GlobMatcher, globset::Error> {
+    Ok(globset::GlobBuilder::new(p)
+        .literal_separator(false)
+        .backslash_escape(true)
+        .build()?
+        .compile_matcher())
+}

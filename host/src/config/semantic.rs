@@ -457,7 +457,7 @@ impl Checker<'_> {
                     self.headers(up.clone().key("http").key("headers"), &h.headers);
                     for (k, name) in h.pass_through_headers.iter().enumerate() {
                         let p = up.clone().key("http").key("pass_through_headers").index(k);
-                        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                             self.error(p, format!("`{name}` is not a valid HTTP header name"));
                         } else if h.headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
                             self.error(p, format!("`{name}` is also set in `headers`; an upstream gets a header from one place"));
@@ -569,7 +569,7 @@ impl Checker<'_> {
                     ("resources", &names.resources),
                 ] {
                     for (k, pat) in list.iter().enumerate() {
-                        if let Err(e) = crate::auth::policy::pattern(pat) {
+                        if let Err(e) = super::model::name_pattern(pat) {
                             self.error(
                                 rp.clone().key(side).key(kind).index(k),
                                 format!("`{pat}` is not a valid name pattern: {}", e.kind()),
@@ -584,10 +584,10 @@ impl Checker<'_> {
     fn headers(&mut self, base: KeyPath, headers: &BTreeMap<String, String>) {
         for (name, value) in headers {
             let p = base.clone().key(name);
-            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 self.error_at_key(p.clone(), "not a valid HTTP header name");
             }
-            if axum::http::HeaderValue::from_str(value).is_err() {
+            if http::HeaderValue::from_str(value).is_err() {
                 self.error(
                     p,
                     "not a valid HTTP header value (control characters or non-ASCII text)",

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
 use serde_json::{Map, Value};
 
-use super::diagnostics::{Diagnostic, KeyPath, Pos};
+use super::diagnostics::{Diagnostic, KeyPath, Pos, escape_pointer};
 
 /// One YAML node with its position.
 #[derive(Debug, Clone)]
@@ -346,11 +346,6 @@ fn convert(
             Value::Object(out)
         }
     }
-}
-
-/// JSON pointer escaping (RFC 6901).
-pub fn escape_pointer(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
 }
 
 /// Resolves a plain scalar by the YAML 1.2 core schema: null, booleans, integers, floats, else a

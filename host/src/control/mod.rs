@@ -226,15 +226,13 @@ impl ControlPlane {
     }
 
     /// The body of `GET /mcpg/meta`, the probe a peer or an operator uses on the MCP listener:
-    /// what this replica is, which MCP revisions it speaks, and its place in the cluster.
-    pub fn meta(&self) -> serde_json::Value {
+    /// what this replica is, which MCP revisions it speaks (`protocols`, the data plane's to
+    /// say), and its place in the cluster.
+    pub fn meta(&self, protocols: &serde_json::Value) -> serde_json::Value {
         json!({
             "product": "mcpg",
             "version": env!("CARGO_PKG_VERSION"),
-            "protocol_versions": {
-                "modern": crate::mcp::version::MODERN,
-                "legacy": crate::mcp::version::LEGACY,
-            },
+            "protocol_versions": protocols,
             "node_id": self.node_id,
             "instance": instance(),
             "cluster": {
@@ -246,10 +244,10 @@ impl ControlPlane {
     }
 
     /// `GET /mcpg/meta`, served on the main listener.
-    pub fn meta_router(&self) -> Router {
+    pub fn meta_router(&self, protocols: serde_json::Value) -> Router {
         Router::new()
             .route("/mcpg/meta", get(meta))
-            .with_state(self.clone())
+            .with_state((self.clone(), Arc::new(protocols)))
     }
 
     /// The admin routes of the control plane.
@@ -266,8 +264,10 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-async fn meta(State(cp): State<ControlPlane>) -> Json<serde_json::Value> {
-    Json(cp.meta())
+async fn meta(
+    State((cp, protocols)): State<(ControlPlane, Arc<serde_json::Value>)>,
+) -> Json<serde_json::Value> {
+    Json(cp.meta(&protocols))
 }
 
 async fn status(State(cp): State<ControlPlane>) -> Json<serde_json::Value> {

@@ -62,29 +62,21 @@ pub fn selected_plugin(cfg: &ValidatedConfig) -> Option<(String, PluginLocation)
     Some((plugin_id.clone(), location))
 }
 
-/// Loads the selected plugin's library.
-pub fn load_selected(cfg: &ValidatedConfig) -> Result<Option<LoadedPlugin>, CoordinatorError> {
+/// Loads the selected plugin's library, pulling it first when it comes from a registry. Runs
+/// on the process's one Tokio runtime (the one `mcpg` builds at start).
+pub async fn load_selected(
+    cfg: &ValidatedConfig,
+) -> Result<Option<LoadedPlugin>, CoordinatorError> {
     match selected_plugin(cfg) {
         None => Ok(None),
         Some((id, PluginLocation::Oci(src))) => {
-            // Start-up is not async yet here: a small runtime of its own does the pull.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| CoordinatorError::Oci {
-                    id: id.clone(),
-                    source: crate::oci::OciError::Push(format!("cannot start a runtime: {e}")),
-                })?;
-            let resolved = rt
-                .block_on(crate::oci::fetch(
-                    &src,
-                    &crate::oci::artifact::Platform::host(),
-                    Some(&id),
-                ))
-                .map_err(|source| CoordinatorError::Oci {
-                    id: id.clone(),
-                    source,
-                })?;
+            let resolved =
+                crate::oci::fetch(&src, &crate::oci::artifact::Platform::host(), Some(&id))
+                    .await
+                    .map_err(|source| CoordinatorError::Oci {
+                        id: id.clone(),
+                        source,
+                    })?;
             tracing::info!(
                 plugin = %id,
                 reference = %src.reference,

@@ -1,9 +1,8 @@
 //! The MCP data plane: each binding's endpoint on `server.listen`, served as one MCP server
 //! made of the binding's upstreams.
 //!
-//! - [`jsonrpc`]: messages as raw JSON objects (lossless), error codes.
-//! - [`version`]: protocol revisions by era, negotiation.
-//! - [`meta`], [`headers`]: the 2026-07-28 per-request `_meta` keys and metadata headers.
+//! - [`wire`]: messages as raw JSON objects (lossless), revisions by era, the 2026-07-28
+//!   per-request `_meta` keys and metadata headers (pure).
 //! - [`names`]: prefixing and routing across several upstreams (pure).
 //! - [`upstream`]: connections to upstream servers (stdio, Streamable HTTP).
 //! - [`session`]: legacy-era sessions: records in the `sessions` capability, live state here.
@@ -18,30 +17,27 @@
 
 pub mod access;
 pub mod binding;
-pub mod forward;
-pub mod guard;
-pub mod headers;
-pub mod http;
-pub mod jsonrpc;
-pub mod meta;
-pub mod modern;
-pub mod names;
+pub mod bridge;
+pub mod cluster;
+pub mod front;
 pub mod observe;
-pub mod ownership;
+pub mod relay;
+pub mod route;
+pub mod serve;
 pub mod session;
-pub mod stamped;
+pub mod tasks;
 pub mod upstream;
-pub mod version;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-
 use crate::capabilities::Capabilities;
 use crate::config::ValidatedConfig;
-use binding::{Binding, Context, Inflight};
-use ownership::Ownership;
+use binding::Binding;
+use cluster::forward;
+use cluster::ownership::Ownership;
+use front::guard;
 use session::Sessions;
 use tokio::sync::watch;
 
@@ -55,6 +51,9 @@ pub struct Gateway {
     pub max_body: usize,
     /// `listen` serves HTTPS (for URLs derived from requests).
     pub tls: bool,
+    /// Exchanges of 2026-07-28 clients parked between input-required rounds, and the key
+    /// signing their `requestState`.
+    pub bridge: Arc<bridge::modern_to_legacy::Bridge>,
     /// The audit log every request is recorded in (when enabled).
     pub auditor: crate::audit::Auditor,
     /// Set at the drain deadline: long-lived streams end (with a reconnect hint).
@@ -72,23 +71,23 @@ impl Gateway {
     ) -> anyhow::Result<Arc<Self>> {
         let c = &cfg.config;
         let node_id = ownership.node_id().to_owned();
-        let ctx = Arc::new(Context {
-            node_id: node_id.clone(),
-            caps: caps.clone(),
-            inflight: Inflight::default(),
-            parked: modern::Parked::default(),
-            state_key: modern::StateKey::default(),
-            log_max_events: c.mcp.sessions.event_log_max_events,
-            log_max_age: Duration::from_millis(c.mcp.sessions.event_log_max_age_ms),
+        let services = Arc::new(session::Services {
+            delivery: session::delivery::Delivery::new(
+                caps.delivery.clone(),
+                c.mcp.sessions.event_log_max_events,
+                Duration::from_millis(c.mcp.sessions.event_log_max_age_ms),
+            ),
+            server_requests: session::server_requests::ServerRequests::new(caps.pipelines.clone()),
+            inflight: Default::default(),
+            cancellation: caps.cancellation.clone(),
         });
-        modern::spawn_parked_reaper(ctx.clone());
-        binding::spawn_cancellation_listener(ctx.clone());
+        relay::cancel::spawn_listener(services.inflight.clone(), caps.cancellation.clone());
         let timeout = Duration::from_millis(c.mcp.limits.request_timeout_ms);
         let bindings = c
             .bindings
             .iter()
             .map(|b| {
-                Binding::new(b, &cfg.base_dir, timeout, ctx.clone())
+                Binding::new(b, &cfg.base_dir, timeout, caps.tasks.clone())
                     .map_err(|e| anyhow::anyhow!("binding `{}`: {e}", b.name))
             })
             .collect::<anyhow::Result<Vec<Arc<Binding>>>>()?;
@@ -96,6 +95,7 @@ impl Gateway {
             bindings,
             sessions: Sessions::new(
                 caps.sessions.clone(),
+                services,
                 ownership.clone(),
                 Duration::from_millis(c.mcp.sessions.idle_ttl_ms),
                 c.mcp.sessions.max_sessions as usize,
@@ -104,6 +104,10 @@ impl Gateway {
                 ownership.secret().to_owned(),
                 node_id,
                 c.server.forwarding_ca_file.as_deref(),
+            ),
+            bridge: bridge::modern_to_legacy::Bridge::new(
+                ownership.node_id().to_owned(),
+                caps.pipelines.clone(),
             ),
             ownership,
             closing: watch::channel(false).0,
@@ -116,25 +120,8 @@ impl Gateway {
             tls: c.server.tls.is_some(),
             auditor,
         });
-        spawn_sweeper(&gw, Duration::from_millis(c.mcp.sessions.idle_ttl_ms));
+        gw.sessions.spawn_sweeper(gw.bindings.clone());
         Ok(gw)
-    }
-
-    /// The routes of every binding, for the main listener.
-    pub fn router(self: &Arc<Self>) -> Router {
-        self.bindings.iter().fold(Router::new(), |r, b| {
-            r.merge(http::routes(self.clone(), b.clone()))
-        })
-    }
-
-    /// Admin routes of the data plane: `GET /api/cluster/sessions/{id}`.
-    pub fn admin_router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route(
-                "/api/cluster/sessions/{id}",
-                axum::routing::get(session_status),
-            )
-            .with_state(self.clone())
     }
 
     /// Shutdown, first step: this replica starts no session and takes none over; new
@@ -166,45 +153,5 @@ impl Gateway {
     pub async fn shutdown(&self) {
         self.sessions.close_all().await;
         self.ownership.release().await;
-    }
-}
-
-/// The lease under which one replica at a time sweeps sessions left idle by departed replicas.
-const SWEEPER_LEASE: &str = "mcpg/sessions/sweeper";
-
-/// Every quarter of the idle TTL (between 1 s and 5 min), whichever replica takes the sweeper
-/// lease ends the sessions that departed replicas left idle ([`Sessions::sweep`]).
-fn spawn_sweeper(gw: &Arc<Gateway>, idle_ttl: Duration) {
-    let every = (idle_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
-    let weak = Arc::downgrade(gw);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            let Some(gw) = weak.upgrade() else { return };
-            if gw.ownership.draining() {
-                return;
-            }
-            if let Some(lease) = gw.ownership.try_lease(SWEEPER_LEASE, every * 2).await {
-                gw.sessions.sweep(&gw.bindings).await;
-                let _ = lease.release().await;
-            }
-        }
-    });
-}
-
-/// `GET /api/cluster/sessions/{id}`: a legacy session's record (owner, binding, revision,
-/// which upstreams hold a session of their own) and whether this replica serves it now.
-async fn session_status(
-    axum::extract::State(gw): axum::extract::State<Arc<Gateway>>,
-    axum::extract::Path(id): axum::extract::Path<String>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match gw.sessions.describe(&id).await {
-        Some(v) => axum::Json(v).into_response(),
-        None => (
-            axum::http::StatusCode::NOT_FOUND,
-            axum::Json(serde_json::json!({"error": "no such session"})),
-        )
-            .into_response(),
     }
 }

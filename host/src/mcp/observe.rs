@@ -4,14 +4,15 @@
 
 use std::time::Instant;
 
-use axum::http::HeaderMap;
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::audit::{Auditor, Outcome, Record};
 use crate::mcp::access::{Caller, target};
-use crate::mcp::binding::{Binding, Reply};
-use crate::mcp::jsonrpc::{self, Message, code};
+use crate::mcp::binding::Binding;
+use crate::mcp::relay::Reply;
+use crate::mcp::wire::jsonrpc::{self, Message, code};
+use crate::mcp::wire::version::Era;
 use crate::telemetry::{self, metrics::metrics};
 
 /// A request being served, until its outcome is known.
@@ -30,23 +31,20 @@ impl Observed {
     pub fn begin(
         auditor: &Auditor,
         b: &Binding,
-        headers: &HeaderMap,
+        parent: opentelemetry::Context,
         msg: &Message,
-        era: &'static str,
+        era: Era,
         session: Option<&str>,
         who: &Caller,
     ) -> Self {
         let method = jsonrpc::method(msg).unwrap_or_default();
         let params = msg.get("params");
-        let span = telemetry::request_span(&b.name, method, msg.get("id"), session, era);
+        let span = telemetry::request_span(&b.name, method, msg.get("id"), session, era.as_str());
         // The caller's trace (W3C `traceparent` header, or in `_meta`) is the parent; a request
         // forwarded by another replica carries that replica's span.
-        telemetry::set_parent(
-            &span,
-            telemetry::extract_parent(headers, params.and_then(|p| p.get("_meta"))),
-        );
+        telemetry::set_parent(&span, parent);
         telemetry::record_target(&span, method, params);
-        let mut record = Record::new(era, &b.name, method);
+        let mut record = Record::new(era.as_str(), &b.name, method);
         record.identity = who.as_deref().map(|i| i.key.clone());
         record.session = session.map(str::to_owned);
         record.request_id = msg.get("id").cloned();

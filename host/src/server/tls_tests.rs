@@ -110,7 +110,7 @@ async fn https_with_the_ca_answers_and_without_it_fails() {
         .await
         .unwrap_err();
     assert!(
-        crate::mcp::upstream::http::error_chain(&e).contains("certificate"),
+        crate::errors::error_chain(&e).contains("certificate"),
         "{e:?}"
     );
 

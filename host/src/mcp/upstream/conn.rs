@@ -13,7 +13,7 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::mcp::jsonrpc::{self, Kind, Message, RpcError, code};
+use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
 
 /// Why talking to an upstream failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -318,7 +318,7 @@ impl Shared {
                 let subscription = m
                     .get("params")
                     .and_then(|p| p.get("_meta"))
-                    .and_then(|x| x.get(crate::mcp::meta::SUBSCRIPTION_ID))
+                    .and_then(|x| x.get(crate::mcp::wire::meta::SUBSCRIPTION_ID))
                     // Some servers echo a numeric id as a string.
                     .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
                 if let Some(r) = subscription.and_then(|id| routes.get(&id)) {

@@ -3,7 +3,6 @@
 //! once known; the GET stream for what the upstream sends outside any request; DELETE when the
 //! conversation ends.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -15,11 +14,11 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::conn::{Connection, Transport, UpstreamError};
-use crate::mcp::headers;
-use crate::mcp::jsonrpc::{self, Message};
+use crate::errors::error_chain;
+use crate::mcp::wire::headers;
+use crate::mcp::wire::jsonrpc::{self, Message};
 
-pub const SESSION_HEADER: &str = "mcp-session-id";
-pub const VERSION_HEADER: &str = "mcp-protocol-version";
+use crate::mcp::wire::headers::{SESSION_HEADER, VERSION_HEADER};
 
 /// Builds the HTTP client of one upstream (its own connection pool), trusting `ca_file` in
 /// addition to the platform's roots. Start-up has already read the file
@@ -36,6 +35,56 @@ pub fn client(connect_timeout: Duration, ca_file: Option<&std::path::Path>) -> r
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
         .expect("the HTTP client configuration is static")
+}
+
+/// An HTTP upstream as configured, parsed once at start-up: its URL, the headers sent with
+/// every request, the client headers passed through, and its own connection pool.
+pub struct Endpoint {
+    url: reqwest::Url,
+    headers: HeaderMap,
+    pass_through: Vec<HeaderName>,
+    client: reqwest::Client,
+}
+
+impl Endpoint {
+    /// The config loader has checked the URL and headers; an error here names what is wrong
+    /// all the same.
+    pub fn new(cfg: &crate::config::model::HttpTransport) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(&cfg.url)
+            .map_err(|e| anyhow::anyhow!("bad url `{}`: {e}", cfg.url))?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let k = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| anyhow::anyhow!("bad header name `{k}`"))?;
+            let mut v = HeaderValue::from_str(v)
+                .map_err(|_| anyhow::anyhow!("bad value for header `{k}`"))?;
+            v.set_sensitive(true);
+            headers.insert(k, v);
+        }
+        let pass_through = cfg
+            .pass_through_headers
+            .iter()
+            .map(|n| {
+                HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| anyhow::anyhow!("bad header name `{n}`"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            url,
+            headers,
+            pass_through,
+            // One pool per upstream, so its connections are reused across sessions.
+            client: client(
+                Duration::from_millis(cfg.connect_timeout_ms),
+                cfg.ca_file.as_deref(),
+            ),
+        })
+    }
+
+    /// Whether some of the client's headers are copied to this upstream.
+    pub fn passes_headers(&self) -> bool {
+        !self.pass_through.is_empty()
+    }
 }
 
 /// One conversation with an HTTP upstream.
@@ -61,45 +110,17 @@ tokio::task_local! {
 }
 
 impl HttpTransport {
-    pub fn new(
-        name: &str,
-        url: &str,
-        headers: &BTreeMap<String, String>,
-        client: reqwest::Client,
-    ) -> Result<Self, UpstreamError> {
-        let bad = |message: String| UpstreamError::Transport {
-            upstream: name.into(),
-            message,
-        };
-        let url = reqwest::Url::parse(url).map_err(|e| bad(format!("bad url `{url}`: {e}")))?;
-        let mut map = HeaderMap::new();
-        for (k, v) in headers {
-            let k = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| bad(format!("bad header name `{k}`")))?;
-            let mut v =
-                HeaderValue::from_str(v).map_err(|_| bad(format!("bad value for header `{k}`")))?;
-            v.set_sensitive(true);
-            map.insert(k, v);
-        }
-        Ok(Self {
+    pub fn new(name: &str, endpoint: &Endpoint) -> Self {
+        Self {
             name: name.into(),
-            url,
-            client,
-            headers: map,
+            url: endpoint.url.clone(),
+            client: endpoint.client.clone(),
+            headers: endpoint.headers.clone(),
             session: RwLock::new(None),
             version: RwLock::new(None),
             modern: false,
-            pass_through: Vec::new(),
-        })
-    }
-
-    /// Copies these headers of the client's request to each request sent on its behalf.
-    pub fn with_pass_through(mut self, names: &[String]) -> Self {
-        self.pass_through = names
-            .iter()
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
-        self
+            pass_through: endpoint.pass_through.clone(),
+        }
     }
 
     /// The transport for 2026-07-28 traffic: stateless, metadata headers on every request.
@@ -227,9 +248,9 @@ impl HttpTransport {
 fn modern_headers(mut rb: reqwest::RequestBuilder, msg: &Message) -> reqwest::RequestBuilder {
     let version = jsonrpc::params(msg)
         .and_then(|p| p.get("_meta"))
-        .and_then(|m| m.get(crate::mcp::meta::PROTOCOL_VERSION))
+        .and_then(|m| m.get(crate::mcp::wire::meta::PROTOCOL_VERSION))
         .and_then(Value::as_str)
-        .unwrap_or(crate::mcp::version::LATEST_MODERN);
+        .unwrap_or(crate::mcp::wire::version::LATEST_MODERN);
     rb = rb.header(VERSION_HEADER, version);
     if let Some(m) = jsonrpc::method(msg) {
         rb = rb.header(headers::METHOD, m);
@@ -450,16 +471,4 @@ impl Transport for HttpTransport {
             }
         }
     }
-}
-
-/// An error with its causes, `outer: inner: …` (reqwest's own text hides the cause).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -17,8 +17,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use conn::{Connection, Exchange, UpstreamError};
 
 use crate::config::model::{StdioMode, StdioTransport, UpstreamConfig};
-use crate::mcp::jsonrpc::{self, RpcError};
-use crate::mcp::{meta, version};
+use crate::mcp::wire::jsonrpc::{self, RpcError};
+use crate::mcp::wire::{meta, version};
+
+/// Where a request's upstream conversations come from: a legacy client's session (its own
+/// conversations), or the shared conversations that serve 2026-07-28 clients. What mcpg sends
+/// on its own (list pages, searches) goes through this.
+#[async_trait::async_trait]
+pub trait Conversations: Send + Sync {
+    /// The conversation with upstream `up`.
+    async fn conn(&self, up: usize) -> Result<Connection, RpcError>;
+    /// Makes params mcpg sends on its own fit the conversation with upstream `up` (stamped
+    /// with `_meta` where it speaks 2026-07-28).
+    async fn prepare(&self, up: usize, params: &mut serde_json::Map<String, Value>);
+}
 
 /// The client's side of a legacy handshake, replayed to each upstream the gateway connects
 /// for that client.
@@ -67,13 +79,7 @@ enum Kind {
         cfg: StdioTransport,
         base_dir: PathBuf,
     },
-    Http {
-        url: String,
-        headers: std::collections::BTreeMap<String, String>,
-        client: reqwest::Client,
-        /// Client headers copied to this upstream (`http.pass_through_headers`).
-        pass_through: Vec<String>,
-    },
+    Http(Arc<http::Endpoint>),
 }
 
 /// One configured upstream of a binding.
@@ -118,7 +124,7 @@ impl Upstream {
         cfg: &UpstreamConfig,
         base_dir: &std::path::Path,
         default_timeout: Duration,
-    ) -> Arc<Self> {
+    ) -> anyhow::Result<Arc<Self>> {
         let timeout = cfg
             .request_timeout_ms
             .map(Duration::from_millis)
@@ -138,20 +144,7 @@ impl Upstream {
                     StdioMode::Shared => (kind, None, None),
                 }
             }
-            (None, Some(h)) => (
-                Kind::Http {
-                    url: h.url.clone(),
-                    headers: h.headers.clone(),
-                    // One pool per upstream, so its connections are reused across sessions.
-                    client: http::client(
-                        Duration::from_millis(h.connect_timeout_ms),
-                        h.ca_file.as_deref(),
-                    ),
-                    pass_through: h.pass_through_headers.clone(),
-                },
-                None,
-                None,
-            ),
+            (None, Some(h)) => (Kind::Http(Arc::new(http::Endpoint::new(h)?)), None, None),
             (None, None) => unreachable!("the config loader requires a transport"),
         };
         let configured = cfg.http.as_ref().and_then(|h| match h.protocol {
@@ -183,12 +176,12 @@ impl Upstream {
                 Duration::from_millis(s.restart_max_backoff_ms),
             ));
         }
-        Arc::new(up)
+        Ok(Arc::new(up))
     }
 
     /// Whether some of the client's headers are copied to this upstream.
     pub fn passes_headers(&self) -> bool {
-        matches!(&self.kind, Kind::Http { pass_through, .. } if !pass_through.is_empty())
+        matches!(&self.kind, Kind::Http(e) if e.passes_headers())
     }
 
     /// Keeps the one child of a shared stdio upstream running: starts it, and when it dies
@@ -368,17 +361,8 @@ impl Upstream {
                     answer: Value::Null,
                 })
             }
-            Kind::Http {
-                url,
-                headers,
-                client,
-                pass_through,
-            } => {
-                let t = Arc::new(
-                    http::HttpTransport::new(&self.name, url, headers, client.clone())
-                        .map_err(|e| e.to_rpc())?
-                        .with_pass_through(pass_through),
-                );
+            Kind::Http(endpoint) => {
+                let t = Arc::new(http::HttpTransport::new(&self.name, endpoint));
                 let conn = Connection::new(&self.name, t.clone(), None);
                 if let Some((id, version)) = resume {
                     t.set_session(Some(id.to_owned()));
@@ -472,19 +456,9 @@ impl Upstream {
                     }
                 }
             }
-            Kind::Http {
-                url,
-                headers,
-                client,
-                pass_through,
-            } => {
+            Kind::Http(endpoint) => {
                 if known != Some(false) {
-                    let t = Arc::new(
-                        http::HttpTransport::new(&self.name, url, headers, client.clone())
-                            .map_err(|e| e.to_rpc())?
-                            .with_pass_through(pass_through)
-                            .into_modern(),
-                    );
+                    let t = Arc::new(http::HttpTransport::new(&self.name, endpoint).into_modern());
                     let conn = Connection::new(&self.name, t, None);
                     if let Some(info) = discover(&conn).await {
                         return Ok(ModernHandle {

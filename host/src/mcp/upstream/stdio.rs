@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::conn::{Transport, UpstreamError};
 use crate::config::model::StdioTransport;
-use crate::mcp::jsonrpc::Message;
+use crate::mcp::wire::jsonrpc::Message;
 
 /// Environment variables a child gets unless `inherit_env` is set.
 const BASE_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER"];
@@ -160,7 +160,7 @@ impl Transport for StdioChild {
         msg: Message,
         _headers: &[(String, String)],
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
-        let bytes = crate::mcp::jsonrpc::to_bytes(&msg);
+        let bytes = crate::mcp::wire::jsonrpc::to_bytes(&msg);
         let tx = self.tx.lock().expect("stdin lock");
         tx.as_ref()
             .and_then(|tx| tx.send(bytes).ok())

@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 
-use crate::mcp::jsonrpc::{self, Message, RpcError};
+use crate::mcp::wire::jsonrpc::{self, Message, RpcError};
 
 /// The key holding the items of each list method's result.
 pub fn list_key(method: &str) -> Option<&'static str> {

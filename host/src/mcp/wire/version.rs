@@ -12,6 +12,35 @@ pub const LATEST_MODERN: &str = MODERN[0];
 /// 2025-06-18 transport specifies.
 pub const DEFAULT_LEGACY_HEADER: &str = "2025-03-26";
 
+/// The two eras of MCP: the legacy protocol (`initialize`, `Mcp-Session-Id`, GET streams) and
+/// the stateless one (`server/discover`, per-request `_meta`, `Mcp-Method` headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Era {
+    Legacy,
+    Modern,
+}
+
+impl Era {
+    /// The era's name in logs, metrics, audit records and traces.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Era::Legacy => "legacy",
+            Era::Modern => "modern",
+        }
+    }
+
+    /// The era of a revision mcpg speaks.
+    pub fn of(version: &str) -> Option<Era> {
+        if is_legacy(version) {
+            Some(Era::Legacy)
+        } else if is_modern(version) {
+            Some(Era::Modern)
+        } else {
+            None
+        }
+    }
+}
+
 pub fn is_legacy(v: &str) -> bool {
     LEGACY.contains(&v)
 }
@@ -22,6 +51,11 @@ pub fn is_modern(v: &str) -> bool {
 
 pub fn is_supported(v: &str) -> bool {
     is_legacy(v) || is_modern(v)
+}
+
+/// The revisions mcpg speaks by era, as `GET /mcpg/meta` names them.
+pub fn by_era() -> serde_json::Value {
+    serde_json::json!({"modern": MODERN, "legacy": LEGACY})
 }
 
 /// Every revision mcpg speaks, newest first.

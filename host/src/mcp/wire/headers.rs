@@ -5,7 +5,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
-use crate::mcp::jsonrpc::{self, Message};
+use super::jsonrpc::{self, Message};
+
+/// The legacy session header (2025-11-25 Streamable HTTP).
+pub const SESSION_HEADER: &str = "mcp-session-id";
+/// The protocol revision header, in both eras.
+pub const VERSION_HEADER: &str = "mcp-protocol-version";
 
 pub const METHOD: &str = "mcp-method";
 pub const NAME: &str = "mcp-name";

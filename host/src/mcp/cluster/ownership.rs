@@ -14,16 +14,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcpg_plugin_api::coordinator::{CoordError, Coordinator, Lease};
+use mcpg_plugin_api::coordinator::{CoordError, Lease};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::capabilities::cluster::Coordination;
 use crate::control::PeerMeta;
 
-/// Where each replica's ownership lease lives: `mcpg/owners/<node id>`.
-const OWNER_LEASE_PREFIX: &str = "mcpg/owners/";
-/// Where the forwarding secret is created once when the config gives none.
-const SECRET_KEY: &str = "mcpg/control/forwarding-secret";
 /// How long the peer directory is trusted before it is read again.
 const PEERS_FRESH: Duration = Duration::from_secs(1);
 
@@ -46,7 +43,7 @@ pub struct PeerInfo {
 
 /// This replica's part in session ownership.
 pub struct Ownership {
-    coordinator: Arc<dyn Coordinator>,
+    coordination: Coordination,
     node_id: String,
     ttl: Duration,
     lease: Mutex<Option<Arc<dyn Lease>>>,
@@ -63,21 +60,21 @@ impl Ownership {
     /// Takes this replica's ownership lease, waiting out a previous instance of the same node
     /// id that died without releasing it; refuses when another instance keeps renewing it.
     pub async fn start(
-        coordinator: Arc<dyn Coordinator>,
+        coordination: Coordination,
         node_id: String,
         ttl: Duration,
         configured_secret: Option<String>,
     ) -> Result<Arc<Self>, OwnershipError> {
-        let lease = acquire_own(&coordinator, &node_id, ttl).await?;
+        let lease = acquire_own(&coordination, &node_id, ttl).await?;
         let secret = match configured_secret {
             Some(s) => s,
-            None => shared_secret(&coordinator).await?,
+            None => coordination.forwarding_secret().await?,
         };
         let (generation, _) = watch::channel(0);
         let me = Arc::new(Self {
             token: AtomicU64::new(lease.token()),
             lease: Mutex::new(Some(lease.clone())),
-            coordinator,
+            coordination,
             node_id,
             ttl,
             generation,
@@ -149,7 +146,7 @@ impl Ownership {
         {
             return p.clone();
         }
-        match self.coordinator.peers().await {
+        match self.coordination.peers().await {
             Ok(list) => {
                 let map: HashMap<String, PeerInfo> = list
                     .into_iter()
@@ -198,14 +195,10 @@ impl Ownership {
         Some(others.swap_remove(pick))
     }
 
-    /// Takes the cluster-wide lease `name` if nobody holds it (for work done by one replica at
-    /// a time); `None` when it is held or the coordinator fails.
-    pub async fn try_lease(&self, name: &str, ttl: Duration) -> Option<Box<dyn Lease>> {
-        self.coordinator
-            .acquire(name, Some(ttl), Duration::ZERO)
-            .await
-            .ok()
-            .flatten()
+    /// Takes the session sweeper's cluster-wide lease if nobody holds it; `None` when it is
+    /// held or the coordinator fails.
+    pub async fn sweeper_lease(&self, ttl: Duration) -> Option<Box<dyn Lease>> {
+        self.coordination.sweeper_lease(ttl).await
     }
 
     /// Whether `node`'s ownership lease is gone (expired or released), waiting up to `wait`
@@ -215,10 +208,7 @@ impl Ownership {
         if node == self.node_id {
             return Ok(self.held());
         }
-        let probe = self
-            .coordinator
-            .acquire(&format!("{OWNER_LEASE_PREFIX}{node}"), Some(self.ttl), wait)
-            .await?;
+        let probe = self.coordination.owner_lease(node, self.ttl, wait).await?;
         match probe {
             Some(l) => {
                 // Held only to learn that it was free; give it back at once so a restarting
@@ -232,13 +222,12 @@ impl Ownership {
 }
 
 async fn acquire_own(
-    coordinator: &Arc<dyn Coordinator>,
+    coordination: &Coordination,
     node_id: &str,
     ttl: Duration,
 ) -> Result<Arc<dyn Lease>, OwnershipError> {
-    let name = format!("{OWNER_LEASE_PREFIX}{node_id}");
-    if let Some(l) = coordinator
-        .acquire(&name, Some(ttl), Duration::ZERO)
+    if let Some(l) = coordination
+        .owner_lease(node_id, ttl, Duration::ZERO)
         .await?
     {
         return Ok(Arc::from(l));
@@ -251,33 +240,13 @@ async fn acquire_own(
         wait_ms = wait.as_millis() as u64,
         "this node id's ownership lease is held; waiting to see whether its holder is gone"
     );
-    match coordinator.acquire(&name, Some(ttl), wait).await? {
+    match coordination.owner_lease(node_id, ttl, wait).await? {
         Some(l) => Ok(Arc::from(l)),
         None => Err(OwnershipError::DuplicateNode {
             node: node_id.to_owned(),
             waited_ms: wait.as_millis() as u64,
         }),
     }
-}
-
-async fn shared_secret(coordinator: &Arc<dyn Coordinator>) -> Result<String, CoordError> {
-    let fresh = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    if coordinator
-        .create(SECRET_KEY, fresh.clone().into_bytes(), None)
-        .await?
-        .is_some()
-    {
-        return Ok(fresh);
-    }
-    coordinator
-        .get(SECRET_KEY)
-        .await?
-        .and_then(|e| String::from_utf8(e.value).ok())
-        .ok_or_else(|| CoordError::backend("the forwarding secret vanished while it was read"))
 }
 
 /// Watches the ownership lease; when it is lost, says so (every session served under it is
@@ -295,11 +264,10 @@ async fn keep(me: std::sync::Weak<Ownership>, mut lease: Arc<dyn Lease>) {
             "ownership lease lost; letting go of every session served here"
         );
         o.generation.send_modify(|g| *g += 1);
-        let name = format!("{OWNER_LEASE_PREFIX}{}", o.node_id);
         lease = loop {
             match o
-                .coordinator
-                .acquire(&name, Some(o.ttl), o.ttl + Duration::from_secs(1))
+                .coordination
+                .owner_lease(&o.node_id, o.ttl, o.ttl + Duration::from_secs(1))
                 .await
             {
                 Ok(Some(l)) => break Arc::from(l),

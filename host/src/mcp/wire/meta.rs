@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::mcp::jsonrpc::{self, Message};
+use super::jsonrpc::{self, Message};
 
 pub const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
@@ -70,4 +70,42 @@ pub fn cacheable(method: &str) -> bool {
             | "resources/templates/list"
             | "resources/read"
     )
+}
+
+/// Adds per-request `_meta` (what a legacy client's `initialize` declared, and its log level)
+/// to the params of a request sent to an upstream that speaks only 2026-07-28.
+pub fn stamp(params: &mut Map<String, Value>, caps: Value, info: Value, level: Option<Value>) {
+    let m = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(m) = m.as_object_mut() {
+        m.insert(
+            PROTOCOL_VERSION.into(),
+            json!(super::version::LATEST_MODERN),
+        );
+        m.insert(CLIENT_CAPABILITIES.into(), caps);
+        if !info.is_null() {
+            m.insert(CLIENT_INFO.into(), info);
+        }
+        if let Some(l) = level {
+            m.insert(LOG_LEVEL.into(), l);
+        }
+    }
+}
+
+/// Adds mcpg's own per-request `_meta` to params that carry none (requests mcpg makes itself
+/// on a 2026-07-28 conversation, such as searching a list).
+pub fn stamp_gateway(params: &mut Map<String, Value>) {
+    let has = params
+        .get("_meta")
+        .and_then(|m| m.get(PROTOCOL_VERSION))
+        .is_some();
+    if !has {
+        stamp(
+            params,
+            json!({}),
+            json!({"name": "mcpg", "version": env!("CARGO_PKG_VERSION")}),
+            None,
+        );
+    }
 }

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use crate::mcp::upstream::http::error_chain;
+use crate::errors::error_chain;
 
 /// Carries the inter-replica secret on a forwarded request.
 pub const FORWARDED: &str = "x-mcpg-forwarded";

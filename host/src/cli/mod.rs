@@ -1,0 +1,149 @@
+//! The `mcpg` command line: parses the arguments and dispatches to a subcommand or to serving
+//! (load and validate the config exactly as `mcpg-config-check` does, plugin phase included,
+//! start a [`Replica`], wait for SIGTERM, drain). Builds the process's one Tokio runtime.
+//!
+//! - `args.rs`: the clap types and the flags that override config keys.
+//! - `plugin.rs`: `mcpg plugin push|pull|inspect`.
+//! - `audit.rs`: `mcpg audit verify`.
+//! - `replica.rs`: [`Replica`]: `start` (bind, join the cluster, serve) and `drain`.
+
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use mcpg_plugin_api::remote::LoadedPlugin;
+
+use crate::config::{self, Severity, ValidatedConfig};
+use crate::{coordinator, identity, server, telemetry};
+
+mod args;
+mod audit;
+mod plugin;
+mod replica;
+
+pub use args::{Args, AuditCommand, Command, PluginCommand, RegistryArgs};
+pub use replica::{Options, Replica, StartError};
+
+/// Exit codes: 0 clean shutdown, 1 invalid config or failed start, 2 unreadable config.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Some(Command::Plugin(cmd)) => {
+            telemetry::init(&Default::default());
+            install_crypto();
+            on_runtime(plugin::run(cmd))
+        }
+        Some(Command::Audit(cmd)) => audit::run(cmd),
+        None => serve(args),
+    }
+}
+
+/// `mcpg --config FILE`: serves until SIGTERM or Ctrl-C, then drains and exits 0.
+fn serve(args: Args) -> ExitCode {
+    let config_path = args
+        .config
+        .clone()
+        .expect("clap requires --config without a command");
+    install_crypto();
+    let (cfg, file) = match load_config(&config_path, &args) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    if let Some(id) = &args.node_id
+        && let Err(e) = identity::validate(id)
+    {
+        return fail(format!("--node-id: {e}"));
+    }
+    telemetry::init(&cfg.config.observability);
+    on_runtime(async move {
+        let plugin = match plugin_phase(&cfg, &file).await {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        };
+        let options = replica::Options {
+            plugin,
+            node_id: args.node_id,
+            wait_for_cluster: args.wait_for_cluster,
+            config_file: file,
+        };
+        let replica = match Replica::start(&cfg, options).await {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        server::shutdown_signal().await;
+        replica.drain().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Loads the config with the flags' overrides and prints every diagnostic. `Err` is the exit
+/// code: 2 when the file cannot be read, 1 when it is invalid.
+fn load_config(path: &Path, args: &Args) -> Result<(ValidatedConfig, String), ExitCode> {
+    let outcome = match config::load_file_with_overrides(path, &args.overrides()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("mcpg: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let file = path.display().to_string();
+    for d in &outcome.diagnostics {
+        eprintln!("{}", d.render(&file));
+    }
+    match outcome.config {
+        Some(cfg) => Ok((cfg, file)),
+        None => Err(fail(format!(
+            "{file}: invalid configuration ({} errors); not starting",
+            outcome.errors().count()
+        ))),
+    }
+}
+
+/// The plugin phase: loads the coordinator plugin and lets it check its own keys, positioned
+/// in the file like every other config error.
+async fn plugin_phase(
+    cfg: &ValidatedConfig,
+    file: &str,
+) -> Result<Option<LoadedPlugin>, coordinator::CoordinatorError> {
+    let plugin = coordinator::load_selected(cfg).await?;
+    if let Some(p) = &plugin {
+        let diags = coordinator::plugin_diagnostics(cfg, p)?;
+        for d in &diags {
+            eprintln!("{}", d.render(file));
+        }
+        let errors = diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        if errors > 0 {
+            return Err(coordinator::CoordinatorError::Invalid {
+                id: p.id().to_owned(),
+                count: errors,
+            });
+        }
+    }
+    Ok(plugin)
+}
+
+/// Runs `work` on the process's one Tokio runtime, built here and nowhere else in the host.
+/// Each plugin runs its own inside its library, by design: a cdylib links its own Tokio.
+fn on_runtime(work: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(work),
+        Err(e) => fail(format!("cannot start the async runtime: {e}")),
+    }
+}
+
+/// HTTPS (upstreams, registries) uses rustls with the ring provider.
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("mcpg: {message}");
+    ExitCode::from(1)
+}

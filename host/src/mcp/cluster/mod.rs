@@ -1,0 +1,6 @@
+//! What replicas agree on through the coordinator so that any of them serves any session:
+//! each replica's ownership lease and the peer directory ([`ownership`]), and forwarding a
+//! request to the replica that owns its session ([`forward`]).
+
+pub mod forward;
+pub mod ownership;

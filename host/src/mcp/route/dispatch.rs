@@ -1,0 +1,157 @@
+//! Where a client request goes, decided once for both eras: the route among the binding's
+//! upstreams (one, all, or the one offering a name), then the [`Path`] the exchange takes by
+//! the client's era and the era the upstream's conversation speaks.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::fanout::{self, Stateless};
+use super::names::{self, Route};
+use super::path::Path;
+use crate::mcp::binding::Binding;
+use crate::mcp::bridge::modern_to_legacy::{self, Bridge};
+use crate::mcp::bridge::{legacy_to_modern, listen};
+use crate::mcp::relay::{Reply, exchange};
+use crate::mcp::session::Live;
+use crate::mcp::upstream::Conversations;
+use crate::mcp::wire::jsonrpc::{self, Message, RpcError, code};
+use crate::mcp::wire::meta;
+use crate::mcp::wire::version::Era;
+
+/// Who is asking, and where its upstream conversations come from.
+pub enum Client<'a> {
+    /// A legacy client, within its session.
+    Session(&'a Arc<Live>),
+    /// A 2026-07-28 client, served statelessly; with its `Mcp-Param-*` headers for upstreams
+    /// that speak the revision.
+    Stateless {
+        bridge: &'a Arc<Bridge>,
+        extra: Vec<(String, String)>,
+    },
+}
+
+/// Answers one client request (already admitted and allowed).
+pub async fn dispatch(b: &Arc<Binding>, client: Client<'_>, mut msg: Message) -> Reply {
+    let id = msg.get("id").cloned().unwrap_or(Value::Null);
+    let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
+    let answer = |r: Result<Value, RpcError>| {
+        Reply::Json(match r {
+            Ok(r) => jsonrpc::result(id.clone(), r),
+            Err(e) => e.to_message(id.clone()),
+        })
+    };
+    // A retry answering an input-required result carries mcpg's requestState.
+    let mut state = None;
+    if let Client::Stateless { bridge, .. } = &client {
+        if modern_to_legacy::REMOVED.contains(&method.as_str()) {
+            return Reply::Json(modern_to_legacy::removed_error(id, &method));
+        }
+        match method.as_str() {
+            "server/discover" => return answer(Ok(fanout::discover(b).await)),
+            "subscriptions/listen" => return listen::listen(b, id, msg).await,
+            _ => {}
+        }
+        state = match modern_to_legacy::state_of(bridge, &msg).await {
+            Ok(s) => s,
+            Err(e) => return answer(Err(e)),
+        };
+    }
+    let conv: &dyn Conversations = match &client {
+        Client::Session(live) => live.as_ref(),
+        Client::Stateless { .. } => &Stateless(b),
+    };
+    let route = match b.naming.route(&mut msg) {
+        Ok(r) => r,
+        Err(e) => return answer(Err(e)),
+    };
+    let up = match (route, &client) {
+        (Route::Local, Client::Session(_)) => return answer(Ok(json!({}))),
+        (Route::All, _) if names::list_key(&method).is_some() => {
+            let mut page = fanout::merged_list(b, conv, &method, &msg).await;
+            if let (Ok(r), Client::Stateless { .. }) = (&mut page, &client) {
+                meta::complete(r);
+                meta::cache_hints(r);
+            }
+            return answer(page);
+        }
+        (Route::All, Client::Session(live)) => {
+            return Reply::Json(broadcast(b, live, id, msg).await);
+        }
+        (Route::Local | Route::All, Client::Stateless { .. }) => {
+            return Reply::Json(modern_to_legacy::removed_error(id, &method));
+        }
+        (Route::One(up), _) => up,
+        (Route::Search { list, name }, _) => match fanout::search(b, conv, list, &name).await {
+            Some(up) => up,
+            None => {
+                return answer(Err(RpcError::invalid_params(format!(
+                    "no upstream offers `{name}`"
+                ))));
+            }
+        },
+    };
+    if b.fail_closed()
+        && let Err(e) = fanout::all_up(b, conv).await
+    {
+        return answer(Err(e));
+    }
+    match client {
+        Client::Session(live) => {
+            let (conn, era) = match live.conn_and_era(up).await {
+                Ok(c) => c,
+                Err(e) => return answer(Err(e)),
+            };
+            let call = exchange::Call {
+                b: b.clone(),
+                live: live.clone(),
+                up,
+                id,
+                method,
+            };
+            match Path::of(Era::Legacy, era) {
+                Path::Stamp => legacy_to_modern::forward(call, conn, msg).await,
+                _ => call.run(conn, msg).await,
+            }
+        }
+        Client::Stateless { bridge, extra } => {
+            let ask = modern_to_legacy::Ask {
+                up,
+                id,
+                method,
+                state,
+                extra,
+            };
+            modern_to_legacy::request(b, bridge, ask, msg).await
+        }
+    }
+}
+
+/// A request every upstream gets (`logging/setLevel`); answered once all have.
+async fn broadcast(b: &Binding, live: &Live, id: Value, msg: Message) -> Message {
+    let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
+    let params = msg.get("params").cloned();
+    for up in 0..b.upstreams.len() {
+        if method == "logging/setLevel" && live.is_modern(up).await {
+            // 2026-07-28 has no setLevel: the level is stamped on the session's requests.
+            *live.log_level.lock().expect("lock") =
+                params.as_ref().and_then(|p| p.get("level")).cloned();
+            live.mark_dirty();
+            continue;
+        }
+        let r = match live.conn(up).await {
+            Ok(conn) => {
+                tokio::time::timeout(b.upstreams[up].timeout, conn.call(&method, params.clone()))
+                    .await
+                    .unwrap_or_else(|_| Err(RpcError::new(code::REQUEST_TIMEOUT, "timed out")))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r
+            && (b.fail_closed() || b.upstreams.len() == 1)
+        {
+            return e.to_message(id);
+        }
+    }
+    jsonrpc::result(id, json!({}))
+}

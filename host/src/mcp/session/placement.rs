@@ -1,0 +1,376 @@
+//! Where a legacy session is served, and every failover decision: a request's session is
+//! found here, forwarded to the live replica that owns it, or claimed (by compare-and-swap on
+//! its record) once its owner is gone — proven by the owner's ownership lease, never by a
+//! failed forward alone. A GET stream held here keeps its session owned by someone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcpg_plugin_api::coordinator::CasOutcome;
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::time::Instant;
+
+use super::{Busy, Live, SessionError, Sessions, now_ms, record_key, unavailable};
+use crate::mcp::binding::Binding;
+use crate::mcp::cluster::forward::ForwardError;
+use crate::mcp::upstream::Lease;
+
+/// The most entries the remote-owner cache holds before it starts over.
+const REMOTE_CACHE_MAX: usize = 100_000;
+
+/// How many times a request looks for its session's owner before giving up.
+const PLACE_ATTEMPTS: usize = 8;
+
+/// Where a session is served.
+pub enum Resolved {
+    /// Here.
+    Local(Arc<Live>),
+    /// By another live replica, reachable at `url`.
+    Remote { owner: String, url: String },
+}
+
+/// Why a claim did not happen.
+enum Claim {
+    /// The record changed under the claim (another replica claimed it first, or its owner
+    /// wrote): look again.
+    Raced,
+    Failed(SessionError),
+}
+
+/// Where a request of a session is served.
+pub enum Placed<A> {
+    /// Here, with the request counted as running on the session.
+    Here(Arc<Live>, Busy),
+    /// By the replica that owns the session: its answer.
+    Answered(A),
+}
+
+/// Claims in progress (one lock per session id, so sessions are claimed in parallel) and
+/// where sessions owned elsewhere were last found, so that forwarding a request costs no read
+/// of the record. Safe to be stale: the replica forwarded to refuses a session it does not
+/// own, and a failed forward forgets the entry.
+#[derive(Default)]
+pub struct Placement {
+    reviving: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    remote: Mutex<HashMap<String, (String, String, Instant)>>,
+}
+
+/// Aborts the task that keeps a streamed session owned, with the stream.
+pub struct Keeper(tokio::task::JoinHandle<()>);
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Sessions {
+    /// Places a request of session `sid`: here, or (through `forward`, given the owner's URL)
+    /// on the replica that owns it. A forward that finds the owner unreachable is retried once
+    /// the owner's ownership lease decides; one that reaches a replica which no longer owns
+    /// the session looks again. `forwarded`: the request came from another replica and must
+    /// not be forwarded again.
+    pub async fn place<A, F, Fut>(
+        &self,
+        b: &Arc<Binding>,
+        sid: &str,
+        forwarded: bool,
+        identity: Option<&str>,
+        forward: F,
+    ) -> Result<Placed<A>, SessionError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<A, ForwardError>>,
+    {
+        let mut unreachable: Option<String> = None;
+        for _ in 0..PLACE_ATTEMPTS {
+            match self
+                .resolve(b, sid, forwarded, unreachable.as_deref(), identity)
+                .await?
+            {
+                Resolved::Local(live) => {
+                    if let Some(busy) = live.begin() {
+                        return Ok(Placed::Here(live, busy));
+                    }
+                    // Let go between resolving and starting (handed over, ended): look again.
+                }
+                Resolved::Remote { owner, url } => {
+                    let m = crate::telemetry::metrics::metrics();
+                    match forward(url).await {
+                        Ok(answer) => {
+                            m.forwarded(&b.name, "ok");
+                            return Ok(Placed::Answered(answer));
+                        }
+                        Err(ForwardError::Misdirected) => {
+                            m.forwarded(&b.name, "misdirected");
+                            self.forget_remote(sid);
+                        }
+                        Err(e @ ForwardError::Unreachable { .. }) => {
+                            m.forwarded(&b.name, "unreachable");
+                            self.forget_remote(sid);
+                            tracing::warn!(session = %sid, owner = %owner, error = %e, "cannot reach the session's owner; waiting for its ownership lease");
+                            unreachable = Some(owner);
+                        }
+                    }
+                }
+            }
+        }
+        Err(SessionError::Unsettled)
+    }
+
+    /// Keeps a session owned while its GET stream is open here: resolves its owner now and
+    /// then, which takes the session over once its owner is gone (its ownership lease expired
+    /// or was handed back). Stops when the returned keeper is dropped.
+    pub fn keep_owned(
+        self: &Arc<Self>,
+        b: Arc<Binding>,
+        sid: String,
+        identity: Option<String>,
+    ) -> Keeper {
+        let me = self.clone();
+        Keeper(tokio::spawn(async move {
+            let every = me.ownership.owner_ttl() / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                if me.ownership.draining() {
+                    return;
+                }
+                match me.resolve(&b, &sid, false, None, identity.as_deref()).await {
+                    Ok(_) => {}
+                    Err(SessionError::NotFound | SessionError::WrongBinding) => return,
+                    Err(e) => {
+                        tracing::debug!(session = %sid, error = %e, "cannot settle the owner of a streamed session")
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Where the session a client names is served: here (already, or claimed now because its
+    /// owner is gone, handed it over, or was an earlier instance of this replica), or by the
+    /// live replica that owns it. `forwarded`: the request was forwarded here by another
+    /// replica and must not be forwarded again. `unreachable`: a replica a forward just failed
+    /// to reach; it counts as live until its ownership lease is gone, never merely because
+    /// the forward failed.
+    pub async fn resolve(
+        &self,
+        binding: &Arc<Binding>,
+        id: &str,
+        forwarded: bool,
+        unreachable: Option<&str>,
+        identity: Option<&str>,
+    ) -> Result<Resolved, SessionError> {
+        let found = self.live.lock().expect("lock").get(id).cloned();
+        if let Some(live) = found
+            && !live.is_closed()
+        {
+            if live.binding.name != binding.name {
+                return Err(SessionError::WrongBinding);
+            }
+            if live.record.lock().expect("lock").identity.as_deref() != identity {
+                return Err(SessionError::NotFound);
+            }
+            if live.touch(self.idle_ttl) {
+                self.refresh(&live).await;
+            }
+            return Ok(Resolved::Local(live));
+        }
+        let ttl = self.ownership.owner_ttl();
+        if !forwarded && unreachable.is_none() {
+            let cached = self.placement.remote.lock().expect("lock").get(id).cloned();
+            if let Some((owner, url, at)) = cached
+                && at.elapsed() < ttl
+            {
+                return Ok(Resolved::Remote { owner, url });
+            }
+        }
+        let deadline = Instant::now() + ttl + ttl / 2 + Duration::from_secs(2);
+        let mut fresh = false;
+        loop {
+            let (_, record) = self.read(binding, id).await?;
+            // Checked before forwarding or claiming: another identity learns nothing, not
+            // even which replica serves the session (the owner checks again).
+            if record.identity.as_deref() != identity {
+                return Err(SessionError::NotFound);
+            }
+            let owner = record.owner.as_str();
+            let claimable = if owner.is_empty() {
+                true
+            } else if owner == self.node_id() {
+                // Recorded as ours but not live here: an earlier instance of this replica, or
+                // a lease since lost. Holding the lease now proves that holder is gone.
+                self.ownership.held()
+            } else {
+                if Some(owner) != unreachable
+                    && let Some(url) = self.ownership.peer_url(owner, fresh).await
+                {
+                    if forwarded {
+                        return Err(SessionError::Misdirected);
+                    }
+                    let mut cache = self.placement.remote.lock().expect("lock");
+                    if cache.len() >= REMOTE_CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(
+                        id.to_owned(),
+                        (owner.to_owned(), url.clone(), Instant::now()),
+                    );
+                    drop(cache);
+                    return Ok(Resolved::Remote {
+                        owner: owner.to_owned(),
+                        url,
+                    });
+                }
+                // Its presence is gone (or it cannot be reached): its lease decides.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(unavailable(format!(
+                        "the replica that owns this session ({owner}) cannot be reached and still holds its ownership lease; try again"
+                    )));
+                }
+                self.ownership
+                    .owner_gone(owner, left.min(Duration::from_millis(500)))
+                    .await
+                    .map_err(|e| unavailable(format!("the coordinator: {e}")))?
+            };
+            if claimable {
+                if self.ownership.draining()
+                    && !forwarded
+                    && let Some((owner, url)) = self.ownership.other_peer().await
+                {
+                    // A draining replica takes nothing over: the session goes to a peer.
+                    return Ok(Resolved::Remote { owner, url });
+                }
+                match self.claim(binding, id, &record.owner).await {
+                    Ok(live) => {
+                        live.touch(self.idle_ttl);
+                        return Ok(Resolved::Local(live));
+                    }
+                    Err(Claim::Raced) => {}
+                    Err(Claim::Failed(e)) => return Err(e),
+                }
+            } else if Instant::now() >= deadline {
+                return Err(unavailable(
+                    "the session's owner did not hand it over in time; try again",
+                ));
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            fresh = true;
+        }
+    }
+
+    /// Forgets where a session was found elsewhere (a forward there failed or was refused).
+    pub fn forget_remote(&self, id: &str) {
+        self.placement.remote.lock().expect("lock").remove(id);
+    }
+
+    /// Claims a session whose owner was `seen_owner`: the record is rewritten with this
+    /// replica and its lease's token (compare-and-swap: one claimant wins), then its upstream
+    /// conversations are resumed (HTTP sessions by id) or started anew (children, with the
+    /// client's recorded hello).
+    async fn claim(
+        &self,
+        binding: &Arc<Binding>,
+        id: &str,
+        seen_owner: &str,
+    ) -> Result<Arc<Live>, Claim> {
+        let lock = self
+            .placement
+            .reviving
+            .lock()
+            .expect("lock")
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        let guard = lock.lock().await;
+        let r = self.claim_locked(binding, id, seen_owner).await;
+        drop(guard);
+        self.placement.reviving.lock().expect("lock").remove(id);
+        r
+    }
+
+    async fn claim_locked(
+        &self,
+        binding: &Arc<Binding>,
+        id: &str,
+        seen_owner: &str,
+    ) -> Result<Arc<Live>, Claim> {
+        if let Some(l) = self.live.lock().expect("lock").get(id).cloned()
+            && !l.is_closed()
+        {
+            return Ok(l);
+        }
+        let (entry, mut record) = self.read(binding, id).await.map_err(Claim::Failed)?;
+        if record.owner != seen_owner {
+            return Err(Claim::Raced);
+        }
+        let previous = std::mem::take(&mut record.owner);
+        record.owner = self.node_id().to_owned();
+        record.owner_token = self.ownership.token();
+        record.active_ms = now_ms();
+        match self
+            .cap
+            .store
+            .compare_and_swap(
+                &record_key(id),
+                entry.revision,
+                serde_json::to_vec(&record).expect("serialisable"),
+                Some(self.record_ttl()),
+            )
+            .await
+        {
+            Ok(CasOutcome::Swapped(_)) => {}
+            Ok(CasOutcome::Mismatch(_)) => return Err(Claim::Raced),
+            Err(e) => {
+                return Err(Claim::Failed(unavailable(format!(
+                    "the sessions store: {e}"
+                ))));
+            }
+        }
+        let connects = binding.upstreams.iter().map(|u| {
+            let resume = record.upstream_sessions.get(&u.name).map(|s| {
+                let version = record
+                    .upstream_versions
+                    .get(&u.name)
+                    .unwrap_or(&record.protocol_version);
+                (s.as_str(), version.as_str())
+            });
+            u.connect(&record.hello, resume)
+        });
+        let leases: Vec<Option<Lease>> = futures::future::join_all(connects)
+            .await
+            .into_iter()
+            .map(Result::ok)
+            .collect();
+        tracing::info!(
+            session = %id,
+            binding = %binding.name,
+            previous_owner = %previous,
+            token = record.owner_token,
+            "session taken over"
+        );
+        crate::telemetry::metrics::metrics().takeover(&binding.name);
+        let listened = record.listened.clone();
+        let live = self.register(binding, record, leases);
+        // Subscriptions on upstreams that speak only 2026-07-28 were watched by the previous
+        // owner's listens: watch them from here.
+        for (name, uris) in listened {
+            let Some(up) = binding.upstreams.iter().position(|u| u.name == name) else {
+                continue;
+            };
+            let l = live.clone();
+            tokio::spawn(async move {
+                let started = match l.conn(up).await {
+                    Ok(conn) => l.watch(up, &conn, uris).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = started {
+                    tracing::warn!(session = %l.id, upstream = %name, error = %e, "cannot watch the session's subscriptions again");
+                }
+            });
+        }
+        Ok(live)
+    }
+}

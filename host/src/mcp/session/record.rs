@@ -1,0 +1,73 @@
+//! A session's record in the `sessions` capability: what the cluster knows about it (its
+//! owner and fencing token, the client's `initialize`, upstream session ids), its key, and
+//! the format readers check.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::mcp::upstream::Hello;
+
+/// The format version of [`SessionRecord`]; readers refuse records of a newer format.
+pub const RECORD_FORMAT: u32 = 1;
+
+/// What the cluster knows about one session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub format: u32,
+    pub id: String,
+    pub binding: String,
+    /// The revision agreed with the client.
+    pub protocol_version: String,
+    /// The client's `initialize`, replayed to upstreams that must be reconnected.
+    pub hello: Hello,
+    /// Per upstream name: its HTTP session id, when it has one.
+    #[serde(default)]
+    pub upstream_sessions: HashMap<String, String>,
+    /// Per upstream name: the revision that upstream agreed to (sent again on resumption).
+    #[serde(default)]
+    pub upstream_versions: HashMap<String, String>,
+    /// The replica that owns the session (serves it and holds its upstream conversations);
+    /// empty once its owner handed it over on shutdown, so any replica may claim it at once.
+    pub owner: String,
+    /// The fencing token of the owner's ownership lease when it claimed the session. A write
+    /// is accepted only from the replica and lease the record names.
+    #[serde(default)]
+    pub owner_token: u64,
+    pub created_ms: u64,
+    /// When the owner last saw a request of the session (updated with each refresh of the
+    /// record, at most every tenth of the idle TTL). How the cluster finds sessions that were
+    /// left idle by a replica that is gone.
+    #[serde(default)]
+    pub active_ms: u64,
+    /// The client's `logging/setLevel` level, for upstreams that speak only 2026-07-28
+    /// (stamped on the session's requests there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<Value>,
+    /// Per upstream name, for upstreams that speak only 2026-07-28: the resource URIs the
+    /// client subscribed to (watched by a listen, started again by a replica taking over).
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub listened: HashMap<String, Vec<String>>,
+    /// Who created the session (`token:<name>`, `jwt:<subject>`), on a binding with `auth`.
+    /// Only that identity may use it: anyone else presenting the id is told it does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// A new session id: 128 random bits, hex (visible ASCII, as the transport requires).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub fn record_key(id: &str) -> String {
+    format!("s/{id}")
+}
