@@ -15,8 +15,7 @@ use mcpg_plugin_api::coordinator::{CoordError, CoordResult, Entry};
 use mcpg_plugin_api::layer::{Cond, Store};
 use mcpg_plugin_api::support::redacted_url;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
-use tokio::sync::Mutex;
-use tokio::sync::broadcast;
+use tokio::sync::{Mutex, broadcast};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Config, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -43,11 +42,13 @@ const SWEEP: &str = "DELETE FROM {s}.kv WHERE exp <= now()";
 /// Prepared on each connect.
 const ALL: [&str; 7] = [GET, UPSERT, UPDATE, DELETE, LIST, SEND, SWEEP];
 
-/// A notification: channel and payload.
-type Note = (String, String);
-/// The connection: its client, prepared statements, and the notifications it receives (their
-/// channel closes with the connection).
-type Conn = Arc<(Client, Vec<Statement>, broadcast::Receiver<Note>)>;
+/// The connection: its client, prepared statements, and the notifications it receives as
+/// (channel, payload); their channel closes with the connection.
+type Conn = Arc<(
+    Client,
+    Vec<Statement>,
+    broadcast::Receiver<(String, String)>,
+)>;
 
 pub struct PgStore {
     pg: Config,
@@ -59,7 +60,10 @@ pub struct PgStore {
 fn error(e: tokio_postgres::Error) -> CoordError {
     match e.as_db_error() {
         Some(db) => CoordError::backend(format!("postgres: {}", db.message())),
-        None => CoordError::unavailable(format!("postgres: {e}")),
+        None => {
+            let cause = std::error::Error::source(&e).map(|c| format!(": {c}"));
+            CoordError::unavailable(format!("postgres: {e}{}", cause.unwrap_or_default()))
+        }
     }
 }
 
@@ -196,7 +200,7 @@ impl Store for PgStore {
             .await
             .map_err(error)?;
         // Ends when the connection does; a listener that lags skips what it missed.
-        let payload = move |note: Result<Note, _>| {
+        let payload = move |note: Result<(String, String), _>| {
             let hex = note
                 .ok()
                 .filter(|(ch, _)| *ch == channel)

@@ -1,7 +1,8 @@
 //! The PostgreSQL plugin against a real PostgreSQL (Debian's, started on a free port in a
 //! temporary directory): the coordinator test kit through the `.so` mcpg loads, with several
 //! instances acting as replicas; a boot failure that names the server without credentials;
-//! and a server restart after which state, leases and subscriptions are intact.
+//! a server restart after which state, leases and subscriptions are intact; and TLS against a
+//! server that accepts nothing else, verified against `ca_cert`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,4 +96,49 @@ async fn state_and_leases_survive_a_postgres_restart() {
     let mut server = PostgresServer::start();
     let config = serde_json::json!({"url": server.url(), "schema": "restart"});
     state_and_leases_survive_restart(&plugin(), config, || server.restart()).await;
+}
+
+/// A CA, and a certificate for `127.0.0.1` it signed: (CA PEM, certificate PEM, key PEM).
+fn pki() -> (String, String, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &*ca).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_used_and_verified_against_ca_cert() {
+    let (ca, cert, key) = pki();
+    let server = PostgresServer::start_tls_only(&cert, &key);
+    let dir = std::env::temp_dir().join(format!("mcpg-pg-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let url = |mode: &str| format!("{}?sslmode={mode}", server.url());
+    let p = plugin();
+
+    // The server takes TLS connections only, so this works only over TLS, and only because
+    // the CA in ca_cert vouches for the server's certificate.
+    let config = serde_json::json!({"url": url("require"), "ca_cert": ca_file, "schema": "tls"});
+    let c = boot(&p, config, "a")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.put("k", b"over tls".to_vec(), None).await.unwrap();
+    assert_eq!(c.get("k").await.unwrap().unwrap().value, b"over tls");
+
+    // Without the CA the certificate is refused; without TLS the server refuses.
+    let unknown = boot(&p, serde_json::json!({"url": url("require")}), "b").await;
+    let err = unknown.err().expect("an unknown issuer must be refused");
+    assert!(err.contains("cannot reach postgres at"), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+    let plain = serde_json::json!({"url": url("disable"), "ca_cert": ca_file});
+    assert!(
+        boot(&p, plain, "c").await.is_err(),
+        "a plain connection was accepted"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

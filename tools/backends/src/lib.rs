@@ -362,6 +362,16 @@ pub struct PostgresServer {
 
 impl PostgresServer {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server that accepts only TLS connections (`hostssl` alone in its `pg_hba.conf`), with
+    /// the certificate chain and key given as PEM.
+    pub fn start_tls_only(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(Some((cert_pem.to_owned(), key_pem.to_owned())))
+    }
+
+    fn start_with(tls: Option<(String, String)>) -> Self {
         use std::os::unix::process::CommandExt;
         let bin = postgres_bin_dir();
         let account = postgres_account();
@@ -395,6 +405,29 @@ impl PostgresServer {
                     );
                 }
                 let mut c = Command::new(bin.join("postgres"));
+                if let Some((cert, key)) = &tls {
+                    let files = [("server.crt", cert), ("server.key", key)];
+                    let hba = "hostssl all all 127.0.0.1/32 trust\nlocal all all trust\n";
+                    for (name, text) in files.into_iter().chain([("tls_hba.conf", &hba.into())]) {
+                        use std::os::unix::fs::PermissionsExt;
+                        let path = dir.join(name);
+                        std::fs::write(&path, text).unwrap();
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                            .unwrap();
+                        if let Some((uid, gid)) = account {
+                            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+                        }
+                    }
+                    c.args(["-c", "ssl=on", "-c"])
+                        .arg(format!(
+                            "ssl_cert_file={}",
+                            dir.join("server.crt").display()
+                        ))
+                        .arg("-c")
+                        .arg(format!("ssl_key_file={}", dir.join("server.key").display()))
+                        .arg("-c")
+                        .arg(format!("hba_file={}", dir.join("tls_hba.conf").display()));
+                }
                 c.arg("-D").arg(&data).arg("-k").arg(dir).args([
                     "-p",
                     &port.to_string(),
