@@ -19,8 +19,8 @@
 //! [lib]
 //! crate-type = ["cdylib", "rlib"]   # the .so mcpg loads, and an rlib for in-process tests
 //!
-//! # Not on crates.io: depend on the mcpg repository by git (pinned to the release you
-//! # target) or by path to a checkout.
+//! # Publishable, but not on crates.io yet: depend on the mcpg repository by git (pinned to
+//! # the release you target) or by path to a checkout.
 //! [dependencies]
 //! mcpg-plugin-api = { git = "<mcpg repository URL>", tag = "v0.1.0" }
 //! serde_json = "1"

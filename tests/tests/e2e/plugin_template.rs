@@ -105,3 +105,32 @@ fn a_crate_made_from_the_template_outside_the_repository_builds_and_passes_the_k
         assert!(text.contains(test), "{test} did not run:\n{text}");
     }
 }
+
+/// The two crates a plugin author depends on are packageable as they stand (every dependency
+/// has a version, nothing refers outside the crate). `--no-verify` keeps this cheap: the full
+/// `cargo package -p mcpg-plugin-api -p mcpg-plugin-testkit` (which builds both from their
+/// packages) is what docs/plugins.md names, and it passed when this test was written.
+#[test]
+fn the_plugin_api_crates_package() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "package",
+            "-p",
+            "mcpg-plugin-api",
+            "-p",
+            "mcpg-plugin-testkit",
+        ])
+        .args(["--no-verify", "--allow-dirty", "--offline"])
+        .current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", target_dir())
+        .output()
+        .expect("run cargo");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cargo package failed:\n{text}");
+    assert!(
+        text.contains("Packaging mcpg-plugin-api")
+            && text.contains("Packaging mcpg-plugin-testkit"),
+        "{text}"
+    );
+}
