@@ -844,7 +844,7 @@ async fn kv_contract_corners(h: &dyn Harness, ns: String) -> Result<Outcome, Str
     Ok(Outcome::Pass)
 }
 
-/// Values and messages of 64 KiB and more (PostgreSQL's NOTIFY, for one, takes under 8000
+/// Values and messages of 64 and 256 KiB (PostgreSQL's NOTIFY, for one, takes under 8000
 /// bytes), through get, list, watch and pub/sub.
 async fn large_payloads(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
     let a = h.instance("big-a").await;
@@ -877,6 +877,19 @@ async fn large_payloads(h: &dyn Harness, ns: String) -> Result<Outcome, String> 
             ));
         }
     }
+    let k = format!("{ns}big/huge");
+    a.put(&k, huge.clone(), None).await.map_err(e)?;
+    let got = b.get(&k).await.map_err(e)?.map(|en| en.value.len());
+    ensure(got == Some(huge.len()), || {
+        format!("a 256 KiB value came back as {got:?} bytes")
+    })?;
+    ensure(
+        b.get(&k)
+            .await
+            .map_err(e)?
+            .is_some_and(|en| en.value == huge),
+        || "a 256 KiB value came back altered".into(),
+    )?;
     for payload in [big, huge] {
         a.publish(&subject, payload.clone()).await.map_err(e)?;
         let got = collect(&mut sub, 1, Duration::from_secs(10)).await;
