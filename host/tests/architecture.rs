@@ -21,6 +21,12 @@ const REPR_C: &str =
 const HTTP: &str = "only front/, cluster/forward.rs and upstream/http.rs know HTTP";
 const MODULE_DOCS: &str = "every module starts with a //! line saying what it owns";
 const NO_CYCLES: &str = "no import cycles between the modules of host";
+const SHORT_FUNCTIONS: &str = "data-plane functions fit on a screen, and no function takes so many arguments that a struct is missing";
+
+/// The data plane, where every function stays readable in one screen.
+const SHORT_FUNCTIONS_IN: &str = "host/src/mcp/";
+/// The most lines a function of the data plane may span, signature to closing brace.
+const MAX_FUNCTION_LINES: usize = 80;
 
 // ---------------------------------------------------------------------------------------------
 // Crate dependencies (normal and build dependencies among the workspace's own crates).
@@ -290,6 +296,61 @@ fn every_module_starts_with_a_doc_line() {
         }
     }
     check(MODULE_DOCS, "", offenders);
+}
+
+#[test]
+fn data_plane_functions_are_short_and_take_few_arguments() {
+    let root = workspace_root();
+    let mut offenders = Vec::new();
+    for path in rust_files(&root.join(HOST_SRC)) {
+        let rel = rel_path(root, &path);
+        let t = lex(&read(&path));
+        for tok in &t {
+            if tok.is_ident("too_many_arguments") {
+                offenders.push(format!(
+                    "{rel}:{}: allows clippy::too_many_arguments",
+                    tok.line
+                ));
+            }
+        }
+        if !rel.starts_with(SHORT_FUNCTIONS_IN) {
+            continue;
+        }
+        for (name, line, lines) in long_functions(&t, MAX_FUNCTION_LINES) {
+            offenders.push(format!(
+                "{rel}:{line}: fn {name} spans {lines} lines (at most {MAX_FUNCTION_LINES})"
+            ));
+        }
+    }
+    check(SHORT_FUNCTIONS, "", offenders);
+}
+
+/// Functions (with a body) spanning more than `max` lines: name, first line, lines.
+fn long_functions(t: &[Token], max: usize) -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    for (k, tok) in t.iter().enumerate() {
+        if !tok.is_ident("fn") {
+            continue;
+        }
+        let Some(name) = t.get(k + 1).filter(|n| n.kind == Kind::Ident) else {
+            continue;
+        };
+        // The body is the first `{` before any `;` (a declaration without a body has none).
+        let Some(open) = t[k..]
+            .iter()
+            .position(|x| x.is("{") || x.is(";"))
+            .map(|p| k + p)
+            .filter(|&p| t[p].is("{"))
+        else {
+            continue;
+        };
+        let close = closing(t, open);
+        let lines = t[close].line - tok.line + 1;
+        if lines > max {
+            out.push((name.text.clone(), tok.line, lines));
+        }
+    }
+    out
 }
 
 #[test]
@@ -1428,6 +1489,12 @@ fn f<'a>(x: &'a str) -> char {
             .map(|p| p.segs.join("::"))
             .collect();
         assert_eq!(found, ["crate::a", "crate::e"]);
+    }
+
+    #[test]
+    fn long_functions_are_measured_from_signature_to_closing_brace() {
+        let src = "fn short() {\n    let x = \"}\";\n}\ntrait T { fn decl(&self); }\nfn long(\n    a: u8,\n) {\n\n\n\n}\n";
+        assert_eq!(long_functions(&lex(src), 4), [("long".to_owned(), 5, 7)]);
     }
 
     #[test]

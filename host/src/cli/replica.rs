@@ -103,6 +103,7 @@ impl Replica {
         // Ready only once presence is registered: peers can see this replica.
         running.readiness.set_ready();
         tracing::info!("ready");
+        server::systemd::ready();
         Ok(Self {
             gateway,
             auditor,
@@ -121,6 +122,7 @@ impl Replica {
     /// last, then the data plane, the audit log and the traces.
     pub async fn drain(self) {
         self.running.readiness.set_draining();
+        server::systemd::stopping();
         self.gateway.begin_drain();
         tracing::info!(
             delay_ms = self.shutdown_delay_ms,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::capabilities::Capability;
 use crate::config::model::{BindingConfig, FailurePolicy, PrefixMode};
-use crate::mcp::route::names::Naming;
+use crate::mcp::route::names::{Naming, UpstreamIdx};
 use crate::mcp::upstream::Upstream;
 
 pub struct Binding {
@@ -54,6 +54,11 @@ impl Binding {
             policy: cfg.on_upstream_failure,
             tasks,
         }))
+    }
+
+    /// The index of every upstream, in order.
+    pub fn indices(&self) -> impl Iterator<Item = UpstreamIdx> + use<> {
+        UpstreamIdx::all(self.upstreams.len())
     }
 
     /// Whether an upstream of this binding sees some of the client's headers.

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod systemd;
 #[cfg(test)]
 mod tls_tests;
 

@@ -425,3 +425,18 @@ pub fn sse_messages(body: &str) -> Vec<(u64, i64)> {
     }
     out
 }
+
+/// Runs a command to completion and insists it succeeded, showing what it printed if not.
+pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

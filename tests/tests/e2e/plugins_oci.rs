@@ -26,16 +26,17 @@ fn registry_bin() -> PathBuf {
     p
 }
 
-/// A registry on a free loopback port, storing under its own directory.
-struct Registry {
+/// A registry on a free loopback port, storing under its own directory (also the image
+/// test's, `deploy_image`).
+pub(crate) struct Registry {
     proc: Option<Proc>,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     dir: TempDir,
 }
 
 impl Registry {
     /// With `user` set, the registry asks for HTTP basic auth with that user and password.
-    fn start(user: Option<(&str, &str)>) -> Self {
+    pub(crate) fn start(user: Option<(&str, &str)>) -> Self {
         let dir = TempDir::new("registry");
         let port = free_port();
         let mut cfg = format!(

@@ -11,7 +11,8 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::mcp::relay::Reply;
-use crate::mcp::relay::exchange::{Call, response_out};
+use crate::mcp::relay::exchange::{Call, closed_error, response_out, timeout_error};
+use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::session::Live;
 use crate::mcp::upstream::Connection;
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
@@ -39,113 +40,33 @@ pub async fn forward(call: Call, conn: Connection, mut msg: Message) -> Reply {
     Reply::Stream(rx)
 }
 
+/// What stops a round early: a message to end the client's stream with, or nothing (the
+/// client is gone).
+type Stop = Option<Message>;
+
 /// Runs the request's rounds: each input-required result is asked of the client as server
 /// requests on the request's stream, and the request sent again with the answers.
 async fn run(call: Call, conn: Connection, mut msg: Message, tx: mpsc::Sender<Message>) {
-    let Call {
-        b,
-        live,
-        up,
-        id,
-        method,
-    } = call;
-    let name = b.upstreams[up].name.clone();
-    let deadline = tokio::time::Instant::now() + b.upstreams[up].timeout;
-    let fail = |code: i64, message: String| jsonrpc::error(id.clone(), code, message, None);
+    let deadline = tokio::time::Instant::now() + call.b.upstreams[call.up].timeout;
+    let stop = async |stop: Stop| {
+        if let Some(m) = stop {
+            let _ = tx.send(m).await;
+        }
+    };
     for _ in 0..MAX_ROUNDS {
-        let mut ex = match conn.request(msg.clone()).await {
-            Ok(ex) => ex,
-            Err(e) => {
-                let _ = tx.send(e.to_rpc().to_message(id.clone())).await;
-                return;
-            }
-        };
-        let response = loop {
-            let m = tokio::select! {
-                m = ex.next() => m,
-                _ = tokio::time::sleep_until(deadline) => {
-                    let _ = tx.send(fail(code::REQUEST_TIMEOUT, format!("upstream `{name}` did not answer in time"))).await;
-                    return;
-                }
-            };
-            match m {
-                None => {
-                    let _ = tx
-                        .send(fail(
-                            code::CONNECTION_CLOSED,
-                            format!("upstream `{name}` closed the connection before answering"),
-                        ))
-                        .await;
-                    return;
-                }
-                Some(mut m) if jsonrpc::kind(&m) == Kind::Notification => {
-                    b.naming.notification_out(up, &mut m);
-                    if tx.send(m).await.is_err() {
-                        return;
-                    }
-                }
-                Some(m) if jsonrpc::kind(&m) == Kind::Response => break m,
-                Some(_) => {}
-            }
+        let response = match round(&call, &conn, &msg, deadline, &tx).await {
+            Ok(r) => r,
+            Err(s) => return stop(s).await,
         };
         let result = response.get("result").cloned().unwrap_or(Value::Null);
         if result["resultType"] != "input_required" {
-            let _ = tx.send(response_out(&b, &method, up, id, response)).await;
-            return;
+            let out = response_out(&call.b, &call.method, call.up, call.id, response);
+            return stop(Some(out)).await;
         }
-        // Ask the client each input request as a server request, on this stream.
-        let mut waits = Vec::new();
-        let forget = |waits: &[(String, String, oneshot::Receiver<Message>)]| {
-            let mut w = live.waiters.lock().expect("lock");
-            for (_, gid, _) in waits {
-                w.remove(gid);
-            }
+        let answers = match ask(&call, &result, deadline, &tx).await {
+            Ok(a) => a,
+            Err(s) => return stop(s).await,
         };
-        for (key, req) in result["inputRequests"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-        {
-            let gid = format!("mcpg-{}", uuid::Uuid::new_v4().simple());
-            let (wtx, wrx) = oneshot::channel();
-            live.waiters.lock().expect("lock").insert(gid.clone(), wtx);
-            let request = jsonrpc::request(
-                json!(gid),
-                req["method"].as_str().unwrap_or_default(),
-                req.get("params").cloned(),
-            );
-            waits.push((key, gid, wrx));
-            if tx.send(request).await.is_err() {
-                forget(&waits);
-                return;
-            }
-        }
-        let mut answers = Map::new();
-        let asked: Vec<String> = waits.iter().map(|(_, gid, _)| gid.clone()).collect();
-        for (key, _, wrx) in waits {
-            match tokio::time::timeout_at(deadline, wrx).await {
-                Ok(Ok(answer)) => {
-                    if let Some(r) = answer.get("result") {
-                        answers.insert(key, r.clone());
-                    }
-                }
-                _ => {
-                    {
-                        let mut w = live.waiters.lock().expect("lock");
-                        for gid in &asked {
-                            w.remove(gid);
-                        }
-                    }
-                    let _ = tx
-                        .send(fail(
-                            code::REQUEST_TIMEOUT,
-                            "the client did not answer the upstream's request in time".into(),
-                        ))
-                        .await;
-                    return;
-                }
-            }
-        }
         let p = jsonrpc::params_mut(&mut msg);
         p.insert("inputResponses".into(), Value::Object(answers));
         match result.get("requestState") {
@@ -153,12 +74,108 @@ async fn run(call: Call, conn: Connection, mut msg: Message, tx: mpsc::Sender<Me
             None => p.remove("requestState"),
         };
     }
-    let _ = tx
-        .send(fail(
-            code::INTERNAL_ERROR,
-            format!("upstream `{name}` asked for input more than {MAX_ROUNDS} times"),
-        ))
-        .await;
+    let name = &call.b.upstreams[call.up].name;
+    let message = format!("upstream `{name}` asked for input more than {MAX_ROUNDS} times");
+    stop(Some(jsonrpc::error(
+        call.id,
+        code::INTERNAL_ERROR,
+        message,
+        None,
+    )))
+    .await
+}
+
+/// One round: the request sent, its notifications relayed to the client, its response.
+async fn round(
+    call: &Call,
+    conn: &Connection,
+    msg: &Message,
+    deadline: tokio::time::Instant,
+    tx: &mpsc::Sender<Message>,
+) -> Result<Message, Stop> {
+    let name = &call.b.upstreams[call.up].name;
+    let mut ex = conn
+        .request(msg.clone())
+        .await
+        .map_err(|e| Some(e.to_rpc().to_message(call.id.clone())))?;
+    loop {
+        let m = tokio::select! {
+            m = ex.next() => m,
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(Some(timeout_error(call.id.clone(), name)));
+            }
+        };
+        match m {
+            None => return Err(Some(closed_error(call.id.clone(), name))),
+            Some(mut m) if jsonrpc::kind(&m) == Kind::Notification => {
+                call.b.naming.notification_out(call.up, &mut m);
+                if tx.send(m).await.is_err() {
+                    return Err(None);
+                }
+            }
+            Some(m) if jsonrpc::kind(&m) == Kind::Response => return Ok(m),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Asks the client each input request of an input-required result as a server request on
+/// the request's stream, and waits for the answers (by the request's deadline).
+async fn ask(
+    call: &Call,
+    result: &Value,
+    deadline: tokio::time::Instant,
+    tx: &mpsc::Sender<Message>,
+) -> Result<Map<String, Value>, Stop> {
+    let live = &call.live;
+    let forget = |gids: &[String]| {
+        let mut w = live.waiters.lock().expect("lock");
+        for gid in gids {
+            w.remove(gid);
+        }
+    };
+    let mut waits = Vec::new();
+    let mut asked = Vec::new();
+    for (key, req) in result["inputRequests"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let gid = format!("mcpg-{}", uuid::Uuid::new_v4().simple());
+        let (wtx, wrx) = oneshot::channel();
+        live.waiters.lock().expect("lock").insert(gid.clone(), wtx);
+        let request = jsonrpc::request(
+            json!(gid),
+            req["method"].as_str().unwrap_or_default(),
+            req.get("params").cloned(),
+        );
+        waits.push((key, wrx));
+        asked.push(gid);
+        if tx.send(request).await.is_err() {
+            forget(&asked);
+            return Err(None);
+        }
+    }
+    let mut answers = Map::new();
+    for (key, wrx) in waits {
+        match tokio::time::timeout_at(deadline, wrx).await {
+            Ok(Ok(answer)) => {
+                if let Some(r) = answer.get("result") {
+                    answers.insert(key, r.clone());
+                }
+            }
+            _ => {
+                forget(&asked);
+                return Err(Some(jsonrpc::error(
+                    call.id.clone(),
+                    code::REQUEST_TIMEOUT,
+                    "the client did not answer the upstream's request in time",
+                    None,
+                )));
+            }
+        }
+    }
+    Ok(answers)
 }
 
 /// `resources/subscribe` / `unsubscribe` of a legacy session on an upstream that speaks
@@ -166,7 +183,7 @@ async fn run(call: Call, conn: Connection, mut msg: Message, tx: mpsc::Sender<Me
 /// URIs, and its notifications go to the session's GET stream.
 async fn subscription(
     live: &Arc<Live>,
-    up: usize,
+    up: UpstreamIdx,
     method: &str,
     msg: &Message,
 ) -> Result<Value, RpcError> {

@@ -17,6 +17,7 @@ use crate::capabilities::Capability;
 use crate::mcp::binding::Binding;
 use crate::mcp::relay::Reply;
 use crate::mcp::relay::exchange::{closed_error, response_out, timeout_error};
+use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::route::path::Path;
 use crate::mcp::upstream::Exchange;
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
@@ -88,7 +89,7 @@ impl Bridge {
 /// An upstream exchange waiting for the client's answers to the requests it made.
 struct Parked {
     ex: Exchange,
-    up: usize,
+    up: UpstreamIdx,
     method: String,
     /// Input key → the upstream's request awaiting the client's answer.
     pending: HashMap<String, Message>,
@@ -187,7 +188,7 @@ pub async fn state_of(bridge: &Bridge, msg: &Message) -> Result<Option<State>, R
 
 /// A 2026-07-28 request routed to one upstream.
 pub struct Ask {
-    pub up: usize,
+    pub up: UpstreamIdx,
     pub id: Value,
     pub method: String,
     /// The `requestState` of a retry.
@@ -279,7 +280,7 @@ pub async fn request(b: &Arc<Binding>, bridge: &Arc<Bridge>, ask: Ask, mut msg: 
 struct Leg {
     b: Arc<Binding>,
     bridge: Arc<Bridge>,
-    up: usize,
+    up: UpstreamIdx,
     method: String,
     /// [`Path::Native`] for an upstream that speaks 2026-07-28, [`Path::Park`] for a bridged
     /// legacy one.

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Reply;
 use crate::mcp::binding::Binding;
+use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::session::Live;
 use crate::mcp::upstream::{Connection, Exchange};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, code};
@@ -19,7 +20,7 @@ use crate::mcp::wire::jsonrpc::{self, Kind, Message, code};
 pub struct Call {
     pub b: Arc<Binding>,
     pub live: Arc<Live>,
-    pub up: usize,
+    pub up: UpstreamIdx,
     pub id: Value,
     pub method: String,
 }
@@ -144,7 +145,13 @@ struct Relay {
 }
 
 /// An upstream's response as the client sees it: under the client's id, names prefixed.
-pub fn response_out(b: &Binding, method: &str, up: usize, id: Value, mut m: Message) -> Message {
+pub fn response_out(
+    b: &Binding,
+    method: &str,
+    up: UpstreamIdx,
+    id: Value,
+    mut m: Message,
+) -> Message {
     m.insert("id".into(), id);
     if let Some(r) = m.get_mut("result") {
         b.naming.result_out(method, up, r);

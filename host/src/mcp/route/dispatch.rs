@@ -7,10 +7,11 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::fanout::{self, Stateless};
-use super::names::{self, Route};
+use super::names::{self, Route, UpstreamIdx};
 use super::path::Path;
 use crate::mcp::binding::Binding;
 use crate::mcp::bridge::modern_to_legacy::{self, Bridge};
+use crate::mcp::bridge::request_state::State;
 use crate::mcp::bridge::{legacy_to_modern, listen};
 use crate::mcp::relay::{Reply, exchange};
 use crate::mcp::session::Live;
@@ -35,72 +36,24 @@ pub enum Client<'a> {
 pub async fn dispatch(b: &Arc<Binding>, client: Client<'_>, mut msg: Message) -> Reply {
     let id = msg.get("id").cloned().unwrap_or(Value::Null);
     let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
-    let answer = |r: Result<Value, RpcError>| {
-        Reply::Json(match r {
-            Ok(r) => jsonrpc::result(id.clone(), r),
-            Err(e) => e.to_message(id.clone()),
-        })
-    };
     // A retry answering an input-required result carries mcpg's requestState.
     let mut state = None;
     if let Client::Stateless { bridge, .. } = &client {
-        if modern_to_legacy::REMOVED.contains(&method.as_str()) {
-            return Reply::Json(modern_to_legacy::removed_error(id, &method));
+        match stateless_only(b, bridge, &method, &id, &msg).await {
+            Ok(s) => state = s,
+            Err(Some(r)) => return r,
+            Err(None) => return listen::listen(b, id, msg).await,
         }
-        match method.as_str() {
-            "server/discover" => return answer(Ok(fanout::discover(b).await)),
-            "subscriptions/listen" => return listen::listen(b, id, msg).await,
-            _ => {}
-        }
-        state = match modern_to_legacy::state_of(bridge, &msg).await {
-            Ok(s) => s,
-            Err(e) => return answer(Err(e)),
-        };
     }
-    let conv: &dyn Conversations = match &client {
-        Client::Session(live) => live.as_ref(),
-        Client::Stateless { .. } => &Stateless(b),
+    let up = match target(b, &client, &method, &id, &mut msg).await {
+        Ok(up) => up,
+        Err(r) => return r,
     };
-    let route = match b.naming.route(&mut msg) {
-        Ok(r) => r,
-        Err(e) => return answer(Err(e)),
-    };
-    let up = match (route, &client) {
-        (Route::Local, Client::Session(_)) => return answer(Ok(json!({}))),
-        (Route::All, _) if names::list_key(&method).is_some() => {
-            let mut page = fanout::merged_list(b, conv, &method, &msg).await;
-            if let (Ok(r), Client::Stateless { .. }) = (&mut page, &client) {
-                meta::complete(r);
-                meta::cache_hints(r);
-            }
-            return answer(page);
-        }
-        (Route::All, Client::Session(live)) => {
-            return Reply::Json(broadcast(b, live, id, msg).await);
-        }
-        (Route::Local | Route::All, Client::Stateless { .. }) => {
-            return Reply::Json(modern_to_legacy::removed_error(id, &method));
-        }
-        (Route::One(up), _) => up,
-        (Route::Search { list, name }, _) => match fanout::search(b, conv, list, &name).await {
-            Some(up) => up,
-            None => {
-                return answer(Err(RpcError::invalid_params(format!(
-                    "no upstream offers `{name}`"
-                ))));
-            }
-        },
-    };
-    if b.fail_closed()
-        && let Err(e) = fanout::all_up(b, conv).await
-    {
-        return answer(Err(e));
-    }
     match client {
         Client::Session(live) => {
             let (conn, era) = match live.conn_and_era(up).await {
                 Ok(c) => c,
-                Err(e) => return answer(Err(e)),
+                Err(e) => return Reply::Json(e.to_message(id)),
             };
             let call = exchange::Call {
                 b: b.clone(),
@@ -127,11 +80,96 @@ pub async fn dispatch(b: &Arc<Binding>, client: Client<'_>, mut msg: Message) ->
     }
 }
 
+fn answer(id: &Value, r: Result<Value, RpcError>) -> Reply {
+    Reply::Json(match r {
+        Ok(r) => jsonrpc::result(id.clone(), r),
+        Err(e) => e.to_message(id.clone()),
+    })
+}
+
+/// What only a 2026-07-28 client asks: methods the revision removed, `server/discover`,
+/// `subscriptions/listen` (`Err(None)`: the caller serves it); otherwise the `requestState`
+/// of a retry.
+async fn stateless_only(
+    b: &Binding,
+    bridge: &Bridge,
+    method: &str,
+    id: &Value,
+    msg: &Message,
+) -> Result<Option<State>, Option<Reply>> {
+    if modern_to_legacy::REMOVED.contains(&method) {
+        return Err(Some(Reply::Json(modern_to_legacy::removed_error(
+            id.clone(),
+            method,
+        ))));
+    }
+    match method {
+        "server/discover" => return Err(Some(answer(id, Ok(fanout::discover(b).await)))),
+        "subscriptions/listen" => return Err(None),
+        _ => {}
+    }
+    modern_to_legacy::state_of(bridge, msg)
+        .await
+        .map_err(|e| Some(answer(id, Err(e))))
+}
+
+/// The one upstream a request goes to (names unprefixed in place), or the answer when it
+/// concerns all of them (merged lists, broadcasts) or none.
+async fn target(
+    b: &Arc<Binding>,
+    client: &Client<'_>,
+    method: &str,
+    id: &Value,
+    msg: &mut Message,
+) -> Result<UpstreamIdx, Reply> {
+    let conv: &dyn Conversations = match client {
+        Client::Session(live) => live.as_ref(),
+        Client::Stateless { .. } => &Stateless(b),
+    };
+    let route = b.naming.route(msg).map_err(|e| answer(id, Err(e)))?;
+    let up = match (route, client) {
+        (Route::Local, Client::Session(_)) => return Err(answer(id, Ok(json!({})))),
+        (Route::All, _) if names::list_key(method).is_some() => {
+            let mut page = fanout::merged_list(b, conv, method, msg).await;
+            if let (Ok(r), Client::Stateless { .. }) = (&mut page, client) {
+                meta::complete(r);
+                meta::cache_hints(r);
+            }
+            return Err(answer(id, page));
+        }
+        (Route::All, Client::Session(live)) => {
+            return Err(Reply::Json(
+                broadcast(b, live, id.clone(), msg.clone()).await,
+            ));
+        }
+        (Route::Local | Route::All, Client::Stateless { .. }) => {
+            return Err(Reply::Json(modern_to_legacy::removed_error(
+                id.clone(),
+                method,
+            )));
+        }
+        (Route::One(up), _) => up,
+        (Route::Search { list, name }, _) => match fanout::search(b, conv, list, &name).await {
+            Some(up) => up,
+            None => {
+                let e = RpcError::invalid_params(format!("no upstream offers `{name}`"));
+                return Err(answer(id, Err(e)));
+            }
+        },
+    };
+    if b.fail_closed()
+        && let Err(e) = fanout::all_up(b, conv).await
+    {
+        return Err(answer(id, Err(e)));
+    }
+    Ok(up)
+}
+
 /// A request every upstream gets (`logging/setLevel`); answered once all have.
 async fn broadcast(b: &Binding, live: &Live, id: Value, msg: Message) -> Message {
     let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
     let params = msg.get("params").cloned();
-    for up in 0..b.upstreams.len() {
+    for up in b.indices() {
         if method == "logging/setLevel" && live.is_modern(up).await {
             // 2026-07-28 has no setLevel: the level is stamped on the session's requests.
             *live.log_level.lock().expect("lock") =

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::mcp::binding::Binding;
-use crate::mcp::route::names::{self, MergedCursor};
+use crate::mcp::route::names::{self, MergedCursor, UpstreamIdx};
 use crate::mcp::upstream::{Connection, Conversations};
 use crate::mcp::wire::jsonrpc::{self, Message, RpcError, code};
 use crate::mcp::wire::{meta, version};
@@ -16,11 +16,11 @@ pub struct Stateless<'a>(pub &'a Binding);
 
 #[async_trait::async_trait]
 impl Conversations for Stateless<'_> {
-    async fn conn(&self, up: usize) -> Result<Connection, RpcError> {
+    async fn conn(&self, up: UpstreamIdx) -> Result<Connection, RpcError> {
         Ok(self.0.upstreams[up].modern().await?.conn)
     }
 
-    async fn prepare(&self, up: usize, params: &mut Map<String, Value>) {
+    async fn prepare(&self, up: UpstreamIdx, params: &mut Map<String, Value>) {
         match self.0.upstreams[up].modern().await {
             Ok(h) if h.native => meta::stamp_gateway(params),
             // A bridging legacy session: see `meta::strip_request_fields`.
@@ -33,7 +33,7 @@ impl Conversations for Stateless<'_> {
 /// The `initialize` result the client sees: the upstream's own when it is the only one
 /// and unprefixed; otherwise the union of the upstreams' capabilities under the
 /// binding's name. The protocol version is the oldest any side agreed to.
-pub fn merge_initialize(b: &Binding, negotiated: &str, answers: &[(usize, Value)]) -> Value {
+pub fn merge_initialize(b: &Binding, negotiated: &str, answers: &[(UpstreamIdx, Value)]) -> Value {
     let mut agreed = negotiated.to_owned();
     for (_, a) in answers {
         if let Some(v) = a["protocolVersion"].as_str()
@@ -70,7 +70,7 @@ pub fn merge_initialize(b: &Binding, negotiated: &str, answers: &[(usize, Value)
 
 /// Every upstream is reachable (for `fail_closed`).
 pub async fn all_up(b: &Binding, conv: &dyn Conversations) -> Result<(), RpcError> {
-    for i in 0..b.upstreams.len() {
+    for i in b.indices() {
         conv.conn(i).await?;
     }
     Ok(())
@@ -89,13 +89,13 @@ pub async fn merged_list(
     let mut pos = match params.get("cursor").and_then(Value::as_str) {
         Some(c) => MergedCursor::decode(c)?,
         None => MergedCursor {
-            upstream: 0,
+            upstream: UpstreamIdx(0),
             cursor: None,
         },
     };
     let mut items = Vec::new();
     let mut extra = Map::new();
-    while pos.upstream < b.upstreams.len() {
+    while pos.upstream.0 < b.upstreams.len() {
         let up = pos.upstream;
         let mut p = params.clone();
         match &pos.cursor {
@@ -143,7 +143,7 @@ pub async fn merged_list(
             }
         }
         pos = MergedCursor {
-            upstream: up + 1,
+            upstream: up.next(),
             cursor: None,
         };
     }
@@ -156,10 +156,10 @@ pub async fn search(
     conv: &dyn Conversations,
     list: &str,
     name: &str,
-) -> Option<usize> {
+) -> Option<UpstreamIdx> {
     let key = names::list_key(list)?;
     let field = if key == "resources" { "uri" } else { "name" };
-    for up in 0..b.upstreams.len() {
+    for up in b.indices() {
         let Ok(conn) = conv.conn(up).await else {
             continue;
         };
@@ -193,7 +193,7 @@ pub async fn search(
 /// result, or the `initialize` result of the session bridging a legacy upstream).
 pub async fn discover(b: &Binding) -> Value {
     let mut answers = Vec::new();
-    for (i, u) in b.upstreams.iter().enumerate() {
+    for (i, u) in b.indices().zip(&b.upstreams) {
         match u.modern().await {
             Ok(h) => answers.push((i, (*h.info).clone())),
             Err(e) => {

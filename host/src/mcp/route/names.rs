@@ -20,13 +20,38 @@ pub fn list_key(method: &str) -> Option<&'static str> {
     })
 }
 
+/// An upstream's position among its binding's upstreams (what records and tokens that may
+/// outlive a configuration keep is the upstream's name instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpstreamIdx(pub usize);
+
+impl UpstreamIdx {
+    /// Every index of a list of `n` upstreams, in order.
+    pub fn all(n: usize) -> impl Iterator<Item = UpstreamIdx> {
+        (0..n).map(UpstreamIdx)
+    }
+
+    /// The next upstream's index.
+    pub fn next(self) -> Self {
+        UpstreamIdx(self.0 + 1)
+    }
+}
+
+impl<T> std::ops::Index<UpstreamIdx> for Vec<T> {
+    type Output = T;
+
+    fn index(&self, i: UpstreamIdx) -> &T {
+        &self[i.0]
+    }
+}
+
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// Answered by the gateway itself.
     Local,
     /// One upstream (its index in the binding).
-    One(usize),
+    One(UpstreamIdx),
     /// Every upstream, results merged (lists) or acknowledged (broadcasts).
     All,
     /// Names are not prefixed and there are several upstreams: the one that lists this name
@@ -43,27 +68,27 @@ pub struct Naming {
 }
 
 impl Naming {
-    fn name_out(&self, up: usize, name: &str) -> String {
+    fn name_out(&self, up: UpstreamIdx, name: &str) -> String {
         format!("{}{}{}", self.upstreams[up], self.sep, name)
     }
 
     /// The upstream a prefixed name belongs to and the name without its prefix. The longest
     /// matching upstream name wins, so `a` and `a__b` can coexist.
-    pub fn name_in(&self, name: &str) -> Option<(usize, String)> {
+    pub fn name_in(&self, name: &str) -> Option<(UpstreamIdx, String)> {
         self.strip(name, &self.sep)
     }
 
-    fn uri_out(&self, up: usize, uri: &str) -> String {
+    fn uri_out(&self, up: UpstreamIdx, uri: &str) -> String {
         format!("{}+{}", self.upstreams[up], uri)
     }
 
     /// [`Naming::name_in`] for URIs (`<upstream>+<uri>`).
-    pub fn uri_in(&self, uri: &str) -> Option<(usize, String)> {
+    pub fn uri_in(&self, uri: &str) -> Option<(UpstreamIdx, String)> {
         self.strip(uri, "+")
     }
 
     /// `<upstream><sep><rest>` → the upstream's index and `rest`, longest upstream name first.
-    fn strip(&self, value: &str, sep: &str) -> Option<(usize, String)> {
+    fn strip(&self, value: &str, sep: &str) -> Option<(UpstreamIdx, String)> {
         self.upstreams
             .iter()
             .enumerate()
@@ -74,7 +99,7 @@ impl Naming {
                     .map(|rest| (i, u.len(), rest.to_owned()))
             })
             .max_by_key(|(_, len, _)| *len)
-            .map(|(i, _, rest)| (i, rest))
+            .map(|(i, _, rest)| (UpstreamIdx(i), rest))
     }
 
     /// Decides where a client request goes and strips the prefixes it carries, in place.
@@ -85,7 +110,7 @@ impl Naming {
             "logging/setLevel" => return Ok(Route::All),
             _ if list_key(&method).is_some() => {
                 return Ok(if self.upstreams.len() == 1 && !self.prefix {
-                    Route::One(0)
+                    Route::One(UpstreamIdx(0))
                 } else {
                     Route::All
                 });
@@ -93,22 +118,8 @@ impl Naming {
             _ => {}
         }
         if !self.prefix {
-            if self.upstreams.len() == 1 {
-                return Ok(Route::One(0));
-            }
-            let p = jsonrpc::params(m);
-            let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
-            return Ok(match method.as_str() {
-                "tools/call" => search("tools/list", s("name"))?,
-                "prompts/get" => search("prompts/list", s("name"))?,
-                "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                    search("resources/list", s("uri"))?
-                }
-                _ => Route::One(0),
-            });
+            return self.route_unprefixed(&method, m);
         }
-        // A method mcpg does not know: route by a prefixed `name` or `uri` if it carries one,
-        // else to the first upstream, touching nothing else (its params pass unchanged).
         let known = matches!(
             method.as_str(),
             "tools/call"
@@ -122,51 +133,68 @@ impl Naming {
                 | "tasks/update"
                 | "completion/complete"
         );
-        if !known {
-            let p = jsonrpc::params(m);
-            let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
-            let by_name = s("name").and_then(|n| self.name_in(n));
-            let by_uri = s("uri").and_then(|u| self.uri_in(u));
-            return Ok(Route::One(match (by_name, by_uri) {
-                (Some((up, rest)), _) => {
-                    jsonrpc::params_mut(m).insert("name".into(), json!(rest));
-                    up
-                }
-                (None, Some((up, rest))) => {
-                    jsonrpc::params_mut(m).insert("uri".into(), json!(rest));
-                    up
-                }
-                _ => 0,
-            }));
+        if known {
+            self.route_prefixed(&method, jsonrpc::params_mut(m))
+                .map(Route::One)
+        } else {
+            Ok(Route::One(self.route_unknown(m)))
         }
-        let params = jsonrpc::params_mut(m);
-        let field = |params: &mut Map<String, Value>,
-                     key: &str,
-                     what: &str,
-                     resolve: &dyn Fn(&str) -> Option<(usize, String)>|
-         -> Result<usize, RpcError> {
-            let v = params.get(key).and_then(Value::as_str).ok_or_else(|| {
-                RpcError::invalid_params(format!("`params.{key}` (a string) is required"))
-            })?;
-            let (up, rest) = resolve(v).ok_or_else(|| {
-                RpcError::invalid_params(format!(
-                    "unknown {what} `{v}`: names on this endpoint are prefixed with their upstream ({})",
-                    self.upstreams.join(", ")
-                ))
-            })?;
-            params.insert(key.into(), json!(rest));
-            Ok(up)
-        };
+    }
+
+    /// Without prefixes: the only upstream, or the one whose list offers the name.
+    fn route_unprefixed(&self, method: &str, m: &Message) -> Result<Route, RpcError> {
+        if self.upstreams.len() == 1 {
+            return Ok(Route::One(UpstreamIdx(0)));
+        }
+        let p = jsonrpc::params(m);
+        let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
+        Ok(match method {
+            "tools/call" => search("tools/list", s("name"))?,
+            "prompts/get" => search("prompts/list", s("name"))?,
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                search("resources/list", s("uri"))?
+            }
+            _ => Route::One(UpstreamIdx(0)),
+        })
+    }
+
+    /// A method mcpg does not know: routed by a prefixed `name` or `uri` if it carries one,
+    /// else to the first upstream, touching nothing else (its params pass unchanged).
+    fn route_unknown(&self, m: &mut Message) -> UpstreamIdx {
+        let p = jsonrpc::params(m);
+        let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
+        let by_name = s("name").and_then(|n| self.name_in(n));
+        let by_uri = s("uri").and_then(|u| self.uri_in(u));
+        match (by_name, by_uri) {
+            (Some((up, rest)), _) => {
+                jsonrpc::params_mut(m).insert("name".into(), json!(rest));
+                up
+            }
+            (None, Some((up, rest))) => {
+                jsonrpc::params_mut(m).insert("uri".into(), json!(rest));
+                up
+            }
+            _ => UpstreamIdx(0),
+        }
+    }
+
+    /// A known method on a prefixed binding: the upstream its name, URI or task id names, the
+    /// prefix stripped; an unprefixed name is refused.
+    fn route_prefixed(
+        &self,
+        method: &str,
+        params: &mut Map<String, Value>,
+    ) -> Result<UpstreamIdx, RpcError> {
         let by_name = |n: &str| self.name_in(n);
         let by_uri = |u: &str| self.uri_in(u);
-        Ok(Route::One(match method.as_str() {
-            "tools/call" => field(params, "name", "tool", &by_name)?,
-            "prompts/get" => field(params, "name", "prompt", &by_name)?,
+        match method {
+            "tools/call" => self.strip_field(params, "name", "tool", &by_name),
+            "prompts/get" => self.strip_field(params, "name", "prompt", &by_name),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                field(params, "uri", "resource", &by_uri)?
+                self.strip_field(params, "uri", "resource", &by_uri)
             }
             "tasks/get" | "tasks/result" | "tasks/cancel" | "tasks/update" => {
-                field(params, "taskId", "task", &by_name)?
+                self.strip_field(params, "taskId", "task", &by_name)
             }
             "completion/complete" => {
                 let r = params
@@ -174,18 +202,39 @@ impl Naming {
                     .and_then(Value::as_object_mut)
                     .ok_or_else(|| RpcError::invalid_params("`params.ref` is required"))?;
                 if r.contains_key("uri") {
-                    field(r, "uri", "resource", &by_uri)?
+                    self.strip_field(r, "uri", "resource", &by_uri)
                 } else {
-                    field(r, "name", "prompt", &by_name)?
+                    self.strip_field(r, "name", "prompt", &by_name)
                 }
             }
-            _ => unreachable!("unknown methods are routed above"),
-        }))
+            _ => unreachable!("unknown methods are routed by route_unknown"),
+        }
+    }
+
+    /// The upstream `params[key]` names (by `resolve`), with the prefix stripped in place.
+    fn strip_field(
+        &self,
+        params: &mut Map<String, Value>,
+        key: &str,
+        what: &str,
+        resolve: &dyn Fn(&str) -> Option<(UpstreamIdx, String)>,
+    ) -> Result<UpstreamIdx, RpcError> {
+        let v = params.get(key).and_then(Value::as_str).ok_or_else(|| {
+            RpcError::invalid_params(format!("`params.{key}` (a string) is required"))
+        })?;
+        let (up, rest) = resolve(v).ok_or_else(|| {
+            RpcError::invalid_params(format!(
+                "unknown {what} `{v}`: names on this endpoint are prefixed with their upstream ({})",
+                self.upstreams.join(", ")
+            ))
+        })?;
+        params.insert(key.into(), json!(rest));
+        Ok(up)
     }
 
     /// Prefixes what an upstream's result names: list items, and resource links, embedded
     /// resources and tasks inside call results.
-    pub fn result_out(&self, method: &str, up: usize, result: &mut Value) {
+    pub fn result_out(&self, method: &str, up: UpstreamIdx, result: &mut Value) {
         if !self.prefix {
             return;
         }
@@ -223,7 +272,7 @@ impl Naming {
         }
     }
 
-    fn item_out(&self, key: &str, up: usize, item: &mut Value) {
+    fn item_out(&self, key: &str, up: UpstreamIdx, item: &mut Value) {
         match key {
             "tools" | "prompts" => self.field_name_out(up, item, "name"),
             "resources" => self.field_uri_out(up, item, "uri"),
@@ -233,7 +282,7 @@ impl Naming {
         }
     }
 
-    fn content_out(&self, up: usize, content: &mut [Value]) {
+    fn content_out(&self, up: UpstreamIdx, content: &mut [Value]) {
         for c in content {
             match c.get("type").and_then(Value::as_str) {
                 Some("resource_link") => self.field_uri_out(up, c, "uri"),
@@ -247,14 +296,14 @@ impl Naming {
         }
     }
 
-    fn field_name_out(&self, up: usize, v: &mut Value, key: &str) {
+    fn field_name_out(&self, up: UpstreamIdx, v: &mut Value, key: &str) {
         if let Some(s) = v.get(key).and_then(Value::as_str) {
             let n = self.name_out(up, s);
             v[key] = json!(n);
         }
     }
 
-    fn field_uri_out(&self, up: usize, v: &mut Value, key: &str) {
+    fn field_uri_out(&self, up: UpstreamIdx, v: &mut Value, key: &str) {
         if let Some(s) = v.get(key).and_then(Value::as_str) {
             let n = self.uri_out(up, s);
             v[key] = json!(n);
@@ -262,7 +311,7 @@ impl Naming {
     }
 
     /// `_meta["io.modelcontextprotocol/related-task"].taskId` (2025-11-25 tasks), prefixed.
-    fn related_task_out(&self, up: usize, v: &mut Value) {
+    fn related_task_out(&self, up: UpstreamIdx, v: &mut Value) {
         if let Some(rt) = v
             .get_mut("_meta")
             .and_then(|m| m.get_mut("io.modelcontextprotocol/related-task"))
@@ -272,7 +321,7 @@ impl Naming {
     }
 
     /// Prefixes what an upstream's notification names (resource updates, task status).
-    pub fn notification_out(&self, up: usize, m: &mut Message) {
+    pub fn notification_out(&self, up: UpstreamIdx, m: &mut Message) {
         if !self.prefix {
             return;
         }
@@ -300,13 +349,13 @@ fn search(list: &'static str, name: Option<&str>) -> Result<Route, RpcError> {
 /// A position in a merged list: which upstream, and that upstream's own cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergedCursor {
-    pub upstream: usize,
+    pub upstream: UpstreamIdx,
     pub cursor: Option<String>,
 }
 
 impl MergedCursor {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(json!({"u": self.upstream, "c": self.cursor}).to_string())
+        URL_SAFE_NO_PAD.encode(json!({"u": self.upstream.0, "c": self.cursor}).to_string())
     }
 
     pub fn decode(s: &str) -> Result<Self, RpcError> {
@@ -314,7 +363,7 @@ impl MergedCursor {
         let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
         Ok(Self {
-            upstream: v["u"].as_u64().ok_or_else(bad)? as usize,
+            upstream: UpstreamIdx(v["u"].as_u64().ok_or_else(bad)? as usize),
             cursor: v["c"].as_str().map(str::to_owned),
         })
     }
@@ -339,10 +388,13 @@ mod tests {
     #[test]
     fn longest_upstream_prefix_wins() {
         let n = naming();
-        assert_eq!(n.name_in("a__b__x"), Some((1, "x".into())));
-        assert_eq!(n.name_in("a__x"), Some((0, "x".into())));
+        assert_eq!(n.name_in("a__b__x"), Some((UpstreamIdx(1), "x".into())));
+        assert_eq!(n.name_in("a__x"), Some((UpstreamIdx(0), "x".into())));
         assert_eq!(n.name_in("nope__x"), None);
-        assert_eq!(n.uri_in("time+file:///a"), Some((2, "file:///a".into())));
+        assert_eq!(
+            n.uri_in("time+file:///a"),
+            Some((UpstreamIdx(2), "file:///a".into()))
+        );
     }
 
     #[test]
@@ -351,7 +403,7 @@ mod tests {
         let mut m = msg(
             json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"time__now","arguments":{"z":1},"extra":true}}),
         );
-        assert_eq!(n.route(&mut m).unwrap(), Route::One(2));
+        assert_eq!(n.route(&mut m).unwrap(), Route::One(UpstreamIdx(2)));
         assert_eq!(
             Value::Object(m),
             json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"now","arguments":{"z":1},"extra":true}})
@@ -359,7 +411,7 @@ mod tests {
         let mut m = msg(
             json!({"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"a+x://y"}}}),
         );
-        assert_eq!(n.route(&mut m).unwrap(), Route::One(0));
+        assert_eq!(n.route(&mut m).unwrap(), Route::One(UpstreamIdx(0)));
         assert_eq!(m["params"]["ref"]["uri"], json!("x://y"));
         let mut m =
             msg(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}));
@@ -373,12 +425,12 @@ mod tests {
             json!({"jsonrpc":"2.0","id":1,"method":"vendor/x","params":{"name":"nobody__x"}}),
         ] {
             let mut m = msg(original.clone());
-            assert_eq!(n.route(&mut m).unwrap(), Route::One(0));
+            assert_eq!(n.route(&mut m).unwrap(), Route::One(UpstreamIdx(0)));
             assert_eq!(Value::Object(m), original);
         }
         let mut m =
             msg(json!({"jsonrpc":"2.0","id":1,"method":"vendor/x","params":{"uri":"time+x://y"}}));
-        assert_eq!(n.route(&mut m).unwrap(), Route::One(2));
+        assert_eq!(n.route(&mut m).unwrap(), Route::One(UpstreamIdx(2)));
         assert_eq!(m["params"]["uri"], json!("x://y"));
     }
 
@@ -386,21 +438,21 @@ mod tests {
     fn results_are_prefixed() {
         let n = naming();
         let mut r = json!({"tools":[{"name":"now","x":1}],"nextCursor":"c"});
-        n.result_out("tools/list", 2, &mut r);
+        n.result_out("tools/list", UpstreamIdx(2), &mut r);
         assert_eq!(
             r,
             json!({"tools":[{"name":"time__now","x":1}],"nextCursor":"c"})
         );
         let mut r =
             json!({"content":[{"type":"resource_link","uri":"f://x"},{"type":"text","text":"t"}]});
-        n.result_out("tools/call", 0, &mut r);
+        n.result_out("tools/call", UpstreamIdx(0), &mut r);
         assert_eq!(r["content"][0]["uri"], json!("a+f://x"));
     }
 
     #[test]
     fn cursors_round_trip() {
         let c = MergedCursor {
-            upstream: 3,
+            upstream: UpstreamIdx(3),
             cursor: Some("abc".into()),
         };
         assert_eq!(MergedCursor::decode(&c.encode()).unwrap(), c);

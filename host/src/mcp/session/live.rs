@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use super::Services;
 use super::record::{SessionRecord, now_ms};
 use crate::mcp::binding::Binding;
-use crate::mcp::upstream::{Connection, Conversations, Lease};
+use crate::mcp::route::names::UpstreamIdx;
+use crate::mcp::upstream::{Connection, Conversations, Link};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError};
 use crate::mcp::wire::version::Era;
 
@@ -25,7 +26,7 @@ pub type Listen = (Vec<String>, Option<tokio::task::JoinHandle<()>>);
 
 /// One upstream's place in a live session.
 pub struct Slot {
-    pub(super) lease: AsyncMutex<Option<Lease>>,
+    pub(super) link: AsyncMutex<Option<Link>>,
     /// When the last reconnect attempt failed, to pace retries.
     pub(super) failed_at: Mutex<Option<Instant>>,
 }
@@ -52,7 +53,7 @@ pub struct Live {
     /// speak only 2026-07-28.
     pub log_level: Mutex<Option<Value>>,
     /// Per such upstream: the URIs the client subscribed to and the listen that watches them.
-    pub listens: Mutex<HashMap<usize, Listen>>,
+    pub listens: Mutex<HashMap<UpstreamIdx, Listen>>,
     /// Requests of this session running here now (a session is handed over only when idle).
     pub(super) busy: AtomicUsize,
     /// Set when state kept in the record (log level, subscriptions) changed here and has not
@@ -119,16 +120,16 @@ impl Live {
 
     /// The live conversation with upstream `up`, reconnecting (with the client's recorded
     /// hello) when it has died, at most once per second.
-    pub async fn conn(&self, up: usize) -> Result<Connection, RpcError> {
+    pub async fn conn(&self, up: UpstreamIdx) -> Result<Connection, RpcError> {
         self.conn_and_era(up).await.map(|(c, _)| c)
     }
 
     /// [`Live::conn`], and the era the conversation speaks (2026-07-28 when the upstream
     /// speaks only that, so the session's requests must be stamped), under one lock.
-    pub async fn conn_and_era(&self, up: usize) -> Result<(Connection, Era), RpcError> {
+    pub async fn conn_and_era(&self, up: UpstreamIdx) -> Result<(Connection, Era), RpcError> {
         let slot = &self.slots[up];
-        let mut lease = slot.lease.lock().await;
-        if let Some(l) = lease.as_ref()
+        let mut link = slot.link.lock().await;
+        if let Some(l) = link.as_ref()
             && !l.conn.is_closed()
         {
             return Ok((l.conn.clone(), era_of(l)));
@@ -161,7 +162,7 @@ impl Live {
                         .insert(upstream.name.clone(), s.clone());
                 }
                 self.start_pump(up, &l);
-                *lease = Some(l);
+                *link = Some(l);
                 *slot.failed_at.lock().expect("lock") = None;
                 Ok(conn)
             }
@@ -173,9 +174,9 @@ impl Live {
     }
 
     /// Whether upstream `up` serves this session through its 2026-07-28 conversation.
-    pub async fn is_modern(&self, up: usize) -> bool {
+    pub async fn is_modern(&self, up: UpstreamIdx) -> bool {
         self.slots[up]
-            .lease
+            .link
             .lock()
             .await
             .as_ref()
@@ -183,17 +184,17 @@ impl Live {
     }
 
     /// Forwards what an upstream sends outside any request to the client's GET stream.
-    pub(super) fn start_pump(&self, up: usize, lease: &Lease) {
-        if lease.modern {
+    pub(super) fn start_pump(&self, up: UpstreamIdx, link: &Link) {
+        if link.modern {
             // A 2026-07-28 conversation sends nothing outside requests and listens.
             return;
         }
-        let mut rx = lease.conn.unsolicited();
-        let owned = lease.owned;
+        let mut rx = link.conn.unsolicited();
+        let owned = link.owned;
         let binding = self.binding.clone();
         let services = self.services.clone();
         let sid = self.id.clone();
-        let conn = lease.conn.clone();
+        let conn = link.conn.clone();
         let events = self.events.clone();
         let h = tokio::spawn(async move {
             loop {
@@ -268,7 +269,7 @@ impl Live {
             }
         }
         for slot in &self.slots {
-            if let Some(l) = slot.lease.lock().await.take()
+            if let Some(l) = slot.link.lock().await.take()
                 && l.owned
             {
                 if detach {
@@ -319,7 +320,7 @@ impl Live {
     pub async fn notify_all(&self, m: &Message) {
         for slot in &self.slots {
             let conn = slot
-                .lease
+                .link
                 .lock()
                 .await
                 .as_ref()
@@ -338,17 +339,17 @@ impl Live {
         binding: &Arc<Binding>,
         services: Arc<Services>,
         record: SessionRecord,
-        leases: Vec<Option<Lease>>,
+        links: Vec<Option<Link>>,
     ) -> Arc<Self> {
         let now = Instant::now();
         let live = Arc::new(Live {
             id: record.id.clone(),
             binding: binding.clone(),
             services,
-            slots: leases
+            slots: links
                 .iter()
                 .map(|_| Slot {
-                    lease: AsyncMutex::new(None),
+                    link: AsyncMutex::new(None),
                     failed_at: Mutex::new(None),
                 })
                 .collect(),
@@ -366,27 +367,27 @@ impl Live {
             dirty: std::sync::atomic::AtomicBool::new(false),
             record: Mutex::new(record),
         });
-        for (i, l) in leases.into_iter().enumerate() {
+        for (i, l) in links.into_iter().enumerate() {
             if let Some(l) = l {
-                live.start_pump(i, &l);
-                *live.slots[i].lease.try_lock().expect("new session") = Some(l);
+                live.start_pump(UpstreamIdx(i), &l);
+                *live.slots[i].link.try_lock().expect("new session") = Some(l);
             }
         }
         live
     }
 }
 
-fn era_of(l: &Lease) -> Era {
+fn era_of(l: &Link) -> Era {
     if l.modern { Era::Modern } else { Era::Legacy }
 }
 
 #[async_trait::async_trait]
 impl Conversations for Live {
-    async fn conn(&self, up: usize) -> Result<Connection, RpcError> {
+    async fn conn(&self, up: UpstreamIdx) -> Result<Connection, RpcError> {
         Live::conn(self, up).await
     }
 
-    async fn prepare(&self, up: usize, params: &mut serde_json::Map<String, Value>) {
+    async fn prepare(&self, up: UpstreamIdx, params: &mut serde_json::Map<String, Value>) {
         if self.is_modern(up).await {
             self.stamp(params);
         }
@@ -399,7 +400,7 @@ impl Live {
     /// session taken over by another replica gets its subscriptions back.
     pub async fn watch(
         self: &Arc<Self>,
-        up: usize,
+        up: UpstreamIdx,
         conn: &Connection,
         uris: Vec<String>,
     ) -> Result<Value, RpcError> {

@@ -23,7 +23,8 @@ use crate::capabilities::Capability;
 use crate::mcp::binding::Binding;
 use crate::mcp::cluster::ownership::Ownership;
 use crate::mcp::route::fanout;
-use crate::mcp::upstream::{Hello, Lease};
+use crate::mcp::route::names::UpstreamIdx;
+use crate::mcp::upstream::{Hello, Link};
 use crate::mcp::wire::jsonrpc::{self, RpcError};
 use mcpg_plugin_api::coordinator::{CasOutcome, Entry};
 
@@ -184,31 +185,45 @@ impl Sessions {
             capabilities: params.get("capabilities").cloned().unwrap_or(json!({})),
             client_info: params.get("clientInfo").cloned().unwrap_or(json!({})),
         };
-        let connects = binding.upstreams.iter().map(|u| u.connect(&hello, None));
-        let results = futures::future::join_all(connects).await;
-        let mut leases = Vec::new();
-        let mut answers = Vec::new();
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(l) => {
-                    answers.push((i, l.answer.clone()));
-                    leases.push(Some(l));
-                }
-                Err(e) => {
-                    tracing::warn!(binding = %binding.name, upstream = %binding.upstreams[i].name, error = %e, "upstream unavailable for a new session");
-                    if binding.fail_closed() || binding.upstreams.len() == 1 {
-                        for l in leases.into_iter().flatten() {
-                            if l.owned {
-                                l.conn.close().await;
-                            }
-                        }
-                        return Err(e.into());
-                    }
-                    leases.push(None);
-                }
-            }
-        }
+        let links = connect_all(binding, &hello).await?;
+        let answers: Vec<(UpstreamIdx, Value)> = links
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some((UpstreamIdx(i), l.as_ref()?.answer.clone())))
+            .collect();
         let result = fanout::merge_initialize(binding, &hello.protocol_version, &answers);
+        let record = self.new_record(binding, &result, hello, &links, identity);
+        let created = self
+            .cap
+            .store
+            .create(
+                &record_key(&record.id),
+                serde_json::to_vec(&record).expect("serialisable"),
+                Some(self.record_ttl()),
+            )
+            .await;
+        if !matches!(created, Ok(Some(_))) {
+            close_all(links).await;
+            let why = match created {
+                Err(e) => e.to_string(),
+                _ => "a session with this id exists".into(),
+            };
+            return Err(unavailable(format!("cannot record the session: {why}")));
+        }
+        let live = self.register(binding, record, links);
+        tracing::info!(session = %live.id, binding = %binding.name, "session started");
+        Ok((live, result))
+    }
+
+    /// The record of a session starting here, owned by this replica under its lease.
+    fn new_record(
+        &self,
+        binding: &Binding,
+        result: &Value,
+        hello: Hello,
+        links: &[Option<Link>],
+        identity: Option<&str>,
+    ) -> SessionRecord {
         let mut record = SessionRecord {
             format: RECORD_FORMAT,
             id: new_id(),
@@ -228,51 +243,26 @@ impl Sessions {
             listened: HashMap::new(),
             identity: identity.map(str::to_owned),
         };
-        for (i, l) in leases.iter().enumerate() {
+        for (i, l) in links.iter().enumerate() {
+            let Some(l) = l else { continue };
             let name = &binding.upstreams[i].name;
-            if let Some(s) = l.as_ref().and_then(|l| l.upstream_session.clone()) {
-                record.upstream_sessions.insert(name.clone(), s);
+            if let Some(s) = &l.upstream_session {
+                record.upstream_sessions.insert(name.clone(), s.clone());
             }
-            if let Some(v) = l
-                .as_ref()
-                .and_then(|l| l.answer["protocolVersion"].as_str())
-            {
+            if let Some(v) = l.answer["protocolVersion"].as_str() {
                 record.upstream_versions.insert(name.clone(), v.to_owned());
             }
         }
-        let created = self
-            .cap
-            .store
-            .create(
-                &record_key(&record.id),
-                serde_json::to_vec(&record).expect("serialisable"),
-                Some(self.record_ttl()),
-            )
-            .await;
-        if !matches!(created, Ok(Some(_))) {
-            for l in leases.into_iter().flatten() {
-                if l.owned {
-                    l.conn.close().await;
-                }
-            }
-            let why = match created {
-                Err(e) => e.to_string(),
-                _ => "a session with this id exists".into(),
-            };
-            return Err(unavailable(format!("cannot record the session: {why}")));
-        }
-        let live = self.register(binding, record, leases);
-        tracing::info!(session = %live.id, binding = %binding.name, "session started");
-        Ok((live, result))
+        record
     }
 
     fn register(
         &self,
         binding: &Arc<Binding>,
         record: SessionRecord,
-        leases: Vec<Option<Lease>>,
+        links: Vec<Option<Link>>,
     ) -> Arc<Live> {
-        let live = Live::new(binding, self.services.clone(), record, leases);
+        let live = Live::new(binding, self.services.clone(), record, links);
         self.live
             .lock()
             .expect("lock")
@@ -477,7 +467,7 @@ impl Sessions {
             })
             .await;
         if let Err(e) = r {
-            tracing::warn!(session = %live.id, error = %e, "cannot hand the session over; it is taken over once the ownership lease expires");
+            tracing::warn!(session = %live.id, error = %e, "cannot hand the session over; it is taken over once the ownership link expires");
         }
         self.let_go(live).await;
         tracing::info!(session = %live.id, "session handed over");
@@ -538,5 +528,37 @@ impl Sessions {
             "log_level": record.log_level,
             "subscriptions": record.listened,
         }))
+    }
+}
+
+/// Connects every upstream of a binding for a new session with the client's hello. An
+/// upstream that fails is left out, unless the binding fails closed or has no other: then
+/// the session does not start (and what was connected is closed).
+async fn connect_all(binding: &Binding, hello: &Hello) -> Result<Vec<Option<Link>>, RpcError> {
+    let connects = binding.upstreams.iter().map(|u| u.connect(hello, None));
+    let results = futures::future::join_all(connects).await;
+    let mut links = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(l) => links.push(Some(l)),
+            Err(e) => {
+                tracing::warn!(binding = %binding.name, upstream = %binding.upstreams[i].name, error = %e, "upstream unavailable for a new session");
+                if binding.fail_closed() || binding.upstreams.len() == 1 {
+                    close_all(links).await;
+                    return Err(e);
+                }
+                links.push(None);
+            }
+        }
+    }
+    Ok(links)
+}
+
+/// Closes the upstream conversations a session that did not start had opened.
+async fn close_all(links: Vec<Option<Link>>) {
+    for l in links.into_iter().flatten() {
+        if l.owned {
+            l.conn.close().await;
+        }
     }
 }

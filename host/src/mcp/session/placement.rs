@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{Busy, Live, SessionError, Sessions, now_ms, record_key, unavailable};
 use crate::mcp::binding::Binding;
 use crate::mcp::cluster::forward::ForwardError;
-use crate::mcp::upstream::Lease;
+use crate::mcp::upstream::Link;
 
 /// The most entries the remote-owner cache holds before it starts over.
 const REMOTE_CACHE_MAX: usize = 100_000;
@@ -36,6 +36,27 @@ enum Claim {
     /// wrote): look again.
     Raced,
     Failed(SessionError),
+}
+
+/// How a request looks for its session's owner.
+struct Look<'a> {
+    forwarded: bool,
+    unreachable: Option<&'a str>,
+    /// Read the peer directory afresh (after a first look).
+    fresh: bool,
+    /// When a live-but-unreachable owner stops being waited for.
+    deadline: Instant,
+}
+
+/// What a record's owner means for a request.
+enum Owner {
+    /// A live replica, reachable at `url`.
+    Elsewhere { owner: String, url: String },
+    /// Gone (lease expired or released, or no owner after a hand-over): the session may be
+    /// claimed.
+    Gone,
+    /// Still holds its ownership lease.
+    Live,
 }
 
 /// Where a request of a session is served.
@@ -161,32 +182,22 @@ impl Sessions {
         unreachable: Option<&str>,
         identity: Option<&str>,
     ) -> Result<Resolved, SessionError> {
-        let found = self.live.lock().expect("lock").get(id).cloned();
-        if let Some(live) = found
-            && !live.is_closed()
-        {
-            if live.binding.name != binding.name {
-                return Err(SessionError::WrongBinding);
-            }
-            if live.record.lock().expect("lock").identity.as_deref() != identity {
-                return Err(SessionError::NotFound);
-            }
-            if live.touch(self.idle_ttl) {
-                self.refresh(&live).await;
-            }
+        if let Some(live) = self.served_here(binding, id, identity).await? {
             return Ok(Resolved::Local(live));
         }
         let ttl = self.ownership.owner_ttl();
-        if !forwarded && unreachable.is_none() {
-            let cached = self.placement.remote.lock().expect("lock").get(id).cloned();
-            if let Some((owner, url, at)) = cached
-                && at.elapsed() < ttl
-            {
-                return Ok(Resolved::Remote { owner, url });
-            }
+        if !forwarded
+            && unreachable.is_none()
+            && let Some(remote) = self.cached_owner(id, ttl)
+        {
+            return Ok(remote);
         }
-        let deadline = Instant::now() + ttl + ttl / 2 + Duration::from_secs(2);
-        let mut fresh = false;
+        let mut look = Look {
+            forwarded,
+            unreachable,
+            fresh: false,
+            deadline: Instant::now() + ttl + ttl / 2 + Duration::from_secs(2),
+        };
         loop {
             let (_, record) = self.read(binding, id).await?;
             // Checked before forwarding or claiming: another identity learns nothing, not
@@ -194,70 +205,134 @@ impl Sessions {
             if record.identity.as_deref() != identity {
                 return Err(SessionError::NotFound);
             }
-            let owner = record.owner.as_str();
-            let claimable = if owner.is_empty() {
-                true
-            } else if owner == self.node_id() {
-                // Recorded as ours but not live here: an earlier instance of this replica, or
-                // a lease since lost. Holding the lease now proves that holder is gone.
-                self.ownership.held()
-            } else {
-                if Some(owner) != unreachable
-                    && let Some(url) = self.ownership.peer_url(owner, fresh).await
-                {
-                    if forwarded {
-                        return Err(SessionError::Misdirected);
+            match self.owner_of(id, &record.owner, &look).await? {
+                Owner::Elsewhere { owner, url } => return Ok(Resolved::Remote { owner, url }),
+                Owner::Gone => {
+                    if let Some(r) = self
+                        .take_over(binding, id, &record.owner, forwarded)
+                        .await?
+                    {
+                        return Ok(r);
                     }
-                    let mut cache = self.placement.remote.lock().expect("lock");
-                    if cache.len() >= REMOTE_CACHE_MAX {
-                        cache.clear();
-                    }
-                    cache.insert(
-                        id.to_owned(),
-                        (owner.to_owned(), url.clone(), Instant::now()),
-                    );
-                    drop(cache);
-                    return Ok(Resolved::Remote {
-                        owner: owner.to_owned(),
-                        url,
-                    });
                 }
-                // Its presence is gone (or it cannot be reached): its lease decides.
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(unavailable(format!(
-                        "the replica that owns this session ({owner}) cannot be reached and still holds its ownership lease; try again"
-                    )));
+                Owner::Live if Instant::now() >= look.deadline => {
+                    return Err(unavailable(
+                        "the session's owner did not hand it over in time; try again",
+                    ));
                 }
-                self.ownership
-                    .owner_gone(owner, left.min(Duration::from_millis(500)))
-                    .await
-                    .map_err(|e| unavailable(format!("the coordinator: {e}")))?
-            };
-            if claimable {
-                if self.ownership.draining()
-                    && !forwarded
-                    && let Some((owner, url)) = self.ownership.other_peer().await
-                {
-                    // A draining replica takes nothing over: the session goes to a peer.
-                    return Ok(Resolved::Remote { owner, url });
-                }
-                match self.claim(binding, id, &record.owner).await {
-                    Ok(live) => {
-                        live.touch(self.idle_ttl);
-                        return Ok(Resolved::Local(live));
-                    }
-                    Err(Claim::Raced) => {}
-                    Err(Claim::Failed(e)) => return Err(e),
-                }
-            } else if Instant::now() >= deadline {
-                return Err(unavailable(
-                    "the session's owner did not hand it over in time; try again",
-                ));
-            } else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                Owner::Live => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-            fresh = true;
+            look.fresh = true;
+        }
+    }
+
+    /// The session, when this replica serves it now (its activity noted).
+    async fn served_here(
+        &self,
+        binding: &Arc<Binding>,
+        id: &str,
+        identity: Option<&str>,
+    ) -> Result<Option<Arc<Live>>, SessionError> {
+        let found = self.live.lock().expect("lock").get(id).cloned();
+        let Some(live) = found.filter(|l| !l.is_closed()) else {
+            return Ok(None);
+        };
+        if live.binding.name != binding.name {
+            return Err(SessionError::WrongBinding);
+        }
+        if live.record.lock().expect("lock").identity.as_deref() != identity {
+            return Err(SessionError::NotFound);
+        }
+        if live.touch(self.idle_ttl) {
+            self.refresh(&live).await;
+        }
+        Ok(Some(live))
+    }
+
+    /// Where the session was found elsewhere lately (within an ownership TTL).
+    fn cached_owner(&self, id: &str, ttl: Duration) -> Option<Resolved> {
+        let cached = self.placement.remote.lock().expect("lock").get(id).cloned();
+        let (owner, url, at) = cached?;
+        (at.elapsed() < ttl).then_some(Resolved::Remote { owner, url })
+    }
+
+    /// What the record's `owner` means for this request: a live replica to forward to, gone
+    /// (claimable), or still holding its ownership lease while it cannot be reached.
+    async fn owner_of(
+        &self,
+        id: &str,
+        owner: &str,
+        look: &Look<'_>,
+    ) -> Result<Owner, SessionError> {
+        if owner.is_empty() {
+            return Ok(Owner::Gone);
+        }
+        if owner == self.node_id() {
+            // Recorded as ours but not live here: an earlier instance of this replica, or a
+            // lease since lost. Holding the lease now proves that holder is gone.
+            return Ok(if self.ownership.held() {
+                Owner::Gone
+            } else {
+                Owner::Live
+            });
+        }
+        if Some(owner) != look.unreachable
+            && let Some(url) = self.ownership.peer_url(owner, look.fresh).await
+        {
+            if look.forwarded {
+                return Err(SessionError::Misdirected);
+            }
+            let mut cache = self.placement.remote.lock().expect("lock");
+            if cache.len() >= REMOTE_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(
+                id.to_owned(),
+                (owner.to_owned(), url.clone(), Instant::now()),
+            );
+            return Ok(Owner::Elsewhere {
+                owner: owner.to_owned(),
+                url,
+            });
+        }
+        // Its presence is gone (or it cannot be reached): its lease decides.
+        let left = look.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(unavailable(format!(
+                "the replica that owns this session ({owner}) cannot be reached and still holds its ownership lease; try again"
+            )));
+        }
+        let gone = self
+            .ownership
+            .owner_gone(owner, left.min(Duration::from_millis(500)))
+            .await
+            .map_err(|e| unavailable(format!("the coordinator: {e}")))?;
+        Ok(if gone { Owner::Gone } else { Owner::Live })
+    }
+
+    /// Takes over a session whose owner is gone: claimed here, or (draining) left to a peer;
+    /// `None` when another replica's write raced the claim (look again).
+    async fn take_over(
+        &self,
+        binding: &Arc<Binding>,
+        id: &str,
+        seen_owner: &str,
+        forwarded: bool,
+    ) -> Result<Option<Resolved>, SessionError> {
+        if self.ownership.draining()
+            && !forwarded
+            && let Some((owner, url)) = self.ownership.other_peer().await
+        {
+            // A draining replica takes nothing over: the session goes to a peer.
+            return Ok(Some(Resolved::Remote { owner, url }));
+        }
+        match self.claim(binding, id, seen_owner).await {
+            Ok(live) => {
+                live.touch(self.idle_ttl);
+                Ok(Some(Resolved::Local(live)))
+            }
+            Err(Claim::Raced) => Ok(None),
+            Err(Claim::Failed(e)) => Err(e),
         }
     }
 
@@ -339,7 +414,7 @@ impl Sessions {
             });
             u.connect(&record.hello, resume)
         });
-        let leases: Vec<Option<Lease>> = futures::future::join_all(connects)
+        let links: Vec<Option<Link>> = futures::future::join_all(connects)
             .await
             .into_iter()
             .map(Result::ok)
@@ -353,24 +428,33 @@ impl Sessions {
         );
         crate::telemetry::metrics::metrics().takeover(&binding.name);
         let listened = record.listened.clone();
-        let live = self.register(binding, record, leases);
+        let live = self.register(binding, record, links);
         // Subscriptions on upstreams that speak only 2026-07-28 were watched by the previous
         // owner's listens: watch them from here.
-        for (name, uris) in listened {
-            let Some(up) = binding.upstreams.iter().position(|u| u.name == name) else {
-                continue;
-            };
-            let l = live.clone();
-            tokio::spawn(async move {
-                let started = match l.conn(up).await {
-                    Ok(conn) => l.watch(up, &conn, uris).await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = started {
-                    tracing::warn!(session = %l.id, upstream = %name, error = %e, "cannot watch the session's subscriptions again");
-                }
-            });
-        }
+        rewatch(binding, &live, listened);
         Ok(live)
+    }
+}
+
+/// Watches again, from the replica that took a session over, the subscriptions its previous
+/// owner watched on upstreams that speak only 2026-07-28.
+fn rewatch(binding: &Binding, live: &Arc<Live>, listened: HashMap<String, Vec<String>>) {
+    for (name, uris) in listened {
+        let Some(up) = binding
+            .indices()
+            .find(|&u| binding.upstreams[u].name == name)
+        else {
+            continue;
+        };
+        let l = live.clone();
+        tokio::spawn(async move {
+            let started = match l.conn(up).await {
+                Ok(conn) => l.watch(up, &conn, uris).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
+                tracing::warn!(session = %l.id, upstream = %name, error = %e, "cannot watch the session's subscriptions again");
+            }
+        });
     }
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::Live;
 use crate::capabilities::Capability;
+use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::wire::jsonrpc::{Message, RpcError, code};
 
 /// How long a relayed server-to-client request waits for the client's answer.
@@ -92,7 +93,7 @@ impl ServerRequests {
         else {
             return;
         };
-        if let Ok(conn) = live.conn(up).await
+        if let Ok(conn) = live.conn(UpstreamIdx(up)).await
             && let Err(e) = conn.send(m).await
         {
             tracing::warn!(session = %live.id, error = %e, "cannot hand the client's answer to the upstream");

@@ -204,34 +204,7 @@ impl Connection {
             reader: None,
         };
         match self.transport.send(msg, headers).await {
-            Ok(Some(mut stream)) => {
-                // What is already there (a whole JSON answer) is routed at once; only a stream
-                // still open (SSE) gets a task of its own.
-                loop {
-                    match stream.next().now_or_never() {
-                        Some(Some(m)) => self.shared.dispatch(m, Some(id)),
-                        Some(None) => {
-                            self.shared.routes.lock().expect("routes lock").remove(&id);
-                            break;
-                        }
-                        None => {
-                            let s = self.shared.clone();
-                            let reader = tokio::spawn(async move {
-                                while let Some(m) = stream.next().await {
-                                    s.dispatch(m, Some(id));
-                                }
-                                // The exchange's stream ended; if no answer came, the
-                                // exchange ends empty.
-                                s.routes.lock().expect("routes lock").remove(&id);
-                            });
-                            // Dropping the exchange closes the upstream's stream (for a
-                            // 2026-07-28 upstream, that is the cancellation).
-                            exchange.reader = Some(reader.abort_handle());
-                            break;
-                        }
-                    }
-                }
-            }
+            Ok(Some(stream)) => exchange.reader = self.route_answer(id, stream),
             Ok(None) => {}
             Err(e) => {
                 if matches!(e, UpstreamError::SessionExpired(_)) {
@@ -243,6 +216,38 @@ impl Connection {
             }
         }
         Ok(exchange)
+    }
+
+    /// Routes the messages of request `id`'s answer: what is already there (a whole JSON
+    /// answer) at once; only a stream still open (SSE) gets a task of its own, whose abort
+    /// handle is returned (dropping the exchange closes the upstream's stream: for a
+    /// 2026-07-28 upstream, that is the cancellation).
+    fn route_answer(
+        &self,
+        id: u64,
+        mut stream: BoxStream<'static, Message>,
+    ) -> Option<tokio::task::AbortHandle> {
+        loop {
+            match stream.next().now_or_never() {
+                Some(Some(m)) => self.shared.dispatch(m, Some(id)),
+                Some(None) => {
+                    self.shared.routes.lock().expect("routes lock").remove(&id);
+                    return None;
+                }
+                None => {
+                    let s = self.shared.clone();
+                    let reader = tokio::spawn(async move {
+                        while let Some(m) = stream.next().await {
+                            s.dispatch(m, Some(id));
+                        }
+                        // The exchange's stream ended; if no answer came, the exchange ends
+                        // empty.
+                        s.routes.lock().expect("routes lock").remove(&id);
+                    });
+                    return Some(reader.abort_handle());
+                }
+            }
+        }
     }
 
     /// A request whose only interesting output is its result (handshakes, list calls).

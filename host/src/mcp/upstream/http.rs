@@ -347,6 +347,77 @@ fn messages(v: Value) -> Vec<Message> {
     }
 }
 
+impl HttpTransport {
+    /// A non-2xx answer: the JSON-RPC error it carries for this very request (a 2026-07-28
+    /// server answers -32021 with 400 and -32601 with 404), the session gone (404 with a
+    /// session), or the status as an error.
+    async fn refused(
+        &self,
+        msg: &Message,
+        resp: reqwest::Response,
+    ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        if let Some(id) = msg.get("id")
+            && let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(&body)
+            && answer.get("id") == Some(id)
+            && answer.contains_key("error")
+        {
+            return Ok(Some(futures::stream::iter([answer]).boxed()));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND && self.session_id().is_some() {
+            return Err(UpstreamError::SessionExpired(self.name.clone()));
+        }
+        Err(UpstreamError::Status {
+            upstream: self.name.clone(),
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).chars().take(500).collect(),
+        })
+    }
+
+    /// The messages of a successful answer: an SSE stream, JSON of a known length (the common
+    /// case: one value, parsed once), or (as some servers stream) several JSON values
+    /// concatenated or newline-delimited, yielded as each is complete.
+    async fn answer(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
+        if is_sse(resp.headers()) {
+            let name = self.name.clone();
+            return Ok(Some(resp
+                .bytes_stream()
+                .eventsource()
+                .take_while(move |ev| {
+                    if let Err(e) = ev {
+                        tracing::debug!(upstream = %name, error = %e, "upstream SSE stream broke");
+                    }
+                    futures::future::ready(ev.is_ok())
+                })
+                .flat_map(|ev| {
+                    futures::stream::iter(
+                        ev.map(|ev| parse_event_data(&ev.data)).unwrap_or_default(),
+                    )
+                })
+                .boxed()));
+        }
+        if resp.content_length().is_some() {
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| self.err(format!("reading the answer failed: {e}")))?;
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(None);
+            }
+            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                return Ok(Some(futures::stream::iter(messages(v)).boxed()));
+            }
+            let stream = futures::stream::iter([Ok::<_, reqwest::Error>(body)]);
+            return Ok(Some(json_values(stream, self.name.clone())));
+        }
+        Ok(Some(json_values(resp.bytes_stream(), self.name.clone())))
+    }
+}
+
 #[async_trait]
 impl Transport for HttpTransport {
     async fn send(
@@ -374,74 +445,19 @@ impl Transport for HttpTransport {
             .send()
             .await
             .map_err(|e| self.err(format!("request failed: {}", error_chain(&e))))?;
-        let status = resp.status();
         if is_init && let Some(s) = resp.headers().get(SESSION_HEADER) {
             let s = s
                 .to_str()
                 .map_err(|_| self.err("the session id header is not visible ASCII"))?;
             self.set_session(Some(s.to_owned()));
         }
-        if !status.is_success() {
-            let body = resp.bytes().await.unwrap_or_default();
-            // An HTTP error whose body is the JSON-RPC answer to this very request (a 2026-07-28
-            // server answers -32021 with 400 and -32601 with 404) is that answer; it goes to
-            // the client as the error it is.
-            if let Some(id) = msg.get("id")
-                && let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(&body)
-                && answer.get("id") == Some(id)
-                && answer.contains_key("error")
-            {
-                return Ok(Some(futures::stream::iter([answer]).boxed()));
-            }
-            if status == reqwest::StatusCode::NOT_FOUND && self.session_id().is_some() {
-                return Err(UpstreamError::SessionExpired(self.name.clone()));
-            }
-            return Err(UpstreamError::Status {
-                upstream: self.name.clone(),
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&body).chars().take(500).collect(),
-            });
+        if !resp.status().is_success() {
+            return self.refused(&msg, resp).await;
         }
-        if status == reqwest::StatusCode::ACCEPTED {
+        if resp.status() == reqwest::StatusCode::ACCEPTED {
             return Ok(None);
         }
-        if is_sse(resp.headers()) {
-            let name = self.name.clone();
-            let stream = resp
-                .bytes_stream()
-                .eventsource()
-                .take_while(move |ev| {
-                    if let Err(e) = ev {
-                        tracing::debug!(upstream = %name, error = %e, "upstream SSE stream broke");
-                    }
-                    futures::future::ready(ev.is_ok())
-                })
-                .flat_map(|ev| {
-                    futures::stream::iter(
-                        ev.map(|ev| parse_event_data(&ev.data)).unwrap_or_default(),
-                    )
-                })
-                .boxed();
-            return Ok(Some(stream));
-        }
-        // JSON of a known length (the common case): one value, parsed once.
-        if resp.content_length().is_some() {
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| self.err(format!("reading the answer failed: {e}")))?;
-            if body.iter().all(u8::is_ascii_whitespace) {
-                return Ok(None);
-            }
-            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                return Ok(Some(futures::stream::iter(messages(v)).boxed()));
-            }
-            let stream = futures::stream::iter([Ok::<_, reqwest::Error>(body)]);
-            return Ok(Some(json_values(stream, self.name.clone())));
-        }
-        // Otherwise one object, or (as some servers stream) several concatenated or
-        // newline-delimited ones, yielded as each is complete.
-        Ok(Some(json_values(resp.bytes_stream(), self.name.clone())))
+        self.answer(resp).await
     }
 
     fn cancels_by_notification(&self) -> bool {

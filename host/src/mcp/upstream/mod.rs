@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use conn::{Connection, Exchange, UpstreamError};
 
 use crate::config::model::{StdioMode, StdioTransport, UpstreamConfig};
+use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::wire::jsonrpc::{self, RpcError};
 use crate::mcp::wire::{meta, version};
 
@@ -26,10 +27,10 @@ use crate::mcp::wire::{meta, version};
 #[async_trait::async_trait]
 pub trait Conversations: Send + Sync {
     /// The conversation with upstream `up`.
-    async fn conn(&self, up: usize) -> Result<Connection, RpcError>;
+    async fn conn(&self, up: UpstreamIdx) -> Result<Connection, RpcError>;
     /// Makes params mcpg sends on its own fit the conversation with upstream `up` (stamped
     /// with `_meta` where it speaks 2026-07-28).
-    async fn prepare(&self, up: usize, params: &mut serde_json::Map<String, Value>);
+    async fn prepare(&self, up: UpstreamIdx, params: &mut serde_json::Map<String, Value>);
 }
 
 /// The client's side of a legacy handshake, replayed to each upstream the gateway connects
@@ -103,8 +104,9 @@ pub struct Upstream {
     modern_only: bool,
 }
 
-/// A live conversation for one session, holding its share of the upstream's capacity.
-pub struct Lease {
+/// A session's link to one upstream: a live conversation, holding its share of the
+/// upstream's capacity. (Not a coordinator lease: those are `capabilities::cluster`'s.)
+pub struct Link {
     pub conn: Connection,
     _permit: Option<OwnedSemaphorePermit>,
     /// Whether the conversation belongs to this session alone (closed with it).
@@ -243,7 +245,7 @@ impl Upstream {
         &self,
         hello: &Hello,
         resume: Option<(&str, &str)>,
-    ) -> Result<Lease, RpcError> {
+    ) -> Result<Link, RpcError> {
         let r = self.connect_any(hello, resume).await;
         // Health as the last attempt to reach it found it (shared children: their supervisor).
         crate::telemetry::metrics::metrics().upstream_up(&self.binding, &self.name, r.is_ok());
@@ -254,9 +256,9 @@ impl Upstream {
         &self,
         hello: &Hello,
         resume: Option<(&str, &str)>,
-    ) -> Result<Lease, RpcError> {
+    ) -> Result<Link, RpcError> {
         if self.modern_only {
-            return self.modern_lease(hello).await;
+            return self.modern_link(hello).await;
         }
         match self.connect_legacy(hello, resume).await {
             Ok(mut l) => {
@@ -273,7 +275,7 @@ impl Upstream {
             {
                 Err(e)
             }
-            Err(e) => match self.modern_lease(hello).await {
+            Err(e) => match self.modern_link(hello).await {
                 Ok(l) => {
                     tracing::info!(upstream = %self.name, error = %e.message, "upstream refused initialize but speaks 2026-07-28; bridging the legacy session");
                     Ok(l)
@@ -283,7 +285,7 @@ impl Upstream {
         }
     }
 
-    async fn modern_lease(&self, hello: &Hello) -> Result<Lease, RpcError> {
+    async fn modern_link(&self, hello: &Hello) -> Result<Link, RpcError> {
         let h = self.modern().await?;
         if !h.native {
             return Err(RpcError::new(
@@ -299,7 +301,7 @@ impl Upstream {
         if let Some(i) = h.info.get("instructions") {
             answer["instructions"] = i.clone();
         }
-        Ok(Lease {
+        Ok(Link {
             conn: h.conn,
             _permit: None,
             owned: false,
@@ -314,7 +316,7 @@ impl Upstream {
         &self,
         hello: &Hello,
         resume: Option<(&str, &str)>,
-    ) -> Result<Lease, RpcError> {
+    ) -> Result<Link, RpcError> {
         match &self.kind {
             Kind::Stdio { cfg, base_dir } => {
                 if let Some(shared) = &self.shared {
@@ -330,7 +332,7 @@ impl Upstream {
                     .ok()
                     .flatten()
                     .ok_or_else(|| UpstreamError::Closed(self.name.clone()).to_rpc())?;
-                    return Ok(Lease {
+                    return Ok(Link {
                         conn,
                         _permit: None,
                         owned: false,
@@ -352,7 +354,7 @@ impl Upstream {
                     None => None,
                 };
                 let conn = connect_stdio(&self.name, cfg, base_dir, hello).await?;
-                Ok(Lease {
+                Ok(Link {
                     conn,
                     _permit: permit,
                     owned: true,
@@ -376,7 +378,7 @@ impl Upstream {
                         .map_err(|e| e.to_rpc())?;
                 }
                 t.spawn_listener(conn.clone());
-                Ok(Lease {
+                Ok(Link {
                     conn,
                     _permit: None,
                     owned: true,
@@ -474,11 +476,11 @@ impl Upstream {
                         ));
                     }
                 }
-                let lease = self.connect_legacy(&Hello::gateway(), None).await?;
-                let info = lease.conn.handshake.get().cloned().unwrap_or_default();
-                answer_unattributable(&lease.conn);
+                let link = self.connect_legacy(&Hello::gateway(), None).await?;
+                let info = link.conn.handshake.get().cloned().unwrap_or_default();
+                answer_unattributable(&link.conn);
                 Ok(ModernHandle {
-                    conn: lease.conn,
+                    conn: link.conn,
                     native: false,
                     info: Arc::new(info),
                 })

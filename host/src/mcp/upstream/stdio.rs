@@ -37,6 +37,40 @@ pub fn spawn(
     cfg: &StdioTransport,
     base_dir: &Path,
 ) -> Result<(Arc<StdioChild>, mpsc::UnboundedReceiver<Message>), UpstreamError> {
+    let mut child = command(cfg, base_dir)
+        .spawn()
+        .map_err(|e| UpstreamError::Transport {
+            upstream: upstream.into(),
+            message: format!("cannot start `{}`: {e}", cfg.command),
+        })?;
+    let pid = child.id();
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    tracing::info!(upstream, pid, command = %cfg.command, "started stdio upstream");
+    let tx = write_lines(stdin);
+    let in_rx = read_messages(upstream.to_owned(), stdout);
+    let name = upstream.to_owned();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(upstream = %name, stderr = %truncate(&line), "upstream stderr");
+        }
+    });
+    let kill_tx = monitor(upstream.to_owned(), pid, child);
+    Ok((
+        Arc::new(StdioChild {
+            name: upstream.into(),
+            tx: Mutex::new(Some(tx)),
+            kill: Mutex::new(Some(kill_tx)),
+        }),
+        in_rx,
+    ))
+}
+
+/// The child's command line, environment (the configured variables over a small base, or the
+/// whole environment with `inherit_env`) and working directory.
+fn command(cfg: &StdioTransport, base_dir: &Path) -> Command {
     let mut cmd = Command::new(&cfg.command);
     cmd.args(&cfg.args)
         .stdin(Stdio::piped())
@@ -52,19 +86,16 @@ pub fn spawn(
         }
     }
     cmd.envs(&cfg.env);
+    // The service manager's socket is mcpg's own: a child must not report for it.
+    cmd.env_remove("NOTIFY_SOCKET");
     if let Some(dir) = &cfg.cwd {
         cmd.current_dir(crate::config::resolve_path(base_dir, dir));
     }
-    let mut child = cmd.spawn().map_err(|e| UpstreamError::Transport {
-        upstream: upstream.into(),
-        message: format!("cannot start `{}`: {e}", cfg.command),
-    })?;
-    let pid = child.id();
-    let stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    tracing::info!(upstream, pid, command = %cfg.command, "started stdio upstream");
+    cmd
+}
 
+/// Writes each line sent on the returned channel to the child's stdin.
+fn write_lines(stdin: tokio::process::ChildStdin) -> mpsc::UnboundedSender<Vec<u8>> {
     let (tx, mut write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
         let mut stdin = stdin;
@@ -75,9 +106,16 @@ pub fn spawn(
             }
         }
     });
+    tx
+}
 
+/// The JSON-RPC messages the child prints, one per line (each message of a batch, which
+/// 2025-03-26 allowed); anything else is logged and ignored.
+fn read_messages(
+    name: String,
+    stdout: tokio::process::ChildStdout,
+) -> mpsc::UnboundedReceiver<Message> {
     let (in_tx, in_rx) = mpsc::unbounded_channel();
-    let name = upstream.to_owned();
     tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -88,7 +126,6 @@ pub fn spawn(
                 Ok(Value::Object(m)) => {
                     let _ = in_tx.send(m);
                 }
-                // A batch (2025-03-26 allowed them): deliver each message.
                 Ok(Value::Array(items)) => {
                     for item in items {
                         if let Value::Object(m) = item {
@@ -103,17 +140,18 @@ pub fn spawn(
         }
         tracing::debug!(upstream = %name, "stdio upstream closed its stdout");
     });
-    let name = upstream.to_owned();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(upstream = %name, stderr = %truncate(&line), "upstream stderr");
-        }
-    });
-    // The monitor owns the child: it reports how the child ended, and kills it when asked to
-    // and it has not exited within a grace period after its stdin closed.
+    in_rx
+}
+
+/// The monitor owns the child: it reports how the child ended, and kills it when asked to
+/// (through the returned sender) and it has not exited within a grace period after its stdin
+/// closed.
+fn monitor(
+    name: String,
+    pid: Option<u32>,
+    mut child: tokio::process::Child,
+) -> oneshot::Sender<()> {
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
-    let name = upstream.to_owned();
     tokio::spawn(async move {
         let status = tokio::select! {
             s = child.wait() => s,
@@ -136,14 +174,7 @@ pub fn spawn(
             }
         }
     });
-    Ok((
-        Arc::new(StdioChild {
-            name: upstream.into(),
-            tx: Mutex::new(Some(tx)),
-            kill: Mutex::new(Some(kill_tx)),
-        }),
-        in_rx,
-    ))
+    kill_tx
 }
 
 fn truncate(s: &str) -> &str {
