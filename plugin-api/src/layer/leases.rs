@@ -88,23 +88,27 @@ impl Layer {
             };
             let now = store.get(&fence).await?;
             if now.is_some_and(|e| counter(&e.value) == token) {
-                return Ok(Some(self.hold(name, key, token, rev, record, ttl, sent)));
+                let grant = Grant {
+                    token,
+                    revision: rev,
+                    record,
+                    ttl,
+                    sent,
+                };
+                return Ok(Some(self.hold(name, key, grant)));
             }
             self.remove(key, Cond::Revision(rev)).await?;
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn hold(
-        &self,
-        name: &str,
-        key: &str,
-        token: u64,
-        revision: u64,
-        record: Vec<u8>,
-        ttl: Duration,
-        sent: Instant,
-    ) -> HeldLease {
+    fn hold(&self, name: &str, key: &str, grant: Grant) -> HeldLease {
+        let Grant {
+            token,
+            revision,
+            record,
+            ttl,
+            sent,
+        } = grant;
         let rev = Arc::new(Mutex::new(Some(revision)));
         let state = (self.clone(), key.to_owned(), rev.clone());
         let release = action(state, |(me, k, r)| async move {
@@ -126,6 +130,16 @@ impl Layer {
         keep_renewing(sent, ttl, ttl * percent / 100, signals, renew);
         lease
     }
+}
+
+/// What a successful acquire got: the token, the record as written (and its revision), the TTL,
+/// and when the acquire was sent (renewal deadlines count from it).
+struct Grant {
+    token: u64,
+    revision: u64,
+    record: Vec<u8>,
+    ttl: Duration,
+    sent: Instant,
 }
 
 /// Renews the lease record by compare-and-set at its revision (not announced: a renewal is
