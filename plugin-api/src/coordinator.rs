@@ -169,6 +169,39 @@ pub trait Presence: Send + Sync {
 /// Keys and subjects are opaque UTF-8 strings chosen by the host; a backend adds its own
 /// namespace (prefix) in front. Subjects are dot-separated tokens; in a subscription pattern `*`
 /// matches one token and a final `>` matches one or more.
+///
+/// # The contract, decided once for every backend
+///
+/// The test kit (`mcpg-plugin-testkit`) checks each point that can be checked.
+///
+/// - **Keys and values.** A key is any non-empty UTF-8 string without NUL (spaces, quotes,
+///   `*`, `%`, newlines, non-ASCII: all literal). `list` and `watch_prefix` take a literal
+///   prefix and order keys by their bytes. A value is any bytes, empty included. Values and
+///   messages of at least 256 KiB work.
+/// - **Revisions.** Every write gives its key a revision greater than every revision the
+///   backend gave before. A `KvEvent::Delete` carries a revision greater than the key's last
+///   write (the delete's own, where the backend has one).
+/// - **Compare-and-swap on an absent key** (never written, deleted or expired) fails with
+///   `CasOutcome::Mismatch(None)`, whatever `expected` is; `create` is the write-if-absent.
+///   `Mismatch(Some(entry))` is the entry as read just after the refusal.
+/// - **Expiry.** An expired key is neither returned, listed nor matched by a condition. Its
+///   expiry **may or may not raise a watch event** (`single_node` raises one; Redis and
+///   PostgreSQL do not): never rely on one. Presence expiry, by contrast, always reaches
+///   `watch_peers` (by event or by the backend's poll).
+/// - **Pub/sub and watches are at-most-once.** Every subscriber whose `subscribe` (or
+///   `watch_prefix`) returned receives what is published afterwards, in publish order per
+///   publisher, while its connection to the backend holds. While a subscriber's connection is
+///   re-established, **messages may be lost**; the stream stays open and carries on afterwards.
+///   A consumer that falls more than the backend's buffer behind loses messages rather than
+///   stalling the others. Keep the truth in the KV store and use messages as wake-ups.
+/// - **Lease renewal.** A held lease is renewed when `lease_renew_before_expiry_percent` of
+///   its TTL has **elapsed** since the acquire or last renewal was sent (80: renew with a fifth
+///   of the TTL left), clamped to 1..=99. The local deadline counts from when each request was
+///   sent, so a slow reply can only make a holder give up early.
+/// - **Handle lifetime.** Streams ([`Coordinator::subscribe`], [`Coordinator::watch_prefix`],
+///   [`Coordinator::watch_peers`]), [`Lease`]s and [`Presence`]s keep working after the
+///   `Coordinator` that made them is dropped (the host and the kit drop it freely): anything
+///   their background work needs, they hold themselves.
 #[async_trait]
 pub trait Coordinator: Send + Sync + 'static {
     /// This replica's node id.

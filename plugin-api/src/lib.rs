@@ -19,15 +19,21 @@
 //! [lib]
 //! crate-type = ["cdylib", "rlib"]   # the .so mcpg loads, and an rlib for in-process tests
 //!
+//! # Publishable, but not on crates.io yet: depend on the mcpg repository by git (pinned to
+//! # the release you target) or by path to a checkout.
 //! [dependencies]
-//! mcpg-plugin-api = "0.1"
+//! mcpg-plugin-api = { git = "<mcpg repository URL>", tag = "v0.1.0" }
 //! serde_json = "1"
 //!
 //! [dev-dependencies]
-//! mcpg-plugin-testkit = "0.1"
+//! mcpg-plugin-testkit = { git = "<mcpg repository URL>", tag = "v0.1.0" }
 //! tokio = { version = "1", features = ["rt-multi-thread", "macros"] }
 //! async-trait = "0.1"
 //! ```
+//!
+//! Your Tokio and serde versions need not match mcpg's (each library links its own Tokio;
+//! `abi_stable` comes through this crate). The `mcpg-plugin-api` version must be compatible
+//! with the mcpg that loads the library, which checks it at load.
 //!
 //! `src/lib.rs`:
 //!
@@ -92,13 +98,23 @@
 //! `mcpg-config-check` then runs your `validate` on the `cluster` keys and reports each finding
 //! at its line and column.
 //!
+//! # Backends with the usual building blocks: the layer
+//!
+//! A backend with a compare-and-set on a key, expiry and a notification channel implements
+//! the small [`layer::Store`] trait instead, and [`layer::Layer`] derives the whole
+//! coordinator (leases with fencing tokens, presence, watches, wildcard pub/sub), each
+//! primitive overridable. [`support`] holds the building blocks for a backend that writes its
+//! `Coordinator` by hand. The contract's corners are decided in the [`Coordinator`] docs.
+//!
 //! # Testing it
 //!
 //! Implement `mcpg_plugin_testkit::Harness` (how to make another instance over the same
 //! backend) and call `mcpg_plugin_testkit::run(&harness).await.assert_passed()`. Run it against
 //! the rlib in-process (`LoadedPlugin::from_module(export::root_module::<Acme>(), ..)`) and
 //! against the built `.so` (`LoadedPlugin::load(path, Some(Acme::ID))`); both go through the
-//! same boundary adapter. `plugins/template` in the mcpg repository does exactly this.
+//! same boundary adapter; `mcpg_plugin_testkit::built_library` finds the `.so` that
+//! `cargo test` builds beside the test. `plugins/template` in the mcpg repository does exactly
+//! this, and `docs/plugins.md` walks through it all.
 //!
 //! # The rules of the boundary
 //!
@@ -117,6 +133,7 @@
 pub mod abi;
 pub mod coordinator;
 pub mod export;
+pub mod layer;
 pub mod memory;
 pub mod remote;
 pub mod schema_check;

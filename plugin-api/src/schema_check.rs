@@ -41,6 +41,17 @@ pub fn violations(
 
 /// A plugin's validation in one call: every schema violation of `config` as an error.
 pub fn check(schema: &Value, config: &Value) -> Vec<PluginDiagnostic> {
+    check_with_secrets(schema, config, &[])
+}
+
+/// [`check`] for a config with secret keys: a value at one of `secrets` (JSON pointers such as
+/// `/url` or `/auth/password`; everything under them too) is never quoted in a message. No
+/// `jsonschema` types are involved, so a plugin needs no dependency on its exact version.
+pub fn check_with_secrets(
+    schema: &Value,
+    config: &Value,
+    secrets: &[&str],
+) -> Vec<PluginDiagnostic> {
     let validator = match jsonschema::validator_for(schema) {
         Ok(v) => v,
         Err(e) => {
@@ -50,10 +61,34 @@ pub fn check(schema: &Value, config: &Value) -> Vec<PluginDiagnostic> {
             )];
         }
     };
-    violations(&validator, schema, config, &|_| false, &|_, _, _| None)
+    let secret = |p: &str| {
+        secrets
+            .iter()
+            .any(|s| p == *s || p.strip_prefix(s).is_some_and(|r| r.starts_with('/')))
+    };
+    violations(&validator, schema, config, &secret, &|_, _, _| None)
         .into_iter()
         .map(|v| PluginDiagnostic::error(v.pointer, v.message))
         .collect()
+}
+
+/// The error for a URL at `key` whose scheme is not one of `schemes` (the seed's "any other
+/// scheme is rejected"), if the value is a string. The URL itself is never quoted.
+pub fn url_scheme(config: &Value, key: &str, schemes: &[&str]) -> Option<PluginDiagnostic> {
+    let url = config.get(key)?.as_str()?;
+    let wanted = schemes
+        .iter()
+        .map(|s| format!("{s}://"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let message = match url.split_once("://") {
+        Some((scheme, rest)) if schemes.contains(&scheme) && !rest.is_empty() => return None,
+        Some((scheme, _)) if !schemes.contains(&scheme) => {
+            format!("scheme `{scheme}` is not supported: use {wanted}")
+        }
+        _ => format!("must be a {wanted} URL"),
+    };
+    Some(PluginDiagnostic::error(format!("/{key}"), message))
 }
 
 /// The warning for a percentage the backend clamps to 1..=99 (the seed's "clamped, not
@@ -287,6 +322,53 @@ mod tests {
         assert_eq!(
             unknown_key_message("zzzzzz", &allowed),
             "unknown key (allowed here: listen, admin_listen)"
+        );
+    }
+
+    #[test]
+    fn url_schemes() {
+        let c =
+            serde_json::json!({"a": "http://u:pw@h", "b": "pg://h", "c": "nourl", "d": "pg://"});
+        let msg = |k| url_scheme(&c, k, &["pg", "pgs"]).map(|d| d.message);
+        assert_eq!(
+            msg("a").as_deref(),
+            Some("scheme `http` is not supported: use pg:// or pgs://")
+        );
+        assert_eq!(msg("b"), None);
+        assert_eq!(msg("c").as_deref(), Some("must be a pg:// or pgs:// URL"));
+        assert_eq!(msg("d").as_deref(), Some("must be a pg:// or pgs:// URL"));
+        assert_eq!(msg("missing"), None);
+    }
+
+    #[test]
+    fn secret_values_are_never_quoted() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "url": {"type": "string", "pattern": "^postgres://"},
+                "auth": {"type": "object", "properties": {"password": {"type": "string", "minLength": 40}}},
+                "name": {"type": "string", "pattern": "^x"}
+            }
+        });
+        let config = serde_json::json!({
+            "url": "mysql://u:hunter2@db", "auth": {"password": "s3cret-pw"}, "name": "visible-name"
+        });
+        let text: Vec<String> = check_with_secrets(&schema, &config, &["/url", "/auth"])
+            .into_iter()
+            .map(|d| format!("{}: {}", d.pointer, d.message))
+            .collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        let all = text.join("\n");
+        assert!(
+            !all.contains("hunter2") && !all.contains("s3cret-pw"),
+            "{all}"
+        );
+        assert!(all.contains("visible-name"), "{all}");
+        // Without the secrets, the same values are quoted: the masking is what hid them.
+        let plain = format!("{:?}", check(&schema, &config));
+        assert!(
+            plain.contains("hunter2") && plain.contains("s3cret-pw"),
+            "{plain}"
         );
     }
 

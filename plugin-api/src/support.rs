@@ -15,9 +15,115 @@ use tokio::time::Instant;
 
 use crate::coordinator::{CoordResult, Coordinator, Lease, Peer, PeerEvent, Presence};
 
+/// The node id by the seed's rule: the host's override (`mcpg --node-id`), else the configured
+/// `node_id`, else `service_name-$HOSTNAME`, else `service_name-<8 hex digits>` (random).
+pub fn node_id(host: Option<String>, configured: Option<String>, service_name: &str) -> String {
+    host.or(configured).unwrap_or_else(|| {
+        match std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()) {
+            Some(h) => format!("{service_name}-{h}"),
+            None => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .subsec_nanos();
+                format!(
+                    "{service_name}-{:08x}",
+                    nanos ^ std::process::id().rotate_left(16)
+                )
+            }
+        }
+    })
+}
+
+/// A URL without its credentials (`scheme://user:pw@host/db` → `scheme://host/db`), for
+/// messages.
+pub fn redacted_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => "<invalid url>".into(),
+    }
+}
+
+/// A release or deregister action for [`HeldLease::new`] / [`HeldPresence::new`] without the
+/// clone-twice dance: `state` is cloned into each call of `f`.
+///
+/// ```ignore
+/// HeldLease::new(name, token, ttl, action((client, key), |(c, k)| async move {
+///     c.delete(&k).await
+/// }))
+/// ```
+pub fn action<S, F, Fut>(
+    state: S,
+    f: F,
+) -> impl Fn() -> BoxFuture<'static, CoordResult<()>> + Send + Sync + 'static
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = CoordResult<()>> + Send + 'static,
+{
+    move || Box::pin(f(state.clone()))
+}
+
+/// The lease-acquire prologue every backend repeats: the caller's TTL or the configured
+/// default, refused below 10 ms.
+pub fn lease_ttl(requested: Option<Duration>, default: Duration) -> CoordResult<Duration> {
+    let ttl = requested.unwrap_or(default);
+    if ttl < Duration::from_millis(10) {
+        return Err(crate::coordinator::CoordError::invalid(
+            "lease TTL must be at least 10 ms",
+        ));
+    }
+    Ok(ttl)
+}
+
 /// A stream over a channel's receiver.
 pub fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> BoxStream<'static, T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// A stream that survives reconnection: `connect` makes a live stream, and whenever that
+/// stream ends, `connect` is tried again every `backoff` until it succeeds. The first
+/// `connect`'s error is returned; items produced while disconnected are lost. Ends when the
+/// returned stream is dropped.
+pub async fn reconnecting<T, F, Fut>(
+    backoff: Duration,
+    connect: F,
+) -> CoordResult<BoxStream<'static, T>>
+where
+    T: Send + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = CoordResult<BoxStream<'static, T>>> + Send,
+{
+    let mut current = connect().await?;
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        loop {
+            loop {
+                tokio::select! {
+                    item = current.next() => match item {
+                        Some(item) => if tx.send(item).await.is_err() { return },
+                        None => break,
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tx.closed() => return,
+                }
+                if let Ok(s) = connect().await {
+                    current = s;
+                    break;
+                }
+            }
+        }
+    });
+    Ok(receiver_stream(rx))
 }
 
 /// Tries `attempt` until it succeeds or `deadline` passes. Between tries it waits for a wake-up
@@ -298,6 +404,18 @@ impl Drop for HeldPresence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redacted_url("postgres://u:pw@db:5432/x?sslmode=require"),
+            "postgres://db:5432/x?sslmode=require"
+        );
+        assert_eq!(redacted_url("redis://h:1"), "redis://h:1");
+        assert_eq!(node_id(Some("a".into()), Some("b".into()), "s"), "a");
+        assert_eq!(node_id(None, Some("b".into()), "s"), "b");
+        assert!(node_id(None, None, "svc").starts_with("svc-"));
+    }
 
     #[test]
     fn peer_changes_reports_joins_and_leaves() {

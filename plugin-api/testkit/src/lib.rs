@@ -13,6 +13,12 @@
 //! }
 //! ```
 //!
+//! Loading and booting the plugin as mcpg does: [`built_library`] finds the `.so` that
+//! `cargo test` builds beside the test executable (or names the command that builds it), and
+//! [`boot`] boots one instance as a replica. A harness that can restart its server implements
+//! [`Harness::restart_backend`]; [`state_and_leases_survive_restart`] is the extra scenario for
+//! durable backends. Real servers for a harness: the `mcpg-backends` crate (`tools/backends`).
+//!
 //! Nothing here asserts how long an operation takes: waits have generous deadlines and only
 //! their outcome is checked.
 
@@ -25,17 +31,31 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use mcpg_plugin_api::coordinator::*;
 
-/// A plugin library built by this cargo workspace (`lib<name>.so` next to the test binary's
-/// `deps/` folder), loaded and checked to be `id`.
+/// A plugin library built by cargo (`file_name`, e.g. `libmcpg_cluster_acme.so`), loaded and
+/// checked to be plugin `id`.
+///
+/// A test of the plugin's own crate needs nothing more: `cargo test` (and `cargo nextest`)
+/// build the crate's `cdylib` beside the test executable, in the target's `deps/` folder, every
+/// time they build the test, so that copy is always current. Otherwise (a test in another
+/// crate) the library is taken from the profile folder, where `cargo build -p <crate>` puts it;
+/// when neither exists the panic names both paths and that command.
 pub fn built_library(file_name: &str, id: &str) -> mcpg_plugin_api::remote::LoadedPlugin {
     let exe = std::env::current_exe().expect("test executable path");
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile dir")
-        .join(file_name);
-    mcpg_plugin_api::remote::LoadedPlugin::load(&path, Some(id))
-        .unwrap_or_else(|e| panic!("{e} (build the workspace first: cargo build --workspace)"))
+    let deps = exe.parent().expect("the test executable's folder");
+    let candidates = [
+        deps.join(file_name),
+        deps.parent().unwrap_or(deps).join(file_name),
+    ];
+    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        panic!(
+            "{file_name} is neither at {} nor at {}: a crate's own tests get it from `cargo test -p <that crate>`; \
+             for another crate's library run `cargo build -p <that crate>` first",
+            candidates[0].display(),
+            candidates[1].display()
+        );
+    };
+    mcpg_plugin_api::remote::LoadedPlugin::load(path, Some(id))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Boots a coordinator instance from `plugin` as replica `node_id`, off the async workers (boot
@@ -144,6 +164,13 @@ pub trait Harness: Send + Sync {
     /// How long after a node stops refreshing its presence the backend reports it gone. The
     /// harness configures the backend so that this is short.
     fn peer_expiry(&self) -> Duration;
+
+    /// Restarts the backend server (kill, then start again on the same address), blocking until
+    /// it answers again. Returns `false` if this harness cannot; the restart check is then
+    /// reported as skipped.
+    async fn restart_backend(&self) -> bool {
+        false
+    }
 }
 
 /// What one run found.
@@ -221,6 +248,14 @@ pub async fn run(h: &dyn Harness) -> Report {
     check!("lease_lost_is_reported", lease_lost);
     check!("peers_join_leave_expire", peers);
     check!("watch_prefix_sees_changes", watch_prefix);
+    check!("kv_contract_corners", kv_contract_corners);
+    check!("large_payloads", large_payloads);
+    check!("awkward_keys_and_values", awkward_bytes);
+    check!(
+        "handles_outlive_their_coordinator",
+        handles_outlive_coordinator
+    );
+    check!("backend_restart", backend_restart);
     report
 }
 
@@ -772,5 +807,256 @@ async fn watch_prefix(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
             format!("put event {en:?} does not match the write (revision {r1})")
         })?;
     }
+    Ok(Outcome::Pass)
+}
+
+/// The corners the `Coordinator` docs decide: compare-and-swap on an absent key fails with no
+/// entry; a delete event's revision is greater than the key's last write.
+async fn kv_contract_corners(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let c = h.instance("corner-a").await;
+    let k = format!("{ns}absent");
+    match c
+        .compare_and_swap(&k, 1, b"x".to_vec(), None)
+        .await
+        .map_err(e)?
+    {
+        CasOutcome::Mismatch(None) => {}
+        other => {
+            return Err(format!(
+                "CAS on an absent key must be Mismatch(None): {other:?}"
+            ));
+        }
+    }
+    ensure(c.get(&k).await.map_err(e)?.is_none(), || {
+        "a failed CAS on an absent key created it".into()
+    })?;
+    let mut w = c.watch_prefix(&format!("{ns}w/")).await.map_err(e)?;
+    let key = format!("{ns}w/k");
+    let rev = c.put(&key, b"v".to_vec(), None).await.map_err(e)?;
+    c.delete(&key, None).await.map_err(e)?;
+    let got = collect(&mut w, 2, Duration::from_secs(10)).await;
+    match got.as_slice() {
+        [KvEvent::Put(_), KvEvent::Delete { revision, .. }] => ensure(*revision > rev, || {
+            format!("the delete event's revision {revision} is not after the put's {rev}")
+        })?,
+        other => return Err(format!("watch saw {other:?}, want a put then a delete")),
+    }
+    Ok(Outcome::Pass)
+}
+
+/// Values and messages of 64 and 256 KiB (PostgreSQL's NOTIFY, for one, takes under 8000
+/// bytes), through get, list, watch and pub/sub.
+async fn large_payloads(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let a = h.instance("big-a").await;
+    let b = h.instance("big-b").await;
+    let big: Vec<u8> = (0..64 * 1024 + 7).map(|i| (i * 7 % 251) as u8).collect();
+    let huge: Vec<u8> = (0..256 * 1024).map(|i| (i % 253) as u8).collect();
+    let subject = format!("{}.big", ns.replace('/', "_"));
+    let mut sub = b.subscribe(&subject).await.map_err(e)?;
+    let mut w = b.watch_prefix(&format!("{ns}big/")).await.map_err(e)?;
+    let k = format!("{ns}big/v");
+    let rev = a.put(&k, big.clone(), None).await.map_err(e)?;
+    let got = b
+        .get(&k)
+        .await
+        .map_err(e)?
+        .ok_or("a 64 KiB value vanished")?;
+    ensure(got.value == big && got.revision == rev, || {
+        format!("a 64 KiB value came back as {} bytes", got.value.len())
+    })?;
+    let listed = b.list(&format!("{ns}big/")).await.map_err(e)?;
+    ensure(listed.len() == 1 && listed[0].value == big, || {
+        "list lost or cut a 64 KiB value".into()
+    })?;
+    match collect(&mut w, 1, Duration::from_secs(10)).await.pop() {
+        Some(KvEvent::Put(en)) if en.value == big => {}
+        other => {
+            let len = other.map(|ev| format!("{:?}", std::mem::discriminant(&ev)));
+            return Err(format!(
+                "the watch did not carry the 64 KiB put intact ({len:?})"
+            ));
+        }
+    }
+    let k = format!("{ns}big/huge");
+    a.put(&k, huge.clone(), None).await.map_err(e)?;
+    let got = b.get(&k).await.map_err(e)?.map(|en| en.value.len());
+    ensure(got == Some(huge.len()), || {
+        format!("a 256 KiB value came back as {got:?} bytes")
+    })?;
+    ensure(
+        b.get(&k)
+            .await
+            .map_err(e)?
+            .is_some_and(|en| en.value == huge),
+        || "a 256 KiB value came back altered".into(),
+    )?;
+    for payload in [big, huge] {
+        a.publish(&subject, payload.clone()).await.map_err(e)?;
+        let got = collect(&mut sub, 1, Duration::from_secs(10)).await;
+        ensure(got.len() == 1 && got[0].payload == payload, || {
+            format!(
+                "a {} byte message arrived as {:?}",
+                payload.len(),
+                got.iter().map(|m| m.payload.len()).collect::<Vec<_>>()
+            )
+        })?;
+    }
+    Ok(Outcome::Pass)
+}
+
+/// Keys with spaces, quotes, glob and LIKE characters, backslashes, newlines and non-ASCII;
+/// values with every byte, invalid UTF-8 and nothing at all. A prefix with `%` or `*` matches
+/// only itself.
+async fn awkward_bytes(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let c = h.instance("odd-a").await;
+    let every: Vec<u8> = (0..=255).collect();
+    let cases: [(&str, &[u8]); 6] = [
+        ("sp ace/'quote\"", &every),
+        ("glob*?[x]/%_like", b"\xff\xfe not utf-8 \x00"),
+        ("back\\slash\nnew\tline", b""),
+        ("ünï/çødé/\u{1F600}", "värde".as_bytes()),
+        ("dot.s:colon;semi,comma=eq", b"\x00"),
+        ("%", b"percent"),
+    ];
+    for (key, value) in cases {
+        let k = format!("{ns}{key}");
+        let rev = c.put(&k, value.to_vec(), None).await.map_err(e)?;
+        let got = c
+            .get(&k)
+            .await
+            .map_err(e)?
+            .ok_or_else(|| format!("{key:?} vanished"))?;
+        ensure(got.value == value && got.revision == rev, || {
+            format!("{key:?} came back as {:?}", got.value)
+        })?;
+    }
+    let mut keys: Vec<String> = c
+        .list(&ns)
+        .await
+        .map_err(e)?
+        .into_iter()
+        .map(|en| en.key[ns.len()..].to_owned())
+        .collect();
+    let mut want: Vec<String> = cases.iter().map(|(k, _)| k.to_string()).collect();
+    want.sort();
+    keys.sort();
+    ensure(keys == want, || {
+        format!("list returned {keys:?}, want {want:?}")
+    })?;
+    for (prefix, only) in [("%", "%"), ("glob*", "glob*?[x]/%_like")] {
+        let got: Vec<String> = c
+            .list(&format!("{ns}{prefix}"))
+            .await
+            .map_err(e)?
+            .into_iter()
+            .map(|en| en.key[ns.len()..].to_owned())
+            .collect();
+        ensure(got == [only], || {
+            format!("list({prefix:?}) is a literal prefix; it returned {got:?}")
+        })?;
+    }
+    Ok(Outcome::Pass)
+}
+
+/// The rule: streams, lease handles and presence handles keep working after the `Coordinator`
+/// that made them is dropped.
+async fn handles_outlive_coordinator(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let rule = "streams, leases and presence must keep working after the Coordinator that made \
+                them is dropped (the Coordinator docs' handle-lifetime rule)";
+    let tag = ns.replace('/', "-");
+    let id = format!("{tag}gone");
+    let subject = format!("{}.after", ns.replace('/', "_"));
+    let name = format!("{ns}lease");
+    let ttl = h.min_ttl().max(Duration::from_secs(1));
+    let gone = h.instance(&id).await;
+    let mut sub = gone.subscribe(&subject).await.map_err(e)?;
+    let mut w = gone.watch_prefix(&format!("{ns}w/")).await.map_err(e)?;
+    let lease = hold(&gone, &name, ttl).await?;
+    let presence = gone.register("{}".into()).await.map_err(e)?;
+    drop(gone);
+    let other = h.instance("survivor").await;
+    other.publish(&subject, b"m".to_vec()).await.map_err(e)?;
+    other
+        .put(&format!("{ns}w/k"), b"v".to_vec(), None)
+        .await
+        .map_err(e)?;
+    let msgs = collect(&mut sub, 1, Duration::from_secs(10)).await;
+    ensure(msgs.len() == 1, || {
+        format!("a subscription received nothing once its coordinator was dropped: {rule}")
+    })?;
+    let evs = collect(&mut w, 1, Duration::from_secs(10)).await;
+    ensure(evs.len() == 1, || {
+        format!("a prefix watch received nothing once its coordinator was dropped: {rule}")
+    })?;
+    tokio::time::sleep(ttl * 3).await;
+    ensure(!lease.is_lost(), || {
+        format!("a lease was lost (not renewed) once its coordinator was dropped: {rule}")
+    })?;
+    ensure(
+        other
+            .acquire(&name, Some(ttl), Duration::ZERO)
+            .await
+            .map_err(e)?
+            .is_none(),
+        || format!("another replica took a lease whose coordinator was dropped: {rule}"),
+    )?;
+    let peers = other.peers().await.map_err(e)?;
+    ensure(peers.iter().any(|p| p.node_id == id), || {
+        format!("a presence expired once its coordinator was dropped: {rule}")
+    })?;
+    lease
+        .release()
+        .await
+        .map_err(|err| format!("{err}: {rule}"))?;
+    presence
+        .deregister()
+        .await
+        .map_err(|err| format!("{err}: {rule}"))?;
+    Ok(Outcome::Pass)
+}
+
+/// A backend restart: calls fail cleanly while it is down, and afterwards the same
+/// coordinator works again and a subscription made before the restart receives messages.
+async fn backend_restart(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let a = h.instance("rs-a").await;
+    let b = h.instance("rs-b").await;
+    let subject = format!("{}.restart", ns.replace('/', "_"));
+    let mut sub = b.subscribe(&subject).await.map_err(e)?;
+    a.put(&format!("{ns}k"), b"before".to_vec(), None)
+        .await
+        .map_err(e)?;
+    if !h.restart_backend().await {
+        return Ok(Outcome::Skip(
+            "the harness cannot restart this backend".into(),
+        ));
+    }
+    let k = format!("{ns}k");
+    let written = eventually(Duration::from_secs(30), async || {
+        Ok(a.put(&k, b"after".to_vec(), None).await.is_ok())
+    })
+    .await?;
+    ensure(written, || {
+        "writes never recovered after the restart".into()
+    })?;
+    let got = b.get(&k).await.map_err(e)?.map(|en| en.value);
+    ensure(got.as_deref() == Some(&b"after"[..]), || {
+        format!("after the restart another replica read {got:?}")
+    })?;
+    // Messages published while the subscription reconnects may be lost: publish until one
+    // arrives.
+    let mut received = false;
+    for i in 0..100u8 {
+        a.publish(&subject, vec![i]).await.map_err(e)?;
+        if !collect(&mut sub, 1, Duration::from_millis(200))
+            .await
+            .is_empty()
+        {
+            received = true;
+            break;
+        }
+    }
+    ensure(received, || {
+        "a subscription made before the restart never received again".into()
+    })?;
     Ok(Outcome::Pass)
 }

@@ -1,48 +1,33 @@
 //! `dev.mcpg.cluster.template`: a complete, minimal coordinator plugin to copy.
 //!
-//! It shows every part a backend plugin has: a config type that is its own JSON Schema, pure
-//! validation (including a clamped value reported as a warning), boot with the host's node id,
-//! and the export. Its "backend" is the in-process store from `mcpg_plugin_api::memory`, shared
-//! by every instance booted in one process; a real plugin replaces that with its client.
+//! It shows every part a backend plugin has: a config type that is its own JSON Schema (the
+//! seed's shared keys plus your own), pure validation (including a clamped value reported as a
+//! warning), boot with the host's node id, and the export. The coordinator is the
+//! [`Layer`](mcpg_plugin_api::layer::Layer) over a [`Store`](mcpg_plugin_api::layer::Store):
+//! here [`LocalStore`], in process memory and shared by every instance booted in one process.
+//! A real plugin writes its own `Store` (seven methods over its client) in place of it;
+//! `plugins/postgres` is one.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use mcpg_plugin_api::memory::{MemoryConfig, MemoryStore};
+use mcpg_plugin_api::layer::{Layer, LocalStore, SeedKeys};
 use mcpg_plugin_api::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// The plugin's config: the `cluster` block minus `kind`.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct Config {
-    /// Default lock / leadership TTL when the caller passes none, in milliseconds.
-    #[serde(default = "default_lease_ttl_ms")]
-    #[schemars(range(min = 10))]
-    pub lease_ttl_ms: u64,
-    /// TTL of a node's presence, in milliseconds; refreshed at half of it.
-    #[serde(default = "default_peer_ttl_ms")]
-    #[schemars(range(min = 100))]
-    pub peer_ttl_ms: u64,
-    /// Renew a lease when this percent of its TTL has elapsed. Clamped to 1..=99.
-    #[serde(default = "default_renew_percent")]
-    pub lease_renew_before_expiry_percent: i64,
-    /// This node's id. Defaults to `template-<hostname>`; `mcpg --node-id` overrides it.
+    /// Where the backend is. A real plugin has its own keys here (`url`, a namespace, TLS);
+    /// the template's store is in memory, so this is only an example of one.
     #[serde(default)]
-    pub node_id: Option<String>,
-}
-
-fn default_lease_ttl_ms() -> u64 {
-    30_000
-}
-
-fn default_peer_ttl_ms() -> u64 {
-    15_000
-}
-
-fn default_renew_percent() -> i64 {
-    50
+    pub endpoint: Option<String>,
+    /// `lease_ttl_ms`, `peer_ttl_ms`, `peer_refresh_interval_ms`,
+    /// `lease_renew_before_expiry_percent`, `subscribe_pattern_buffer`, `node_id`,
+    /// `service_name`, with the seed's defaults and ranges.
+    #[serde(flatten)]
+    pub seed: SeedKeys,
 }
 
 pub struct TemplatePlugin;
@@ -55,11 +40,10 @@ impl Plugin for TemplatePlugin {
     }
 
     fn validate(config: &serde_json::Value) -> Vec<PluginDiagnostic> {
-        let mut out = mcpg_plugin_api::schema_check::check(&Self::config_schema(), config);
-        out.extend(mcpg_plugin_api::schema_check::clamped_percent(
-            config,
-            "lease_renew_before_expiry_percent",
-        ));
+        let schema = Self::config_schema();
+        // Values at these pointers are never quoted in messages (put your password keys here).
+        let mut out = mcpg_plugin_api::schema_check::check_with_secrets(&schema, config, &[]);
+        out.extend(SeedKeys::validate(config));
         out
     }
 
@@ -69,29 +53,11 @@ impl Plugin for TemplatePlugin {
     ) -> Result<Arc<dyn Coordinator>, String> {
         let config: Config =
             serde_json::from_value(config).map_err(|e| format!("invalid config: {e}"))?;
-        let node_id = host
-            .node_id
-            .or(config.node_id)
-            .unwrap_or_else(|| format!("template-{}", hostname()));
-        // One store per process stands in for the shared backend every replica talks to.
-        static STORE: OnceLock<MemoryStore> = OnceLock::new();
-        let store = STORE.get_or_init(|| {
-            MemoryStore::new(MemoryConfig {
-                lease_ttl: Duration::from_millis(config.lease_ttl_ms),
-                peer_ttl: Duration::from_millis(config.peer_ttl_ms),
-                renew_percent: config.lease_renew_before_expiry_percent.clamp(1, 99) as u8,
-            })
-        });
-        Ok(Arc::new(store.handle(node_id)))
+        // A real plugin connects here (an error says where it tried) and makes its Store.
+        static STORE: OnceLock<LocalStore> = OnceLock::new();
+        let store = STORE.get_or_init(LocalStore::new).clone();
+        Ok(Arc::new(Layer::new(store, config.seed.layer(host.node_id))))
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 export_plugin!(TemplatePlugin);

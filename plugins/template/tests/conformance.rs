@@ -1,16 +1,16 @@
 //! The template plugin passes the coordinator test kit in-process (linked as an rlib, through
 //! the same FFI adapter a loaded library uses) and as the `.so` mcpg loads.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mcpg_cluster_template::TemplatePlugin;
 use mcpg_plugin_api::coordinator::Coordinator;
+use mcpg_plugin_api::export::Plugin;
 use mcpg_plugin_api::export::{HostInfo, root_module};
 use mcpg_plugin_api::memory::lease_key;
 use mcpg_plugin_api::remote::LoadedPlugin;
-use mcpg_plugin_testkit::{Harness, run};
+use mcpg_plugin_testkit::{Harness, built_library, run};
 
 struct PluginHarness(LoadedPlugin);
 
@@ -40,15 +40,6 @@ impl Harness for PluginHarness {
     }
 }
 
-fn so_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libmcpg_cluster_template.so")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_rlib_passes_the_test_kit() {
     let plugin = LoadedPlugin::from_module(root_module::<TemplatePlugin>(), "rlib".into());
@@ -57,9 +48,8 @@ async fn in_process_rlib_passes_the_test_kit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_library_passes_the_test_kit() {
-    let path = so_path();
-    let plugin = LoadedPlugin::load(&path, Some("dev.mcpg.cluster.template"))
-        .unwrap_or_else(|e| panic!("{e} (build the workspace first: cargo build --workspace)"));
+    // `cargo test` builds this crate's .so beside the test; `built_library` finds it there.
+    let plugin = built_library("libmcpg_cluster_template.so", TemplatePlugin::ID);
     run(&PluginHarness(plugin)).await.assert_passed();
 }
 

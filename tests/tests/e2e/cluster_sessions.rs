@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mcpg_backends::RedisServer;
+use mcpg_backends::{PostgresServer, RedisServer};
 use serde_json::{Value, json};
 
 use crate::harness::{
@@ -136,12 +136,19 @@ struct Replica {
     admin: SocketAddr,
 }
 
+/// The coordinator backend several replicas share.
+#[derive(Clone, Copy)]
+pub enum Backend {
+    Redis,
+    Postgres,
+}
+
 /// The replicas (and what they need) of one scenario run.
 struct Cluster {
     replicas: Vec<Replica>,
     nginx: Nginx,
     _everything: Everything,
-    _redis: Option<RedisServer>,
+    _backend: Option<Box<dyn std::any::Any>>,
     _dir: TempDir,
 }
 
@@ -155,19 +162,32 @@ fn bindings(everything: &str) -> String {
 }
 
 impl Cluster {
-    /// `n` replicas on Redis (`n > 1`), or one `single_node` replica.
-    fn start(tag: &str, n: usize) -> Self {
+    /// `n` replicas on `backend` (`n > 1`), or one `single_node` replica.
+    fn start(tag: &str, n: usize, backend: Backend) -> Self {
         let everything = everything_http();
         let dir = TempDir::new(tag);
-        let redis = (n > 1).then(RedisServer::start);
-        let cluster = match &redis {
-            Some(r) => format!(
-                "cluster:\n  kind: redis\n  url: \"{}\"\n  key_prefix: \"e2e6:\"\n  lease_ttl_ms: 3000\n  peer_ttl_ms: 3000\n\
-                 plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n",
-                r.url(),
-                cdylib("mcpg_cluster_redis").display()
-            ),
-            None => String::new(),
+        let (server, cluster): (Option<Box<dyn std::any::Any>>, String) = match backend {
+            _ if n == 1 => (None, String::new()),
+            Backend::Redis => {
+                let r = RedisServer::start();
+                let yaml = format!(
+                    "cluster:\n  kind: redis\n  url: \"{}\"\n  key_prefix: \"e2e6:\"\n  lease_ttl_ms: 3000\n  peer_ttl_ms: 3000\n\
+                     plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n",
+                    r.url(),
+                    cdylib("mcpg_cluster_redis").display()
+                );
+                (Some(Box::new(r)), yaml)
+            }
+            Backend::Postgres => {
+                let p = PostgresServer::start();
+                let yaml = format!(
+                    "cluster:\n  kind: postgres\n  url: \"{}\"\n  schema: e2e6\n  lease_ttl_ms: 3000\n  peer_ttl_ms: 3000\n\
+                     plugins:\n  - id: dev.mcpg.cluster.postgres\n    source: {{path: \"{}\"}}\n",
+                    p.url(),
+                    cdylib("mcpg_cluster_postgres").display()
+                );
+                (Some(Box::new(p)), yaml)
+            }
         };
         // One config file for every replica, written once before any starts (a rewrite while
         // one reads it would hand that one a torn file): the flags make each one itself.
@@ -232,7 +252,7 @@ impl Cluster {
             replicas,
             nginx,
             _everything: everything,
-            _redis: redis,
+            _backend: server,
             _dir: dir,
         }
     }
@@ -614,7 +634,12 @@ fn now_s() -> f64 {
 
 #[test]
 fn three_replicas_behind_round_robin_serve_every_session_and_survive_a_kill() {
-    let mut c = Cluster::start("cluster-3", 3);
+    three_replicas_survive_a_kill(Backend::Redis);
+}
+
+/// The whole scenario on three replicas sharing `backend`.
+pub fn three_replicas_survive_a_kill(backend: Backend) {
+    let mut c = Cluster::start("cluster-3", 3, backend);
     raw_scenarios(&c);
     long_tool_call_cancelled_elsewhere(&c);
     client_scenarios(&c);
@@ -704,7 +729,7 @@ fn three_replicas_behind_round_robin_serve_every_session_and_survive_a_kill() {
 
 #[test]
 fn one_single_node_replica_passes_the_same_scenarios() {
-    let c = Cluster::start("cluster-1", 1);
+    let c = Cluster::start("cluster-1", 1, Backend::Redis);
     raw_scenarios(&c);
     long_tool_call_cancelled_elsewhere(&c);
     client_scenarios(&c);

@@ -50,6 +50,9 @@ struct Managed {
     command: Box<dyn Fn(&std::path::Path) -> Command + Send + Sync>,
     ready: Box<dyn Fn() -> bool + Send + Sync>,
     child: Option<Child>,
+    /// The signal that stops the server as a crash would (`KILL` unless the server needs its
+    /// children stopped with it, as PostgreSQL's `QUIT`).
+    crash_signal: &'static str,
 }
 
 impl Managed {
@@ -64,6 +67,7 @@ impl Managed {
             command: Box::new(command),
             ready: Box::new(ready),
             child: None,
+            crash_signal: "KILL",
         };
         m.spawn();
         m
@@ -90,6 +94,18 @@ impl Managed {
 
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if self.crash_signal != "KILL" {
+                let _ = Command::new("kill")
+                    .args([&format!("-{}", self.crash_signal), &c.id().to_string()])
+                    .status();
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(10) {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -294,6 +310,159 @@ impl EtcdServer {
     }
 
     /// Restarts on the same ports and data directory.
+    pub fn restart(&mut self) {
+        self.server.restart();
+    }
+}
+
+/// The newest Debian PostgreSQL server binaries (`/usr/lib/postgresql/<version>/bin`), or
+/// panics saying how to install them.
+pub fn postgres_bin_dir() -> PathBuf {
+    let root = std::path::Path::new("/usr/lib/postgresql");
+    let newest = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
+        .filter(|(_, p)| p.join("bin/initdb").is_file())
+        .max_by_key(|(v, _)| *v);
+    match newest {
+        Some((_, p)) => p.join("bin"),
+        None => panic!(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/<version>/bin/initdb); install it with \
+             `apt-get install -y postgresql` (tools/install-test-deps does this)"
+        ),
+    }
+}
+
+/// The uid and gid of the `postgres` account, when running as root (PostgreSQL refuses to run
+/// as root).
+fn postgres_account() -> Option<(u32, u32)> {
+    let me = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&me.stdout).trim() != "0" {
+        return None;
+    }
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    Some((
+        id("-u").expect("running as root, so PostgreSQL must run as the `postgres` account, which does not exist (apt-get install -y postgresql creates it)"),
+        id("-g")?,
+    ))
+}
+
+/// A PostgreSQL server (Debian's) on a free loopback port, its cluster initialised in its own
+/// directory with `trust` authentication for user `postgres` (so a restart keeps the data). As
+/// root it runs as the `postgres` account.
+pub struct PostgresServer {
+    pub port: u16,
+    server: Managed,
+}
+
+impl PostgresServer {
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server that accepts only TLS connections (`hostssl` alone in its `pg_hba.conf`), with
+    /// the certificate chain and key given as PEM.
+    pub fn start_tls_only(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(Some((cert_pem.to_owned(), key_pem.to_owned())))
+    }
+
+    fn start_with(tls: Option<(String, String)>) -> Self {
+        use std::os::unix::process::CommandExt;
+        let bin = postgres_bin_dir();
+        let account = postgres_account();
+        let isready = bin.join("pg_isready");
+        let port = free_port();
+        let as_account = move |c: &mut Command| {
+            if let Some((uid, gid)) = account {
+                c.uid(uid).gid(gid);
+            }
+        };
+        let mut server = Managed::start(
+            "postgres",
+            move |dir| {
+                let data = dir.join("data");
+                if !data.exists() {
+                    if let Some((uid, gid)) = account {
+                        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+                    }
+                    let mut init = Command::new(bin.join("initdb"));
+                    init.arg("-D")
+                        .arg(&data)
+                        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+                        .current_dir(dir)
+                        .stdout(Stdio::null());
+                    as_account(&mut init);
+                    let out = init.output().expect("run initdb");
+                    assert!(
+                        out.status.success(),
+                        "initdb failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let mut c = Command::new(bin.join("postgres"));
+                if let Some((cert, key)) = &tls {
+                    let files = [("server.crt", cert), ("server.key", key)];
+                    let hba = "hostssl all all 127.0.0.1/32 trust\nlocal all all trust\n";
+                    for (name, text) in files.into_iter().chain([("tls_hba.conf", &hba.into())]) {
+                        use std::os::unix::fs::PermissionsExt;
+                        let path = dir.join(name);
+                        std::fs::write(&path, text).unwrap();
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                            .unwrap();
+                        if let Some((uid, gid)) = account {
+                            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+                        }
+                    }
+                    c.args(["-c", "ssl=on", "-c"])
+                        .arg(format!(
+                            "ssl_cert_file={}",
+                            dir.join("server.crt").display()
+                        ))
+                        .arg("-c")
+                        .arg(format!("ssl_key_file={}", dir.join("server.key").display()))
+                        .arg("-c")
+                        .arg(format!("hba_file={}", dir.join("tls_hba.conf").display()));
+                }
+                c.arg("-D").arg(&data).arg("-k").arg(dir).args([
+                    "-p",
+                    &port.to_string(),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "max_connections=400",
+                    "-c",
+                    "fsync=off",
+                ]);
+                as_account(&mut c);
+                c
+            },
+            move || {
+                Command::new(&isready)
+                    .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            },
+        );
+        server.crash_signal = "QUIT";
+        Self { port, server }
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server at once, as a crash would (`SIGQUIT`: no shutdown checkpoint).
+    pub fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    /// Restarts on the same port and data directory (crash recovery keeps committed data).
     pub fn restart(&mut self) {
         self.server.restart();
     }
