@@ -9,6 +9,7 @@
 mod diagnostics;
 mod interpolate;
 pub mod model;
+pub mod parsed;
 pub mod reference;
 mod schema;
 mod semantic;
@@ -44,6 +45,8 @@ pub struct ValidatedConfig {
     pub source_map: SourceMap,
     /// The interpolated document, for the same purpose.
     pub document: Value,
+    /// What the loader checked, parsed (URLs, headers): start-up never parses config again.
+    pub parsed: parsed::Parsed,
 }
 
 impl ValidatedConfig {
@@ -241,6 +244,13 @@ fn run(
         }
     };
     resolve_paths(&mut config, base_dir);
+    let parsed = match parsed::Parsed::build(&config, &map) {
+        Ok(p) => p,
+        Err(e) => {
+            diagnostics.extend(e);
+            return None;
+        }
+    };
     Some(ValidatedConfig {
         file: file.to_owned(),
         base_dir: base_dir.to_path_buf(),
@@ -251,6 +261,7 @@ fn run(
         cluster: derived.cluster,
         source_map: map,
         document: doc,
+        parsed,
     })
 }
 

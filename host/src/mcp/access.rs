@@ -26,10 +26,12 @@ pub fn identity_key(who: &Caller) -> Option<&str> {
 pub struct Access {
     pub auth: Option<Authenticator>,
     pub policy: Option<Arc<Policy>>,
+    /// The configured `auth.resource`, parsed by the loader.
+    pub resource: Option<url::Url>,
 }
 
 impl Access {
-    pub fn new(cfg: &BindingConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: &BindingConfig, resource: Option<url::Url>) -> anyhow::Result<Self> {
         let auth = match &cfg.auth {
             Some(a) => Some(Authenticator::new(a, &cfg.name)?),
             None => None,
@@ -40,7 +42,11 @@ impl Access {
             )),
             None => None,
         };
-        Ok(Self { auth, policy })
+        Ok(Self {
+            auth,
+            policy,
+            resource,
+        })
     }
 
     /// The refusal of a request the caller may not make, if it is one.

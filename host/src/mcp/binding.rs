@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::capabilities::Capability;
 use crate::config::model::{BindingConfig, FailurePolicy, PrefixMode};
+use crate::config::parsed::Parsed;
 use crate::mcp::route::names::{Naming, UpstreamIdx};
 use crate::mcp::upstream::Upstream;
 
@@ -28,6 +29,7 @@ impl Binding {
         base_dir: &std::path::Path,
         default_timeout: Duration,
         tasks: Capability,
+        parsed: &Parsed,
     ) -> anyhow::Result<Arc<Self>> {
         let prefix = match cfg.prefix {
             PrefixMode::Auto => cfg.upstreams.len() > 1,
@@ -35,7 +37,7 @@ impl Binding {
             PrefixMode::Never => false,
         };
         Ok(Arc::new(Self {
-            access: crate::mcp::access::Access::new(cfg)?,
+            access: crate::mcp::access::Access::new(cfg, parsed.resource(&cfg.name).cloned())?,
             name: cfg.name.clone(),
             path: cfg.path.clone(),
             naming: Naming {
@@ -47,8 +49,14 @@ impl Binding {
                 .upstreams
                 .iter()
                 .map(|u| {
-                    Upstream::new(&cfg.name, u, base_dir, default_timeout)
-                        .map_err(|e| anyhow::anyhow!("upstream `{}`: {e}", u.name))
+                    Upstream::new(
+                        &cfg.name,
+                        u,
+                        parsed.http(&cfg.name, &u.name),
+                        base_dir,
+                        default_timeout,
+                    )
+                    .map_err(|e| anyhow::anyhow!("upstream `{}`: {e}", u.name))
                 })
                 .collect::<anyhow::Result<_>>()?,
             policy: cfg.on_upstream_failure,

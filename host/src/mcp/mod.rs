@@ -87,7 +87,7 @@ impl Gateway {
             .bindings
             .iter()
             .map(|b| {
-                Binding::new(b, &cfg.base_dir, timeout, caps.tasks.clone())
+                Binding::new(b, &cfg.base_dir, timeout, caps.tasks.clone(), &cfg.parsed)
                     .map_err(|e| anyhow::anyhow!("binding `{}`: {e}", b.name))
             })
             .collect::<anyhow::Result<Vec<Arc<Binding>>>>()?;

@@ -103,8 +103,11 @@ pub fn resource(gw: &Gateway, b: &Binding, headers: &HeaderMap) -> String {
 
 /// The URL of the binding's protected-resource metadata.
 fn metadata_url(gw: &Gateway, b: &Binding, headers: &HeaderMap) -> String {
-    let res = resource(gw, b, headers);
-    match url::Url::parse(&res) {
+    let parsed = match &b.access.resource {
+        Some(u) => Ok(u.clone()),
+        None => url::Url::parse(&resource(gw, b, headers)),
+    };
+    match parsed {
         Ok(u) => {
             let origin = u.origin().ascii_serialization();
             format!(

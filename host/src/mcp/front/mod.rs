@@ -78,11 +78,9 @@ fn routes(gw: Arc<Gateway>, b: Arc<Binding>) -> Router {
     let mr: MethodRouter<(Arc<Gateway>, Arc<Binding>)> =
         axum::routing::post(post).get(get).delete(delete);
     let mut r = Router::new().route(&path, mr.with_state((gw.clone(), b.clone())));
-    if let Some(auth) = &b.access.auth {
-        let suffix = match &auth.config.resource {
-            Some(res) => url::Url::parse(res)
-                .map(|u| u.path().trim_end_matches('/').to_owned())
-                .unwrap_or_else(|_| path.clone()),
+    if b.access.auth.is_some() {
+        let suffix = match &b.access.resource {
+            Some(res) => res.path().trim_end_matches('/').to_owned(),
             None => path.clone(),
         };
         r = r.route(

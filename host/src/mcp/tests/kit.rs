@@ -61,6 +61,7 @@ pub(crate) fn binding(caps: &Capabilities, cfg: &BindingConfig) -> Arc<Binding> 
         std::path::Path::new("."),
         Duration::from_secs(5),
         caps.tasks.clone(),
+        &Default::default(),
     )
     .expect("a binding")
 }

@@ -14,6 +14,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::conn::{Connection, Transport, UpstreamError};
+use crate::config::parsed::HttpUpstream;
 use crate::errors::error_chain;
 use crate::mcp::wire::headers;
 use crate::mcp::wire::jsonrpc::{self, Message};
@@ -47,38 +48,18 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The config loader has checked the URL and headers; an error here names what is wrong
-    /// all the same.
-    pub fn new(cfg: &crate::config::model::HttpTransport) -> anyhow::Result<Self> {
-        let url = reqwest::Url::parse(&cfg.url)
-            .map_err(|e| anyhow::anyhow!("bad url `{}`: {e}", cfg.url))?;
-        let mut headers = HeaderMap::new();
-        for (k, v) in &cfg.headers {
-            let k = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| anyhow::anyhow!("bad header name `{k}`"))?;
-            let mut v = HeaderValue::from_str(v)
-                .map_err(|_| anyhow::anyhow!("bad value for header `{k}`"))?;
-            v.set_sensitive(true);
-            headers.insert(k, v);
-        }
-        let pass_through = cfg
-            .pass_through_headers
-            .iter()
-            .map(|n| {
-                HeaderName::from_bytes(n.as_bytes())
-                    .map_err(|_| anyhow::anyhow!("bad header name `{n}`"))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Self {
-            url,
-            headers,
-            pass_through,
+    /// The upstream as the loader parsed it, with its own connection pool.
+    pub fn new(cfg: &crate::config::model::HttpTransport, parsed: &HttpUpstream) -> Self {
+        Self {
+            url: parsed.url.clone(),
+            headers: parsed.headers.clone(),
+            pass_through: parsed.pass_through.clone(),
             // One pool per upstream, so its connections are reused across sessions.
             client: client(
                 Duration::from_millis(cfg.connect_timeout_ms),
                 cfg.ca_file.as_deref(),
             ),
-        })
+        }
     }
 
     /// Whether some of the client's headers are copied to this upstream.

@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use conn::{Connection, Exchange, UpstreamError};
 
 use crate::config::model::{StdioMode, StdioTransport, UpstreamConfig};
+use crate::config::parsed::HttpUpstream;
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::wire::jsonrpc::{self, RpcError};
 use crate::mcp::wire::{meta, version};
@@ -124,6 +125,7 @@ impl Upstream {
     pub fn new(
         binding: &str,
         cfg: &UpstreamConfig,
+        parsed_http: Option<&HttpUpstream>,
         base_dir: &std::path::Path,
         default_timeout: Duration,
     ) -> anyhow::Result<Arc<Self>> {
@@ -146,7 +148,15 @@ impl Upstream {
                     StdioMode::Shared => (kind, None, None),
                 }
             }
-            (None, Some(h)) => (Kind::Http(Arc::new(http::Endpoint::new(h)?)), None, None),
+            (None, Some(h)) => {
+                let parsed =
+                    parsed_http.ok_or_else(|| anyhow::anyhow!("the loader did not parse it"))?;
+                (
+                    Kind::Http(Arc::new(http::Endpoint::new(h, parsed))),
+                    None,
+                    None,
+                )
+            }
             (None, None) => unreachable!("the config loader requires a transport"),
         };
         let configured = cfg.http.as_ref().and_then(|h| match h.protocol {
