@@ -27,7 +27,7 @@ use crate::support::{HeldLease, HeldPresence, Renew, Renewal, keep_renewing};
 pub const RESERVED_PREFIX: &str = "\u{1}mcpg/";
 const LEASE_PREFIX: &str = "\u{1}mcpg/lease/";
 const FENCE_PREFIX: &str = "\u{1}mcpg/fence/";
-const PEER_PREFIX: &str = "\u{1}mcpg/peer/";
+use crate::support::{PEER_PREFIX, peers_from};
 
 /// The key that holds lease `name`. Deleting it makes the holder lose the lease, which is how
 /// tests simulate a backend losing a lease.
@@ -413,15 +413,7 @@ impl Coordinator for MemoryCoordinator {
     }
 
     async fn peers(&self) -> CoordResult<Vec<Peer>> {
-        Ok(self
-            .list(PEER_PREFIX)
-            .await?
-            .into_iter()
-            .map(|e| Peer {
-                node_id: e.key[PEER_PREFIX.len()..].to_owned(),
-                meta: String::from_utf8_lossy(&e.value).into_owned(),
-            })
-            .collect())
+        Ok(peers_from(self.list(PEER_PREFIX).await?))
     }
 
     async fn watch_peers(&self) -> CoordResult<BoxStream<'static, PeerEvent>> {

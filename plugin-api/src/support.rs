@@ -13,7 +13,22 @@ use futures::stream::BoxStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::coordinator::{CoordResult, Coordinator, Lease, Peer, PeerEvent, Presence};
+use crate::coordinator::{CoordResult, Coordinator, Entry, Lease, Peer, PeerEvent, Presence};
+
+/// Where the in-process coordinators (the memory store and the layer) keep presence entries:
+/// under a prefix no host key can start with.
+pub(crate) const PEER_PREFIX: &str = "\u{1}mcpg/peer/";
+
+/// The peers that presence entries (listed under [`PEER_PREFIX`]) describe.
+pub(crate) fn peers_from(entries: Vec<Entry>) -> Vec<Peer> {
+    entries
+        .into_iter()
+        .map(|e| Peer {
+            node_id: e.key[PEER_PREFIX.len()..].to_owned(),
+            meta: String::from_utf8_lossy(&e.value).into_owned(),
+        })
+        .collect()
+}
 
 /// The node id by the seed's rule: the host's override (`mcpg --node-id`), else the configured
 /// `node_id`, else `service_name-$HOSTNAME`, else `service_name-<8 hex digits>` (random).

@@ -49,7 +49,7 @@ pub use seed::SeedKeys;
 pub const MESSAGE_CHANNEL: &str = "m";
 /// The channel carrying KV change events (puts and deletes made through the layer).
 pub const KV_CHANNEL: &str = "k";
-const PEER_PREFIX: &str = "\u{1}mcpg/peer/";
+use crate::support::{PEER_PREFIX, peers_from};
 const HEALTH_KEY: &str = "\u{1}mcpg/health";
 
 /// The condition of a conditional write.
@@ -374,17 +374,7 @@ impl Layer {
     }
 
     pub async fn derived_peers(&self) -> CoordResult<Vec<Peer>> {
-        Ok(self
-            .0
-            .store
-            .list(PEER_PREFIX)
-            .await?
-            .into_iter()
-            .map(|e| Peer {
-                node_id: e.key[PEER_PREFIX.len()..].to_owned(),
-                meta: String::from_utf8_lossy(&e.value).into_owned(),
-            })
-            .collect())
+        Ok(peers_from(self.0.store.list(PEER_PREFIX).await?))
     }
 
     /// Joins and leaves from the announced presence writes (so a short-lived peer is seen),

@@ -2,9 +2,7 @@
 //! server exists on this project's machines; the primitives are exercised against a real one
 //! only when `CONSUL_HTTP_ADDR` is set: see `plugins/consul/tests/against_consul.rs`.)
 
-use std::process::Command;
-
-use crate::harness::{TempDir, bin, cdylib};
+use crate::harness::{TempDir, cdylib, config_check};
 
 #[test]
 fn config_check_applies_the_seed_consul_rules_with_positions() {
@@ -18,13 +16,9 @@ fn config_check_applies_the_seed_consul_rules_with_positions() {
             cdylib("mcpg_cluster_consul").display()
         ),
     );
-    let out = Command::new(bin("mcpg-config-check"))
-        .arg(&f)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = config_check(&f);
     let name = f.display().to_string();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains(&format!("{name}:3:3: cluster.url: Consul takes `address`")),
         "{text}"

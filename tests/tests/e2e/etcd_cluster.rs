@@ -2,11 +2,9 @@
 //! other, agree on one leader. Also the plugin phase of `mcpg-config-check` on the seed's etcd
 //! rules (`key_prefix` must end with `/`).
 
-use std::process::Command;
-
 use mcpg_backends::EtcdServer;
 
-use crate::harness::{TempDir, bin, cdylib, start_agreeing_replicas};
+use crate::harness::{TempDir, cdylib, config_check, start_agreeing_replicas};
 
 fn config(etcd: &str, listen: u16, admin: u16) -> String {
     format!(
@@ -40,12 +38,8 @@ fn config_check_rejects_a_key_prefix_without_trailing_slash_with_its_position() 
             cdylib("mcpg_cluster_etcd").display()
         ),
     );
-    let out = Command::new(bin("mcpg-config-check"))
-        .arg(&f)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = config_check(&f);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains(&format!(
             "{}:4:3: cluster.key_prefix: must end with `/`: write `/mcpg/prod/`",

@@ -440,3 +440,15 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
     );
     out
 }
+
+/// `mcpg-config-check FILE` (plugin phase included): its exit code and what it printed.
+pub fn config_check(file: &Path) -> (Option<i32>, String) {
+    let out = Command::new(bin("mcpg-config-check"))
+        .arg(file)
+        .output()
+        .expect("run mcpg-config-check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -2,11 +2,9 @@
 //! boot, see each other, agree on one leader. Also the plugin phase of `mcpg-config-check` on
 //! the seed's NATS rules (`url` and `bucket` are the classic mistakes).
 
-use std::process::Command;
-
 use mcpg_backends::NatsServer;
 
-use crate::harness::{TempDir, bin, cdylib, start_agreeing_replicas};
+use crate::harness::{TempDir, cdylib, config_check, start_agreeing_replicas};
 
 fn config(nats: &str, listen: u16, admin: u16) -> String {
     format!(
@@ -41,13 +39,9 @@ fn config_check_applies_the_seed_nats_rules_with_positions() {
             cdylib("mcpg_cluster_nats").display()
         ),
     );
-    let out = Command::new(bin("mcpg-config-check"))
-        .arg(&f)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = config_check(&f);
     let name = f.display().to_string();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(code, Some(1), "{text}");
     // A missing key is reported where its mapping starts.
     assert!(
         text.contains(&format!(

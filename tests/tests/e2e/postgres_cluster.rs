@@ -10,7 +10,8 @@ use mcpg_backends::PostgresServer;
 
 use crate::cluster_sessions::{Backend, three_replicas_survive_a_kill};
 use crate::harness::{
-    TempDir, bin, cdylib, get_json, peer_ids, repo_root, start_agreeing_replicas, wait_until,
+    TempDir, bin, cdylib, config_check, get_json, peer_ids, repo_root, start_agreeing_replicas,
+    wait_until,
 };
 
 fn config(url: &str, listen: u16, admin: u16) -> String {
@@ -74,13 +75,9 @@ fn config_check_applies_the_plugin_rules_with_positions() {
             cdylib("mcpg_cluster_postgres").display()
         ),
     );
-    let out = Command::new(bin("mcpg-config-check"))
-        .arg(&f)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = config_check(&f);
     let name = f.display().to_string();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(code, Some(1), "{text}");
     for want in [
         format!(
             "{name}:3:3: cluster.url: scheme `mysql` is not supported: use postgres:// or postgresql://"

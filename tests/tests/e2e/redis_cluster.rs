@@ -2,13 +2,12 @@
 //! each other as peers, agree on one leader, and hand leadership over when the leader stops.
 //! Also the plugin phase of `mcpg-config-check` on the seed's Redis rules.
 
-use std::process::Command;
 use std::time::Duration;
 
 use mcpg_backends::RedisServer;
 
 use crate::harness::{
-    TempDir, bin, cdylib, get_json, peer_ids, start_agreeing_replicas, wait_until,
+    TempDir, cdylib, config_check, get_json, peer_ids, start_agreeing_replicas, wait_until,
 };
 
 fn config(redis: &str, listen: u16, admin: u16) -> String {
@@ -69,13 +68,9 @@ fn config_check_applies_the_seed_redis_rules_with_positions() {
             lib.display()
         ),
     );
-    let out = Command::new(bin("mcpg-config-check"))
-        .arg(&f)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = config_check(&f);
     let name = f.display().to_string();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains(&format!(
             "{name}:3:3: cluster.url: scheme `http` is not supported: use redis:// or rediss://"
