@@ -8,14 +8,14 @@ use crate::errors::error_chain;
 
 /// Fetches one issuer's key set.
 pub struct JwksFetcher {
-    url: String,
+    url: url::Url,
     client: reqwest::Client,
 }
 
 impl JwksFetcher {
-    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+    pub fn new(url: url::Url, ca_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
         Ok(Self {
-            url: url.to_owned(),
+            url,
             client: crate::tls::client_builder(ca_file)?
                 .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(30))
@@ -28,7 +28,7 @@ impl JwksFetcher {
         let r = async {
             let resp = self
                 .client
-                .get(&self.url)
+                .get(self.url.clone())
                 .send()
                 .await?
                 .error_for_status()?;

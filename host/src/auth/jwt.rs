@@ -72,9 +72,13 @@ fn algorithm(a: JwtAlgorithm) -> Algorithm {
 
 impl Verifier {
     /// Builds the verifier and starts keeping its key set fresh.
-    pub fn start(cfg: &JwtConfig, binding: &str) -> anyhow::Result<Arc<Self>> {
-        let source = match (&cfg.jwks_url, &cfg.jwks_file) {
-            (Some(url), _) => Source::Url(JwksFetcher::new(url, cfg.ca_file.as_deref())?),
+    pub fn start(
+        cfg: &JwtConfig,
+        binding: &str,
+        jwks_url: Option<&url::Url>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let source = match (jwks_url, &cfg.jwks_file) {
+            (Some(url), _) => Source::Url(JwksFetcher::new(url.clone(), cfg.ca_file.as_deref())?),
             (None, Some(p)) => Source::File(p.clone()),
             (None, None) => anyhow::bail!("jwt needs `jwks_url` or `jwks_file`"),
         };

@@ -98,14 +98,18 @@ pub struct Authenticator {
 impl Authenticator {
     /// Builds the authenticator; with a `jwks_url`, starts fetching the key set in the
     /// background (a failure is logged and retried; tokens are refused until keys arrive).
-    pub fn new(config: &AuthConfig, binding: &str) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &AuthConfig,
+        binding: &str,
+        jwks_url: Option<&url::Url>,
+    ) -> anyhow::Result<Self> {
         let tokens = config
             .tokens
             .iter()
             .map(|t| (t.name.clone(), Sha256::digest(t.token.as_bytes()).into()))
             .collect();
         let jwt = match &config.jwt {
-            Some(j) => Some(jwt::Verifier::start(j, binding)?),
+            Some(j) => Some(jwt::Verifier::start(j, binding, jwks_url)?),
             None => None,
         };
         Ok(Self {
@@ -216,7 +220,7 @@ mod tests {
             authorization_servers: vec!["https://idp.example".into()],
             scopes_supported: vec!["mcp:tools".into()],
         };
-        Authenticator::new(&config, "b").unwrap()
+        Authenticator::new(&config, "b", None).unwrap()
     }
 
     #[tokio::test]

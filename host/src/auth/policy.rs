@@ -1,11 +1,11 @@
 //! Per-identity access rules, compiled once: which tool, prompt and resource names a caller may
 //! see and use. Pure: `mcp/access.rs` applies the answers to MCP messages.
 
-use globset::GlobMatcher;
 use serde_json::Value;
 
 use super::Identity;
-use crate::config::model::{AccessConfig, AccessDefault, AccessMatch, AccessNames};
+use crate::config::model::{AccessConfig, AccessDefault, AccessMatch};
+use crate::config::parsed::{NamePatterns, RulePatterns};
 
 /// What a name refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,42 +25,19 @@ impl Kind {
     }
 }
 
-#[derive(Default)]
-struct Names {
-    tools: Vec<GlobMatcher>,
-    prompts: Vec<GlobMatcher>,
-    resources: Vec<GlobMatcher>,
-}
-
-impl Names {
-    fn compile(n: &AccessNames) -> Result<Self, String> {
-        let one = |patterns: &[String]| -> Result<Vec<GlobMatcher>, String> {
-            patterns
-                .iter()
-                .map(|p| crate::config::model::name_pattern(p).map_err(|e| format!("`{p}`: {e}")))
-                .collect()
-        };
-        Ok(Self {
-            tools: one(&n.tools)?,
-            prompts: one(&n.prompts)?,
-            resources: one(&n.resources)?,
-        })
-    }
-
-    fn matches(&self, kind: Kind, name: &str) -> bool {
-        let list = match kind {
-            Kind::Tool => &self.tools,
-            Kind::Prompt => &self.prompts,
-            Kind::Resource => &self.resources,
-        };
-        list.iter().any(|g| g.is_match(name))
-    }
+/// Whether one side of a rule names `name`.
+fn named(n: &NamePatterns, kind: Kind, name: &str) -> bool {
+    let list = match kind {
+        Kind::Tool => &n.tools,
+        Kind::Prompt => &n.prompts,
+        Kind::Resource => &n.resources,
+    };
+    list.iter().any(|g| g.is_match(name))
 }
 
 struct Rule {
     matches: AccessMatch,
-    allow: Names,
-    deny: Names,
+    names: RulePatterns,
 }
 
 /// A binding's compiled access rules.
@@ -70,20 +47,26 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Compiles the rules (patterns were checked by the config loader; an error here names the
-    /// pattern anyway).
-    pub fn new(cfg: &AccessConfig) -> Result<Self, String> {
+    /// The rules of `cfg` with their name patterns as the config loader compiled them (in
+    /// the order of `cfg.rules`). Patterns that do not match the rules one for one are
+    /// refused: a rule silently dropped would let callers through.
+    pub fn new(cfg: &AccessConfig, patterns: &[RulePatterns]) -> Result<Self, String> {
+        if patterns.len() != cfg.rules.len() {
+            return Err(format!(
+                "{} access rules but {} compiled by the config loader",
+                cfg.rules.len(),
+                patterns.len()
+            ));
+        }
         let rules = cfg
             .rules
             .iter()
-            .map(|r| {
-                Ok(Rule {
-                    matches: r.matches.clone(),
-                    allow: Names::compile(&r.allow)?,
-                    deny: Names::compile(&r.deny)?,
-                })
+            .zip(patterns)
+            .map(|(r, names)| Rule {
+                matches: r.matches.clone(),
+                names: names.clone(),
             })
-            .collect::<Result<_, String>>()?;
+            .collect();
         Ok(Self {
             default_allow: cfg.default == AccessDefault::Allow,
             rules,
@@ -94,10 +77,10 @@ impl Policy {
     pub fn allows(&self, who: Option<&Identity>, kind: Kind, name: &str) -> bool {
         let mut allowed = false;
         for r in self.rules.iter().filter(|r| applies(&r.matches, who)) {
-            if r.deny.matches(kind, name) {
+            if named(&r.names.deny, kind, name) {
                 return false;
             }
-            allowed |= r.allow.matches(kind, name);
+            allowed |= named(&r.names.allow, kind, name);
         }
         allowed || self.default_allow
     }
@@ -127,7 +110,7 @@ fn applies(m: &AccessMatch, who: Option<&Identity>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::AccessRule;
+    use crate::config::model::{AccessNames, AccessRule};
     use serde_json::json;
 
     fn jwt(sub: &str, claims: Value) -> Identity {
@@ -141,6 +124,31 @@ mod tests {
 
     fn token(name: &str) -> Identity {
         Identity::token(name)
+    }
+
+    /// The policy with its patterns compiled as the config loader does.
+    fn policy(cfg: &AccessConfig) -> Policy {
+        let compile = |n: &AccessNames| {
+            let one = |l: &[String]| -> Vec<_> {
+                l.iter()
+                    .map(|p| crate::config::model::name_pattern(p).unwrap())
+                    .collect()
+            };
+            NamePatterns {
+                tools: one(&n.tools),
+                prompts: one(&n.prompts),
+                resources: one(&n.resources),
+            }
+        };
+        let patterns: Vec<_> = cfg
+            .rules
+            .iter()
+            .map(|r| RulePatterns {
+                allow: compile(&r.allow),
+                deny: compile(&r.deny),
+            })
+            .collect();
+        Policy::new(cfg, &patterns).expect("one set of patterns per rule")
     }
 
     fn names(tools: &[&str], prompts: &[&str], resources: &[&str]) -> AccessNames {
@@ -180,7 +188,7 @@ mod tests {
                 },
             ],
         };
-        let p = Policy::new(&cfg).unwrap();
+        let p = policy(&cfg);
         let admin = jwt("alice", json!({"groups": ["admins", "x"]}));
         let user = jwt("bob", json!({"groups": "users"}));
         let ci = token("ci");
@@ -211,7 +219,7 @@ mod tests {
                 deny: names(&["*"], &["*"], &["*"]),
             }],
         };
-        let p = Policy::new(&cfg).unwrap();
+        let p = policy(&cfg);
         let m = jwt("mallory", json!({"scope": "openid mcp:read"}));
         let m2 = jwt("mallory", json!({"scope": "openid"}));
         assert!(!p.allows(Some(&m), Kind::Tool, "t"));

@@ -30,7 +30,7 @@ pub fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Command::Plugin(cmd)) => {
-            telemetry::init(&Default::default());
+            telemetry::init(&Default::default(), None);
             install_crypto();
             on_runtime(plugin::run(cmd))
         }
@@ -55,7 +55,7 @@ fn serve(args: Args) -> ExitCode {
     {
         return fail(format!("--node-id: {e}"));
     }
-    telemetry::init(&cfg.config.observability);
+    telemetry::init(&cfg.config.observability, cfg.parsed.traces_endpoint());
     on_runtime(async move {
         let plugin = match plugin_phase(&cfg, &file).await {
             Ok(p) => p,

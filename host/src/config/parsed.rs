@@ -1,15 +1,19 @@
 //! Values the loader has checked, kept parsed, so that nothing downstream parses the config
-//! again: each HTTP upstream's URL, headers and passed-through header names, and each
-//! binding's announced resource URL. The model types stay strings because they are the schema
-//! (and what a diagnostic quotes); this is their typed view, built once the config is valid.
+//! again: each HTTP upstream's URL, headers and passed-through header names; each binding's
+//! announced resource URL, JWKS URL and compiled access-rule name patterns; the OTLP traces
+//! URL. The model types stay strings because they are the schema (and what a diagnostic
+//! quotes); this is their typed view, built once the config is valid. Durations stay integer
+//! milliseconds in the model (the schema's unit, with nothing to parse) and become
+//! `Duration`s where they are used.
 
 use std::collections::BTreeMap;
 
+use globset::GlobMatcher;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
 use super::diagnostics::{Diagnostic, KeyPath};
-use super::model::{AppConfig, HttpTransport};
+use super::model::{AccessNames, AppConfig, HttpTransport, name_pattern};
 use super::yaml::SourceMap;
 
 /// An HTTP upstream as it will be reached.
@@ -22,11 +26,29 @@ pub struct HttpUpstream {
     pub pass_through: Vec<HeaderName>,
 }
 
+/// The name patterns of one side (allow or deny) of an access rule, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct NamePatterns {
+    pub tools: Vec<GlobMatcher>,
+    pub prompts: Vec<GlobMatcher>,
+    pub resources: Vec<GlobMatcher>,
+}
+
+/// One access rule's patterns, compiled (in the order of `access.rules`).
+#[derive(Debug, Clone, Default)]
+pub struct RulePatterns {
+    pub allow: NamePatterns,
+    pub deny: NamePatterns,
+}
+
 /// The typed view of a valid config.
 #[derive(Debug, Clone, Default)]
 pub struct Parsed {
     http: BTreeMap<(String, String), HttpUpstream>,
     resources: BTreeMap<String, Url>,
+    jwks: BTreeMap<String, Url>,
+    access: BTreeMap<String, Vec<RulePatterns>>,
+    traces: Option<Url>,
 }
 
 impl Parsed {
@@ -38,6 +60,25 @@ impl Parsed {
     /// Binding `binding`'s configured `auth.resource`, if any.
     pub fn resource(&self, binding: &str) -> Option<&Url> {
         self.resources.get(binding)
+    }
+
+    /// Binding `binding`'s `auth.jwt.jwks_url`, if any.
+    pub fn jwks_url(&self, binding: &str) -> Option<&Url> {
+        self.jwks.get(binding)
+    }
+
+    /// Binding `binding`'s access rules' name patterns, compiled, in order (empty without
+    /// `access`).
+    pub fn access(&self, binding: &str) -> &[RulePatterns] {
+        self.access.get(binding).map_or(&[], Vec::as_slice)
+    }
+
+    /// Where trace spans are posted (`observability.tracing.otlp_endpoint`): an endpoint
+    /// without a path is the collector's base URL and gets the OTLP traces path `/v1/traces`,
+    /// as `OTEL_EXPORTER_OTLP_ENDPOINT` does; one with a path is used as it is, as
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is.
+    pub fn traces_endpoint(&self) -> Option<&Url> {
+        self.traces.as_ref()
     }
 
     /// Parses what the semantic rules already checked. An error here means the two disagree:
@@ -62,6 +103,34 @@ impl Parsed {
                     Err(e) => fail(bp.clone().key("auth").key("resource"), e.to_string()),
                 }
             }
+            if let Some(u) = b
+                .auth
+                .as_ref()
+                .and_then(|a| a.jwt.as_ref())
+                .and_then(|j| j.jwks_url.as_ref())
+            {
+                match Url::parse(u) {
+                    Ok(u) => {
+                        parsed.jwks.insert(b.name.clone(), u);
+                    }
+                    Err(e) => fail(
+                        bp.clone().key("auth").key("jwt").key("jwks_url"),
+                        e.to_string(),
+                    ),
+                }
+            }
+            if let Some(a) = &b.access {
+                let mut rules = Vec::new();
+                for (ri, r) in a.rules.iter().enumerate() {
+                    let rp = bp.clone().key("access").key("rules").index(ri);
+                    match (patterns(&r.allow), patterns(&r.deny)) {
+                        (Ok(allow), Ok(deny)) => rules.push(RulePatterns { allow, deny }),
+                        (Err((k, m)), _) => fail(rp.key("allow").key(k), m),
+                        (_, Err((k, m))) => fail(rp.key("deny").key(k), m),
+                    }
+                }
+                parsed.access.insert(b.name.clone(), rules);
+            }
             for (ui, u) in b.upstreams.iter().enumerate() {
                 let Some(h) = &u.http else { continue };
                 let up = bp.clone().key("upstreams").index(ui).key("http");
@@ -73,12 +142,48 @@ impl Parsed {
                 }
             }
         }
+        if let Some(t) = &config.observability.tracing {
+            match traces_url(&t.otlp_endpoint) {
+                Ok(u) => parsed.traces = Some(u),
+                Err(m) => fail(
+                    KeyPath::root()
+                        .key("observability")
+                        .key("tracing")
+                        .key("otlp_endpoint"),
+                    m,
+                ),
+            }
+        }
         if errors.is_empty() {
             Ok(parsed)
         } else {
             Err(errors)
         }
     }
+}
+
+fn patterns(n: &AccessNames) -> Result<NamePatterns, (&'static str, String)> {
+    let one = |key: &'static str, list: &[String]| {
+        list.iter()
+            .map(|p| name_pattern(p).map_err(|e| (key, format!("`{p}`: {e}"))))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(NamePatterns {
+        tools: one("tools", &n.tools)?,
+        prompts: one("prompts", &n.prompts)?,
+        resources: one("resources", &n.resources)?,
+    })
+}
+
+fn traces_url(configured: &str) -> Result<Url, String> {
+    let mut url = Url::parse(configured).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{configured} is not an http:// or https:// URL"));
+    }
+    if url.path().is_empty() || url.path() == "/" {
+        url.set_path("/v1/traces");
+    }
+    Ok(url)
 }
 
 fn http_upstream(h: &HttpTransport) -> Result<HttpUpstream, (&'static str, String)> {
@@ -149,5 +254,68 @@ bindings:
             cfg.parsed.resource("b").map(url::Url::as_str),
             Some("https://mcp.example.com/mcp")
         );
+    }
+
+    fn load(text: &str) -> super::super::ValidatedConfig {
+        let out = super::super::load_str("c.yaml", std::path::Path::new("."), text, &|_| None);
+        out.config
+            .unwrap_or_else(|| panic!("{:?}", out.diagnostics))
+    }
+
+    #[test]
+    fn jwks_url_and_access_patterns_are_carried_compiled() {
+        let cfg = load(
+            r#"
+bindings:
+  - name: b
+    path: /mcp
+    auth:
+      jwt: {issuer: "https://idp.example", audiences: [a], jwks_url: "https://idp.example/jwks.json"}
+    access:
+      default: deny
+      rules:
+        - match: {subjects: [alice]}
+          allow: {tools: ["time__*"]}
+        - match: {subjects: [bob]}
+          deny: {prompts: ["*"]}
+    upstreams:
+      - name: s
+        stdio: {command: x}
+"#,
+        );
+        assert_eq!(
+            cfg.parsed.jwks_url("b").map(url::Url::as_str),
+            Some("https://idp.example/jwks.json")
+        );
+        let rules = cfg.parsed.access("b");
+        assert_eq!(rules.len(), 2, "one compiled entry per rule, in order");
+        assert!(rules[0].allow.tools[0].is_match("time__now"));
+        assert!(!rules[0].allow.tools[0].is_match("echo"));
+        assert!(rules[1].deny.prompts[0].is_match("anything"));
+        assert!(cfg.parsed.access("other").is_empty());
+    }
+
+    #[test]
+    fn the_otlp_endpoint_resolves_to_the_traces_url() {
+        let traces = |endpoint: &str| {
+            let cfg = load(&format!(
+                "observability:\n  enabled: true\n  tracing: {{otlp_endpoint: \"{endpoint}\"}}\nbindings:\n  - {{name: b, path: /mcp, upstreams: [{{name: s, stdio: {{command: x}}}}]}}\n"
+            ));
+            cfg.parsed.traces_endpoint().map(|u| u.to_string())
+        };
+        assert_eq!(
+            traces("http://c:4318").as_deref(),
+            Some("http://c:4318/v1/traces")
+        );
+        assert_eq!(
+            traces("https://c:4318/").as_deref(),
+            Some("https://c:4318/v1/traces")
+        );
+        assert_eq!(
+            traces("http://c:4318/otlp/v1/traces").as_deref(),
+            Some("http://c:4318/otlp/v1/traces")
+        );
+        assert!(super::traces_url("grpc://c:4317").is_err());
+        assert!(super::traces_url("not a url").is_err());
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::{Authenticator, Identity, Kind, Policy};
 use crate::config::model::BindingConfig;
+use crate::config::parsed::Parsed;
 use crate::mcp::relay::Reply;
 use crate::mcp::wire::jsonrpc::{self, Message, code};
 
@@ -31,21 +32,25 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn new(cfg: &BindingConfig, resource: Option<url::Url>) -> anyhow::Result<Self> {
+    pub fn new(cfg: &BindingConfig, parsed: &Parsed) -> anyhow::Result<Self> {
         let auth = match &cfg.auth {
-            Some(a) => Some(Authenticator::new(a, &cfg.name)?),
+            Some(a) => Some(Authenticator::new(
+                a,
+                &cfg.name,
+                parsed.jwks_url(&cfg.name),
+            )?),
             None => None,
         };
         let policy = match &cfg.access {
             Some(p) => Some(Arc::new(
-                Policy::new(p).map_err(|e| anyhow::anyhow!("access rule {e}"))?,
+                Policy::new(p, parsed.access(&cfg.name)).map_err(anyhow::Error::msg)?,
             )),
             None => None,
         };
         Ok(Self {
             auth,
             policy,
-            resource,
+            resource: parsed.resource(&cfg.name).cloned(),
         })
     }
 

@@ -37,7 +37,7 @@ impl Binding {
             PrefixMode::Never => false,
         };
         Ok(Arc::new(Self {
-            access: crate::mcp::access::Access::new(cfg, parsed.resource(&cfg.name).cloned())?,
+            access: crate::mcp::access::Access::new(cfg, parsed)?,
             name: cfg.name.clone(),
             path: cfg.path.clone(),
             naming: Naming {

@@ -43,7 +43,7 @@ pub const REQUEST_SPAN: &str = "mcp.request";
 /// `observability.tracing` is set, the OpenTelemetry layer (whose exporter starts with
 /// [`start_traces`] once the node id is known). `MCPG_LOG`, when set, overrides the configured
 /// level.
-pub fn init(obs: &ObservabilityConfig) {
+pub fn init(obs: &ObservabilityConfig, traces_endpoint: Option<&url::Url>) {
     let logs = &obs.logs;
     let directive = std::env::var("MCPG_LOG").unwrap_or_else(|_| logs.level.clone());
     // The loader has already checked the configured level; a bad MCPG_LOG falls back to it.
@@ -56,8 +56,9 @@ pub fn init(obs: &ObservabilityConfig) {
         LogFormat::Human => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let otel = obs.tracing.as_ref().filter(|_| obs.enabled).map(|cfg| {
-        traces::install(cfg)
+    let tracing = obs.tracing.as_ref().zip(traces_endpoint);
+    let otel = tracing.filter(|_| obs.enabled).map(|(cfg, endpoint)| {
+        traces::install(cfg, endpoint)
             .layer()
             .with_filter(traces::span_filter())
     });

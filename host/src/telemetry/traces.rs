@@ -36,8 +36,6 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why trace export could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TracingError {
-    #[error("observability.tracing.otlp_endpoint: {0}")]
-    Endpoint(String),
     #[error("OTLP exporter: {0}")]
     Exporter(String),
     #[error("trace export must start inside the async runtime")]
@@ -47,6 +45,8 @@ pub enum TracingError {
 /// The process's tracing pipeline, before and after its exporter is attached.
 pub struct Tracing {
     config: TracingConfig,
+    /// Where spans are posted, resolved by the config loader.
+    endpoint: url::Url,
     provider: SdkTracerProvider,
     exporter: Arc<OnceLock<BatchSpanProcessor>>,
 }
@@ -54,8 +54,8 @@ pub struct Tracing {
 static TRACING: OnceLock<Tracing> = OnceLock::new();
 
 /// Creates the process's tracing pipeline for `config` (the first call wins).
-pub(crate) fn install(config: &TracingConfig) -> &'static Tracing {
-    TRACING.get_or_init(|| Tracing::new(config))
+pub(crate) fn install(config: &TracingConfig, endpoint: &url::Url) -> &'static Tracing {
+    TRACING.get_or_init(|| Tracing::new(config, endpoint.clone()))
 }
 
 /// Attaches the OTLP exporter to the pipeline `telemetry::init` installed, with `node_id` as
@@ -93,7 +93,7 @@ impl TracesGuard {
 }
 
 impl Tracing {
-    pub(crate) fn new(config: &TracingConfig) -> Self {
+    pub(crate) fn new(config: &TracingConfig, endpoint: url::Url) -> Self {
         let exporter = Arc::new(OnceLock::new());
         let provider = SdkTracerProvider::builder()
             // A sampled (or unsampled) caller decides for us; a new trace is kept at the ratio.
@@ -104,6 +104,7 @@ impl Tracing {
             .build();
         Self {
             config: config.clone(),
+            endpoint,
             provider,
             exporter,
         }
@@ -124,7 +125,7 @@ impl Tracing {
 
     pub(crate) fn start(&self, node_id: &str) -> Result<TracesGuard, TracingError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| TracingError::NoRuntime)?;
-        let endpoint = traces_endpoint(&self.config.otlp_endpoint)?;
+        let endpoint = self.endpoint.to_string();
         let client = reqwest::Client::builder()
             .timeout(EXPORT_TIMEOUT)
             .build()
@@ -163,24 +164,6 @@ impl Tracing {
 /// level. Events inside a span become span events (an `error` event also marks it failed).
 pub(crate) fn span_filter() -> Targets {
     Targets::new().with_target("mcpg", tracing::Level::INFO)
-}
-
-/// The URL spans are posted to. An endpoint without a path (`http://collector:4318`) is the
-/// collector's base URL and gets the OTLP traces path `/v1/traces`, as
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` does; one with a path is used as it is, as
-/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is.
-pub fn traces_endpoint(configured: &str) -> Result<String, TracingError> {
-    let mut url =
-        url::Url::parse(configured).map_err(|e| TracingError::Endpoint(format!("{e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(TracingError::Endpoint(format!(
-            "{configured} is not an http:// or https:// URL"
-        )));
-    }
-    if url.path().is_empty() || url.path() == "/" {
-        url.set_path("/v1/traces");
-    }
-    Ok(url.to_string())
 }
 
 /// The span processor the provider is built with: forwards to the batch exporter once
@@ -417,6 +400,10 @@ mod tests {
         }
     }
 
+    fn url(s: &str) -> url::Url {
+        url::Url::parse(s).expect("a URL")
+    }
+
     /// An OTLP/HTTP collector on a loopback port that keeps every export request.
     async fn collector() -> (String, Arc<Mutex<Vec<(String, ExportTraceServiceRequest)>>>) {
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -460,7 +447,10 @@ mod tests {
         let (endpoint, got) = collector().await;
         // Ratio 0: only the caller's sampled flag can make this span recorded, which proves
         // the parent-based sampler.
-        let tracing = Tracing::new(&config(endpoint, 0.0));
+        let tracing = Tracing::new(
+            &config(endpoint.clone(), 0.0),
+            url(&format!("{endpoint}/v1/traces")),
+        );
         let guard = tracing.start("node-7").expect("exporter starts");
         let subscriber =
             tracing_subscriber::registry().with(tracing.layer().with_filter(span_filter()));
@@ -548,7 +538,10 @@ mod tests {
     async fn unsampled_and_before_start_spans_are_not_exported() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (endpoint, got) = collector().await;
-        let tracing = Tracing::new(&config(format!("{endpoint}/custom/path"), 1.0));
+        let tracing = Tracing::new(
+            &config(endpoint.clone(), 1.0),
+            url(&format!("{endpoint}/custom/path")),
+        );
         let subscriber =
             tracing_subscriber::registry().with(tracing.layer().with_filter(span_filter()));
         let dispatch = tracing::Dispatch::new(subscriber);
@@ -625,24 +618,6 @@ mod tests {
         let mut headers = HeaderMap::new();
         inject_headers(&span, &mut headers);
         assert!(headers.is_empty());
-    }
-
-    #[test]
-    fn endpoint_paths() {
-        assert_eq!(
-            traces_endpoint("http://c:4318").unwrap(),
-            "http://c:4318/v1/traces"
-        );
-        assert_eq!(
-            traces_endpoint("https://c:4318/").unwrap(),
-            "https://c:4318/v1/traces"
-        );
-        assert_eq!(
-            traces_endpoint("http://c:4318/otlp/v1/traces").unwrap(),
-            "http://c:4318/otlp/v1/traces"
-        );
-        assert!(traces_endpoint("grpc://c:4317").is_err());
-        assert!(traces_endpoint("not a url").is_err());
     }
 
     fn hex(bytes: &[u8]) -> String {

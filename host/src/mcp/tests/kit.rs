@@ -56,12 +56,18 @@ pub(crate) fn binding_config(extra: Value) -> BindingConfig {
 }
 
 pub(crate) fn binding(caps: &Capabilities, cfg: &BindingConfig) -> Arc<Binding> {
+    // Through the loader, as at start-up: it compiles what the binding is built from.
+    let text = json!({"bindings": [cfg]}).to_string();
+    let loaded = crate::config::load_str("unit.yaml", std::path::Path::new("."), &text, &|_| None);
+    let valid = loaded
+        .config
+        .unwrap_or_else(|| panic!("the binding config loads: {:?}", loaded.diagnostics));
     Binding::new(
         cfg,
         std::path::Path::new("."),
         Duration::from_secs(5),
         caps.tasks.clone(),
-        &Default::default(),
+        &valid.parsed,
     )
     .expect("a binding")
 }
