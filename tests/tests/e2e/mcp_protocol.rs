@@ -717,6 +717,48 @@ fn a_cancelled_request_is_stopped_and_the_upstream_told() {
     assert_eq!(cancelled[0]["params"]["reason"], "changed my mind");
 }
 
+/// Two requests with the same id in flight on one session: the second is refused with an
+/// error at once (ids must be unique among a session's requests), the first is answered.
+#[test]
+fn a_request_id_already_in_flight_is_refused_and_the_first_answered() {
+    let gw = echo_gateway("mcp-proto-dup-id", "");
+    let sid = initialize(&gw);
+    let addr = gw.addr;
+    let first = {
+        let sid = sid.clone();
+        std::thread::spawn(move || {
+            let body =
+                br#"{"jsonrpc":"2.0","id":"dup","method":"echo/sleep","params":{"ms":1500}}"#;
+            http_for(
+                addr,
+                "POST",
+                "/mcp",
+                &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
+                body,
+                Duration::from_secs(10),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _, text) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
+        br#"{"jsonrpc":"2.0","id":"dup","method":"echo/sleep","params":{"ms":1}}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    let second = body_json(&text);
+    assert_eq!(second["id"], "dup", "{second}");
+    assert_eq!(second["error"]["code"], -32600, "{second}");
+    let (status, _, text) = first.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("\"result\"") && text.contains("\"dup\""),
+        "the first request is answered: {text}"
+    );
+}
+
 /// Lists of several upstreams, each paginated, merge into pages that a real client walks to
 /// the end, seeing every item once and in order.
 #[test]

@@ -11,10 +11,11 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::mcp::relay::Reply;
-use crate::mcp::relay::exchange::{Call, closed_error, response_out, timeout_error};
+use crate::mcp::relay::exchange::{self, End, Relay, Shape, Step, response_out};
+use crate::mcp::relay::legacy::Call;
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::session::Live;
-use crate::mcp::upstream::Connection;
+use crate::mcp::upstream::{Connection, Exchange};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
 
 /// How many input-required rounds one request may take before mcpg gives up.
@@ -93,29 +94,51 @@ async fn round(
     deadline: tokio::time::Instant,
     tx: &mpsc::Sender<Message>,
 ) -> Result<Message, Stop> {
-    let name = &call.b.upstreams[call.up].name;
-    let mut ex = conn
-        .request(msg.clone())
+    let shape = Round(call);
+    let mut relay = Relay::start(conn, msg.clone(), &[], deadline, None)
         .await
-        .map_err(|e| Some(e.to_rpc().to_message(call.id.clone())))?;
+        .map_err(|e| Some(e.to_message(call.id.clone(), call.name())))?;
     loop {
-        let m = tokio::select! {
-            m = ex.next() => m,
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(Some(timeout_error(call.id.clone(), name)));
-            }
-        };
-        match m {
-            None => return Err(Some(closed_error(call.id.clone(), name))),
-            Some(mut m) if jsonrpc::kind(&m) == Kind::Notification => {
-                call.b.naming.notification_out(call.up, &mut m);
+        match relay.next(&shape).await {
+            Ok(m) => {
                 if tx.send(m).await.is_err() {
                     return Err(None);
                 }
             }
-            Some(m) if jsonrpc::kind(&m) == Kind::Response => return Ok(m),
-            Some(_) => {}
+            Err(End::Final(m)) => return Ok(m),
+            Err(End::TimedOut) => {
+                return Err(Some(exchange::timeout_error(call.id.clone(), call.name())));
+            }
+            Err(End::Closed | End::Cancelled) => {
+                return Err(Some(exchange::closed_error(call.id.clone(), call.name())));
+            }
         }
+    }
+}
+
+/// The shape of one round: notifications relayed (renamed), the response ends it; the
+/// upstream speaks 2026-07-28, so it asks the client things only through input-required
+/// results, never with requests.
+struct Round<'a>(&'a Call);
+
+impl Shape for Round<'_> {
+    fn upstream(&self) -> &str {
+        self.0.name()
+    }
+
+    async fn step(&self, _ex: &Exchange, mut m: Message) -> Step {
+        match jsonrpc::kind(&m) {
+            Kind::Notification => {
+                self.0.b.naming.notification_out(self.0.up, &mut m);
+                Step::Relay(m)
+            }
+            Kind::Response => Step::Final(m),
+            Kind::Request | Kind::Invalid => Step::Skip,
+        }
+    }
+
+    async fn finish(&self, _ex: Exchange, _id: Value, m: Message) -> Message {
+        m
     }
 }
 

@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
 
 use super::request_state::{State, StateKey};
 use crate::capabilities::Capability;
 use crate::mcp::binding::Binding;
 use crate::mcp::relay::Reply;
-use crate::mcp::relay::exchange::{closed_error, response_out, timeout_error};
+use crate::mcp::relay::exchange::{self, Relay, Shape, Step, response_out};
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::route::path::Path;
 use crate::mcp::upstream::Exchange;
@@ -261,18 +260,16 @@ pub async fn request(b: &Arc<Binding>, bridge: &Arc<Bridge>, ask: Ask, mut msg: 
         meta::strip_request_fields(&mut msg);
     }
     let deadline = tokio::time::Instant::now() + b.upstreams[up].timeout;
-    let sent = tokio::time::timeout_at(deadline, handle.conn.request_with(msg, &extra)).await;
-    let mut ex = match sent {
-        Ok(Ok(ex)) => ex,
-        Ok(Err(e)) => return Reply::Json(e.to_rpc().to_message(id)),
-        Err(_) => return Reply::Json(timeout_error(id, &b.upstreams[up].name)),
+    let mut relay = match Relay::start(&handle.conn, msg, &extra, deadline, None).await {
+        Ok(r) => r,
+        Err(e) => return e.reply(id, &b.upstreams[up].name),
     };
     // Closing the client's stream cancels: an upstream on stdio or a bridged legacy
     // session is told; an HTTP upstream sees its own stream closed.
     if path == Path::Park || handle.conn.cancels_by_notification() {
-        ex.cancel_on_drop();
+        relay.cancel_on_drop();
     }
-    leg.relay(ex, id).await
+    exchange::reply(relay, leg, id).await
 }
 
 /// One exchange of a 2026-07-28 client with an upstream, and what shapes the messages
@@ -304,77 +301,6 @@ impl Leg {
     /// behalf: true when declined.
     async fn declined(&self, ex: &Exchange, m: &Message) -> bool {
         self.bridged() && decline(ex, self.caps.as_ref(), m).await
-    }
-
-    /// The error ending an exchange that stopped without a response.
-    fn unfinished(&self, id: Value, deadline: tokio::time::Instant) -> Message {
-        let name = &self.b.upstreams[self.up].name;
-        if tokio::time::Instant::now() >= deadline {
-            timeout_error(id, name)
-        } else {
-            closed_error(id, name)
-        }
-    }
-
-    /// Relays the exchange: notifications on the response stream, the response last. From a
-    /// bridged legacy upstream, a server request ends the response with an input-required
-    /// result and parks the exchange for the retry.
-    async fn relay(self, mut ex: Exchange, id: Value) -> Reply {
-        let deadline = tokio::time::Instant::now() + self.b.upstreams[self.up].timeout;
-        let first = loop {
-            let m = tokio::select! {
-                m = ex.next() => m,
-                _ = tokio::time::sleep_until(deadline) => None,
-            };
-            match m {
-                Some(m) if !self.shown(&m) => continue,
-                Some(m) if self.declined(&ex, &m).await => continue,
-                other => break other,
-            }
-        };
-        let Some(first) = first else {
-            // Timed out or closed; dropping the exchange cancels it upstream.
-            return Reply::Json(self.unfinished(id, deadline));
-        };
-        if jsonrpc::kind(&first) != Kind::Notification {
-            return Reply::Json(self.out(ex, id, first).await);
-        }
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut next = Some(first);
-            loop {
-                let m = match next.take() {
-                    Some(m) => m,
-                    None => tokio::select! {
-                        m = ex.next() => match m {
-                            Some(m) => m,
-                            None => break,
-                        },
-                        _ = tokio::time::sleep_until(deadline) => break,
-                        // The client closed its stream: dropping the exchange cancels it.
-                        _ = tx.closed() => return,
-                    },
-                };
-                if self.declined(&ex, &m).await {
-                    continue;
-                }
-                if jsonrpc::kind(&m) == Kind::Notification {
-                    if !self.shown(&m) {
-                        continue;
-                    }
-                    let mut m = m;
-                    self.b.naming.notification_out(self.up, &mut m);
-                    if tx.send(m).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                let _ = tx.send(self.out(ex, id, m).await).await;
-                return;
-            }
-            let _ = tx.send(self.unfinished(id, deadline)).await;
-        });
-        Reply::Stream(rx)
     }
 
     /// The message that ends a modern response: the upstream's response in 2026-07-28
@@ -498,6 +424,33 @@ impl Leg {
     }
 }
 
+/// The 2026-07-28 paths' shape: notifications relayed (log messages of a bridged upstream
+/// only at the level the client asked for), server requests a client cannot answer declined
+/// on its behalf, anything else ends the response ([`Leg::out`]).
+impl Shape for Leg {
+    fn upstream(&self) -> &str {
+        &self.b.upstreams[self.up].name
+    }
+
+    async fn step(&self, ex: &Exchange, mut m: Message) -> Step {
+        if self.declined(ex, &m).await {
+            return Step::Skip;
+        }
+        if jsonrpc::kind(&m) != Kind::Notification {
+            return Step::Final(m);
+        }
+        if !self.shown(&m) {
+            return Step::Skip;
+        }
+        self.b.naming.notification_out(self.up, &mut m);
+        Step::Relay(m)
+    }
+
+    async fn finish(&self, ex: Exchange, id: Value, m: Message) -> Message {
+        self.out(ex, id, m).await
+    }
+}
+
 /// A retry answering a bridged input-required result: the answers go to the upstream as
 /// responses to its requests, and the exchange carries on under the retry's id.
 async fn resume(
@@ -541,5 +494,6 @@ async fn resume(
             Err(e) => e.to_message(id),
         });
     }
-    leg.relay(p.ex, id).await
+    let deadline = tokio::time::Instant::now() + b.upstreams[leg.up].timeout;
+    exchange::reply(Relay::new(p.ex, deadline), leg, id).await
 }

@@ -19,21 +19,26 @@ pub struct Inflight {
 }
 
 impl Inflight {
+    /// Registers a request about to run here; `None` when one with the same id already runs
+    /// in the session.
     pub(crate) fn register(
         self: &Arc<Self>,
         sid: &str,
         id: &Value,
-    ) -> (InflightGuard, oneshot::Receiver<String>) {
+    ) -> Option<(InflightGuard, oneshot::Receiver<String>)> {
         let (tx, rx) = oneshot::channel();
         let key = (sid.to_owned(), id.to_string());
-        self.running.lock().expect("lock").insert(key.clone(), tx);
-        (
+        match self.running.lock().expect("lock").entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => return None,
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(tx),
+        };
+        Some((
             InflightGuard {
                 inflight: self.clone(),
                 key,
             },
             rx,
-        )
+        ))
     }
 
     /// Stops the request if it runs here.

@@ -3,6 +3,9 @@
 
 pub mod cancel;
 pub mod exchange;
+#[cfg(test)]
+mod exchange_tests;
+pub mod legacy;
 
 use tokio::sync::mpsc;
 

@@ -13,7 +13,7 @@ use crate::mcp::binding::Binding;
 use crate::mcp::bridge::modern_to_legacy::{self, Bridge};
 use crate::mcp::bridge::request_state::State;
 use crate::mcp::bridge::{legacy_to_modern, listen};
-use crate::mcp::relay::{Reply, exchange};
+use crate::mcp::relay::{Reply, legacy};
 use crate::mcp::session::Live;
 use crate::mcp::upstream::Conversations;
 use crate::mcp::wire::jsonrpc::{self, Message, RpcError, code};
@@ -55,7 +55,7 @@ pub async fn dispatch(b: &Arc<Binding>, client: Client<'_>, mut msg: Message) ->
                 Ok(c) => c,
                 Err(e) => return Reply::Json(e.to_message(id)),
             };
-            let call = exchange::Call {
+            let call = legacy::Call {
                 b: b.clone(),
                 live: live.clone(),
                 up,

@@ -203,7 +203,14 @@ impl Connection {
             cancel_on_drop: false,
             reader: None,
         };
-        match self.transport.send(msg, headers).await {
+        // A request abandoned while it is being sent (an upstream answering with JSON is
+        // still sending when the client cancels) is cancelled upstream as it is dropped,
+        // where a notification is how that is said (for a 2026-07-28 HTTP upstream, the
+        // request's own connection closing is).
+        exchange.cancel_on_drop = self.cancels_by_notification();
+        let sent = self.transport.send(msg, headers).await;
+        exchange.cancel_on_drop = false;
+        match sent {
             Ok(Some(stream)) => exchange.reader = self.route_answer(id, stream),
             Ok(None) => {}
             Err(e) => {
@@ -476,7 +483,7 @@ impl Drop for Exchange {
             let conn = self.conn.clone();
             let n = jsonrpc::notification(
                 "notifications/cancelled",
-                Some(json!({"requestId": self.id, "reason": "the client closed its stream"})),
+                Some(json!({"requestId": self.id, "reason": "the client abandoned the request"})),
             );
             tokio::spawn(async move {
                 let _ = conn.send(n).await;

@@ -5,6 +5,8 @@
 pub mod conn;
 pub mod http;
 pub mod stdio;
+#[cfg(test)]
+mod timeout_tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 pub use conn::{Connection, Exchange, UpstreamError};
 
@@ -186,6 +189,7 @@ impl Upstream {
                 base_dir.to_owned(),
                 Duration::from_millis(s.restart_backoff_ms),
                 Duration::from_millis(s.restart_max_backoff_ms),
+                timeout,
             ));
         }
         Ok(Arc::new(up))
@@ -205,6 +209,7 @@ impl Upstream {
         base_dir: PathBuf,
         initial: Duration,
         max: Duration,
+        timeout: Duration,
     ) -> tokio::sync::watch::Receiver<Option<Connection>> {
         let (tx, rx) = tokio::sync::watch::channel(None);
         let metrics = crate::telemetry::metrics::metrics();
@@ -213,7 +218,7 @@ impl Upstream {
             let mut restarts = 0u64;
             loop {
                 let started = tokio::time::Instant::now();
-                match connect_stdio(&name, &cfg, &base_dir, &Hello::gateway()).await {
+                match connect_stdio(&name, &cfg, &base_dir, &Hello::gateway(), timeout).await {
                     Ok(conn) => {
                         tx.send_replace(Some(conn.clone()));
                         answer_unattributable(&conn);
@@ -363,7 +368,7 @@ impl Upstream {
                     })?),
                     None => None,
                 };
-                let conn = connect_stdio(&self.name, cfg, base_dir, hello).await?;
+                let conn = connect_stdio(&self.name, cfg, base_dir, hello, self.timeout).await?;
                 Ok(Link {
                     conn,
                     _permit: permit,
@@ -381,7 +386,7 @@ impl Upstream {
                     t.set_version(Some(version.to_owned()));
                     let _ = conn.handshake.set(json!({"protocolVersion": version}));
                 } else {
-                    let result = handshake(&conn, hello).await?;
+                    let result = handshake(&conn, hello, self.deadline()).await?;
                     t.set_version(result["protocolVersion"].as_str().map(str::to_owned));
                     conn.send(jsonrpc::notification("notifications/initialized", None))
                         .await
@@ -402,6 +407,12 @@ impl Upstream {
 }
 
 impl Upstream {
+    /// When a wait on this upstream that starts now must end: its request timeout (connect,
+    /// `initialize` and the era probe obey it as requests do).
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
     /// The conversation modern-era clients use, established on first use: the upstream is
     /// probed with `server/discover` (unless its era is configured) and the answer
     /// remembered; a legacy-only upstream gets one legacy session the gateway holds for all
@@ -434,14 +445,17 @@ impl Upstream {
         }
     }
 
+    /// Establishing it obeys the upstream's request timeout as a whole: the era probe and a
+    /// legacy handshake after it share one deadline.
     async fn establish_modern(&self, known: Option<bool>) -> Result<ModernHandle, RpcError> {
+        let deadline = self.deadline();
         match &self.kind {
             Kind::Stdio { cfg, base_dir } => {
                 let (t, incoming) =
                     stdio::spawn(&self.name, cfg, base_dir).map_err(|e| e.to_rpc())?;
                 let conn = Connection::new(&self.name, t, Some(incoming));
                 if known != Some(false)
-                    && let Some(info) = discover(&conn).await
+                    && let Some(info) = discover(&conn, deadline).await
                 {
                     return Ok(ModernHandle {
                         conn,
@@ -450,7 +464,7 @@ impl Upstream {
                     });
                 }
                 // A legacy server ignores or refuses the probe and is still uninitialised.
-                match handshake(&conn, &Hello::gateway()).await {
+                match handshake(&conn, &Hello::gateway(), deadline).await {
                     Ok(info) => {
                         conn.send(jsonrpc::notification("notifications/initialized", None))
                             .await
@@ -472,7 +486,7 @@ impl Upstream {
                 if known != Some(false) {
                     let t = Arc::new(http::HttpTransport::new(&self.name, endpoint).into_modern());
                     let conn = Connection::new(&self.name, t, None);
-                    if let Some(info) = discover(&conn).await {
+                    if let Some(info) = discover(&conn, deadline).await {
                         return Ok(ModernHandle {
                             conn,
                             native: true,
@@ -500,19 +514,16 @@ impl Upstream {
 }
 
 /// Probes for 2026-07-28 with `server/discover`; the result when the upstream speaks it.
-async fn discover(conn: &Connection) -> Option<Value> {
+async fn discover(conn: &Connection, deadline: Instant) -> Option<Value> {
     let params = json!({"_meta": {
         meta::PROTOCOL_VERSION: version::LATEST_MODERN,
         meta::CLIENT_CAPABILITIES: gateway_capabilities(),
         meta::CLIENT_INFO: {"name": "mcpg", "version": env!("CARGO_PKG_VERSION")},
     }});
-    let r = tokio::time::timeout(
-        Duration::from_secs(10),
-        conn.call("server/discover", Some(params)),
-    )
-    .await
-    .ok()?
-    .ok()?;
+    let r = tokio::time::timeout_at(deadline, conn.call("server/discover", Some(params)))
+        .await
+        .ok()?
+        .ok()?;
     let speaks = r["supportedVersions"]
         .as_array()
         .is_some_and(|v| v.iter().any(|v| v.as_str().is_some_and(version::is_modern)));
@@ -556,10 +567,11 @@ async fn connect_stdio(
     cfg: &StdioTransport,
     base_dir: &std::path::Path,
     hello: &Hello,
+    timeout: Duration,
 ) -> Result<Connection, RpcError> {
     let (t, incoming) = stdio::spawn(name, cfg, base_dir).map_err(|e| e.to_rpc())?;
     let conn = Connection::new(name, t, Some(incoming));
-    let r = handshake(&conn, hello).await;
+    let r = handshake(&conn, hello, Instant::now() + timeout).await;
     match r {
         Ok(_) => {
             conn.send(jsonrpc::notification("notifications/initialized", None))
@@ -574,28 +586,25 @@ async fn connect_stdio(
     }
 }
 
-/// The legacy handshake: `initialize` with the client's hello; the result is kept on the
-/// connection.
-async fn handshake(conn: &Connection, hello: &Hello) -> Result<Value, RpcError> {
+/// The legacy handshake: `initialize` with the client's hello, answered by `deadline` (the
+/// upstream's request timeout); the result is kept on the connection.
+async fn handshake(conn: &Connection, hello: &Hello, deadline: Instant) -> Result<Value, RpcError> {
     let params = json!({
         "protocolVersion": hello.protocol_version,
         "capabilities": hello.capabilities,
         "clientInfo": hello.client_info,
     });
-    let result = tokio::time::timeout(
-        Duration::from_secs(30),
-        conn.call("initialize", Some(params)),
-    )
-    .await
-    .map_err(|_| {
-        RpcError::new(
-            jsonrpc::code::REQUEST_TIMEOUT,
-            format!(
-                "upstream `{}` did not answer initialize within 30 s",
-                conn.name()
-            ),
-        )
-    })??;
+    let result = tokio::time::timeout_at(deadline, conn.call("initialize", Some(params)))
+        .await
+        .map_err(|_| {
+            RpcError::new(
+                jsonrpc::code::REQUEST_TIMEOUT,
+                format!(
+                    "upstream `{}` did not answer initialize in time",
+                    conn.name()
+                ),
+            )
+        })??;
     let v = result["protocolVersion"].as_str().unwrap_or_default();
     if !version::is_legacy(v) {
         return Err(RpcError::new(
