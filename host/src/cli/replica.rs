@@ -89,6 +89,8 @@ impl Replica {
         telemetry::metrics::metrics().register_audit(written, dropped);
         let gateway = Gateway::new(cfg, capabilities, ownership, auditor.clone())
             .map_err(StartError::Gateway)?;
+        let gw = gateway.clone();
+        control.report_data_plane(Arc::new(move || gw.upstream_status()));
         tracing::info!(
             node_id = %node_id,
             listen = %listeners.main_addr,

@@ -53,7 +53,13 @@ pub struct ControlPlane {
     stop: watch::Sender<bool>,
     /// The cluster's id: created once in the coordinator by the first replica, shared by all.
     cluster_id: String,
+    /// What the data plane adds to `/api/cluster/status` (its upstreams' state); the data
+    /// plane sits above the control plane, so it hands this in.
+    data_plane: Arc<std::sync::OnceLock<DataPlaneStatus>>,
 }
+
+/// The data plane's part of `/api/cluster/status`.
+pub type DataPlaneStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// This process's instance id, made once.
 pub fn instance() -> String {
@@ -95,6 +101,7 @@ impl ControlPlane {
         let presence: Arc<dyn Presence> = Arc::from(coordinator.register(meta).await?);
         let (stop, _) = watch::channel(false);
         let cp = Self {
+            data_plane: Arc::default(),
             coordinator,
             kind,
             node_id,
@@ -222,7 +229,13 @@ impl ControlPlane {
             "leader_id": leader.as_ref().map(|l| l.node_id.clone()),
             "leadership_token": leader.as_ref().map(|l| l.token),
             "backend": {"ok": health.ok, "detail": health.detail},
+            "upstreams": self.data_plane.get().map(|f| f()),
         })
+    }
+
+    /// Sets what the data plane adds to `/api/cluster/status` (once).
+    pub fn report_data_plane(&self, status: DataPlaneStatus) {
+        let _ = self.data_plane.set(status);
     }
 
     /// The body of `GET /mcpg/meta`, the probe a peer or an operator uses on the MCP listener:

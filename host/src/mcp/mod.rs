@@ -121,7 +121,51 @@ impl Gateway {
             auditor,
         });
         gw.sessions.spawn_sweeper(gw.bindings.clone());
+        gw.probe_upstreams();
         Ok(gw)
+    }
+
+    /// Every binding's upstreams with what the last attempt to reach each found, for
+    /// `/api/cluster/status`.
+    pub fn upstream_status(&self) -> serde_json::Value {
+        let all: Vec<serde_json::Value> = self
+            .bindings
+            .iter()
+            .flat_map(|b| {
+                b.upstreams.iter().map(|u| {
+                    let h = u.health();
+                    serde_json::json!({
+                        "binding": b.name,
+                        "upstream": u.name,
+                        "state": match h.up { Some(true) => "up", Some(false) => "down", None => "unknown" },
+                        "error": h.error,
+                        "checked_ms": h.checked_ms,
+                    })
+                })
+            })
+            .collect();
+        serde_json::Value::Array(all)
+    }
+
+    /// Reaches every upstream once, in the background (see `Upstream::probe`): a broken one
+    /// is found at start, its cause logged at WARN and kept for its clients' errors and
+    /// `/api/cluster/status`.
+    fn probe_upstreams(&self) {
+        for b in &self.bindings {
+            for up in &b.upstreams {
+                let (binding, up) = (b.name.clone(), up.clone());
+                tokio::spawn(async move {
+                    match up.probe().await {
+                        Ok(()) => {
+                            tracing::info!(binding, upstream = %up.name, "upstream reachable")
+                        }
+                        Err(e) => {
+                            tracing::warn!(binding, upstream = %up.name, cause = %e.message, "upstream unavailable")
+                        }
+                    }
+                });
+            }
+        }
     }
 
     /// Shutdown, first step: this replica starts no session and takes none over; new

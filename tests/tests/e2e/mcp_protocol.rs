@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use std::time::Duration;
 
-use crate::harness::{header, http, http_for, sse_messages};
+use crate::harness::{free_port, get_json, header, http, http_for, sse_messages, wait_until};
 use crate::peers::{Gateway, peers_script, python};
 
 /// What one malformed request is, and the status and JSON-RPC code it must get.
@@ -756,6 +756,97 @@ fn a_request_id_already_in_flight_is_refused_and_the_first_answered() {
     assert!(
         text.contains("\"result\"") && text.contains("\"dup\""),
         "the first request is answered: {text}"
+    );
+}
+
+/// A broken upstream (a stdio program that dies at start, as a missing Python module does) is
+/// found when mcpg starts: `/readyz` stays 200, `/api/cluster/status` shows it down with the
+/// child's own words, `initialize` and `server/discover` name it, and a call to it carries
+/// the cause instead of "not connected".
+#[test]
+fn a_broken_upstream_is_found_at_start_and_its_cause_reaches_clients() {
+    let admin = free_port();
+    let broken = format!(
+        "{{name: broken, stdio: {{command: {:?}, args: [-m, mcpg_no_such_module]}}}}",
+        python().display().to_string()
+    );
+    let gw = Gateway::start(
+        "mcp-proto-probe",
+        &format!(
+            "  admin_listen: \"127.0.0.1:{admin}\"\nbindings:\n  - name: echo\n    path: /mcp\n    upstreams: [{}, {broken}]\n",
+            echo_upstream("echo", "")
+        ),
+    );
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let down = || {
+        get_json(admin, "/api/cluster/status").and_then(|s| {
+            s["upstreams"]
+                .as_array()?
+                .iter()
+                .find(|u| u["upstream"] == "broken" && u["state"] == "down")
+                .cloned()
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || down().is_some()),
+        "the probe at start finds it: {:?}",
+        get_json(admin, "/api/cluster/status")
+    );
+    let status = down().unwrap();
+    let cause = status["error"].as_str().unwrap_or_default();
+    assert!(
+        cause.contains("No module named"),
+        "the child's own words: {status}"
+    );
+    assert_eq!(crate::harness::http_get(gw.addr, "/readyz").unwrap().0, 200);
+
+    let (code, headers, body) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT],
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let init = body_json(&body);
+    let missing = &init["result"]["_meta"]["dev.mcpg/unavailableUpstreams"];
+    assert_eq!(missing[0]["name"], "broken", "{init}");
+    assert!(
+        missing[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("No module named"),
+        "{init}"
+    );
+    let sid = header(&headers, "mcp-session-id").unwrap().to_owned();
+    let r = call(
+        &gw,
+        ("Mcp-Session-Id", sid.as_str()),
+        "tools/call",
+        json!({"name": "broken__anything", "arguments": {}}),
+    );
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("No module named"),
+        "the call names the cause: {r}"
+    );
+
+    let (code, _, body) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, ("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "server/discover")],
+        json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"raw","version":"0"}}}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let discover = body_json(&body);
+    assert_eq!(
+        discover["result"]["_meta"]["dev.mcpg/unavailableUpstreams"][0]["name"], "broken",
+        "{discover}"
     );
 }
 

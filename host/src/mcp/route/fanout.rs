@@ -65,7 +65,29 @@ pub fn merge_initialize(b: &Binding, negotiated: &str, answers: &[(UpstreamIdx, 
         r
     };
     result["protocolVersion"] = json!(agreed);
+    note_unavailable(b, answers.iter().map(|(i, _)| *i), &mut result);
     result
+}
+
+/// Names, in a result's `_meta`, the binding's upstreams that did not answer (with the cause
+/// the last attempt to reach each found), so a client learns at once what is missing.
+fn note_unavailable(b: &Binding, answered: impl Iterator<Item = UpstreamIdx>, r: &mut Value) {
+    let answered: Vec<UpstreamIdx> = answered.collect();
+    let missing: Vec<Value> = b
+        .indices()
+        .filter(|i| !answered.contains(i))
+        .map(|i| {
+            let u = &b.upstreams[i];
+            json!({"name": u.name, "error": u.unavailable().message})
+        })
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    if !r["_meta"].is_object() {
+        r["_meta"] = json!({});
+    }
+    r["_meta"][meta::UNAVAILABLE_UPSTREAMS] = json!(missing);
 }
 
 /// Every upstream is reachable (for `fail_closed`).
@@ -241,6 +263,7 @@ pub async fn discover(b: &Binding) -> Value {
     if !instructions.is_empty() {
         r["instructions"] = json!(instructions.join("\n\n"));
     }
+    note_unavailable(b, answers.iter().map(|(i, _)| *i), &mut r);
     r
 }
 

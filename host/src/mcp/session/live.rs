@@ -144,10 +144,7 @@ impl Live {
         if let Some(t) = *slot.failed_at.lock().expect("lock")
             && t.elapsed() < Duration::from_secs(1)
         {
-            return Err(RpcError::new(
-                jsonrpc::code::CONNECTION_CLOSED,
-                format!("upstream `{}` is unavailable", upstream.name),
-            ));
+            return Err(upstream.unavailable());
         }
         let hello = self.record.lock().expect("lock").hello.clone();
         match upstream.connect(&hello, None).await {

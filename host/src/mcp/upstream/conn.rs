@@ -55,6 +55,11 @@ pub trait Transport: Send + Sync + 'static {
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError>;
     /// Ends the conversation (kills the child, deletes the HTTP session).
     async fn close(&self);
+    /// Why the conversation ended or is failing, as far as the transport can tell (a child's
+    /// exit status and its last lines of stderr); `None` when it cannot say.
+    async fn why_closed(&self) -> Option<String> {
+        None
+    }
     /// Lets go of the conversation so another replica can resume it: what can be resumed
     /// (an HTTP session) is left in place; what cannot (a child process) is ended.
     async fn detach(&self) {
@@ -137,6 +142,11 @@ impl Connection {
 
     pub fn cancels_by_notification(&self) -> bool {
         self.transport.cancels_by_notification()
+    }
+
+    /// Why the conversation ended or is failing, as far as its transport can tell.
+    pub async fn why_closed(&self) -> Option<String> {
+        self.transport.why_closed().await
     }
 
     pub fn is_closed(&self) -> bool {

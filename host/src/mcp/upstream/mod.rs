@@ -3,6 +3,7 @@
 //! stdio upstreams.
 
 pub mod conn;
+pub mod health;
 pub mod http;
 pub mod stdio;
 #[cfg(test)]
@@ -90,8 +91,6 @@ enum Kind {
 /// One configured upstream of a binding.
 pub struct Upstream {
     pub name: String,
-    /// The binding it belongs to (a label of its metrics).
-    binding: String,
     kind: Kind,
     pub timeout: Duration,
     /// Caps the children of a `per_session` stdio upstream.
@@ -106,6 +105,8 @@ pub struct Upstream {
     speaks_modern: std::sync::Mutex<Option<bool>>,
     /// `protocol: modern`: legacy sessions, too, go through the modern conversation.
     modern_only: bool,
+    /// What the last attempt to reach it found.
+    health: health::HealthCell,
 }
 
 /// A session's link to one upstream: a live conversation, holding its share of the
@@ -169,7 +170,6 @@ impl Upstream {
         });
         let mut up = Self {
             name: cfg.name.clone(),
-            binding: binding.to_owned(),
             kind,
             timeout,
             children,
@@ -178,13 +178,13 @@ impl Upstream {
             modern_failed: std::sync::Mutex::new(None),
             speaks_modern: std::sync::Mutex::new(configured),
             modern_only: configured == Some(true),
+            health: health::HealthCell::new(binding, &cfg.name),
         };
         if let Some(s) = &cfg.stdio
             && s.mode == StdioMode::Shared
         {
             up.shared = Some(Self::supervise_shared(
-                binding.to_owned(),
-                cfg.name.clone(),
+                up.health.clone(),
                 s.clone(),
                 base_dir.to_owned(),
                 Duration::from_millis(s.restart_backoff_ms),
@@ -203,8 +203,7 @@ impl Upstream {
     /// Keeps the one child of a shared stdio upstream running: starts it, and when it dies
     /// restarts it after a backoff that doubles up to `max` (reset after a minute of health).
     fn supervise_shared(
-        binding: String,
-        name: String,
+        health: health::HealthCell,
         cfg: StdioTransport,
         base_dir: PathBuf,
         initial: Duration,
@@ -213,23 +212,32 @@ impl Upstream {
     ) -> tokio::sync::watch::Receiver<Option<Connection>> {
         let (tx, rx) = tokio::sync::watch::channel(None);
         let metrics = crate::telemetry::metrics::metrics();
+        let (binding, name) = (health.binding.clone(), health.upstream.clone());
         tokio::spawn(async move {
             let mut backoff = initial;
             let mut restarts = 0u64;
             loop {
                 let started = tokio::time::Instant::now();
-                match connect_stdio(&name, &cfg, &base_dir, &Hello::gateway(), timeout).await {
+                let r = connect_stdio(&name, &cfg, &base_dir, &Hello::gateway(), timeout).await;
+                health.record(&r);
+                match r {
                     Ok(conn) => {
                         tx.send_replace(Some(conn.clone()));
                         answer_unattributable(&conn);
-                        metrics.upstream_up(&binding, &name, true);
                         conn.closed().await;
-                        metrics.upstream_up(&binding, &name, false);
+                        let why = conn.why_closed().await;
+                        health.record::<()>(&Err(RpcError::new(
+                            jsonrpc::code::CONNECTION_CLOSED,
+                            format!(
+                                "upstream `{name}` {}",
+                                why.as_deref().unwrap_or("closed its connection")
+                            ),
+                        )));
                         tx.send_replace(None);
                         if started.elapsed() > Duration::from_secs(60) {
                             backoff = initial;
                         }
-                        tracing::warn!(upstream = %name, restart_in_ms = backoff.as_millis() as u64, "shared stdio upstream died; restarting");
+                        tracing::warn!(upstream = %name, cause = why.as_deref().unwrap_or_default(), restart_in_ms = backoff.as_millis() as u64, "shared stdio upstream died; restarting");
                     }
                     Err(e) => {
                         tracing::warn!(upstream = %name, error = %e.message, restart_in_ms = backoff.as_millis() as u64, "shared stdio upstream failed to start");
@@ -262,8 +270,10 @@ impl Upstream {
         resume: Option<(&str, &str)>,
     ) -> Result<Link, RpcError> {
         let r = self.connect_any(hello, resume).await;
-        // Health as the last attempt to reach it found it (shared children: their supervisor).
-        crate::telemetry::metrics::metrics().upstream_up(&self.binding, &self.name, r.is_ok());
+        // A shared child's health is its supervisor's to record.
+        if self.shared.is_none() || r.is_ok() {
+            self.health.record(&r);
+        }
         r
     }
 
@@ -580,6 +590,11 @@ async fn connect_stdio(
             Ok(conn)
         }
         Err(e) => {
+            // A child that died (or printed its trouble) before answering says why.
+            let e = match conn.why_closed().await {
+                Some(why) => RpcError::new(e.code, format!("{} ({why})", e.message)),
+                None => e,
+            };
             conn.close().await;
             Err(e)
         }

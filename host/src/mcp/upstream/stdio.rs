@@ -1,5 +1,6 @@
 //! The stdio transport: a child process speaking newline-delimited JSON-RPC on stdin/stdout,
-//! its stderr logged line by line under the upstream's name.
+//! its stderr logged line by line under the upstream's name (the last lines kept, with its
+//! exit status, to say why it stopped).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde_json::Value;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -19,6 +21,12 @@ use super::conn::{Transport, UpstreamError};
 use crate::config::model::StdioTransport;
 use crate::mcp::wire::jsonrpc::Message;
 
+/// How many of a child's last stderr lines are kept to say why it stopped.
+const STDERR_TAIL: usize = 8;
+
+/// How long a closed conversation waits for its child's exit status before saying why.
+const EXIT_WAIT: Duration = Duration::from_secs(1);
+
 /// Environment variables a child gets unless `inherit_env` is set.
 const BASE_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER"];
 
@@ -29,6 +37,10 @@ pub struct StdioChild {
     tx: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
     /// Tells the monitor to kill the child if it does not exit on its own.
     kill: Mutex<Option<oneshot::Sender<()>>>,
+    /// The child's last lines of stderr.
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// How it exited, once it has.
+    exit: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Spawns the child; returns the transport and the channel of everything it prints.
@@ -51,18 +63,28 @@ pub fn spawn(
     let tx = write_lines(stdin);
     let in_rx = read_messages(upstream.to_owned(), stdout);
     let name = upstream.to_owned();
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+    let tail = stderr_tail.clone();
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             tracing::info!(upstream = %name, stderr = %truncate(&line), "upstream stderr");
+            let mut t = tail.lock().expect("stderr lock");
+            if t.len() == STDERR_TAIL {
+                t.pop_front();
+            }
+            t.push_back(truncate(&line).chars().take(300).collect());
         }
     });
-    let kill_tx = monitor(upstream.to_owned(), pid, child);
+    let (exit_tx, exit) = tokio::sync::watch::channel(None);
+    let kill_tx = monitor(upstream.to_owned(), pid, child, exit_tx);
     Ok((
         Arc::new(StdioChild {
             name: upstream.into(),
             tx: Mutex::new(Some(tx)),
             kill: Mutex::new(Some(kill_tx)),
+            stderr_tail,
+            exit,
         }),
         in_rx,
     ))
@@ -150,6 +172,7 @@ fn monitor(
     name: String,
     pid: Option<u32>,
     mut child: tokio::process::Child,
+    exit: tokio::sync::watch::Sender<Option<String>>,
 ) -> oneshot::Sender<()> {
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -166,6 +189,10 @@ fn monitor(
                 }
             }
         };
+        exit.send_replace(Some(match &status {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("unknown ({e})"),
+        }));
         match status {
             Ok(s) if s.success() => tracing::info!(upstream = %name, pid, "stdio upstream exited"),
             Ok(s) => tracing::warn!(upstream = %name, pid, status = %s, "stdio upstream exited"),
@@ -197,6 +224,28 @@ impl Transport for StdioChild {
             .and_then(|tx| tx.send(bytes).ok())
             .ok_or_else(|| UpstreamError::Closed(self.name.clone()))?;
         Ok(None)
+    }
+
+    async fn why_closed(&self) -> Option<String> {
+        let mut exit = self.exit.clone();
+        let status = tokio::time::timeout(EXIT_WAIT, exit.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|s| s.clone()));
+        let tail: Vec<String> = self
+            .stderr_tail
+            .lock()
+            .expect("stderr lock")
+            .iter()
+            .cloned()
+            .collect();
+        let stderr = (!tail.is_empty()).then(|| format!("its last stderr: {}", tail.join(" | ")));
+        match (status, stderr) {
+            (None, None) => None,
+            (Some(s), None) => Some(format!("exited ({s}) without a word on stderr")),
+            (Some(s), Some(e)) => Some(format!("exited ({s}); {e}")),
+            (None, Some(e)) => Some(e),
+        }
     }
 
     async fn close(&self) {

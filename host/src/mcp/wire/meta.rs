@@ -10,6 +10,9 @@ pub const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+/// mcpg's own key in an `initialize` or `server/discover` result: the binding's upstreams that
+/// could not be reached, each with the cause the last attempt found.
+pub const UNAVAILABLE_UPSTREAMS: &str = "dev.mcpg/unavailableUpstreams";
 
 /// A request's `params._meta`, if it has one.
 pub fn of(m: &Message) -> Option<&Map<String, Value>> {
