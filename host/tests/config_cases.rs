@@ -62,6 +62,14 @@ fn every_case_matches_its_expected_diagnostics() {
             "{}: a secret from the environment was printed:\n{actual}",
             case.display()
         );
+        // Every diagnostic is one line of printable text, whatever the file holds.
+        assert!(
+            !actual
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || matches!(c, '\u{2028}' | '\u{2029}')),
+            "{}: a control character was printed raw:\n{actual:?}",
+            case.display()
+        );
         let expected_path = case.with_extension("expected");
         if bless {
             std::fs::write(&expected_path, &actual).unwrap();

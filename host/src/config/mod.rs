@@ -73,6 +73,14 @@ pub struct LoadOutcome {
 }
 
 impl LoadOutcome {
+    /// A file refused before parsing, with the one reason.
+    fn refused(d: Diagnostic) -> Self {
+        Self {
+            config: None,
+            diagnostics: vec![d],
+        }
+    }
+
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics
             .iter()
@@ -118,18 +126,27 @@ pub fn load_file_with_overrides(
 ) -> Result<LoadOutcome, ReadError> {
     let env = |name: &str| std::env::var(name).ok();
     let (file, base_dir, text) = read(path)?;
-    Ok(load_str_with(&file, &base_dir, &text, &env, overrides))
+    Ok(match text {
+        Ok(text) => load_str_with(&file, &base_dir, &text, &env, overrides),
+        Err(d) => LoadOutcome::refused(d),
+    })
 }
 
 /// Reads a config file and validates it, looking variables up through `env`.
 pub fn load_file_with_env(path: &Path, env: EnvLookup<'_>) -> Result<LoadOutcome, ReadError> {
     let (file, base_dir, text) = read(path)?;
-    Ok(load_str(&file, &base_dir, &text, env))
+    Ok(match text {
+        Ok(text) => load_str(&file, &base_dir, &text, env),
+        Err(d) => LoadOutcome::refused(d),
+    })
 }
 
-fn read(path: &Path) -> Result<(String, PathBuf, String), ReadError> {
+/// The file's name, directory and text; text that is not UTF-8 is a positioned diagnostic.
+type Read = (String, PathBuf, Result<String, Diagnostic>);
+
+fn read(path: &Path) -> Result<Read, ReadError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ReadError {
+    let bytes = std::fs::read(path).map_err(|source| ReadError {
         file: file.clone(),
         source,
     })?;
@@ -144,7 +161,30 @@ fn read(path: &Path) -> Result<(String, PathBuf, String), ReadError> {
         })
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    Ok((file, base_dir, text))
+    Ok((file, base_dir, decode(bytes)))
+}
+
+/// The file's text, or where it stops being UTF-8: the line and column (in characters, like
+/// every other position) of the first bad byte.
+pub fn decode(bytes: Vec<u8>) -> Result<String, Diagnostic> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let valid = std::str::from_utf8(&bytes[..at]).expect("valid up to here");
+        let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
+        let pos = Pos {
+            line: valid.matches('\n').count() + 1,
+            column: valid[line_start..].chars().count() + 1,
+        };
+        Diagnostic::error(
+            pos,
+            KeyPath::root(),
+            format!(
+                "not valid UTF-8: byte 0x{:02X} here (byte offset {at}); mcpg reads config files as UTF-8 text",
+                bytes[at]
+            ),
+        )
+    })
 }
 
 /// Validates config text. Pure: the only outside input is `env`.

@@ -175,3 +175,105 @@ fn secrets_from_the_environment_are_never_printed() {
         assert!(!all.contains("hunter2"), "secret leaked: {all}");
     }
 }
+
+/// Runs `program` under a 256 MiB address-space limit (`ulimit -v`), the way a CI job that
+/// checks configs from pull requests should be safe to run. Before alias expansion was bounded,
+/// a 400-byte file took gigabytes and the process aborted out of memory.
+fn run_capped(program: &std::path::Path, args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 262144 && exec \"$0\" \"$@\"")
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn an_alias_bomb_is_refused_within_a_small_memory_limit_by_both_binaries() {
+    let cases = repo_root().join("host/tests/config-cases");
+    for (name, line) in [
+        ("invalid-alias-bomb.yaml", 7),
+        ("invalid-alias-bomb-unknown-key.yaml", 10),
+    ] {
+        let f = cases.join(name);
+        let body = std::fs::read_to_string(&f).unwrap();
+        let bomb: usize = body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.len() + 1)
+            .sum();
+        assert!(bomb < 500, "{name}: the bomb is {bomb} bytes");
+        let shown = f.display().to_string();
+        let out = run_capped(&bin("mcpg-config-check"), &[&shown]);
+        let text = stdout(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("{shown}:{line}:"))
+                && text.contains("YAML alias expansion stopped here"),
+            "{text}"
+        );
+        // `mcpg` refuses it with the same positioned error, before binding anything.
+        let out = run_capped(&bin("mcpg"), &["--config", &shown]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(&format!("{shown}:{line}:"))
+                && err.contains("YAML alias expansion stopped here"),
+            "{err}"
+        );
+    }
+    // The cap itself leaves room for an ordinary check.
+    let example = repo_root().join("examples/single-node.yaml");
+    let out = run_capped(&bin("mcpg-config-check"), &[example.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+#[test]
+fn control_characters_in_values_cannot_forge_a_diagnostic() {
+    let dir = TempDir::new("cc-ctl");
+    let f = dir.write(
+        "c.yaml",
+        "server:\n  listen: \"x\\nc.yaml:1:1: server.listen: fine\\e[2K\\r\\L\\P\"\n\
+         bindings: [{name: m, path: /mcp, upstreams: [{name: t, stdio: {command: x}}]}]\n",
+    );
+    let out = check(&[f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    // One diagnostic line plus the verdict: the forged line is not a line of its own.
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        !text
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || matches!(c, '\u{2028}' | '\u{2029}')),
+        "{text:?}"
+    );
+    assert!(
+        text.contains(r"`x\nc.yaml:1:1: server.listen: fine\u{1b}[2K\r\u{2028}\u{2029}`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn invalid_utf8_is_reported_at_the_bad_byte() {
+    let dir = TempDir::new("cc-utf8");
+    let f = dir.0.join("u.yaml");
+    std::fs::write(
+        &f,
+        b"server:\n  listen: \"127.0.0.1:8080\"\nbindings:\n  - name: caf\xc3\xa9-\xff\n",
+    )
+    .unwrap();
+    let shown = f.display().to_string();
+    let out = check(&[&shown]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("{shown}:4:16: (root): not valid UTF-8: byte 0xFF")),
+        "{text}"
+    );
+}
