@@ -147,3 +147,33 @@ fn relative_paths_resolve_against_the_config_directory() {
         Some(Path::new("/srv/abs"))
     );
 }
+
+/// Issue 27's newcomer: seven mistakes and two weak secrets, all reported in one run (the
+/// duplicate binding name and the bad URL used to appear only after the others were fixed).
+#[test]
+fn a_newcomers_mistakes_are_all_reported_in_one_run_with_advice() {
+    let outcome =
+        mcpg::config::load_file_with_env(&cases_dir().join("invalid-newcomer-mistakes.yaml"), &env)
+            .unwrap();
+    let rendered: Vec<String> = outcome.diagnostics.iter().map(|d| d.render("f")).collect();
+    let all = rendered.join("\n");
+    assert_eq!(outcome.errors().count(), 7, "{all}");
+    assert_eq!(outcome.warnings().count(), 2, "{all}");
+    for expected in [
+        "f:3:11: server.listen: `localhost:8080` is not an `IP:PORT` address",
+        "f:4:22: warning: server.forwarding_secret: this is a placeholder value",
+        "f:6:9: cluster.kind: unknown cluster kind `reddis`; did you mean `redis`?",
+        "f:13:11: bindings[0].path: must start with `/`: write `/mcp`",
+        "f:16:9: bindings[0].upstreams[0].mode: unknown key here: `mode` belongs one level down, at `stdio.mode`",
+        "f:18:11: bindings[1].name: duplicate binding name `main`",
+        "f:22:29: warning: bindings[1].auth.tokens[0].token: shorter than 32 characters",
+        "f:25:21: bindings[1].upstreams[0].http.url: `http://search example/mcp` is not a valid URL",
+        "f:26:1: obervability: unknown key; did you mean `observability`?",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    assert!(
+        !all.contains("does not match"),
+        "a regex in a message:\n{all}"
+    );
+}

@@ -70,6 +70,36 @@ pub struct LoadOutcome {
     pub config: Option<ValidatedConfig>,
     /// Errors and warnings, ordered by position.
     pub diagnostics: Vec<Diagnostic>,
+    /// What the plugin phase needs, whenever `cluster` and its plugin entry are usable, even
+    /// when other parts of the file are not (so `mcpg-config-check` reports everything in one
+    /// run).
+    pub plugin: Option<PluginTarget>,
+}
+
+/// The coordinator plugin a file selects, with what its findings are positioned by.
+#[derive(Debug, Clone)]
+pub struct PluginTarget {
+    /// Always [`ClusterPlan::Plugin`].
+    pub plan: ClusterPlan,
+    /// The plugin entry's source, relative paths resolved against the file's directory.
+    pub source: model::PluginSource,
+    pub source_map: SourceMap,
+    pub document: Value,
+}
+
+impl ValidatedConfig {
+    /// The plugin phase's view of a valid config, if it selects a plugin.
+    pub fn plugin_target(&self) -> Option<PluginTarget> {
+        let ClusterPlan::Plugin { plugin_index, .. } = &self.cluster else {
+            return None;
+        };
+        Some(PluginTarget {
+            plan: self.cluster.clone(),
+            source: self.config.plugins.get(*plugin_index)?.source.clone(),
+            source_map: self.source_map.clone(),
+            document: self.document.clone(),
+        })
+    }
 }
 
 impl LoadOutcome {
@@ -78,6 +108,7 @@ impl LoadOutcome {
         Self {
             config: None,
             diagnostics: vec![d],
+            plugin: None,
         }
     }
 
@@ -202,7 +233,16 @@ pub fn load_str_with(
     overrides: &[Override],
 ) -> LoadOutcome {
     let mut diagnostics = Vec::new();
-    let config = run(file, base_dir, text, env, overrides, &mut diagnostics);
+    let mut plugin = None;
+    let config = run(
+        file,
+        base_dir,
+        text,
+        env,
+        overrides,
+        &mut diagnostics,
+        &mut plugin,
+    );
     for d in &mut diagnostics {
         let pointer = d.path.pointer();
         if let Some(o) = overrides.iter().find(|o| o.pointer == pointer) {
@@ -213,6 +253,7 @@ pub fn load_str_with(
     LoadOutcome {
         config,
         diagnostics,
+        plugin,
     }
 }
 
@@ -223,6 +264,7 @@ fn run(
     env: EnvLookup<'_>,
     overrides: &[Override],
     diagnostics: &mut Vec<Diagnostic>,
+    plugin: &mut Option<PluginTarget>,
 ) -> Option<ValidatedConfig> {
     let mut root = match yaml::parse(text) {
         Ok(Some(node)) => node,
@@ -261,10 +303,12 @@ fn run(
         doc: &doc,
         map: &map,
         out: Vec::new(),
+        plan: None,
     };
     let derived = checker.check(&sections);
     diagnostics.extend(errors);
     diagnostics.extend(checker.out);
+    *plugin = plugin_target(checker.plan, &sections, diagnostics, base_dir, &doc, &map);
     if diagnostics.iter().any(|d| d.severity == Severity::Error) {
         return None;
     }
@@ -302,6 +346,43 @@ fn run(
         source_map: map,
         document: doc,
         parsed,
+    })
+}
+
+/// The plugin phase's input, when the plan and its plugin entry are free of errors.
+fn plugin_target(
+    plan: Option<ClusterPlan>,
+    sections: &semantic::Sections,
+    diagnostics: &[Diagnostic],
+    base_dir: &Path,
+    doc: &Value,
+    map: &SourceMap,
+) -> Option<PluginTarget> {
+    let plan = plan?;
+    let ClusterPlan::Plugin { plugin_index, .. } = &plan else {
+        return None;
+    };
+    let entry = format!("/plugins/{plugin_index}");
+    let broken = diagnostics.iter().any(|d| {
+        let p = d.path.pointer();
+        d.severity == Severity::Error && (p == entry || p.starts_with(&format!("{entry}/")))
+    });
+    if broken {
+        return None;
+    }
+    let (_, p) = sections.plugins.iter().find(|(i, _)| i == plugin_index)?;
+    let mut source = p.source.clone();
+    for path in [source.path.as_mut(), source.cache_dir.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        *path = semantic::resolve(base_dir, path);
+    }
+    Some(PluginTarget {
+        plan,
+        source,
+        source_map: map.clone(),
+        document: doc.clone(),
     })
 }
 

@@ -11,6 +11,10 @@ fn check(args: &[&str]) -> Output {
         .env("MCPG_NATS_URL", "nats://127.0.0.1:4222")
         .env("MCPG_ADVERTISE_URL", "http://10.0.0.5:8080")
         .env("HOSTNAME", "mcpg-e2e-0")
+        // The examples' secrets have no placeholder defaults: set as an operator would.
+        .env("MCPG_ADMIN_TOKEN", "9f2c41d7e08ab35c6d7f1e20b4a9c83e")
+        .env("MCPG_CI_TOKEN", "5be03a9d1c7f46e28a0b93d4c6e1f75a")
+        .env("SEARCH_API_KEY", "search-api-key-from-the-environment")
         .output()
         .expect("run mcpg-config-check")
 }
@@ -276,4 +280,115 @@ fn invalid_utf8_is_reported_at_the_bad_byte() {
         text.contains(&format!("{shown}:4:16: (root): not valid UTF-8: byte 0xFF")),
         "{text}"
     );
+}
+
+/// A copied example with a relative plugin path that does not resolve: `mcpg` would exit 1,
+/// so the checker says so (an error) when checking where the file runs, and only warns with
+/// `--not-here`. In the same run, the newcomer fixture's every mistake is reported.
+#[test]
+fn one_run_reports_every_mistake_and_an_unresolvable_plugin_path_is_an_error_here() {
+    let dir = TempDir::new("cc-here");
+    let example = std::fs::read_to_string(repo_root().join("examples/redis.yaml")).unwrap();
+    assert!(example.contains("source: {path: ../target/release/libmcpg_cluster_redis.so}"));
+    let copied = dir.write("redis.yaml", &example);
+    let mistakes = dir.write(
+        "mistakes.yaml",
+        &std::fs::read_to_string(
+            repo_root().join("host/tests/config-cases/invalid-newcomer-mistakes.yaml"),
+        )
+        .unwrap(),
+    );
+    let (copied_s, mistakes_s) = (copied.display().to_string(), mistakes.display().to_string());
+    let out = check(&[&copied_s, &mistakes_s]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{copied_s}:17:20: plugins[0].source.path: plugin library "
+        )) && text.contains("mcpg would not start")
+            && text.contains("--not-here"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("✗ {copied_s}: invalid (1 error, 0 warnings)")),
+        "{text}"
+    );
+    for (line, what) in [
+        (
+            3,
+            "server.listen: `localhost:8080` is not an `IP:PORT` address",
+        ),
+        (
+            4,
+            "warning: server.forwarding_secret: this is a placeholder value",
+        ),
+        (
+            6,
+            "cluster.kind: unknown cluster kind `reddis`; did you mean `redis`?",
+        ),
+        (13, "bindings[0].path: must start with `/`: write `/mcp`"),
+        (
+            16,
+            "bindings[0].upstreams[0].mode: unknown key here: `mode` belongs one level down, at `stdio.mode`",
+        ),
+        (18, "bindings[1].name: duplicate binding name `main`"),
+        (
+            22,
+            "warning: bindings[1].auth.tokens[0].token: shorter than 32 characters",
+        ),
+        (
+            25,
+            "bindings[1].upstreams[0].http.url: `http://search example/mcp` is not a valid URL",
+        ),
+        (
+            26,
+            "obervability: unknown key; did you mean `observability`?",
+        ),
+    ] {
+        assert!(
+            text.contains(&format!("{mistakes_s}:{line}:")) && text.contains(what),
+            "{what}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains(&format!("✗ {mistakes_s}: invalid (7 errors, 2 warnings)")),
+        "{text}"
+    );
+
+    // Checked away from where it runs: a warning, the keys not checked.
+    let out = check(&["--not-here", &copied_s]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("warning: plugins[0].source.path: plugin library")
+            && text.contains("not found here"),
+        "{text}"
+    );
+
+    // And mcpg, on the same file, refuses to start (so the checker's error is the truth).
+    let out = Command::new(bin("mcpg"))
+        .args(["--config", &copied_s])
+        .env("MCPG_REDIS_URL", "redis://127.0.0.1:1")
+        .env("MCPG_ADVERTISE_URL", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn help_opens_with_what_the_tool_does() {
+    let out = check(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("Checks mcpg configuration files with the loader mcpg itself boots with"),
+        "{text}"
+    );
+    assert!(text.contains("--not-here"), "{text}");
+    assert!(!text.contains("Command-line tools around mcpg"), "{text}");
 }
