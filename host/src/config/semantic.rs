@@ -1083,6 +1083,32 @@ mod tests {
     }
 
     #[test]
+    fn placeholder_secrets_are_recognised() {
+        for p in [
+            "change-me-to-a-long-random-secret",
+            "placeholder-ci-token-change-me",
+            "CHANGEME",
+            "secret",
+            "Secret123",
+            "password",
+            "token1",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "your-secret-here-0123456789",
+            "not-a-secret-at-all-really",
+        ] {
+            assert!(is_placeholder_secret(p), "{p}");
+        }
+        for real in [
+            "9f2c41d7e08ab35c6d7f1e20b4a9c83e",
+            "forwarding-secret-for-the-image-test",
+            "0123456789abcdef0123456789abcdef",
+            "s3cr3t-t0ken-value",
+        ] {
+            assert!(!is_placeholder_secret(real), "{real}");
+        }
+    }
+
+    #[test]
     fn oci_reference_rules() {
         assert_eq!(
             oci_reference_problem("registry.example.com/mcpg/cluster-redis:1.2.0"),
