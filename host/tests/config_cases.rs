@@ -177,3 +177,45 @@ fn a_newcomers_mistakes_are_all_reported_in_one_run_with_advice() {
         "a regex in a message:\n{all}"
     );
 }
+
+/// The plugin phase does not wait for the rest of the file to be valid: with a mistake
+/// elsewhere, the selected plugin is still there to check, and a library that is not where
+/// the file says is an error (a warning when checking for another machine).
+#[test]
+fn the_plugin_phase_runs_on_a_file_with_other_mistakes() {
+    let dir = std::env::temp_dir().join(format!("mcpg-cases-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("c.yaml");
+    std::fs::write(
+        &f,
+        "server: {listen: nowhere}\n\
+         cluster: {kind: redis, url: \"redis://127.0.0.1:6379\"}\n\
+         plugins: [{id: dev.mcpg.cluster.redis, source: {path: ./lib/missing.so}}]\n\
+         bindings: [{name: m, path: /mcp, upstreams: [{name: t, stdio: {command: x}}]}]\n",
+    )
+    .unwrap();
+    let outcome = mcpg::config::load_file_with_env(&f, &env).unwrap();
+    assert!(outcome.config.is_none());
+    assert_eq!(outcome.errors().count(), 1, "{:?}", outcome.diagnostics);
+    let target = outcome
+        .plugin
+        .as_ref()
+        .expect("the plugin phase has its input");
+    assert_eq!(
+        target.source.path.as_deref(),
+        Some(dir.join("lib/missing.so").as_path()),
+        "resolved against the file's directory, as mcpg resolves it"
+    );
+    let here = mcpg::coordinator::check_plugin(target, true);
+    assert_eq!(here.len(), 1, "{here:?}");
+    assert_eq!(here[0].severity, mcpg::config::Severity::Error);
+    assert_eq!((here[0].pos.line, here[0].pos.column), (3, 55));
+    assert!(
+        here[0].message.contains("mcpg would not start"),
+        "{}",
+        here[0].message
+    );
+    let elsewhere = mcpg::coordinator::check_plugin(target, false);
+    assert_eq!(elsewhere[0].severity, mcpg::config::Severity::Warning);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
