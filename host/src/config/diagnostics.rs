@@ -165,14 +165,16 @@ impl Diagnostic {
     }
 
     /// `FILE:LINE:COL: KEY.PATH: message`, with `warning: ` before the path for warnings.
+    /// Control characters are escaped (see [`escape_controls`]), so the result is always one
+    /// line: a value quoted in a message cannot forge a diagnostic of its own.
     pub fn render(&self, file: &str) -> String {
         let Pos { line, column } = self.pos;
+        let file = escape_controls(file);
+        let path = escape_controls(&self.path.to_string()).into_owned();
+        let message = escape_controls(&self.message);
         match self.severity {
-            Severity::Error => format!("{file}:{line}:{column}: {}: {}", self.path, self.message),
-            Severity::Warning => format!(
-                "{file}:{line}:{column}: warning: {}: {}",
-                self.path, self.message
-            ),
+            Severity::Error => format!("{file}:{line}:{column}: {path}: {message}"),
+            Severity::Warning => format!("{file}:{line}:{column}: warning: {path}: {message}"),
         }
     }
 
@@ -187,6 +189,32 @@ impl Diagnostic {
             "message": self.message,
         })
     }
+}
+
+/// Escapes what could break a message out of its line or disguise it when printed to a
+/// terminal: C0 and C1 control characters (ESC, CR, LF, TAB, NEL, …), DEL, the Unicode line
+/// and paragraph separators U+2028/U+2029, and the bidirectional overrides and isolates
+/// (U+202A–U+202E, U+2066–U+2069). `\n`, `\r` and `\t` are written so; the rest as `\u{…}`.
+/// A backslash stays as it is: the escapes are for reading, not for parsing back.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// JSON pointer escaping (RFC 6901).
@@ -211,6 +239,32 @@ mod tests {
         let odd = KeyPath::root().key("headers").key("X.Y");
         assert_eq!(odd.to_string(), "headers[\"X.Y\"]");
         assert_eq!(KeyPath::root().to_string(), "(root)");
+    }
+
+    #[test]
+    fn control_characters_in_values_cannot_forge_a_diagnostic_line() {
+        let forged = "x\nconfig.yaml:1:1: server.listen: all good\r\u{1b}[2K\u{2028}\u{2029}\u{85}\u{202e}\u{7f}\t";
+        let d = Diagnostic::error(
+            Pos { line: 3, column: 9 },
+            KeyPath::root().key("bindings").index(0).key(forged),
+            format!("`{forged}` is not valid"),
+        );
+        let out = d.render("config.yaml");
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(
+            !out.chars()
+                .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202e}')),
+            "{out:?}"
+        );
+        assert!(
+            out.ends_with(r"`x\nconfig.yaml:1:1: server.listen: all good\r\u{1b}[2K\u{2028}\u{2029}\u{85}\u{202e}\u{7f}\t` is not valid"),
+            "{out}"
+        );
+        // Text without such characters is left as it is.
+        assert!(matches!(
+            escape_controls("plain `é` text"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -70,9 +70,48 @@ pub struct LoadOutcome {
     pub config: Option<ValidatedConfig>,
     /// Errors and warnings, ordered by position.
     pub diagnostics: Vec<Diagnostic>,
+    /// What the plugin phase needs, whenever `cluster` and its plugin entry are usable, even
+    /// when other parts of the file are not (so `mcpg-config-check` reports everything in one
+    /// run).
+    pub plugin: Option<PluginTarget>,
+}
+
+/// The coordinator plugin a file selects, with what its findings are positioned by.
+#[derive(Debug, Clone)]
+pub struct PluginTarget {
+    /// Always [`ClusterPlan::Plugin`].
+    pub plan: ClusterPlan,
+    /// The plugin entry's source, relative paths resolved against the file's directory.
+    pub source: model::PluginSource,
+    pub source_map: SourceMap,
+    pub document: Value,
+}
+
+impl ValidatedConfig {
+    /// The plugin phase's view of a valid config, if it selects a plugin.
+    pub fn plugin_target(&self) -> Option<PluginTarget> {
+        let ClusterPlan::Plugin { plugin_index, .. } = &self.cluster else {
+            return None;
+        };
+        Some(PluginTarget {
+            plan: self.cluster.clone(),
+            source: self.config.plugins.get(*plugin_index)?.source.clone(),
+            source_map: self.source_map.clone(),
+            document: self.document.clone(),
+        })
+    }
 }
 
 impl LoadOutcome {
+    /// A file refused before parsing, with the one reason.
+    fn refused(d: Diagnostic) -> Self {
+        Self {
+            config: None,
+            diagnostics: vec![d],
+            plugin: None,
+        }
+    }
+
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics
             .iter()
@@ -118,18 +157,27 @@ pub fn load_file_with_overrides(
 ) -> Result<LoadOutcome, ReadError> {
     let env = |name: &str| std::env::var(name).ok();
     let (file, base_dir, text) = read(path)?;
-    Ok(load_str_with(&file, &base_dir, &text, &env, overrides))
+    Ok(match text {
+        Ok(text) => load_str_with(&file, &base_dir, &text, &env, overrides),
+        Err(d) => LoadOutcome::refused(d),
+    })
 }
 
 /// Reads a config file and validates it, looking variables up through `env`.
 pub fn load_file_with_env(path: &Path, env: EnvLookup<'_>) -> Result<LoadOutcome, ReadError> {
     let (file, base_dir, text) = read(path)?;
-    Ok(load_str(&file, &base_dir, &text, env))
+    Ok(match text {
+        Ok(text) => load_str(&file, &base_dir, &text, env),
+        Err(d) => LoadOutcome::refused(d),
+    })
 }
 
-fn read(path: &Path) -> Result<(String, PathBuf, String), ReadError> {
+/// The file's name, directory and text; text that is not UTF-8 is a positioned diagnostic.
+type Read = (String, PathBuf, Result<String, Diagnostic>);
+
+fn read(path: &Path) -> Result<Read, ReadError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ReadError {
+    let bytes = std::fs::read(path).map_err(|source| ReadError {
         file: file.clone(),
         source,
     })?;
@@ -144,7 +192,30 @@ fn read(path: &Path) -> Result<(String, PathBuf, String), ReadError> {
         })
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    Ok((file, base_dir, text))
+    Ok((file, base_dir, decode(bytes)))
+}
+
+/// The file's text, or where it stops being UTF-8: the line and column (in characters, like
+/// every other position) of the first bad byte.
+pub fn decode(bytes: Vec<u8>) -> Result<String, Diagnostic> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let valid = std::str::from_utf8(&bytes[..at]).expect("valid up to here");
+        let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
+        let pos = Pos {
+            line: valid.matches('\n').count() + 1,
+            column: valid[line_start..].chars().count() + 1,
+        };
+        Diagnostic::error(
+            pos,
+            KeyPath::root(),
+            format!(
+                "not valid UTF-8: byte 0x{:02X} here (byte offset {at}); mcpg reads config files as UTF-8 text",
+                bytes[at]
+            ),
+        )
+    })
 }
 
 /// Validates config text. Pure: the only outside input is `env`.
@@ -162,7 +233,16 @@ pub fn load_str_with(
     overrides: &[Override],
 ) -> LoadOutcome {
     let mut diagnostics = Vec::new();
-    let config = run(file, base_dir, text, env, overrides, &mut diagnostics);
+    let mut plugin = None;
+    let config = run(
+        file,
+        base_dir,
+        text,
+        env,
+        overrides,
+        &mut diagnostics,
+        &mut plugin,
+    );
     for d in &mut diagnostics {
         let pointer = d.path.pointer();
         if let Some(o) = overrides.iter().find(|o| o.pointer == pointer) {
@@ -173,6 +253,7 @@ pub fn load_str_with(
     LoadOutcome {
         config,
         diagnostics,
+        plugin,
     }
 }
 
@@ -183,6 +264,7 @@ fn run(
     env: EnvLookup<'_>,
     overrides: &[Override],
     diagnostics: &mut Vec<Diagnostic>,
+    plugin: &mut Option<PluginTarget>,
 ) -> Option<ValidatedConfig> {
     let mut root = match yaml::parse(text) {
         Ok(Some(node)) => node,
@@ -221,10 +303,12 @@ fn run(
         doc: &doc,
         map: &map,
         out: Vec::new(),
+        plan: None,
     };
     let derived = checker.check(&sections);
     diagnostics.extend(errors);
     diagnostics.extend(checker.out);
+    *plugin = plugin_target(checker.plan, &sections, diagnostics, base_dir, &doc, &map);
     if diagnostics.iter().any(|d| d.severity == Severity::Error) {
         return None;
     }
@@ -262,6 +346,43 @@ fn run(
         source_map: map,
         document: doc,
         parsed,
+    })
+}
+
+/// The plugin phase's input, when the plan and its plugin entry are free of errors.
+fn plugin_target(
+    plan: Option<ClusterPlan>,
+    sections: &semantic::Sections,
+    diagnostics: &[Diagnostic],
+    base_dir: &Path,
+    doc: &Value,
+    map: &SourceMap,
+) -> Option<PluginTarget> {
+    let plan = plan?;
+    let ClusterPlan::Plugin { plugin_index, .. } = &plan else {
+        return None;
+    };
+    let entry = format!("/plugins/{plugin_index}");
+    let broken = diagnostics.iter().any(|d| {
+        let p = d.path.pointer();
+        d.severity == Severity::Error && (p == entry || p.starts_with(&format!("{entry}/")))
+    });
+    if broken {
+        return None;
+    }
+    let (_, p) = sections.plugins.iter().find(|(i, _)| i == plugin_index)?;
+    let mut source = p.source.clone();
+    for path in [source.path.as_mut(), source.cache_dir.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        *path = semantic::resolve(base_dir, path);
+    }
+    Some(PluginTarget {
+        plan,
+        source,
+        source_map: map.clone(),
+        document: doc.clone(),
     })
 }
 

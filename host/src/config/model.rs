@@ -84,8 +84,9 @@ pub struct ServerConfig {
     /// The secret replicas present to each other when one forwards a request to the replica
     /// that owns its session (never sent to clients or upstreams; a request carrying a wrong
     /// one is refused with 403). Give every replica the same value, e.g.
-    /// `${env.MCPG_FORWARDING_SECRET}`. When absent, the first replica creates one in the
-    /// cluster coordinator and the others read it there.
+    /// `${env.MCPG_FORWARDING_SECRET}`. When absent, the first replica creates a random one in
+    /// the cluster coordinator and the others read it there. The config check warns on a
+    /// known placeholder value and on one shorter than 32 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 16))]
     pub forwarding_secret: Option<String>,
@@ -98,7 +99,8 @@ pub struct ServerConfig {
     /// The bearer token the admin API (`/api/…`) and `/metrics` require, e.g.
     /// `${env.MCPG_ADMIN_TOKEN}`. Without it they are served only on a loopback address: on a
     /// non-loopback `admin_listen` (or `listen` when `admin_listen` is absent) they answer
-    /// `403`, and the config check warns.
+    /// `403`, and the config check warns. It also warns on a known placeholder value and on
+    /// a token shorter than 32 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 16))]
     pub admin_token: Option<String>,
@@ -232,7 +234,8 @@ pub struct StaticToken {
     /// Who holds the token (`token:<name>` is its identity), unique within the binding.
     #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$"))]
     pub name: String,
-    /// The token itself; give it from the environment, e.g. `${env.MCPG_CI_TOKEN}`.
+    /// The token itself; give it from the environment, e.g. `${env.MCPG_CI_TOKEN}`. The
+    /// config check warns on a known placeholder value and on one shorter than 32 characters.
     #[schemars(length(min = 16))]
     pub token: String,
 }

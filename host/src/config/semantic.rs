@@ -12,6 +12,7 @@ use super::diagnostics::{Diagnostic, KeyPath};
 use super::model::{
     AccessConfig, AuditConfig, AuthConfig, BindingConfig, BusKind, CapabilityConfig, ClusterConfig,
     ObservabilityConfig, PluginConfig, PrefixMode, SINGLE_NODE, ServerConfig, StoreKind,
+    UpstreamConfig,
 };
 use super::yaml::SourceMap;
 
@@ -57,6 +58,9 @@ pub struct Sections {
     pub bindings: Vec<(usize, BindingConfig)>,
     /// Every binding passed the schema (so "no bindings" and uniqueness are meaningful).
     pub bindings_complete: bool,
+    /// Bindings that did not deserialize (a required key was invalid or missing), as they
+    /// stand: their valid names, paths and upstreams are still checked.
+    pub broken_bindings: Vec<(usize, Value)>,
     pub cluster: Option<ClusterConfig>,
     pub plugins: Vec<(usize, PluginConfig)>,
     pub plugins_complete: bool,
@@ -123,30 +127,29 @@ impl Sections {
                 Some(v) => serde_json::from_value(v.clone()).ok(),
             }
         }
-        fn list<T: serde::de::DeserializeOwned>(
-            doc: &Value,
-            name: &str,
-        ) -> (Vec<(usize, T)>, bool) {
+        type List<T> = (Vec<(usize, T)>, bool, Vec<(usize, Value)>);
+        fn list<T: serde::de::DeserializeOwned>(doc: &Value, name: &str) -> List<T> {
             let items = doc
                 .get(name)
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
             let mut out = Vec::new();
-            let mut complete = true;
+            let mut broken = Vec::new();
             for (i, item) in items.into_iter().enumerate() {
-                match serde_json::from_value(item) {
+                match serde_json::from_value(item.clone()) {
                     Ok(v) => out.push((i, v)),
-                    Err(_) => complete = false,
+                    Err(_) => broken.push((i, item)),
                 }
             }
-            (out, complete)
+            let complete = broken.is_empty();
+            (out, complete, broken)
         }
-        let (mut bindings, mut bindings_complete) = list(&doc, "bindings");
+        let (mut bindings, mut bindings_complete, mut broken_bindings) = list(&doc, "bindings");
         if !alive("/bindings") {
-            (bindings, bindings_complete) = (Vec::new(), false);
+            (bindings, bindings_complete, broken_bindings) = (Vec::new(), false, Vec::new());
         }
-        let (mut plugins, mut plugins_complete) = list(&doc, "plugins");
+        let (mut plugins, mut plugins_complete, _) = list(&doc, "plugins");
         if !alive("/plugins") {
             (plugins, plugins_complete) = (Vec::new(), false);
         }
@@ -165,6 +168,7 @@ impl Sections {
             server: get("/server").and_then(|p| section(&doc, p)),
             bindings,
             bindings_complete,
+            broken_bindings,
             cluster: get("/cluster").and_then(|p| section(&doc, p)),
             plugins,
             plugins_complete,
@@ -207,6 +211,9 @@ pub struct Checker<'a> {
     pub doc: &'a Value,
     pub map: &'a SourceMap,
     pub out: Vec<Diagnostic>,
+    /// The coordinator plan, when `cluster` and its plugin entry are usable, even if other
+    /// parts of the file are not: the plugin phase of `mcpg-config-check` runs on it.
+    pub plan: Option<ClusterPlan>,
 }
 
 impl Checker<'_> {
@@ -218,6 +225,11 @@ impl Checker<'_> {
     fn error_at_key(&mut self, path: KeyPath, msg: impl Into<String>) {
         let pos = self.map.key_pos(&path.pointer());
         self.out.push(Diagnostic::error(pos, path, msg));
+    }
+
+    fn warn_at_value(&mut self, path: KeyPath, msg: impl Into<String>) {
+        let pos = self.map.value_pos(&path.pointer());
+        self.out.push(Diagnostic::warning(pos, path, msg));
     }
 
     fn warn(&mut self, path: KeyPath, msg: impl Into<String>) {
@@ -262,9 +274,18 @@ impl Checker<'_> {
             }
             advertise_url = self.advertise(cfg, kind, listen);
             self.admin_access(cfg, listen, admin_listen);
+            for (key, value) in [
+                ("forwarding_secret", &cfg.forwarding_secret),
+                ("admin_token", &cfg.admin_token),
+            ] {
+                if let Some(v) = value {
+                    self.secret_strength(server.clone().key(key), v);
+                }
+            }
         }
         self.bindings(s);
         let cluster = s.cluster.as_ref().and_then(|c| self.cluster(c, s));
+        self.plan = cluster.clone();
         self.plugins(s, kind, &cluster);
         self.capabilities(s, kind);
         if let Some(a) = &s.audit {
@@ -396,75 +417,51 @@ impl Checker<'_> {
                 "no bindings: mcpg will serve no MCP endpoint",
             );
         }
-        for (i, b) in &s.bindings {
-            let i = *i;
+        // Names and paths of every binding, usable or not, in file order: a duplicate is a
+        // duplicate even when the other entry has mistakes of its own.
+        let mut all: Vec<(usize, Option<&str>, Option<&str>)> = s
+            .bindings
+            .iter()
+            .map(|(i, b)| (*i, Some(b.name.as_str()), Some(b.path.as_str())))
+            .chain(s.broken_bindings.iter().map(|(i, v)| {
+                (
+                    *i,
+                    v.get("name").and_then(Value::as_str),
+                    v.get("path").and_then(Value::as_str),
+                )
+            }))
+            .collect();
+        all.sort_by_key(|(i, _, _)| *i);
+        for (i, name, path) in all {
             let base = KeyPath::root().key("bindings").index(i);
-            if let Some(first) = names.insert(&b.name, i) {
+            if let Some(name) = name
+                && let Some(first) = names.insert(name, i)
+            {
                 self.error(
                     base.clone().key("name"),
-                    format!(
-                        "duplicate binding name `{}` (also used by bindings[{first}])",
-                        b.name
-                    ),
+                    format!("duplicate binding name `{name}` (also used by bindings[{first}])"),
                 );
             }
-            if let Some(msg) = path_problem(&b.path) {
+            let Some(path) = path else { continue };
+            if let Some(msg) = path_problem(path) {
                 self.error(base.clone().key("path"), msg);
-            } else if let Some(first) = paths.insert(&b.path, i) {
+            } else if let Some(first) = paths.insert(path, i) {
                 self.error(
                     base.clone().key("path"),
-                    format!(
-                        "duplicate path `{}` (also used by bindings[{first}])",
-                        b.path
-                    ),
+                    format!("duplicate path `{path}` (also used by bindings[{first}])"),
                 );
             }
-            let mut upstream_names: HashMap<&str, usize> = HashMap::new();
+        }
+        for (i, b) in &s.bindings {
+            let base = KeyPath::root().key("bindings").index(*i);
             let prefixed = match b.prefix {
                 PrefixMode::Auto => b.upstreams.len() > 1,
                 PrefixMode::Always => true,
                 PrefixMode::Never => false,
             };
-            for (j, u) in b.upstreams.iter().enumerate() {
-                let up = base.clone().key("upstreams").index(j);
-                if let Some(first) = upstream_names.insert(&u.name, j) {
-                    self.error(up.clone().key("name"), format!("duplicate upstream name `{}` in this binding (also used by upstreams[{first}])", u.name));
-                }
-                // `<upstream><separator><name>` must split one way only.
-                if prefixed && !b.separator.is_empty() && u.name.contains(b.separator.as_str()) {
-                    self.error(
-                        up.clone().key("name"),
-                        format!(
-                            "`{}` contains the binding's separator `{}`, so prefixed names could not be told apart; rename the upstream or set `separator`",
-                            u.name, b.separator
-                        ),
-                    );
-                }
-                match (&u.stdio, &u.http) {
-                    (Some(_), Some(_)) => self.error_at_key(up.clone().key("http"), "an upstream has exactly one transport: remove `stdio` or `http`"),
-                    (None, None) => self.error(up.clone(), "an upstream needs a transport: add `stdio: {command: …}` or `http: {url: …}`"),
-                    _ => {}
-                }
-                if let Some(s) = &u.stdio {
-                    for key in s.env.keys() {
-                        if key.is_empty() || key.contains(['=', '\0']) {
-                            self.error_at_key(up.clone().key("stdio").key("env").key(key), "not a valid environment variable name (it must be non-empty, without `=`)");
-                        }
-                    }
-                }
-                if let Some(h) = &u.http {
-                    self.http_url(up.clone().key("http").key("url"), &h.url);
-                    self.headers(up.clone().key("http").key("headers"), &h.headers);
-                    for (k, name) in h.pass_through_headers.iter().enumerate() {
-                        let p = up.clone().key("http").key("pass_through_headers").index(k);
-                        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                            self.error(p, format!("`{name}` is not a valid HTTP header name"));
-                        } else if h.headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
-                            self.error(p, format!("`{name}` is also set in `headers`; an upstream gets a header from one place"));
-                        }
-                    }
-                }
-            }
+            let separator = (prefixed && !b.separator.is_empty()).then_some(b.separator.as_str());
+            let upstreams: Vec<_> = b.upstreams.iter().enumerate().collect();
+            self.upstreams(&base, &upstreams, separator);
             let token_names = match &b.auth {
                 Some(a) => self.auth(base.clone().key("auth"), a),
                 None => Vec::new(),
@@ -477,6 +474,107 @@ impl Checker<'_> {
                     &token_names,
                 );
             }
+        }
+        // A binding that did not deserialize: its upstreams that did are still checked.
+        for (i, raw) in &s.broken_bindings {
+            let base = KeyPath::root().key("bindings").index(*i);
+            let parsed: Vec<(usize, UpstreamConfig)> = raw
+                .get("upstreams")
+                .and_then(Value::as_array)
+                .map(|items| {
+                    items
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, u)| Some((j, serde_json::from_value(u.clone()).ok()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let upstreams: Vec<_> = parsed.iter().map(|(j, u)| (*j, u)).collect();
+            self.upstreams(&base, &upstreams, None);
+            if let Some(auth) = raw
+                .get("auth")
+                .and_then(|a| serde_json::from_value::<AuthConfig>(a.clone()).ok())
+            {
+                self.auth(base.clone().key("auth"), &auth);
+            }
+        }
+    }
+
+    /// One binding's upstreams (those that deserialized, with their index in the file).
+    /// `separator` is the binding's, when its tool names are prefixed.
+    fn upstreams(
+        &mut self,
+        base: &KeyPath,
+        upstreams: &[(usize, &UpstreamConfig)],
+        separator: Option<&str>,
+    ) {
+        let mut upstream_names: HashMap<&str, usize> = HashMap::new();
+        for (j, u) in upstreams {
+            let j = *j;
+            let up = base.clone().key("upstreams").index(j);
+            if let Some(first) = upstream_names.insert(&u.name, j) {
+                self.error(up.clone().key("name"), format!("duplicate upstream name `{}` in this binding (also used by upstreams[{first}])", u.name));
+            }
+            // `<upstream><separator><name>` must split one way only.
+            if let Some(sep) = separator
+                && u.name.contains(sep)
+            {
+                self.error(
+                    up.clone().key("name"),
+                    format!(
+                        "`{}` contains the binding's separator `{sep}`, so prefixed names could not be told apart; rename the upstream or set `separator`",
+                        u.name
+                    ),
+                );
+            }
+            match (&u.stdio, &u.http) {
+                (Some(_), Some(_)) => self.error_at_key(
+                    up.clone().key("http"),
+                    "an upstream has exactly one transport: remove `stdio` or `http`",
+                ),
+                (None, None) => self.error(
+                    up.clone(),
+                    "an upstream needs a transport: add `stdio: {command: …}` or `http: {url: …}`",
+                ),
+                _ => {}
+            }
+            if let Some(s) = &u.stdio {
+                for key in s.env.keys() {
+                    if key.is_empty() || key.contains(['=', '\0']) {
+                        self.error_at_key(up.clone().key("stdio").key("env").key(key), "not a valid environment variable name (it must be non-empty, without `=`)");
+                    }
+                }
+            }
+            if let Some(h) = &u.http {
+                self.http_url(up.clone().key("http").key("url"), &h.url);
+                self.headers(up.clone().key("http").key("headers"), &h.headers);
+                for (k, name) in h.pass_through_headers.iter().enumerate() {
+                    let p = up.clone().key("http").key("pass_through_headers").index(k);
+                    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        self.error(p, format!("`{name}` is not a valid HTTP header name"));
+                    } else if h.headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
+                        self.error(p, format!("`{name}` is also set in `headers`; an upstream gets a header from one place"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Warns about a secret anyone could guess: a known placeholder, or one shorter than
+    /// [`STRONG_SECRET_LEN`]. The value itself is never printed.
+    fn secret_strength(&mut self, path: KeyPath, value: &str) {
+        if is_placeholder_secret(value) {
+            self.warn_at_value(
+                path,
+                "this is a placeholder value from examples or guides, so anyone who has read them can use it; generate a secret (e.g. `openssl rand -hex 32`) and give it from the environment",
+            );
+        } else if value.chars().count() < STRONG_SECRET_LEN {
+            self.warn_at_value(
+                path,
+                format!(
+                    "shorter than {STRONG_SECRET_LEN} characters: a bearer secret should carry at least 128 bits of randomness, which is 32 hex characters; generate one with `openssl rand -hex 32`"
+                ),
+            );
         }
     }
 
@@ -506,6 +604,8 @@ impl Checker<'_> {
                     p.key("token"),
                     format!("the same token as tokens[{first}]: each holder needs its own token"),
                 );
+            } else {
+                self.secret_strength(p.key("token"), &t.token);
             }
         }
         if let Some(j) = &a.jwt {
@@ -625,12 +725,16 @@ impl Checker<'_> {
                 // The entry may be among those the schema already rejected.
                 return None;
             }
-            self.error(
-                base.key("kind"),
-                format!(
+            let message = match closest_kind(kind, s) {
+                Some(near) => format!(
+                    "unknown cluster kind `{kind}`; did you mean `{near}`? (a kind is `single_node` or names a coordinator plugin declared in `plugins`, e.g. `redis` for `{}`)",
+                    mcpg_plugin_api::cluster_plugin_id("redis")
+                ),
+                None => format!(
                     "`kind: {kind}` needs the coordinator plugin `{plugin_id}`, but `plugins` has no entry with that id; add `plugins: [{{id: {plugin_id}, source: {{path: …}}}}]`"
                 ),
-            );
+            };
+            self.error(base.key("kind"), message);
             return None;
         };
         let index = *index;
@@ -802,6 +906,83 @@ impl Checker<'_> {
     }
 }
 
+/// Secrets (`server.forwarding_secret`, `server.admin_token`, `auth.tokens[].token`) shorter
+/// than this are warned about: 32 hex characters carry 128 bits.
+pub const STRONG_SECRET_LEN: usize = 32;
+
+/// Whether `value` is a well-known placeholder: the examples' and guides' "change me" values,
+/// and the words people type when a field wants something.
+pub fn is_placeholder_secret(value: &str) -> bool {
+    let folded: String = value
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect();
+    const CONTAINS: &[&str] = &[
+        "changeme",
+        "placeholder",
+        "replaceme",
+        "yoursecret",
+        "yourtoken",
+        "mysecret",
+        "notasecret",
+        "insecure",
+        "example",
+        "dummy",
+        "xxxxxxxx",
+    ];
+    const EXACT: &[&str] = &[
+        "secret",
+        "password",
+        "passw0rd",
+        "token",
+        "test",
+        "admin",
+        "default",
+        "letmein",
+        "qwerty",
+        "abc123",
+        "123456",
+        "12345678",
+        "1234567890",
+    ];
+    let repeated = folded
+        .chars()
+        .next()
+        .is_some_and(|first| folded.chars().all(|c| c == first));
+    repeated
+        || CONTAINS.iter().any(|p| folded.contains(p))
+        || EXACT.iter().any(|p| folded == *p)
+        || ["secret", "password", "token"]
+            .iter()
+            .any(|w| folded.trim_end_matches(|c: char| c.is_ascii_digit()) == *w)
+}
+
+/// The coordinator kinds mcpg ships plugins for.
+pub const KNOWN_KINDS: &[&str] = &["redis", "nats", "consul", "etcd", "postgres"];
+
+/// The known or declared kind closest to a kind that matches no plugin, if one is close
+/// (at most two edits, or one for short names).
+fn closest_kind(kind: &str, s: &Sections) -> Option<String> {
+    let declared = s.plugins.iter().filter_map(|(_, p)| {
+        p.id.strip_prefix(mcpg_plugin_api::CLUSTER_PLUGIN_PREFIX)
+            .map(str::to_owned)
+    });
+    let mut candidates: Vec<String> = declared
+        .chain([SINGLE_NODE.to_owned()])
+        .chain(KNOWN_KINDS.iter().map(|k| (*k).to_owned()))
+        .collect();
+    candidates.dedup();
+    let limit = if kind.chars().count() <= 4 { 1 } else { 2 };
+    candidates
+        .into_iter()
+        .filter(|c| c != kind)
+        .map(|c| (strsim::damerau_levenshtein(kind, &c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| c)
+}
+
 /// Why a binding path is unusable, if it is.
 fn path_problem(path: &str) -> Option<String> {
     if !path.starts_with('/') {
@@ -899,6 +1080,32 @@ mod tests {
         assert_eq!(path_problem("/apix"), None);
         assert!(path_problem("/a//b").is_some());
         assert!(path_problem("/a?b").is_some());
+    }
+
+    #[test]
+    fn placeholder_secrets_are_recognised() {
+        for p in [
+            "change-me-to-a-long-random-secret",
+            "placeholder-ci-token-change-me",
+            "CHANGEME",
+            "secret",
+            "Secret123",
+            "password",
+            "token1",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "your-secret-here-0123456789",
+            "not-a-secret-at-all-really",
+        ] {
+            assert!(is_placeholder_secret(p), "{p}");
+        }
+        for real in [
+            "9f2c41d7e08ab35c6d7f1e20b4a9c83e",
+            "forwarding-secret-for-the-image-test",
+            "0123456789abcdef0123456789abcdef",
+            "s3cr3t-t0ken-value",
+        ] {
+            assert!(!is_placeholder_secret(real), "{real}");
+        }
     }
 
     #[test]

@@ -77,20 +77,73 @@ impl SourceMap {
     }
 }
 
+/// At most this many aliases (`*name`) in one file. A config needs a handful; the limit stops an
+/// alias bomb ("billion laughs") before it expands.
+pub const MAX_ALIASES: usize = 1_000;
+/// At most this many nodes (keys, values, list items) added by aliases in one file, all
+/// aliases together.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+/// At most this many bytes of scalar text added by aliases in one file, all aliases together.
+pub const MAX_ALIAS_BYTES: usize = 4 * 1024 * 1024;
+
 /// Parses one YAML document. A syntax error ends parsing (the parser cannot recover), so it is
-/// returned alone; everything after that is collected.
+/// returned alone; everything after that is collected. Alias expansion is bounded by
+/// [`MAX_ALIASES`], [`MAX_ALIAS_NODES`] and [`MAX_ALIAS_BYTES`]: past them parsing stops with an
+/// error at the alias, before anything is copied.
 pub fn parse(text: &str) -> Result<Option<Node>, Diagnostic> {
     let mut parser = Parser::new_from_str(text);
     let mut builder = Builder {
         parser: &mut parser,
         anchors: HashMap::new(),
+        aliases: 0,
+        alias_nodes: 0,
+        alias_bytes: 0,
     };
     builder.document()
 }
 
 struct Builder<'a, 'i> {
     parser: &'a mut Parser<'i, saphyr_parser::StrInput<'i>>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchored node with its size (nodes, scalar bytes), so an alias is measured before
+    /// it is copied.
+    anchors: HashMap<usize, (Node, Size)>,
+    aliases: usize,
+    alias_nodes: usize,
+    alias_bytes: usize,
+}
+
+/// How big a node is once expanded: its nodes and the bytes of its scalars.
+#[derive(Debug, Clone, Copy)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
+fn size_of(node: &Node) -> Size {
+    match &node.kind {
+        NodeKind::Scalar { text, .. } => Size {
+            nodes: 1,
+            bytes: text.len(),
+        },
+        NodeKind::Seq(items) => items.iter().fold(Size { nodes: 1, bytes: 0 }, |acc, n| {
+            let s = size_of(n);
+            Size {
+                nodes: acc.nodes.saturating_add(s.nodes),
+                bytes: acc.bytes.saturating_add(s.bytes),
+            }
+        }),
+        NodeKind::Map(entries) => {
+            entries
+                .iter()
+                .fold(Size { nodes: 1, bytes: 0 }, |acc, (k, v)| {
+                    let (a, b) = (size_of(k), size_of(v));
+                    Size {
+                        nodes: acc.nodes.saturating_add(a.nodes).saturating_add(b.nodes),
+                        bytes: acc.bytes.saturating_add(a.bytes).saturating_add(b.bytes),
+                    }
+                })
+        }
+    }
 }
 
 fn pos_of(span: &Span) -> Pos {
@@ -216,13 +269,20 @@ impl<'i> Builder<'_, 'i> {
             }
             Event::Alias(id) => {
                 // An alias stands for a copy of the anchored node, reported at the alias itself.
-                let mut node = self.anchors.get(&id).cloned().ok_or_else(|| {
+                let (anchored, size) = self.anchors.get(&id).ok_or_else(|| {
                     Diagnostic::error(
                         pos,
                         KeyPath::root(),
                         "YAML alias refers to an unknown anchor",
                     )
                 })?;
+                self.aliases += 1;
+                self.alias_nodes = self.alias_nodes.saturating_add(size.nodes);
+                self.alias_bytes = self.alias_bytes.saturating_add(size.bytes);
+                if let Some(limit) = self.alias_limit() {
+                    return Err(Diagnostic::error(pos, KeyPath::root(), limit));
+                }
+                let mut node = anchored.clone();
                 relocate(&mut node, pos);
                 return Ok(node);
             }
@@ -235,9 +295,29 @@ impl<'i> Builder<'_, 'i> {
             }
         };
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let size = size_of(&node);
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         Ok(node)
+    }
+
+    /// Why alias expansion must stop here, if it must.
+    fn alias_limit(&self) -> Option<String> {
+        let what = if self.aliases > MAX_ALIASES {
+            format!("more than {MAX_ALIASES} aliases")
+        } else if self.alias_nodes > MAX_ALIAS_NODES {
+            format!("aliases that expand to more than {MAX_ALIAS_NODES} values")
+        } else if self.alias_bytes > MAX_ALIAS_BYTES {
+            format!(
+                "aliases that expand to more than {} MiB of text",
+                MAX_ALIAS_BYTES / (1024 * 1024)
+            )
+        } else {
+            return None;
+        };
+        Some(format!(
+            "YAML alias expansion stopped here: the file uses {what} (an alias bomb?); mcpg refuses to expand it"
+        ))
     }
 }
 
@@ -457,6 +537,70 @@ mod tests {
     fn aliases_copy_the_anchored_node() {
         let (v, _, _) = load("a: &x {k: 1}\nb: *x\n");
         assert_eq!(v["b"], serde_json::json!({"k": 1}));
+    }
+
+    /// A "billion laughs" file: nine levels of nine aliases each would expand to 9^9 values.
+    pub(crate) fn alias_bomb(levels: usize) -> String {
+        let mut text = String::from(
+            "a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for i in 1..levels {
+            let refs = vec![format!("*a{}", i - 1); 9].join(",");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_at_the_alias_that_crosses_the_limit() {
+        let text = alias_bomb(9);
+        assert!(text.len() < 500, "{} bytes", text.len());
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.message.contains("alias expansion stopped"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("100000 values"), "{}", e.message);
+        // Level 6 is where 9^5 copies cross the node limit.
+        assert_eq!(e.pos.line, 6, "{}", e.render("f"));
+    }
+
+    #[test]
+    fn many_small_aliases_are_refused_by_count() {
+        let mut text = String::from("a: &x 1\nb: [");
+        text.push_str(&vec!["*x"; MAX_ALIASES + 1].join(","));
+        text.push_str("]\n");
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.message.contains("more than 1000 aliases"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn aliases_of_large_text_are_refused_by_size() {
+        let big = "x".repeat(1024 * 1024);
+        let text = format!("a: &x \"{big}\"\nb: [*x, *x, *x, *x, *x]\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("4 MiB of text"), "{}", e.message);
+        assert_eq!(
+            e.pos,
+            Pos {
+                line: 2,
+                column: 21
+            }
+        );
+    }
+
+    #[test]
+    fn ordinary_aliases_stay_allowed() {
+        let text = alias_bomb(4); // 9^3 = 729 values
+        let node = parse(&text).unwrap().unwrap();
+        let mut errors = Vec::new();
+        let (v, _) = to_json(&node, &mut errors);
+        assert_eq!(v["a3"].as_array().unwrap().len(), 9);
     }
 
     #[test]

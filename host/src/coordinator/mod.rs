@@ -11,7 +11,7 @@ use mcpg_plugin_api::memory::{MemoryConfig, MemoryStore};
 use mcpg_plugin_api::remote::{BootError, LoadError, LoadedPlugin};
 use serde_json::Value;
 
-use crate::config::{ClusterPlan, Diagnostic, KeyPath, ValidatedConfig};
+use crate::config::{ClusterPlan, Diagnostic, KeyPath, PluginTarget, SourceMap, ValidatedConfig};
 
 mod instrumented;
 pub use instrumented::{Instrumented, instrument};
@@ -96,11 +96,21 @@ pub fn plugin_diagnostics(
     cfg: &ValidatedConfig,
     plugin: &LoadedPlugin,
 ) -> Result<Vec<Diagnostic>, CoordinatorError> {
+    target_diagnostics(&cfg.cluster, &cfg.document, &cfg.source_map, plugin)
+}
+
+/// The plugin's own findings on the config `plan` hands it, positioned in the file.
+fn target_diagnostics(
+    plan: &ClusterPlan,
+    document: &Value,
+    source_map: &SourceMap,
+    plugin: &LoadedPlugin,
+) -> Result<Vec<Diagnostic>, CoordinatorError> {
     let ClusterPlan::Plugin {
         config,
         config_pointer,
         ..
-    } = &cfg.cluster
+    } = plan
     else {
         return Ok(Vec::new());
     };
@@ -114,17 +124,18 @@ pub fn plugin_diagnostics(
         .into_iter()
         .map(|d| {
             let pointer = format!("{config_pointer}{}", d.pointer);
-            let path = KeyPath::from_pointer(&pointer, &cfg.document);
+            let path = KeyPath::from_pointer(&pointer, document);
             let message = redact(
-                cfg,
+                document,
+                source_map,
                 &pointer,
                 &format!("{} (plugin {})", d.message, plugin.id()),
             );
             // A missing key is reported where its object is; an unknown key at the key.
-            let pos = if cfg.document.pointer(&pointer).is_some() {
-                cfg.source_map.key_pos(&pointer)
+            let pos = if document.pointer(&pointer).is_some() {
+                source_map.key_pos(&pointer)
             } else {
-                cfg.source_map.value_pos(&pointer)
+                source_map.value_pos(&pointer)
             };
             match d.severity {
                 PluginSeverity::Error => Diagnostic::error(pos, path, message),
@@ -134,12 +145,11 @@ pub fn plugin_diagnostics(
         .collect())
 }
 
-/// A plugin may quote the value it rejects; values from the environment must not be printed.
-fn redact(cfg: &ValidatedConfig, pointer: &str, message: &str) -> String {
-    if !cfg.source_map.is_secret(pointer) {
+fn redact(document: &Value, source_map: &SourceMap, pointer: &str, message: &str) -> String {
+    if !source_map.is_secret(pointer) {
         return message.to_owned();
     }
-    let Some(value) = cfg.document.pointer(pointer) else {
+    let Some(value) = document.pointer(pointer) else {
         return message.to_owned();
     };
     let mut out = message.replace(&value.to_string(), "<the value from the environment>");
@@ -221,13 +231,18 @@ pub async fn boot(
 }
 
 /// `mcpg-config-check`'s plugin phase: loads the selected plugin when its library is at hand
-/// and returns its positioned findings. A plugin that cannot be resolved without network is a
-/// warning (its keys were not checked); one that is resolvable but broken is an error.
-pub fn check_plugin(cfg: &ValidatedConfig) -> Vec<Diagnostic> {
-    let Some((id, location)) = selected_plugin(cfg) else {
-        return Vec::new();
-    };
-    let ClusterPlan::Plugin { plugin_index, .. } = &cfg.cluster else {
+/// and returns its positioned findings. Runs on any file whose `cluster` and plugin entry are
+/// usable, whatever else is wrong in it. A library path that does not exist is an error when
+/// the file is checked `here` (where it will run: `mcpg` would exit at start), a warning
+/// otherwise; an `oci:` source not in the cache is a warning (`mcpg` pulls it at start); a
+/// library that exists but is broken is an error.
+pub fn check_plugin(target: &PluginTarget, here: bool) -> Vec<Diagnostic> {
+    let ClusterPlan::Plugin {
+        plugin_id: id,
+        plugin_index,
+        ..
+    } = &target.plan
+    else {
         return Vec::new();
     };
     let source = KeyPath::root()
@@ -236,10 +251,53 @@ pub fn check_plugin(cfg: &ValidatedConfig) -> Vec<Diagnostic> {
         .key("source");
     let at = |key: &str| {
         let path = source.clone().key(key);
-        (cfg.source_map.value_pos(&path.pointer()), path)
+        (target.source_map.value_pos(&path.pointer()), path)
     };
-    match location {
-        PluginLocation::Oci(src) => {
+    let check =
+        |library: &std::path::Path, pos, path: KeyPath| match LoadedPlugin::load(library, Some(id))
+        {
+            Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
+            Ok(plugin) => match target_diagnostics(
+                &target.plan,
+                &target.document,
+                &target.source_map,
+                &plugin,
+            ) {
+                Ok(diags) => diags,
+                Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
+            },
+        };
+    match (
+        &target.source.path,
+        crate::oci::Source::from_config(&target.source),
+    ) {
+        (Some(p), _) if !p.exists() => {
+            let (pos, path) = at("path");
+            if here {
+                vec![Diagnostic::error(
+                    pos,
+                    path,
+                    format!(
+                        "plugin library {} not found, so mcpg would not start with this file; build or copy the library there, or correct the path (a relative path is resolved against the config file's directory). Checking a file that runs on another machine? Pass --not-here",
+                        p.display()
+                    ),
+                )]
+            } else {
+                vec![Diagnostic::warning(
+                    pos,
+                    path,
+                    format!(
+                        "plugin library {} not found here (--not-here); its `cluster.*` keys were not checked",
+                        p.display()
+                    ),
+                )]
+            }
+        }
+        (Some(p), _) => {
+            let (pos, path) = at("path");
+            check(p, pos, path)
+        }
+        (None, Some(src)) => {
             // Only what is cached already: checking a config never contacts a registry.
             let (pos, path) = at("oci");
             match crate::oci::cached(&src, &crate::oci::artifact::Platform::host()) {
@@ -254,40 +312,14 @@ pub fn check_plugin(cfg: &ValidatedConfig) -> Vec<Diagnostic> {
                     ),
                 )],
                 Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
-                Ok(Some(r)) if r.info.id != id => vec![Diagnostic::error(
+                Ok(Some(r)) if r.info.id != *id => vec![Diagnostic::error(
                     pos,
                     path,
                     format!("{} holds plugin `{}`, not `{id}`", src.reference, r.info.id),
                 )],
-                Ok(Some(r)) => match LoadedPlugin::load(&r.library, Some(&id)) {
-                    Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
-                    Ok(plugin) => match plugin_diagnostics(cfg, &plugin) {
-                        Ok(diags) => diags,
-                        Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
-                    },
-                },
+                Ok(Some(r)) => check(&r.library, pos, path),
             }
         }
-        PluginLocation::Path(p) if !p.exists() => {
-            let (pos, path) = at("path");
-            vec![Diagnostic::warning(
-                pos,
-                path,
-                format!(
-                    "plugin library {} not found here; its `cluster.*` keys were not checked",
-                    p.display()
-                ),
-            )]
-        }
-        PluginLocation::Path(p) => {
-            let (pos, path) = at("path");
-            match LoadedPlugin::load(&p, Some(&id)) {
-                Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
-                Ok(plugin) => match plugin_diagnostics(cfg, &plugin) {
-                    Ok(diags) => diags,
-                    Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],
-                },
-            }
-        }
+        (None, None) => Vec::new(),
     }
 }

@@ -11,6 +11,10 @@ fn check(args: &[&str]) -> Output {
         .env("MCPG_NATS_URL", "nats://127.0.0.1:4222")
         .env("MCPG_ADVERTISE_URL", "http://10.0.0.5:8080")
         .env("HOSTNAME", "mcpg-e2e-0")
+        // The examples' secrets have no placeholder defaults: set as an operator would.
+        .env("MCPG_ADMIN_TOKEN", "9f2c41d7e08ab35c6d7f1e20b4a9c83e")
+        .env("MCPG_CI_TOKEN", "5be03a9d1c7f46e28a0b93d4c6e1f75a")
+        .env("SEARCH_API_KEY", "search-api-key-from-the-environment")
         .output()
         .expect("run mcpg-config-check")
 }
@@ -174,4 +178,217 @@ fn secrets_from_the_environment_are_never_printed() {
         assert!(all.contains("server.listen"), "{all}");
         assert!(!all.contains("hunter2"), "secret leaked: {all}");
     }
+}
+
+/// Runs `program` under a 256 MiB address-space limit (`ulimit -v`), the way a CI job that
+/// checks configs from pull requests should be safe to run. Before alias expansion was bounded,
+/// a 400-byte file took gigabytes and the process aborted out of memory.
+fn run_capped(program: &std::path::Path, args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 262144 && exec \"$0\" \"$@\"")
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn an_alias_bomb_is_refused_within_a_small_memory_limit_by_both_binaries() {
+    let cases = repo_root().join("host/tests/config-cases");
+    for (name, line) in [
+        ("invalid-alias-bomb.yaml", 7),
+        ("invalid-alias-bomb-unknown-key.yaml", 10),
+    ] {
+        let f = cases.join(name);
+        let body = std::fs::read_to_string(&f).unwrap();
+        let bomb: usize = body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.len() + 1)
+            .sum();
+        assert!(bomb < 500, "{name}: the bomb is {bomb} bytes");
+        let shown = f.display().to_string();
+        let out = run_capped(&bin("mcpg-config-check"), &[&shown]);
+        let text = stdout(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("{shown}:{line}:"))
+                && text.contains("YAML alias expansion stopped here"),
+            "{text}"
+        );
+        // `mcpg` refuses it with the same positioned error, before binding anything.
+        let out = run_capped(&bin("mcpg"), &["--config", &shown]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(&format!("{shown}:{line}:"))
+                && err.contains("YAML alias expansion stopped here"),
+            "{err}"
+        );
+    }
+    // The cap itself leaves room for an ordinary check.
+    let example = repo_root().join("examples/single-node.yaml");
+    let out = run_capped(&bin("mcpg-config-check"), &[example.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+#[test]
+fn control_characters_in_values_cannot_forge_a_diagnostic() {
+    let dir = TempDir::new("cc-ctl");
+    let f = dir.write(
+        "c.yaml",
+        "server:\n  listen: \"x\\nc.yaml:1:1: server.listen: fine\\e[2K\\r\\L\\P\"\n\
+         bindings: [{name: m, path: /mcp, upstreams: [{name: t, stdio: {command: x}}]}]\n",
+    );
+    let out = check(&[f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    // One diagnostic line plus the verdict: the forged line is not a line of its own.
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        !text
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || matches!(c, '\u{2028}' | '\u{2029}')),
+        "{text:?}"
+    );
+    assert!(
+        text.contains(r"`x\nc.yaml:1:1: server.listen: fine\u{1b}[2K\r\u{2028}\u{2029}`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn invalid_utf8_is_reported_at_the_bad_byte() {
+    let dir = TempDir::new("cc-utf8");
+    let f = dir.0.join("u.yaml");
+    std::fs::write(
+        &f,
+        b"server:\n  listen: \"127.0.0.1:8080\"\nbindings:\n  - name: caf\xc3\xa9-\xff\n",
+    )
+    .unwrap();
+    let shown = f.display().to_string();
+    let out = check(&[&shown]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("{shown}:4:16: (root): not valid UTF-8: byte 0xFF")),
+        "{text}"
+    );
+}
+
+/// A copied example with a relative plugin path that does not resolve: `mcpg` would exit 1,
+/// so the checker says so (an error) when checking where the file runs, and only warns with
+/// `--not-here`. In the same run, the newcomer fixture's every mistake is reported.
+#[test]
+fn one_run_reports_every_mistake_and_an_unresolvable_plugin_path_is_an_error_here() {
+    let dir = TempDir::new("cc-here");
+    let example = std::fs::read_to_string(repo_root().join("examples/redis.yaml")).unwrap();
+    assert!(example.contains("source: {path: ../target/release/libmcpg_cluster_redis.so}"));
+    let copied = dir.write("redis.yaml", &example);
+    let mistakes = dir.write(
+        "mistakes.yaml",
+        &std::fs::read_to_string(
+            repo_root().join("host/tests/config-cases/invalid-newcomer-mistakes.yaml"),
+        )
+        .unwrap(),
+    );
+    let (copied_s, mistakes_s) = (copied.display().to_string(), mistakes.display().to_string());
+    let out = check(&[&copied_s, &mistakes_s]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{copied_s}:17:20: plugins[0].source.path: plugin library "
+        )) && text.contains("mcpg would not start")
+            && text.contains("--not-here"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("✗ {copied_s}: invalid (1 error, 0 warnings)")),
+        "{text}"
+    );
+    for (line, what) in [
+        (
+            3,
+            "server.listen: `localhost:8080` is not an `IP:PORT` address",
+        ),
+        (
+            4,
+            "warning: server.forwarding_secret: this is a placeholder value",
+        ),
+        (
+            6,
+            "cluster.kind: unknown cluster kind `reddis`; did you mean `redis`?",
+        ),
+        (13, "bindings[0].path: must start with `/`: write `/mcp`"),
+        (
+            16,
+            "bindings[0].upstreams[0].mode: unknown key here: `mode` belongs one level down, at `stdio.mode`",
+        ),
+        (18, "bindings[1].name: duplicate binding name `main`"),
+        (
+            22,
+            "warning: bindings[1].auth.tokens[0].token: shorter than 32 characters",
+        ),
+        (
+            25,
+            "bindings[1].upstreams[0].http.url: `http://search example/mcp` is not a valid URL",
+        ),
+        (
+            26,
+            "obervability: unknown key; did you mean `observability`?",
+        ),
+    ] {
+        assert!(
+            text.contains(&format!("{mistakes_s}:{line}:")) && text.contains(what),
+            "{what}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains(&format!("✗ {mistakes_s}: invalid (7 errors, 2 warnings)")),
+        "{text}"
+    );
+
+    // Checked away from where it runs: a warning, the keys not checked.
+    let out = check(&["--not-here", &copied_s]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("warning: plugins[0].source.path: plugin library")
+            && text.contains("not found here"),
+        "{text}"
+    );
+
+    // And mcpg, on the same file, refuses to start (so the checker's error is the truth).
+    let out = Command::new(bin("mcpg"))
+        .args(["--config", &copied_s])
+        .env("MCPG_REDIS_URL", "redis://127.0.0.1:1")
+        .env("MCPG_ADVERTISE_URL", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn help_opens_with_what_the_tool_does() {
+    let out = check(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("Checks mcpg configuration files with the loader mcpg itself boots with"),
+        "{text}"
+    );
+    assert!(text.contains("--not-here"), "{text}");
+    assert!(!text.contains("Command-line tools around mcpg"), "{text}");
 }

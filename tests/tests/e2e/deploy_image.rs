@@ -490,7 +490,7 @@ struct Pod {
 }
 
 /// The admin token and forwarding secret the test's "Secret" holds.
-const ADMIN_TOKEN: &str = "admin-token-for-the-image-test";
+const ADMIN_TOKEN: &str = "admin-token-for-the-image-test-run";
 const FORWARDING_SECRET: &str = "forwarding-secret-for-the-image-test";
 
 /// Starts pod `name` from the image with the arguments and environment the base Deployment

@@ -305,20 +305,29 @@ fn config_check_runs_the_plugin_phase_with_positions() {
     let (code, out) = config_check(&["--no-plugins", f.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}");
 
-    // A plugin that cannot be found is a warning: its keys were not checked.
+    // A plugin library that is not there is an error (mcpg would not start with this file),
+    // unless the file is checked away from where it runs: then a warning (keys not checked).
     let g = dir.write(
         "g.yaml",
         "cluster: {kind: redis, url: \"redis://x\"}\nplugins: [{id: dev.mcpg.cluster.redis, source: {path: ./nope.so}}]\n\
          bindings: [{name: m, path: /mcp, upstreams: [{name: t, stdio: {command: x}}]}]\n",
     );
     let (code, out) = config_check(&[g.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("plugins[0].source.path: plugin library")
+            && out.contains("mcpg would not start")
+            && out.contains("--not-here"),
+        "{out}"
+    );
+    let (code, out) = config_check(&["--not-here", g.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("warning: plugins[0].source.path: plugin library")
             && out.contains("not found here"),
         "{out}"
     );
-    let (code, _) = config_check(&["--deny-warnings", g.to_str().unwrap()]);
+    let (code, _) = config_check(&["--not-here", "--deny-warnings", g.to_str().unwrap()]);
     assert_eq!(code, Some(1));
 
     // A plugin whose validation panics is an error, not a crash.

@@ -13,9 +13,16 @@ use clap::{Parser, ValueEnum};
 use mcpg::config::{self, LoadOutcome};
 use serde_json::json;
 
-/// Check mcpg configuration files and report every problem, positioned.
+/// Checks mcpg configuration files with the loader mcpg itself boots with, and reports every
+/// problem in one run, each at its FILE:LINE:COL. A file it accepts is a file mcpg accepts.
 #[derive(Debug, Parser)]
-#[command(name = "mcpg-config-check", version, about)]
+#[command(
+    name = "mcpg-config-check",
+    version,
+    about = "Checks mcpg configuration files with the loader mcpg itself boots with, and reports every problem in one run, each at its FILE:LINE:COL.",
+    long_about = None,
+    after_help = "Exit codes: 0 every file is valid; 1 a file is invalid (or has warnings under --deny-warnings); 2 a file cannot be read or the command line is wrong.\n\nBy default a file is checked as if it runs here: a plugin library that does not exist at its (resolved) `source.path` is an error, as mcpg would not start. Use --not-here for a file that runs on another machine."
+)]
 struct Args {
     /// Config files to check.
     #[arg(required = true, value_name = "FILE")]
@@ -26,6 +33,10 @@ struct Args {
     /// Skip the plugin phase (loading the coordinator plugin to check its own keys).
     #[arg(long)]
     no_plugins: bool,
+    /// The file runs on another machine: a plugin library missing here is a warning (its keys
+    /// are not checked), not an error.
+    #[arg(long)]
+    not_here: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -57,10 +68,12 @@ fn main() -> ExitCode {
         let file = path.display().to_string();
         let (verdict, report) = match config::load_file(path) {
             Ok(mut outcome) => {
+                // The plugin phase runs whenever the cluster and its plugin entry are usable,
+                // even if other parts of the file are not: one run reports everything.
                 if !args.no_plugins
-                    && let Some(cfg) = &outcome.config
+                    && let Some(target) = &outcome.plugin
                 {
-                    let found = mcpg::coordinator::check_plugin(cfg);
+                    let found = mcpg::coordinator::check_plugin(target, !args.not_here);
                     if found.iter().any(|d| d.severity == config::Severity::Error) {
                         outcome.config = None;
                     }
