@@ -102,6 +102,10 @@ impl Replica {
         let (data, admin) = routes(&gateway, &control, obs.enabled);
         let running = listeners.serve(data, admin);
         running.readiness.watch_backend(booted.coordinator.clone());
+        let gw = gateway.clone();
+        running
+            .readiness
+            .require_upstreams(Arc::new(move || gw.required_upstreams_down()));
         // Ready only once presence is registered: peers can see this replica.
         running.readiness.set_ready();
         tracing::info!("ready");

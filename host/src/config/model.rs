@@ -196,6 +196,12 @@ pub struct BindingConfig {
     /// for everyone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessConfig>,
+    /// Upstreams (by name) this replica needs to be ready: while the last attempt to reach
+    /// one of them failed (or none has been made yet, at start), `/readyz` answers 503.
+    /// Empty, the default: upstreams never affect readiness, because every replica would see
+    /// the same dead upstream and a load balancer would be left with none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready_requires: Vec<String>,
 }
 
 /// Downstream authentication of a binding, as an OAuth 2.1 resource server (the MCP

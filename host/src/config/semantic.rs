@@ -462,6 +462,18 @@ impl Checker<'_> {
             let separator = (prefixed && !b.separator.is_empty()).then_some(b.separator.as_str());
             let upstreams: Vec<_> = b.upstreams.iter().enumerate().collect();
             self.upstreams(&base, &upstreams, separator);
+            for (k, name) in b.ready_requires.iter().enumerate() {
+                if !b.upstreams.iter().any(|u| u.name == *name) {
+                    let names: Vec<&str> = b.upstreams.iter().map(|u| u.name.as_str()).collect();
+                    self.error(
+                        base.clone().key("ready_requires").index(k),
+                        format!(
+                            "`{name}` is not an upstream of this binding (its upstreams: {})",
+                            names.join(", ")
+                        ),
+                    );
+                }
+            }
             let token_names = match &b.auth {
                 Some(a) => self.auth(base.clone().key("auth"), a),
                 None => Vec::new(),

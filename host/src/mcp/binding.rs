@@ -21,6 +21,8 @@ pub struct Binding {
     pub tasks: Capability,
     /// Who may call this binding and what each caller may use.
     pub access: crate::mcp::access::Access,
+    /// The upstreams this replica needs up to be ready (`ready_requires`).
+    pub ready_requires: Vec<String>,
 }
 
 impl Binding {
@@ -38,6 +40,7 @@ impl Binding {
         };
         Ok(Arc::new(Self {
             access: crate::mcp::access::Access::new(cfg, parsed)?,
+            ready_requires: cfg.ready_requires.clone(),
             name: cfg.name.clone(),
             path: cfg.path.clone(),
             naming: Naming {

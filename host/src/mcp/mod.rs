@@ -147,6 +147,18 @@ impl Gateway {
         serde_json::Value::Array(all)
     }
 
+    /// Why the upstreams bindings require for readiness (`ready_requires`) keep this replica
+    /// unready: the first that is not known to be up.
+    pub fn required_upstreams_down(&self) -> Option<String> {
+        self.bindings.iter().find_map(|b| {
+            b.upstreams
+                .iter()
+                .filter(|u| b.ready_requires.contains(&u.name))
+                .find(|u| u.health().up != Some(true))
+                .map(|u| format!("upstream `{}` of binding `{}` is not up", u.name, b.name))
+        })
+    }
+
     /// Reaches every upstream once, in the background (see `Upstream::probe`): a broken one
     /// is found at start, its cause logged at WARN and kept for its clients' errors and
     /// `/api/cluster/status`.

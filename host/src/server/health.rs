@@ -23,14 +23,32 @@ pub enum Phase {
 }
 
 /// Shared, cheaply cloned readiness state.
-#[derive(Debug, Clone)]
-pub struct Readiness(Arc<AtomicU8>, Arc<AtomicBool>);
+#[derive(Clone)]
+pub struct Readiness(
+    Arc<AtomicU8>,
+    Arc<AtomicBool>,
+    Arc<std::sync::OnceLock<UpstreamsReady>>,
+);
+
+/// Why the upstreams a binding requires (`ready_requires`) keep the replica unready, if they
+/// do; the data plane's to say.
+pub type UpstreamsReady = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("phase", &self.phase())
+            .field("backend_ok", &self.backend_ok())
+            .finish()
+    }
+}
 
 impl Default for Readiness {
     fn default() -> Self {
         Self(
             Arc::new(AtomicU8::new(Phase::Starting as u8)),
             Arc::new(AtomicBool::new(true)),
+            Arc::default(),
         )
     }
 }
@@ -78,6 +96,16 @@ impl Readiness {
         }
     }
 
+    /// Also requires the upstreams `check` names to be up (set once, at start).
+    pub fn require_upstreams(&self, check: UpstreamsReady) {
+        let _ = self.2.set(check);
+    }
+
+    /// Why required upstreams keep the replica unready, if they do.
+    fn upstreams_down(&self) -> Option<String> {
+        self.2.get().and_then(|f| f())
+    }
+
     /// Marks the replica ready, unless it is already draining.
     pub fn set_ready(&self) {
         let _ = self.0.compare_exchange(
@@ -102,15 +130,16 @@ pub fn router(readiness: Readiness) -> Router {
         .with_state(readiness)
 }
 
-async fn readyz(State(r): State<Readiness>) -> (StatusCode, &'static str) {
+async fn readyz(State(r): State<Readiness>) -> (StatusCode, String) {
+    let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
     match r.phase() {
-        Phase::Ready if !r.backend_ok() => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cluster coordinator unreachable\n",
-        ),
-        Phase::Ready => (StatusCode::OK, "ready\n"),
-        Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
-        Phase::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        Phase::Ready if !r.backend_ok() => unavailable("cluster coordinator unreachable"),
+        Phase::Ready => match r.upstreams_down() {
+            Some(why) => unavailable(&why),
+            None => (StatusCode::OK, "ready\n".into()),
+        },
+        Phase::Starting => unavailable("starting"),
+        Phase::Draining => unavailable("draining"),
     }
 }
 
@@ -140,5 +169,20 @@ mod tests {
         r.set_ready();
         assert_eq!(status(&r, "/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(status(&r, "/healthz").await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn required_upstreams_that_are_down_keep_the_replica_unready() {
+        let r = Readiness::default();
+        r.set_ready();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let d = down.clone();
+        r.require_upstreams(Arc::new(move || {
+            d.load(Ordering::Acquire)
+                .then(|| "upstream `time` of binding `b` is not up".to_owned())
+        }));
+        assert_eq!(status(&r, "/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+        down.store(false, Ordering::Release);
+        assert_eq!(status(&r, "/readyz").await, StatusCode::OK);
     }
 }

@@ -392,3 +392,36 @@ fn help_opens_with_what_the_tool_does() {
     assert!(text.contains("--not-here"), "{text}");
     assert!(!text.contains("Command-line tools around mcpg"), "{text}");
 }
+
+/// `--probe` reaches every upstream after validation, as mcpg does at start: a broken stdio
+/// upstream (a missing Python module) fails the file at its position with the child's own
+/// words, a working one passes; without `--probe` the same file is valid.
+#[test]
+fn probe_reports_an_upstream_that_cannot_start_at_its_position() {
+    let dir = TempDir::new("config-check-probe");
+    let python = crate::peers::python().display().to_string();
+    let echo = crate::peers::peers_script("echo_upstream.py")
+        .display()
+        .to_string();
+    let f = dir.write(
+        "probe.yaml",
+        &format!(
+            "bindings:\n  - name: b\n    path: /mcp\n    upstreams:\n      - name: ok\n        stdio: {{command: {python:?}, args: [{echo:?}]}}\n      - name: broken\n        stdio: {{command: {python:?}, args: [-m, mcpg_no_such_module]}}\n"
+        ),
+    );
+    let f = f.display().to_string();
+    let plain = check(&[&f]);
+    assert_eq!(plain.status.code(), Some(0), "{}", stdout(&plain));
+    let probed = check(&["--probe", &f]);
+    let out = stdout(&probed);
+    assert_eq!(probed.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!("{f}:7:9: bindings[0].upstreams[1]: probe failed"))
+            && out.contains("No module named mcpg_no_such_module"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("upstreams[0]"),
+        "the working upstream passes: {out}"
+    );
+}

@@ -850,6 +850,56 @@ fn a_broken_upstream_is_found_at_start_and_its_cause_reaches_clients() {
     );
 }
 
+/// `ready_requires` lets an operator make an upstream a condition of readiness: with the
+/// broken upstream required, `/readyz` stays 503 and says which upstream keeps it so; with
+/// only the working one required, it turns 200.
+#[test]
+fn ready_requires_makes_readiness_wait_for_the_named_upstreams() {
+    let python = python().display().to_string();
+    let broken = format!(
+        "{{name: broken, stdio: {{command: {python:?}, args: [-m, mcpg_no_such_module]}}}}"
+    );
+    let dir = crate::harness::TempDir::new("mcp-proto-ready-requires");
+    let start = |name: &str, required: &str| {
+        let port = free_port();
+        let f = dir.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "server:\n  listen: \"127.0.0.1:{port}\"\nbindings:\n  - name: echo\n    path: /mcp\n    ready_requires: [{required}]\n    upstreams: [{}, {broken}]\n",
+                echo_upstream("echo", "")
+            ),
+        );
+        let proc = crate::harness::Proc::spawn(
+            std::process::Command::new(crate::harness::bin("mcpg"))
+                .arg("--config")
+                .arg(&f),
+        );
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        (proc, addr)
+    };
+    let (_broken_proc, broken_addr) = start("broken", "broken");
+    let (_echo_proc, echo_addr) = start("echo", "echo");
+    assert!(
+        wait_until(Duration::from_secs(30), || matches!(
+            crate::harness::http_get(echo_addr, "/readyz"),
+            Ok((200, _))
+        )),
+        "requiring the working upstream: ready"
+    );
+    // Past "starting", it says what keeps it unready.
+    let mut said = (0, String::new());
+    wait_until(Duration::from_secs(30), || {
+        said = crate::harness::http_get(broken_addr, "/readyz").unwrap_or_default();
+        said.1.contains("upstream")
+    });
+    assert_eq!(said.0, 503, "{}", said.1);
+    assert!(
+        said.1.contains("upstream `broken` of binding `echo`"),
+        "{}",
+        said.1
+    );
+}
+
 /// Lists of several upstreams, each paginated, merge into pages that a real client walks to
 /// the end, seeing every item once and in order.
 #[test]

@@ -37,6 +37,12 @@ struct Args {
     /// are not checked), not an error.
     #[arg(long)]
     not_here: bool,
+    /// After validation, reach every upstream once as mcpg does at start (a stdio child is
+    /// started and initialised, an HTTP upstream gets its `initialize` or `server/discover`)
+    /// and report each that fails, at its position. Spawns and connects: for CI runners that
+    /// have the upstreams.
+    #[arg(long)]
+    probe: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -80,6 +86,16 @@ fn main() -> ExitCode {
                     outcome.diagnostics.extend(found);
                     outcome.diagnostics.sort_by_key(|d| (d.pos, d.severity));
                 }
+                if args.probe
+                    && let Some(cfg) = &outcome.config
+                {
+                    let found = probe(cfg);
+                    if !found.is_empty() {
+                        outcome.diagnostics.extend(found);
+                        outcome.diagnostics.sort_by_key(|d| (d.pos, d.severity));
+                        outcome.config = None;
+                    }
+                }
                 check(&file, &outcome, &args)
             }
             Err(e) => {
@@ -107,6 +123,16 @@ fn main() -> ExitCode {
         );
     }
     ExitCode::from(worst)
+}
+
+/// The probe phase (`--probe`), on a runtime of its own.
+fn probe(cfg: &config::ValidatedConfig) -> Vec<config::Diagnostic> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    rt.block_on(mcpg::mcp::upstream::probe::probe_config(cfg))
 }
 
 fn count(n: usize, what: &str) -> String {

@@ -5,6 +5,7 @@
 pub mod conn;
 pub mod health;
 pub mod http;
+pub mod probe;
 pub mod stdio;
 #[cfg(test)]
 mod timeout_tests;
