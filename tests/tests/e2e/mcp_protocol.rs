@@ -900,6 +900,49 @@ fn ready_requires_makes_readiness_wait_for_the_named_upstreams() {
     );
 }
 
+/// Ids beyond 64 bits cannot be kept exactly (mcpg does not parse numbers with arbitrary
+/// precision): such a request is refused with 400 and `id: null`, never answered under an
+/// id rounded to a float the client never sent.
+#[test]
+fn ids_beyond_64_bits_are_refused_with_a_null_id() {
+    let gw = echo_gateway("mcp-proto-big-id", "");
+    let sid = initialize(&gw);
+    for id in [
+        "1180591620717411303424",
+        "1234567890123456789012345678901234567890",
+        "1.5",
+    ] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+        let (status, _, text) = http(
+            gw.addr,
+            "POST",
+            "/mcp",
+            &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
+            body.as_bytes(),
+        );
+        assert_eq!(status, 400, "{id}: {text}");
+        let r = body_json(&text);
+        assert_eq!(r["id"], Value::Null, "{id}: {r}");
+        assert_eq!(r["error"]["code"], -32600, "{id}: {r}");
+    }
+    // The largest id that fits is kept exactly.
+    let r = call_id(&gw, &sid, "18446744073709551615");
+    assert!(r.contains("18446744073709551615"), "{r}");
+}
+
+fn call_id(gw: &Gateway, sid: &str, id: &str) -> String {
+    let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+    let (status, _, text) = http(
+        gw.addr,
+        "POST",
+        "/mcp",
+        &[JSON, ACCEPT, ("Mcp-Session-Id", sid)],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
 /// Lists of several upstreams, each paginated, merge into pages that a real client walks to
 /// the end, seeing every item once and in order.
 #[test]

@@ -152,13 +152,7 @@ pub async fn message(body: Body, limit: usize) -> Result<(Bytes, Message), (Valu
         Err(e) => return Err((Value::Null, McpError::Unparsable(e))),
     };
     if jsonrpc::kind(&msg) == Kind::Invalid {
-        let id = msg.get("id").cloned().unwrap_or(Value::Null);
-        let id = if id.is_string() || id.is_number() {
-            id
-        } else {
-            Value::Null
-        };
-        return Err((id, McpError::NotJsonRpc));
+        return Err((jsonrpc::answerable_id(&msg), McpError::NotJsonRpc));
     }
     Ok((bytes, msg))
 }

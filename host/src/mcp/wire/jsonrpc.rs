@@ -51,7 +51,17 @@ pub fn kind(m: &Message) -> Kind {
     }
 }
 
-/// A request id must be a string or an integer (MCP forbids null).
+/// The id to answer an unusable message with: its own when it is a valid id, else `null`. An
+/// integer beyond 64 bits has already lost digits when parsed (mcpg does not parse numbers with
+/// arbitrary precision), so it is never echoed: the client could not match it.
+pub fn answerable_id(m: &Message) -> Value {
+    m.get("id")
+        .filter(|v| valid_id(v))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// A request id must be a string or an integer that fits in 64 bits (MCP forbids null).
 fn valid_id(v: &Value) -> bool {
     v.is_string() || v.as_i64().is_some() || v.as_u64().is_some()
 }
