@@ -327,13 +327,32 @@ impl Shared {
         let mut routes = self.routes.lock().expect("routes lock");
         match jsonrpc::kind(&m) {
             Kind::Response => {
-                let Some(id) = m.get("id").and_then(Value::as_u64) else {
+                let id = m.get("id").and_then(Value::as_u64);
+                if let Some(r) = id.and_then(|id| routes.remove(&id)) {
+                    let _ = r.tx.send(m);
+                    return;
+                }
+                // On an exchange's own stream, a response it cannot be for is the upstream's
+                // protocol violation: the exchange ends with an error that says so.
+                let Some(r) = on.and_then(|on| routes.remove(&on)) else {
                     tracing::debug!(upstream = %self.name, "response with an id mcpg never sent");
                     return;
                 };
-                if let Some(r) = routes.remove(&id) {
-                    let _ = r.tx.send(m);
-                }
+                let answer = if m.get("id").is_some_and(Value::is_null) && m.contains_key("error") {
+                    m
+                } else {
+                    let got = m.get("id").cloned().unwrap_or(Value::Null);
+                    jsonrpc::error(
+                        Value::Null,
+                        code::INTERNAL_ERROR,
+                        format!(
+                            "upstream `{}` broke the protocol: it answered with id {got}, which does not match the request",
+                            self.name
+                        ),
+                        None,
+                    )
+                };
+                let _ = r.tx.send(answer);
             }
             Kind::Notification => {
                 // A 2026-07-28 subscription's notifications name the listen request.

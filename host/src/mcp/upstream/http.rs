@@ -192,7 +192,7 @@ impl HttpTransport {
                                     if !ev.id.is_empty() {
                                         last_event = Some(ev.id.clone());
                                     }
-                                    for m in parse_event_data(&ev.data) {
+                                    for m in parse_event_data(&ev.data, conn.name()) {
                                         conn.deliver(m);
                                     }
                                 }
@@ -267,6 +267,7 @@ fn json_values(
                             Some(Err(e)) if e.is_eof() => break,
                             Some(Err(e)) => {
                                 tracing::warn!(upstream = %upstream, error = %e, "upstream answered with invalid JSON");
+                                out.push(violation(&upstream, &format!("its answer is not valid JSON ({e})")));
                                 consumed = buf.len();
                                 done = true;
                                 break;
@@ -303,14 +304,31 @@ fn is_sse(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
-/// The JSON-RPC messages in one SSE event's data (empty for priming events and pings).
-fn parse_event_data(data: &str) -> Vec<Message> {
+/// The JSON-RPC messages in one SSE event's data (empty for priming events and pings); data
+/// that is not JSON is a protocol violation, reported as such ([`violation`]).
+fn parse_event_data(data: &str, upstream: &str) -> Vec<Message> {
     if data.trim().is_empty() {
         return Vec::new();
     }
-    serde_json::from_str::<Value>(data)
-        .map(messages)
-        .unwrap_or_default()
+    match serde_json::from_str::<Value>(data) {
+        Ok(v) => messages(v),
+        Err(e) => vec![violation(
+            upstream,
+            &format!("an event of its stream is not valid JSON ({e})"),
+        )],
+    }
+}
+
+/// An error response without an id standing for an upstream's protocol violation: the
+/// exchange whose answer carried it ends with this error, which names the upstream's fault,
+/// instead of "closed the connection before answering".
+pub(super) fn violation(upstream: &str, what: &str) -> Message {
+    jsonrpc::error(
+        Value::Null,
+        jsonrpc::code::INTERNAL_ERROR,
+        format!("upstream `{upstream}` broke the protocol: {what}"),
+        None,
+    )
 }
 
 /// The JSON-RPC messages a JSON value holds: itself, or the objects of an array.
@@ -365,6 +383,7 @@ impl HttpTransport {
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
         if is_sse(resp.headers()) {
             let name = self.name.clone();
+            let upstream = self.name.clone();
             return Ok(Some(resp
                 .bytes_stream()
                 .eventsource()
@@ -374,9 +393,10 @@ impl HttpTransport {
                     }
                     futures::future::ready(ev.is_ok())
                 })
-                .flat_map(|ev| {
+                .flat_map(move |ev| {
                     futures::stream::iter(
-                        ev.map(|ev| parse_event_data(&ev.data)).unwrap_or_default(),
+                        ev.map(|ev| parse_event_data(&ev.data, &upstream))
+                            .unwrap_or_default(),
                     )
                 })
                 .boxed()));

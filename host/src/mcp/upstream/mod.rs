@@ -8,7 +8,11 @@ pub mod http;
 pub mod probe;
 pub mod stdio;
 #[cfg(test)]
+pub(crate) mod test_server;
+#[cfg(test)]
 mod timeout_tests;
+#[cfg(test)]
+mod violation_tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
