@@ -18,11 +18,13 @@ use crate::peers::{Gateway, peers_script, python};
 /// to be closed.
 const BOUND: Duration = Duration::from_secs(15);
 
-fn echo_gateway(tag: &str, server_limits: &str) -> Gateway {
+/// An echo binding behind mcpg with these `server.limits` (`None`: the defaults).
+fn echo_gateway(tag: &str, server_limits: Option<&str>) -> Gateway {
+    let limits = server_limits.map_or(String::new(), |l| format!("  limits: {l}\n"));
     Gateway::start(
         tag,
         &format!(
-            "  limits: {server_limits}\nmcp:\n  limits: {{max_request_bytes: 4096}}\nbindings:\n  - name: echo\n    path: /mcp\n    upstreams: [{{name: echo, stdio: {{command: {:?}, args: [{:?}]}}}}]\n",
+            "{limits}mcp:\n  limits: {{max_request_bytes: 4096}}\nbindings:\n  - name: echo\n    path: /mcp\n    upstreams: [{{name: echo, stdio: {{command: {:?}, args: [{:?}]}}}}]\n",
             python().display().to_string(),
             peers_script("echo_upstream.py").display().to_string()
         ),
@@ -82,7 +84,7 @@ fn initialize_body() -> String {
 fn timeouts_close_slow_silent_and_idle_connections() {
     let gw = echo_gateway(
         "hostile-timeouts",
-        "{header_read_timeout_ms: 1000, body_read_timeout_ms: 1000, idle_timeout_ms: 1000}",
+        Some("{header_read_timeout_ms: 1000, body_read_timeout_ms: 1000, idle_timeout_ms: 1000}"),
     );
     let addr = gw.addr;
 
@@ -166,7 +168,7 @@ fn timeouts_close_slow_silent_and_idle_connections() {
 
 #[test]
 fn a_declared_length_above_the_limit_is_refused_before_the_body() {
-    let gw = echo_gateway("hostile-413", "{}");
+    let gw = echo_gateway("hostile-413", None);
     let mut s = connect(gw.addr);
     write!(
         s,
@@ -185,7 +187,7 @@ fn a_declared_length_above_the_limit_is_refused_before_the_body() {
 
 #[test]
 fn ambiguous_hosts_and_malformed_chunks_are_bad_requests() {
-    let gw = echo_gateway("hostile-strict", "{}");
+    let gw = echo_gateway("hostile-strict", None);
     let addr = gw.addr;
     let init = initialize_body();
     let post = |target: &str, hosts: &[&str], framing: &str| {
@@ -256,7 +258,7 @@ fn ambiguous_hosts_and_malformed_chunks_are_bad_requests() {
 
 #[test]
 fn content_negotiation_answers_415_and_406() {
-    let gw = echo_gateway("hostile-negotiation", "{}");
+    let gw = echo_gateway("hostile-negotiation", None);
     let init = initialize_body();
     let post = |headers: &[(&str, &str)]| http(gw.addr, "POST", "/mcp", headers, init.as_bytes());
     let code = |body: &str| -> Value {
@@ -346,7 +348,7 @@ fn connection_caps_close_the_excess() {
             2,
         ),
     ] {
-        let gw = echo_gateway("hostile-caps", limits);
+        let gw = echo_gateway("hostile-caps", Some(limits));
         // Let the readiness probe's connection go.
         assert!(
             wait_until(BOUND, || {
