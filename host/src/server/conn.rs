@@ -325,6 +325,8 @@ impl Conn {
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
+        // While requests are in flight there is no deadline; the state changes wake the loop,
+        // and it looks again at least this often anyway.
         let tick = self.limits.header_read.min(self.limits.idle);
         loop {
             let next = activity.deadline(&self.limits);
@@ -337,6 +339,7 @@ impl Conn {
                     return;
                 }
                 _ = stopped(&mut self.stop) => break,
+                _ = activity.changed.notified() => {}
                 _ = tokio::time::sleep_until(wake) => {
                     if let Some((at, why)) = activity.deadline(&self.limits)
                         && at <= Instant::now()
@@ -362,10 +365,14 @@ impl Conn {
 struct Activity {
     started: Instant,
     state: Mutex<State>,
+    /// Wakes the watchdog when the deadline may have moved.
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct State {
+    /// What the first bytes said: `Some(true)` for HTTP/2 (its connection preface).
+    http2: Option<bool>,
     requests_seen: bool,
     in_flight: usize,
     head_since: Option<Instant>,
@@ -380,6 +387,7 @@ impl Activity {
         Self {
             started: Instant::now(),
             state: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -387,11 +395,16 @@ impl Activity {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bytes arrived: with no request in flight, they start the next request's head.
-    fn read(&self) {
+    /// Bytes arrived: with no request in flight, they start the next request's head on
+    /// HTTP/1. On HTTP/2 bytes between requests are frames of the connection itself (pings,
+    /// settings, window updates), so only the idle timeout applies there; a request's headers
+    /// arrive as frames whose size h2 bounds.
+    fn read(&self, first: &[u8]) {
         let mut s = self.state();
-        if s.in_flight == 0 && s.head_since.is_none() {
+        let http2 = *s.http2.get_or_insert_with(|| first.starts_with(b"PRI"));
+        if !http2 && s.in_flight == 0 && s.head_since.is_none() {
             s.head_since = Some(Instant::now());
+            self.changed.notify_one();
         }
     }
 
@@ -400,6 +413,7 @@ impl Activity {
         s.requests_seen = true;
         s.in_flight += 1;
         s.head_since = None;
+        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -434,6 +448,7 @@ impl Drop for InFlight {
         s.in_flight -= 1;
         if s.in_flight == 0 {
             s.idle_since = Some(Instant::now());
+            self.0.changed.notify_one();
         }
     }
 }
@@ -453,7 +468,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.read();
+            self.activity.read(&buf.filled()[before..]);
         }
         r
     }

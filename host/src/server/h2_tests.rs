@@ -128,3 +128,36 @@ async fn a_rapid_reset_flood_closes_the_connection_and_spares_the_listener() {
     let (fresh, _conn) = connect(&pki, addr).await;
     assert_eq!(healthz(fresh, addr).await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_with_a_goaway() {
+    let pki = Pki::new("h2-idle");
+    let cert = ServerCert::load("server.tls", &pki.write_leaf(8, 100)).unwrap();
+    let bound = Bound::bind("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap()
+        .with_security(Security {
+            main_tls: Some(cert),
+            limits: Limits {
+                idle: std::time::Duration::from_millis(300),
+                ..Limits::default()
+            },
+            ..Security::default()
+        });
+    let addr = bound.main_addr().unwrap();
+    let _running = bound.start(Router::new(), Router::new());
+    let (send, conn) = connect(&pki, addr).await;
+    assert_eq!(healthz(send.clone(), addr).await, StatusCode::OK);
+    // Held open by nothing but the client, the connection is ended by the server well before
+    // the header-read timeout (10 s by default) could have done it.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), conn)
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    if let Err(e) = ended {
+        assert!(
+            e.is_go_away() && e.reason() == Some(Reason::NO_ERROR),
+            "{e:?}"
+        );
+    }
+}

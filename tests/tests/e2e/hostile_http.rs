@@ -256,6 +256,9 @@ fn ambiguous_hosts_and_malformed_chunks_are_bad_requests() {
     }
 }
 
+/// A request's name, its headers and the status it must get.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+
 #[test]
 fn content_negotiation_answers_415_and_406() {
     let gw = echo_gateway("hostile-negotiation", None);
@@ -264,7 +267,7 @@ fn content_negotiation_answers_415_and_406() {
     let code = |body: &str| -> Value {
         serde_json::from_str::<Value>(body).unwrap_or_default()["error"]["code"].clone()
     };
-    let cases: [(&str, Vec<(&str, &str)>, u16); 9] = [
+    let cases: [Case; 9] = [
         (
             "application/jsonx",
             vec![("Content-Type", "application/jsonx"), MCP_ACCEPT],
