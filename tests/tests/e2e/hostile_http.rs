@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{MCP_ACCEPT, MCP_JSON, header, http, wait_until};
+use crate::harness::{MCP_ACCEPT, MCP_JSON, free_port, header, http, wait_until};
 use crate::peers::{Gateway, peers_script, python};
 
 /// Far above every configured timeout here: a connection still open after it was never going
@@ -82,14 +82,19 @@ fn initialize_body() -> String {
 
 #[test]
 fn timeouts_close_slow_silent_and_idle_connections() {
+    // The admin listener is bounded the same way.
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gw = echo_gateway(
         "hostile-timeouts",
-        Some("{header_read_timeout_ms: 1000, body_read_timeout_ms: 1000, idle_timeout_ms: 1000}"),
+        Some(&format!(
+            "{{header_read_timeout_ms: 1000, body_read_timeout_ms: 1000, idle_timeout_ms: 1000}}\n  admin_listen: \"{admin}\""
+        )),
     );
     let addr = gw.addr;
 
-    // A bare TCP connect that never sends a byte.
+    // A bare TCP connect that never sends a byte, on either listener.
     let mut bare = connect(addr);
+    let mut bare_admin = connect(admin);
     // Unfinished headers.
     let mut unfinished = connect(addr);
     write!(unfinished, "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").unwrap();
@@ -110,6 +115,7 @@ fn timeouts_close_slow_silent_and_idle_connections() {
 
     for (what, s) in [
         ("bare connect", &mut bare),
+        ("bare connect to the admin listener", &mut bare_admin),
         ("unfinished headers", &mut unfinished),
         ("idle keep-alive", &mut idle),
     ] {
