@@ -108,6 +108,97 @@ pub struct ServerConfig {
     /// `https://` `advertise_url`, in addition to the system's web PKI roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding_ca_file: Option<PathBuf>,
+    /// Timeouts and connection limits every listener (`listen` and `admin_listen`, HTTP or
+    /// HTTPS) enforces, so a slow or hostile client cannot hold connections open.
+    #[serde(default)]
+    pub limits: ListenerLimits,
+}
+
+/// Timeouts and connection limits of the listeners. Each listener applies them on its own
+/// (`max_connections` counts per listener).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// How long a client may take to send a complete request head (request line and headers),
+    /// counted from the connection's start for its first request and from the first byte for
+    /// the next ones, in milliseconds. A connection that exceeds it is closed; this also closes
+    /// connections that never send anything.
+    #[serde(default = "default_header_read_timeout_ms")]
+    #[schemars(range(min = 100, max = 600_000))]
+    pub header_read_timeout_ms: u64,
+    /// The longest silence allowed while a request body is being read, in milliseconds (the
+    /// timer restarts with every piece of the body that arrives). A body that stalls longer is
+    /// answered `400` and its connection closed.
+    #[serde(default = "default_body_read_timeout_ms")]
+    #[schemars(range(min = 100, max = 3_600_000))]
+    pub body_read_timeout_ms: u64,
+    /// How long a kept-alive connection may stay open with no request in flight before it is
+    /// closed, in milliseconds. Streams being answered (SSE) are requests in flight and are not
+    /// cut by it.
+    #[serde(default = "default_idle_timeout_ms")]
+    #[schemars(range(min = 100, max = 3_600_000))]
+    pub idle_timeout_ms: u64,
+    /// The most connections one listener holds open at once. A connection beyond it is closed
+    /// as soon as it is accepted.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections: u32,
+    /// The most connections one client address may hold open on one listener; absent means no
+    /// limit per address. The address is the TCP peer's: behind a reverse proxy every client
+    /// shares the proxy's address, so leave this unset there (mcpg does not read
+    /// `X-Forwarded-For`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections_per_client: Option<u32>,
+    /// HTTP/2: the most streams (requests) one connection may have open at once, announced to
+    /// the client in `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: the largest header list (decoded names and values plus 32 bytes per field) a
+    /// request may carry, in bytes, announced in `SETTINGS_MAX_HEADER_LIST_SIZE`. A larger one
+    /// is refused with `431`.
+    #[serde(default = "default_http2_max_header_list_bytes")]
+    #[schemars(range(min = 1024, max = 16_777_216))]
+    pub http2_max_header_list_bytes: u32,
+}
+
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_body_read_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+
+fn default_max_connections() -> u32 {
+    10_000
+}
+
+fn default_http2_max_concurrent_streams() -> u32 {
+    100
+}
+
+fn default_http2_max_header_list_bytes() -> u32 {
+    65_536
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            body_read_timeout_ms: default_body_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_connections_per_client: None,
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
+            http2_max_header_list_bytes: default_http2_max_header_list_bytes(),
+        }
+    }
 }
 
 /// A TLS certificate and key for a listener. Both files are PEM; they are read at start and
@@ -155,6 +246,7 @@ impl Default for ServerConfig {
             admin_tls: None,
             admin_token: None,
             forwarding_ca_file: None,
+            limits: ListenerLimits::default(),
         }
     }
 }

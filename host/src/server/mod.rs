@@ -5,10 +5,16 @@
 //! orchestrators often point at the admin port). Without it, the admin API is served on
 //! `listen`. The MCP data plane's bindings are mounted on `listen` only. Either listener serves
 //! HTTPS when its `tls` block is set (`tls.rs` holds the certificate; this module accepts and
-//! serves), and with `server.admin_token` both guard the admin paths (`admin.rs`).
+//! serves), and with `server.admin_token` both guard the admin paths (`admin.rs`). Every
+//! listener bounds its connections (`conn.rs`: `server.limits`) and refuses ambiguous hosts
+//! (`strict.rs`).
 
 pub mod admin;
+pub mod conn;
+#[cfg(test)]
+mod h2_tests;
 pub mod health;
+mod strict;
 pub mod systemd;
 #[cfg(test)]
 mod tls_tests;
@@ -21,7 +27,6 @@ use std::sync::{Arc, OnceLock};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -32,15 +37,14 @@ use crate::tls::{LoadError, ServerCert};
 pub use admin::AdminToken;
 pub use health::{Phase, Readiness};
 
-/// How long a client may take to complete the TLS handshake before its connection is closed.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What secures the listeners: each one's certificate (HTTPS when present) and the admin token.
+/// What secures the listeners: each one's certificate (HTTPS when present), the admin token,
+/// and the timeouts and connection limits (`server.limits`) each listener enforces.
 #[derive(Debug, Clone, Default)]
 pub struct Security {
     pub main_tls: Option<ServerCert>,
     pub admin_tls: Option<ServerCert>,
     pub admin_token: Option<AdminToken>,
+    pub limits: conn::Limits,
 }
 
 impl Security {
@@ -58,6 +62,7 @@ impl Security {
                 .map(|t| ServerCert::load("server.admin_tls", t))
                 .transpose()?,
             admin_token: s.admin_token.as_deref().map(AdminToken::new),
+            limits: conn::Limits::from(&s.limits),
         })
     }
 }
@@ -136,6 +141,7 @@ impl Bound {
             main_tls,
             admin_tls,
             admin_token,
+            limits,
         } = self.security;
         for cert in main_tls.iter().chain(admin_tls.iter()) {
             cert.spawn_reloader();
@@ -149,13 +155,19 @@ impl Bound {
         match self.admin {
             Some(listener) => {
                 let main = guarded(probes.clone().merge(mcp), &self.main);
-                tasks.spawn(serve_one(self.main, main, main_tls, stop_rx.clone()));
+                tasks.spawn(serve_one(
+                    self.main,
+                    main,
+                    main_tls,
+                    limits.clone(),
+                    stop_rx.clone(),
+                ));
                 let admin = guarded(probes.merge(admin), &listener);
-                tasks.spawn(serve_one(listener, admin, admin_tls, stop_rx));
+                tasks.spawn(serve_one(listener, admin, admin_tls, limits, stop_rx));
             }
             None => {
                 let all = guarded(probes.merge(admin).merge(mcp), &self.main);
-                tasks.spawn(serve_one(self.main, all, main_tls, stop_rx));
+                tasks.spawn(serve_one(self.main, all, main_tls, limits, stop_rx));
             }
         }
         Running {
@@ -228,142 +240,11 @@ async fn serve_one(
     listener: TcpListener,
     app: Router,
     tls: Option<ServerCert>,
+    limits: conn::Limits,
     stop: watch::Receiver<bool>,
 ) {
-    match tls {
-        Some(cert) => serve_tls(listener, app, cert, stop).await,
-        None => serve_plain(listener, app, stop).await,
-    }
-}
-
-async fn serve_plain(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
-    // Small SSE replies on kept-alive connections stall ~40 ms without TCP_NODELAY.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "listener failed");
-    }
-}
-
-/// The HTTPS counterpart of `axum::serve` with graceful shutdown: the accept loop only
-/// accepts; each connection does its handshake and is served in its own task, so a slow or
-/// failing client never holds up the others. On stop the loop stops accepting and waits for
-/// its connections, each finishing its in-flight requests (the caller enforces the deadline by
-/// aborting this task, which drops and so closes every connection).
-async fn serve_tls(
-    listener: TcpListener,
-    app: Router,
-    cert: ServerCert,
-    mut stop: watch::Receiver<bool>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config());
-    let mut conns = tokio::task::JoinSet::new();
-    let conn_stop = stop.clone();
-    loop {
-        tokio::select! {
-            biased;
-            _ = stopped(&mut stop) => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    // Small SSE replies on kept-alive connections stall ~40 ms without it.
-                    let _ = tcp.set_nodelay(true);
-                    conns.spawn(serve_tls_conn(
-                        tcp,
-                        peer,
-                        acceptor.clone(),
-                        app.clone(),
-                        conn_stop.clone(),
-                    ));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off as axum::serve does,
-                    // rather than spin.
-                    tracing::error!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
-}
-
-async fn serve_tls_conn(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-
-    let tls = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
-        },
-        // A connection still shaking hands has no request in flight.
-        _ = stopped(&mut stop) => return,
-    };
-    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        app.clone()
-            .oneshot(with_host(req.map(axum::body::Body::new)))
-    });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // The timer lets hyper enforce its header-read timeout and h2 keep-alive, as axum::serve's
-    // builder does.
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
-            }
-            return;
-        }
-        _ = stopped(&mut stop) => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    if let Err(e) = conn.await {
-        tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
-    }
-}
-
-/// Resolves once the listeners are told to stop (or the sender is gone). The guard `wait_for`
-/// returns is not `Send`, so it must not outlive this future.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// HTTP/2 carries the host in the `:authority` pseudo-header, which hyper puts in the URI, not
-/// in `Host`; the routes (the MCP Host allowlist, derived resource URLs) read `Host`, so it is
-/// filled in from the authority when absent.
-fn with_host(mut req: axum::extract::Request) -> axum::extract::Request {
-    if !req.headers().contains_key(axum::http::header::HOST)
-        && let Some(v) = req
-            .uri()
-            .authority()
-            .and_then(|a| axum::http::HeaderValue::from_str(a.as_str()).ok())
-    {
-        req.headers_mut().insert(axum::http::header::HOST, v);
-    }
-    req
+    let acceptor = tls.map(|cert| tokio_rustls::TlsAcceptor::from(cert.server_config()));
+    conn::serve(listener, app, acceptor, limits, stop).await;
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -49,6 +49,7 @@ async fn serve_with(cert: ServerCert, entered: Arc<tokio::sync::Notify>) -> (Run
             main_tls: Some(cert),
             admin_tls: None,
             admin_token: Some(AdminToken::new(TOKEN)),
+            ..Security::default()
         });
     let addr = bound.main_addr().unwrap();
     let admin = Router::new().route("/api/cluster/status", get(|| async { "status" }));

@@ -15,6 +15,7 @@ mod deploy_kubernetes;
 mod deploy_systemd;
 mod etcd_cluster;
 mod gateway_lifecycle;
+mod hostile_http;
 mod mcp_conformance;
 mod mcp_peers;
 mod mcp_protocol;

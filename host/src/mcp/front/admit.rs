@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::http::HeaderMap;
 use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
@@ -29,21 +29,44 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Whether an `Accept` header admits a media type (absent admits everything).
+/// Whether the `Accept` header admits a media type (`type/subtype`, lowercase): the most
+/// specific range that matches it (`type/subtype`, then `type/*`, then `*/*`) decides, and a
+/// weight of `q=0` means "not acceptable" (RFC 9110 §12.5.1). Every revision of the transport
+/// requires the header, so an absent one admits nothing.
 fn accepts(headers: &HeaderMap, media: &str) -> bool {
-    let Some(v) = headers.get(ACCEPT).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
     let (kind, _) = media.split_once('/').unwrap_or((media, ""));
-    v.split(',').any(|part| {
-        let t = part
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        t == media || t == "*/*" || t == format!("{kind}/*")
-    })
+    let mut best: Option<(u8, bool)> = None;
+    for value in headers.get_all(ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let range = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let specificity = if range == media {
+                3
+            } else if range == format!("{kind}/*") {
+                2
+            } else if range == "*/*" {
+                1
+            } else {
+                continue;
+            };
+            let acceptable = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .is_none_or(|(_, q)| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
+            if best.is_none_or(|(s, _)| specificity > s) {
+                best = Some((specificity, acceptable));
+            }
+        }
+    }
+    best.is_some_and(|(_, acceptable)| acceptable)
+}
+
+/// Whether `Content-Type` names `application/json` (parameters such as `charset` allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    header(headers, CONTENT_TYPE.as_str())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Who sent the request: a client (checked by the DNS-rebinding guard) or another replica
@@ -121,8 +144,7 @@ fn metadata_url(gw: &Gateway, b: &Binding, headers: &HeaderMap) -> String {
 
 /// A POST's content headers: a JSON body, and an answer as JSON or an SSE stream.
 pub fn post_headers(headers: &HeaderMap) -> Result<(), McpError> {
-    let ct = header(headers, CONTENT_TYPE.as_str()).unwrap_or_default();
-    if !ct.to_ascii_lowercase().starts_with("application/json") {
+    if !is_json(headers) {
         return Err(McpError::ContentType);
     }
     if !(accepts(headers, "application/json") && accepts(headers, "text/event-stream")) {
@@ -141,11 +163,16 @@ pub fn stream_headers(headers: &HeaderMap) -> Result<(), McpError> {
 }
 
 /// A POST body of at most `limit` bytes holding one JSON-RPC message. On error, the id to
-/// answer with (the message's, when it has a usable one).
+/// answer with (the message's, when it has a usable one). A declared `Content-Length` above
+/// the limit is refused before any of the body is read; a body that breaks off, is malformed
+/// (bad chunking) or stalls is a 400, not a 413.
 pub async fn message(body: Body, limit: usize) -> Result<(Bytes, Message), (Value, McpError)> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err((Value::Null, McpError::TooLarge { limit }));
+    }
     let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| (Value::Null, McpError::TooLarge { limit }))?;
+        .map_err(|e| (Value::Null, body_error(e, limit)))?;
     let msg = match jsonrpc::parse(&bytes) {
         Ok(Parsed::One(m)) => m,
         Ok(Parsed::Batch(_)) => return Err((Value::Null, McpError::Batch)),
@@ -155,6 +182,24 @@ pub async fn message(body: Body, limit: usize) -> Result<(Bytes, Message), (Valu
         return Err((jsonrpc::answerable_id(&msg), McpError::NotJsonRpc));
     }
     Ok((bytes, msg))
+}
+
+/// Why a body could not be read: over the limit (413), or broken or stalled (400).
+fn body_error(e: axum::Error, limit: usize) -> McpError {
+    let e = e.into_inner();
+    if e.is::<http_body_util::LengthLimitError>() {
+        return McpError::TooLarge { limit };
+    }
+    let mut why = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        why = format!("{why}: {s}");
+        source = s.source();
+    }
+    McpError::Unparsable(jsonrpc::RpcError::new(
+        code::INVALID_REQUEST,
+        format!("Bad Request: the request body could not be read: {why}"),
+    ))
 }
 
 /// The era a message is sent in: 2026-07-28 when its header or `_meta` names a modern
