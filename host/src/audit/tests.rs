@@ -523,7 +523,7 @@ async fn records_a_failing_file_cannot_take_are_counted_as_dropped() {
     assert_eq!((a.written(), a.dropped()), (0, 3));
 }
 
-/// Found by the `audit` fuzz target (fuzz/regressions/audit/seq-overflow-after-u64-max): a
+/// Replayed by the `audit` fuzz target too (fuzz/regressions/audit/seq-overflow-after-u64-max): a
 /// record after one numbered u64::MAX made the verifier overflow (a panic in debug builds, a
 /// silent wrap to 0 in release).
 #[test]
