@@ -32,8 +32,11 @@ use crate::mcp::upstream::http::{Endpoint, HttpTransport};
 use crate::mcp::wire::headers as mcp_headers;
 use crate::mcp::wire::jsonrpc::{self, Kind, Parsed};
 
+/// A fuzz target: takes any bytes, panics only on a defect.
+pub type Target = fn(&[u8]);
+
 /// The targets, by the name their corpus folders and fuzz binaries carry.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("jsonrpc", jsonrpc),
     ("upstream", upstream),
