@@ -59,30 +59,50 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// A private directory for the files the file-reading targets write (one per process).
+/// The directory for the files the file-reading targets write (each file named after its
+/// process and thread, and removed after use).
 fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("mcpg-fuzz-{}", std::process::id()));
+        // Memory-backed where there is one: a disk's metadata writes would make the
+        // file-reading targets wait on I/O (hundreds of executions a second instead of
+        // thousands).
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join("mcpg-fuzz");
         std::fs::create_dir_all(&dir).expect("the scratch directory can be created");
         dir
     })
 }
 
-/// Writes `data` to a scratch file named `name` for the calling thread (tests replay in
-/// parallel threads of one process).
-fn scratch_file(name: &str, data: &[u8]) -> PathBuf {
+/// A file written for one call of a target, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `data` to a scratch file named `name` for the calling process and thread (tests
+/// replay in parallel threads and processes).
+fn scratch_file(name: &str, data: &[u8]) -> Scratch {
     let thread = format!("{:?}", std::thread::current().id());
     let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
-    let path = scratch_dir().join(format!("t{thread}-{name}"));
+    let pid = std::process::id();
+    let path = scratch_dir().join(format!("p{pid}-t{thread}-{name}"));
     std::fs::write(&path, data).expect("the scratch file can be written");
-    path
+    Scratch(path)
 }
 
 /// Target 1: a config file, loaded as `mcpg-config-check` loads it.
 pub fn config(data: &[u8]) {
-    let path = scratch_file("config.yaml", data);
-    let Ok(outcome) = crate::config::load_file(&path) else {
+    let file = scratch_file("config.yaml", data);
+    let Ok(outcome) = crate::config::load_file(&file.0) else {
         // Unreadable (e.g. not UTF-8): a clear error, nothing else to check.
         return;
     };
@@ -309,11 +329,12 @@ pub fn audit(data: &[u8]) {
         return;
     };
     if mode == 0 {
-        let paths: Vec<PathBuf> = rest
+        let files: Vec<Scratch> = rest
             .splitn(3, |b| *b == 0x1e)
             .enumerate()
             .map(|(i, part)| scratch_file(&format!("audit-{i}.jsonl"), part))
             .collect();
+        let paths: Vec<PathBuf> = files.iter().map(|f| f.0.clone()).collect();
         if let Ok(report) = crate::audit::verify(&paths) {
             // Clean: every line was a record.
             let lines: usize = rest
@@ -335,8 +356,8 @@ pub fn audit(data: &[u8]) {
         prev = sealed.hash;
         records += 1;
     }
-    let path = scratch_file("audit-sealed.jsonl", &file);
-    match crate::audit::verify(&[path]) {
+    let sealed = scratch_file("audit-sealed.jsonl", &file);
+    match crate::audit::verify(std::slice::from_ref(&sealed.0)) {
         Ok(report) => {
             assert_eq!(report.records, records);
             assert_eq!(report.last_hash.as_deref(), Some(prev.as_str()));
