@@ -45,8 +45,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("audit", audit),
 ];
 
-/// The body limit the `jsonrpc` target admits with (the default `max_body_bytes` is larger;
-/// a small limit lets the fuzzer reach the 413 path).
+/// The body limit the `jsonrpc` target admits with; a longer input takes the 413 path.
 const BODY_LIMIT: usize = 64 * 1024;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
