@@ -16,6 +16,7 @@
 //! - [`auth`]: downstream authentication and per-identity access rules.
 //! - [`tls`]: listener certificates (reloaded on change) and custom CAs for outgoing TLS.
 //! - [`cli`]: the `mcpg` command line and boot sequence.
+//! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and their replay test.
 
 pub mod audit;
 pub mod auth;
@@ -25,6 +26,8 @@ pub mod config;
 pub mod control;
 pub mod coordinator;
 pub mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod mcp;
 pub mod oci;

@@ -522,3 +522,20 @@ async fn records_a_failing_file_cannot_take_are_counted_as_dropped() {
     let a = write(&config(Path::new("/dev/full"), 1 << 20, 0), 0, 3).await;
     assert_eq!((a.written(), a.dropped()), (0, 3));
 }
+
+/// Replayed by the `audit` fuzz target too (fuzz/regressions/audit/seq-overflow-after-u64-max): a
+/// record after one numbered u64::MAX made the verifier overflow (a panic in debug builds, a
+/// silent wrap to 0 in release).
+#[test]
+fn a_record_after_seq_u64_max_is_out_of_order_not_an_overflow() {
+    let dir = temp_dir();
+    let path = dir.join("audit.jsonl");
+    let a = chain::seal(u64::MAX, chain::GENESIS, &json!({"event": "request"})).unwrap();
+    let b = chain::seal(0, &a.hash, &json!({"event": "request"})).unwrap();
+    std::fs::write(&path, [a.line, b.line].concat()).unwrap();
+    let p = problems(std::slice::from_ref(&path));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!((p[0].line, p[0].seq), (2, Some(0)));
+    assert!(matches!(p[0].kind, ProblemKind::SeqGap { found: 0, .. }));
+    assert!(p[0].to_string().contains("seq out of order"), "{}", p[0]);
+}

@@ -213,9 +213,10 @@ impl Verifier {
                 };
                 self.problem(path, n, seq, kind);
             }
-            if o.seq != last_seq + 1 {
+            // Nothing follows u64::MAX: a record after it is out of order, never an overflow.
+            if last_seq.checked_add(1) != Some(o.seq) {
                 let kind = ProblemKind::SeqGap {
-                    expected: last_seq + 1,
+                    expected: last_seq.saturating_add(1),
                     found: o.seq,
                 };
                 self.problem(path, n, seq, kind);

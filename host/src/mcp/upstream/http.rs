@@ -377,7 +377,7 @@ impl HttpTransport {
     /// The messages of a successful answer: an SSE stream, JSON of a known length (the common
     /// case: one value, parsed once), or (as some servers stream) several JSON values
     /// concatenated or newline-delimited, yielded as each is complete.
-    async fn answer(
+    pub(crate) async fn answer(
         &self,
         resp: reqwest::Response,
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
