@@ -322,38 +322,41 @@ impl Shared {
         self.closed.send_replace(true);
     }
 
+    /// Routes a response to the exchange it answers. On an exchange's own stream, a response
+    /// it cannot be for is the upstream's protocol violation: the exchange ends with an error
+    /// that says so.
+    fn dispatch_response(&self, routes: &mut HashMap<u64, Route>, m: Message, on: Option<u64>) {
+        let id = m.get("id").and_then(Value::as_u64);
+        if let Some(r) = id.and_then(|id| routes.remove(&id)) {
+            let _ = r.tx.send(m);
+            return;
+        }
+        let Some(r) = on.and_then(|on| routes.remove(&on)) else {
+            tracing::debug!(upstream = %self.name, "response with an id mcpg never sent");
+            return;
+        };
+        let answer = if m.get("id").is_some_and(Value::is_null) && m.contains_key("error") {
+            m
+        } else {
+            let got = m.get("id").cloned().unwrap_or(Value::Null);
+            jsonrpc::error(
+                Value::Null,
+                code::INTERNAL_ERROR,
+                format!(
+                    "upstream `{}` broke the protocol: it answered with id {got}, which does not match the request",
+                    self.name
+                ),
+                None,
+            )
+        };
+        let _ = r.tx.send(answer);
+    }
+
     /// Routes one incoming message. `on` is the exchange whose own stream carried it, if any.
     fn dispatch(&self, mut m: Message, on: Option<u64>) {
         let mut routes = self.routes.lock().expect("routes lock");
         match jsonrpc::kind(&m) {
-            Kind::Response => {
-                let id = m.get("id").and_then(Value::as_u64);
-                if let Some(r) = id.and_then(|id| routes.remove(&id)) {
-                    let _ = r.tx.send(m);
-                    return;
-                }
-                // On an exchange's own stream, a response it cannot be for is the upstream's
-                // protocol violation: the exchange ends with an error that says so.
-                let Some(r) = on.and_then(|on| routes.remove(&on)) else {
-                    tracing::debug!(upstream = %self.name, "response with an id mcpg never sent");
-                    return;
-                };
-                let answer = if m.get("id").is_some_and(Value::is_null) && m.contains_key("error") {
-                    m
-                } else {
-                    let got = m.get("id").cloned().unwrap_or(Value::Null);
-                    jsonrpc::error(
-                        Value::Null,
-                        code::INTERNAL_ERROR,
-                        format!(
-                            "upstream `{}` broke the protocol: it answered with id {got}, which does not match the request",
-                            self.name
-                        ),
-                        None,
-                    )
-                };
-                let _ = r.tx.send(answer);
-            }
+            Kind::Response => self.dispatch_response(&mut routes, m, on),
             Kind::Notification => {
                 // A 2026-07-28 subscription's notifications name the listen request.
                 let subscription = m
