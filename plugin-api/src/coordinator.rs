@@ -93,6 +93,16 @@ pub struct Entry {
     pub revision: u64,
 }
 
+impl Entry {
+    pub fn new(key: impl Into<String>, value: Vec<u8>, revision: u64) -> Self {
+        Self {
+            key: key.into(),
+            value,
+            revision,
+        }
+    }
+}
+
 /// The outcome of [`Coordinator::compare_and_swap`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CasOutcome {
