@@ -171,6 +171,34 @@ pub trait Harness: Send + Sync {
     async fn restart_backend(&self) -> bool {
         false
     }
+
+    /// Makes the backend forget `node_id`'s presence as it would if the node had stopped
+    /// refreshing for longer than its TTL (a process paused or stalled): delete its presence
+    /// key, or revoke the lease or session it hangs on. Returns `false` if this harness cannot;
+    /// the re-registration check is then reported as skipped.
+    async fn expire_presence(&self, _node_id: &str) -> bool {
+        false
+    }
+
+    /// Stops the backend server answering while its connections stay open (`SIGSTOP`), until
+    /// [`Harness::resume_backend`]. Returns `false` if this harness cannot; the health check
+    /// is then reported as skipped.
+    async fn pause_backend(&self) -> bool {
+        false
+    }
+
+    /// Lets a server stopped by [`Harness::pause_backend`] run again (`SIGCONT`).
+    async fn resume_backend(&self) {}
+}
+
+/// How long `health()` may take to answer `ok: false` while the server does not answer (the
+/// contract in the `Coordinator` docs gives plugins 5 s; the rest is slack for slow machines).
+pub const HEALTH_BOUND: Duration = Duration::from_secs(10);
+
+/// How long after its presence expired a node must be listed again: twice the harness's
+/// `peer_expiry()` (a refresh comes at least once per presence TTL) plus 5 s of slack.
+pub fn reregister_bound(peer_expiry: Duration) -> Duration {
+    peer_expiry * 2 + Duration::from_secs(5)
 }
 
 /// What one run found.
@@ -255,6 +283,11 @@ pub async fn run(h: &dyn Harness) -> Report {
         "handles_outlive_their_coordinator",
         handles_outlive_coordinator
     );
+    check!(
+        "presence_reregisters_after_expiry",
+        presence_reregisters_after_expiry
+    );
+    check!("health_reaches_the_server", health_reaches_the_server);
     check!("backend_restart", backend_restart);
     report
 }
@@ -1059,4 +1092,75 @@ async fn backend_restart(h: &dyn Harness, ns: String) -> Result<Outcome, String>
         "a subscription made before the restart never received again".into()
     })?;
     Ok(Outcome::Pass)
+}
+
+/// A presence whose entry the backend dropped (the node was paused past its TTL) registers
+/// itself again: the node is listed again within [`reregister_bound`], with its metadata.
+async fn presence_reregisters_after_expiry(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let id = format!("{}a", ns.replace('/', "-"));
+    let a = h.instance(&id).await;
+    let b = h.instance("px-observer").await;
+    let presence = a.register("{\"px\":1}".into()).await.map_err(e)?;
+    let bound = reregister_bound(h.peer_expiry());
+    let listed = async || -> Result<bool, String> {
+        let peers = b.peers().await.map_err(e)?;
+        Ok(peers
+            .iter()
+            .any(|p| p.node_id == id && p.meta == "{\"px\":1}"))
+    };
+    ensure(eventually(bound, async || listed().await).await?, || {
+        "a registered node was never listed by another replica".into()
+    })?;
+    if !h.expire_presence(&id).await {
+        return Ok(Outcome::Skip("the harness cannot expire a presence".into()));
+    }
+    // Whether the gap is observed depends on when the next refresh comes; not checked.
+    let gap_seen = !listed().await?;
+    let back = eventually(bound, async || listed().await).await?;
+    drop(a);
+    ensure(back, || {
+        format!(
+            "after its presence expired (gap observed: {gap_seen}), the node was not listed \
+             again within {bound:?}: a presence must register itself again once the backend \
+             has dropped it (after a pause or stall longer than its TTL)"
+        )
+    })?;
+    presence
+        .deregister()
+        .await
+        .map_err(|err| format!("deregistering the re-registered presence: {err}"))?;
+    Ok(Outcome::Pass)
+}
+
+/// `health()` reaches the server: with the server stopped (`SIGSTOP`, connections open) it
+/// answers `ok: false` within [`HEALTH_BOUND`]; once the server runs again it is ok again.
+async fn health_reaches_the_server(h: &dyn Harness, _ns: String) -> Result<Outcome, String> {
+    let c = h.instance("hc-a").await;
+    let before = c.health().await;
+    ensure(before.ok, || {
+        format!("health not ok before the pause: {}", before.detail)
+    })?;
+    if !h.pause_backend().await {
+        return Ok(Outcome::Skip("the harness cannot pause the backend".into()));
+    }
+    let during = tokio::time::timeout(HEALTH_BOUND, c.health()).await;
+    h.resume_backend().await;
+    match during {
+        Err(_) => Err(format!(
+            "health did not answer within {HEALTH_BOUND:?} while the server was stopped: it \
+             must give up (ok: false) rather than hang"
+        )),
+        Ok(during) if during.ok => Err(format!(
+            "health said ok while the server was stopped (SIGSTOP): it must make a round trip \
+             to the server, not only flush a local buffer; detail: {}",
+            during.detail
+        )),
+        Ok(_) => {
+            let healthy = async || Ok(c.health().await.ok);
+            ensure(eventually(Duration::from_secs(30), healthy).await?, || {
+                "health never became ok again after the server resumed".into()
+            })?;
+            Ok(Outcome::Pass)
+        }
+    }
 }

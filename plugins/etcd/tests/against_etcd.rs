@@ -44,6 +44,31 @@ impl Harness for EtcdHarness {
     fn peer_expiry(&self) -> Duration {
         mcpg_cluster_etcd::config::PEER_TTL
     }
+
+    /// What etcd does when the node was paused past the presence TTL: the presence key's
+    /// lease is gone, and the key with it.
+    async fn expire_presence(&self, node_id: &str) -> bool {
+        let Ok(mut c) = etcd_client::Client::connect([self.server.url()], None).await else {
+            return false;
+        };
+        let key = format!("/tk/peers/{node_id}");
+        let Ok(r) = c.get(key, None).await else {
+            return false;
+        };
+        let Some(lease) = r.kvs().first().map(|kv| kv.lease()) else {
+            return false;
+        };
+        c.lease_revoke(lease).await.is_ok()
+    }
+
+    async fn pause_backend(&self) -> bool {
+        self.server.pause();
+        true
+    }
+
+    async fn resume_backend(&self) {
+        self.server.resume();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
