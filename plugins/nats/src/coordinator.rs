@@ -422,10 +422,12 @@ impl Coordinator for NatsCoordinator {
         self.0.node_id.clone()
     }
 
+    /// A request the server itself answers (JetStream's account info), so a stopped or
+    /// unreachable server shows: flushing the local buffer proves nothing.
     async fn health(&self) -> Health {
         let start = Instant::now();
-        match tokio::time::timeout(Duration::from_secs(5), self.0.client.flush()).await {
-            Ok(Ok(())) => Health {
+        match tokio::time::timeout(Duration::from_secs(5), self.0.js.query_account()).await {
+            Ok(Ok(_)) => Health {
                 ok: true,
                 detail: format!(
                     "NATS {} round trip {} µs",
@@ -435,7 +437,7 @@ impl Coordinator for NatsCoordinator {
             },
             Ok(Err(e)) => Health {
                 ok: false,
-                detail: self.err("flush", e).to_string(),
+                detail: self.err("account info", e).to_string(),
             },
             Err(_) => Health {
                 ok: false,

@@ -53,6 +53,31 @@ impl Harness for NatsHarness {
     fn peer_expiry(&self) -> Duration {
         Duration::from_secs(2)
     }
+
+    /// What the bucket holds once a node's presence lapsed: no live entry for it.
+    async fn expire_presence(&self, node_id: &str) -> bool {
+        let Ok(client) = async_nats::connect(self.server.url()).await else {
+            return false;
+        };
+        let js = async_nats::jetstream::new(client);
+        let Ok(kv) = js.get_key_value("mcpg-leases").await else {
+            return false;
+        };
+        let key = format!(
+            "peers.{}",
+            mcpg_cluster_nats::coordinator::encode_key(node_id)
+        );
+        kv.delete(key).await.is_ok()
+    }
+
+    async fn pause_backend(&self) -> bool {
+        self.server.pause();
+        true
+    }
+
+    async fn resume_backend(&self) {
+        self.server.resume();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,6 +57,23 @@ impl Harness for PgHarness {
         tokio::task::block_in_place(|| self.server.lock().unwrap().restart());
         true
     }
+
+    /// What the table holds once a node's presence lapsed: no live row for it. Through another
+    /// instance: the presence is an entry of the same table.
+    async fn expire_presence(&self, node_id: &str) -> bool {
+        let c = self.instance("expirer").await;
+        let key = mcpg_plugin_api::memory::presence_key(node_id);
+        c.delete(&key, None).await.unwrap_or(false)
+    }
+
+    async fn pause_backend(&self) -> bool {
+        self.server.lock().unwrap().pause();
+        true
+    }
+
+    async fn resume_backend(&self) {
+        self.server.lock().unwrap().resume();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,26 @@ impl Harness for RedisHarness {
     fn peer_expiry(&self) -> Duration {
         Duration::from_millis(1000)
     }
+
+    /// What Redis holds once a node's presence lapsed: it is out of the set and its meta gone.
+    async fn expire_presence(&self, node_id: &str) -> bool {
+        let zrem = self
+            .server
+            .command(&["ZREM", &format!("{PREFIX}peers"), node_id]);
+        let hdel = self
+            .server
+            .command(&["HDEL", &format!("{PREFIX}peer-meta"), node_id]);
+        zrem.is_some_and(|r| r.starts_with(":1")) && hdel.is_some()
+    }
+
+    async fn pause_backend(&self) -> bool {
+        self.server.pause();
+        true
+    }
+
+    async fn resume_backend(&self) {
+        self.server.resume();
+    }
 }
 
 fn so_path() -> PathBuf {
