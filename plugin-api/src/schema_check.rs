@@ -96,11 +96,11 @@ pub fn url_scheme(config: &Value, key: &str, schemes: &[&str]) -> Option<PluginD
 /// exactly the parser boot uses on it, so that `mcpg-config-check` refuses what boot refuses,
 /// at the key's position. The message is the parser's (`what` in front): give a parser whose
 /// errors do not quote secrets. Values that are not strings are the schema's business.
-pub fn parsed_by<E: std::fmt::Display>(
+pub fn parsed_by<T, E: std::fmt::Display>(
     config: &Value,
     pointer: &str,
     what: &str,
-    parse: impl Fn(&str) -> Result<(), E>,
+    parse: impl Fn(&str) -> Result<T, E>,
 ) -> Vec<PluginDiagnostic> {
     let one = |at: String, v: &Value| {
         let e = parse(v.as_str()?).err()?;
@@ -117,11 +117,11 @@ pub fn parsed_by<E: std::fmt::Display>(
 
 /// The errors for the URL at `key`: its scheme ([`url_scheme`]), then, if that is right, boot's
 /// own parser ([`parsed_by`], under "invalid URL"). The URL itself is never quoted.
-pub fn url_key<E: std::fmt::Display>(
+pub fn url_key<T, E: std::fmt::Display>(
     config: &Value,
     key: &str,
     schemes: &[&str],
-    parse: impl Fn(&str) -> Result<(), E>,
+    parse: impl Fn(&str) -> Result<T, E>,
 ) -> Vec<PluginDiagnostic> {
     match url_scheme(config, key, schemes) {
         Some(d) => vec![d],

@@ -96,6 +96,7 @@ impl ConsulCoordinator {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        crate::config::base_url(&config.address).map_err(|e| format!("invalid address: {e}"))?;
         let base = config.address.trim_end_matches('/').to_owned();
         let me = Self(Arc::new(Inner {
             http,

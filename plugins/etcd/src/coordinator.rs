@@ -56,6 +56,9 @@ fn ttl_secs(d: Duration) -> i64 {
 impl EtcdCoordinator {
     pub(crate) async fn connect(config: Config, node_id: String) -> Result<Self, String> {
         let where_ = config.endpoints.join(",");
+        for e in &config.endpoints {
+            crate::config::endpoint_uri(e).map_err(|m| format!("invalid endpoint {e}: {m}"))?;
+        }
         let mut opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10));

@@ -125,11 +125,10 @@ impl NatsCoordinator {
             }
             opts = opts.require_tls(true);
         }
-        // `nats+tls://` is the seed's spelling of `tls://`.
         let addrs: Vec<async_nats::ServerAddr> = config
             .servers
             .iter()
-            .map(|s| s.replacen("nats+tls://", "tls://", 1).parse())
+            .map(|s| crate::config::server_addr(s))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("invalid NATS server address: {e}"))?;
         let client = tokio::time::timeout(

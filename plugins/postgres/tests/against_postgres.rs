@@ -159,3 +159,22 @@ async fn tls_is_used_and_verified_against_ca_cert() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// What boot's URL parser refuses, `validate` refuses at `/url`, without quoting the URL.
+#[test]
+fn the_url_is_checked_with_boots_parser() {
+    use mcpg_cluster_postgres::PostgresPlugin;
+    use mcpg_plugin_api::export::Plugin;
+    for bad in [
+        "postgres://u:hunter2@db:99999/x",
+        "postgres://u:hunter2@db:54 32/x",
+    ] {
+        let d = PostgresPlugin::validate(&serde_json::json!({ "url": bad }));
+        assert_eq!(d.len(), 1, "{bad}: {d:?}");
+        assert_eq!(d[0].pointer, "/url");
+        assert!(d[0].message.starts_with("invalid URL: "), "{d:?}");
+        assert!(!d[0].message.contains("hunter2"), "{d:?}");
+    }
+    let ok = serde_json::json!({"url": "postgresql://u:p@db:5432/x?sslmode=require"});
+    assert!(PostgresPlugin::validate(&ok).is_empty());
+}

@@ -217,7 +217,7 @@ pub(crate) fn decode_kv_event(payload: &[u8]) -> Option<KvEvent> {
 impl RedisCoordinator {
     pub(crate) async fn connect(config: Config, node_id: String) -> Result<Self, String> {
         let where_: Arc<str> = crate::config::redacted_url(&config.url).into();
-        let client = redis::Client::open(config.url.as_str())
+        let client = crate::config::client(&config.url)
             .map_err(|e| format!("redis {where_}: invalid url: {e}"))?;
         let cm_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
