@@ -1164,3 +1164,123 @@ async fn health_reaches_the_server(h: &dyn Harness, _ns: String) -> Result<Outco
         }
     }
 }
+
+/// What [`lease_safety`] found.
+#[derive(Debug, Default)]
+pub struct LeaseSafety {
+    /// Holder intervals recorded (acquire returned … release sent).
+    pub acquisitions: usize,
+    /// Holders whose lease reported itself lost while held (their interval is not counted).
+    pub lost: usize,
+    /// Pairs of holder intervals that overlapped, described.
+    pub overlaps: Vec<String>,
+    /// Successive holders whose fencing token did not increase, described.
+    pub token_regressions: Vec<String>,
+}
+
+impl LeaseSafety {
+    /// Panics, listing the violations, unless there were none (and anything was acquired).
+    pub fn assert_safe(&self) {
+        assert!(self.acquisitions > 0, "no lease was ever acquired");
+        assert!(
+            self.overlaps.is_empty() && self.token_regressions.is_empty(),
+            "{} acquisitions: {} overlapping holders, {} token regressions:\n{}\n{}",
+            self.acquisitions,
+            self.overlaps.len(),
+            self.token_regressions.len(),
+            self.overlaps.join("\n"),
+            self.token_regressions.join("\n")
+        );
+    }
+}
+
+/// Lease safety under contention: `instances` replicas with `contenders` tasks each compete for
+/// one lease until `acquisitions` holds happened. Each holder's interval is logged on the
+/// monotonic clock from when `acquire` returned to just before `release` is sent, so the
+/// logged intervals lie inside the real holding times. Checked: no two intervals overlap, and
+/// fencing tokens strictly increase in interval order. Instances are in-process replicas, each
+/// with its own client; a run across OS processes with holders paused past their TTL is not
+/// part of this function.
+pub async fn lease_safety(
+    h: &dyn Harness,
+    instances: usize,
+    contenders: usize,
+    acquisitions: usize,
+) -> LeaseSafety {
+    use tokio::time::Instant;
+    let run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = format!("lease-safety-{run}");
+    let ttl = h.min_ttl().max(Duration::from_secs(2));
+    let done = Arc::new(AtomicU64::new(0));
+    let log = Arc::new(std::sync::Mutex::new(Vec::<(Instant, Instant, u64)>::new()));
+    let lost = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..instances {
+        let c = h.instance(&format!("ls-{run}-{i}")).await;
+        for _ in 0..contenders {
+            let (c, name, done, log, lost) = (
+                c.clone(),
+                name.clone(),
+                done.clone(),
+                log.clone(),
+                lost.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while done.load(Ordering::SeqCst) < acquisitions as u64 {
+                    let Ok(Some(lease)) = c.acquire(&name, Some(ttl), Duration::from_secs(5)).await
+                    else {
+                        continue;
+                    };
+                    let start = Instant::now();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let end = Instant::now();
+                    if lease.is_lost() {
+                        lost.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        log.lock().unwrap().push((start, end, lease.token()));
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = lease.release().await;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut intervals = log.lock().unwrap().clone();
+    intervals.sort_by_key(|(start, _, _)| *start);
+    let mut out = LeaseSafety {
+        acquisitions: intervals.len(),
+        lost: lost.load(Ordering::SeqCst) as usize,
+        ..Default::default()
+    };
+    for w in intervals.windows(2) {
+        let ((s0, e0, t0), (s1, _, t1)) = (w[0], w[1]);
+        if s1 < e0 {
+            out.overlaps.push(format!(
+                "token {t1} started {:?} before token {t0}'s holder released",
+                e0 - s1
+            ));
+        }
+        if t1 <= t0 {
+            out.token_regressions.push(format!(
+                "token {t1} held after token {t0} (started {:?} later)",
+                s1 - s0
+            ));
+        }
+    }
+    out
+}
+
+/// How many acquisitions a lease-safety test makes: `MCPG_LEASE_SAFETY_N` if set (the long run
+/// in docs/reliability.md sets 10000), else `default` (the short CI run).
+pub fn lease_safety_runs(default: usize) -> usize {
+    std::env::var("MCPG_LEASE_SAFETY_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}

@@ -130,3 +130,18 @@ async fn leases_and_state_survive_a_server_restart_with_file_storage() {
     let config = config(&server.url());
     state_and_leases_survive_restart(&plugin, config, || server.restart()).await;
 }
+
+/// Lease safety under contention (issue 19): 3 replicas x 3 contenders, holder intervals on
+/// the monotonic clock never overlap and fencing tokens strictly increase. 100 acquisitions in
+/// CI; `MCPG_LEASE_SAFETY_N=10000` for the long run (docs/reliability.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_safety_under_contention() {
+    let harness = NatsHarness {
+        plugin: built_library("libmcpg_cluster_nats.so", "dev.mcpg.cluster.nats"),
+        server: NatsServer::start(),
+    };
+    let n = mcpg_plugin_testkit::lease_safety_runs(100);
+    let found = mcpg_plugin_testkit::lease_safety(&harness, 3, 3, n).await;
+    eprintln!("lease safety: {found:?}");
+    found.assert_safe();
+}

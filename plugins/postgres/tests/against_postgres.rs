@@ -178,3 +178,18 @@ fn the_url_is_checked_with_boots_parser() {
     let ok = serde_json::json!({"url": "postgresql://u:p@db:5432/x?sslmode=require"});
     assert!(PostgresPlugin::validate(&ok).is_empty());
 }
+
+/// Lease safety under contention (issue 19): 3 replicas x 3 contenders, holder intervals on
+/// the monotonic clock never overlap and fencing tokens strictly increase. 100 acquisitions in
+/// CI; `MCPG_LEASE_SAFETY_N=10000` for the long run (docs/reliability.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_safety_under_contention() {
+    let harness = PgHarness {
+        plugin: plugin(),
+        server: std::sync::Mutex::new(PostgresServer::start()),
+    };
+    let n = mcpg_plugin_testkit::lease_safety_runs(100);
+    let found = mcpg_plugin_testkit::lease_safety(&harness, 3, 3, n).await;
+    eprintln!("lease safety: {found:?}");
+    found.assert_safe();
+}
