@@ -93,6 +93,16 @@ pub struct Entry {
     pub revision: u64,
 }
 
+impl Entry {
+    pub fn new(key: impl Into<String>, value: Vec<u8>, revision: u64) -> Self {
+        Self {
+            key: key.into(),
+            value,
+            revision,
+        }
+    }
+}
+
 /// The outcome of [`Coordinator::compare_and_swap`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CasOutcome {
@@ -202,10 +212,25 @@ pub trait Presence: Send + Sync {
 ///   [`Coordinator::watch_peers`]), [`Lease`]s and [`Presence`]s keep working after the
 ///   `Coordinator` that made them is dropped (the host and the kit drop it freely): anything
 ///   their background work needs, they hold themselves.
+/// - **Presence heals itself.** A registered presence stays registered until deregistered,
+///   whatever happened in between: if the backend dropped it (the process was paused or the
+///   backend stalled past the presence TTL, its key or lease or session expired or was
+///   deleted), the next refresh registers it again — on a fresh lease or session where the old
+///   one is gone — so the node is listed again within about one refresh interval of the backend
+///   answering. Refreshing an existing key is not enough where the backend ties the key to a
+///   lease that no longer exists. The kit's `presence_reregisters_after_expiry` check holds
+///   every backend to this (the harness drops the presence as expiry would).
+/// - **Health reaches the server.** [`Coordinator::health`] makes a round trip the server
+///   itself answers (a PING, a read, a request), never only a local flush or a cached
+///   connection state, and answers within 5 s: `ok: false` when the server does not answer in
+///   time. The kit's `health_reaches_the_server` check stops the server (`SIGSTOP`) and
+///   requires `ok: false` within its `HEALTH_BOUND` (10 s).
 #[async_trait]
 pub trait Coordinator: Send + Sync + 'static {
     /// This replica's node id.
     fn node_id(&self) -> String;
+    /// The backend's health, from a round trip to the server, within 5 s (see the contract
+    /// above); `ok: false` with the reason when it did not answer.
     async fn health(&self) -> Health;
 
     // Key-value store.
@@ -248,7 +273,8 @@ pub trait Coordinator: Send + Sync + 'static {
     ) -> CoordResult<Option<Box<dyn Lease>>>;
 
     // Watch.
-    /// Registers this node as live, with opaque `meta`, refreshed until deregistered.
+    /// Registers this node as live, with opaque `meta`, refreshed until deregistered, and
+    /// registered again whenever the backend dropped it meanwhile (see the contract above).
     async fn register(&self, meta: String) -> CoordResult<Box<dyn Presence>>;
     /// The live peers now, this node included if registered.
     async fn peers(&self) -> CoordResult<Vec<Peer>>;

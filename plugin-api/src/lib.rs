@@ -138,6 +138,8 @@ pub mod memory;
 pub mod remote;
 pub mod schema_check;
 pub mod support;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[doc(hidden)]
 pub use abi_stable;

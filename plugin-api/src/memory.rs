@@ -35,6 +35,13 @@ pub fn lease_key(name: &str) -> String {
     format!("{LEASE_PREFIX}{name}")
 }
 
+/// The key that holds `node_id`'s presence, in this store and in the layer's. Deleting it is
+/// what the backend does once the node stopped refreshing past its TTL, which is how tests
+/// check that a presence registers itself again.
+pub fn presence_key(node_id: &str) -> String {
+    format!("{PEER_PREFIX}{node_id}")
+}
+
 /// Timing knobs of the in-memory coordinator.
 #[derive(Debug, Clone)]
 pub struct MemoryConfig {

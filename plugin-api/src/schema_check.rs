@@ -91,6 +91,44 @@ pub fn url_scheme(config: &Value, key: &str, schemes: &[&str]) -> Option<PluginD
     Some(PluginDiagnostic::error(format!("/{key}"), message))
 }
 
+/// The errors for strings the plugin's boot would refuse: the string at the JSON `pointer`
+/// (or each string of the array there, at `pointer/<index>`) is given to `parse`, which must be
+/// exactly the parser boot uses on it, so that `mcpg-config-check` refuses what boot refuses,
+/// at the key's position. The message is the parser's (`what` in front): give a parser whose
+/// errors do not quote secrets. Values that are not strings are the schema's business.
+pub fn parsed_by<T, E: std::fmt::Display>(
+    config: &Value,
+    pointer: &str,
+    what: &str,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Vec<PluginDiagnostic> {
+    let one = |at: String, v: &Value| {
+        let e = parse(v.as_str()?).err()?;
+        Some(PluginDiagnostic::error(at, format!("{what}: {e}")))
+    };
+    match config.pointer(pointer) {
+        Some(Value::Array(items)) => (items.iter().enumerate())
+            .filter_map(|(i, v)| one(format!("{pointer}/{i}"), v))
+            .collect(),
+        Some(v) => one(pointer.to_owned(), v).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The errors for the URL at `key`: its scheme ([`url_scheme`]), then, if that is right, boot's
+/// own parser ([`parsed_by`], under "invalid URL"). The URL itself is never quoted.
+pub fn url_key<T, E: std::fmt::Display>(
+    config: &Value,
+    key: &str,
+    schemes: &[&str],
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Vec<PluginDiagnostic> {
+    match url_scheme(config, key, schemes) {
+        Some(d) => vec![d],
+        None => parsed_by(config, &format!("/{key}"), "invalid URL", parse),
+    }
+}
+
 /// The warning for a percentage the backend clamps to 1..=99 (the seed's "clamped, not
 /// rejected" keys), if the value at `key` lies outside.
 pub fn clamped_percent(config: &Value, key: &str) -> Option<PluginDiagnostic> {
@@ -311,6 +349,40 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parsed_by_reports_what_the_boot_parser_refuses_at_its_key() {
+        let port = |s: &str| s.parse::<u16>().map(drop);
+        let config = serde_json::json!({"one": "99999", "many": ["1", "x", 2], "ok": "80"});
+        let d = parsed_by(&config, "/one", "invalid port", port);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].pointer, "/one");
+        assert!(
+            d[0].message.starts_with("invalid port: "),
+            "{}",
+            d[0].message
+        );
+        let d = parsed_by(&config, "/many", "invalid port", port);
+        let at: Vec<_> = d.iter().map(|d| d.pointer.as_str()).collect();
+        assert_eq!(at, ["/many/1"]);
+        assert!(parsed_by(&config, "/ok", "invalid port", port).is_empty());
+        assert!(parsed_by(&config, "/absent", "invalid port", port).is_empty());
+        let url = |u: &str| u.rsplit_once(':').map(|(_, p)| port(p)).unwrap_or(Ok(()));
+        let config = serde_json::json!({"a": "x://h:99999", "b": "y://h:1", "c": "x://h:1"});
+        let d = url_key(&config, "a", &["x"], url);
+        assert_eq!((d.len(), d[0].pointer.as_str()), (1, "/a"));
+        assert!(
+            d[0].message.starts_with("invalid URL: "),
+            "{}",
+            d[0].message
+        );
+        assert!(
+            !url_key(&config, "b", &["x"], url)[0]
+                .message
+                .contains("invalid URL")
+        );
+        assert!(url_key(&config, "c", &["x"], url).is_empty());
+    }
 
     #[test]
     fn suggestions_pick_the_closest_key() {

@@ -95,6 +95,62 @@ pub fn lease_ttl(requested: Option<Duration>, default: Duration) -> CoordResult<
     Ok(ttl)
 }
 
+/// A plugin's config, deserialized in `boot` (after `validate` passed), or the reason not.
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    config: serde_json::Value,
+) -> Result<T, String> {
+    serde_json::from_value(config).map_err(|e| format!("invalid config: {e}"))
+}
+
+/// An error and its causes, `error: cause: cause`, for a backend client whose `Display` does
+/// not include the cause (where "connection refused" usually is).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.ends_with(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Notifications for many channels that arrive on one connection (PostgreSQL's `LISTEN`, a
+/// pub/sub connection), fanned out to a stream per channel. The connection's task sends
+/// `(channel, payload)` on the [`fanout`] sender; each [`Fanout::listen`] stream yields its
+/// channel's payloads from the moment it is made, and ends when the sender is dropped (the
+/// connection closed). A listener that falls `buffer` behind skips what it missed.
+pub struct Fanout(tokio::sync::broadcast::Receiver<(String, Vec<u8>)>);
+
+/// A [`Fanout`] and the sender its connection's task feeds.
+pub fn fanout(buffer: usize) -> (tokio::sync::broadcast::Sender<(String, Vec<u8>)>, Fanout) {
+    let (tx, rx) = tokio::sync::broadcast::channel(buffer);
+    (tx, Fanout(rx))
+}
+
+impl Fanout {
+    /// The payloads sent on `channel` from now on.
+    pub fn listen(&self, channel: impl Into<String>) -> BoxStream<'static, Vec<u8>> {
+        use tokio::sync::broadcast::error::RecvError;
+        let channel: String = channel.into();
+        let next = move |mut rx: tokio::sync::broadcast::Receiver<(String, Vec<u8>)>| {
+            let channel = channel.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok((c, payload)) if c == channel => return Some((payload, rx)),
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            }
+        };
+        futures::stream::unfold(self.0.resubscribe(), next).boxed()
+    }
+}
+
 /// A stream over a channel's receiver.
 pub fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> BoxStream<'static, T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
@@ -419,6 +475,43 @@ impl Drop for HeldPresence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chains_name_each_cause_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = std::io::Error::other(inner);
+        // io::Error's Display already shows the wrapped error: it is not repeated.
+        assert_eq!(error_chain(&outer), "refused");
+        #[derive(Debug)]
+        struct Ctx(std::io::Error);
+        impl std::fmt::Display for Ctx {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error connecting to server")
+            }
+        }
+        impl std::error::Error for Ctx {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Ctx(std::io::Error::other("connection refused"));
+        assert_eq!(
+            error_chain(&e),
+            "error connecting to server: connection refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn fanout_streams_get_their_channel_only_and_end_with_the_sender() {
+        let (tx, hub) = fanout(16);
+        let (mut a, b) = (hub.listen("a"), hub.listen("b"));
+        tx.send(("b".into(), vec![1])).unwrap();
+        tx.send(("a".into(), vec![2])).unwrap();
+        assert_eq!(a.next().await, Some(vec![2]));
+        drop(tx);
+        assert_eq!(a.next().await, None);
+        assert_eq!(b.collect::<Vec<_>>().await, vec![vec![1]]);
+    }
 
     #[test]
     fn urls_lose_their_credentials() {

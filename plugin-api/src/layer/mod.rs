@@ -117,9 +117,12 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The backend's health; the default reads one key and reports whether that worked.
+    /// The backend's health; the default reads one key and reports whether that worked within
+    /// 5 s (the contract's bound: a stopped server must not hold the answer).
     async fn health(&self, _layer: &Layer) -> Health {
-        match self.get(HEALTH_KEY).await {
+        let read = tokio::time::timeout(Duration::from_secs(5), self.get(HEALTH_KEY)).await;
+        let read = read.unwrap_or_else(|_| Err(CoordError::unavailable("no answer within 5 s")));
+        match read {
             Ok(_) => Health {
                 ok: true,
                 detail: "reachable".into(),

@@ -171,6 +171,34 @@ pub trait Harness: Send + Sync {
     async fn restart_backend(&self) -> bool {
         false
     }
+
+    /// Makes the backend forget `node_id`'s presence as it would if the node had stopped
+    /// refreshing for longer than its TTL (a process paused or stalled): delete its presence
+    /// key, or revoke the lease or session it hangs on. Returns `false` if this harness cannot;
+    /// the re-registration check is then reported as skipped.
+    async fn expire_presence(&self, _node_id: &str) -> bool {
+        false
+    }
+
+    /// Stops the backend server answering while its connections stay open (`SIGSTOP`), until
+    /// [`Harness::resume_backend`]. Returns `false` if this harness cannot; the health check
+    /// is then reported as skipped.
+    async fn pause_backend(&self) -> bool {
+        false
+    }
+
+    /// Lets a server stopped by [`Harness::pause_backend`] run again (`SIGCONT`).
+    async fn resume_backend(&self) {}
+}
+
+/// How long `health()` may take to answer `ok: false` while the server does not answer (the
+/// contract in the `Coordinator` docs gives plugins 5 s; the rest is slack for slow machines).
+pub const HEALTH_BOUND: Duration = Duration::from_secs(10);
+
+/// How long after its presence expired a node must be listed again: twice the harness's
+/// `peer_expiry()` (a refresh comes at least once per presence TTL) plus 5 s of slack.
+pub fn reregister_bound(peer_expiry: Duration) -> Duration {
+    peer_expiry * 2 + Duration::from_secs(5)
 }
 
 /// What one run found.
@@ -255,6 +283,11 @@ pub async fn run(h: &dyn Harness) -> Report {
         "handles_outlive_their_coordinator",
         handles_outlive_coordinator
     );
+    check!(
+        "presence_reregisters_after_expiry",
+        presence_reregisters_after_expiry
+    );
+    check!("health_reaches_the_server", health_reaches_the_server);
     check!("backend_restart", backend_restart);
     report
 }
@@ -1059,4 +1092,195 @@ async fn backend_restart(h: &dyn Harness, ns: String) -> Result<Outcome, String>
         "a subscription made before the restart never received again".into()
     })?;
     Ok(Outcome::Pass)
+}
+
+/// A presence whose entry the backend dropped (the node was paused past its TTL) registers
+/// itself again: the node is listed again within [`reregister_bound`], with its metadata.
+async fn presence_reregisters_after_expiry(h: &dyn Harness, ns: String) -> Result<Outcome, String> {
+    let id = format!("{}a", ns.replace('/', "-"));
+    let a = h.instance(&id).await;
+    let b = h.instance("px-observer").await;
+    let presence = a.register("{\"px\":1}".into()).await.map_err(e)?;
+    let bound = reregister_bound(h.peer_expiry());
+    let listed = async || -> Result<bool, String> {
+        let peers = b.peers().await.map_err(e)?;
+        Ok(peers
+            .iter()
+            .any(|p| p.node_id == id && p.meta == "{\"px\":1}"))
+    };
+    ensure(eventually(bound, async || listed().await).await?, || {
+        "a registered node was never listed by another replica".into()
+    })?;
+    if !h.expire_presence(&id).await {
+        return Ok(Outcome::Skip("the harness cannot expire a presence".into()));
+    }
+    // Whether the gap is observed depends on when the next refresh comes; not checked.
+    let gap_seen = !listed().await?;
+    let back = eventually(bound, async || listed().await).await?;
+    drop(a);
+    ensure(back, || {
+        format!(
+            "after its presence expired (gap observed: {gap_seen}), the node was not listed \
+             again within {bound:?}: a presence must register itself again once the backend \
+             has dropped it (after a pause or stall longer than its TTL)"
+        )
+    })?;
+    presence
+        .deregister()
+        .await
+        .map_err(|err| format!("deregistering the re-registered presence: {err}"))?;
+    Ok(Outcome::Pass)
+}
+
+/// `health()` reaches the server: with the server stopped (`SIGSTOP`, connections open) it
+/// answers `ok: false` within [`HEALTH_BOUND`]; once the server runs again it is ok again.
+async fn health_reaches_the_server(h: &dyn Harness, _ns: String) -> Result<Outcome, String> {
+    let c = h.instance("hc-a").await;
+    let before = c.health().await;
+    ensure(before.ok, || {
+        format!("health not ok before the pause: {}", before.detail)
+    })?;
+    if !h.pause_backend().await {
+        return Ok(Outcome::Skip("the harness cannot pause the backend".into()));
+    }
+    let during = tokio::time::timeout(HEALTH_BOUND, c.health()).await;
+    h.resume_backend().await;
+    match during {
+        Err(_) => Err(format!(
+            "health did not answer within {HEALTH_BOUND:?} while the server was stopped: it \
+             must give up (ok: false) rather than hang"
+        )),
+        Ok(during) if during.ok => Err(format!(
+            "health said ok while the server was stopped (SIGSTOP): it must make a round trip \
+             to the server, not only flush a local buffer; detail: {}",
+            during.detail
+        )),
+        Ok(_) => {
+            let healthy = async || Ok(c.health().await.ok);
+            ensure(eventually(Duration::from_secs(30), healthy).await?, || {
+                "health never became ok again after the server resumed".into()
+            })?;
+            Ok(Outcome::Pass)
+        }
+    }
+}
+
+/// What [`lease_safety`] found.
+#[derive(Debug, Default)]
+pub struct LeaseSafety {
+    /// Holder intervals recorded (acquire returned … release sent).
+    pub acquisitions: usize,
+    /// Holders whose lease reported itself lost while held (their interval is not counted).
+    pub lost: usize,
+    /// Pairs of holder intervals that overlapped, described.
+    pub overlaps: Vec<String>,
+    /// Successive holders whose fencing token did not increase, described.
+    pub token_regressions: Vec<String>,
+}
+
+impl LeaseSafety {
+    /// Panics, listing the violations, unless there were none (and anything was acquired).
+    pub fn assert_safe(&self) {
+        assert!(self.acquisitions > 0, "no lease was ever acquired");
+        assert!(
+            self.overlaps.is_empty() && self.token_regressions.is_empty(),
+            "{} acquisitions: {} overlapping holders, {} token regressions:\n{}\n{}",
+            self.acquisitions,
+            self.overlaps.len(),
+            self.token_regressions.len(),
+            self.overlaps.join("\n"),
+            self.token_regressions.join("\n")
+        );
+    }
+}
+
+/// Lease safety under contention: `instances` replicas with `contenders` tasks each compete for
+/// one lease until `acquisitions` holds happened. Each holder's interval is logged on the
+/// monotonic clock from when `acquire` returned to just before `release` is sent, so the
+/// logged intervals lie inside the real holding times. Checked: no two intervals overlap, and
+/// fencing tokens strictly increase in interval order. Instances are in-process replicas, each
+/// with its own client; a run across OS processes with holders paused past their TTL is not
+/// part of this function.
+pub async fn lease_safety(
+    h: &dyn Harness,
+    instances: usize,
+    contenders: usize,
+    acquisitions: usize,
+) -> LeaseSafety {
+    use tokio::time::Instant;
+    let run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = format!("lease-safety-{run}");
+    let ttl = h.min_ttl().max(Duration::from_secs(2));
+    let done = Arc::new(AtomicU64::new(0));
+    let log = Arc::new(std::sync::Mutex::new(Vec::<(Instant, Instant, u64)>::new()));
+    let lost = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..instances {
+        let c = h.instance(&format!("ls-{run}-{i}")).await;
+        for _ in 0..contenders {
+            let (c, name, done, log, lost) = (
+                c.clone(),
+                name.clone(),
+                done.clone(),
+                log.clone(),
+                lost.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while done.load(Ordering::SeqCst) < acquisitions as u64 {
+                    let Ok(Some(lease)) = c.acquire(&name, Some(ttl), Duration::from_secs(5)).await
+                    else {
+                        continue;
+                    };
+                    let start = Instant::now();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let end = Instant::now();
+                    if lease.is_lost() {
+                        lost.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        log.lock().unwrap().push((start, end, lease.token()));
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = lease.release().await;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut intervals = log.lock().unwrap().clone();
+    intervals.sort_by_key(|(start, _, _)| *start);
+    let mut out = LeaseSafety {
+        acquisitions: intervals.len(),
+        lost: lost.load(Ordering::SeqCst) as usize,
+        ..Default::default()
+    };
+    for w in intervals.windows(2) {
+        let ((s0, e0, t0), (s1, _, t1)) = (w[0], w[1]);
+        if s1 < e0 {
+            out.overlaps.push(format!(
+                "token {t1} started {:?} before token {t0}'s holder released",
+                e0 - s1
+            ));
+        }
+        if t1 <= t0 {
+            out.token_regressions.push(format!(
+                "token {t1} held after token {t0} (started {:?} later)",
+                s1 - s0
+            ));
+        }
+    }
+    out
+}
+
+/// How many acquisitions a lease-safety test makes: `MCPG_LEASE_SAFETY_N` if set (the long run
+/// in docs/reliability.md sets 10000), else `default` (the short CI run).
+pub fn lease_safety_runs(default: usize) -> usize {
+    std::env::var("MCPG_LEASE_SAFETY_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
 }

@@ -90,6 +90,16 @@ pub fn schema() -> Value {
     serde_json::to_value(schemars::schema_for!(Config)).expect("schema serializes")
 }
 
+/// The API base URL as boot takes it, parsed by the HTTP client's URL parser (every request
+/// URL is this plus a path); `validate` runs the same, so the checker refuses what boot would.
+pub fn base_url(address: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(address.trim_end_matches('/')).map_err(|e| e.to_string())?;
+    match url.host_str() {
+        Some(h) if !h.is_empty() => Ok(url),
+        _ => Err("no host: write http://host:8500".into()),
+    }
+}
+
 /// Every finding about a config; pure.
 pub fn validate(config: &Value) -> Vec<PluginDiagnostic> {
     let has_url = config.get("url").is_some();
@@ -105,7 +115,14 @@ pub fn validate(config: &Value) -> Vec<PluginDiagnostic> {
         .collect();
     if let Some(a) = config.get("address").and_then(Value::as_str) {
         match a.split_once("://") {
-            Some(("http" | "https", rest)) if !rest.is_empty() => {}
+            Some(("http" | "https", rest)) if !rest.is_empty() => {
+                if let Err(e) = base_url(a) {
+                    out.push(PluginDiagnostic::error(
+                        "/address",
+                        format!("invalid URL: {e}"),
+                    ));
+                }
+            }
             Some((scheme, _)) => out.push(PluginDiagnostic::error(
                 "/address",
                 format!("scheme `{scheme}` is not supported: use http:// or https://"),
@@ -151,6 +168,16 @@ mod tests {
         assert_eq!(c.node_id(None, Some("h".into())), "gw-h");
         assert!(c.node_id(None, None).starts_with("gw-"));
         assert_eq!(c.node_id(Some("flag".into()), Some("h".into())), "flag");
+    }
+
+    #[test]
+    fn address_is_checked_with_boots_parser() {
+        for bad in ["http://c:99999", "http://c:85 00", "http://"] {
+            let f = findings(json!({"address": bad, "service_name": "m"}));
+            assert_eq!(f.len(), 1, "{bad}: {f:?}");
+            assert_eq!(f[0].0, "/address", "{bad}");
+        }
+        assert!(base_url("https://consul.svc:8501/").is_ok());
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl ConsulCoordinator {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        crate::config::base_url(&config.address).map_err(|e| format!("invalid address: {e}"))?;
         let base = config.address.trim_end_matches('/').to_owned();
         let me = Self(Arc::new(Inner {
             http,
@@ -329,6 +330,22 @@ impl ConsulCoordinator {
                 let _ = l.send(true);
             }
         });
+    }
+
+    /// Locks this node's presence key with a new session of `PEER_TTL`; the session's id.
+    async fn lock_presence(&self, meta: &str) -> CoordResult<String> {
+        let session = self
+            .create_session(&format!("mcpg-peer-{}", self.0.node_id), PEER_TTL)
+            .await?;
+        let k = self.p(&format!("peers/{}", self.0.node_id));
+        let ops = vec![
+            json!({"KV": {"Verb": "delete", "Key": k}}),
+            json!({"KV": {"Verb": "lock", "Key": k, "Value": B64.encode(meta.as_bytes()), "Session": session}}),
+        ];
+        self.txn(ops)
+            .await?
+            .ok_or_else(|| self.err("register", "transaction refused", false))?;
+        Ok(session)
     }
 
     fn write_ops(&self, key: &str, value: &[u8], session: Option<&str>) -> Vec<Value> {
@@ -630,24 +647,43 @@ impl Coordinator for ConsulCoordinator {
     }
 
     async fn register(&self, meta: String) -> CoordResult<Box<dyn Presence>> {
-        let session = self
-            .create_session(&format!("mcpg-peer-{}", self.0.node_id), PEER_TTL)
-            .await?;
-        let k = self.p(&format!("peers/{}", self.0.node_id));
-        let ops = vec![
-            json!({"KV": {"Verb": "delete", "Key": k}}),
-            json!({"KV": {"Verb": "lock", "Key": k, "Value": B64.encode(meta.as_bytes()), "Session": session}}),
-        ];
-        self.txn(ops)
-            .await?
-            .ok_or_else(|| self.err("register", "transaction refused", false))?;
-        let (c, id) = (self.clone(), session.clone());
+        let session = Arc::new(std::sync::Mutex::new(self.lock_presence(&meta).await?));
+        let (c, current) = (self.clone(), session.clone());
         // Destroying the session deletes the key it locks (Behavior=delete).
-        let (presence, stopped) = HeldPresence::new(move || {
-            let (c, id) = (c.clone(), id.clone());
+        let (presence, mut stopped) = HeldPresence::new(move || {
+            let (c, id) = (c.clone(), current.lock().expect("not poisoned").clone());
             Box::pin(async move { c.destroy_session(&id).await })
         });
-        self.keep_session(session, PEER_TTL, stopped, None);
+        let me = self.clone();
+        let every = PEER_TTL * self.0.config.renew_percent() / 100;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.changed() => return,
+                }
+                let id = session.lock().expect("not poisoned").clone();
+                match me.renew_session(&id).await {
+                    Ok(true) => {}
+                    // The session is gone (this process was paused or Consul stalled past its
+                    // TTL, or it was destroyed), and the key with it: register again.
+                    Ok(false) => match me.lock_presence(&meta).await {
+                        Ok(new) => {
+                            tracing::warn!(
+                                "presence session had expired in Consul; registered again"
+                            );
+                            *session.lock().expect("not poisoned") = new;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "presence re-registration failed; retrying")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "presence session renewal failed; retrying")
+                    }
+                }
+            }
+        });
         Ok(Box::new(presence))
     }
 

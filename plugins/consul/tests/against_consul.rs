@@ -34,6 +34,26 @@ impl Harness for ConsulHarness {
     fn peer_expiry(&self) -> Duration {
         mcpg_cluster_consul::config::PEER_TTL * 2
     }
+
+    /// What Consul does once the node stopped renewing past the session TTL: the session is
+    /// gone, and the key it locked with it.
+    async fn expire_presence(&self, node_id: &str) -> bool {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let key = format!("{}/v1/kv/{}peers/{node_id}", self.address, self.prefix);
+        let Ok(r) = http.get(key).send().await else {
+            return false;
+        };
+        let pairs: Vec<serde_json::Value> = r.json().await.unwrap_or_default();
+        let Some(session) = pairs.first().and_then(|p| p["Session"].as_str()) else {
+            return false;
+        };
+        let destroy = format!("{}/v1/session/destroy/{session}", self.address);
+        http.put(destroy)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,8 @@ use serde_json::Value;
 #[serde(deny_unknown_fields)]
 #[schemars(title = "dev.mcpg.cluster.etcd")]
 pub struct Config {
-    /// One or more etcd endpoints (`http://host:2379`, `https://…`, or `host:2379`); the client
-    /// balances and retries across them.
+    /// One or more etcd endpoints (`http://host:2379` or `host:2379`; no TLS in this build);
+    /// the client balances and retries across them.
     #[schemars(length(min = 1))]
     pub endpoints: Vec<String>,
     /// Prefix of every key the plugin owns; must end with `/`. Give each deployment sharing one
@@ -83,6 +83,43 @@ pub fn schema() -> Value {
     serde_json::to_value(schemars::schema_for!(Config)).expect("schema serializes")
 }
 
+/// An endpoint as the etcd client takes it at boot: `host:port` gets `http://` in front, and
+/// the result is parsed by the client's own URI parser (`http::Uri`). Boot runs this on every
+/// endpoint before connecting, and `validate` runs the same, so `mcpg-config-check` refuses
+/// exactly what boot would. Also refused, as the client refuses them when connecting: a port
+/// outside 1..=65535, a missing host, `https://` (this build's etcd client has no TLS).
+pub fn endpoint_uri(endpoint: &str) -> Result<http::Uri, String> {
+    let full = match endpoint.split_once("://") {
+        Some(("http", _)) => endpoint.to_owned(),
+        Some(("https", _)) => {
+            return Err(
+                "`https://` is not supported: this build's etcd client has no TLS; use http://"
+                    .into(),
+            );
+        }
+        Some((scheme, _)) => {
+            return Err(format!(
+                "scheme `{scheme}` is not supported: use http://host:port or host:port"
+            ));
+        }
+        None => format!("http://{endpoint}"),
+    };
+    let uri: http::Uri = full.parse().map_err(|e| format!("{e}"))?;
+    let authority = uri.authority().ok_or("no host: write http://host:port")?;
+    if authority.host().is_empty() {
+        return Err("no host: write http://host:port".into());
+    }
+    // `http://host` means port 80, as in the client; a bare `host` is not an endpoint.
+    let port = authority.as_str().rsplit_once(':').map(|(_, p)| p);
+    match port.filter(|_| !authority.as_str().ends_with(']')) {
+        Some(p) if p.parse::<u16>().is_ok_and(|p| p > 0) => {}
+        Some(p) => return Err(format!("port `{p}` is not a port number (1..=65535)")),
+        None if full.len() != endpoint.len() => return Err("write host:port".into()),
+        None => {}
+    }
+    Ok(uri)
+}
+
 /// Every finding about a config; pure.
 pub fn validate(config: &Value) -> Vec<PluginDiagnostic> {
     let mut out = mcpg_plugin_api::schema_check::check(&schema(), config);
@@ -95,24 +132,12 @@ pub fn validate(config: &Value) -> Vec<PluginDiagnostic> {
             format!("must end with `/`: write `{prefix}/`"),
         ));
     }
-    if let Some(endpoints) = config.get("endpoints").and_then(Value::as_array) {
-        for (i, e) in endpoints.iter().enumerate() {
-            let Some(e) = e.as_str() else { continue };
-            let ok = match e.split_once("://") {
-                Some(("http" | "https", rest)) => !rest.is_empty(),
-                Some(_) => false,
-                None => e
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
-            };
-            if !ok {
-                out.push(PluginDiagnostic::error(
-                    format!("/endpoints/{i}"),
-                    "must be `http://host:port`, `https://host:port` or `host:port`",
-                ));
-            }
-        }
-    }
+    out.extend(mcpg_plugin_api::schema_check::parsed_by(
+        config,
+        "/endpoints",
+        "invalid endpoint",
+        endpoint_uri,
+    ));
     out.extend(mcpg_plugin_api::schema_check::clamped_percent(
         config,
         "lease_renew_before_expiry_percent",
@@ -174,8 +199,37 @@ mod tests {
         );
         assert_eq!(
             f.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
-            ["/endpoints/1", "/endpoints/2"]
+            ["/endpoints/1", "/endpoints/2", "/endpoints/3"]
         );
+    }
+
+    /// What boot's parser refuses, the checker refuses at the endpoint's index (issue 20, row
+    /// 14: `http://etcd-0:23 79` and port 99999 passed the checker and failed boot).
+    #[test]
+    fn endpoints_are_checked_with_boots_parser() {
+        let f = findings(json!({"endpoints": [
+            "http://etcd-0:2379", "http://etcd-0:23 79", "http://etcd-0:99999", "etcd-1:0",
+            "etcd-2:2379", "http://etcd-3", "[::1]:2379"
+        ]}));
+        let at: Vec<_> = f.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(
+            at,
+            ["/endpoints/1", "/endpoints/2", "/endpoints/3"],
+            "{f:?}"
+        );
+        assert!(
+            f.iter().all(|x| x.2.starts_with("invalid endpoint: ")),
+            "{f:?}"
+        );
+        assert!(f[1].2.contains("99999"), "{f:?}");
+        for bad in [
+            "http://etcd-0:23 79",
+            "http://etcd-0:99999",
+            "https://e:2379",
+            "e",
+        ] {
+            assert!(endpoint_uri(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
@@ -29,6 +29,9 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
 use crate::config::{Config, DEFAULT_LEASE_TTL, PEER_TTL};
+
+/// An etcd lease's keep-alive sender and the stream of its answers.
+type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
 /// Separates a subject from the unique suffix of an event key.
 const EVENT_SEP: char = '\u{1f}';
@@ -53,6 +56,9 @@ fn ttl_secs(d: Duration) -> i64 {
 impl EtcdCoordinator {
     pub(crate) async fn connect(config: Config, node_id: String) -> Result<Self, String> {
         let where_ = config.endpoints.join(",");
+        for e in &config.endpoints {
+            crate::config::endpoint_uri(e).map_err(|m| format!("invalid endpoint {e}: {m}"))?;
+        }
         let mut opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10));
@@ -115,6 +121,45 @@ impl EtcdCoordinator {
             .await
             .map_err(|e| self.err("lease grant", e))?
             .id())
+    }
+
+    /// Puts this node's presence key on a fresh etcd lease of `PEER_TTL`; the lease's id.
+    async fn put_presence(&self, meta: &str) -> CoordResult<i64> {
+        let lease = self.grant(PEER_TTL).await?;
+        let key = self.p(&format!("peers/{}", self.0.node_id));
+        self.c()
+            .put(key, meta, Some(PutOptions::new().with_lease(lease)))
+            .await
+            .map_err(|e| self.err("register", e))?;
+        Ok(lease)
+    }
+
+    /// One refresh of this node's presence: whether its key is still there and its lease was
+    /// extended (`false`: etcd dropped them, so the node must register again).
+    async fn keep_presence(&self, lease: i64, keeper: &mut Option<Keeper>) -> CoordResult<bool> {
+        let key = self.p(&format!("peers/{}", self.0.node_id));
+        let r = self.c().get(key, None).await;
+        if r.map_err(|e| self.err("presence", e))?
+            .kvs()
+            .first()
+            .is_none_or(|kv| kv.lease() != lease)
+        {
+            return Ok(false);
+        }
+        if keeper.is_none() {
+            let pair = self.c().lease_keep_alive(lease).await;
+            *keeper = Some(pair.map_err(|e| self.err("presence keep-alive", e))?);
+        }
+        let (k, stream) = keeper.as_mut().expect("just opened");
+        k.keep_alive()
+            .await
+            .map_err(|e| self.err("presence keep-alive", e))?;
+        match stream.message().await {
+            // etcd answers a keep-alive of a lease it no longer has with TTL 0.
+            Ok(Some(r)) => Ok(r.ttl() > 0),
+            Ok(None) => Err(CoordError::unavailable("presence keep-alive stream ended")),
+            Err(e) => Err(self.err("presence keep-alive", e)),
+        }
     }
 
     fn entry(&self, kv: &etcd_client::KeyValue, strip: usize) -> Option<Entry> {
@@ -202,7 +247,9 @@ impl Coordinator for EtcdCoordinator {
 
     async fn health(&self) -> Health {
         let start = Instant::now();
-        match self.current_revision().await {
+        // A stopped server must not hold the answer past 5 s (the contract's bound).
+        let asked = tokio::time::timeout(Duration::from_secs(5), self.current_revision()).await;
+        match asked.unwrap_or_else(|_| Err(CoordError::unavailable("no answer within 5 s"))) {
             Ok(rev) => Health {
                 ok: true,
                 detail: format!(
@@ -437,19 +484,14 @@ impl Coordinator for EtcdCoordinator {
     }
 
     async fn register(&self, meta: String) -> CoordResult<Box<dyn Presence>> {
-        let lease = self.grant(PEER_TTL).await?;
-        let key = self.p(&format!("peers/{}", self.0.node_id));
-        self.c()
-            .put(key, meta, Some(PutOptions::new().with_lease(lease)))
-            .await
-            .map_err(|e| self.err("register", e))?;
-        let dc = self.clone();
+        let lease = Arc::new(AtomicI64::new(self.put_presence(&meta).await?));
+        let (dc, current) = (self.clone(), lease.clone());
         let (presence, mut stopped) = HeldPresence::new(move || {
-            let c = dc.clone();
+            let (c, id) = (dc.clone(), current.load(Ordering::SeqCst));
             // Revoking the lease deletes the key, which watchers see.
             Box::pin(async move {
                 c.c()
-                    .lease_revoke(lease)
+                    .lease_revoke(id)
                     .await
                     .map_err(|e| c.err("deregister", e))?;
                 Ok(())
@@ -458,25 +500,33 @@ impl Coordinator for EtcdCoordinator {
         let c = self.clone();
         let every = PEER_TTL * self.0.config.renew_percent() / 100;
         tokio::spawn(async move {
-            let Ok((mut keeper, mut responses)) = c.c().lease_keep_alive(lease).await else {
-                return;
-            };
+            let mut keeper = None;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stopped.changed() => return,
                 }
-                if keeper.keep_alive().await.is_err()
-                    || !matches!(responses.message().await, Ok(Some(_)))
-                {
-                    // Reconnect the keep-alive stream on the next round.
-                    match c.c().lease_keep_alive(lease).await {
-                        Ok(pair) => (keeper, responses) = pair,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "presence keep-alive failed; retrying")
+                let id = lease.load(Ordering::SeqCst);
+                let kept = tokio::time::timeout(PEER_TTL / 2, c.keep_presence(id, &mut keeper));
+                match kept.await {
+                    Ok(Ok(true)) => continue,
+                    // Gone (expired while this process was paused or etcd stalled, or
+                    // deleted): register again, on a fresh lease.
+                    Ok(Ok(false)) => match c.put_presence(&meta).await {
+                        Ok(new) => {
+                            tracing::warn!("presence had expired in etcd; registered again");
+                            lease.store(new, Ordering::SeqCst);
                         }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "presence re-registration failed; retrying")
+                        }
+                    },
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "presence keep-alive failed; retrying")
                     }
+                    Err(_) => tracing::warn!("presence keep-alive timed out; retrying"),
                 }
+                keeper = None;
             }
         });
         Ok(Box::new(presence))

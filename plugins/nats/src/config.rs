@@ -246,6 +246,14 @@ pub fn schema() -> Value {
 
 const SCHEMES: [&str; 5] = ["nats", "tls", "nats+tls", "ws", "wss"];
 
+/// A server as boot gives it to the client (`nats+tls://` is the seed's spelling of `tls://`),
+/// parsed by the client's own parser; `validate` runs the same, so the checker refuses what
+/// boot would.
+pub fn server_addr(server: &str) -> Result<async_nats::ServerAddr, String> {
+    let server = server.replacen("nats+tls://", "tls://", 1);
+    server.parse().map_err(|e: std::io::Error| e.to_string())
+}
+
 /// Every finding about a config; pure.
 pub fn validate(config: &Value) -> Vec<PluginDiagnostic> {
     let mut out: Vec<PluginDiagnostic> = mcpg_plugin_api::schema_check::check(&schema(), config)
@@ -268,7 +276,14 @@ pub fn validate(config: &Value) -> Vec<PluginDiagnostic> {
         for (i, s) in servers.iter().enumerate() {
             let Some(s) = s.as_str() else { continue };
             match s.split_once("://") {
-                Some((scheme, rest)) if SCHEMES.contains(&scheme) && !rest.is_empty() => {}
+                Some((scheme, rest)) if SCHEMES.contains(&scheme) && !rest.is_empty() => {
+                    if let Err(e) = server_addr(s) {
+                        out.push(PluginDiagnostic::error(
+                            format!("/servers/{i}"),
+                            format!("invalid server address: {e}"),
+                        ));
+                    }
+                }
                 Some((scheme, _)) => out.push(PluginDiagnostic::error(
                     format!("/servers/{i}"),
                     format!("scheme `{scheme}` is not supported: use nats://, tls://, nats+tls://, ws:// or wss://"),
@@ -425,6 +440,21 @@ mod tests {
             (5000, 10000)
         );
         assert!(c.auth.is_none() && c.tls.is_none());
+    }
+
+    #[test]
+    fn servers_are_checked_with_boots_parser() {
+        let f = findings(
+            json!({"servers": ["nats://a:4222", "nats://a:99999", "tls://a:42 22"], "node": {"id": "a"}}),
+        );
+        let at: Vec<_> = f.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(at, ["/servers/1", "/servers/2"], "{f:?}");
+        assert!(
+            f.iter()
+                .all(|x| x.2.starts_with("invalid server address: ")),
+            "{f:?}"
+        );
+        assert!(server_addr("nats+tls://a:4222").is_ok());
     }
 
     #[test]

@@ -125,11 +125,10 @@ impl NatsCoordinator {
             }
             opts = opts.require_tls(true);
         }
-        // `nats+tls://` is the seed's spelling of `tls://`.
         let addrs: Vec<async_nats::ServerAddr> = config
             .servers
             .iter()
-            .map(|s| s.replacen("nats+tls://", "tls://", 1).parse())
+            .map(|s| crate::config::server_addr(s))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("invalid NATS server address: {e}"))?;
         let client = tokio::time::timeout(
@@ -422,10 +421,12 @@ impl Coordinator for NatsCoordinator {
         self.0.node_id.clone()
     }
 
+    /// A request the server itself answers (JetStream's account info), so a stopped or
+    /// unreachable server shows: flushing the local buffer proves nothing.
     async fn health(&self) -> Health {
         let start = Instant::now();
-        match tokio::time::timeout(Duration::from_secs(5), self.0.client.flush()).await {
-            Ok(Ok(())) => Health {
+        match tokio::time::timeout(Duration::from_secs(5), self.0.js.query_account()).await {
+            Ok(Ok(_)) => Health {
                 ok: true,
                 detail: format!(
                     "NATS {} round trip {} µs",
@@ -435,7 +436,7 @@ impl Coordinator for NatsCoordinator {
             },
             Ok(Err(e)) => Health {
                 ok: false,
-                detail: self.err("flush", e).to_string(),
+                detail: self.err("account info", e).to_string(),
             },
             Err(_) => Health {
                 ok: false,
@@ -633,10 +634,7 @@ impl Coordinator for NatsCoordinator {
         ttl: Option<Duration>,
         wait: Duration,
     ) -> CoordResult<Option<Box<dyn Lease>>> {
-        let ttl = ttl.unwrap_or(self.0.config.lease_ttl());
-        if ttl < Duration::from_millis(10) {
-            return Err(CoordError::invalid("lease TTL must be at least 10 ms"));
-        }
+        let ttl = mcpg_plugin_api::support::lease_ttl(ttl, self.0.config.lease_ttl())?;
         let nonce = format!("{}:{:032x}", self.0.node_id, rand::random::<u128>());
         let deadline = Instant::now() + wait;
         let wake = if wait.is_zero() {

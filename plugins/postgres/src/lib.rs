@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use mcpg_plugin_api::layer::{Layer, SeedKeys};
 use mcpg_plugin_api::prelude::*;
-use mcpg_plugin_api::schema_check::{check_with_secrets, url_scheme};
+use mcpg_plugin_api::schema_check::{check_with_secrets, url_key};
+use mcpg_plugin_api::support::parse_config;
+use mcpg_plugin_api::tls::TlsKeys;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -25,9 +27,8 @@ pub struct Config {
     #[serde(default = "default_schema")]
     #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,39}$"))]
     pub schema: String,
-    /// PEM file of CA certificates trusted for TLS besides the public web roots.
-    #[serde(default)]
-    pub ca_cert: Option<String>,
+    #[serde(flatten)]
+    pub tls: TlsKeys,
     #[serde(flatten)]
     pub seed: SeedKeys,
 }
@@ -45,10 +46,12 @@ impl Plugin for PostgresPlugin {
         serde_json::to_value(schemars::schema_for!(Config)).expect("schema serializes")
     }
 
-    /// Pure: the schema (never quoting the URL), the URL's scheme, and the seed's rules.
+    /// Pure: the schema (never quoting the URL), the URL's scheme and its parse by boot's
+    /// parser, and the seed's rules.
     fn validate(config: &serde_json::Value) -> Vec<PluginDiagnostic> {
         let mut out = check_with_secrets(&Self::config_schema(), config, &["/url"]);
-        out.extend(url_scheme(config, "url", &["postgres", "postgresql"]));
+        let parse = |u: &str| u.parse::<tokio_postgres::Config>().map(drop);
+        out.extend(url_key(config, "url", &["postgres", "postgresql"], parse));
         out.extend(SeedKeys::validate(config));
         out
     }
@@ -57,8 +60,7 @@ impl Plugin for PostgresPlugin {
         config: serde_json::Value,
         host: HostInfo,
     ) -> Result<Arc<dyn Coordinator>, String> {
-        let config: Config =
-            serde_json::from_value(config).map_err(|e| format!("invalid config: {e}"))?;
+        let config: Config = parse_config(config)?;
         let store = store::PgStore::connect(&config).await?;
         Ok(Arc::new(Layer::new(store, config.seed.layer(host.node_id))))
     }

@@ -8,18 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use futures::future::{poll_fn, ready};
+use futures::future::poll_fn;
 use futures::stream::BoxStream;
 use mcpg_plugin_api::coordinator::{CoordError, CoordResult, Entry};
 use mcpg_plugin_api::layer::{Cond, Store};
-use mcpg_plugin_api::support::redacted_url;
-use rustls_pki_types::{CertificateDer, pem::PemObject};
-use tokio::sync::{Mutex, broadcast};
+use mcpg_plugin_api::support::{Fanout, error_chain, fanout, redacted_url};
+use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Config, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
-use tokio_stream::wrappers::BroadcastStream;
 
 /// Run on each connect, by one replica at a time (concurrent `IF NOT EXISTS` can race).
 const DDL: &str = "BEGIN; SELECT pg_advisory_xact_lock(7262747); CREATE SCHEMA IF NOT EXISTS {s};
@@ -42,13 +39,9 @@ const SWEEP: &str = "DELETE FROM {s}.kv WHERE exp <= now()";
 /// Prepared on each connect.
 const ALL: [&str; 7] = [GET, UPSERT, UPDATE, DELETE, LIST, SEND, SWEEP];
 
-/// The connection: its client, prepared statements, and the notifications it receives as
-/// (channel, payload); their channel closes with the connection.
-type Conn = Arc<(
-    Client,
-    Vec<Statement>,
-    broadcast::Receiver<(String, String)>,
-)>;
+/// The connection: its client, prepared statements, and the notifications it receives, whose
+/// streams end with the connection.
+type Conn = Arc<(Client, Vec<Statement>, Fanout)>;
 
 pub struct PgStore {
     pg: Config,
@@ -60,24 +53,8 @@ pub struct PgStore {
 fn error(e: tokio_postgres::Error) -> CoordError {
     match e.as_db_error() {
         Some(db) => CoordError::backend(format!("postgres: {}", db.message())),
-        None => {
-            let cause = std::error::Error::source(&e).map(|c| format!(": {c}"));
-            CoordError::unavailable(format!("postgres: {e}{}", cause.unwrap_or_default()))
-        }
+        None => CoordError::unavailable(format!("postgres: {}", error_chain(&e))),
     }
-}
-
-fn tls(ca_cert: Option<&str>) -> Result<MakeRustlsConnect, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.to_vec());
-    if let Some(path) = ca_cert {
-        let bad = |e: &dyn std::fmt::Display| format!("ca_cert {path}: {e}");
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
-            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-        }
-    }
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots);
-    Ok(MakeRustlsConnect::new(config.with_no_client_auth()))
 }
 
 impl PgStore {
@@ -86,7 +63,8 @@ impl PgStore {
         let url = redacted_url(&config.url);
         let mut pg: Config = config.url.parse().map_err(|e| format!("{url}: {e}"))?;
         pg.connect_timeout(*pg.get_connect_timeout().unwrap_or(&Duration::from_secs(5)));
-        let (tls, schema) = (tls(config.ca_cert.as_deref())?, config.schema.clone());
+        let tls = MakeRustlsConnect::new(config.tls.client_config()?);
+        let schema = config.schema.clone();
         let store = Self {
             pg,
             tls,
@@ -109,11 +87,13 @@ impl PgStore {
             return Ok(c.clone());
         }
         let (client, mut connection) = self.pg.connect(self.tls.clone()).await.map_err(error)?;
-        let (tx, rx) = broadcast::channel(1024);
+        let (tx, notes) = fanout(1024);
         tokio::spawn(async move {
             while let Some(Ok(m)) = poll_fn(|cx| connection.poll_message(cx)).await {
-                if let AsyncMessage::Notification(n) = m {
-                    let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                if let AsyncMessage::Notification(n) = m
+                    && let Ok(payload) = hex::decode(n.payload())
+                {
+                    let _ = tx.send((n.channel().to_owned(), payload));
                 }
             }
         });
@@ -122,7 +102,7 @@ impl PgStore {
         for text in ALL {
             stmts.push(client.prepare(&self.sql(text)).await.map_err(error)?);
         }
-        Ok(slot.insert(Arc::new((client, stmts, rx))).clone())
+        Ok(slot.insert(Arc::new((client, stmts, notes))).clone())
     }
 
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> CoordResult<Vec<Row>> {
@@ -136,17 +116,8 @@ impl PgStore {
     }
 }
 
-fn unhex(two: &str) -> Option<u8> {
-    u8::from_str_radix(two.get(..2)?, 16).ok()
-}
-
 fn entry(key: String, r: &Row, at: usize) -> Entry {
-    let revision = r.get::<_, i64>(at + 1) as u64;
-    Entry {
-        key,
-        value: r.get(at),
-        revision,
-    }
+    Entry::new(key, r.get(at), r.get::<_, i64>(at + 1) as u64)
 }
 
 #[async_trait]
@@ -195,19 +166,10 @@ impl Store for PgStore {
 
     async fn listen(&self, channel: &str) -> CoordResult<BoxStream<'static, Vec<u8>>> {
         let (c, channel) = (self.conn().await?, format!("{}_{channel}", self.schema));
-        let notes = BroadcastStream::new(c.2.resubscribe());
-        c.0.batch_execute(&format!("LISTEN {channel}"))
-            .await
-            .map_err(error)?;
-        // Ends when the connection does; a listener that lags skips what it missed.
-        let payload = move |note: Result<(String, String), _>| {
-            let hex = note
-                .ok()
-                .filter(|(ch, _)| *ch == channel)
-                .map(|(_, text)| text);
-            ready(hex.and_then(|t| (0..t.len()).step_by(2).map(|i| unhex(&t[i..])).collect()))
-        };
-        Ok(notes.filter_map(payload).boxed())
+        let notes = c.2.listen(channel.as_str());
+        let listen = format!("LISTEN {channel}");
+        c.0.batch_execute(&listen).await.map_err(error)?;
+        Ok(notes)
     }
 
     async fn sweep(&self) -> CoordResult<()> {

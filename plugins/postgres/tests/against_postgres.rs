@@ -57,6 +57,23 @@ impl Harness for PgHarness {
         tokio::task::block_in_place(|| self.server.lock().unwrap().restart());
         true
     }
+
+    /// What the table holds once a node's presence lapsed: no live row for it. Through another
+    /// instance: the presence is an entry of the same table.
+    async fn expire_presence(&self, node_id: &str) -> bool {
+        let c = self.instance("expirer").await;
+        let key = mcpg_plugin_api::memory::presence_key(node_id);
+        c.delete(&key, None).await.unwrap_or(false)
+    }
+
+    async fn pause_backend(&self) -> bool {
+        self.server.lock().unwrap().pause();
+        true
+    }
+
+    async fn resume_backend(&self) {
+        self.server.lock().unwrap().resume();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,4 +158,38 @@ async fn tls_is_used_and_verified_against_ca_cert() {
         "a plain connection was accepted"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// What boot's URL parser refuses, `validate` refuses at `/url`, without quoting the URL.
+#[test]
+fn the_url_is_checked_with_boots_parser() {
+    use mcpg_cluster_postgres::PostgresPlugin;
+    use mcpg_plugin_api::export::Plugin;
+    for bad in [
+        "postgres://u:hunter2@db:99999/x",
+        "postgres://u:hunter2@db:54 32/x",
+    ] {
+        let d = PostgresPlugin::validate(&serde_json::json!({ "url": bad }));
+        assert_eq!(d.len(), 1, "{bad}: {d:?}");
+        assert_eq!(d[0].pointer, "/url");
+        assert!(d[0].message.starts_with("invalid URL: "), "{d:?}");
+        assert!(!d[0].message.contains("hunter2"), "{d:?}");
+    }
+    let ok = serde_json::json!({"url": "postgresql://u:p@db:5432/x?sslmode=require"});
+    assert!(PostgresPlugin::validate(&ok).is_empty());
+}
+
+/// Lease safety under contention (issue 19): 3 replicas x 3 contenders, holder intervals on
+/// the monotonic clock never overlap and fencing tokens strictly increase. 100 acquisitions in
+/// CI; `MCPG_LEASE_SAFETY_N=10000` for the long run (docs/reliability.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_safety_under_contention() {
+    let harness = PgHarness {
+        plugin: plugin(),
+        server: std::sync::Mutex::new(PostgresServer::start()),
+    };
+    let n = mcpg_plugin_testkit::lease_safety_runs(100);
+    let found = mcpg_plugin_testkit::lease_safety(&harness, 3, 3, n).await;
+    eprintln!("lease safety: {found:?}");
+    found.assert_safe();
 }

@@ -127,7 +127,10 @@ pub fn validate(config: &serde_json::Value) -> Vec<PluginDiagnostic> {
         .collect();
     if let Some(url) = config.get("url").and_then(|v| v.as_str()) {
         match url.split_once("://") {
-            Some(("redis" | "rediss", rest)) if !rest.is_empty() => {}
+            // Then what boot does with it: the client's own URL parser.
+            Some(("redis" | "rediss", rest)) if !rest.is_empty() => out.extend(
+                mcpg_plugin_api::schema_check::parsed_by(config, "/url", "invalid URL", client),
+            ),
             Some((scheme, _)) => out.push(PluginDiagnostic::error(
                 "/url",
                 format!("scheme `{scheme}` is not supported: use redis:// or rediss:// (TLS)"),
@@ -160,6 +163,12 @@ pub fn validate(config: &serde_json::Value) -> Vec<PluginDiagnostic> {
 }
 
 /// The URL without credentials, for messages.
+/// The client for `url`, as boot makes it (pure: nothing connects); `validate` runs the same
+/// so the checker refuses what boot would. The message never quotes the URL.
+pub fn client(url: &str) -> Result<redis::Client, String> {
+    redis::Client::open(url).map_err(|e| e.to_string())
+}
+
 pub fn redacted_url(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
@@ -227,6 +236,15 @@ mod tests {
             );
         }
         assert!(findings(json!({"url": "rediss://user:pw@r:6380/2"})).is_empty());
+        // What boot's parser refuses, at the key, without quoting the URL (issue 20, row 14).
+        for bad in ["redis://user:pw@r:99999", "redis://r:63 79"] {
+            let f = findings(json!({"url": bad}));
+            assert_eq!(f.len(), 1, "{bad}: {f:?}");
+            assert_eq!(f[0].0, "/url");
+            assert!(f[0].2.starts_with("invalid URL: "), "{f:?}");
+            assert!(!f[0].2.contains("pw"), "{f:?}");
+            assert!(client(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

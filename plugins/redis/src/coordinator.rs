@@ -217,7 +217,7 @@ pub(crate) fn decode_kv_event(payload: &[u8]) -> Option<KvEvent> {
 impl RedisCoordinator {
     pub(crate) async fn connect(config: Config, node_id: String) -> Result<Self, String> {
         let where_: Arc<str> = crate::config::redacted_url(&config.url).into();
-        let client = redis::Client::open(config.url.as_str())
+        let client = crate::config::client(&config.url)
             .map_err(|e| format!("redis {where_}: invalid url: {e}"))?;
         let cm_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -552,10 +552,7 @@ impl Coordinator for RedisCoordinator {
         ttl: Option<Duration>,
         wait: Duration,
     ) -> CoordResult<Option<Box<dyn Lease>>> {
-        let ttl = ttl.unwrap_or(self.0.config.lease_ttl());
-        if ttl < Duration::from_millis(10) {
-            return Err(CoordError::invalid("lease TTL must be at least 10 ms"));
-        }
+        let ttl = mcpg_plugin_api::support::lease_ttl(ttl, self.0.config.lease_ttl())?;
         let nonce = format!("{}:{:032x}", self.0.node_id, rand::random::<u128>());
         let deadline = Instant::now() + wait;
         let wake = if wait.is_zero() {

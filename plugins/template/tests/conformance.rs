@@ -38,6 +38,12 @@ impl Harness for PluginHarness {
     fn peer_expiry(&self) -> Duration {
         Duration::from_millis(600)
     }
+
+    async fn expire_presence(&self, node_id: &str) -> bool {
+        let c = self.instance("expirer").await;
+        let key = mcpg_plugin_api::memory::presence_key(node_id);
+        c.delete(&key, None).await.unwrap_or(false)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,3 +48,33 @@ fn config_check_rejects_a_key_prefix_without_trailing_slash_with_its_position() 
         "{text}"
     );
 }
+
+/// Issue 20, row 14: an endpoint the etcd client cannot parse (a space in the port, a port
+/// over 65535) passed `mcpg-config-check` and then failed `mcpg` with "invalid uri" and no
+/// position. The plugin's validation runs boot's own parser, so the checker refuses it at the
+/// endpoint's line and column.
+#[test]
+fn config_check_refuses_an_endpoint_boot_cannot_parse_with_its_position() {
+    let dir = TempDir::new("etcd-endpoint");
+    for (i, bad) in ["http://etcd-0:23 79", "http://etcd-0:99999"]
+        .iter()
+        .enumerate()
+    {
+        let f = dir.write(
+            &format!("c{i}.yaml"),
+            &format!(
+                "cluster:\n  kind: etcd\n  endpoints:\n    - \"http://etcd-1:2379\"\n    - \"{bad}\"\n\
+                 plugins:\n  - id: dev.mcpg.cluster.etcd\n    source: {{path: \"{}\"}}\n\
+                 bindings: [{{name: m, path: /mcp, upstreams: [{{name: t, stdio: {{command: x}}}}]}}]\n",
+                cdylib("mcpg_cluster_etcd").display()
+            ),
+        );
+        let (code, text) = config_check(&f);
+        assert_eq!(code, Some(1), "{bad}: {text}");
+        let at = format!(
+            "{}:5:7: cluster.endpoints[1]: invalid endpoint: ",
+            f.display()
+        );
+        assert!(text.contains(&at), "{bad}: want `{at}` in:\n{text}");
+    }
+}

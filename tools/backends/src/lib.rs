@@ -92,7 +92,48 @@ impl Managed {
         }
     }
 
+    /// The server's process and all its descendants (PostgreSQL serves each connection from a
+    /// child process), from `/proc`.
+    fn processes(&self) -> Vec<u32> {
+        let Some(root) = self.child.as_ref().map(|c| c.id()) else {
+            return Vec::new();
+        };
+        let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|d| {
+                let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(d.path().join("stat")).ok()?;
+                // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+                let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+                Some((pid, ppid.parse().ok()?))
+            })
+            .collect();
+        let mut all = vec![root];
+        let mut i = 0;
+        while i < all.len() {
+            let p = all[i];
+            all.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+            i += 1;
+        }
+        all
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server and its descendants.
+    fn signal(&self, signal: &str) {
+        let pids: Vec<String> = self.processes().iter().map(u32::to_string).collect();
+        if !pids.is_empty() {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .args(&pids)
+                .status();
+        }
+    }
+
     fn kill(&mut self) {
+        // A stopped server handles no signal but KILL: let it run first.
+        self.signal("CONT");
         if let Some(mut c) = self.child.take() {
             if self.crash_signal != "KILL" {
                 let _ = Command::new("kill")
@@ -163,6 +204,17 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// Stops the server (`SIGSTOP` to it and its children): connections stay open, nothing
+    /// answers, until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.server.signal("STOP");
+    }
+
+    /// Lets a paused server run again (`SIGCONT`).
+    pub fn resume(&self) {
+        self.server.signal("CONT");
+    }
+
     pub fn start() -> Self {
         let bin = require_binary("redis-server", "apt-get install -y redis-server");
         let port = free_port();
@@ -215,6 +267,17 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
+    /// Stops the server (`SIGSTOP` to it and its children): connections stay open, nothing
+    /// answers, until [`NatsServer::resume`].
+    pub fn pause(&self) {
+        self.server.signal("STOP");
+    }
+
+    /// Lets a paused server run again (`SIGCONT`).
+    pub fn resume(&self) {
+        self.server.signal("CONT");
+    }
+
     pub fn start() -> Self {
         Self::start_with(&[])
     }
@@ -261,6 +324,17 @@ pub struct EtcdServer {
 }
 
 impl EtcdServer {
+    /// Stops the server (`SIGSTOP` to it and its children): connections stay open, nothing
+    /// answers, until [`EtcdServer::resume`].
+    pub fn pause(&self) {
+        self.server.signal("STOP");
+    }
+
+    /// Lets a paused server run again (`SIGCONT`).
+    pub fn resume(&self) {
+        self.server.signal("CONT");
+    }
+
     pub fn start() -> Self {
         let bin = require_binary("etcd", "apt-get install -y etcd-server");
         let (port, peer_port) = (free_port(), free_port());
@@ -361,6 +435,17 @@ pub struct PostgresServer {
 }
 
 impl PostgresServer {
+    /// Stops the server (`SIGSTOP` to it and its children): connections stay open, nothing
+    /// answers, until [`PostgresServer::resume`].
+    pub fn pause(&self) {
+        self.server.signal("STOP");
+    }
+
+    /// Lets a paused server run again (`SIGCONT`).
+    pub fn resume(&self) {
+        self.server.signal("CONT");
+    }
+
     pub fn start() -> Self {
         Self::start_with(None)
     }
