@@ -305,6 +305,9 @@ pub fn start_agreeing_replicas(
     (dir, replicas, status)
 }
 
+/// How long [`http_for`] waits for an answer's first bytes.
+const FIRST_BYTE: Duration = Duration::from_secs(30);
+
 /// One HTTP/1.1 exchange over a fresh connection (`Connection: close`): returns the status,
 /// the response headers (names lowercased) and the body. Bodies of streamed responses are
 /// read until the server closes or `read_for` passes.
@@ -328,7 +331,10 @@ pub fn http_for(
     read_for: Duration,
 ) -> (u16, Vec<(String, String)>, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-    s.set_read_timeout(Some(read_for)).unwrap();
+    // The answer's first bytes may take a while on a loaded machine (a new session starts
+    // its upstream programs); `read_for` is the silence that ends a streamed answer after
+    // them. Both are hang bounds, not performance assertions.
+    s.set_read_timeout(Some(read_for.max(FIRST_BYTE))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
@@ -340,7 +346,14 @@ pub fn http_for(
     s.write_all(req.as_bytes()).unwrap();
     s.write_all(body).unwrap();
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    let mut chunk = [0u8; 8192];
+    while let Ok(n) = s.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        s.set_read_timeout(Some(read_for)).unwrap();
+    }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
