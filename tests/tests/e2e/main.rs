@@ -6,6 +6,7 @@ mod peers;
 
 mod access_control;
 mod bench_smoke;
+mod cli_help;
 mod clients;
 mod cluster_lifecycle;
 mod cluster_sessions;
