@@ -1,5 +1,6 @@
-//! What the `mcpg` binary tells a newcomer before any config: its help (the environment it
-//! reads, its exit codes, what each argument is) and the fields of its start-up log line.
+//! What a newcomer meets first: the `mcpg` binary's help (the environment it reads, its exit
+//! codes, what each argument is), the fields of its start-up log line, and the README's quick
+//! start on the example config.
 
 use std::process::Command;
 use std::time::Duration;
@@ -71,4 +72,46 @@ fn the_start_log_gives_the_admin_address_itself() {
         format!("127.0.0.1:{admin}"),
         "{start}"
     );
+}
+
+/// The README's quick start: `examples/single-node.yaml` as it is, started from a shell where
+/// a venv holding `mcp-server-time` is active (its `bin` first on `PATH`, which is all that
+/// `activate` does for a child process), serves the time tools. The venv is the test peers'
+/// (`tools/install-test-deps` makes it with `python3 -m venv` and its `pip`, as the README
+/// does).
+#[test]
+fn the_readme_quick_start_serves_time_from_an_activated_venv() {
+    let venv_bin = crate::peers::python().parent().unwrap().to_path_buf();
+    assert!(venv_bin.join("python3").exists(), "{}", venv_bin.display());
+    let path = format!(
+        "{}:{}",
+        venv_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (port, admin) = (free_port(), free_port());
+    let _proc = Proc::spawn(
+        Command::new(bin("mcpg"))
+            .arg("--config")
+            .arg(crate::harness::repo_root().join("examples/single-node.yaml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .env("PATH", path)
+            .env("VIRTUAL_ENV", venv_bin.parent().unwrap()),
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || matches!(
+            http_get(addr, "/readyz"),
+            Ok((200, _))
+        )),
+        "mcpg never became ready"
+    );
+    let report = crate::peers::py_client(
+        &format!("http://127.0.0.1:{port}/mcp"),
+        "legacy",
+        serde_json::json!({"calls": [{"name": "get_current_time", "arguments": {"timezone": "UTC"}}]}),
+    );
+    let call = &report["calls"][0];
+    assert_eq!(call["is_error"], false, "{report}");
+    assert!(call["text"].to_string().contains("UTC"), "{report}");
 }
