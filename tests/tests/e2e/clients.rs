@@ -356,3 +356,50 @@ fn a_token_binding_advertises_no_authorization_server() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("static bearer tokens"), "{body}");
 }
+
+/// The first fenced block of `lang` in `docs/clients.md`, as a reader copies it.
+fn doc_snippet(lang: &str) -> String {
+    let doc = std::fs::read_to_string(crate::harness::repo_root().join("docs/clients.md"))
+        .expect("read docs/clients.md");
+    let fence = format!("```{lang}\n");
+    let start = doc
+        .find(&fence)
+        .unwrap_or_else(|| panic!("no {lang} block in docs/clients.md"))
+        + fence.len();
+    let len = doc[start..].find("\n```").expect("an end to the block");
+    doc[start..start + len + 1].to_owned()
+}
+
+/// Runs the guide's Python and TypeScript programs as written, against `url`, with
+/// `MCPG_TOKEN` set when `token` is given; both must list and call the time tool.
+fn doc_programs_work(url: &str, token: Option<&str>) {
+    let dir = TempDir::new("clients-doc-programs");
+    let py = dir.write("client.py", &doc_snippet("python"));
+    let js = dir.write("client.mjs", &doc_snippet("js"));
+    // `npm install` beside the program: the pinned SDK, found through node_modules.
+    std::os::unix::fs::symlink(deps().join("node/node_modules"), dir.0.join("node_modules"))
+        .unwrap();
+    for (what, mut cmd) in [
+        ("Python", Command::new(crate::peers::python())),
+        ("TypeScript", Command::new(node())),
+    ] {
+        cmd.arg(if what == "Python" { &py } else { &js })
+            .env("MCPG_URL", url)
+            .env_remove("MCPG_TOKEN");
+        if let Some(t) = token {
+            cmd.env("MCPG_TOKEN", t);
+        }
+        let (status, out, err) = run(&mut cmd);
+        assert!(status.success(), "{what} program failed:\n{err}\n{out}");
+        assert!(out.contains("get_current_time"), "{what}: {out}");
+        assert!(out.contains("\"timezone\": \"UTC\""), "{what}: {out}");
+    }
+}
+
+#[test]
+fn the_guides_sdk_programs_run_as_written() {
+    let open = open_gateway("clients-doc-open");
+    doc_programs_work(&open.url("/mcp"), None);
+    let token = token_gateway("clients-doc-token");
+    doc_programs_work(&token.url("/mcp"), Some(TOKEN));
+}
