@@ -18,9 +18,10 @@ Environment:
 
 Exit status:
   0  mcpg stopped on SIGTERM or Ctrl-C after draining
-  1  the configuration is invalid, or start-up failed (a port in use, the cluster or a plugin
-     unavailable); the reason is printed on stderr
-  2  the configuration file cannot be read, or the command line is wrong
+  1  the configuration or a flag's value is invalid, or start-up failed (a port in use, the
+     cluster or a plugin unavailable); the reason is printed on stderr
+  2  the configuration file cannot be read, or the command line cannot be parsed (an unknown
+     flag, no --config)
   `mcpg plugin …`: 0 done (JSON on stdout), 1 failed. `mcpg audit verify`: 0 intact,
   1 problems found (each printed), 2 a file cannot be read.";
 
