@@ -153,9 +153,27 @@ impl Authenticator {
         s
     }
 
-    /// The `WWW-Authenticate` value for a refusal (RFC 6750 §3, RFC 9728 §5.1).
+    /// The authorization servers a client may get a token from: `authorization_servers` as
+    /// configured, else the JWT issuer. Empty for a binding that takes static tokens only.
+    pub fn authorization_servers(&self) -> Vec<String> {
+        let mut servers = self.config.authorization_servers.clone();
+        if servers.is_empty()
+            && let Some(j) = &self.config.jwt
+        {
+            servers.push(j.issuer.clone());
+        }
+        servers
+    }
+
+    /// The `WWW-Authenticate` value for a refusal (RFC 6750 §3, RFC 9728 §5.1). Only a binding
+    /// with an authorization server points at its protected-resource metadata: MCP clients
+    /// treat that pointer as an invitation to run OAuth, which a static token cannot satisfy.
     pub fn challenge(&self, err: &AuthError, metadata_url: &str) -> String {
-        let mut v = format!("Bearer resource_metadata=\"{metadata_url}\"");
+        let mut v = if self.authorization_servers().is_empty() {
+            "Bearer realm=\"mcpg\"".to_owned()
+        } else {
+            format!("Bearer resource_metadata=\"{metadata_url}\"")
+        };
         let scopes = self.challenge_scopes();
         if !scopes.is_empty() {
             v.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
@@ -169,13 +187,15 @@ impl Authenticator {
         v
     }
 
-    /// The protected-resource metadata document (RFC 9728) for `resource`.
-    pub fn metadata(&self, resource: &str) -> Value {
-        let mut servers = self.config.authorization_servers.clone();
-        if servers.is_empty()
-            && let Some(j) = &self.config.jwt
-        {
-            servers.push(j.issuer.clone());
+    /// The protected-resource metadata document (RFC 9728) for `resource`; `None` for a
+    /// binding without an authorization server (static tokens only). The MCP authorization
+    /// specification requires the document to name at least one authorization server, and
+    /// clients that find an empty list fall back to treating the MCP endpoint itself as one
+    /// (and fail at Dynamic Client Registration), so such a binding serves no document.
+    pub fn metadata(&self, resource: &str) -> Option<Value> {
+        let servers = self.authorization_servers();
+        if servers.is_empty() {
+            return None;
         }
         let mut doc = Map::new();
         doc.insert("resource".into(), Value::String(resource.to_owned()));
@@ -187,7 +207,7 @@ impl Authenticator {
                 self.config.scopes_supported.clone().into(),
             );
         }
-        Value::Object(doc)
+        Some(Value::Object(doc))
     }
 }
 
@@ -204,6 +224,10 @@ mod tests {
     use crate::config::model::StaticToken;
 
     fn auth() -> Authenticator {
+        auth_with(vec!["https://idp.example".into()])
+    }
+
+    fn auth_with(authorization_servers: Vec<String>) -> Authenticator {
         let config = AuthConfig {
             tokens: vec![
                 StaticToken {
@@ -217,7 +241,7 @@ mod tests {
             ],
             jwt: None,
             resource: None,
-            authorization_servers: vec!["https://idp.example".into()],
+            authorization_servers,
             scopes_supported: vec!["mcp:tools".into()],
         };
         Authenticator::new(&config, "b", None).unwrap()
@@ -260,8 +284,18 @@ mod tests {
         );
         let c = a.challenge(&AuthError::Expired, "u");
         assert!(c.contains("error=\"invalid_token\""), "{c}");
-        let m = a.metadata("https://h/mcp");
+        let m = a.metadata("https://h/mcp").unwrap();
         assert_eq!(m["resource"], "https://h/mcp");
         assert_eq!(m["authorization_servers"][0], "https://idp.example");
+    }
+
+    #[test]
+    fn static_tokens_alone_serve_no_oauth_metadata() {
+        let a = auth_with(vec![]);
+        assert!(a.authorization_servers().is_empty());
+        assert_eq!(a.metadata("https://h/mcp"), None);
+        let c = a.challenge(&AuthError::Missing, "https://h/.well-known/x");
+        assert_eq!(c, "Bearer realm=\"mcpg\", scope=\"mcp:tools\"");
+        assert!(!c.contains("resource_metadata"), "{c}");
     }
 }

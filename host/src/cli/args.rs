@@ -6,9 +6,34 @@ use clap::Parser;
 
 use crate::config;
 
+/// What `mcpg --help` shows after the options: the environment it reads and its exit codes
+/// (those of `cli::main` and the subcommands; clap's own usage errors exit 2 as well).
+const AFTER_HELP: &str = "\
+Environment:
+  MCPG_LOG                 Log filter overriding `observability.logs.level`, e.g. `debug` or
+                           `info,mcpg=debug` (tracing's EnvFilter syntax)
+  MCPG_PLUGIN_CACHE        Default plugin cache directory for `oci` plugin sources
+  MCPG_REGISTRY_PASSWORD   The password for `mcpg plugin … --username`
+  ${env.NAME} in the config file reads any variable (`${env.NAME:-default}` with a default)
+
+Exit status:
+  0  mcpg stopped on SIGTERM or Ctrl-C after draining
+  1  the configuration or a flag's value is invalid, or start-up failed (a port in use, the
+     cluster or a plugin unavailable); the reason is printed on stderr
+  2  the configuration file cannot be read, or the command line cannot be parsed (an unknown
+     flag, no --config)
+  `mcpg plugin …`: 0 done (JSON on stdout), 1 failed. `mcpg audit verify`: 0 intact,
+  1 problems found (each printed), 2 a file cannot be read.";
+
 /// mcpg: a clustered gateway for the Model Context Protocol.
 #[derive(Debug, Parser)]
-#[command(name = "mcpg", version, about, subcommand_negates_reqs = true)]
+#[command(
+    name = "mcpg",
+    version,
+    about,
+    subcommand_negates_reqs = true,
+    after_help = AFTER_HELP
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -66,14 +91,16 @@ pub enum PluginCommand {
     Push {
         /// The plugin's shared library (`.so`).
         file: PathBuf,
-        /// Where to push: `registry/repository:tag`.
+        /// Where to push: `registry/repository:tag`, the registry host first (e.g.
+        /// `localhost:5000/mcpg/cluster-redis:1.0`; Docker Hub is `docker.io/…`).
         reference: String,
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Pulls a plugin into the cache (every digest verified) and prints where its library is.
     Pull {
-        /// `registry/repository:tag` or `registry/repository@sha256:…`.
+        /// What to pull: `registry/repository:tag` or `registry/repository@sha256:…`, the
+        /// registry host first (Docker Hub is `docker.io/…`).
         reference: String,
         /// The build to pull, `os/architecture` (default: this machine's).
         #[arg(long, value_name = "OS/ARCH")]
@@ -87,6 +114,8 @@ pub enum PluginCommand {
     },
     /// Shows what a reference holds: the digest it resolves to and each platform's build.
     Inspect {
+        /// What to look at: `registry/repository:tag` or `registry/repository@sha256:…`, the
+        /// registry host first (e.g. `registry.example.com/mcpg/cluster-redis:1.2.0`).
         reference: String,
         #[command(flatten)]
         registry: RegistryArgs,

@@ -94,7 +94,8 @@ impl Replica {
         tracing::info!(
             node_id = %node_id,
             listen = %listeners.main_addr,
-            admin_listen = ?listeners.admin_addr,
+            // Absent without an admin listener; the address itself (not `Some(…)`) with one.
+            admin_listen = listeners.admin_addr.map(tracing::field::display),
             config = %options.config_file,
             summary = %cfg.summary(),
             "mcpg starting"

@@ -95,11 +95,65 @@ pub struct Resolved {
     pub digest: String,
 }
 
+/// Parses a reference that names its registry. A name without one (`redis:1`, `mcpg/x`) is
+/// refused rather than taken to mean Docker Hub, as container tools would: a plugin is a
+/// shared library mcpg loads into itself, so where it comes from is written out. Docker Hub is
+/// still reachable as `docker.io/…`. The rule is the config checker's: the first component
+/// is a registry when it has a `.` or a `:`, or is `localhost`.
 fn parse_reference(r: &str) -> Result<Reference, OciError> {
-    r.parse::<Reference>().map_err(|e| OciError::BadReference {
+    let bad = |message: String| OciError::BadReference {
         reference: r.to_owned(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let name = r.split('@').next().unwrap_or_default();
+    let registry = name.split_once('/').map(|(first, _)| first);
+    match registry {
+        Some(h) if h.contains('.') || h.contains(':') || h == "localhost" => {}
+        _ => {
+            return Err(bad(format!(
+                "it names no registry, and mcpg does not assume Docker Hub; write the registry \
+                 host first, e.g. `localhost:5000/{name}` or `registry.example.com/{name}` \
+                 (Docker Hub: `docker.io/{name}`)"
+            )));
+        }
+    }
+    r.parse::<Reference>().map_err(|e| bad(e.to_string()))
+}
+
+impl Source {
+    /// The `mcpg plugin pull` command that puts this source's plugin into the cache it reads
+    /// (with `--plain-http`, `--cache-dir` and `--username` as the source needs; the password
+    /// goes in `$MCPG_REGISTRY_PASSWORD`).
+    pub fn pull_command(&self) -> String {
+        let mut c = String::from("mcpg plugin pull");
+        if self.plain_http {
+            c.push_str(" --plain-http");
+        }
+        if self.cache_dir != cache::default_dir() {
+            c.push_str(&format!(
+                " --cache-dir {}",
+                shell_word(&self.cache_dir.to_string_lossy())
+            ));
+        }
+        if let Some((user, _)) = &self.basic {
+            c.push_str(&format!(" --username {}", shell_word(user)));
+        }
+        c.push(' ');
+        c.push_str(&shell_word(&self.reference));
+        c
+    }
+}
+
+/// `s` quoted for a POSIX shell when it needs to be.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// Where the blobs an artifact needs come from: the cache only, or the registry for what the
@@ -433,4 +487,55 @@ pub async fn inspect(reference: &str, plain_http: bool, basic: Basic) -> Result<
     }
     let _ = std::fs::remove_dir_all(tmp.dir());
     Ok(json!({"reference": reference, "digest": digest, "builds": builds}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_names_its_registry() {
+        for bare in [
+            "x",
+            "redis:1",
+            "mcpg/cluster-redis:1.0",
+            "library/redis@sha256:00",
+        ] {
+            let e = parse_reference(bare).unwrap_err().to_string();
+            assert!(e.contains("names no registry"), "{bare}: {e}");
+            assert!(e.contains("docker.io/"), "{bare}: {e}");
+        }
+        for ok in [
+            "docker.io/library/redis:1",
+            "localhost/x:1",
+            "localhost:5000/x:1",
+            "127.0.0.1:5000/mcpg/cluster-redis:1.0",
+            "ghcr.io/acme/plugin:2",
+        ] {
+            let r = parse_reference(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(r.whole().split('/').next(), ok.split('/').next(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn the_pull_command_carries_what_the_source_needs() {
+        let mut src = Source {
+            reference: "127.0.0.1:5000/mcpg/cluster-redis:1.0".into(),
+            policy: PullPolicy::Always,
+            plain_http: true,
+            basic: None,
+            cache_dir: PathBuf::from("/var/cache/mcpg plugins"),
+        };
+        assert_eq!(
+            src.pull_command(),
+            "mcpg plugin pull --plain-http --cache-dir '/var/cache/mcpg plugins' 127.0.0.1:5000/mcpg/cluster-redis:1.0"
+        );
+        src.plain_http = false;
+        src.cache_dir = cache::default_dir();
+        src.basic = Some(("ci".into(), "secret".into()));
+        assert_eq!(
+            src.pull_command(),
+            "mcpg plugin pull --username ci 127.0.0.1:5000/mcpg/cluster-redis:1.0"
+        );
+    }
 }

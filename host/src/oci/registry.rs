@@ -21,6 +21,7 @@ use super::cache::Cache;
 pub struct Registry {
     client: Client,
     auth: RegistryAuth,
+    plain_http: bool,
 }
 
 /// Credentials given explicitly (config `auth`, or the CLI's).
@@ -44,13 +45,17 @@ impl Registry {
                 docker_config_auth(reference.resolve_registry()).unwrap_or(RegistryAuth::Anonymous)
             }
         };
-        Self { client, auth }
+        Self {
+            client,
+            auth,
+            plain_http,
+        }
     }
 
-    fn err(reference: &Reference, e: oci_client::errors::OciDistributionError) -> OciError {
+    fn err(&self, reference: &Reference, e: oci_client::errors::OciDistributionError) -> OciError {
         OciError::Registry {
             reference: reference.whole(),
-            message: e.to_string(),
+            message: explain(&e, reference.resolve_registry(), self.plain_http),
         }
     }
 
@@ -65,7 +70,7 @@ impl Registry {
                 &[INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE],
             )
             .await
-            .map_err(|e| Self::err(reference, e))?;
+            .map_err(|e| self.err(reference, e))?;
         let actual = digest_of(&bytes);
         if let Some(expected) = reference.digest()
             && expected != actual
@@ -97,7 +102,7 @@ impl Registry {
             .client
             .pull_blob_stream(reference, &desc)
             .await
-            .map_err(|e| Self::err(reference, e))?;
+            .map_err(|e| self.err(reference, e))?;
         let mut pending = cache.pending(&d.digest, what)?;
         let mut progress = Progress::new(what, d.size);
         while let Some(chunk) = stream.next().await {
@@ -121,7 +126,7 @@ impl Registry {
             .push_blob(reference, bytes, &digest)
             .await
             .map(|_| ())
-            .map_err(|e| Self::err(reference, e))
+            .map_err(|e| self.err(reference, e))
     }
 
     pub async fn push_manifest(
@@ -141,7 +146,95 @@ impl Registry {
             )
             .await
             .map(|_| ())
-            .map_err(|e| Self::err(reference, e))
+            .map_err(|e| self.err(reference, e))
+    }
+}
+
+/// Why a registry could not be reached, as far as the error's chain of causes tells.
+#[derive(Debug, PartialEq)]
+enum Cause {
+    /// Nothing accepted the TCP connection.
+    Refused,
+    /// The TLS handshake failed (with rustls' reason).
+    Tls(String),
+    /// Something else (name resolution, timeout, an HTTP error, …).
+    Other,
+}
+
+fn cause(e: &(dyn std::error::Error + 'static)) -> Cause {
+    let mut todo: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    while let Some(c) = todo.pop() {
+        if let Some(t) = c.downcast_ref::<rustls::Error>() {
+            return Cause::Tls(t.to_string());
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return Cause::Refused;
+            }
+            // An I/O error's `source` skips the error it wraps; look at that one too.
+            if let Some(inner) = io.get_ref() {
+                todo.push(inner);
+            }
+        }
+        if let Some(next) = c.source() {
+            todo.push(next);
+        }
+    }
+    Cause::Other
+}
+
+/// Whether `registry` (`host[:port]`) is on this machine or a private network: a loopback,
+/// private, link-local or unique-local address, `localhost`, or a name without a dot (a
+/// compose or cluster service). Such registries often speak plain HTTP.
+pub(super) fn is_local(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
+    };
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local()
+        }
+        Err(_) => host == "localhost" || host.ends_with(".localhost") || !host.contains('.'),
+    }
+}
+
+/// A registry error as a person can act on it: refused or a failed TLS handshake said in
+/// words, with `--plain-http` suggested for a local registry that does not speak TLS.
+fn explain(
+    e: &oci_client::errors::OciDistributionError,
+    registry: &str,
+    plain_http: bool,
+) -> String {
+    const PLAIN: &str = "if this registry speaks plain HTTP (as a local one often does), pass \
+        `--plain-http` (in a config: `plain_http: true` in the plugin's `source`)";
+    let scheme = if plain_http { "http" } else { "https" };
+    match cause(e) {
+        Cause::Refused => format!(
+            "connection refused by {registry} ({scheme}): nothing listens there; check the \
+             registry is running and the host and port are right"
+        ),
+        Cause::Tls(why) if !plain_http && is_local(registry) => {
+            format!("the TLS handshake with {registry} failed ({why}); {PLAIN}")
+        }
+        Cause::Tls(why) => format!("the TLS handshake with {registry} failed ({why})"),
+        Cause::Other => {
+            let mut m = e.to_string();
+            let mut cur = std::error::Error::source(e);
+            while let Some(c) = cur {
+                let s = c.to_string();
+                if !m.contains(&s) {
+                    m.push_str(": ");
+                    m.push_str(&s);
+                }
+                cur = c.source();
+            }
+            if plain_http && m.contains("HTTP request to an HTTPS server") {
+                m.push_str("; this registry speaks HTTPS: drop `--plain-http` (`plain_http`)");
+            }
+            m
+        }
     }
 }
 
@@ -248,5 +341,48 @@ impl Progress {
         } else {
             tracing::info!(what = %self.what, mib = format!("{:.1}", Self::mib(self.seen)), "pulled");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_registries_are_told_apart() {
+        for local in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "localhost",
+            "10.1.2.3",
+            "192.168.1.20:5000",
+            "172.20.0.5:443",
+            "[::1]:5000",
+            "[fd00::1]:5000",
+            "registry:5000",
+            "registry.localhost",
+        ] {
+            assert!(is_local(local), "{local}");
+        }
+        for public in [
+            "ghcr.io",
+            "registry.example.com:5000",
+            "8.8.8.8",
+            "[2001:db8::1]:443",
+        ] {
+            assert!(!is_local(public), "{public}");
+        }
+    }
+
+    #[test]
+    fn refused_and_tls_causes_are_found_through_io_errors() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(cause(&refused), Cause::Refused);
+        let tls = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        ));
+        assert!(matches!(cause(&tls), Cause::Tls(_)), "{:?}", cause(&tls));
+        assert_eq!(cause(&std::io::Error::other("dns")), Cause::Other);
     }
 }

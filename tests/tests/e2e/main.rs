@@ -6,6 +6,8 @@ mod peers;
 
 mod access_control;
 mod bench_smoke;
+mod cli_help;
+mod clients;
 mod cluster_lifecycle;
 mod cluster_sessions;
 mod config_check;

@@ -479,3 +479,58 @@ fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// What `mcpg plugin …` says when it cannot reach a registry: a plain-HTTP registry spoken to
+/// over HTTPS is a TLS failure with `--plain-http` suggested (it is on loopback), a port where
+/// nothing listens is "connection refused", and a reference without a registry host is
+/// refused instead of meaning Docker Hub.
+#[test]
+fn registry_errors_say_what_to_do() {
+    let registry = Registry::start(None);
+    let file = cdylib("mcpg_cluster_redis");
+    let reference = format!("{}/mcpg/cluster-redis:1.0", registry.addr);
+
+    let out = mcpg(&["plugin", "push", file.to_str().unwrap(), &reference], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("TLS handshake"), "{err}");
+    assert!(err.contains("--plain-http"), "{err}");
+    json_out(
+        &mcpg(
+            &[
+                "plugin",
+                "push",
+                "--plain-http",
+                file.to_str().unwrap(),
+                &reference,
+            ],
+            &[],
+        ),
+        "push with --plain-http",
+    );
+
+    let closed = format!("127.0.0.1:{}/mcpg/cluster-redis:1.0", free_port());
+    for plain in [true, false] {
+        let mut args = vec!["plugin", "inspect"];
+        if plain {
+            args.push("--plain-http");
+        }
+        args.push(&closed);
+        let out = mcpg(&args, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("connection refused"), "{err}");
+        assert!(
+            !err.contains("--plain-http"),
+            "refused is not a TLS problem: {err}"
+        );
+    }
+
+    for bare in ["x", "redis:1", "mcpg/cluster-redis:1.0"] {
+        let out = mcpg(&["plugin", "pull", "--plain-http", bare], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bare}: {err}");
+        assert!(err.contains("names no registry"), "{bare}: {err}");
+        assert!(err.contains("docker.io/"), "{bare}: {err}");
+    }
+}

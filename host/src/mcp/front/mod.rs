@@ -92,18 +92,31 @@ fn routes(gw: Arc<Gateway>, b: Arc<Binding>) -> Router {
 }
 
 /// `GET /.well-known/oauth-protected-resource<path>`: the binding's protected-resource
-/// metadata (RFC 9728), public by design.
+/// metadata (RFC 9728), public by design. A binding with static tokens only has no
+/// authorization server to name and answers 404, which MCP clients read as "no OAuth here"
+/// (an empty `authorization_servers` sent them to register with the MCP endpoint itself).
 async fn metadata(State((gw, b)): S, headers: HeaderMap) -> Response {
-    let Some(auth) = &b.access.auth else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let doc = auth.metadata(&admit::resource(&gw, &b, &headers));
-    (
-        StatusCode::OK,
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        doc.to_string(),
-    )
-        .into_response()
+    let doc = b
+        .access
+        .auth
+        .as_ref()
+        .and_then(|auth| auth.metadata(&admit::resource(&gw, &b, &headers)));
+    match doc {
+        Some(doc) => (
+            StatusCode::OK,
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            doc.to_string(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": "this binding has no OAuth authorization server: it takes static \
+                          bearer tokens, sent as `Authorization: Bearer <token>`"
+            })),
+        )
+            .into_response(),
+    }
 }
 
 /// Who sent a request and who the caller is; refusals before anything else is looked at.
