@@ -305,10 +305,10 @@ pub fn check_plugin(target: &PluginTarget, here: bool) -> Vec<Diagnostic> {
                     pos,
                     path,
                     format!(
-                        "plugin {id} ({}) is not in the plugin cache {}; its `cluster.*` keys were not checked (`mcpg plugin pull {}` caches it)",
+                        "plugin {id} ({}) is not in the plugin cache {}; its `cluster.*` keys were not checked (`{}` caches it)",
                         src.reference,
                         src.cache_dir.display(),
-                        src.reference
+                        src.pull_command()
                     ),
                 )],
                 Err(e) => vec![Diagnostic::error(pos, path, e.to_string())],

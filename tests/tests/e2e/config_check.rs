@@ -425,3 +425,27 @@ fn probe_reports_an_upstream_that_cannot_start_at_its_position() {
         "the working upstream passes: {out}"
     );
 }
+
+/// A plugin from a registry that is not cached yet: the warning prints the exact command that
+/// caches it, with the `--plain-http` and `--cache-dir` the config implies.
+#[test]
+fn an_uncached_registry_plugin_gets_the_exact_pull_command() {
+    let dir = TempDir::new("config-check-pull-hint");
+    let cache = dir.0.join("plugin cache");
+    let f = dir.write(
+        "oci.yaml",
+        &format!(
+            "cluster:\n  kind: redis\n  url: \"redis://127.0.0.1:6379\"\nplugins:\n  - id: dev.mcpg.cluster.redis\n    source:\n      oci: \"127.0.0.1:5999/mcpg/cluster-redis:1.0\"\n      plain_http: true\n      cache_dir: {:?}\nbindings:\n  - {{name: b, path: /mcp, upstreams: [{{name: s, stdio: {{command: x}}}}]}}\n",
+            cache.display().to_string()
+        ),
+    );
+    let out = check(&[&f.display().to_string()]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "`mcpg plugin pull --plain-http --cache-dir '{}' 127.0.0.1:5999/mcpg/cluster-redis:1.0` caches it",
+            cache.display()
+        )),
+        "{text}"
+    );
+}

@@ -176,9 +176,11 @@ fn monitor(
 ) -> oneshot::Sender<()> {
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
+        let mut asked = false;
         let status = tokio::select! {
             s = child.wait() => s,
             _ = kill_rx => {
+                asked = true;
                 match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
                     Ok(s) => s,
                     Err(_) => {
@@ -194,7 +196,10 @@ fn monitor(
             Err(e) => format!("unknown ({e})"),
         }));
         match status {
-            Ok(s) if s.success() => tracing::info!(upstream = %name, pid, "stdio upstream exited"),
+            // Closed by mcpg (the session ended, a probe child): however it ended is fine.
+            Ok(s) if s.success() || asked => {
+                tracing::info!(upstream = %name, pid, status = %s, "stdio upstream exited")
+            }
             Ok(s) => tracing::warn!(upstream = %name, pid, status = %s, "stdio upstream exited"),
             Err(e) => {
                 tracing::warn!(upstream = %name, pid, error = %e, "cannot wait for stdio upstream")
