@@ -659,29 +659,35 @@ fn a_failing_upstream_is_left_out_or_fails_the_binding_as_configured() {
     }
 }
 
+/// What [`http`] returns: status, headers, body.
+type Answer = (u16, Vec<(String, String)>, String);
+
+/// Sends `echo/sleep` (1.5 s) with request id `id` on session `sid` from a thread of its own,
+/// and returns once it has had time to reach the upstream; join for its answer.
+fn sleep_in_flight(gw: &Gateway, sid: &str, id: &str) -> std::thread::JoinHandle<Answer> {
+    let (addr, sid) = (gw.addr, sid.to_owned());
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "echo/sleep", "params": {"ms": 1500}});
+    let t = std::thread::spawn(move || {
+        http_for(
+            addr,
+            "POST",
+            "/mcp",
+            &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
+            body.to_string().as_bytes(),
+            Duration::from_secs(10),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    t
+}
+
 /// `notifications/cancelled` stops the request (through the `cancellation` bus) and reaches
 /// the upstream under the upstream's own request id.
 #[test]
 fn a_cancelled_request_is_stopped_and_the_upstream_told() {
     let gw = echo_gateway("mcp-proto-cancel", "");
     let sid = initialize(&gw);
-    let addr = gw.addr;
-    let slow = {
-        let sid = sid.clone();
-        std::thread::spawn(move || {
-            let body =
-                br#"{"jsonrpc":"2.0","id":"slow","method":"echo/sleep","params":{"ms":1500}}"#;
-            http_for(
-                addr,
-                "POST",
-                "/mcp",
-                &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
-                body,
-                Duration::from_secs(10),
-            )
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    let slow = sleep_in_flight(&gw, &sid, "slow");
     let session = ("Mcp-Session-Id", sid.as_str());
     let (status, _, _) = http(
         gw.addr,
@@ -723,23 +729,7 @@ fn a_cancelled_request_is_stopped_and_the_upstream_told() {
 fn a_request_id_already_in_flight_is_refused_and_the_first_answered() {
     let gw = echo_gateway("mcp-proto-dup-id", "");
     let sid = initialize(&gw);
-    let addr = gw.addr;
-    let first = {
-        let sid = sid.clone();
-        std::thread::spawn(move || {
-            let body =
-                br#"{"jsonrpc":"2.0","id":"dup","method":"echo/sleep","params":{"ms":1500}}"#;
-            http_for(
-                addr,
-                "POST",
-                "/mcp",
-                &[JSON, ACCEPT, ("Mcp-Session-Id", sid.as_str())],
-                body,
-                Duration::from_secs(10),
-            )
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    let first = sleep_in_flight(&gw, &sid, "dup");
     let (status, _, text) = http(
         gw.addr,
         "POST",

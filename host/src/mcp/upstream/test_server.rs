@@ -97,8 +97,17 @@ pub(crate) async fn serve(handler: impl Fn(Value) -> Answer + Send + Sync + 'sta
 
 /// A legacy HTTP upstream at `url`, as the loader would build it.
 pub(crate) fn upstream(url: &str, timeout_ms: u64) -> Arc<super::Upstream> {
+    upstream_speaking(url, timeout_ms, "legacy")
+}
+
+/// An HTTP upstream at `url` with `protocol` (`legacy`, `auto`, `modern`).
+pub(crate) fn upstream_speaking(
+    url: &str,
+    timeout_ms: u64,
+    protocol: &str,
+) -> Arc<super::Upstream> {
     let cfg: crate::config::model::UpstreamConfig = serde_json::from_value(json!({
-        "name": "t", "request_timeout_ms": timeout_ms, "http": {"url": url, "protocol": "legacy"},
+        "name": "t", "request_timeout_ms": timeout_ms, "http": {"url": url, "protocol": protocol},
     }))
     .expect("an upstream config");
     let parsed = crate::config::parsed::HttpUpstream {

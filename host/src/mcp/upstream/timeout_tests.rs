@@ -4,11 +4,8 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
-use super::{Hello, Upstream};
-use crate::config::model::UpstreamConfig;
-use crate::config::parsed::HttpUpstream;
+use super::Hello;
+use super::test_server::upstream_speaking;
 use crate::mcp::wire::jsonrpc::code;
 
 /// Far above the configured 300 ms and far below the fixed waits it replaced (10 s for the
@@ -30,34 +27,12 @@ async fn silent_upstream() -> std::net::SocketAddr {
     addr
 }
 
-fn upstream(url: &str, protocol: &str) -> std::sync::Arc<Upstream> {
-    let cfg: UpstreamConfig = serde_json::from_value(json!({
-        "name": "silent",
-        "request_timeout_ms": 300,
-        "http": {"url": url, "protocol": protocol},
-    }))
-    .expect("an upstream config");
-    let parsed = HttpUpstream {
-        url: url.parse().expect("a URL"),
-        headers: Default::default(),
-        pass_through: Vec::new(),
-    };
-    Upstream::new(
-        "b",
-        &cfg,
-        Some(&parsed),
-        std::path::Path::new("."),
-        Duration::from_secs(60),
-    )
-    .expect("an upstream")
-}
-
 #[tokio::test]
 async fn a_silent_upstream_times_out_at_its_request_timeout_in_every_era() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = format!("http://{}/mcp", silent_upstream().await);
     for protocol in ["legacy", "auto", "modern"] {
-        let up = upstream(&url, protocol);
+        let up = upstream_speaking(&url, 300, protocol);
         let legacy = tokio::time::timeout(HANG, up.connect(&Hello::gateway(), None))
             .await
             .unwrap_or_else(|_| panic!("{protocol}: initialize outlived its timeout"));
