@@ -164,7 +164,7 @@ fn http_transport() -> &'static HttpTransport {
             headers: Default::default(),
             pass_through: Vec::new(),
         };
-        HttpTransport::new("fuzz", &Endpoint::new(&cfg, &parsed))
+        HttpTransport::new("fuzz", &Endpoint::new(&cfg, &parsed, 16 << 20))
     })
 }
 

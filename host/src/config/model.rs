@@ -526,6 +526,19 @@ pub struct UpstreamConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86_400_000))]
     pub request_timeout_ms: Option<u64>,
+    /// The largest single message mcpg reads from this upstream, in bytes: a JSON answer, one
+    /// SSE event, or one line of a stdio child (or of a newline-delimited JSON answer). It is
+    /// enforced while reading, so nothing larger is ever buffered; the request it answered gets
+    /// a JSON-RPC error naming the upstream and the limit. A stdio child's oversized line is
+    /// skipped to its end and the child kept (the conversation resynchronises at the next
+    /// line).
+    #[serde(default = "default_max_response_bytes")]
+    #[schemars(range(min = 1024, max = 1_073_741_824))]
+    pub max_response_bytes: u64,
+}
+
+fn default_max_response_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 /// A child process speaking MCP over stdin/stdout.

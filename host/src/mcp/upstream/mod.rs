@@ -5,6 +5,8 @@
 pub mod conn;
 pub mod health;
 pub mod http;
+#[cfg(test)]
+mod limit_tests;
 pub mod probe;
 pub mod stdio;
 #[cfg(test)]
@@ -89,6 +91,8 @@ enum Kind {
     Stdio {
         cfg: StdioTransport,
         base_dir: PathBuf,
+        /// `max_response_bytes`: the longest line read from a child.
+        max_line: usize,
     },
     Http(Arc<http::Endpoint>),
 }
@@ -142,11 +146,13 @@ impl Upstream {
             .request_timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(default_timeout);
+        let max_line = usize::try_from(cfg.max_response_bytes).unwrap_or(usize::MAX);
         let (kind, children, shared) = match (&cfg.stdio, &cfg.http) {
             (Some(s), _) => {
                 let kind = Kind::Stdio {
                     cfg: s.clone(),
                     base_dir: base_dir.to_owned(),
+                    max_line,
                 };
                 match s.mode {
                     StdioMode::PerSession => (
@@ -161,7 +167,7 @@ impl Upstream {
                 let parsed =
                     parsed_http.ok_or_else(|| anyhow::anyhow!("the loader did not parse it"))?;
                 (
-                    Kind::Http(Arc::new(http::Endpoint::new(h, parsed))),
+                    Kind::Http(Arc::new(http::Endpoint::new(h, parsed, max_line))),
                     None,
                     None,
                 )
@@ -191,7 +197,7 @@ impl Upstream {
             up.shared = Some(Self::supervise_shared(
                 up.health.clone(),
                 s.clone(),
-                base_dir.to_owned(),
+                (base_dir.to_owned(), max_line),
                 Duration::from_millis(s.restart_backoff_ms),
                 Duration::from_millis(s.restart_max_backoff_ms),
                 timeout,
@@ -210,7 +216,7 @@ impl Upstream {
     fn supervise_shared(
         health: health::HealthCell,
         cfg: StdioTransport,
-        base_dir: PathBuf,
+        (base_dir, max_line): (PathBuf, usize),
         initial: Duration,
         max: Duration,
         timeout: Duration,
@@ -223,7 +229,12 @@ impl Upstream {
             let mut restarts = 0u64;
             loop {
                 let started = tokio::time::Instant::now();
-                let r = connect_stdio(&name, &cfg, &base_dir, &Hello::gateway(), timeout).await;
+                let spawn = Spawn {
+                    cfg: &cfg,
+                    base_dir: &base_dir,
+                    max_line,
+                };
+                let r = connect_stdio(&name, &spawn, &Hello::gateway(), timeout).await;
                 health.record(&r);
                 match r {
                     Ok(conn) => {
@@ -348,7 +359,11 @@ impl Upstream {
         resume: Option<(&str, &str)>,
     ) -> Result<Link, RpcError> {
         match &self.kind {
-            Kind::Stdio { cfg, base_dir } => {
+            Kind::Stdio {
+                cfg,
+                base_dir,
+                max_line,
+            } => {
                 if let Some(shared) = &self.shared {
                     let mut rx = shared.clone();
                     // A restart in progress gets a short grace period.
@@ -383,7 +398,12 @@ impl Upstream {
                     })?),
                     None => None,
                 };
-                let conn = connect_stdio(&self.name, cfg, base_dir, hello, self.timeout).await?;
+                let spawn = Spawn {
+                    cfg,
+                    base_dir,
+                    max_line: *max_line,
+                };
+                let conn = connect_stdio(&self.name, &spawn, hello, self.timeout).await?;
                 Ok(Link {
                     conn,
                     _permit: permit,
@@ -465,9 +485,13 @@ impl Upstream {
     async fn establish_modern(&self, known: Option<bool>) -> Result<ModernHandle, RpcError> {
         let deadline = self.deadline();
         match &self.kind {
-            Kind::Stdio { cfg, base_dir } => {
+            Kind::Stdio {
+                cfg,
+                base_dir,
+                max_line,
+            } => {
                 let (t, incoming) =
-                    stdio::spawn(&self.name, cfg, base_dir).map_err(|e| e.to_rpc())?;
+                    stdio::spawn(&self.name, cfg, base_dir, *max_line).map_err(|e| e.to_rpc())?;
                 let conn = Connection::new(&self.name, t, Some(incoming));
                 if known != Some(false)
                     && let Some(info) = discover(&conn, deadline).await
@@ -577,14 +601,22 @@ fn answer_unattributable(conn: &Connection) {
     });
 }
 
+/// What starting one child takes: its transport, where relative paths resolve, and the
+/// longest line read from it.
+struct Spawn<'a> {
+    cfg: &'a StdioTransport,
+    base_dir: &'a std::path::Path,
+    max_line: usize,
+}
+
 async fn connect_stdio(
     name: &str,
-    cfg: &StdioTransport,
-    base_dir: &std::path::Path,
+    spawn: &Spawn<'_>,
     hello: &Hello,
     timeout: Duration,
 ) -> Result<Connection, RpcError> {
-    let (t, incoming) = stdio::spawn(name, cfg, base_dir).map_err(|e| e.to_rpc())?;
+    let (t, incoming) =
+        stdio::spawn(name, spawn.cfg, spawn.base_dir, spawn.max_line).map_err(|e| e.to_rpc())?;
     let conn = Connection::new(name, t, Some(incoming));
     let r = handshake(&conn, hello, Instant::now() + timeout).await;
     match r {
