@@ -298,7 +298,10 @@ impl Conn {
         let (app, limits) = (self.app.clone(), self.limits.clone());
         let requests = activity.clone();
         let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                // The client's address, for limits per caller (`max_children_per_caller`).
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 let in_flight = requests.request_started();
                 let (app, body_read) = (app.clone(), limits.body_read);
                 async move {

@@ -161,3 +161,52 @@ fn the_head_of_a_cut_line_says_what_it_is() {
     assert!(line_messages("t", head, 10 * LIMIT, LIMIT).is_empty());
     assert!(sniff_head(b"[[[[[[").id.is_none());
 }
+
+/// `max_children_per_caller`: a caller at its share is refused with an error naming the
+/// limit, other callers are not, and a child given back frees its place.
+#[test]
+fn a_caller_at_its_share_of_children_is_refused() {
+    let cfg: crate::config::model::UpstreamConfig = serde_json::from_value(json!({
+        "name": "t",
+        "stdio": {"command": "true", "max_children": 3, "max_children_per_caller": 2},
+    }))
+    .expect("an upstream config");
+    let up = super::Upstream::new(
+        "b",
+        &cfg,
+        None,
+        ".".as_ref(),
+        std::time::Duration::from_secs(60),
+    )
+    .expect("an upstream");
+    let hello = |caller: &str| Hello {
+        caller: Some(caller.into()),
+        ..Hello::gateway()
+    };
+    let a1 = up.child_permit(&hello("addr:10.0.0.1")).expect("first");
+    let _a2 = up.child_permit(&hello("addr:10.0.0.1")).expect("second");
+    let e = up
+        .child_permit(&hello("addr:10.0.0.1"))
+        .err()
+        .expect("a third of the same caller is refused");
+    assert!(
+        e.message.contains(
+            "upstream `t` already runs this caller's max_children_per_caller (2) children"
+        ),
+        "{}",
+        e.message
+    );
+    let _b = up
+        .child_permit(&hello("id:alice"))
+        .expect("another caller gets the last child");
+    let e = up
+        .child_permit(&hello("id:bob"))
+        .err()
+        .expect("the upstream is full");
+    assert!(e.message.contains("max_children limit"), "{}", e.message);
+    drop(a1);
+    assert!(
+        up.child_permit(&hello("addr:10.0.0.1")).is_ok(),
+        "given back"
+    );
+}

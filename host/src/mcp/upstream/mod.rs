@@ -2,6 +2,7 @@
 //! handshake its era needs, restarts with backoff, and the per-session / shared choice of
 //! stdio upstreams.
 
+pub mod callers;
 pub mod conn;
 pub mod health;
 pub mod http;
@@ -55,6 +56,11 @@ pub struct Hello {
     pub capabilities: Value,
     #[serde(rename = "clientInfo", default)]
     pub client_info: Value,
+    /// Who the client is for `max_children_per_caller` (`id:<identity>` or `addr:<ip>`);
+    /// kept in the session record so a reconnect or a takeover counts for the same caller.
+    /// Never sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 impl Hello {
@@ -65,6 +71,7 @@ impl Hello {
             protocol_version: version::LATEST_LEGACY.into(),
             capabilities: json!({"roots": {"listChanged": true}, "sampling": {}, "elicitation": {"form": {}, "url": {}}}),
             client_info: json!({"name": "mcpg", "version": env!("CARGO_PKG_VERSION")}),
+            caller: None,
         }
     }
 }
@@ -104,6 +111,8 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Caps the children of a `per_session` stdio upstream.
     children: Option<Arc<Semaphore>>,
+    /// Caps the children one caller holds (`max_children_per_caller`).
+    per_caller: Option<callers::PerCaller>,
     /// The one conversation of a `shared` stdio upstream, kept alive by its supervisor.
     shared: Option<tokio::sync::watch::Receiver<Option<Connection>>>,
     /// The conversation for modern-era clients, established on first use.
@@ -118,11 +127,18 @@ pub struct Upstream {
     health: health::HealthCell,
 }
 
+/// A `per_session` child's share of its upstream's capacity: a place under `max_children`
+/// and, with `max_children_per_caller`, one of its caller's places.
+pub struct ChildPermit {
+    _children: OwnedSemaphorePermit,
+    _caller: Option<callers::CallerSlot>,
+}
+
 /// A session's link to one upstream: a live conversation, holding its share of the
 /// upstream's capacity. (Not a coordinator lease: those are `capabilities::cluster`'s.)
 pub struct Link {
     pub conn: Connection,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<ChildPermit>,
     /// Whether the conversation belongs to this session alone (closed with it).
     pub owned: bool,
     /// The upstream's HTTP session id, kept in the session record.
@@ -184,6 +200,12 @@ impl Upstream {
             kind,
             timeout,
             children,
+            per_caller: cfg
+                .stdio
+                .as_ref()
+                .filter(|s| s.mode == StdioMode::PerSession)
+                .and_then(|s| s.max_children_per_caller)
+                .map(callers::PerCaller::new),
             shared,
             modern: tokio::sync::Mutex::new(None),
             modern_failed: std::sync::Mutex::new(None),
@@ -352,6 +374,37 @@ impl Upstream {
         })
     }
 
+    /// A place for one more `per_session` child for the caller `hello` names: refused when the
+    /// upstream is at `max_children`, or the caller at `max_children_per_caller`.
+    fn child_permit(&self, hello: &Hello) -> Result<Option<ChildPermit>, RpcError> {
+        let Some(children) = &self.children else {
+            return Ok(None);
+        };
+        let refused = |what: String| {
+            RpcError::new(
+                jsonrpc::code::CONNECTION_CLOSED,
+                format!("upstream `{}` {what}; try again later", self.name),
+            )
+        };
+        let caller = match (&self.per_caller, hello.caller.as_deref()) {
+            (Some(p), Some(c)) => Some(p.take(c).ok_or_else(|| {
+                refused(format!(
+                    "already runs this caller's max_children_per_caller ({}) children: end one of its sessions (DELETE)",
+                    p.max()
+                ))
+            })?),
+            _ => None,
+        };
+        let permit = children
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| refused("is at its max_children limit".into()))?;
+        Ok(Some(ChildPermit {
+            _children: permit,
+            _caller: caller,
+        }))
+    }
+
     /// `resume` names an upstream HTTP session to carry on and the revision it agreed to.
     async fn connect_legacy(
         &self,
@@ -386,18 +439,7 @@ impl Upstream {
                         answer: Value::Null,
                     });
                 }
-                let permit = match &self.children {
-                    Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {
-                        RpcError::new(
-                            jsonrpc::code::CONNECTION_CLOSED,
-                            format!(
-                                "upstream `{}` is at its max_children limit; try again later",
-                                self.name
-                            ),
-                        )
-                    })?),
-                    None => None,
-                };
+                let permit = self.child_permit(hello)?;
                 let spawn = Spawn {
                     cfg,
                     base_dir,
