@@ -128,7 +128,7 @@ pub struct ListenerLimits {
     pub header_read_timeout_ms: u64,
     /// The longest silence allowed while a request body is being read, in milliseconds (the
     /// timer restarts with every piece of the body that arrives). A body that stalls longer is
-    /// answered `400` and its connection closed.
+    /// answered `408` and its connection closed.
     #[serde(default = "default_body_read_timeout_ms")]
     #[schemars(range(min = 100, max = 3_600_000))]
     pub body_read_timeout_ms: u64,

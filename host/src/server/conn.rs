@@ -529,10 +529,7 @@ impl<B> StallTimeout<B> {
     }
 }
 
-/// The request body stalled for longer than `server.limits.body_read_timeout_ms`.
-#[derive(Debug, thiserror::Error)]
-#[error("no part of the request body arrived for {0} ms (`server.limits.body_read_timeout_ms`)")]
-pub struct BodyStalled(u128);
+pub use crate::errors::BodyStalled;
 
 impl<B> http_body::Body for StallTimeout<B>
 where
