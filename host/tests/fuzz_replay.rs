@@ -151,3 +151,8 @@ fn request_state() {
 fn audit() {
     replay("audit");
 }
+
+#[test]
+fn stdio_lines() {
+    replay("stdio_lines");
+}
