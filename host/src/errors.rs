@@ -12,3 +12,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// The request body stalled for longer than `server.limits.body_read_timeout_ms` (raised by
+/// the listeners, answered `408 Request Timeout` by the endpoints that read bodies).
+#[derive(Debug, thiserror::Error)]
+#[error("no part of the request body arrived for {0} ms (`server.limits.body_read_timeout_ms`)")]
+pub struct BodyStalled(pub u128);

@@ -14,6 +14,8 @@
 //!   header checks (`admit`), and the `=?base64?…?=` header encoding (`wire::headers`).
 //! - [`request_state`]: `requestState` opening (must refuse anything this gateway did not seal
 //!   unaltered) and seal/open round trips.
+//! - [`stdio_lines`]: a stdio child's stdout through the bounded line reader and the line
+//!   parser of the stdio transport (`max_response_bytes`), in arbitrary read sizes.
 //! - [`audit`]: the audit chain verifier ([`crate::audit::verify`]) on arbitrary files, and on
 //!   chains sealed by [`crate::audit::chain::seal`].
 //!
@@ -43,6 +45,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("headers", headers),
     ("request_state", request_state),
     ("audit", audit),
+    ("stdio_lines", stdio_lines),
 ];
 
 /// The body limit the `jsonrpc` target admits with; a longer input takes the 413 path.
@@ -164,7 +167,7 @@ fn http_transport() -> &'static HttpTransport {
             headers: Default::default(),
             pass_through: Vec::new(),
         };
-        HttpTransport::new("fuzz", &Endpoint::new(&cfg, &parsed))
+        HttpTransport::new("fuzz", &Endpoint::new(&cfg, &parsed, 16 << 20))
     })
 }
 
@@ -205,6 +208,51 @@ pub fn upstream(data: &[u8]) {
             "{n} messages from {} bytes",
             body.len()
         );
+    });
+}
+
+/// Target 7: a stdio child's stdout. The first byte picks the line limit (64 bytes to 16 KiB)
+/// and the size of each read; the rest is what the child prints. Every line is read through
+/// [`crate::mcp::upstream::stdio::read_line_bounded`] and parsed by `line_messages`, as the
+/// transport does.
+pub fn stdio_lines(data: &[u8]) {
+    use crate::mcp::upstream::stdio::{line_messages, read_line_bounded};
+    let Some((&mode, out)) = data.split_first() else {
+        return;
+    };
+    let max = 64usize << (mode & 7);
+    let read_size = usize::from(mode >> 3).max(1);
+    runtime().block_on(async {
+        let mut reader = tokio::io::BufReader::with_capacity(read_size, out);
+        let mut line = Vec::new();
+        let (mut seen, mut lines) = (0usize, 0usize);
+        while let Some(len) = read_line_bounded(&mut reader, &mut line, max)
+            .await
+            .expect("reading a slice cannot fail")
+        {
+            // What is kept is the line's start, never more than the limit.
+            assert_eq!(line.len(), len.min(max), "kept {} of {len}", line.len());
+            assert!(
+                out[seen..].starts_with(&line),
+                "the kept bytes are the line's own"
+            );
+            seen += len;
+            if seen < out.len() {
+                assert_eq!(out[seen], b'\n', "a line ends at a newline");
+                seen += 1;
+            }
+            lines += 1;
+            for m in line_messages("fuzz", &line, len, max) {
+                // An over-limit line yields at most its error, naming the limit.
+                if len > max {
+                    let text = m["error"]["message"].as_str().unwrap_or_default();
+                    assert!(text.contains("max_response_bytes"), "{text}");
+                }
+                let _ = jsonrpc::to_bytes(&m);
+            }
+        }
+        assert_eq!(seen, out.len(), "every byte is read once");
+        assert!(lines <= out.len() + 1);
     });
 }
 

@@ -2,7 +2,7 @@
 //! (`fuzz/regressions/<target>/`) through the same entry points the fuzzer runs
 //! (`mcpg::fuzzing`), in the normal build: no fuzzer is built in CI. A crash input stays in the
 //! tree as a regression test; inputs whose fix has not landed yet are listed in
-//! `fuzz/regressions/PENDING` and skipped (see docs/reliability.md).
+//! `fuzz/regressions/PENDING` and skipped (see docs/fuzzing.md).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -150,4 +150,9 @@ fn request_state() {
 #[test]
 fn audit() {
     replay("audit");
+}
+
+#[test]
+fn stdio_lines() {
+    replay("stdio_lines");
 }

@@ -6,6 +6,7 @@ initialize -> a normal InitializeResult (plus an unknown field)
 echo/emit {count} -> answers, then sends `count` notifications/message outside any request
 echo/sleep {ms} -> answers after `ms` milliseconds
 echo/exit -> the process exits without answering (a crash, as far as mcpg can tell)
+echo/big {bytes} -> answers with a text of `bytes` bytes, on one line
 any other request -> {"received": <the request>, "x-extra": {...}, "content": [...]}
 notifications -> remembered; the method `echo/notifications` returns them
 """
@@ -45,6 +46,9 @@ for line in sys.stdin:
     elif msg["method"] == "echo/sleep":
         time.sleep(msg["params"]["ms"] / 1000)
         send({"jsonrpc": "2.0", "id": msg["id"], "result": {"slept": msg["params"]["ms"], "pid": os.getpid()}})
+    elif msg["method"] == "echo/big":
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {
+            "content": [{"type": "text", "text": "x" * msg["params"]["bytes"]}], "pid": os.getpid()}})
     elif msg["method"] == "echo/exit":
         sys.exit(3)
     elif msg["method"] == "echo/emit":

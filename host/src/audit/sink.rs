@@ -198,12 +198,12 @@ impl FileSink {
         };
         let reason = match chain::open(&line) {
             Ok(o) if o.intact => {
-                sink.next_seq = o.seq + 1;
+                sink.next_seq = after(o.seq, &from)?;
                 sink.prev = o.hash;
                 return Ok(sink);
             }
             Ok(o) => {
-                sink.next_seq = o.seq + 1;
+                sink.next_seq = after(o.seq, &from)?;
                 format!(
                     "the last record of {} (seq {}) does not match its hash",
                     from.display(),
@@ -215,7 +215,10 @@ impl FileSink {
                 let seq = serde_json::from_slice::<serde_json::Value>(&line)
                     .ok()
                     .and_then(|v| v.get("seq").and_then(|s| s.as_u64()));
-                sink.next_seq = seq.map_or(0, |s| s + 1);
+                sink.next_seq = match seq {
+                    Some(s) => after(s, &from)?,
+                    None => 0,
+                };
                 format!("the last line of {} is unreadable: {e}", from.display())
             }
         };
@@ -231,7 +234,20 @@ impl FileSink {
         sink.prev = marker.hash;
         Ok(sink)
     }
+}
 
+/// The seq after `seq`, or a clear error when a record numbered `u64::MAX` (a crafted or
+/// corrupt file) leaves no number for the next one.
+fn after(seq: u64, file: &Path) -> io::Result<u64> {
+    seq.checked_add(1).ok_or_else(|| {
+        io::Error::other(format!(
+            "audit file {}: its last record has seq {seq}, the largest there is, so the chain cannot go on; move the audit files aside (after `mcpg audit verify`) to start a new chain",
+            file.display()
+        ))
+    })
+}
+
+impl FileSink {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
@@ -306,6 +322,10 @@ impl Sink for FileSink {
         let mut done = 0;
         let mut start = (self.next_seq, self.prev.clone());
         for r in batch {
+            let next = after(self.next_seq, &self.path).map_err(|e| {
+                (self.next_seq, self.prev) = start.clone();
+                (done, e)
+            })?;
             let sealed = chain::seal(self.next_seq, &self.prev, r).map_err(|e| (done, e.into()))?;
             let size = self.len + buf.len() as u64;
             if size > 0 && size + sealed.line.len() as u64 > self.max_bytes {
@@ -323,7 +343,7 @@ impl Sink for FileSink {
             }
             buf.extend_from_slice(&sealed.line);
             in_buf += 1;
-            self.next_seq += 1;
+            self.next_seq = next;
             self.prev = sealed.hash;
         }
         if let Err(e) = self.append(&buf) {

@@ -539,3 +539,32 @@ fn a_record_after_seq_u64_max_is_out_of_order_not_an_overflow() {
     assert!(matches!(p[0].kind, ProblemKind::SeqGap { found: 0, .. }));
     assert!(p[0].to_string().contains("seq out of order"), "{}", p[0]);
 }
+
+/// Resuming after a record numbered u64::MAX (a crafted or corrupt file) is a clear error,
+/// not an overflow (a panic in debug builds, a silent wrap to 0 in release).
+#[test]
+fn resuming_after_seq_u64_max_is_a_clear_error() {
+    let dir = temp_dir();
+    let path = dir.join("audit.jsonl");
+    let last = chain::seal(u64::MAX, chain::GENESIS, &json!({"event": "request"})).unwrap();
+    std::fs::write(&path, &last.line).unwrap();
+    let e = match sink::FileSink::open(&path, 1 << 20, 3, "node-a") {
+        Ok(_) => panic!("a chain at u64::MAX cannot go on"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("its last record has seq 18446744073709551615, the largest there is"),
+        "{e}"
+    );
+    // The same when the last line is no longer a valid record but still names its seq.
+    std::fs::write(&path, format!("{{\"seq\":{}}}\n", u64::MAX)).unwrap();
+    assert!(sink::FileSink::open(&path, 1 << 20, 3, "node-a").is_err());
+    // One below the limit resumes, and the next write is refused cleanly.
+    let last = chain::seal(u64::MAX - 1, chain::GENESIS, &json!({"event": "request"})).unwrap();
+    std::fs::write(&path, &last.line).unwrap();
+    let mut s = sink::FileSink::open(&path, 1 << 20, 3, "node-a").expect("resumes");
+    let r = Box::new(sample(1));
+    let (done, e) = s.write(&[r]).expect_err("no seq left after u64::MAX");
+    assert_eq!(done, 0);
+    assert!(e.to_string().contains("the largest there is"), "{e}");
+}

@@ -128,7 +128,7 @@ pub struct ListenerLimits {
     pub header_read_timeout_ms: u64,
     /// The longest silence allowed while a request body is being read, in milliseconds (the
     /// timer restarts with every piece of the body that arrives). A body that stalls longer is
-    /// answered `400` and its connection closed.
+    /// answered `408` and its connection closed.
     #[serde(default = "default_body_read_timeout_ms")]
     #[schemars(range(min = 100, max = 3_600_000))]
     pub body_read_timeout_ms: u64,
@@ -526,6 +526,19 @@ pub struct UpstreamConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86_400_000))]
     pub request_timeout_ms: Option<u64>,
+    /// The largest single message mcpg reads from this upstream, in bytes: a JSON answer, one
+    /// SSE event, or one line of a stdio child (or of a newline-delimited JSON answer). It is
+    /// enforced while reading, so nothing larger is ever buffered; the request it answered gets
+    /// a JSON-RPC error naming the upstream and the limit. A stdio child's oversized line is
+    /// skipped to its end and the child kept (the conversation resynchronises at the next
+    /// line).
+    #[serde(default = "default_max_response_bytes")]
+    #[schemars(range(min = 1024, max = 1_073_741_824))]
+    pub max_response_bytes: u64,
+}
+
+fn default_max_response_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 /// A child process speaking MCP over stdin/stdout.
@@ -560,6 +573,14 @@ pub struct StdioTransport {
     #[serde(default = "default_max_children")]
     #[schemars(range(min = 1, max = 100_000))]
     pub max_children: u32,
+    /// The most `per_session` children one caller may hold at once for this upstream: the
+    /// caller is the authenticated identity when the binding has `auth`, else the client's
+    /// address (the TCP peer's: behind a reverse proxy every client shares the proxy's
+    /// address, so set this there only with `auth`). A new session beyond it is refused with
+    /// an error naming the limit. Absent means no limit per caller (only `max_children`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub max_children_per_caller: Option<u32>,
     /// Restart backoff after a child dies: the first delay, in milliseconds, doubling up to
     /// `restart_max_backoff_ms`.
     #[serde(default = "default_restart_backoff")]
@@ -760,6 +781,14 @@ pub struct SessionsConfig {
     #[serde(default = "default_idle_ttl")]
     #[schemars(range(min = 1000, max = 604_800_000))]
     pub idle_ttl_ms: u64,
+    /// A session that has sent no request since its `initialize` is ended this long after it
+    /// started, in milliseconds (its upstream sessions and children closed), so sessions
+    /// opened and left alone cannot hold `per_session` children or `max_sessions` slots for
+    /// the whole `idle_ttl_ms`. Once it has sent a request, `idle_ttl_ms` applies. A value
+    /// above `idle_ttl_ms` has no effect.
+    #[serde(default = "default_unused_ttl")]
+    #[schemars(range(min = 1000, max = 604_800_000))]
+    pub unused_ttl_ms: u64,
     /// The most legacy sessions this replica serves at once; an `initialize` beyond it is
     /// refused with 503 and a JSON-RPC error, so a flood of sessions cannot exhaust the host.
     #[serde(default = "default_max_sessions")]
@@ -799,6 +828,10 @@ fn default_max_sessions() -> u64 {
     100_000
 }
 
+fn default_unused_ttl() -> u64 {
+    60_000
+}
+
 fn default_idle_ttl() -> u64 {
     30 * 60 * 1000
 }
@@ -807,6 +840,7 @@ impl Default for SessionsConfig {
     fn default() -> Self {
         Self {
             idle_ttl_ms: default_idle_ttl(),
+            unused_ttl_ms: default_unused_ttl(),
             max_sessions: default_max_sessions(),
             event_log_max_events: default_event_log_max_events(),
             event_log_max_age_ms: default_event_log_max_age(),

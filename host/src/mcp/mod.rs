@@ -97,7 +97,10 @@ impl Gateway {
                 caps.sessions.clone(),
                 services,
                 ownership.clone(),
-                Duration::from_millis(c.mcp.sessions.idle_ttl_ms),
+                (
+                    Duration::from_millis(c.mcp.sessions.idle_ttl_ms),
+                    Duration::from_millis(c.mcp.sessions.unused_ttl_ms),
+                ),
                 c.mcp.sessions.max_sessions as usize,
             ),
             forwarder: forward::Forwarder::new(

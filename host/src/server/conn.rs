@@ -298,7 +298,10 @@ impl Conn {
         let (app, limits) = (self.app.clone(), self.limits.clone());
         let requests = activity.clone();
         let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                // The client's address, for limits per caller (`max_children_per_caller`).
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 let in_flight = requests.request_started();
                 let (app, body_read) = (app.clone(), limits.body_read);
                 async move {
@@ -526,10 +529,7 @@ impl<B> StallTimeout<B> {
     }
 }
 
-/// The request body stalled for longer than `server.limits.body_read_timeout_ms`.
-#[derive(Debug, thiserror::Error)]
-#[error("no part of the request body arrived for {0} ms (`server.limits.body_read_timeout_ms`)")]
-pub struct BodyStalled(u128);
+pub use crate::errors::BodyStalled;
 
 impl<B> http_body::Body for StallTimeout<B>
 where

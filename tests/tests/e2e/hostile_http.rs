@@ -128,7 +128,7 @@ fn timeouts_close_slow_silent_and_idle_connections() {
         .expect("silent chunked body: still open with a 1 s body timeout");
     assert_eq!(
         status_of(&answer),
-        Some(400),
+        Some(408),
         "{}",
         String::from_utf8_lossy(&answer)
     );

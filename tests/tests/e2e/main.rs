@@ -5,6 +5,7 @@ mod harness;
 mod peers;
 
 mod access_control;
+mod bad_input;
 mod bench_smoke;
 mod cli_help;
 mod clients;

@@ -165,7 +165,7 @@ pub fn stream_headers(headers: &HeaderMap) -> Result<(), McpError> {
 /// A POST body of at most `limit` bytes holding one JSON-RPC message. On error, the id to
 /// answer with (the message's, when it has a usable one). A declared `Content-Length` above
 /// the limit is refused before any of the body is read; a body that breaks off, is malformed
-/// (bad chunking) or stalls is a 400, not a 413.
+/// (bad chunking) is a 400, not a 413; one that stalls is a 408.
 pub async fn message(body: Body, limit: usize) -> Result<(Bytes, Message), (Value, McpError)> {
     if body.size_hint().lower() > limit as u64 {
         return Err((Value::Null, McpError::TooLarge { limit }));
@@ -184,11 +184,19 @@ pub async fn message(body: Body, limit: usize) -> Result<(Bytes, Message), (Valu
     Ok((bytes, msg))
 }
 
-/// Why a body could not be read: over the limit (413), or broken or stalled (400).
+/// Why a body could not be read: over the limit (413), stalled (408, RFC 9110 §15.5.9), or
+/// broken (400).
 fn body_error(e: axum::Error, limit: usize) -> McpError {
     let e = e.into_inner();
     if e.is::<http_body_util::LengthLimitError>() {
         return McpError::TooLarge { limit };
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(c) = cause {
+        if let Some(stalled) = c.downcast_ref::<crate::errors::BodyStalled>() {
+            return McpError::BodyStalled(stalled.to_string());
+        }
+        cause = c.source();
     }
     let mut why = e.to_string();
     let mut source = e.source();

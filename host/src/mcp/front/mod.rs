@@ -9,15 +9,16 @@ pub mod guard;
 pub mod respond;
 pub mod sse;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
+use axum::{Extension, Router};
 use serde_json::Value;
 
 use super::Gateway;
@@ -130,7 +131,13 @@ async fn sender(
     Ok((origin, who))
 }
 
-async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
+async fn post(
+    State((gw, b)): S,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let addr = peer.map(|Extension(ConnectInfo(a))| a.ip());
     let (origin, who) = match sender(&gw, &b, &headers).await {
         Ok(s) => s,
         Err(e) => return e.respond(Value::Null),
@@ -139,10 +146,10 @@ async fn post(State((gw, b)): S, headers: HeaderMap, body: Body) -> Response {
         // Upstreams configured to see some of the client's headers read them from here.
         let snapshot = Arc::new(headers.clone());
         return CLIENT_HEADERS
-            .scope(snapshot, post_as(gw, b, headers, body, origin, who))
+            .scope(snapshot, post_as(gw, b, headers, body, origin, (who, addr)))
             .await;
     }
-    post_as(gw, b, headers, body, origin, who).await
+    post_as(gw, b, headers, body, origin, (who, addr)).await
 }
 
 /// The caller's trace context (W3C `traceparent` header, or in `_meta`): the parent of the
@@ -162,6 +169,8 @@ struct Post {
     id: Value,
     origin: Origin,
     who: Caller,
+    /// The client's address (the TCP peer's), when the listener tells it.
+    addr: Option<IpAddr>,
 }
 
 async fn post_as(
@@ -170,7 +179,7 @@ async fn post_as(
     headers: HeaderMap,
     body: Body,
     origin: Origin,
-    who: Caller,
+    (who, addr): (Caller, Option<IpAddr>),
 ) -> Response {
     if let Err(e) = admit::post_headers(&headers) {
         return e.respond(Value::Null);
@@ -190,6 +199,7 @@ async fn post_as(
         id,
         origin,
         who,
+        addr,
     };
     match era {
         Era::Modern => modern_post(p).await,
@@ -293,6 +303,7 @@ async fn legacy_post(p: Post) -> Response {
     };
     match kind {
         Kind::Request => {
+            live.mark_used();
             let obs = obs.expect("made for requests");
             let (r, obs) = serve::serve(&p.b, &p.who, obs, p.msg, Client::Session(&live)).await;
             // A request may change state the record keeps (log level, subscriptions).
@@ -340,7 +351,10 @@ async fn initialize(p: &Post) -> Response {
     );
     let params = p.msg.get("params").cloned().unwrap_or(Value::Null);
     let created = obs
-        .within(p.gw.sessions.create(&p.b, &params, identity_key(&p.who)))
+        .within(
+            p.gw.sessions
+                .create(&p.b, &params, identity_key(&p.who), p.addr),
+        )
         .await;
     match created {
         Ok((live, result)) => {

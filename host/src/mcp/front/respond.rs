@@ -42,6 +42,9 @@ pub enum McpError {
     AcceptStream,
     #[error("Payload Too Large: the limit is {limit} bytes")]
     TooLarge { limit: usize },
+    /// The request body stalled past `server.limits.body_read_timeout_ms`.
+    #[error("Request Timeout: {0}")]
+    BodyStalled(String),
     #[error("JSON-RPC batches are not supported (removed from MCP in 2025-06-18)")]
     Batch,
     /// The body is not JSON, or not a JSON object (the parse error's own code).
@@ -128,6 +131,7 @@ impl McpError {
             ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AcceptPost | AcceptStream => StatusCode::NOT_ACCEPTABLE,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             Batch | Unparsable(_) | NotJsonRpc | UnsupportedVersion(_) | NoSessionId => {
                 StatusCode::BAD_REQUEST
             }

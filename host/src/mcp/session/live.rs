@@ -40,6 +40,11 @@ pub struct Live {
     pub record: Mutex<SessionRecord>,
     pub slots: Vec<Slot>,
     pub(super) touched: Mutex<(Instant, Instant)>,
+    /// When it started being served here.
+    pub(super) started: Instant,
+    /// Whether the client has sent a request since `initialize` (a session taken over from
+    /// another replica counts as used).
+    pub(super) used: std::sync::atomic::AtomicBool,
     pub(super) pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The last event id given to a GET-stream message of this session.
     pub events: Arc<AtomicU64>,
@@ -245,6 +250,20 @@ impl Live {
         }
     }
 
+    /// Notes that the client sent a request on this session.
+    pub fn mark_used(&self) {
+        self.used.store(true, SeqCst);
+    }
+
+    /// Whether it is past its TTL: `unused_ttl` after it started while it has sent no
+    /// request, else `idle_ttl` after its last activity.
+    pub(super) fn expired(&self, idle_ttl: Duration, unused_ttl: Duration) -> bool {
+        if !self.used.load(SeqCst) && self.started.elapsed() > unused_ttl {
+            return true;
+        }
+        self.idle_for() > idle_ttl
+    }
+
     pub(super) fn idle_for(&self) -> Duration {
         self.touched.lock().expect("lock").0.elapsed()
     }
@@ -351,6 +370,8 @@ impl Live {
                 })
                 .collect(),
             touched: Mutex::new((now, now)),
+            started: now,
+            used: std::sync::atomic::AtomicBool::new(true),
             pumps: Mutex::new(Vec::new()),
             // Event ids start from the clock (microseconds), so a session taken over (after a
             // restart, or by another replica) keeps numbering upwards and a client's

@@ -79,6 +79,9 @@ pub struct Sessions {
     services: Arc<Services>,
     ownership: Arc<Ownership>,
     idle_ttl: Duration,
+    /// How long a session that has sent no request since `initialize` lives
+    /// (`mcp.sessions.unused_ttl_ms`, at most `idle_ttl`).
+    unused_ttl: Duration,
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// The most sessions served here at once (`mcp.sessions.max_sessions`).
     max_sessions: usize,
@@ -91,20 +94,22 @@ impl Sessions {
         cap: Capability,
         services: Arc<Services>,
         ownership: Arc<Ownership>,
-        idle_ttl: Duration,
+        (idle_ttl, unused_ttl): (Duration, Duration),
         max_sessions: usize,
     ) -> Arc<Self> {
+        let unused_ttl = unused_ttl.min(idle_ttl);
         let s = Arc::new(Self {
             cap,
             services,
             ownership,
             max_sessions,
             idle_ttl,
+            unused_ttl,
             live: Mutex::new(HashMap::new()),
             placement: placement::Placement::default(),
         });
         let weak = Arc::downgrade(&s);
-        let every = (idle_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        let every = (unused_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -164,12 +169,14 @@ impl Sessions {
 
     /// Starts a session for a client's `initialize`: connects every upstream with the
     /// client's hello and records the session, owned here. Returns the live session and the
-    /// result to answer with.
+    /// result to answer with. The caller (for `max_children_per_caller`) is `identity` when
+    /// there is one, else the client's address `addr`.
     pub async fn create(
         &self,
         binding: &Arc<Binding>,
         params: &Value,
         identity: Option<&str>,
+        addr: Option<std::net::IpAddr>,
     ) -> Result<(Arc<Live>, Value), SessionError> {
         if self.live.lock().expect("lock").len() >= self.max_sessions {
             return Err(SessionError::Limit {
@@ -184,6 +191,9 @@ impl Sessions {
             protocol_version: crate::mcp::wire::version::negotiate_legacy(requested).to_owned(),
             capabilities: params.get("capabilities").cloned().unwrap_or(json!({})),
             client_info: params.get("clientInfo").cloned().unwrap_or(json!({})),
+            caller: identity
+                .map(|i| format!("id:{i}"))
+                .or_else(|| addr.map(|a| format!("addr:{a}"))),
         };
         let links = connect_all(binding, &hello).await?;
         let answers: Vec<(UpstreamIdx, Value)> = links
@@ -211,6 +221,8 @@ impl Sessions {
             return Err(unavailable(format!("cannot record the session: {why}")));
         }
         let live = self.register(binding, record, links);
+        // Unused until its first request: until then `unused_ttl` applies.
+        live.used.store(false, SeqCst);
         tracing::info!(session = %live.id, binding = %binding.name, "session started");
         Ok((live, result))
     }

@@ -117,7 +117,8 @@ impl Sessions {
         }
     }
 
-    /// Ends sessions idle for longer than the TTL. Only the owner does this (a session's
+    /// Ends sessions idle for longer than the TTL (or, when they never sent a request, for
+    /// longer than the unused TTL since they started). Only the owner does this (a session's
     /// requests all reach its owner), so it happens once in the cluster.
     pub(super) async fn reap(&self) {
         let idle: Vec<Arc<Live>> = self
@@ -125,11 +126,12 @@ impl Sessions {
             .lock()
             .expect("lock")
             .values()
-            .filter(|l| l.idle_for() > self.idle_ttl)
+            .filter(|l| l.expired(self.idle_ttl, self.unused_ttl))
             .cloned()
             .collect();
         for l in idle {
-            tracing::info!(session = %l.id, binding = %l.binding.name, "session idle past its TTL; closing");
+            let unused = !l.used.load(std::sync::atomic::Ordering::SeqCst);
+            tracing::info!(session = %l.id, binding = %l.binding.name, unused, "session idle past its TTL; closing");
             self.end(&l).await;
         }
     }

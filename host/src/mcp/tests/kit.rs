@@ -105,6 +105,18 @@ impl Replica {
         Self::on(Arc::new(store.handle(node)), node, url, max, idle_ttl).await
     }
 
+    /// [`Replica::with_idle_ttl`] where sessions that never sent a request end after
+    /// `unused_ttl`.
+    pub(crate) async fn with_unused_ttl(
+        store: &MemoryStore,
+        node: &str,
+        idle_ttl: Duration,
+        unused_ttl: Duration,
+    ) -> Replica {
+        let coordinator: Arc<dyn Coordinator> = Arc::new(store.handle(node));
+        Self::on_with(coordinator, node, None, 10, (idle_ttl, unused_ttl)).await
+    }
+
     /// [`Replica::with_idle_ttl`] on a coordinator of the test's making (one that stalls a
     /// write, say).
     pub(crate) async fn on(
@@ -113,6 +125,16 @@ impl Replica {
         url: Option<&str>,
         max: usize,
         idle_ttl: Duration,
+    ) -> Replica {
+        Self::on_with(coordinator, node, url, max, (idle_ttl, idle_ttl)).await
+    }
+
+    async fn on_with(
+        coordinator: Arc<dyn Coordinator>,
+        node: &str,
+        url: Option<&str>,
+        max: usize,
+        ttls: (Duration, Duration),
     ) -> Replica {
         let caps = Capabilities::build(&Default::default(), &coordinator).expect("capabilities");
         let ownership = Ownership::start(
@@ -133,7 +155,7 @@ impl Replica {
             caps.sessions.clone(),
             services,
             ownership.clone(),
-            idle_ttl,
+            ttls,
             max,
         );
         let presence = match url {
@@ -163,6 +185,7 @@ impl Replica {
                 &self.binding,
                 &json!({"protocolVersion": "2025-06-18", "clientInfo": {"name": "unit"}}),
                 identity,
+                None,
             )
             .await
             .expect("a session");
@@ -208,6 +231,7 @@ pub(crate) fn record(id: &str, owner: &str, token: u64, active_ms: u64) -> Sessi
             protocol_version: "2025-06-18".into(),
             capabilities: json!({}),
             client_info: json!({"name": "unit"}),
+            caller: None,
         },
         upstream_sessions: Default::default(),
         upstream_versions: Default::default(),

@@ -331,6 +331,12 @@ impl Shared {
             let _ = r.tx.send(m);
             return;
         }
+        // An error without an id on a shared channel (stdio: a line mcpg could not read
+        // whole) answers the only exchange it can be for.
+        let on = on.or_else(|| {
+            let null_error = m.get("id").is_some_and(Value::is_null) && m.contains_key("error");
+            null_error.then(|| self.owner(routes, None)).flatten()
+        });
         let Some(r) = on.and_then(|on| routes.remove(&on)) else {
             tracing::debug!(upstream = %self.name, "response with an id mcpg never sent");
             return;

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventsource_stream::Eventsource;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -45,12 +45,19 @@ pub struct Endpoint {
     headers: HeaderMap,
     pass_through: Vec<HeaderName>,
     client: reqwest::Client,
+    /// The upstream's `max_response_bytes`.
+    max_message: usize,
 }
 
 impl Endpoint {
     /// The upstream as the loader parsed it, with its own connection pool.
-    pub fn new(cfg: &crate::config::model::HttpTransport, parsed: &HttpUpstream) -> Self {
+    pub fn new(
+        cfg: &crate::config::model::HttpTransport,
+        parsed: &HttpUpstream,
+        max_message: usize,
+    ) -> Self {
         Self {
+            max_message,
             url: parsed.url.clone(),
             headers: parsed.headers.clone(),
             pass_through: parsed.pass_through.clone(),
@@ -81,6 +88,8 @@ pub struct HttpTransport {
     /// Headers of the client's request copied to this upstream; nothing else of the client's
     /// (its `Authorization` above all) ever reaches an upstream.
     pass_through: Vec<HeaderName>,
+    /// The largest message read from the upstream (`max_response_bytes`).
+    max_message: usize,
 }
 
 tokio::task_local! {
@@ -101,6 +110,7 @@ impl HttpTransport {
             version: RwLock::new(None),
             modern: false,
             pass_through: endpoint.pass_through.clone(),
+            max_message: endpoint.max_message,
         }
     }
 
@@ -181,13 +191,17 @@ impl HttpTransport {
                 match resp {
                     Ok(r) if r.status().is_success() && is_sse(r.headers()) => {
                         backoff = Duration::from_millis(200);
-                        let mut events = r.bytes_stream().eventsource();
+                        let mut events = bounded_events(r, me.max_message);
                         loop {
                             let ev = tokio::select! {
                                 e = events.next() => e,
                                 _ = conn.closed() => return,
                             };
                             match ev {
+                                Some(Err(EventStreamError::Transport(BodyError::TooLarge))) => {
+                                    tracing::warn!(upstream = %me.name, max_response_bytes = me.max_message, "upstream GET stream sent an event over max_response_bytes; reconnecting");
+                                    break;
+                                }
                                 Some(Ok(ev)) => {
                                     if !ev.id.is_empty() {
                                         last_event = Some(ev.id.clone());
@@ -247,6 +261,7 @@ fn modern_headers(mut rb: reqwest::RequestBuilder, msg: &Message) -> reqwest::Re
 fn json_values(
     body: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
     upstream: String,
+    max: usize,
 ) -> BoxStream<'static, Message> {
     let state = (Box::pin(body), Vec::<u8>::new(), false);
     futures::stream::unfold(state, move |(mut body, mut buf, mut done)| {
@@ -277,6 +292,12 @@ fn json_values(
                     }
                 }
                 buf.drain(..consumed);
+                // What is left is one value still arriving: it may not grow past the limit.
+                if !done && buf.len() > max {
+                    out.push(too_large(&upstream, max, Value::Null));
+                    buf = Vec::new();
+                    done = true;
+                }
                 if !out.is_empty() {
                     return Some((futures::stream::iter(out), (body, buf, done)));
                 }
@@ -298,6 +319,15 @@ fn json_values(
     .boxed()
 }
 
+/// [`json_values`] for the limit's tests.
+#[cfg(test)]
+pub(super) fn json_values_for_test(
+    body: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
+    max: usize,
+) -> BoxStream<'static, Message> {
+    json_values(body, "t".into(), max)
+}
+
 fn is_sse(h: &HeaderMap) -> bool {
     h.get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -317,6 +347,83 @@ fn parse_event_data(data: &str, upstream: &str) -> Vec<Message> {
             &format!("an event of its stream is not valid JSON ({e})"),
         )],
     }
+}
+
+/// The error standing for an upstream message over `max_response_bytes`, for request `id`
+/// (`null` on the exchange's own stream, where the exchange is known).
+pub(super) fn too_large(upstream: &str, max: usize, id: Value) -> Message {
+    jsonrpc::error(
+        id,
+        jsonrpc::code::INTERNAL_ERROR,
+        format!(
+            "upstream `{upstream}` sent a message larger than its max_response_bytes ({max} bytes); it was not relayed"
+        ),
+        None,
+    )
+}
+
+/// Why reading an upstream's body stopped: the body broke, or it outgrew the limit.
+#[derive(Debug)]
+enum BodyError {
+    Read(reqwest::Error),
+    TooLarge,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Read(e) => write!(f, "{e}"),
+            Self::TooLarge => f.write_str("an event over max_response_bytes"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// The SSE events of `resp`, none larger than `max` bytes: the bytes received since the last
+/// complete event are counted, and the stream fails with [`BodyError::TooLarge`] as soon as
+/// they exceed it (so at most `max` plus one network read is ever buffered).
+fn bounded_events(
+    resp: reqwest::Response,
+    max: usize,
+) -> BoxStream<'static, Result<eventsource_stream::Event, EventStreamError<BodyError>>> {
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = pending.clone();
+    resp.bytes_stream()
+        .map(move |chunk| {
+            let chunk = chunk.map_err(BodyError::Read)?;
+            let n = counted.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            if n.saturating_add(chunk.len()) > max {
+                return Err(BodyError::TooLarge);
+            }
+            Ok(chunk)
+        })
+        .eventsource()
+        .inspect(move |ev| {
+            if ev.is_ok() {
+                pending.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .boxed()
+}
+
+/// Reads a whole body of at most `max` bytes; `Ok(None)` when it is (or declares itself)
+/// larger, without reading on.
+async fn read_bounded(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> reqwest::Result<Option<bytes::Bytes>> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// An error response without an id standing for an upstream's protocol violation: the
@@ -356,7 +463,11 @@ impl HttpTransport {
         resp: reqwest::Response,
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
         let status = resp.status();
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = read_bounded(resp, self.max_message)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         if let Some(id) = msg.get("id")
             && let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(&body)
             && answer.get("id") == Some(id)
@@ -384,28 +495,44 @@ impl HttpTransport {
         if is_sse(resp.headers()) {
             let name = self.name.clone();
             let upstream = self.name.clone();
-            return Ok(Some(resp
-                .bytes_stream()
-                .eventsource()
-                .take_while(move |ev| {
-                    if let Err(e) = ev {
-                        tracing::debug!(upstream = %name, error = %e, "upstream SSE stream broke");
-                    }
-                    futures::future::ready(ev.is_ok())
-                })
-                .flat_map(move |ev| {
-                    futures::stream::iter(
-                        ev.map(|ev| parse_event_data(&ev.data, &upstream))
-                            .unwrap_or_default(),
-                    )
-                })
-                .boxed()));
+            let max = self.max_message;
+            // The stream ends at its first error; an event over the limit ends it with an
+            // error that says so.
+            let mut over = false;
+            return Ok(Some(
+                bounded_events(resp, max)
+                    .take_while(move |ev| {
+                        let go = !over;
+                        match ev {
+                            Err(EventStreamError::Transport(BodyError::TooLarge)) => over = true,
+                            Err(e) => {
+                                tracing::debug!(upstream = %name, error = %e, "upstream SSE stream broke");
+                                over = true;
+                                return futures::future::ready(false);
+                            }
+                            Ok(_) => {}
+                        }
+                        futures::future::ready(go)
+                    })
+                    .flat_map(move |ev| {
+                        futures::stream::iter(match ev {
+                            Ok(ev) => parse_event_data(&ev.data, &upstream),
+                            Err(_) => vec![too_large(&upstream, max, Value::Null)],
+                        })
+                    })
+                    .boxed(),
+            ));
         }
         if resp.content_length().is_some() {
-            let body = resp
-                .bytes()
+            let Some(body) = read_bounded(resp, self.max_message)
                 .await
-                .map_err(|e| self.err(format!("reading the answer failed: {e}")))?;
+                .map_err(|e| self.err(format!("reading the answer failed: {e}")))?
+            else {
+                return Ok(Some(
+                    futures::stream::iter([too_large(&self.name, self.max_message, Value::Null)])
+                        .boxed(),
+                ));
+            };
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Ok(None);
             }
@@ -413,9 +540,17 @@ impl HttpTransport {
                 return Ok(Some(futures::stream::iter(messages(v)).boxed()));
             }
             let stream = futures::stream::iter([Ok::<_, reqwest::Error>(body)]);
-            return Ok(Some(json_values(stream, self.name.clone())));
+            return Ok(Some(json_values(
+                stream,
+                self.name.clone(),
+                self.max_message,
+            )));
         }
-        Ok(Some(json_values(resp.bytes_stream(), self.name.clone())))
+        Ok(Some(json_values(
+            resp.bytes_stream(),
+            self.name.clone(),
+            self.max_message,
+        )))
     }
 }
 

@@ -2,9 +2,12 @@
 //! handshake its era needs, restarts with backoff, and the per-session / shared choice of
 //! stdio upstreams.
 
+pub mod callers;
 pub mod conn;
 pub mod health;
 pub mod http;
+#[cfg(test)]
+mod limit_tests;
 pub mod probe;
 pub mod stdio;
 #[cfg(test)]
@@ -53,6 +56,11 @@ pub struct Hello {
     pub capabilities: Value,
     #[serde(rename = "clientInfo", default)]
     pub client_info: Value,
+    /// Who the client is for `max_children_per_caller` (`id:<identity>` or `addr:<ip>`);
+    /// kept in the session record so a reconnect or a takeover counts for the same caller.
+    /// Never sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 impl Hello {
@@ -63,6 +71,7 @@ impl Hello {
             protocol_version: version::LATEST_LEGACY.into(),
             capabilities: json!({"roots": {"listChanged": true}, "sampling": {}, "elicitation": {"form": {}, "url": {}}}),
             client_info: json!({"name": "mcpg", "version": env!("CARGO_PKG_VERSION")}),
+            caller: None,
         }
     }
 }
@@ -89,6 +98,8 @@ enum Kind {
     Stdio {
         cfg: StdioTransport,
         base_dir: PathBuf,
+        /// `max_response_bytes`: the longest line read from a child.
+        max_line: usize,
     },
     Http(Arc<http::Endpoint>),
 }
@@ -100,6 +111,8 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Caps the children of a `per_session` stdio upstream.
     children: Option<Arc<Semaphore>>,
+    /// Caps the children one caller holds (`max_children_per_caller`).
+    per_caller: Option<callers::PerCaller>,
     /// The one conversation of a `shared` stdio upstream, kept alive by its supervisor.
     shared: Option<tokio::sync::watch::Receiver<Option<Connection>>>,
     /// The conversation for modern-era clients, established on first use.
@@ -114,11 +127,18 @@ pub struct Upstream {
     health: health::HealthCell,
 }
 
+/// A `per_session` child's share of its upstream's capacity: a place under `max_children`
+/// and, with `max_children_per_caller`, one of its caller's places.
+pub struct ChildPermit {
+    _children: OwnedSemaphorePermit,
+    _caller: Option<callers::CallerSlot>,
+}
+
 /// A session's link to one upstream: a live conversation, holding its share of the
 /// upstream's capacity. (Not a coordinator lease: those are `capabilities::cluster`'s.)
 pub struct Link {
     pub conn: Connection,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<ChildPermit>,
     /// Whether the conversation belongs to this session alone (closed with it).
     pub owned: bool,
     /// The upstream's HTTP session id, kept in the session record.
@@ -142,11 +162,13 @@ impl Upstream {
             .request_timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(default_timeout);
+        let max_line = usize::try_from(cfg.max_response_bytes).unwrap_or(usize::MAX);
         let (kind, children, shared) = match (&cfg.stdio, &cfg.http) {
             (Some(s), _) => {
                 let kind = Kind::Stdio {
                     cfg: s.clone(),
                     base_dir: base_dir.to_owned(),
+                    max_line,
                 };
                 match s.mode {
                     StdioMode::PerSession => (
@@ -161,7 +183,7 @@ impl Upstream {
                 let parsed =
                     parsed_http.ok_or_else(|| anyhow::anyhow!("the loader did not parse it"))?;
                 (
-                    Kind::Http(Arc::new(http::Endpoint::new(h, parsed))),
+                    Kind::Http(Arc::new(http::Endpoint::new(h, parsed, max_line))),
                     None,
                     None,
                 )
@@ -178,6 +200,12 @@ impl Upstream {
             kind,
             timeout,
             children,
+            per_caller: cfg
+                .stdio
+                .as_ref()
+                .filter(|s| s.mode == StdioMode::PerSession)
+                .and_then(|s| s.max_children_per_caller)
+                .map(callers::PerCaller::new),
             shared,
             modern: tokio::sync::Mutex::new(None),
             modern_failed: std::sync::Mutex::new(None),
@@ -191,7 +219,7 @@ impl Upstream {
             up.shared = Some(Self::supervise_shared(
                 up.health.clone(),
                 s.clone(),
-                base_dir.to_owned(),
+                (base_dir.to_owned(), max_line),
                 Duration::from_millis(s.restart_backoff_ms),
                 Duration::from_millis(s.restart_max_backoff_ms),
                 timeout,
@@ -210,7 +238,7 @@ impl Upstream {
     fn supervise_shared(
         health: health::HealthCell,
         cfg: StdioTransport,
-        base_dir: PathBuf,
+        (base_dir, max_line): (PathBuf, usize),
         initial: Duration,
         max: Duration,
         timeout: Duration,
@@ -223,7 +251,12 @@ impl Upstream {
             let mut restarts = 0u64;
             loop {
                 let started = tokio::time::Instant::now();
-                let r = connect_stdio(&name, &cfg, &base_dir, &Hello::gateway(), timeout).await;
+                let spawn = Spawn {
+                    cfg: &cfg,
+                    base_dir: &base_dir,
+                    max_line,
+                };
+                let r = connect_stdio(&name, &spawn, &Hello::gateway(), timeout).await;
                 health.record(&r);
                 match r {
                     Ok(conn) => {
@@ -341,6 +374,37 @@ impl Upstream {
         })
     }
 
+    /// A place for one more `per_session` child for the caller `hello` names: refused when the
+    /// upstream is at `max_children`, or the caller at `max_children_per_caller`.
+    fn child_permit(&self, hello: &Hello) -> Result<Option<ChildPermit>, RpcError> {
+        let Some(children) = &self.children else {
+            return Ok(None);
+        };
+        let refused = |what: String| {
+            RpcError::new(
+                jsonrpc::code::CONNECTION_CLOSED,
+                format!("upstream `{}` {what}; try again later", self.name),
+            )
+        };
+        let caller = match (&self.per_caller, hello.caller.as_deref()) {
+            (Some(p), Some(c)) => Some(p.take(c).ok_or_else(|| {
+                refused(format!(
+                    "already runs this caller's max_children_per_caller ({}) children: end one of its sessions (DELETE)",
+                    p.max()
+                ))
+            })?),
+            _ => None,
+        };
+        let permit = children
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| refused("is at its max_children limit".into()))?;
+        Ok(Some(ChildPermit {
+            _children: permit,
+            _caller: caller,
+        }))
+    }
+
     /// `resume` names an upstream HTTP session to carry on and the revision it agreed to.
     async fn connect_legacy(
         &self,
@@ -348,7 +412,11 @@ impl Upstream {
         resume: Option<(&str, &str)>,
     ) -> Result<Link, RpcError> {
         match &self.kind {
-            Kind::Stdio { cfg, base_dir } => {
+            Kind::Stdio {
+                cfg,
+                base_dir,
+                max_line,
+            } => {
                 if let Some(shared) = &self.shared {
                     let mut rx = shared.clone();
                     // A restart in progress gets a short grace period.
@@ -371,19 +439,13 @@ impl Upstream {
                         answer: Value::Null,
                     });
                 }
-                let permit = match &self.children {
-                    Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {
-                        RpcError::new(
-                            jsonrpc::code::CONNECTION_CLOSED,
-                            format!(
-                                "upstream `{}` is at its max_children limit; try again later",
-                                self.name
-                            ),
-                        )
-                    })?),
-                    None => None,
+                let permit = self.child_permit(hello)?;
+                let spawn = Spawn {
+                    cfg,
+                    base_dir,
+                    max_line: *max_line,
                 };
-                let conn = connect_stdio(&self.name, cfg, base_dir, hello, self.timeout).await?;
+                let conn = connect_stdio(&self.name, &spawn, hello, self.timeout).await?;
                 Ok(Link {
                     conn,
                     _permit: permit,
@@ -465,9 +527,13 @@ impl Upstream {
     async fn establish_modern(&self, known: Option<bool>) -> Result<ModernHandle, RpcError> {
         let deadline = self.deadline();
         match &self.kind {
-            Kind::Stdio { cfg, base_dir } => {
+            Kind::Stdio {
+                cfg,
+                base_dir,
+                max_line,
+            } => {
                 let (t, incoming) =
-                    stdio::spawn(&self.name, cfg, base_dir).map_err(|e| e.to_rpc())?;
+                    stdio::spawn(&self.name, cfg, base_dir, *max_line).map_err(|e| e.to_rpc())?;
                 let conn = Connection::new(&self.name, t, Some(incoming));
                 if known != Some(false)
                     && let Some(info) = discover(&conn, deadline).await
@@ -577,14 +643,22 @@ fn answer_unattributable(conn: &Connection) {
     });
 }
 
+/// What starting one child takes: its transport, where relative paths resolve, and the
+/// longest line read from it.
+struct Spawn<'a> {
+    cfg: &'a StdioTransport,
+    base_dir: &'a std::path::Path,
+    max_line: usize,
+}
+
 async fn connect_stdio(
     name: &str,
-    cfg: &StdioTransport,
-    base_dir: &std::path::Path,
+    spawn: &Spawn<'_>,
     hello: &Hello,
     timeout: Duration,
 ) -> Result<Connection, RpcError> {
-    let (t, incoming) = stdio::spawn(name, cfg, base_dir).map_err(|e| e.to_rpc())?;
+    let (t, incoming) =
+        stdio::spawn(name, spawn.cfg, spawn.base_dir, spawn.max_line).map_err(|e| e.to_rpc())?;
     let conn = Connection::new(name, t, Some(incoming));
     let r = handshake(&conn, hello, Instant::now() + timeout).await;
     match r {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
@@ -43,11 +43,13 @@ pub struct StdioChild {
     exit: tokio::sync::watch::Receiver<Option<String>>,
 }
 
-/// Spawns the child; returns the transport and the channel of everything it prints.
+/// Spawns the child; returns the transport and the channel of everything it prints. A line
+/// of its stdout longer than `max_line` bytes is never buffered whole (see [`read_messages`]).
 pub fn spawn(
     upstream: &str,
     cfg: &StdioTransport,
     base_dir: &Path,
+    max_line: usize,
 ) -> Result<(Arc<StdioChild>, mpsc::UnboundedReceiver<Message>), UpstreamError> {
     let mut child = command(cfg, base_dir)
         .spawn()
@@ -61,7 +63,7 @@ pub fn spawn(
     let stderr = child.stderr.take().expect("piped");
     tracing::info!(upstream, pid, command = %cfg.command, "started stdio upstream");
     let tx = write_lines(stdin);
-    let in_rx = read_messages(upstream.to_owned(), stdout);
+    let in_rx = read_messages(upstream.to_owned(), stdout, max_line);
     let name = upstream.to_owned();
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
     let tail = stderr_tail.clone();
@@ -132,37 +134,145 @@ fn write_lines(stdin: tokio::process::ChildStdin) -> mpsc::UnboundedSender<Vec<u
 }
 
 /// The JSON-RPC messages the child prints, one per line (each message of a batch, which
-/// 2025-03-26 allowed); anything else is logged and ignored.
+/// 2025-03-26 allowed); anything else is logged and ignored. A line longer than `max_line`
+/// is skipped to its end (the conversation resynchronises at the next line, the child is
+/// kept): if its head shows it is a response, the request it answers gets an error naming
+/// the upstream and the limit instead.
 fn read_messages(
     name: String,
     stdout: tokio::process::ChildStdout,
+    max_line: usize,
 ) -> mpsc::UnboundedReceiver<Message> {
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Value>(&line) {
-                Ok(Value::Object(m)) => {
-                    let _ = in_tx.send(m);
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        loop {
+            let len = match read_line_bounded(&mut reader, &mut line, max_line).await {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(upstream = %name, error = %e, "reading the stdio upstream's stdout failed");
+                    break;
                 }
-                Ok(Value::Array(items)) => {
-                    for item in items {
-                        if let Value::Object(m) = item {
-                            let _ = in_tx.send(m);
-                        }
-                    }
-                }
-                _ => {
-                    tracing::warn!(upstream = %name, line = %truncate(&line), "stdio upstream printed a line that is not JSON-RPC; ignored");
-                }
+            };
+            for m in line_messages(&name, &line, len, max_line) {
+                let _ = in_tx.send(m);
             }
         }
         tracing::debug!(upstream = %name, "stdio upstream closed its stdout");
     });
     in_rx
+}
+
+/// The messages one line of a child's stdout stands for. `line` holds the first bytes of a
+/// line `len` bytes long (all of it unless `len > max_line`).
+pub(crate) fn line_messages(name: &str, line: &[u8], len: usize, max_line: usize) -> Vec<Message> {
+    if len > max_line {
+        let head = sniff_head(line);
+        tracing::warn!(upstream = %name, bytes = len, max_response_bytes = max_line, id = ?head.id, "stdio upstream printed a line over max_response_bytes; skipped");
+        // A response whose id did not fit in the head is still an answer: on the child's
+        // one channel it goes to the only request in flight, if there is just one.
+        return match head.method {
+            false => vec![super::http::too_large(
+                name,
+                max_line,
+                head.id.unwrap_or(Value::Null),
+            )],
+            true => Vec::new(),
+        };
+    }
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Vec::new();
+    }
+    match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(m)) => vec![m],
+        Ok(Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Value::Object(m) => Some(m),
+                _ => None,
+            })
+            .collect(),
+        _ => {
+            let shown = String::from_utf8_lossy(line);
+            tracing::warn!(upstream = %name, line = %truncate(&shown), "stdio upstream printed a line that is not JSON-RPC; ignored");
+            Vec::new()
+        }
+    }
+}
+
+/// Reads the next line (up to `\n`, which is not kept) into `line`, keeping at most `max`
+/// bytes of it and consuming the rest; returns the line's whole length, or `None` at the end
+/// of the stream. Memory stays bounded by `max` whatever the child prints.
+pub(crate) async fn read_line_bounded<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<usize>> {
+    line.clear();
+    let mut len = 0usize;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok((len > 0).then_some(len));
+        }
+        let (part, used, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], i + 1, true),
+            None => (buf, buf.len(), false),
+        };
+        let keep = max.saturating_sub(line.len()).min(part.len());
+        line.extend_from_slice(&part[..keep]);
+        len = len.saturating_add(part.len());
+        r.consume(used);
+        if done {
+            return Ok(Some(len));
+        }
+    }
+}
+
+/// What the head of an oversized line says about the message: its top-level `id`, and
+/// whether it has a `method` (a request or notification rather than a response).
+#[derive(Default)]
+pub(crate) struct Head {
+    pub id: Option<Value>,
+    pub method: bool,
+}
+
+/// Reads the top-level keys of a JSON object that may be cut short, as far as they go.
+pub(crate) fn sniff_head(bytes: &[u8]) -> Head {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct Sniff<'a>(&'a mut Head);
+    impl<'de> Visitor<'de> for Sniff<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON-RPC message")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(k) = map.next_key::<String>()? {
+                match k.as_str() {
+                    "id" => {
+                        let v = map.next_value::<Value>()?;
+                        if v.is_u64() || v.is_string() {
+                            self.0.id = Some(v);
+                        }
+                    }
+                    "method" => {
+                        self.0.method = true;
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut head = Head::default();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let _ = (&mut de).deserialize_map(Sniff(&mut head));
+    head
 }
 
 /// The monitor owns the child: it reports how the child ended, and kills it when asked to

@@ -280,7 +280,12 @@ async fn the_session_limit_refuses_new_sessions() {
     a.create(None).await;
     let e = a
         .sessions
-        .create(&a.binding, &json!({"protocolVersion": "2025-06-18"}), None)
+        .create(
+            &a.binding,
+            &json!({"protocolVersion": "2025-06-18"}),
+            None,
+            None,
+        )
         .await
         .err()
         .expect("refused");
@@ -300,7 +305,7 @@ async fn initialize_without_a_protocol_version_is_invalid_params() {
     let a = Replica::start(&store, "node-a", None, 10).await;
     let e = a
         .sessions
-        .create(&a.binding, &json!({}), None)
+        .create(&a.binding, &json!({}), None, None)
         .await
         .err()
         .expect("refused");

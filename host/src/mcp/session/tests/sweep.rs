@@ -128,3 +128,29 @@ async fn the_owner_reaps_its_idle_sessions_and_keeps_busy_ones() {
     );
     assert_eq!(a.sessions.live_count(), 1);
 }
+
+/// A session that never sent a request after `initialize` is ended after the short unused
+/// TTL; one that did keeps the idle TTL. (Eight sessions opened and left alone no longer hold
+/// a binding's children for the whole idle TTL.)
+#[tokio::test(start_paused = true)]
+async fn sessions_that_never_sent_a_request_end_after_the_unused_ttl() {
+    let store = kit::store();
+    let unused_ttl = Duration::from_secs(2);
+    let a = Replica::with_unused_ttl(&store, "node-a", kit::IDLE_TTL, unused_ttl).await;
+    let left = a.create(None).await;
+    let used = a.create(None).await;
+    a.sessions
+        .live
+        .lock()
+        .unwrap()
+        .get(&used)
+        .expect("live here")
+        .mark_used();
+    a.sessions.reap().await;
+    assert_eq!(a.sessions.live_count(), 2, "both are young");
+    tokio::time::sleep(unused_ttl + Duration::from_secs(1)).await;
+    a.sessions.reap().await;
+    assert!(a.record(&left).await.is_none(), "the unused session ended");
+    assert!(a.record(&used).await.is_some(), "the used one is kept");
+    assert_eq!(a.sessions.live_count(), 1);
+}
