@@ -87,17 +87,25 @@ impl Record {
 }
 
 /// How a request ended: `{"status":"ok"}`, `{"status":"error","code":…,"message":…}`,
-/// `{"status":"cancelled"}`, `{"status":"timed_out"}`, `{"status":"denied"}`, and
-/// `{"status":"tool_error"}` for a tool result marked `isError`.
+/// `{"status":"cancelled"}`, `{"status":"timed_out"}`, `{"status":"denied"}`,
+/// `{"status":"tool_error"}` for a tool result marked `isError`, and
+/// `{"status":"rate_limited","limit":…}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
     Ok,
-    Error { code: i64, message: String },
+    Error {
+        code: i64,
+        message: String,
+    },
     Cancelled,
     TimedOut,
     Denied,
     ToolError,
+    /// Refused by rate limit `limit` (`{"status":"rate_limited","limit":…}`).
+    RateLimited {
+        limit: String,
+    },
 }
 
 /// The handle the data plane records through. Cloning is cheap.

@@ -32,7 +32,7 @@ pub struct Identity {
 }
 
 impl Identity {
-    fn token(name: &str) -> Self {
+    pub(crate) fn token(name: &str) -> Self {
         Self {
             key: format!("token:{name}"),
             token: Some(name.to_owned()),

@@ -86,7 +86,8 @@ impl Policy {
     }
 }
 
-fn applies(m: &AccessMatch, who: Option<&Identity>) -> bool {
+/// Whether a rule's (or a rate limit's) `match` selects `who`.
+pub fn applies(m: &AccessMatch, who: Option<&Identity>) -> bool {
     if m.tokens.is_empty() && m.subjects.is_empty() && m.claims.is_empty() {
         return true;
     }

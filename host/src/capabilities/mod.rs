@@ -1,7 +1,7 @@
 //! The capability layer: `sessions`, `pipelines`, `tasks`, `subscriptions`, `delivery` and
 //! `cancellation` each get a key-value store and a bus, chosen by
 //! `mcp.configurations.<capability>`: the cluster coordinator (the default), in-process memory,
-//! or (stores only) a durable file store. The data plane keeps all of its state here and never
+//! or (stores only) a durable file store; `rate_limits` (budgets) always the coordinator. The data plane keeps all of its state here and never
 //! names a backend; cluster-wide leases, the peer directory and the forwarding secret are
 //! operations of [`cluster::Coordination`].
 
@@ -171,6 +171,15 @@ pub struct Capabilities {
     pub subscriptions: Capability,
     pub delivery: Capability,
     pub cancellation: Capability,
+    /// Rate-limit budgets (`bindings[].rate_limits`): always the cluster coordinator, since
+    /// a limit counted per replica keeps its budgets in memory instead.
+    pub rate_limits: Capability,
+}
+
+/// A private in-process store under `capability`'s namespace (one replica's own state).
+pub fn memory_store(capability: &str) -> Arc<dyn Store> {
+    let store = MemoryStore::new(MemoryConfig::default());
+    Arc::new(Namespaced::new(Arc::new(store.handle("local")), capability))
 }
 
 /// A file store could not be opened.
@@ -228,6 +237,7 @@ impl Capabilities {
             subscriptions: one("subscriptions", &config.subscriptions)?,
             delivery: one("delivery", &config.delivery)?,
             cancellation: one("cancellation", &config.cancellation)?,
+            rate_limits: one("rate_limits", &CapabilityConfig::default())?,
         })
     }
 }

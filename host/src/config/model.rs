@@ -294,6 +294,150 @@ pub struct BindingConfig {
     /// the same dead upstream and a load balancer would be left with none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ready_requires: Vec<String>,
+    /// Rate limits, quotas and concurrency limits on the binding's requests, each for the
+    /// callers its `match` selects (every one that applies must admit a request). Not to be
+    /// confused with `mcp.limits` (sizes and timeouts). See `docs/mcp/rate-limits.md`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
+}
+
+/// One limit: how many requests (or calls of which tools) the callers it matches may make,
+/// counted per `scope`. A request over it is answered `429` with `Retry-After` before it
+/// reaches an upstream. Give `rate` or `quota`, `concurrency`, or both kinds.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Unique within the binding; the `limit` label of `mcpg_rate_limited_total`, and named
+    /// in the audit log and in the error a limited client gets.
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"), length(max = 64))]
+    pub name: String,
+    /// Which callers the limit applies to, as in access rules; every condition given must
+    /// hold. Empty: every caller.
+    #[serde(default, rename = "match")]
+    pub matches: AccessMatch,
+    /// What one budget is shared by: `caller` (each caller its own, the default),
+    /// `caller_tool` (each caller and tool), `upstream` (each upstream, all callers together)
+    /// or `global` (the whole binding).
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// What is counted: `requests` (every request, the default) or `tool_calls` (only
+    /// `tools/call`).
+    #[serde(default)]
+    pub count: LimitCount,
+    /// Tool names (as clients see them; `*` and `?` patterns): given, only `tools/call` of a
+    /// matching tool counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// A sustained rate, `N/<period>` (period `s`, `min`, `h` or `day`, optionally with a
+    /// count: `60/min`, `5/s`, `10/30s`), enforced as a generic cell rate (GCRA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]+/[0-9]*(s|min|h|day)$"))]
+    pub rate: Option<String>,
+    /// How many requests may come at once above the sustained `rate` (only with `rate`).
+    /// Default: 1, requests spaced evenly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub burst: Option<u64>,
+    /// A quota over a fixed window, `N/<period>` (`10000/day`, `500/h`, `20/10s`): at most N
+    /// per window, windows aligned to the Unix epoch (so a daily quota resets at 00:00 UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]+/[0-9]*(s|min|h|day)$"))]
+    pub quota: Option<String>,
+    /// At most this many of the requests the limit counts in flight at once, per caller
+    /// (`caller`, `caller_tool`), per upstream (`upstream`) or for the binding (`global`).
+    /// Always counted on each replica: see the docs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub concurrency: Option<u32>,
+    /// Where `rate` and `quota` are counted: `cluster` (the default: one budget shared by
+    /// every replica, through the coordinator) or `local` (each replica its own budget).
+    #[serde(default)]
+    pub enforce: LimitEnforce,
+    /// What a `cluster` limit does while the coordinator cannot be used: `fail_open` (the
+    /// default: each replica counts the limit on its own meanwhile) or `fail_closed` (its
+    /// requests are refused with `503`).
+    #[serde(default)]
+    pub on_coordinator_error: CoordinatorFailure,
+}
+
+/// What one budget of a limit is shared by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    #[default]
+    Caller,
+    CallerTool,
+    Upstream,
+    Global,
+}
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitCount {
+    #[default]
+    Requests,
+    ToolCalls,
+}
+
+/// Where a limit is counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitEnforce {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// A cluster-wide limit while the coordinator fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CoordinatorFailure {
+    #[default]
+    FailOpen,
+    FailClosed,
+}
+
+/// `N/<k><unit>` (`60/min`, `10/30s`) as (N, period in milliseconds).
+pub fn per_period(s: &str) -> Result<(u64, u64), String> {
+    let (n, period) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not `N/<period>`, e.g. `60/min`"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{n}` in `{s}` is not a count"))?;
+    if n == 0 {
+        return Err(format!(
+            "`{s}` allows nothing; a count of at least 1 is needed"
+        ));
+    }
+    let digits = period.len()
+        - period
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .len();
+    let (k, unit) = period.split_at(digits);
+    let k: u64 = if k.is_empty() {
+        1
+    } else {
+        k.parse()
+            .map_err(|_| format!("`{k}` in `{s}` is not a number"))?
+    };
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "day" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{unit}` in `{s}` is not a period: use s, min, h or day"
+            ));
+        }
+    };
+    let period_ms = k
+        .checked_mul(unit_ms)
+        .filter(|p| *p > 0 && *p <= 366 * 86_400_000)
+        .ok_or_else(|| format!("the period of `{s}` must be between 1 s and 366 days"))?;
+    Ok((n, period_ms))
 }
 
 /// Downstream authentication of a binding, as an OAuth 2.1 resource server (the MCP

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
 use super::diagnostics::{Diagnostic, KeyPath};
-use super::model::{AccessNames, AppConfig, HttpTransport, name_pattern};
+use super::model::{AccessNames, AppConfig, HttpTransport, RateLimit, name_pattern, per_period};
 use super::yaml::SourceMap;
 
 /// An HTTP upstream as it will be reached.
@@ -41,6 +41,17 @@ pub struct RulePatterns {
     pub deny: NamePatterns,
 }
 
+/// One rate limit's parsed values (in the order of the binding's `rate_limits`).
+#[derive(Debug, Clone, Default)]
+pub struct LimitValues {
+    /// `rate` as (count, period in ms).
+    pub rate: Option<(u64, u64)>,
+    /// `quota` as (count, window in ms).
+    pub quota: Option<(u64, u64)>,
+    /// `tools`, compiled.
+    pub tools: Vec<GlobMatcher>,
+}
+
 /// The typed view of a valid config.
 #[derive(Debug, Clone, Default)]
 pub struct Parsed {
@@ -48,6 +59,7 @@ pub struct Parsed {
     resources: BTreeMap<String, Url>,
     jwks: BTreeMap<String, Url>,
     access: BTreeMap<String, Vec<RulePatterns>>,
+    limits: BTreeMap<String, Vec<LimitValues>>,
     traces: Option<Url>,
 }
 
@@ -71,6 +83,11 @@ impl Parsed {
     /// `access`).
     pub fn access(&self, binding: &str) -> &[RulePatterns] {
         self.access.get(binding).map_or(&[], Vec::as_slice)
+    }
+
+    /// Binding `binding`'s rate limits' values, parsed, in order (empty without any).
+    pub fn limits(&self, binding: &str) -> &[LimitValues] {
+        self.limits.get(binding).map_or(&[], Vec::as_slice)
     }
 
     /// Where trace spans are posted (`observability.tracing.otlp_endpoint`): an endpoint
@@ -131,6 +148,15 @@ impl Parsed {
                 }
                 parsed.access.insert(b.name.clone(), rules);
             }
+            let mut limits = Vec::new();
+            for (li, l) in b.rate_limits.iter().enumerate() {
+                let lp = bp.clone().key("rate_limits").index(li);
+                match limit_values(l) {
+                    Ok(v) => limits.push(v),
+                    Err((k, m)) => fail(lp.key(k), m),
+                }
+            }
+            parsed.limits.insert(b.name.clone(), limits);
             for (ui, u) in b.upstreams.iter().enumerate() {
                 let Some(h) = &u.http else { continue };
                 let up = bp.clone().key("upstreams").index(ui).key("http");
@@ -172,6 +198,24 @@ fn patterns(n: &AccessNames) -> Result<NamePatterns, (&'static str, String)> {
         tools: one("tools", &n.tools)?,
         prompts: one("prompts", &n.prompts)?,
         resources: one("resources", &n.resources)?,
+    })
+}
+
+fn limit_values(l: &RateLimit) -> Result<LimitValues, (&'static str, String)> {
+    let per = |key: &'static str, v: &Option<String>| {
+        v.as_deref()
+            .map(per_period)
+            .transpose()
+            .map_err(|m| (key, m))
+    };
+    Ok(LimitValues {
+        rate: per("rate", &l.rate)?,
+        quota: per("quota", &l.quota)?,
+        tools: l
+            .tools
+            .iter()
+            .map(|p| name_pattern(p).map_err(|e| ("tools", format!("`{p}`: {e}"))))
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -486,6 +486,7 @@ impl Checker<'_> {
                     &token_names,
                 );
             }
+            self.rate_limits(&base, b, &token_names);
         }
         // A binding that did not deserialize: its upstreams that did are still checked.
         for (i, raw) in &s.broken_bindings {
@@ -688,6 +689,71 @@ impl Checker<'_> {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// A binding's `rate_limits`: unique names, a budget each, periods that parse, token
+    /// names the binding knows, valid tool patterns.
+    fn rate_limits(&mut self, base: &KeyPath, b: &BindingConfig, token_names: &[String]) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, l) in b.rate_limits.iter().enumerate() {
+            let lp = base.clone().key("rate_limits").index(i);
+            if let Some(first) = names.insert(l.name.as_str(), i) {
+                self.error(
+                    lp.clone().key("name"),
+                    format!(
+                        "duplicate limit name `{}` (also used by rate_limits[{first}])",
+                        l.name
+                    ),
+                );
+            }
+            if l.rate.is_none() && l.quota.is_none() && l.concurrency.is_none() {
+                self.error(
+                    lp.clone().key("name"),
+                    "the limit has no usable budget: give a valid `rate` (with `burst`), `quota` or `concurrency`",
+                );
+            }
+            if l.rate.is_some() && l.quota.is_some() {
+                self.error_at_key(
+                    lp.clone().key("quota"),
+                    "give `rate` or `quota`, not both (two limits can have one each)",
+                );
+            }
+            if l.burst.is_some() && l.rate.is_none() {
+                self.error_at_key(
+                    lp.clone().key("burst"),
+                    "`burst` goes with `rate` (a `quota` allows its whole count at once)",
+                );
+            }
+            for (key, v) in [("rate", &l.rate), ("quota", &l.quota)] {
+                if let Some(v) = v
+                    && let Err(m) = super::model::per_period(v)
+                {
+                    self.error(lp.clone().key(key), m);
+                }
+            }
+            let m = &l.matches;
+            let conditional =
+                !(m.tokens.is_empty() && m.subjects.is_empty() && m.claims.is_empty());
+            if conditional && b.auth.is_none() {
+                self.warn(lp.clone().key("match"), "the binding has no `auth`, so no caller has an identity and this limit never applies");
+            }
+            for (k, t) in m.tokens.iter().enumerate() {
+                if b.auth.is_some() && !token_names.contains(t) {
+                    self.error(
+                        lp.clone().key("match").key("tokens").index(k),
+                        format!("no token named `{t}` in this binding's `auth.tokens`"),
+                    );
+                }
+            }
+            for (k, pat) in l.tools.iter().enumerate() {
+                if let Err(e) = super::model::name_pattern(pat) {
+                    self.error(
+                        lp.clone().key("tools").index(k),
+                        format!("`{pat}` is not a valid name pattern: {}", e.kind()),
+                    );
                 }
             }
         }

@@ -1,11 +1,12 @@
 //! One binding as configured: its path, its upstreams and how their names are prefixed, its
-//! failure policy, its access rules and the store recording who owns each task. Plain data:
+//! failure policy, its access rules, its rate limits and the store recording who owns each
+//! task. Plain data:
 //! what a request does with it is decided in `route/`, `relay/` and `bridge/`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::capabilities::Capability;
+use crate::capabilities::{Capabilities, Capability};
 use crate::config::model::{BindingConfig, FailurePolicy, PrefixMode};
 use crate::config::parsed::Parsed;
 use crate::mcp::route::names::{Naming, UpstreamIdx};
@@ -23,6 +24,8 @@ pub struct Binding {
     pub access: crate::mcp::access::Access,
     /// The upstreams this replica needs up to be ready (`ready_requires`).
     pub ready_requires: Vec<String>,
+    /// Rate limits, quotas and concurrency limits (`rate_limits`).
+    pub limits: crate::mcp::limits::Limits,
 }
 
 impl Binding {
@@ -30,7 +33,7 @@ impl Binding {
         cfg: &BindingConfig,
         base_dir: &std::path::Path,
         default_timeout: Duration,
-        tasks: Capability,
+        caps: &Capabilities,
         parsed: &Parsed,
     ) -> anyhow::Result<Arc<Self>> {
         let prefix = match cfg.prefix {
@@ -63,7 +66,13 @@ impl Binding {
                 })
                 .collect::<anyhow::Result<_>>()?,
             policy: cfg.on_upstream_failure,
-            tasks,
+            tasks: caps.tasks.clone(),
+            limits: crate::mcp::limits::Limits::new(
+                cfg,
+                parsed.limits(&cfg.name),
+                &caps.rate_limits.store,
+                crate::mcp::limits::budget::Clock::system(),
+            ),
         }))
     }
 

@@ -20,6 +20,7 @@ pub mod binding;
 pub mod bridge;
 pub mod cluster;
 pub mod front;
+pub mod limits;
 pub mod observe;
 pub mod relay;
 pub mod route;
@@ -87,7 +88,7 @@ impl Gateway {
             .bindings
             .iter()
             .map(|b| {
-                Binding::new(b, &cfg.base_dir, timeout, caps.tasks.clone(), &cfg.parsed)
+                Binding::new(b, &cfg.base_dir, timeout, &caps, &cfg.parsed)
                     .map_err(|e| anyhow::anyhow!("binding `{}`: {e}", b.name))
             })
             .collect::<anyhow::Result<Vec<Arc<Binding>>>>()?;

@@ -100,9 +100,28 @@ impl Observed {
         self.done();
     }
 
+    /// The request was refused by rate limit `limit` with `response` (the error the client
+    /// gets); the limit's name becomes the span's `mcpg.rate_limit` attribute.
+    pub fn rate_limited(mut self, limit: &str, response: &Message) {
+        telemetry::traces::set_attribute(&self.span, "mcpg.rate_limit", limit.to_owned());
+        let finished = self.finish_outcome(Some(response));
+        self.record.outcome = match finished {
+            Outcome::Error { .. } => Outcome::RateLimited {
+                limit: limit.to_owned(),
+            },
+            other => other,
+        };
+        self.done();
+    }
+
     /// The request ended with `response` (or, `None`, without one: cancelled).
     pub fn finish(mut self, response: Option<&Message>) {
-        self.record.outcome = match response {
+        self.record.outcome = self.finish_outcome(response);
+        self.done();
+    }
+
+    fn finish_outcome(&mut self, response: Option<&Message>) -> Outcome {
+        match response {
             None => Outcome::Cancelled,
             Some(m) => match m.get("error") {
                 Some(e) => {
@@ -136,8 +155,7 @@ impl Observed {
                     }
                 }
             },
-        };
-        self.done();
+        }
     }
 
     /// The request is not served on this replica (forwarded to its session's owner, which
@@ -157,11 +175,15 @@ impl Observed {
             Outcome::TimedOut => "timed_out",
             Outcome::Denied => "denied",
             Outcome::ToolError => "tool_error",
+            Outcome::RateLimited { .. } => "rate_limited",
         };
         let code = match &self.record.outcome {
             Outcome::Error { code, message } => Some((code.to_string(), message.clone())),
             Outcome::TimedOut => Some((code::REQUEST_TIMEOUT.to_string(), "timed out".into())),
             Outcome::ToolError => Some(("tool_error".into(), "the tool reported an error".into())),
+            Outcome::RateLimited { limit } => {
+                Some(("rate_limited".into(), format!("rate limit `{limit}`")))
+            }
             _ => None,
         };
         telemetry::record_outcome(
@@ -237,7 +259,7 @@ fn is_response_to(m: &Message, id: Option<&Value>) -> bool {
 }
 
 /// The upstream a name belongs to: the only one, or the one its prefix names.
-fn upstream_of(b: &Binding, name: Option<&str>) -> Option<String> {
+pub(crate) fn upstream_of(b: &Binding, name: Option<&str>) -> Option<String> {
     if b.upstreams.len() == 1 {
         return Some(b.upstreams[0].name.clone());
     }

@@ -123,6 +123,12 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    binding: String,
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CoordLabels {
     primitive: &'static str,
     operation: &'static str,
@@ -168,6 +174,7 @@ pub struct Metrics {
     coord_duration: HistogramFamily<CoordLabels>,
     coord_errors: Family<CoordErrorLabels, Counter>,
     lease_changes: Family<LeaseLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
     audit: Arc<AuditCollector>,
 }
 
@@ -274,6 +281,13 @@ impl Metrics {
             "The running mcpg version; always 1",
             build,
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "mcpg_rate_limited",
+            "Requests refused by a binding's rate limit (over it, or its coordinator failing \
+             closed), by binding and limit",
+            rate_limited.clone(),
+        );
         let audit = Arc::new(AuditCollector::default());
         registry.register_collector(Box::new(audit.clone()));
         Self {
@@ -290,6 +304,7 @@ impl Metrics {
             coord_duration,
             coord_errors,
             lease_changes,
+            rate_limited,
             audit,
         }
     }
@@ -367,6 +382,17 @@ impl Metrics {
                 kind,
             })
             .inc();
+    }
+
+    /// The counter of requests limit `limit` of `binding` refuses, resolved once per limit
+    /// (the names come from the config).
+    pub fn rate_limited(&self, binding: &str, limit: &str) -> Counter {
+        self.rate_limited
+            .get_or_create(&LimitLabels {
+                binding: binding.to_owned(),
+                limit: limit.to_owned(),
+            })
+            .clone()
     }
 
     /// One coordinator call; `error_kind` is set when it failed. Called by

@@ -234,7 +234,7 @@ async fn modern_post(p: Post) -> Response {
         None,
         &p.who,
     );
-    let (r, obs) = serve::serve(
+    let served = serve::serve(
         &p.b,
         &p.who,
         obs,
@@ -245,7 +245,10 @@ async fn modern_post(p: Post) -> Response {
         },
     )
     .await;
-    respond::modern_reply(r, obs)
+    match served {
+        Ok((r, obs)) => respond::modern_reply(r, obs),
+        Err((refusal, obs)) => respond::limited(refusal, obs, p.id),
+    }
 }
 
 /// A legacy POST: `initialize` starts a session; anything else belongs to the session its
@@ -305,7 +308,11 @@ async fn legacy_post(p: Post) -> Response {
         Kind::Request => {
             live.mark_used();
             let obs = obs.expect("made for requests");
-            let (r, obs) = serve::serve(&p.b, &p.who, obs, p.msg, Client::Session(&live)).await;
+            let served = serve::serve(&p.b, &p.who, obs, p.msg, Client::Session(&live)).await;
+            let (r, obs) = match served {
+                Ok(s) => s,
+                Err((refusal, obs)) => return respond::limited(refusal, obs, p.id),
+            };
             // A request may change state the record keeps (log level, subscriptions).
             p.gw.sessions.persist_if_dirty(&live).await;
             respond::reply(r, Some(busy), obs)

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::sse;
 use crate::auth::AuthError;
 use crate::mcp::cluster::forward::MISDIRECTED;
+use crate::mcp::limits::Refusal;
 use crate::mcp::observe::{self, Observed};
 use crate::mcp::relay::Reply;
 use crate::mcp::session::{Busy, SessionError};
@@ -94,6 +95,30 @@ pub enum McpError {
     /// A JSON-RPC error answered as the request's response (200).
     #[error("{}", .0.message)]
     Rpc(RpcError),
+    /// Over a rate limit of the binding (429 with `Retry-After`).
+    #[error("Too Many Requests: rate limit `{limit}` exceeded; retry after {} s", retry_secs(*.retry_after))]
+    RateLimited {
+        limit: String,
+        retry_after: Duration,
+    },
+    /// A rate limit that fails closed could not be counted: its coordinator failed.
+    #[error("rate limit `{limit}` cannot be counted now (its coordinator failed); try again")]
+    RateUnavailable { limit: String },
+}
+
+/// A wait as whole seconds for `Retry-After`, rounded up: never 0, so that a client honouring
+/// it does not come back before the budget has a unit again.
+fn retry_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+impl From<Refusal> for McpError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Limited { limit, retry_after } => McpError::RateLimited { limit, retry_after },
+            Refusal::Unavailable { limit } => McpError::RateUnavailable { limit },
+        }
+    }
 }
 
 impl From<SessionError> for McpError {
@@ -143,7 +168,9 @@ impl McpError {
             | OwnerUnsettled
             | SessionLimit { .. }
             | Draining(_)
-            | StreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | StreamUnavailable(_)
+            | RateUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ParkedGone { .. } | Rpc(_) => StatusCode::OK,
         }
     }
@@ -156,7 +183,8 @@ impl McpError {
             ModernHeaders { code, .. } => *code,
             ModernVersion { .. } => code::UNSUPPORTED_VERSION,
             SessionLimit { .. } | Draining(_) => code::CONNECTION_CLOSED,
-            OwnerUnsettled => code::INTERNAL_ERROR,
+            OwnerUnsettled | RateUnavailable { .. } => code::INTERNAL_ERROR,
+            RateLimited { .. } => code::RATE_LIMITED,
             ParkedGone { .. } => code::INVALID_PARAMS,
             _ => code::INVALID_REQUEST,
         }
@@ -168,6 +196,15 @@ impl McpError {
                 Some(json!({"supported": version::all(), "requested": requested}))
             }
             McpError::SessionLimit { .. } => Some(json!({"reason": "session_limit"})),
+            McpError::RateLimited { limit, retry_after } => Some(json!({
+                "reason": "rate_limited",
+                "limit": limit,
+                "retryAfterMs": retry_after.as_millis() as u64,
+                "retryAfterSeconds": retry_secs(*retry_after),
+            })),
+            McpError::RateUnavailable { limit } => {
+                Some(json!({"reason": "rate_limit_unavailable", "limit": limit}))
+            }
             McpError::Rpc(e) => e.data.clone(),
             _ => None,
         }
@@ -210,14 +247,26 @@ impl McpError {
                     r.headers_mut().insert(WWW_AUTHENTICATE, v);
                 }
             }
-            McpError::Draining(_) => {
+            McpError::Draining(_) | McpError::RateUnavailable { .. } => {
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            McpError::RateLimited { retry_after, .. } => {
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_secs(*retry_after)));
             }
             _ => {}
         }
         r
     }
+}
+
+/// A request refused by a rate limit: its observation records the error it gets.
+pub fn limited(refusal: Refusal, obs: Observed, id: Value) -> Response {
+    let limit = refusal.limit().to_owned();
+    let e = McpError::from(refusal);
+    obs.rate_limited(&limit, &e.to_message(id.clone()));
+    e.respond(id)
 }
 
 /// One JSON-RPC message as the body of a response with `status`.

@@ -66,7 +66,7 @@ pub(crate) fn binding(caps: &Capabilities, cfg: &BindingConfig) -> Arc<Binding> 
         cfg,
         std::path::Path::new("."),
         Duration::from_secs(5),
-        caps.tasks.clone(),
+        caps,
         &valid.parsed,
     )
     .expect("a binding")

@@ -26,6 +26,10 @@ pub mod code {
     /// MCP 2026-07-28: the request needs a client capability it did not declare.
     pub const MISSING_CAPABILITY: i64 = -32021;
     /// MCP 2026-07-28: the requested protocol version is not supported.
+    /// Over a rate limit. MCP defines no code for it; 2026-07-28 reserves -32020..-32099
+    /// for the specification and asks new codes to be outside the JSON-RPC range, so this
+    /// mirrors HTTP 429 (as ToolHive does).
+    pub const RATE_LIMITED: i64 = 429;
     pub const UNSUPPORTED_VERSION: i64 = -32022;
 }
 
