@@ -526,6 +526,24 @@ pub struct UpstreamConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86_400_000))]
     pub request_timeout_ms: Option<u64>,
+    /// Pass the fencing token of the replica that owns a legacy session to this upstream with
+    /// each of the session's requests, so an upstream that keeps state can refuse a request
+    /// carrying a lower token than one it has already seen (a replica that lost the session
+    /// and does not know yet): `meta` (in `params._meta["dev.mcpg/fencingToken"]`, a
+    /// number), `header` (the `Mcp-Fencing-Token` HTTP header; a stdio upstream gets it in
+    /// `_meta`), or `off` (messages pass unchanged).
+    #[serde(default)]
+    pub fencing_token: FencingToken,
+}
+
+/// How an upstream is told the fencing token of a session's owner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FencingToken {
+    #[default]
+    Off,
+    Meta,
+    Header,
 }
 
 /// A child process speaking MCP over stdin/stdout.
