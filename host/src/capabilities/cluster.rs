@@ -55,6 +55,12 @@ impl Coordination {
             .flatten()
     }
 
+    /// One round trip to the backend (a read of the forwarding secret's key): what proves,
+    /// with the lease not reported lost, that this replica still holds its ownership lease.
+    pub async fn ping(&self) -> CoordResult<()> {
+        self.coordinator.get(SECRET_KEY).await.map(|_| ())
+    }
+
     /// The live peers, with the metadata each registered.
     pub async fn peers(&self) -> CoordResult<Vec<Peer>> {
         self.coordinator.peers().await

@@ -76,6 +76,16 @@ impl Binding {
         }))
     }
 
+    /// The longest request timeout among the binding's upstreams: a client's budget for one
+    /// request (what a forward tells the owner).
+    pub fn longest_timeout(&self) -> std::time::Duration {
+        self.upstreams
+            .iter()
+            .map(|u| u.timeout)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// The index of every upstream, in order.
     pub fn indices(&self) -> impl Iterator<Item = UpstreamIdx> + use<> {
         UpstreamIdx::all(self.upstreams.len())

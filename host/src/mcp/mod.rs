@@ -81,6 +81,7 @@ impl Gateway {
             server_requests: session::server_requests::ServerRequests::new(caps.pipelines.clone()),
             inflight: Default::default(),
             cancellation: caps.cancellation.clone(),
+            ownership: ownership.clone(),
         });
         relay::cancel::spawn_listener(services.inflight.clone(), caps.cancellation.clone());
         let timeout = Duration::from_millis(c.mcp.limits.request_timeout_ms);

@@ -95,7 +95,7 @@ async fn round(
     tx: &mpsc::Sender<Message>,
 ) -> Result<Message, Stop> {
     let shape = Round(call);
-    let mut relay = Relay::start(conn, msg.clone(), &[], deadline, None)
+    let mut relay = Relay::start(conn, msg.clone(), &call.extra, deadline, None)
         .await
         .map_err(|e| Some(e.to_message(call.id.clone(), call.name())))?;
     loop {

@@ -1,9 +1,12 @@
 //! Forwarding between replicas: a client's request, as received, to the replica that owns its
 //! session (or holds its parked exchange) at `<advertise_url><path>`, authenticated with the
 //! inter-replica secret; the owner's answer (JSON or an SSE stream) relayed back unchanged.
-//! A forwarded request is never forwarded again.
+//! A forwarded request is never forwarded again. Forwards have deadlines: a connect timeout,
+//! a response-start timeout (the client's budget plus [`RESPONSE_START_SLACK`]), and the
+//! client's deadline passed on in [`DEADLINE`], past which the owner does not run the request
+//! (a forward that waited in a paused owner's socket is dropped, never executed late).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -18,6 +21,15 @@ pub const FORWARDED: &str = "x-mcpg-forwarded";
 pub const FORWARDED_BY: &str = "x-mcpg-forwarded-by";
 /// Marks an answer saying "not the owner": the forwarding replica looks again.
 pub const MISDIRECTED: &str = "x-mcpg-misdirected";
+/// The forwarding replica's deadline for the answer, in milliseconds since the Unix epoch
+/// (wall clock: replicas' clocks are assumed to agree to well within a request timeout).
+pub const DEADLINE: &str = "x-mcpg-deadline";
+
+/// How long connecting to another replica may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much longer than the client's budget the answer of an owner may take to begin (the
+/// owner answers a request that ran out of time itself, with the upstream's timeout error).
+pub const RESPONSE_START_SLACK: Duration = Duration::from_secs(2);
 
 /// Headers that belong to one hop, not to the request.
 const HOP: [&str; 9] = [
@@ -41,6 +53,24 @@ pub enum ForwardError {
     /// The replica reached does not own the session (any more).
     #[error("the replica reached does not own the session")]
     Misdirected,
+}
+
+/// Now, in milliseconds since the Unix epoch.
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether a forwarded request's deadline ([`DEADLINE`]) has passed: the replica that
+/// forwarded it has given up, so it must not run. Judged when the request is read.
+pub fn expired(headers: &HeaderMap) -> bool {
+    headers
+        .get(DEADLINE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|d| now_unix_ms() >= d)
 }
 
 /// How a request claims to have come from another replica.
@@ -68,7 +98,7 @@ impl Forwarder {
             reqwest::Client::builder()
         });
         let client = builder
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
@@ -89,7 +119,9 @@ impl Forwarder {
         }
     }
 
-    /// Forwards a request to `<base><path>` and relays the answer.
+    /// Forwards a request to `<base><path>` and relays the answer. `budget`: how long the
+    /// client's request may still take; the owner is told the deadline, and an answer that
+    /// has not begun within the budget plus [`RESPONSE_START_SLACK`] counts as unreachable.
     pub async fn send(
         &self,
         base: &str,
@@ -97,8 +129,33 @@ impl Forwarder {
         method: Method,
         headers: &HeaderMap,
         body: Bytes,
+        budget: Duration,
     ) -> Result<Response, ForwardError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
+        let started = tokio::time::timeout(
+            budget + RESPONSE_START_SLACK,
+            self.start(&url, method, headers, body, budget),
+        )
+        .await
+        .map_err(|_| ForwardError::Unreachable {
+            url: url.clone(),
+            message: format!(
+                "no answer began within {} ms",
+                (budget + RESPONSE_START_SLACK).as_millis()
+            ),
+        })??;
+        relay_back(started, &url).await
+    }
+
+    /// Sends the request; the owner's response once its head arrives.
+    async fn start(
+        &self,
+        url: &str,
+        method: Method,
+        headers: &HeaderMap,
+        body: Bytes,
+        budget: Duration,
+    ) -> Result<reqwest::Response, ForwardError> {
         let mut out = HeaderMap::with_capacity(headers.len() + 2);
         for (k, v) in headers {
             let name = k.as_str();
@@ -115,47 +172,55 @@ impl Forwarder {
         if let Ok(v) = HeaderValue::from_str(&self.node_id) {
             out.insert(HeaderName::from_static(FORWARDED_BY), v);
         }
-        let resp = self
-            .client
-            .request(method, &url)
+        let deadline = now_unix_ms().saturating_add(budget.as_millis() as u64);
+        out.insert(
+            HeaderName::from_static(DEADLINE),
+            HeaderValue::from(deadline),
+        );
+        self.client
+            .request(method, url)
             .headers(out)
             .body(body)
             .send()
             .await
             .map_err(|e| ForwardError::Unreachable {
-                url: url.clone(),
+                url: url.to_owned(),
                 message: error_chain(&e),
-            })?;
-        if resp.headers().contains_key(MISDIRECTED) {
-            return Err(ForwardError::Misdirected);
-        }
-        let status = resp.status();
-        let mut headers = HeaderMap::with_capacity(resp.headers().len());
-        for (k, v) in resp.headers() {
-            if !HOP.contains(&k.as_str()) && k.as_str() != "content-length" {
-                headers.append(k.clone(), v.clone());
-            }
-        }
-        let streamed = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        // A stream flows through as it is written; anything else is passed on whole, with its
-        // length.
-        let body = if streamed {
-            Body::from_stream(resp.bytes_stream())
-        } else {
-            Body::from(resp.bytes().await.map_err(|e| ForwardError::Unreachable {
-                url: url.clone(),
-                message: error_chain(&e),
-            })?)
-        };
-        let mut r = body.into_response();
-        *r.status_mut() = status;
-        *r.headers_mut() = headers;
-        Ok(r)
+            })
     }
+}
+
+/// The owner's answer relayed back: a stream as it is written, anything else whole.
+async fn relay_back(resp: reqwest::Response, url: &str) -> Result<Response, ForwardError> {
+    if resp.headers().contains_key(MISDIRECTED) {
+        return Err(ForwardError::Misdirected);
+    }
+    let status = resp.status();
+    let mut headers = HeaderMap::with_capacity(resp.headers().len());
+    for (k, v) in resp.headers() {
+        if !HOP.contains(&k.as_str()) && k.as_str() != "content-length" {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    let streamed = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    // A stream flows through as it is written; anything else is passed on whole, with its
+    // length.
+    let body = if streamed {
+        Body::from_stream(resp.bytes_stream())
+    } else {
+        Body::from(resp.bytes().await.map_err(|e| ForwardError::Unreachable {
+            url: url.to_owned(),
+            message: error_chain(&e),
+        })?)
+    };
+    let mut r = body.into_response();
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    Ok(r)
 }
 
 /// The answer of a replica that was forwarded a request for a session it does not own.
@@ -169,4 +234,25 @@ pub fn misdirected() -> Response {
         "this replica does not own the session\n",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_deadline(ms: u64) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(DEADLINE, HeaderValue::from(ms));
+        h
+    }
+
+    /// A forward read after its deadline is expired; one before it, or without one (from a
+    /// replica of an earlier release), is not.
+    #[test]
+    fn a_forward_past_its_deadline_is_expired() {
+        let now = now_unix_ms();
+        assert!(expired(&with_deadline(now - 1)));
+        assert!(!expired(&with_deadline(now + 60_000)));
+        assert!(!expired(&HeaderMap::new()));
+    }
 }

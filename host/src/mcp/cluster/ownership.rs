@@ -24,6 +24,16 @@ use crate::control::PeerMeta;
 /// How long the peer directory is trusted before it is read again.
 const PEERS_FRESH: Duration = Duration::from_secs(1);
 
+/// A round trip to the backend that began at `t` (with the lease not reported lost after
+/// it) proves the ownership lease until `t + TTL / PROOF_DIVISOR`: with renewals sent when
+/// 80 % of the TTL has elapsed (the contract's default), the backend keeps the lease for at
+/// least a fifth of the TTL after any instant its renewals work, so a tenth leaves the other
+/// tenth as the safety margin.
+const PROOF_DIVISOR: u32 = 10;
+/// How many proving round trips the lease witness makes per TTL (two per proof window, so a
+/// single slow one does not let the proof lapse).
+const WITNESS_PER_TTL: u32 = 20;
+
 /// Why this replica cannot take part in ownership.
 #[derive(Debug, thiserror::Error)]
 pub enum OwnershipError {
@@ -54,6 +64,10 @@ pub struct Ownership {
     peers: Mutex<Option<(Instant, HashMap<String, PeerInfo>)>>,
     secret: String,
     draining: AtomicBool,
+    /// Until when this replica can prove that it holds its ownership lease (monotonic).
+    proven_until: Mutex<Instant>,
+    /// The token of each ownership lease taken again after a loss.
+    retaken: watch::Sender<u64>,
 }
 
 impl Ownership {
@@ -65,13 +79,17 @@ impl Ownership {
         ttl: Duration,
         configured_secret: Option<String>,
     ) -> Result<Arc<Self>, OwnershipError> {
+        let sent = Instant::now();
         let lease = acquire_own(&coordination, &node_id, ttl).await?;
         let secret = match configured_secret {
             Some(s) => s,
             None => coordination.forwarding_secret().await?,
         };
         let (generation, _) = watch::channel(0);
+        let (retaken, _) = watch::channel(lease.token());
         let me = Arc::new(Self {
+            proven_until: Mutex::new(sent + ttl / PROOF_DIVISOR),
+            retaken,
             token: AtomicU64::new(lease.token()),
             lease: Mutex::new(Some(lease.clone())),
             coordination,
@@ -83,6 +101,7 @@ impl Ownership {
             draining: AtomicBool::new(false),
         });
         tokio::spawn(keep(Arc::downgrade(&me), lease));
+        tokio::spawn(witness(Arc::downgrade(&me)));
         Ok(me)
     }
 
@@ -107,6 +126,33 @@ impl Ownership {
     /// Changes each time this replica's lease is lost.
     pub fn generations(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// The token of the lease taken again after each loss (the first lease's token at first).
+    pub fn retaken(&self) -> watch::Receiver<u64> {
+        self.retaken.subscribe()
+    }
+
+    /// Whether this replica can prove *now* that it holds its ownership lease: the lease is
+    /// not reported lost and a round trip to the backend that began less than the proof
+    /// window ago (a tenth of the TTL) succeeded. Judged on the monotonic clock when asked,
+    /// so a request read after the process was paused is judged after the pause. A replica
+    /// that cannot prove it starts no request of a session and hands none to an upstream.
+    pub fn provable(&self) -> bool {
+        self.held() && Instant::now() < *self.proven_until.lock().expect("lock")
+    }
+
+    /// Until when the lease is proven (monotonic); past it, [`Ownership::provable`] is false.
+    pub fn proven_until(&self) -> Instant {
+        *self.proven_until.lock().expect("lock")
+    }
+
+    /// Extends the proof to `until` (never shortens it).
+    fn prove(&self, until: Instant) {
+        let mut p = self.proven_until.lock().expect("lock");
+        if until > *p {
+            *p = until;
+        }
     }
 
     pub fn secret(&self) -> &str {
@@ -265,12 +311,16 @@ async fn keep(me: std::sync::Weak<Ownership>, mut lease: Arc<dyn Lease>) {
         );
         o.generation.send_modify(|g| *g += 1);
         lease = loop {
+            let sent = Instant::now();
             match o
                 .coordination
                 .owner_lease(&o.node_id, o.ttl, o.ttl + Duration::from_secs(1))
                 .await
             {
-                Ok(Some(l)) => break Arc::from(l),
+                Ok(Some(l)) => {
+                    o.prove(sent + o.ttl / PROOF_DIVISOR);
+                    break Arc::from(l);
+                }
                 Ok(None) => tracing::error!("ownership lease still held elsewhere; retrying"),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take the ownership lease again; retrying")
@@ -280,7 +330,42 @@ async fn keep(me: std::sync::Weak<Ownership>, mut lease: Arc<dyn Lease>) {
         };
         o.token.store(lease.token(), Ordering::Release);
         *o.lease.lock().expect("lock") = Some(lease.clone());
+        let _ = o.retaken.send(lease.token());
         tracing::info!(token = lease.token(), "ownership lease taken again");
         drop(o);
+    }
+}
+
+/// The lease witness: proves the ownership lease by a round trip to the backend every
+/// `TTL / WITNESS_PER_TTL` (see [`Ownership::provable`]). A wake-up far behind schedule means
+/// this process was paused (SIGSTOP, a VM freeze) or starved: the backend may have given the
+/// lease away meanwhile, so that round proves nothing and the plugin's own renewal, which
+/// runs at once after such a pause, judges the lease first.
+async fn witness(me: std::sync::Weak<Ownership>) {
+    let Some(o) = me.upgrade() else { return };
+    let tick = (o.ttl / WITNESS_PER_TTL).max(Duration::from_millis(5));
+    let window = o.ttl / PROOF_DIVISOR;
+    drop(o);
+    let mut due = Instant::now() + tick;
+    loop {
+        tokio::time::sleep_until(due).await;
+        let woke = Instant::now();
+        let late = woke.saturating_duration_since(due);
+        due = woke + tick;
+        let Some(o) = me.upgrade() else { return };
+        if late > tick {
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                "this process was paused or starved; the ownership lease is proven again before any request runs"
+            );
+            continue;
+        }
+        let sent = Instant::now();
+        let answered = tokio::time::timeout(window, o.coordination.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if answered && o.held() {
+            o.prove(sent + window);
+        }
     }
 }

@@ -14,7 +14,7 @@ use super::respond::McpError;
 use crate::mcp::Gateway;
 use crate::mcp::access::Caller;
 use crate::mcp::binding::Binding;
-use crate::mcp::cluster::forward::Origin;
+use crate::mcp::cluster::forward::{self, Origin};
 use crate::mcp::wire::headers::{self as mcp_headers, VERSION_HEADER};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, Parsed, code};
 use crate::mcp::wire::meta;
@@ -73,6 +73,9 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// presenting the inter-replica secret.
 pub fn origin(gw: &Gateway, headers: &HeaderMap) -> Result<Origin, McpError> {
     match gw.forwarder.origin(headers) {
+        // Judged when read: a forward that waited (in this replica's socket while it was
+        // paused, say) past the deadline of the replica that sent it is not run.
+        Origin::Replica if forward::expired(headers) => Err(McpError::ForwardExpired),
         Origin::Replica => Ok(Origin::Replica),
         Origin::Forged => Err(McpError::ForgedForward),
         Origin::Client => {

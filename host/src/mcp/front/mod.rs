@@ -24,7 +24,7 @@ use serde_json::Value;
 use super::Gateway;
 use crate::mcp::access::{Caller, identity_key};
 use crate::mcp::binding::Binding;
-use crate::mcp::cluster::forward::Origin;
+use crate::mcp::cluster::forward::{self, Origin};
 use crate::mcp::observe::Observed;
 use crate::mcp::route::dispatch::Client;
 use crate::mcp::serve;
@@ -276,6 +276,7 @@ async fn legacy_post(p: Post) -> Response {
             &p.who,
         )
     });
+    let forwarded = p.origin == Origin::Replica;
     let placing = place(
         &p.gw,
         &p.b,
@@ -290,6 +291,14 @@ async fn legacy_post(p: Post) -> Response {
         None => placing.await,
     };
     let (live, busy) = match placed {
+        // A forward whose deadline passed while its session was being placed: the replica
+        // that sent it has given up, so it does not run.
+        Ok(Placed::Here(..)) if forwarded && forward::expired(&p.headers) => {
+            if let Some(o) = obs {
+                o.not_here();
+            }
+            return McpError::ForwardExpired.respond(p.id);
+        }
         Ok(Placed::Here(live, busy)) => (live, busy),
         Ok(Placed::Answered(r)) => {
             if let Some(o) = obs {
@@ -337,7 +346,14 @@ async fn initialize(p: &Post) -> Response {
             Some((_, url)) => match p
                 .gw
                 .forwarder
-                .send(&url, &p.b.path, Method::POST, &p.headers, p.bytes.clone())
+                .send(
+                    &url,
+                    &p.b.path,
+                    Method::POST,
+                    &p.headers,
+                    p.bytes.clone(),
+                    p.b.longest_timeout(),
+                )
                 .await
             {
                 Ok(r) => return r,
@@ -398,7 +414,14 @@ async fn forward_parked(p: &Post, node: &str) -> Response {
     match p
         .gw
         .forwarder
-        .send(&url, &p.b.path, Method::POST, &p.headers, p.bytes.clone())
+        .send(
+            &url,
+            &p.b.path,
+            Method::POST,
+            &p.headers,
+            p.bytes.clone(),
+            p.b.longest_timeout(),
+        )
         .await
     {
         Ok(r) => r,
@@ -422,7 +445,7 @@ async fn place(
         let (method, body) = (method.clone(), body.clone());
         async move {
             gw.forwarder
-                .send(&url, &b.path, method, headers, body)
+                .send(&url, &b.path, method, headers, body, b.longest_timeout())
                 .await
         }
     };

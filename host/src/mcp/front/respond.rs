@@ -68,6 +68,12 @@ pub enum McpError {
     SessionUnavailable(RpcError),
     #[error("the session's owner could not be settled; try again")]
     OwnerUnsettled,
+    /// A forwarded request read after the forwarding replica's deadline: not run.
+    #[error("the forwarded request's deadline passed before it could run; it was not run")]
+    ForwardExpired,
+    /// The session is owned here but the ownership lease cannot be proven now.
+    #[error("{0}")]
+    Fenced(String),
     /// This replica serves its maximum of sessions.
     #[error("this replica serves its maximum of {max} sessions; try again later")]
     SessionLimit { max: usize },
@@ -128,6 +134,7 @@ impl From<SessionError> for McpError {
             SessionError::Misdirected => McpError::Misdirected,
             SessionError::Limit { max } => McpError::SessionLimit { max },
             SessionError::Unsettled => McpError::OwnerUnsettled,
+            e @ SessionError::Fenced => McpError::Fenced(e.to_string()),
             SessionError::Rpc(e) => McpError::SessionUnavailable(e),
         }
     }
@@ -166,6 +173,8 @@ impl McpError {
             Misdirected => StatusCode::MISDIRECTED_REQUEST,
             SessionUnavailable(_)
             | OwnerUnsettled
+            | Fenced(_)
+            | ForwardExpired
             | SessionLimit { .. }
             | Draining(_)
             | StreamUnavailable(_)
@@ -183,7 +192,9 @@ impl McpError {
             ModernHeaders { code, .. } => *code,
             ModernVersion { .. } => code::UNSUPPORTED_VERSION,
             SessionLimit { .. } | Draining(_) => code::CONNECTION_CLOSED,
-            OwnerUnsettled | RateUnavailable { .. } => code::INTERNAL_ERROR,
+            OwnerUnsettled | Fenced(_) | ForwardExpired | RateUnavailable { .. } => {
+                code::INTERNAL_ERROR
+            }
             RateLimited { .. } => code::RATE_LIMITED,
             ParkedGone { .. } => code::INVALID_PARAMS,
             _ => code::INVALID_REQUEST,
@@ -247,7 +258,7 @@ impl McpError {
                     r.headers_mut().insert(WWW_AUTHENTICATE, v);
                 }
             }
-            McpError::Draining(_) | McpError::RateUnavailable { .. } => {
+            McpError::Draining(_) | McpError::Fenced(_) | McpError::RateUnavailable { .. } => {
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -24,6 +24,8 @@ pub struct Call {
     pub up: UpstreamIdx,
     pub id: Value,
     pub method: String,
+    /// Transport headers for the upstream (the fencing token, when it takes it as a header).
+    pub extra: Vec<(String, String)>,
 }
 
 impl Call {
@@ -48,7 +50,7 @@ impl Call {
             ));
         };
         let deadline = tokio::time::Instant::now() + self.b.upstreams[self.up].timeout;
-        let relay = match Relay::start(&conn, msg, &[], deadline, Some(cancelled)).await {
+        let relay = match Relay::start(&conn, msg, &self.extra, deadline, Some(cancelled)).await {
             Ok(r) => r,
             Err(e) => return e.reply(self.id.clone(), self.name()),
         };

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::fanout::{self, Stateless};
 use super::names::{self, Route, UpstreamIdx};
 use super::path::Path;
+use crate::config::model::FencingToken;
 use crate::mcp::binding::Binding;
 use crate::mcp::bridge::modern_to_legacy::{self, Bridge};
 use crate::mcp::bridge::request_state::State;
@@ -17,8 +18,8 @@ use crate::mcp::relay::{Reply, legacy};
 use crate::mcp::session::Live;
 use crate::mcp::upstream::Conversations;
 use crate::mcp::wire::jsonrpc::{self, Message, RpcError, code};
-use crate::mcp::wire::meta;
 use crate::mcp::wire::version::Era;
+use crate::mcp::wire::{headers, meta};
 
 /// Who is asking, and where its upstream conversations come from.
 pub enum Client<'a> {
@@ -55,12 +56,20 @@ pub async fn dispatch(b: &Arc<Binding>, client: Client<'_>, mut msg: Message) ->
                 Ok(c) => c,
                 Err(e) => return Reply::Json(e.to_message(id)),
             };
+            // The last check before the request is handed to the upstream (the conversation
+            // may have taken a reconnect to get): the session is still provably owned here.
+            let token = match live.fence() {
+                Ok(t) => t,
+                Err(e) => return Reply::Json(e.to_message(id)),
+            };
+            let extra = fencing_token(b.upstreams[up].fencing, token, &mut msg);
             let call = legacy::Call {
                 b: b.clone(),
                 live: live.clone(),
                 up,
                 id,
                 method,
+                extra,
             };
             match Path::of(Era::Legacy, era) {
                 Path::Stamp => legacy_to_modern::forward(call, conn, msg).await,
@@ -77,6 +86,25 @@ pub async fn dispatch(b: &Arc<Binding>, client: Client<'_>, mut msg: Message) ->
             };
             modern_to_legacy::request(b, bridge, ask, msg).await
         }
+    }
+}
+
+/// Tells the upstream the fencing token a session's request is sent under, as configured:
+/// in `_meta`, or as a header (returned, for the transport).
+fn fencing_token(how: FencingToken, token: u64, msg: &mut Message) -> Vec<(String, String)> {
+    match how {
+        FencingToken::Off => Vec::new(),
+        FencingToken::Meta => {
+            let params = jsonrpc::params_mut(msg);
+            let m = params
+                .entry("_meta")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(m) = m.as_object_mut() {
+                m.insert(meta::FENCING_TOKEN.into(), json!(token));
+            }
+            Vec::new()
+        }
+        FencingToken::Header => vec![(headers::FENCING_TOKEN.to_owned(), token.to_string())],
     }
 }
 

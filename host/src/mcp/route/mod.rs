@@ -5,3 +5,6 @@ pub mod dispatch;
 pub mod fanout;
 pub mod names;
 pub mod path;
+
+#[cfg(test)]
+mod fencing_tests;

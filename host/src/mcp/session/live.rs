@@ -123,6 +123,22 @@ impl Live {
         r
     }
 
+    /// The fencing check made just before a request of this session is handed to an
+    /// upstream: this replica proves its ownership lease now and serves the session under
+    /// that lease's token. The token, for upstreams that take one
+    /// (`upstreams[].fencing_token`).
+    pub fn fence(&self) -> Result<u64, RpcError> {
+        let o = &self.services.ownership;
+        let token = self.record.lock().expect("lock").owner_token;
+        if self.is_closed() || !o.provable() || token != o.token() {
+            return Err(RpcError::new(
+                jsonrpc::code::INTERNAL_ERROR,
+                "this replica cannot prove now that it still owns the session; the request was not run; try again",
+            ));
+        }
+        Ok(token)
+    }
+
     /// The live conversation with upstream `up`, reconnecting (with the client's recorded
     /// hello) when it has died, at most once per second.
     pub async fn conn(&self, up: UpstreamIdx) -> Result<Connection, RpcError> {

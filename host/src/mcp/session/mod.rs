@@ -44,6 +44,9 @@ pub struct Services {
     pub inflight: Arc<Inflight>,
     /// The `cancellation` capability: a client's cancellation reaches wherever its request runs.
     pub cancellation: Capability,
+    /// This replica's ownership lease: a session's request reaches an upstream only while it
+    /// is provably held ([`Live::fence`]).
+    pub ownership: Arc<Ownership>,
 }
 use record::record_key;
 pub use record::{RECORD_FORMAT, SessionRecord, new_id, now_ms};
@@ -65,6 +68,12 @@ pub enum SessionError {
     /// The session's owner could not be settled after several attempts.
     #[error("the session's owner could not be settled; try again")]
     Unsettled,
+    /// This replica owns the session but cannot prove now that it still holds its ownership
+    /// lease (the backend stalls, or this process was paused): the request is not run.
+    #[error(
+        "this replica cannot prove now that it still owns the session (its cluster backend does not answer); try again"
+    )]
+    Fenced,
     #[error(transparent)]
     Rpc(#[from] RpcError),
 }
@@ -142,14 +151,18 @@ impl Sessions {
                 seen = now;
             }
         });
+        // Losing the ownership lease stops every request here (`Ownership::provable`) but
+        // keeps the sessions and their upstream conversations: once the lease is taken again,
+        // each session whose record still names the old token is claimed back under the new
+        // one, and only those another replica took over meanwhile are let go.
         let weak = Arc::downgrade(&s);
-        let mut generations = s.ownership.generations();
+        let mut retaken = s.ownership.retaken();
         tokio::spawn(async move {
-            while generations.changed().await.is_ok() {
+            while retaken.changed().await.is_ok() {
                 let Some(s) = weak.upgrade() else { return };
-                let all: Vec<_> = s.live.lock().expect("lock").drain().collect();
-                for (_, l) in all {
-                    l.shut(true).await;
+                let all: Vec<_> = s.live.lock().expect("lock").values().cloned().collect();
+                for l in all {
+                    s.reclaim(&l).await;
                 }
             }
         });
@@ -331,6 +344,15 @@ impl Sessions {
         if live.is_closed() {
             return;
         }
+        if !self.ownership.provable() {
+            // Nothing is written without a proven lease; a session another replica took over
+            // meanwhile (or whose record is gone) is let go all the same.
+            let record = live.current_record();
+            if let Ok(false) = self.fenced(&record, |_| async { Ok(true) }).await {
+                self.lose(live).await;
+            }
+            return;
+        }
         live.dirty.store(false, SeqCst);
         live.record.lock().expect("lock").active_ms = now_ms();
         let record = live.current_record();
@@ -353,12 +375,81 @@ impl Sessions {
             .await
         {
             Ok(true) => {}
-            Ok(false) => {
+            Ok(false) => self.lose(live).await,
+            Err(e) => {
+                tracing::warn!(session = %live.id, error = %e, "cannot refresh the session record")
+            }
+        }
+    }
+
+    /// A session whose record no longer names this replica and its token: let go when another
+    /// replica owns it now (its upstream HTTP sessions are left to that replica); closed, with
+    /// its upstream sessions, when the record is gone (the backend lost it: nobody can resume
+    /// them, and the client's next request gets 404 and initialises again).
+    async fn lose(&self, live: &Arc<Live>) {
+        match self.cap.store.get(&record_key(&live.id)).await {
+            Ok(None) => {
+                tracing::warn!(session = %live.id, "the session's record is gone from the cluster backend; ending the session here");
+                self.live.lock().expect("lock").remove(&live.id);
+                live.close().await;
+            }
+            _ => {
                 tracing::warn!(session = %live.id, "the session is owned elsewhere now; letting go of it here");
                 self.let_go(live).await;
             }
+        }
+    }
+
+    /// After this replica's ownership lease was lost and taken again: claims `live` back by
+    /// compare-and-swap if its record still names this replica and the token it was served
+    /// under (nobody took it over), keeping its upstream conversations; otherwise lets it go.
+    /// True when the session is served here under the current token.
+    pub(super) async fn reclaim(&self, live: &Arc<Live>) -> bool {
+        let token = self.ownership.token();
+        let mut record = live.current_record();
+        if record.owner_token == token {
+            return !live.is_closed();
+        }
+        if live.is_closed() {
+            return false;
+        }
+        let old = record.owner_token;
+        record.owner_token = token;
+        record.active_ms = now_ms();
+        let fence = SessionRecord {
+            owner_token: old,
+            ..record.clone()
+        };
+        let won = self
+            .fenced(&fence, |e| {
+                let r = record.clone();
+                async move {
+                    self.cap
+                        .store
+                        .compare_and_swap(
+                            &record_key(&r.id),
+                            e.revision,
+                            serde_json::to_vec(&r).expect("serialisable"),
+                            Some(self.record_ttl()),
+                        )
+                        .await
+                        .map(|o| matches!(o, CasOutcome::Swapped(_)))
+                }
+            })
+            .await;
+        match won {
+            Ok(true) => {
+                live.record.lock().expect("lock").owner_token = token;
+                tracing::info!(session = %live.id, old_token = old, token, "session claimed back under the new ownership lease; its upstream conversations are kept");
+                true
+            }
+            Ok(false) => {
+                self.lose(live).await;
+                false
+            }
             Err(e) => {
-                tracing::warn!(session = %live.id, error = %e, "cannot refresh the session record")
+                tracing::warn!(session = %live.id, error = %e, "cannot claim the session back yet");
+                false
             }
         }
     }

@@ -111,6 +111,14 @@ impl Sessions {
                 .await?
             {
                 Resolved::Local(live) => {
+                    // Judged now, when the request is read (after a pause, after the pause):
+                    // a replica that cannot prove its ownership lease runs nothing.
+                    if !self.ownership.provable() {
+                        return Err(SessionError::Fenced);
+                    }
+                    if !self.reclaim(&live).await {
+                        continue;
+                    }
                     if let Some(busy) = live.begin() {
                         return Ok(Placed::Here(live, busy));
                     }
@@ -118,7 +126,17 @@ impl Sessions {
                 }
                 Resolved::Remote { owner, url } => {
                     let m = crate::telemetry::metrics::metrics();
-                    match forward(url).await {
+                    // A hung owner (it accepts connections and never answers, as a paused
+                    // process does) is given up on once its ownership lease is gone; the
+                    // session is then taken over (its forward is refused there, late).
+                    let answer = tokio::select! {
+                        a = forward(url.clone()) => a,
+                        () = self.lease_gone(&owner) => Err(ForwardError::Unreachable {
+                            url,
+                            message: "no answer, and its ownership lease expired".into(),
+                        }),
+                    };
+                    match answer {
                         Ok(answer) => {
                             m.forwarded(&b.name, "ok");
                             return Ok(Placed::Answered(answer));
@@ -138,6 +156,18 @@ impl Sessions {
             }
         }
         Err(SessionError::Unsettled)
+    }
+
+    /// Resolves once `owner`'s ownership lease is gone (probed every third of a TTL); never
+    /// while it is held.
+    async fn lease_gone(&self, owner: &str) {
+        let every = self.ownership.owner_ttl() / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            if let Ok(true) = self.ownership.owner_gone(owner, Duration::ZERO).await {
+                return;
+            }
+        }
     }
 
     /// Keeps a session owned while its GET stream is open here: resolves its owner now and

@@ -150,6 +150,7 @@ impl Replica {
             server_requests: ServerRequests::new(caps.pipelines.clone()),
             inflight: Default::default(),
             cancellation: caps.cancellation.clone(),
+            ownership: ownership.clone(),
         });
         let sessions = Sessions::new(
             caps.sessions.clone(),

@@ -570,9 +570,10 @@ impl Transport for HttpTransport {
         }
         if self.modern {
             rb = modern_headers(rb, &msg);
-            for (k, v) in extra {
-                rb = rb.header(k.as_str(), v.as_str());
-            }
+        }
+        // The client's `Mcp-Param-*` (2026-07-28) and the fencing token (either era).
+        for (k, v) in extra {
+            rb = rb.header(k.as_str(), v.as_str());
         }
         let resp = rb
             .header(CONTENT_TYPE, "application/json")

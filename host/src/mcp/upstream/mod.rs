@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 pub use conn::{Connection, Exchange, UpstreamError};
 
-use crate::config::model::{StdioMode, StdioTransport, UpstreamConfig};
+use crate::config::model::{FencingToken, StdioMode, StdioTransport, UpstreamConfig};
 use crate::config::parsed::HttpUpstream;
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::wire::jsonrpc::{self, RpcError};
@@ -109,6 +109,8 @@ pub struct Upstream {
     pub name: String,
     kind: Kind,
     pub timeout: Duration,
+    /// How this upstream is told the session owner's fencing token (`header` only for HTTP).
+    pub fencing: FencingToken,
     /// Caps the children of a `per_session` stdio upstream.
     children: Option<Arc<Semaphore>>,
     /// Caps the children one caller holds (`max_children_per_caller`).
@@ -195,10 +197,15 @@ impl Upstream {
             crate::config::model::UpstreamProtocol::Legacy => Some(false),
             crate::config::model::UpstreamProtocol::Modern => Some(true),
         });
+        let fencing = match (cfg.fencing_token, &kind) {
+            (FencingToken::Header, Kind::Stdio { .. }) => FencingToken::Meta,
+            (f, _) => f,
+        };
         let mut up = Self {
             name: cfg.name.clone(),
             kind,
             timeout,
+            fencing,
             children,
             per_caller: cfg
                 .stdio

@@ -15,6 +15,9 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 pub const METHOD: &str = "mcp-method";
 pub const NAME: &str = "mcp-name";
 pub const PARAM_PREFIX: &str = "mcp-param-";
+/// The fencing token of the replica that owns the session, for HTTP upstreams configured
+/// with `fencing_token: header`.
+pub const FENCING_TOKEN: &str = "mcp-fencing-token";
 
 /// The body field `Mcp-Name` mirrors for a method, if the method has one.
 pub fn name_field(method: &str) -> Option<&'static str> {

@@ -13,6 +13,9 @@ pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 /// mcpg's own key in an `initialize` or `server/discover` result: the binding's upstreams that
 /// could not be reached, each with the cause the last attempt found.
 pub const UNAVAILABLE_UPSTREAMS: &str = "dev.mcpg/unavailableUpstreams";
+/// The fencing token of the replica that owns the session, for upstreams configured with
+/// `fencing_token: meta`.
+pub const FENCING_TOKEN: &str = "dev.mcpg/fencingToken";
 
 /// A request's `params._meta`, if it has one.
 pub fn of(m: &Message) -> Option<&Map<String, Value>> {

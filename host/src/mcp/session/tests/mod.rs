@@ -3,6 +3,7 @@
 //! ([`sweep`]) and the delivery log ([`delivery`]). Time is paused where leases matter.
 
 mod delivery;
+mod fencing;
 mod placement;
 mod records;
 mod sweep;

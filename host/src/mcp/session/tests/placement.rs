@@ -190,6 +190,33 @@ async fn an_unreachable_owner_whose_lease_is_gone_is_taken_over() {
     );
 }
 
+/// A hung owner (it takes the forward and never answers, as a paused process does) is given
+/// up on once its ownership lease is gone, and its session taken over: the request is served
+/// here instead of waiting forever.
+#[tokio::test(start_paused = true)]
+async fn a_hung_owner_is_taken_over_once_its_lease_is_gone() {
+    let store = kit::store();
+    let a = Replica::start(&store, "node-a", Some("http://node-a.test"), 10).await;
+    let b = Replica::start(&store, "node-b", Some("http://node-b.test"), 10).await;
+    let id = a.create(None).await;
+    let placed = b.sessions.place(&b.binding, &id, false, None, |_url| {
+        std::future::pending::<Result<(), ForwardError>>()
+    });
+    tokio::pin!(placed);
+    // Still held: the forward is waited for.
+    let early = tokio::time::timeout(kit::OWNER_TTL / 2, &mut placed).await;
+    assert!(early.is_err(), "a live owner's answer is waited for");
+    a.ownership.release().await;
+    let r = tokio::time::timeout(kit::OWNER_TTL * 2, placed)
+        .await
+        .expect("not waited for forever");
+    assert!(
+        matches!(r, Ok(Placed::Here(..))),
+        "taken over and served here"
+    );
+    assert_eq!(b.record(&id).await.unwrap().owner, "node-b");
+}
+
 /// A request another replica forwarded is never forwarded again: the session is owned
 /// elsewhere, so it is refused as misdirected and the forwarding replica looks again.
 #[tokio::test(start_paused = true)]
