@@ -22,6 +22,8 @@
 //! Nothing here asserts how long an operation takes: waits have generous deadlines and only
 //! their outcome is checked.
 
+pub mod processes;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +42,13 @@ use mcpg_plugin_api::coordinator::*;
 /// crate) the library is taken from the profile folder, where `cargo build -p <crate>` puts it;
 /// when neither exists the panic names both paths and that command.
 pub fn built_library(file_name: &str, id: &str) -> mcpg_plugin_api::remote::LoadedPlugin {
+    let path = library_path(file_name);
+    mcpg_plugin_api::remote::LoadedPlugin::load(&path, Some(id))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Where [`built_library`] finds `file_name` (for a run that loads it in other processes).
+pub fn library_path(file_name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("the test executable's folder");
     let candidates = [
@@ -54,8 +63,7 @@ pub fn built_library(file_name: &str, id: &str) -> mcpg_plugin_api::remote::Load
             candidates[1].display()
         );
     };
-    mcpg_plugin_api::remote::LoadedPlugin::load(path, Some(id))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    path.clone()
 }
 
 /// Boots a coordinator instance from `plugin` as replica `node_id`, off the async workers (boot
