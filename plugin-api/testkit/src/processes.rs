@@ -301,6 +301,25 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// The plan a plugin's cross-process test runs: 3 processes × 3 contenders, a 2 s TTL, a holder
+/// paused every 3 s; `MCPG_LEASE_SAFETY_N` acquisitions (else `default_n`, the CI run) and a
+/// backend restart every `MCPG_LEASE_SAFETY_RESTART_SEC` seconds if set (else `restart_every`),
+/// within `MCPG_LEASE_SAFETY_LIMIT_SEC` (else 20 minutes).
+pub fn plan_from_env(default_n: usize, restart_every: Option<Duration>) -> ProcessPlan {
+    let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    ProcessPlan {
+        processes: 3,
+        contenders: 3,
+        acquisitions: var("MCPG_LEASE_SAFETY_N").map_or(default_n, |n| n as usize),
+        ttl: Duration::from_secs(2),
+        pause_every: Duration::from_secs(3),
+        restart_every: var("MCPG_LEASE_SAFETY_RESTART_SEC")
+            .map(Duration::from_secs)
+            .or(restart_every),
+        limit: Duration::from_secs(var("MCPG_LEASE_SAFETY_LIMIT_SEC").unwrap_or(1200)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,24 +360,5 @@ mod tests {
             (1, 1),
             "{bad:?}"
         );
-    }
-}
-
-/// The plan a plugin's cross-process test runs: 3 processes × 3 contenders, a 2 s TTL, a holder
-/// paused every 3 s; `MCPG_LEASE_SAFETY_N` acquisitions (else `default_n`, the CI run) and a
-/// backend restart every `MCPG_LEASE_SAFETY_RESTART_SEC` seconds if set (else `restart_every`),
-/// within `MCPG_LEASE_SAFETY_LIMIT_SEC` (else 20 minutes).
-pub fn plan_from_env(default_n: usize, restart_every: Option<Duration>) -> ProcessPlan {
-    let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-    ProcessPlan {
-        processes: 3,
-        contenders: 3,
-        acquisitions: var("MCPG_LEASE_SAFETY_N").map_or(default_n, |n| n as usize),
-        ttl: Duration::from_secs(2),
-        pause_every: Duration::from_secs(3),
-        restart_every: var("MCPG_LEASE_SAFETY_RESTART_SEC")
-            .map(Duration::from_secs)
-            .or(restart_every),
-        limit: Duration::from_secs(var("MCPG_LEASE_SAFETY_LIMIT_SEC").unwrap_or(1200)),
     }
 }

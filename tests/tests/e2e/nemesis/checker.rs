@@ -62,6 +62,10 @@ pub struct Report {
     pub failed: usize,
     pub unknown: usize,
     pub executions: usize,
+    /// Ownership observations the stale-execution check had.
+    pub observations: usize,
+    /// How often each reason for a failed or unknown outcome came up.
+    pub reasons: BTreeMap<String, usize>,
     /// Executed by a replica while the record named another owner before and after.
     pub stale_executions: Vec<String>,
     /// A client saw a counter go back (a stale incarnation or a non-increasing count).
@@ -84,17 +88,21 @@ impl Report {
     /// Every violation, one per line, the first `max` of each kind.
     pub fn describe(&self, max: usize) -> String {
         let mut s = format!(
-            "{} calls: {} ok, {} failed, {} unknown; {} executions; violations: {} stale executions, {} counter regressions, {} acknowledged-not-once, {} unaccounted",
+            "{} calls: {} ok, {} failed, {} unknown; {} executions; {} ownership observations; violations: {} stale executions, {} counter regressions, {} acknowledged-not-once, {} unaccounted",
             self.calls,
             self.ok,
             self.failed,
             self.unknown,
             self.executions,
+            self.observations,
             self.stale_executions.len(),
             self.counter_regressions.len(),
             self.ack_not_once.len(),
             self.unaccounted.len()
         );
+        for (why, n) in &self.reasons {
+            s.push_str(&format!("\n  {n} × {why}"));
+        }
         for v in [
             &self.stale_executions,
             &self.counter_regressions,
@@ -115,6 +123,7 @@ impl Report {
 pub fn check(clients: &[Vec<Op>], execs: &[Exec], owned: &[Owned]) -> Report {
     let mut r = Report {
         executions: execs.len(),
+        observations: owned.len(),
         ..Default::default()
     };
     let mut by_call: HashMap<&str, Vec<&Exec>> = HashMap::new();
@@ -132,10 +141,17 @@ pub fn check(clients: &[Vec<Op>], execs: &[Exec], owned: &[Owned]) -> Report {
                 Outcome::Ok(v) => {
                     r.ok += 1;
                     if ran.len() != 1 {
+                        let runs: Vec<String> = ran
+                            .iter()
+                            .map(|e| format!("{} at {:.3}", e.replica, e.at))
+                            .collect();
                         r.ack_not_once.push(format!(
-                            "call {} acknowledged with {v:?} but executed {} times",
+                            "call {} (sent {:.3}, answered {:.3}) acknowledged with {v:?} but executed {} times: {}",
                             op.call,
-                            ran.len()
+                            op.invoked,
+                            op.completed,
+                            ran.len(),
+                            runs.join(", ")
                         ));
                     } else if &ran[0].value != v {
                         r.ack_not_once.push(format!(
@@ -146,6 +162,7 @@ pub fn check(clients: &[Vec<Op>], execs: &[Exec], owned: &[Owned]) -> Report {
                 }
                 Outcome::Fail(why) => {
                     r.failed += 1;
+                    *r.reasons.entry(format!("failed: {why}")).or_default() += 1;
                     if !ran.is_empty() {
                         r.unaccounted.push(format!(
                             "call {} reported failed ({why}) but executed on {}",
@@ -153,8 +170,9 @@ pub fn check(clients: &[Vec<Op>], execs: &[Exec], owned: &[Owned]) -> Report {
                         ));
                     }
                 }
-                Outcome::Unknown(_) => {
+                Outcome::Unknown(why) => {
                     r.unknown += 1;
+                    *r.reasons.entry(format!("unknown: {why}")).or_default() += 1;
                     if ran.len() > 1 {
                         r.unaccounted.push(format!(
                             "call {} (outcome unknown) executed {} times",
@@ -167,11 +185,16 @@ pub fn check(clients: &[Vec<Op>], execs: &[Exec], owned: &[Owned]) -> Report {
         }
     }
     for e in execs {
-        if !invoked.contains_key(e.call.as_str()) {
-            r.unaccounted.push(format!(
+        match invoked.get(e.call.as_str()) {
+            None => r.unaccounted.push(format!(
                 "call {} executed on {} but nobody made it",
                 e.call, e.replica
-            ));
+            )),
+            Some(op) if e.at < op.invoked => r.unaccounted.push(format!(
+                "call {} executed on {} at {:.3}, before the client sent it at {:.3}",
+                e.call, e.replica, e.at, op.invoked
+            )),
+            Some(_) => {}
         }
     }
     stale(&invoked, execs, owned, &mut r);
@@ -379,9 +402,13 @@ mod tests {
     }
 
     #[test]
-    fn an_execution_nobody_asked_for_is_unaccounted() {
+    fn an_execution_nobody_asked_for_or_before_it_was_asked_is_unaccounted() {
         let (ops, mut execs, own) = clean();
         execs.push(ex("ghost", "r1", 1.5, v("a", 9)));
+        let r = check(&ops, &execs, &own);
+        assert_eq!(r.unaccounted.len(), 1, "{}", r.describe(10));
+        let (ops, mut execs, own) = clean();
+        execs[0].at = 0.5;
         let r = check(&ops, &execs, &own);
         assert_eq!(r.unaccounted.len(), 1, "{}", r.describe(10));
     }

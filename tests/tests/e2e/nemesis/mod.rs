@@ -399,7 +399,6 @@ fn call(addr: SocketAddr, path: &str, sid: &str, key: &str, id: &str) -> Outcome
 
 /// What one scenario produced.
 pub struct Run {
-    pub backend: Backend,
     pub fault: Fault,
     pub report: Report,
     /// The longest time any client went without a successful call, in seconds.
@@ -471,9 +470,12 @@ pub fn scenario(
         })
     };
     std::thread::sleep(before);
+    eprintln!("fault {fault:?} at {:.3}", now());
     cluster.inject(fault);
+    eprintln!("fault {fault:?} healed at {:.3}", now());
     std::thread::sleep(after);
     stop.store(true, Ordering::SeqCst);
+    let ended = now();
     let mut clients_ops = Vec::new();
     let mut key_of_sid = std::collections::HashMap::new();
     for w in workers {
@@ -500,10 +502,15 @@ pub fn scenario(
     let longest_gap = clients_ops
         .iter()
         .map(|ops| {
-            let oks: Vec<T> = ops
-                .iter()
-                .filter(|o| matches!(o.outcome, Outcome::Ok(_)))
-                .map(|o| o.completed)
+            // From the first call, through every success, to the end of the run.
+            let first = ops.first().map_or(ended, |o| o.invoked);
+            let oks: Vec<T> = std::iter::once(first)
+                .chain(
+                    ops.iter()
+                        .filter(|o| matches!(o.outcome, Outcome::Ok(_)))
+                        .map(|o| o.completed),
+                )
+                .chain(std::iter::once(ended))
                 .collect();
             oks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
         })
@@ -516,7 +523,6 @@ pub fn scenario(
         }
     }
     Run {
-        backend,
         fault,
         report,
         longest_gap,
