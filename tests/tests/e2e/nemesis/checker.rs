@@ -64,6 +64,10 @@ pub struct Report {
     pub executions: usize,
     /// Ownership observations the stale-execution check had.
     pub observations: usize,
+    /// Times a client saw its session's state start over (a new incarnation: a stdio child
+    /// started on another replica). Not a violation — a takeover after a crash costs it — but
+    /// what a stall or a hand-over should not cost.
+    pub state_resets: usize,
     /// How often each reason for a failed or unknown outcome came up.
     pub reasons: BTreeMap<String, usize>,
     /// Executed by a replica while the record named another owner before and after.
@@ -88,13 +92,14 @@ impl Report {
     /// Every violation, one per line, the first `max` of each kind.
     pub fn describe(&self, max: usize) -> String {
         let mut s = format!(
-            "{} calls: {} ok, {} failed, {} unknown; {} executions; {} ownership observations; violations: {} stale executions, {} counter regressions, {} acknowledged-not-once, {} unaccounted",
+            "{} calls: {} ok, {} failed, {} unknown; {} executions; {} ownership observations; {} state resets; violations: {} stale executions, {} counter regressions, {} acknowledged-not-once, {} unaccounted",
             self.calls,
             self.ok,
             self.failed,
             self.unknown,
             self.executions,
             self.observations,
+            self.state_resets,
             self.stale_executions.len(),
             self.counter_regressions.len(),
             self.ack_not_once.len(),
@@ -228,6 +233,7 @@ fn counters(ops: &[Op], r: &mut Report) {
                     ));
                 } else {
                     incs.push(&v.incarnation);
+                    r.state_resets += 1;
                 }
                 *last = v;
                 *last_call = &op.call;
@@ -341,6 +347,7 @@ mod tests {
             (r.calls, r.ok, r.failed, r.unknown, r.executions),
             (5, 3, 1, 1, 3)
         );
+        assert_eq!(r.state_resets, 1, "the takeover started a new incarnation");
     }
 
     #[test]
