@@ -22,6 +22,8 @@
 //! Nothing here asserts how long an operation takes: waits have generous deadlines and only
 //! their outcome is checked.
 
+pub mod processes;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +42,13 @@ use mcpg_plugin_api::coordinator::*;
 /// crate) the library is taken from the profile folder, where `cargo build -p <crate>` puts it;
 /// when neither exists the panic names both paths and that command.
 pub fn built_library(file_name: &str, id: &str) -> mcpg_plugin_api::remote::LoadedPlugin {
+    let path = library_path(file_name);
+    mcpg_plugin_api::remote::LoadedPlugin::load(&path, Some(id))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Where [`built_library`] finds `file_name` (for a run that loads it in other processes).
+pub fn library_path(file_name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("the test executable's folder");
     let candidates = [
@@ -54,8 +63,7 @@ pub fn built_library(file_name: &str, id: &str) -> mcpg_plugin_api::remote::Load
             candidates[1].display()
         );
     };
-    mcpg_plugin_api::remote::LoadedPlugin::load(path, Some(id))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    path.clone()
 }
 
 /// Boots a coordinator instance from `plugin` as replica `node_id`, off the async workers (boot
@@ -1283,4 +1291,66 @@ pub fn lease_safety_runs(default: usize) -> usize {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(default)
+}
+
+/// Release racing renewal: `leases` leases, each held on one of two instances and released at a
+/// different offset (spread over two renewal intervals of `ttl`, stepped by 1 ms), so some
+/// releases are sent while that lease's renewal is in flight. Every release must succeed
+/// whatever the renewal did, and the lease must be free right after it. Run it with the
+/// backend's tightest renewal interval (the harness's configuration) to make the race likely.
+/// Returns the failures, one line each; empty when all releases were correct.
+pub async fn release_races_renewal(
+    h: &dyn Harness,
+    ttl: Duration,
+    renew_every: Duration,
+    leases: usize,
+) -> Vec<String> {
+    let run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let a = h.instance(&format!("rr-{run}-a")).await;
+    let b = h.instance(&format!("rr-{run}-b")).await;
+    let span = (renew_every * 2).as_millis().max(1) as u64;
+    let mut tasks = Vec::new();
+    for i in 0..leases {
+        let (c, other) = if i % 2 == 0 {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        };
+        let name = format!("rr-{run}-{i}");
+        let delay = renew_every + Duration::from_millis(i as u64 % span);
+        tasks.push(tokio::spawn(async move {
+            let lease = match c.acquire(&name, Some(ttl), Duration::from_secs(5)).await {
+                Ok(Some(l)) => l,
+                Ok(None) => return Err(format!("{name}: not acquired")),
+                Err(err) => return Err(format!("{name}: acquire: {err}")),
+            };
+            tokio::time::sleep(delay).await;
+            lease
+                .release()
+                .await
+                .map_err(|err| format!("{name}: release after {delay:?}: {err}"))?;
+            match other.acquire(&name, Some(ttl), Duration::ZERO).await {
+                Ok(Some(l)) => {
+                    let _ = l.release().await;
+                    Ok(())
+                }
+                Ok(None) => Err(format!(
+                    "{name}: still held right after its release (released after {delay:?})"
+                )),
+                Err(err) => Err(format!("{name}: acquire after release: {err}")),
+            }
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(f)) => failures.push(f),
+            Err(j) => failures.push(j.to_string()),
+        }
+    }
+    failures
 }

@@ -787,37 +787,90 @@ impl Coordinator for NatsCoordinator {
     }
 }
 
+/// What renewal and release share for one held lease. Each holds the lock for its whole round
+/// trip, so a release never deletes at a revision that a renewal in flight is replacing (that
+/// race made releases fail with "wrong last sequence", error code 10071), and no renewal is
+/// sent once the release began.
+#[derive(Default)]
+struct Held {
+    /// Our entry's revision while held (`None` before the first lookup and once lost).
+    revision: Option<u64>,
+    released: bool,
+}
+
+type SharedHeld = Arc<tokio::sync::Mutex<Held>>;
+
 /// Rewrites a lease entry at its revision with a new expiry; a mismatch means it was lost.
 struct NatsRenew {
     c: NatsCoordinator,
     key: String,
     nonce: String,
     ttl: Duration,
-    /// Our entry's revision while held; shared with `release`.
-    revision: Arc<std::sync::Mutex<Option<u64>>>,
+    held: SharedHeld,
     looked_up: bool,
+}
+
+impl NatsCoordinator {
+    /// The live lease entry's revision if it still carries `nonce` (is ours).
+    async fn our_revision(&self, key: &str, nonce: &str) -> CoordResult<Option<u64>> {
+        Ok(self
+            .live_entry(&self.0.leases, key)
+            .await?
+            .filter(|e| {
+                serde_json::from_slice::<LeaseRecord>(&e.value).is_ok_and(|r| r.nonce == nonce)
+            })
+            .map(|e| e.revision))
+    }
+
+    /// Deletes our lease entry. A revision mismatch is re-read: if the entry is still ours (at
+    /// another revision) the delete is retried at that one; if it is somebody else's or gone,
+    /// there is nothing of ours left to release.
+    async fn release_lease(&self, key: &str, nonce: &str, mut rev: u64) -> CoordResult<()> {
+        for _ in 0..3 {
+            let deleted = self
+                .op("release", async {
+                    self.0
+                        .leases
+                        .delete_expect_revision(key, Some(rev))
+                        .await
+                        .map_err(|e| self.err("release", e))
+                })
+                .await;
+            match deleted {
+                Ok(()) => return Ok(()),
+                Err(e) => match self.our_revision(key, nonce).await? {
+                    Some(r) if r != rev => rev = r,
+                    Some(_) => return Err(e),
+                    None => return Ok(()),
+                },
+            }
+        }
+        Err(self.err("release", "the lease entry kept changing under the release"))
+    }
 }
 
 impl Renew for NatsRenew {
     async fn renew(&mut self) -> Renewal {
+        let mut held = self.held.lock().await;
+        if held.released {
+            // The release owns the entry now; the renewal loop stops on its signal.
+            return Renewal::Failed;
+        }
         if !self.looked_up {
             // The acquire's revision, found by our nonce.
-            match self.c.live_entry(&self.c.0.leases, &self.key).await {
-                Ok(Some(e))
-                    if serde_json::from_slice::<LeaseRecord>(&e.value)
-                        .is_ok_and(|r| r.nonce == self.nonce) =>
-                {
-                    *self.revision.lock().unwrap() = Some(e.revision);
+            match self.c.our_revision(&self.key, &self.nonce).await {
+                Ok(Some(r)) => {
+                    held.revision = Some(r);
                     self.looked_up = true;
                 }
-                Ok(_) => return Renewal::Lost,
+                Ok(None) => return Renewal::Lost,
                 Err(e) => {
                     tracing::warn!(error = %e, "lease lookup failed; retrying until the lease would expire");
                     return Renewal::Failed;
                 }
             }
         }
-        let Some(current) = *self.revision.lock().unwrap() else {
+        let Some(current) = held.revision else {
             return Renewal::Lost;
         };
         let record = serde_json::to_vec(&LeaseRecord {
@@ -831,7 +884,7 @@ impl Renew for NatsRenew {
             .await
         {
             Ok(Some(r)) => {
-                *self.revision.lock().unwrap() = Some(r);
+                held.revision = Some(r);
                 Renewal::Renewed
             }
             Ok(None) => Renewal::Lost,
@@ -843,7 +896,9 @@ impl Renew for NatsRenew {
     }
 
     fn lost(&mut self) {
-        *self.revision.lock().unwrap() = None;
+        if let Ok(mut held) = self.held.try_lock() {
+            held.revision = None;
+        }
     }
 }
 
@@ -856,33 +911,23 @@ fn hold_lease(
     ttl: Duration,
     sent: Instant,
 ) -> HeldLease {
-    let revision: Arc<std::sync::Mutex<Option<u64>>> = Arc::default();
+    let held: SharedHeld = Arc::default();
     let key = encode_key(name);
-    let (rc, rk, rn, rr) = (c.clone(), key.clone(), nonce.clone(), revision.clone());
+    let (rc, rk, rn, rh) = (c.clone(), key.clone(), nonce.clone(), held.clone());
     let (lease, signals) = HeldLease::new(name, token, ttl, move || {
-        let (c, key, nonce, rev) = (rc.clone(), rk.clone(), rn.clone(), rr.clone());
+        let (c, key, nonce, held) = (rc.clone(), rk.clone(), rn.clone(), rh.clone());
         Box::pin(async move {
+            // Waits for a renewal in flight; none is sent after this.
+            let mut held = held.lock().await;
+            held.released = true;
             // The renewal task may not have recorded the revision yet: look it up by nonce.
-            let known = *rev.lock().unwrap();
-            let rev = match known {
+            let rev = match held.revision {
                 Some(r) => Some(r),
-                None => c
-                    .live_entry(&c.0.leases, &key)
-                    .await?
-                    .filter(|e| {
-                        serde_json::from_slice::<LeaseRecord>(&e.value)
-                            .is_ok_and(|r| r.nonce == nonce)
-                    })
-                    .map(|e| e.revision),
+                None => c.our_revision(&key, &nonce).await?,
             };
             if let Some(rev) = rev {
-                c.op("release", async {
-                    c.0.leases
-                        .delete_expect_revision(key.as_str(), Some(rev))
-                        .await
-                        .map_err(|e| c.err("release", e))
-                })
-                .await?;
+                c.release_lease(&key, &nonce, rev).await?;
+                held.revision = None;
                 let _ =
                     c.0.client
                         .publish(format!("{}.lease.{key}", c.0.ns), Bytes::new())
@@ -898,7 +943,7 @@ fn hold_lease(
         key,
         nonce,
         ttl,
-        revision,
+        held,
         looked_up: false,
     };
     keep_renewing(sent, ttl, every, signals, renew);

@@ -187,3 +187,65 @@ async fn lease_safety_under_contention() {
     eprintln!("lease safety: {found:?}");
     found.assert_safe();
 }
+
+/// Lease safety across processes (issue 19): 3 contender processes × 3 contenders, a holder
+/// SIGSTOPped for twice the TTL every 3 s. No overlapping holders, strictly increasing tokens.
+/// No backend restart: a Redis without persistence forgets leases and the token counter (see
+/// `a_restart_without_persistence_breaks_lease_safety`). 150 acquisitions in CI; the long run
+/// sets `MCPG_LEASE_SAFETY_N=10000` (docs/reliability.md).
+#[test]
+fn lease_safety_across_processes_with_paused_holders() {
+    let server = RedisServer::start();
+    let plan = mcpg_plugin_testkit::processes::plan_from_env(150, None);
+    let config = serde_json::json!({
+        "url": server.url(),
+        "key_prefix": "lsp:",
+        "peer_ttl_ms": 1000,
+        "peer_refresh_interval_ms": 300,
+        "lease_ttl_ms": 2000,
+    });
+    let found = mcpg_plugin_testkit::processes::lease_safety_processes(
+        &mcpg_plugin_testkit::library_path("libmcpg_cluster_redis.so"),
+        "dev.mcpg.cluster.redis",
+        config,
+        &plan,
+        || {},
+    );
+    eprintln!("lease safety across processes: {}", found.summary());
+    found.assert_safe();
+}
+
+/// Redis's limit, shown (docs/reliability.md): one instance without persistence forgets every
+/// lease and the fencing counter when it restarts, so a second holder gets a lease the first
+/// still holds, with a token that is not larger. No Redlock, no replication claims: durability
+/// and safety across a restart need `appendonly yes` with `appendfsync always`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_persistence_breaks_lease_safety() {
+    let mut server = RedisServer::start();
+    let plugin = built_library("libmcpg_cluster_redis.so", "dev.mcpg.cluster.redis");
+    let config =
+        serde_json::json!({"url": server.url(), "key_prefix": "lim:", "lease_ttl_ms": 30000});
+    let a = boot(&plugin, config.clone(), "a").await;
+    let first = a
+        .acquire("limit", Some(Duration::from_secs(30)), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("acquired");
+    server.restart();
+    let b = boot(&plugin, config, "b").await;
+    let second = b
+        .acquire(
+            "limit",
+            Some(Duration::from_secs(30)),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .expect("the restarted Redis grants the lease the first holder still holds");
+    assert!(
+        second.token() <= first.token(),
+        "the fencing counter restarted: {} after {}",
+        second.token(),
+        first.token()
+    );
+}

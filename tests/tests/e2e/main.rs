@@ -23,6 +23,7 @@ mod mcp_conformance;
 mod mcp_peers;
 mod mcp_protocol;
 mod nats_cluster;
+mod nemesis;
 mod observability;
 mod plugin_schemas;
 mod plugin_template;

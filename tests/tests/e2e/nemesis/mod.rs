@@ -1,0 +1,649 @@
+//! The nemesis suite (issue 19): three real `mcpg` replicas on a real backend (Redis, NATS,
+//! etcd) behind nginx round-robin, instrumented upstreams over stdio and HTTP that log which
+//! replica executed each call (`tests/peers/nemesis_upstream.py`), clients that record a
+//! history on the monotonic clock, a poller that records the ownership timeline, and faults
+//! injected meanwhile; [`checker`] judges the result.
+//!
+//! CI runs the fixed reduced matrix below (`ci_*`, nextest group `timing`). The full matrix is
+//! `tools/nemesis` (docs/reliability.md); it prints one table per backend and fails on
+//! nothing, so scenarios that still violate are reported, not hidden.
+
+pub mod checker;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcpg_backends::{EtcdServer, NatsServer, RedisServer};
+use serde_json::{Value, json};
+
+use self::checker::{Exec, Op, Outcome, Owned, Report, T};
+use crate::cluster_sessions::Nginx;
+use crate::harness::{Proc, TempDir, bin, cdylib, free_port, get_json, http_get, wait_until};
+use crate::peers::{peers_script, python};
+
+/// Seconds on `CLOCK_MONOTONIC`, the clock the upstreams' `time.monotonic()` reads.
+pub fn now() -> T {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Redis,
+    Nats,
+    Etcd,
+}
+
+/// A running backend the faults can reach.
+enum Server {
+    Redis(RedisServer),
+    Nats(NatsServer),
+    Etcd(EtcdServer),
+}
+
+impl Server {
+    fn start(b: Backend) -> Self {
+        match b {
+            Backend::Redis => Self::Redis(RedisServer::start()),
+            Backend::Nats => Self::Nats(NatsServer::start()),
+            Backend::Etcd => Self::Etcd(EtcdServer::start()),
+        }
+    }
+
+    fn yaml(&self) -> String {
+        match self {
+            Self::Redis(r) => format!(
+                "cluster:\n  kind: redis\n  url: \"{}\"\n  key_prefix: \"nem:\"\n  lease_ttl_ms: 3000\n  peer_ttl_ms: 3000\n\
+                 plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n",
+                r.url(),
+                cdylib("mcpg_cluster_redis").display()
+            ),
+            Self::Nats(n) => format!(
+                "cluster:\n  kind: nats\n  servers: [\"{}\"]\n  node: {{id: from-config, heartbeat_interval_sec: 1, peer_expiry_sec: 3}}\n\
+                 \x20 lease: {{default_ttl_sec: 3}}\n\
+                 plugins:\n  - id: dev.mcpg.cluster.nats\n    source: {{path: \"{}\"}}\n",
+                n.url(),
+                cdylib("mcpg_cluster_nats").display()
+            ),
+            Self::Etcd(e) => format!(
+                "cluster:\n  kind: etcd\n  endpoints: [\"{}\"]\n  key_prefix: \"/mcpg/nem/\"\n\
+                 plugins:\n  - id: dev.mcpg.cluster.etcd\n    source: {{path: \"{}\"}}\n",
+                e.url(),
+                cdylib("mcpg_cluster_etcd").display()
+            ),
+        }
+    }
+
+    fn pause(&self) {
+        match self {
+            Self::Redis(s) => s.pause(),
+            Self::Nats(s) => s.pause(),
+            Self::Etcd(s) => s.pause(),
+        }
+    }
+
+    fn resume(&self) {
+        match self {
+            Self::Redis(s) => s.resume(),
+            Self::Nats(s) => s.resume(),
+            Self::Etcd(s) => s.resume(),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Self::Redis(s) => s.kill(),
+            Self::Nats(s) => s.kill(),
+            Self::Etcd(s) => s.kill(),
+        }
+    }
+
+    fn restart(&mut self) {
+        match self {
+            Self::Redis(s) => s.restart(),
+            Self::Nats(s) => s.restart(),
+            Self::Etcd(s) => s.restart(),
+        }
+    }
+}
+
+/// A fault, injected once the clients are running.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Nothing: the baseline.
+    None,
+    /// SIGKILL of replica 0 (it stays dead).
+    KillReplica,
+    /// SIGSTOP of replica 0 for twice the owner TTL, then SIGCONT.
+    PauseReplica,
+    /// SIGSTOP of replica 0 for 10 s: it accepts (the kernel does) and never answers.
+    HungReplica,
+    /// SIGSTOP of the backend for 2 s (less than the TTL), then SIGCONT.
+    PauseBackendShort,
+    /// SIGSTOP of the backend for 5 s (more than the TTL), then SIGCONT.
+    PauseBackendLong,
+    /// SIGKILL of the backend, restarted after 1 s (Redis: without persistence).
+    RestartBackend,
+}
+
+/// The owner TTL every scenario runs with.
+const TTL: Duration = Duration::from_secs(3);
+
+struct Replica {
+    id: String,
+    proc: Option<Proc>,
+    main: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// One scenario's cluster: backend, upstream, replicas, nginx.
+struct Cluster {
+    server: Server,
+    replicas: Vec<Replica>,
+    nginx: Nginx,
+    _http_upstream: Proc,
+    log: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    fn start(backend: Backend) -> Self {
+        let dir = TempDir::new("nemesis");
+        let log = dir.0.join("executions.jsonl");
+        std::fs::write(&log, "").unwrap();
+        let up_port = free_port();
+        let http_upstream = Proc::spawn(
+            Command::new(python())
+                .arg(peers_script("nemesis_upstream.py"))
+                .args(["http", &up_port.to_string()])
+                .arg(&log),
+        );
+        let up: SocketAddr = format!("127.0.0.1:{up_port}").parse().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(20), || TcpStream::connect(up).is_ok()),
+            "the HTTP upstream never listened"
+        );
+        let server = Server::start(backend);
+        let f = dir.write(
+            "mcpg.yaml",
+            &format!(
+                "server:\n  drain_timeout_ms: 5000\n{}mcp:\n  sessions: {{owner_ttl_ms: {}}}\n\
+                 bindings:\n  - name: st\n    path: /st\n    upstreams: [{{name: st, stdio: {{command: {:?}, args: [{:?}, stdio], inherit_env: true}}}}]\n  \
+                 - name: ht\n    path: /ht\n    upstreams: [{{name: ht, http: {{url: \"http://{up}/mcp\", headers: {{X-Nemesis-Replica: \"${{env.NEMESIS_REPLICA}}\"}}}}}}]\n",
+                server.yaml(),
+                TTL.as_millis(),
+                python().display().to_string(),
+                peers_script("nemesis_upstream.py").display().to_string(),
+            ),
+        );
+        let mut replicas = Vec::new();
+        for i in 0..3 {
+            let (listen, admin) = (free_port(), free_port());
+            let id = format!("replica-{i}");
+            let proc = Proc::spawn(
+                Command::new(bin("mcpg"))
+                    .arg("--config")
+                    .arg(&f)
+                    .args(["--node-id", &id])
+                    .args(["--listen", &format!("127.0.0.1:{listen}")])
+                    .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+                    .env("NEMESIS_REPLICA", &id)
+                    .env("NEMESIS_LOG", &log)
+                    .env("MCPG_LOG", "warn"),
+            );
+            replicas.push(Replica {
+                id,
+                proc: Some(proc),
+                main: format!("127.0.0.1:{listen}").parse().unwrap(),
+                admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+            });
+        }
+        for r in &mut replicas {
+            let ready = wait_until(Duration::from_secs(60), || {
+                matches!(http_get(r.main, "/readyz"), Ok((200, _)))
+                    && get_json(r.admin, "/api/cluster/peers")
+                        .and_then(|v| v["peers"].as_array().map(Vec::len))
+                        == Some(3)
+            });
+            if !ready {
+                let proc = r.proc.take().unwrap();
+                proc.signal("KILL");
+                let (status, stderr) = proc.wait(Duration::from_secs(10));
+                panic!(
+                    "{} never became ready with 3 peers ({status}):\n{stderr}",
+                    r.id
+                );
+            }
+        }
+        let nginx = Nginx::start(&replicas.iter().map(|r| r.main).collect::<Vec<_>>());
+        Self {
+            server,
+            replicas,
+            nginx,
+            _http_upstream: http_upstream,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        if let Some(p) = &self.replicas[i].proc {
+            p.signal(sig);
+        }
+    }
+
+    /// Applies `fault`; returns when it has been healed (or, for a kill, done).
+    fn inject(&mut self, fault: Fault) {
+        let ttl = TTL;
+        match fault {
+            Fault::None => {}
+            Fault::KillReplica => {
+                self.signal(0, "KILL");
+                if let Some(p) = self.replicas[0].proc.take() {
+                    let _ = p.wait(Duration::from_secs(10));
+                }
+            }
+            Fault::PauseReplica => {
+                self.signal(0, "STOP");
+                std::thread::sleep(ttl * 2);
+                self.signal(0, "CONT");
+            }
+            Fault::HungReplica => {
+                self.signal(0, "STOP");
+                std::thread::sleep(Duration::from_secs(10));
+                self.signal(0, "CONT");
+            }
+            Fault::PauseBackendShort => {
+                self.server.pause();
+                std::thread::sleep(Duration::from_secs(2));
+                self.server.resume();
+            }
+            Fault::PauseBackendLong => {
+                self.server.pause();
+                std::thread::sleep(Duration::from_secs(5));
+                self.server.resume();
+            }
+            Fault::RestartBackend => {
+                self.server.kill();
+                std::thread::sleep(Duration::from_secs(1));
+                self.server.restart();
+            }
+        }
+    }
+
+    /// The upstreams' execution log.
+    fn executions(&self) -> Vec<(Exec, String)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| {
+                (
+                    Exec {
+                        call: v["call"].as_str().unwrap_or("").to_owned(),
+                        replica: v["replica"].as_str().unwrap_or("").to_owned(),
+                        at: v["at"].as_f64().unwrap_or(0.0),
+                        value: checker::Value {
+                            incarnation: v["incarnation"].as_str().unwrap_or("").to_owned(),
+                            n: v["n"].as_u64().unwrap_or(0),
+                        },
+                    },
+                    v["key"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// One HTTP/1.1 POST over a fresh connection, never panicking: the status, headers and body,
+/// or the I/O error (connect, reset, timeout).
+fn post(
+    addr: SocketAddr,
+    path: &str,
+    sid: Option<&str>,
+    body: &Value,
+    timeout: Duration,
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let body = body.to_string();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(sid) = sid {
+        req.push_str(&format!("Mcp-Session-Id: {sid}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+/// The JSON-RPC message in a JSON or SSE body.
+fn message(body: &str) -> Option<Value> {
+    serde_json::from_str(body).ok().or_else(|| {
+        body.lines()
+            .rev()
+            .filter_map(|l| l.trim().strip_prefix("data:"))
+            .find_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+    })
+}
+
+/// A legacy session on `path` through `addr`, retried for a while (the cluster may be
+/// recovering).
+fn open_session(addr: SocketAddr, path: &str) -> Option<String> {
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"nemesis","version":"0"}}});
+    for _ in 0..20 {
+        if let Ok((200, head, _)) = post(addr, path, None, &init, Duration::from_secs(10)) {
+            let sid = head
+                .lines()
+                .find_map(|l| l.strip_prefix("mcp-session-id:"))
+                .map(|v| v.trim().to_owned());
+            if let Some(sid) = sid {
+                let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+                let _ = post(addr, path, Some(&sid), &note, Duration::from_secs(10));
+                return Some(sid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    None
+}
+
+/// One call and how the client judges its outcome: a result is `Ok`; an error the gateway
+/// gave (a JSON-RPC error, with any status) is `Fail`; anything else — no answer, a reset,
+/// nginx's own 502/504 page — is `Unknown`.
+fn call(addr: SocketAddr, path: &str, sid: &str, key: &str, id: &str) -> Outcome {
+    let req =
+        json!({"jsonrpc":"2.0","id":id,"method":"nemesis/count","params":{"key":key,"call":id}});
+    match post(addr, path, Some(sid), &req, Duration::from_secs(15)) {
+        Err(e) => Outcome::Unknown(e.kind().to_string()),
+        Ok((status, _, body)) => match message(&body) {
+            Some(m) if status == 200 && m["result"]["n"].is_u64() => Outcome::Ok(checker::Value {
+                incarnation: m["result"]["incarnation"].as_str().unwrap_or("").to_owned(),
+                n: m["result"]["n"].as_u64().unwrap(),
+            }),
+            Some(m) if m["error"].is_object() => {
+                Outcome::Fail(format!("{status} {}", m["error"]["message"]))
+            }
+            _ => Outcome::Unknown(format!(
+                "{status} {}",
+                body.chars().take(40).collect::<String>().replace('\n', " ")
+            )),
+        },
+    }
+}
+
+/// What one scenario produced.
+pub struct Run {
+    pub fault: Fault,
+    pub report: Report,
+    /// The longest time any client went without a successful call, in seconds.
+    pub longest_gap: f64,
+}
+
+/// Runs `fault` against 3 replicas on `backend` with `clients` clients (half stdio, half
+/// HTTP), each calling continuously: `before` of calm, the fault, `after` of calm.
+pub fn scenario(
+    backend: Backend,
+    fault: Fault,
+    clients: usize,
+    before: Duration,
+    after: Duration,
+) -> Run {
+    let mut cluster = Cluster::start(backend);
+    let front = cluster.nginx.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sessions = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for c in 0..clients {
+        let (stop, sessions) = (stop.clone(), sessions.clone());
+        let path = if c % 2 == 0 { "/st" } else { "/ht" };
+        workers.push(std::thread::spawn(move || {
+            let sid = open_session(front, path).expect("a session could be opened");
+            sessions.lock().unwrap().push(sid.clone());
+            let key = format!("client-{c}");
+            let mut ops = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let id = format!("{key}-{i}");
+                let invoked = now();
+                let outcome = call(front, path, &sid, &key, &id);
+                let failed = !matches!(outcome, Outcome::Ok(_));
+                ops.push(Op {
+                    session: key.clone(),
+                    call: id,
+                    invoked,
+                    completed: now(),
+                    outcome,
+                });
+                if failed {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            (key, sid, ops)
+        }));
+    }
+    // The ownership timeline, from the session records as any replica that answers reports them.
+    let admins: Vec<SocketAddr> = cluster.replicas.iter().map(|r| r.admin).collect();
+    let poller = {
+        let (stop, sessions) = (stop.clone(), sessions.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::<(String, T, String)>::new();
+            while !stop.load(Ordering::SeqCst) {
+                let sids = sessions.lock().unwrap().clone();
+                for sid in sids {
+                    for a in &admins {
+                        if let Some(owner) = describe_owner(*a, &sid) {
+                            seen.push((sid.clone(), now(), owner));
+                            break;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        })
+    };
+    std::thread::sleep(before);
+    eprintln!("fault {fault:?} at {:.3}", now());
+    cluster.inject(fault);
+    eprintln!("fault {fault:?} healed at {:.3}", now());
+    std::thread::sleep(after);
+    stop.store(true, Ordering::SeqCst);
+    let ended = now();
+    let mut clients_ops = Vec::new();
+    let mut key_of_sid = std::collections::HashMap::new();
+    for w in workers {
+        let (key, sid, ops) = w.join().expect("client thread");
+        key_of_sid.insert(sid, key);
+        clients_ops.push(ops);
+    }
+    let owned: Vec<Owned> = poller
+        .join()
+        .unwrap()
+        .into_iter()
+        .filter_map(|(sid, at, owner)| {
+            Some(Owned {
+                session: key_of_sid.get(&sid)?.clone(),
+                at,
+                owner,
+            })
+        })
+        .collect();
+    // Let the stopped replica resume anything queued, so late executions are in the log.
+    std::thread::sleep(Duration::from_millis(500));
+    let execs: Vec<Exec> = cluster.executions().into_iter().map(|(e, _)| e).collect();
+    let report = checker::check(&clients_ops, &execs, &owned);
+    let longest_gap = clients_ops
+        .iter()
+        .map(|ops| {
+            // From the first call, through every success, to the end of the run.
+            let first = ops.first().map_or(ended, |o| o.invoked);
+            let oks: Vec<T> = std::iter::once(first)
+                .chain(
+                    ops.iter()
+                        .filter(|o| matches!(o.outcome, Outcome::Ok(_)))
+                        .map(|o| o.completed),
+                )
+                .chain(std::iter::once(ended))
+                .collect();
+            oks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+        })
+        .fold(0.0, f64::max);
+    for r in &cluster.replicas {
+        if let Some(p) = &r.proc {
+            let _ = Command::new("kill")
+                .args(["-CONT", &p.child.id().to_string()])
+                .status();
+        }
+    }
+    Run {
+        fault,
+        report,
+        longest_gap,
+    }
+}
+
+/// The session's owner as `admin` reports it (short timeout: a stopped replica must not hold
+/// the poller up).
+fn describe_owner(admin: SocketAddr, sid: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    write!(
+        s,
+        "GET /api/cluster/sessions/{sid} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(body).ok()?;
+    v["owner"].as_str().map(str::to_owned)
+}
+
+fn row(r: &Run) -> String {
+    let rep = &r.report;
+    format!(
+        "| {:?} | {} | {} | {} | {} | {} | {:.1} s |",
+        r.fault,
+        rep.calls,
+        rep.failed,
+        rep.unknown,
+        rep.violations(),
+        rep.state_resets,
+        r.longest_gap
+    )
+}
+
+/// CI's reduced matrix: a fixed set (a retry means the same thing) of faults that end with 0
+/// violations on every run today; each asserts none. Replica SIGKILL, pause and hang are in
+/// the full matrix only until the gateway-side fixes land (docs/reliability.md has their
+/// counts).
+fn ci(backend: Backend, fault: Fault) {
+    let run = scenario(
+        backend,
+        fault,
+        6,
+        Duration::from_secs(3),
+        Duration::from_secs(8),
+    );
+    eprintln!("{backend:?} {}\n{}", row(&run), run.report.describe(20));
+    assert!(
+        run.report.ok > 0,
+        "no call succeeded: {}",
+        run.report.describe(20)
+    );
+    assert_eq!(run.report.violations(), 0, "{}", run.report.describe(20));
+}
+
+#[test]
+fn ci_redis_backend_paused_below_the_ttl() {
+    ci(Backend::Redis, Fault::PauseBackendShort);
+}
+
+#[test]
+fn ci_nats_backend_restarted() {
+    ci(Backend::Nats, Fault::RestartBackend);
+}
+
+#[test]
+fn ci_etcd_backend_paused_below_the_ttl() {
+    ci(Backend::Etcd, Fault::PauseBackendShort);
+}
+
+/// The full matrix (ignored in CI; `--run-ignored only`): every fault on every backend (or
+/// those in `MCPG_NEMESIS_BACKENDS`, e.g. `redis,nats`), one table per backend printed and
+/// appended to `$MCPG_NEMESIS_OUT` when set. Violations are reported, not asserted: some faults
+/// still violate until the gateway-side fixes land.
+#[test]
+#[ignore = "the long full matrix: tools/nemesis runs it"]
+fn full_matrix() {
+    let backends: Vec<Backend> = match std::env::var("MCPG_NEMESIS_BACKENDS").ok().as_deref() {
+        Some(list) => list
+            .split(',')
+            .filter_map(|b| match b.trim() {
+                "redis" => Some(Backend::Redis),
+                "nats" => Some(Backend::Nats),
+                "etcd" => Some(Backend::Etcd),
+                _ => None,
+            })
+            .collect(),
+        None => vec![Backend::Redis, Backend::Nats, Backend::Etcd],
+    };
+    let faults = [
+        Fault::None,
+        Fault::KillReplica,
+        Fault::PauseReplica,
+        Fault::HungReplica,
+        Fault::PauseBackendShort,
+        Fault::PauseBackendLong,
+        Fault::RestartBackend,
+    ];
+    for b in backends {
+        let mut table = format!(
+            "\n{b:?}\n\n| scenario | calls | failed | unknown | violations | stdio state resets | longest time without success |\n|---|---|---|---|---|---|---|\n"
+        );
+        for f in faults {
+            let run = scenario(b, f, 8, Duration::from_secs(3), Duration::from_secs(10));
+            eprintln!("{b:?} {}\n{}", row(&run), run.report.describe(5));
+            table.push_str(&row(&run));
+            table.push('\n');
+        }
+        eprintln!("{table}");
+        if let Ok(out) = std::env::var("MCPG_NEMESIS_OUT") {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(out)
+                .unwrap();
+            let _ = f.write_all(table.as_bytes());
+        }
+    }
+}
