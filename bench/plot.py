@@ -16,11 +16,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def latest(results, name):
-    files = sorted(f for f in glob.glob(os.path.join(results, f"{name}-*.json")) if "-quick" not in f)
-    if not files:
-        return None
-    with open(files[-1]) as f:
-        return json.load(f)
+    """The newest full run of benchmark `name`, by the time it was taken (file names may carry
+    a tag after the date, e.g. `-before-restructure`)."""
+    reports = []
+    for path in glob.glob(os.path.join(results, f"{name}-*.json")):
+        if "-quick" in path:
+            continue
+        with open(path) as f:
+            r = json.load(f)
+        if r.get("benchmark") == name:
+            reports.append(r)
+    return max(reports, key=lambda r: r.get("date_utc", ""), default=None)
 
 
 def cases(report, label):
