@@ -115,6 +115,7 @@ fn every_fuzz_binary_is_replayed() {
         "headers",
         "request_state",
         "audit",
+        "stdio_lines",
     ];
     assert!(
         names.iter().all(|n| tests.contains(n)),
