@@ -18,6 +18,7 @@ mod deploy_kubernetes;
 mod deploy_systemd;
 mod etcd_cluster;
 mod gateway_lifecycle;
+mod ha_pause;
 mod hostile_http;
 mod mcp_conformance;
 mod mcp_peers;

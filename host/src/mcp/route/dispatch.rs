@@ -91,7 +91,11 @@ pub async fn dispatch(b: &Arc<Binding>, client: Client<'_>, mut msg: Message) ->
 
 /// Tells the upstream the fencing token a session's request is sent under, as configured:
 /// in `_meta`, or as a header (returned, for the transport).
-fn fencing_token(how: FencingToken, token: u64, msg: &mut Message) -> Vec<(String, String)> {
+pub(super) fn fencing_token(
+    how: FencingToken,
+    token: u64,
+    msg: &mut Message,
+) -> Vec<(String, String)> {
     match how {
         FencingToken::Off => Vec::new(),
         FencingToken::Meta => {

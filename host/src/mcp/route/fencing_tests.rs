@@ -100,3 +100,21 @@ async fn requests_carry_the_owners_token_and_none_reaches_the_upstream_once_unpr
         "not handed to the upstream"
     );
 }
+
+/// `header`: the token goes as `Mcp-Fencing-Token` for the transport and the message is left
+/// as it is; `off`: nothing at all.
+#[test]
+fn header_mode_sends_the_token_as_a_header_and_off_changes_nothing() {
+    use crate::config::model::FencingToken;
+    let msg = jsonrpc::request(json!(1), "tools/call", Some(json!({"name": "x"})));
+    let mut m = msg.clone();
+    let extra = super::dispatch::fencing_token(FencingToken::Header, 7, &mut m);
+    assert_eq!(
+        extra,
+        vec![("mcp-fencing-token".to_owned(), "7".to_owned())]
+    );
+    assert_eq!(m, msg);
+    let mut m = msg.clone();
+    assert!(super::dispatch::fencing_token(FencingToken::Off, 7, &mut m).is_empty());
+    assert_eq!(m, msg);
+}

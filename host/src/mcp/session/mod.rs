@@ -406,13 +406,13 @@ impl Sessions {
     /// True when the session is served here under the current token.
     pub(super) async fn reclaim(&self, live: &Arc<Live>) -> bool {
         let token = self.ownership.token();
-        let mut record = live.current_record();
-        if record.owner_token == token {
+        if live.record.lock().expect("lock").owner_token == token {
             return !live.is_closed();
         }
         if live.is_closed() {
             return false;
         }
+        let mut record = live.current_record();
         let old = record.owner_token;
         record.owner_token = token;
         record.active_ms = now_ms();
