@@ -31,14 +31,14 @@ fn nginx_bin() -> PathBuf {
 }
 
 /// A real nginx running the example config, pointed at `backends`.
-struct Nginx {
+pub(crate) struct Nginx {
     _proc: Proc,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     _dir: TempDir,
 }
 
 impl Nginx {
-    fn start(backends: &[SocketAddr]) -> Self {
+    pub(crate) fn start(backends: &[SocketAddr]) -> Self {
         let dir = TempDir::new("nginx");
         let example =
             std::fs::read_to_string(repo_root().join("examples/nginx/mcpg-round-robin.conf"))
