@@ -162,7 +162,7 @@ pub struct Capability {
     pub bus_kind: BusKind,
 }
 
-/// All six capabilities.
+/// All six capabilities, and the store of rate-limit budgets.
 #[derive(Clone)]
 pub struct Capabilities {
     pub sessions: Capability,

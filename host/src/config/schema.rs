@@ -160,7 +160,11 @@ fn pattern_hint(pointer: &str, instance: &Value, secret: bool) -> Option<String>
         "name" if parent.chars().all(|c| c.is_ascii_digit()) && pointer.contains("/tokens/") => {
             "must start with a letter or digit and contain only letters, digits, `_`, `.`, `@` and `-`".to_owned()
         }
+        "name" if pointer.contains("/rate_limits/") => {
+            "must start with a letter or digit and contain only letters, digits, `_`, `.` and `-`, such as `per-caller`".to_owned()
+        }
         "name" => "must start with a letter or digit and contain only letters, digits, `_` and `-`, such as `main`".to_owned(),
+        "rate" | "quota" => "must be `N/<period>` with a period of `s`, `min`, `h` or `day`, optionally counted: `60/min`, `10/30s`, `10000/day`".to_owned(),
         _ => return None,
     })
 }

@@ -568,6 +568,7 @@ mod tests {
         m.takeover("main");
         m.auth_failure("main", "invalid");
         m.access_denied("main", "tool");
+        m.rate_limited("main", "per-caller").inc();
         m.coordinator_op("kv", "get", 0.0002, None);
         m.coordinator_op("kv", "put", 0.1, Some("unavailable"));
         m.lease_change("mcpg/owners/node-a", "acquired");
@@ -626,6 +627,7 @@ mod tests {
             "# TYPE mcpg_session_takeovers_total counter",
             "# TYPE mcpg_auth_failures_total counter",
             "# TYPE mcpg_access_denied_total counter",
+            "# TYPE mcpg_rate_limited_total counter",
             "# TYPE mcpg_coordinator_operation_duration_seconds histogram",
             "# TYPE mcpg_coordinator_errors_total counter",
             "# TYPE mcpg_lease_changes_total counter",
@@ -636,6 +638,13 @@ mod tests {
             assert!(text.contains(family), "{family} missing from\n{text}");
         }
         assert!(!text.contains("# EOF"));
+        assert_eq!(
+            sample(
+                &text,
+                r#"mcpg_rate_limited_total{binding="main",limit="per-caller"}"#
+            ),
+            Some(1.0)
+        );
         let ok = r#"{binding="main",upstream="files",method="tools/call",outcome="ok"}"#;
         assert_eq!(
             sample(&text, &format!("mcpg_requests_total{ok}")),

@@ -31,6 +31,7 @@ mod plugin_template;
 mod plugins;
 mod plugins_oci;
 mod postgres_cluster;
+mod rate_limits;
 mod redis_cluster;
 mod rolling_upgrade;
 mod tls;

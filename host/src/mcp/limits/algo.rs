@@ -1,4 +1,5 @@
-//! The two counting rules, pure: GCRA for a `rate` (state: the theoretical arrival time) and a
+//! The two counting rules, pure: GCRA for a `rate` (state: the theoretical arrival time, in
+//! microseconds) and a
 //! fixed window for a `quota` (state: the window and how much of it is used), each taking up
 //! to `want` units at once so that a replica can lease a share of the budget in one write.
 //! States are small strings, the value stored under a limit's key.
@@ -8,9 +9,10 @@ use std::time::Duration;
 /// How a limit counts, with its numbers in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algo {
-    /// `burst` units at once, then one every `interval_ms` (GCRA: a unit is admitted while
-    /// the theoretical arrival time is at most `burst × interval` ahead of now).
-    Gcra { interval_ms: u64, burst: u64 },
+    /// `burst` units at once, then one every `interval_us` microseconds (GCRA: a unit is
+    /// admitted while the theoretical arrival time is at most `burst × interval` ahead of
+    /// now). Microseconds, so that rates up to a million per second per key stay exact.
+    Gcra { interval_us: u64, burst: u64 },
     /// At most `n` units per window of `len_ms`, windows aligned to the Unix epoch.
     Window { len_ms: u64, n: u64 },
 }
@@ -34,8 +36,8 @@ impl Algo {
     /// A `rate` of `n` per `period_ms` with `burst`.
     pub fn rate(n: u64, period_ms: u64, burst: u64) -> Self {
         Algo::Gcra {
-            // At least 1 ms: a rate finer than 1000/s per key is kept at 1000/s per key.
-            interval_ms: (period_ms / n).max(1),
+            // At least 1 µs: a rate above a million per second per key is kept at that.
+            interval_us: (period_ms.saturating_mul(1_000) / n).max(1),
             burst: burst.max(1),
         }
     }
@@ -58,23 +60,27 @@ impl Algo {
     /// a damaged write, and refusing every request for it would be worse.
     pub fn take(&self, state: Option<&str>, now_ms: u64, want: u64) -> Take {
         match *self {
-            Algo::Gcra { interval_ms, burst } => {
+            Algo::Gcra { interval_us, burst } => {
+                // In µs, as u128: `burst × interval` can exceed u64 for long periods.
+                let (now, t) = (u128::from(now_ms) * 1_000, u128::from(interval_us));
                 let tat = state
                     .and_then(|s| s.strip_prefix('g'))
-                    .and_then(|s| s.parse::<u64>().ok())
+                    .and_then(|s| s.parse::<u128>().ok())
                     .unwrap_or(0)
-                    .max(now_ms);
+                    .max(now);
+                let horizon = now + u128::from(burst) * t;
                 // Room ahead of now: `burst` intervals, minus what is already booked.
-                let room = (now_ms + burst * interval_ms).saturating_sub(tat) / interval_ms;
-                let granted = room.min(want);
-                let new_tat = tat + granted * interval_ms;
+                let room = horizon.saturating_sub(tat) / t;
+                let granted = room.min(u128::from(want)) as u64;
+                let new_tat = tat + u128::from(granted) * t;
                 // One unit fits once `tat + interval - now <= burst * interval`.
-                let retry = (tat + interval_ms).saturating_sub(now_ms + burst * interval_ms);
+                let retry = (tat + t).saturating_sub(horizon).max(1);
+                let micros = |v: u128| Duration::from_micros(u64::try_from(v).unwrap_or(u64::MAX));
                 Take {
                     granted,
                     state: format!("g{new_tat}"),
-                    retry_after: Duration::from_millis(retry.max(1)),
-                    ttl: Duration::from_millis(new_tat - now_ms + 1_000),
+                    retry_after: micros(retry),
+                    ttl: micros(new_tat - now) + Duration::from_secs(1),
                     window: None,
                 }
             }
@@ -178,5 +184,17 @@ mod tests {
         assert_eq!(Algo::rate(1, 1_000, 10).share(), 1);
         assert_eq!(Algo::rate(1, 1_000, 320).share(), 20);
         assert_eq!(Algo::quota(1_000_000, 86_400_000).share(), 64);
+    }
+
+    #[test]
+    fn fast_rates_and_long_periods_stay_exact() {
+        // 100 000/s: after the burst, 100 units come back per millisecond, not 1.
+        let a = Algo::rate(100_000, 1_000, 1_000);
+        let t = a.take(None, 1_000, 1_000);
+        assert_eq!(t.granted, 1_000);
+        assert_eq!(a.take(Some(&t.state), 1_001, 1_000).granted, 100);
+        // One a year with a huge burst: no overflow.
+        let y = Algo::rate(1, 366 * 86_400_000, 1_000_000_000);
+        assert_eq!(y.take(None, 1_000, 5).granted, 5);
     }
 }
