@@ -166,6 +166,9 @@ impl Upstream {
                     None,
                 )
             }
+            (None, None) if !cfg.endpoints.is_empty() => {
+                anyhow::bail!("upstream pools (`endpoints`) are not served by this build yet")
+            }
             (None, None) => unreachable!("the config loader requires a transport"),
         };
         let configured = cfg.http.as_ref().and_then(|h| match h.protocol {
