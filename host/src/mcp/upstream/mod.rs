@@ -2,9 +2,12 @@
 //! handshake its era needs, restarts with backoff, and the per-session / shared choice of
 //! stdio upstreams.
 
+pub mod balance;
+pub mod budget;
 pub mod conn;
 pub mod health;
 pub mod http;
+pub mod outlier;
 pub mod probe;
 pub mod stdio;
 #[cfg(test)]
