@@ -8,6 +8,9 @@ pub mod conn;
 pub mod health;
 pub mod http;
 pub mod outlier;
+pub mod pool;
+#[cfg(test)]
+mod pool_tests;
 pub mod probe;
 pub mod stdio;
 #[cfg(test)]
@@ -27,8 +30,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub use conn::{Connection, Exchange, UpstreamError};
+pub use health::Health;
 
-use crate::config::model::{StdioMode, StdioTransport, UpstreamConfig};
+use crate::config::model::{StdioMode, StdioTransport, TransportRef, UpstreamConfig};
 use crate::config::parsed::HttpUpstream;
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::wire::jsonrpc::{self, RpcError};
@@ -131,12 +135,42 @@ pub struct Link {
     pub modern: bool,
     /// The handshake answer the client's `initialize` result is built from.
     pub answer: Value,
+    /// The endpoint of the upstream's pool the conversation is with (set by the pool).
+    pub endpoint: Option<String>,
 }
 
 impl Upstream {
+    /// The upstream's first (for a single-transport upstream, its only) endpoint.
     pub fn new(
         binding: &str,
         cfg: &UpstreamConfig,
+        parsed_http: Option<&HttpUpstream>,
+        base_dir: &std::path::Path,
+        default_timeout: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        let first = cfg
+            .pool()
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the config loader requires a transport"))?;
+        Self::build(
+            binding,
+            &cfg.name,
+            cfg,
+            first.transport,
+            parsed_http,
+            base_dir,
+            default_timeout,
+        )
+    }
+
+    /// One endpoint of upstream `cfg`, reached through `transport`, named `name` in errors,
+    /// logs and its health.
+    pub fn build(
+        binding: &str,
+        name: &str,
+        cfg: &UpstreamConfig,
+        transport: TransportRef<'_>,
         parsed_http: Option<&HttpUpstream>,
         base_dir: &std::path::Path,
         default_timeout: Duration,
@@ -145,7 +179,11 @@ impl Upstream {
             .request_timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(default_timeout);
-        let (kind, children, shared) = match (&cfg.stdio, &cfg.http) {
+        let (stdio, http) = match transport {
+            TransportRef::Stdio(s) => (Some(s), None),
+            TransportRef::Http(h) => (None, Some(h)),
+        };
+        let (kind, children, shared) = match (stdio, http) {
             (Some(s), _) => {
                 let kind = Kind::Stdio {
                     cfg: s.clone(),
@@ -169,18 +207,15 @@ impl Upstream {
                     None,
                 )
             }
-            (None, None) if !cfg.endpoints.is_empty() => {
-                anyhow::bail!("upstream pools (`endpoints`) are not served by this build yet")
-            }
-            (None, None) => unreachable!("the config loader requires a transport"),
+            (None, None) => unreachable!("a transport is one or the other"),
         };
-        let configured = cfg.http.as_ref().and_then(|h| match h.protocol {
+        let configured = http.and_then(|h| match h.protocol {
             crate::config::model::UpstreamProtocol::Auto => None,
             crate::config::model::UpstreamProtocol::Legacy => Some(false),
             crate::config::model::UpstreamProtocol::Modern => Some(true),
         });
         let mut up = Self {
-            name: cfg.name.clone(),
+            name: name.to_owned(),
             kind,
             timeout,
             children,
@@ -189,9 +224,9 @@ impl Upstream {
             modern_failed: std::sync::Mutex::new(None),
             speaks_modern: std::sync::Mutex::new(configured),
             modern_only: configured == Some(true),
-            health: health::HealthCell::new(binding, &cfg.name),
+            health: health::HealthCell::new(binding, name),
         };
-        if let Some(s) = &cfg.stdio
+        if let Some(s) = stdio
             && s.mode == StdioMode::Shared
         {
             up.shared = Some(Self::supervise_shared(
@@ -344,6 +379,7 @@ impl Upstream {
             upstream_session: None,
             modern: true,
             answer,
+            endpoint: None,
         })
     }
 
@@ -375,6 +411,7 @@ impl Upstream {
                         upstream_session: None,
                         modern: false,
                         answer: Value::Null,
+                        endpoint: None,
                     });
                 }
                 let permit = match &self.children {
@@ -397,6 +434,7 @@ impl Upstream {
                     upstream_session: None,
                     modern: false,
                     answer: Value::Null,
+                    endpoint: None,
                 })
             }
             Kind::Http(endpoint) => {
@@ -421,6 +459,7 @@ impl Upstream {
                     upstream_session: t.session_id(),
                     modern: false,
                     answer: Value::Null,
+                    endpoint: None,
                 })
             }
         }
