@@ -39,6 +39,8 @@ pub struct Member {
     admin: AtomicU8,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Requests that never left mcpg for it (refused connection, closed conversation).
+    not_reached: AtomicU64,
 }
 
 impl Member {
@@ -75,6 +77,9 @@ pub struct Pool {
     budget: RetryBudget,
     health_cfg: HealthConfig,
     binding: String,
+    /// Requests sent again on another endpoint, and those the budget refused.
+    retries: AtomicU64,
+    retries_refused: AtomicU64,
 }
 
 /// One endpoint as the management API shows it (this replica's view).
@@ -87,6 +92,7 @@ pub struct EndpointView {
     pub in_flight: u32,
     pub requests: u64,
     pub failures: u64,
+    pub not_reached: u64,
     pub ejections: u64,
     pub last_check: Health,
 }
@@ -127,6 +133,7 @@ impl Pool {
                 admin: AtomicU8::new(0),
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
+                not_reached: AtomicU64::new(0),
             });
         }
         anyhow::ensure!(
@@ -141,6 +148,8 @@ impl Pool {
             budget: RetryBudget::new(&cfg.retry_budget),
             health_cfg: cfg.health.clone(),
             binding: binding.to_owned(),
+            retries: AtomicU64::new(0),
+            retries_refused: AtomicU64::new(0),
             members,
         });
         if several && cfg.health.interval_ms > 0 {
@@ -234,10 +243,26 @@ impl Pool {
     /// Takes one retry from the budget (counted either way).
     pub fn may_retry(&self) -> bool {
         let ok = self.budget.try_retry();
-        if !ok {
+        if ok {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.retries_refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(binding = %self.binding, upstream = %self.name, "retry budget spent; not retrying");
         }
         ok
+    }
+
+    /// Counts a request that never left mcpg for endpoint `i`.
+    pub fn count_not_reached(&self, i: usize) {
+        self.members[i].not_reached.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests sent again on another endpoint, and retries the budget refused.
+    pub fn retries(&self) -> (u64, u64) {
+        (
+            self.retries.load(Ordering::Relaxed),
+            self.retries_refused.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts a first attempt against the retry budget.
@@ -246,13 +271,18 @@ impl Pool {
     }
 
     /// The conversation 2026-07-28 clients use, on the endpoint the balancer picks for this
-    /// request; an endpoint whose conversation cannot be established (the client's request
-    /// was not sent) is reported and the next one tried, within the retry budget.
-    pub async fn modern_on(&self) -> Result<(usize, ModernHandle), RpcError> {
-        self.first_attempt();
-        let mut tried = Vec::new();
+    /// request among those not `tried`; an endpoint whose conversation cannot be established
+    /// (the client's request was not sent) is reported, added to `tried` and the next one
+    /// tried, within the retry budget. The first call for a request counts it for the budget.
+    pub async fn modern_on(
+        &self,
+        tried: &mut Vec<usize>,
+    ) -> Result<(usize, ModernHandle), RpcError> {
+        if tried.is_empty() {
+            self.first_attempt();
+        }
         loop {
-            let Some(i) = self.pick(&tried) else {
+            let Some(i) = self.pick(tried) else {
                 return Err(self.unavailable());
             };
             match self.members[i].up.modern().await {
@@ -268,9 +298,9 @@ impl Pool {
         }
     }
 
-    /// [`Pool::modern_on`] without the endpoint.
+    /// [`Pool::modern_on`] for one request, without the endpoint.
     pub async fn modern(&self) -> Result<ModernHandle, RpcError> {
-        self.modern_on().await.map(|(_, h)| h)
+        self.modern_on(&mut Vec::new()).await.map(|(_, h)| h)
     }
 
     /// The position of the endpoint named `name`.
@@ -445,6 +475,7 @@ impl Pool {
                 in_flight: m.in_flight.load(Ordering::Relaxed),
                 requests: m.requests.load(Ordering::Relaxed),
                 failures: m.failures.load(Ordering::Relaxed),
+                not_reached: m.not_reached.load(Ordering::Relaxed),
                 ejections: detector.total_ejections(i),
                 last_check: m.up.health(),
             })

@@ -70,7 +70,10 @@ async fn stateless_requests_spread_and_skip_an_endpoint_that_refuses_connections
         let p = pool(&[&a, &b, &dead], balance);
         let mut counts = [0; 3];
         for _ in 0..60 {
-            let (i, h) = p.modern_on().await.expect("another endpoint serves it");
+            let (i, h) = p
+                .modern_on(&mut Vec::new())
+                .await
+                .expect("another endpoint serves it");
             let _f = p.start(i);
             h.conn.call("tools/list", None).await.expect("answered");
             p.outcome(i, true);
@@ -124,7 +127,7 @@ async fn drained_and_disabled_endpoints_get_no_new_work_and_come_back_when_enabl
     assert!(p.set_admin("a", Admin::Draining));
     assert!(!p.set_admin("nope", Admin::Draining));
     for _ in 0..6 {
-        assert_eq!(p.modern_on().await.expect("served").0, 1);
+        assert_eq!(p.modern_on(&mut Vec::new()).await.expect("served").0, 1);
     }
     // A drained endpoint keeps the sessions pinned to it; a disabled one does not.
     let hello = Hello::gateway();
@@ -136,4 +139,42 @@ async fn drained_and_disabled_endpoints_get_no_new_work_and_come_back_when_enabl
     assert!(p.set_admin("a", Admin::Enabled));
     let picks: Vec<usize> = (0..4).map(|_| p.pick(&[]).unwrap()).collect();
     assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+}
+
+/// Sends one request over a fresh HTTP conversation with `url`; the error it ends with.
+async fn send_error(url: &str) -> super::UpstreamError {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cfg: crate::config::model::HttpTransport =
+        serde_json::from_value(json!({"url": url})).unwrap();
+    let parsed = crate::config::parsed::HttpUpstream {
+        url: url.parse().unwrap(),
+        headers: Default::default(),
+        pass_through: Vec::new(),
+    };
+    let endpoint = super::http::Endpoint::new(&cfg, &parsed);
+    let t = Arc::new(super::http::HttpTransport::new("t", &endpoint));
+    let conn = super::Connection::new("t", t, None);
+    let msg = json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "x"}});
+    let r = conn
+        .request_with(msg.as_object().unwrap().clone(), &[])
+        .await;
+    r.err().expect("the request fails")
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_not_reached_but_a_request_the_endpoint_read_may_have_run() {
+    let e = send_error(&refusing().await).await;
+    assert!(e.not_reached(), "{e}");
+    // An endpoint that reads the request and closes without answering may have run it.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+        }
+    });
+    let e = send_error(&format!("http://{addr}/mcp")).await;
+    assert!(!e.not_reached(), "{e}");
 }
