@@ -362,6 +362,30 @@ impl Pool {
         }
     }
 
+    /// The endpoint a session's record pins it to, for a link of this pool (pools of
+    /// several endpoints only: a single endpoint needs no pin).
+    pub fn pin_of(&self, link: &Link) -> Option<String> {
+        (self.members.len() > 1)
+            .then(|| link.endpoint.clone())
+            .flatten()
+    }
+
+    /// Resumes an upstream session where it lives (its pinned endpoint, or the only one),
+    /// nowhere else: for closing it.
+    pub async fn resume_at(
+        &self,
+        pinned: Option<&str>,
+        hello: &Hello,
+        resume: (&str, &str),
+    ) -> Result<Link, RpcError> {
+        let i = match (pinned.and_then(|p| self.endpoint(p)), self.members.len()) {
+            (Some(i), _) => i,
+            (None, 1) => 0,
+            (None, _) => return Err(self.unavailable()),
+        };
+        self.members[i].up.connect(hello, Some(resume)).await
+    }
+
     /// [`Pool::connect_pinned`] with no pin.
     pub async fn connect(
         &self,

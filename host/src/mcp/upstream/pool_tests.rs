@@ -178,3 +178,22 @@ async fn a_refused_connection_is_not_reached_but_a_request_the_endpoint_read_may
     let e = send_error(&format!("http://{addr}/mcp")).await;
     assert!(!e.not_reached(), "{e}");
 }
+
+#[test]
+fn the_pin_is_kept_in_the_record_and_records_without_one_read_as_before() {
+    let old = json!({
+        "format": 1, "id": "s", "binding": "b", "protocol_version": "2025-06-18",
+        "hello": {"protocolVersion": "2025-06-18"}, "owner": "n1", "created_ms": 1, "active_ms": 1,
+    });
+    let mut r: crate::mcp::session::record::SessionRecord =
+        serde_json::from_value(old).expect("a record of an earlier release reads");
+    assert!(r.upstream_endpoints.is_empty());
+    assert!(
+        serde_json::to_value(&r).unwrap().get("upstream_endpoints").is_none(),
+        "no pin, no key: earlier releases read the record unchanged"
+    );
+    r.upstream_endpoints.insert("search".into(), "b".into());
+    let back: crate::mcp::session::record::SessionRecord =
+        serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+    assert_eq!(back.upstream_endpoints["search"], "b");
+}
