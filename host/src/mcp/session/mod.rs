@@ -151,7 +151,7 @@ impl Sessions {
         s
     }
 
-    fn node_id(&self) -> &str {
+    pub fn node_id(&self) -> &str {
         self.ownership.node_id()
     }
 

@@ -158,6 +158,10 @@ impl Pool {
         Ok(pool)
     }
 
+    pub fn balance(&self) -> crate::config::model::BalancePolicy {
+        self.balancer.policy()
+    }
+
     /// Whether some of the client's headers are copied to this upstream.
     pub fn passes_headers(&self) -> bool {
         self.members.iter().any(|m| m.up.passes_headers())

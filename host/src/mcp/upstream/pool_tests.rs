@@ -189,7 +189,10 @@ fn the_pin_is_kept_in_the_record_and_records_without_one_read_as_before() {
         serde_json::from_value(old).expect("a record of an earlier release reads");
     assert!(r.upstream_endpoints.is_empty());
     assert!(
-        serde_json::to_value(&r).unwrap().get("upstream_endpoints").is_none(),
+        serde_json::to_value(&r)
+            .unwrap()
+            .get("upstream_endpoints")
+            .is_none(),
         "no pin, no key: earlier releases read the record unchanged"
     );
     r.upstream_endpoints.insert("search".into(), "b".into());
