@@ -169,7 +169,8 @@ impl Detector {
     pub fn probed(&mut self, i: usize, ok: bool, now: Instant) -> Change {
         let (up, down) = (self.cfg.healthy_threshold, self.cfg.unhealthy_threshold);
         let max_out = self.max_out();
-        let out = self.out(now);
+        // Its own exclusion (an ejection) does not count against the share.
+        let out = self.out(now) - usize::from(!self.available(i, now));
         let e = &mut self.endpoints[i];
         if ok {
             e.probe_failures = 0;
@@ -310,5 +311,16 @@ mod tests {
         assert_eq!(d.probed(0, true, now), Change::None);
         assert_eq!(d.probed(0, true, now), Change::Healthy);
         assert!(d.available(0, now));
+        // An endpoint ejected by passive detection whose probes fail is marked unhealthy
+        // too (its own ejection is not the share's), so it stays out after the ejection.
+        let mut d = Detector::new(&c, 2);
+        for _ in 0..5 {
+            d.record(1, false, now);
+        }
+        assert_eq!(d.state(1, now), State::Ejected);
+        d.probed(1, false, now);
+        assert_eq!(d.probed(1, false, now), Change::Unhealthy);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(d.state(1, Instant::now()), State::Unhealthy);
     }
 }
