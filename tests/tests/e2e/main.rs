@@ -31,3 +31,4 @@ mod postgres_cluster;
 mod redis_cluster;
 mod rolling_upgrade;
 mod tls;
+mod upstream_pools;
