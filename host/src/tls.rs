@@ -438,6 +438,14 @@ pub fn check_ca_files(config: &AppConfig) -> Result<(), LoadError> {
             if let Some(p) = u.http.as_ref().and_then(|h| h.ca_file.as_ref()) {
                 load_ca_file(&format!("bindings[{i}].upstreams[{j}].http.ca_file"), p)?;
             }
+            for (k, e) in u.endpoints.iter().enumerate() {
+                if let Some(p) = e.http.as_ref().and_then(|h| h.ca_file.as_ref()) {
+                    load_ca_file(
+                        &format!("bindings[{i}].upstreams[{j}].endpoints[{k}].http.ca_file"),
+                        p,
+                    )?;
+                }
+            }
         }
     }
     Ok(())

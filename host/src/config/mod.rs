@@ -448,6 +448,14 @@ fn resolve_paths(config: &mut AppConfig, base: &Path) {
             if let Some(ca) = u.http.as_mut().and_then(|h| h.ca_file.as_mut()) {
                 *ca = resolve(base, ca);
             }
+            for e in &mut u.endpoints {
+                if let Some(cwd) = e.stdio.as_mut().and_then(|s| s.cwd.as_mut()) {
+                    *cwd = resolve(base, cwd);
+                }
+                if let Some(ca) = e.http.as_mut().and_then(|h| h.ca_file.as_mut()) {
+                    *ca = resolve(base, ca);
+                }
+            }
         }
         if let Some(j) = b.auth.as_mut().and_then(|a| a.jwt.as_mut()) {
             for p in [j.jwks_file.as_mut(), j.ca_file.as_mut()]

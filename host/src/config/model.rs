@@ -687,6 +687,251 @@ pub struct UpstreamConfig {
     /// `_meta`), or `off` (messages pass unchanged).
     #[serde(default)]
     pub fencing_token: FencingToken,
+    /// Several endpoints serving this upstream as one pool (replicas of the same MCP server),
+    /// instead of one `stdio` or `http` transport. Each has exactly one transport, all of the
+    /// same kind; tools are listed once per upstream. See `docs/mcp/pools.md`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointConfig>,
+    /// How requests are spread over the endpoints: `round_robin` (weighted, the default) or
+    /// `least_requests` (the less busy of two endpoints picked at random by weight). A
+    /// legacy session stays on the endpoint chosen at its `initialize`.
+    #[serde(default)]
+    pub balance: BalancePolicy,
+    /// Health checking of the endpoints: active MCP-level probes and passive outlier
+    /// detection from real traffic. Defaults apply when absent.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// How many requests that failed before reaching an endpoint may be retried on another.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConfig,
+}
+
+/// One endpoint of an upstream pool.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Name of the endpoint in the management API, metrics, logs and audit records, unique
+    /// within its upstream. Default: its position in `endpoints` (`0`, `1`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_-]*$"))]
+    pub name: Option<String>,
+    /// Run this endpoint as a child process (or set of children, by `mode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio: Option<StdioTransport>,
+    /// Reach this endpoint over Streamable HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpTransport>,
+    /// Relative share of new sessions and stateless requests this endpoint gets.
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// How an upstream pool picks an endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    #[default]
+    RoundRobin,
+    LeastRequests,
+}
+
+/// Health checking of an upstream's endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Milliseconds between active probes of each endpoint (an `initialize` or
+    /// `server/discover` round trip, per era). `0` turns active probing off. Only pools of
+    /// two or more endpoints are probed actively; a single endpoint is probed at start.
+    #[serde(default = "default_health_interval")]
+    #[schemars(range(min = 0, max = 3_600_000))]
+    pub interval_ms: u64,
+    /// How long one probe may take, in milliseconds.
+    #[serde(default = "default_health_timeout")]
+    #[schemars(range(min = 1, max = 600_000))]
+    pub timeout_ms: u64,
+    /// Consecutive successful probes that bring an unhealthy endpoint back.
+    #[serde(default = "default_healthy_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub healthy_threshold: u32,
+    /// Consecutive failed probes that mark an endpoint unhealthy.
+    #[serde(default = "default_unhealthy_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub unhealthy_threshold: u32,
+    /// Passive outlier detection from real traffic.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_health_interval(),
+            timeout_ms: default_health_timeout(),
+            healthy_threshold: default_healthy_threshold(),
+            unhealthy_threshold: default_unhealthy_threshold(),
+            outlier: OutlierConfig::default(),
+        }
+    }
+}
+
+fn default_health_interval() -> u64 {
+    10_000
+}
+
+fn default_health_timeout() -> u64 {
+    5_000
+}
+
+fn default_healthy_threshold() -> u32 {
+    2
+}
+
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+/// Passive outlier detection: an endpoint whose requests keep failing is ejected (taken out
+/// of the rotation) for a while.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive failed requests (not reached, closed, timed out) that eject an endpoint.
+    /// `0` turns passive detection off.
+    #[serde(default = "default_consecutive_failures")]
+    #[schemars(range(min = 0, max = 10_000))]
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts, in milliseconds; each further ejection of the same
+    /// endpoint doubles it, up to `max_ejection_ms`.
+    #[serde(default = "default_base_ejection")]
+    #[schemars(range(min = 1, max = 3_600_000))]
+    pub base_ejection_ms: u64,
+    /// The longest an ejection lasts, in milliseconds.
+    #[serde(default = "default_max_ejection")]
+    #[schemars(range(min = 1, max = 86_400_000))]
+    pub max_ejection_ms: u64,
+    /// The largest share of the pool, in percent, that may be ejected at once (rounded
+    /// down, so one endpoint of a pool always stays; a bad probe cannot empty the pool).
+    #[serde(default = "default_max_ejection_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection_ms: default_base_ejection(),
+            max_ejection_ms: default_max_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+
+fn default_base_ejection() -> u64 {
+    30_000
+}
+
+fn default_max_ejection() -> u64 {
+    300_000
+}
+
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+/// The retry budget of an upstream pool: retries may add at most `ratio_percent` of the
+/// requests of the last ten seconds, plus `min_per_second`, so that an outage does not
+/// multiply the load on the endpoints left.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Retries as a share of requests, in percent.
+    #[serde(default = "default_retry_ratio")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub ratio_percent: u32,
+    /// Retries always allowed per second, whatever the ratio.
+    #[serde(default = "default_retry_min")]
+    #[schemars(range(min = 0, max = 100_000))]
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        Self {
+            ratio_percent: default_retry_ratio(),
+            min_per_second: default_retry_min(),
+        }
+    }
+}
+
+fn default_retry_ratio() -> u32 {
+    20
+}
+
+fn default_retry_min() -> u32 {
+    10
+}
+
+/// One endpoint's transport, borrowed from the config.
+#[derive(Debug, Clone, Copy)]
+pub enum TransportRef<'a> {
+    Stdio(&'a StdioTransport),
+    Http(&'a HttpTransport),
+}
+
+/// One endpoint of an upstream as the pool sees it: a single-transport upstream is a pool of
+/// one endpoint named `0`.
+#[derive(Debug, Clone)]
+pub struct EndpointRef<'a> {
+    pub name: String,
+    pub transport: TransportRef<'a>,
+    pub weight: u32,
+}
+
+impl UpstreamConfig {
+    /// The endpoints of this upstream (the one transport, or `endpoints`), those with a
+    /// transport; a valid config has at least one and exactly one transport for each.
+    pub fn pool(&self) -> Vec<EndpointRef<'_>> {
+        fn one<'a>(
+            stdio: &'a Option<StdioTransport>,
+            http: &'a Option<HttpTransport>,
+        ) -> Option<TransportRef<'a>> {
+            stdio
+                .as_ref()
+                .map(TransportRef::Stdio)
+                .or(http.as_ref().map(TransportRef::Http))
+        }
+        if self.endpoints.is_empty() {
+            return one(&self.stdio, &self.http)
+                .map(|transport| EndpointRef {
+                    name: "0".into(),
+                    transport,
+                    weight: 1,
+                })
+                .into_iter()
+                .collect();
+        }
+        self.endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                Some(EndpointRef {
+                    name: e.name.clone().unwrap_or_else(|| i.to_string()),
+                    transport: one(&e.stdio, &e.http)?,
+                    weight: e.weight,
+                })
+            })
+            .collect()
+    }
 }
 
 fn default_max_response_bytes() -> u64 {

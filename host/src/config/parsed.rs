@@ -55,7 +55,8 @@ pub struct LimitValues {
 /// The typed view of a valid config.
 #[derive(Debug, Clone, Default)]
 pub struct Parsed {
-    http: BTreeMap<(String, String), HttpUpstream>,
+    /// By binding, upstream and endpoint position (`0` for a single-transport upstream).
+    http: BTreeMap<(String, String, usize), HttpUpstream>,
     resources: BTreeMap<String, Url>,
     jwks: BTreeMap<String, Url>,
     access: BTreeMap<String, Vec<RulePatterns>>,
@@ -66,7 +67,18 @@ pub struct Parsed {
 impl Parsed {
     /// The HTTP upstream `upstream` of binding `binding`, if it is one.
     pub fn http(&self, binding: &str, upstream: &str) -> Option<&HttpUpstream> {
-        self.http.get(&(binding.to_owned(), upstream.to_owned()))
+        self.http_endpoint(binding, upstream, 0)
+    }
+
+    /// Endpoint `index` of the HTTP upstream `upstream` of binding `binding`, if it is one.
+    pub fn http_endpoint(
+        &self,
+        binding: &str,
+        upstream: &str,
+        index: usize,
+    ) -> Option<&HttpUpstream> {
+        self.http
+            .get(&(binding.to_owned(), upstream.to_owned(), index))
     }
 
     /// Binding `binding`'s configured `auth.resource`, if any.
@@ -158,13 +170,21 @@ impl Parsed {
             }
             parsed.limits.insert(b.name.clone(), limits);
             for (ui, u) in b.upstreams.iter().enumerate() {
-                let Some(h) = &u.http else { continue };
-                let up = bp.clone().key("upstreams").index(ui).key("http");
-                match http_upstream(h) {
-                    Ok(p) => {
-                        parsed.http.insert((b.name.clone(), u.name.clone()), p);
+                let up = bp.clone().key("upstreams").index(ui);
+                let transports = std::iter::once((0, &u.http, up.clone())).chain(
+                    u.endpoints
+                        .iter()
+                        .enumerate()
+                        .map(|(k, e)| (k, &e.http, up.clone().key("endpoints").index(k))),
+                );
+                for (k, h, at) in transports {
+                    let Some(h) = h else { continue };
+                    match http_upstream(h) {
+                        Ok(p) => {
+                            parsed.http.insert((b.name.clone(), u.name.clone(), k), p);
+                        }
+                        Err((key, message)) => fail(at.key("http").key(key), message),
                     }
-                    Err((key, message)) => fail(up.key(key), message),
                 }
             }
         }

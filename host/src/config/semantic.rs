@@ -14,6 +14,7 @@ use super::model::{
     ObservabilityConfig, PluginConfig, PrefixMode, SINGLE_NODE, ServerConfig, StoreKind,
     UpstreamConfig,
 };
+use super::model::{HttpTransport, StdioTransport};
 use super::yaml::SourceMap;
 
 /// Paths the gateway serves itself; no binding may take them.
@@ -540,34 +541,111 @@ impl Checker<'_> {
                     ),
                 );
             }
-            match (&u.stdio, &u.http) {
-                (Some(_), Some(_)) => self.error_at_key(
-                    up.clone().key("http"),
-                    "an upstream has exactly one transport: remove `stdio` or `http`",
-                ),
-                (None, None) => self.error(
-                    up.clone(),
-                    "an upstream needs a transport: add `stdio: {command: …}` or `http: {url: …}`",
+            if u.endpoints.is_empty() {
+                match (&u.stdio, &u.http) {
+                    (Some(_), Some(_)) => self.error_at_key(
+                        up.clone().key("http"),
+                        "an upstream has exactly one transport: remove `stdio` or `http`",
+                    ),
+                    (None, None) => self.error(
+                        up.clone(),
+                        "an upstream needs a transport: add `stdio: {command: …}` or `http: {url: …}` (or `endpoints` for a pool)",
+                    ),
+                    _ => {}
+                }
+            } else if u.stdio.is_some() || u.http.is_some() {
+                let key = if u.stdio.is_some() { "stdio" } else { "http" };
+                self.error_at_key(
+                    up.clone().key(key),
+                    "an upstream has either one transport or `endpoints`: move this transport into `endpoints` or remove `endpoints`",
+                );
+            }
+            self.transport(&up, &u.stdio, &u.http);
+            self.endpoints(&up, u);
+        }
+    }
+
+    /// The endpoints of an upstream pool: one transport each, all of one kind, unique names.
+    fn endpoints(&mut self, up: &KeyPath, u: &UpstreamConfig) {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut first_kind: Option<(&str, usize)> = None;
+        for (k, e) in u.endpoints.iter().enumerate() {
+            let ep = up.clone().key("endpoints").index(k);
+            let name = e.name.clone().unwrap_or_else(|| k.to_string());
+            if let Some(first) = names.insert(name.clone(), k) {
+                let at = if e.name.is_some() {
+                    ep.clone().key("name")
+                } else {
+                    ep.clone()
+                };
+                self.error(at, format!("duplicate endpoint name `{name}` in this upstream (also used by endpoints[{first}]); endpoints without a name are named by their position"));
+            }
+            let kind = match (&e.stdio, &e.http) {
+                (Some(_), Some(_)) => {
+                    self.error_at_key(
+                        ep.clone().key("http"),
+                        "an endpoint has exactly one transport: remove `stdio` or `http`",
+                    );
+                    None
+                }
+                (None, None) => {
+                    self.error(ep.clone(), "an endpoint needs a transport: add `stdio: {command: …}` or `http: {url: …}`");
+                    None
+                }
+                (Some(_), None) => Some("stdio"),
+                (None, Some(_)) => Some("http"),
+            };
+            match (kind, first_kind) {
+                (Some(kind), None) => first_kind = Some((kind, k)),
+                (Some(kind), Some((first, at))) if kind != first => self.error_at_key(
+                    ep.clone().key(kind),
+                    format!("the endpoints of one upstream share a transport kind: endpoints[{at}] uses `{first}`; make this one `{first}` too, or make it its own upstream"),
                 ),
                 _ => {}
             }
-            if let Some(s) = &u.stdio {
-                for key in s.env.keys() {
-                    if key.is_empty() || key.contains(['=', '\0']) {
-                        self.error_at_key(up.clone().key("stdio").key("env").key(key), "not a valid environment variable name (it must be non-empty, without `=`)");
-                    }
+            self.transport(&ep, &e.stdio, &e.http);
+        }
+        let o = &u.health.outlier;
+        if o.max_ejection_ms < o.base_ejection_ms {
+            self.error(
+                up.clone()
+                    .key("health")
+                    .key("outlier")
+                    .key("max_ejection_ms"),
+                format!(
+                    "must be at least `base_ejection_ms` ({})",
+                    o.base_ejection_ms
+                ),
+            );
+        }
+    }
+
+    /// Checks one transport (of an upstream or of one of its endpoints) under `at`.
+    fn transport(
+        &mut self,
+        at: &KeyPath,
+        stdio: &Option<StdioTransport>,
+        http: &Option<HttpTransport>,
+    ) {
+        if let Some(s) = stdio {
+            for key in s.env.keys() {
+                if key.is_empty() || key.contains(['=', '\0']) {
+                    self.error_at_key(
+                        at.clone().key("stdio").key("env").key(key),
+                        "not a valid environment variable name (it must be non-empty, without `=`)",
+                    );
                 }
             }
-            if let Some(h) = &u.http {
-                self.http_url(up.clone().key("http").key("url"), &h.url);
-                self.headers(up.clone().key("http").key("headers"), &h.headers);
-                for (k, name) in h.pass_through_headers.iter().enumerate() {
-                    let p = up.clone().key("http").key("pass_through_headers").index(k);
-                    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        self.error(p, format!("`{name}` is not a valid HTTP header name"));
-                    } else if h.headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
-                        self.error(p, format!("`{name}` is also set in `headers`; an upstream gets a header from one place"));
-                    }
+        }
+        if let Some(h) = http {
+            self.http_url(at.clone().key("http").key("url"), &h.url);
+            self.headers(at.clone().key("http").key("headers"), &h.headers);
+            for (k, name) in h.pass_through_headers.iter().enumerate() {
+                let p = at.clone().key("http").key("pass_through_headers").index(k);
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    self.error(p, format!("`{name}` is not a valid HTTP header name"));
+                } else if h.headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
+                    self.error(p, format!("`{name}` is also set in `headers`; an upstream gets a header from one place"));
                 }
             }
         }

@@ -268,6 +268,9 @@ impl ControlPlane {
         Router::new()
             .route("/api/cluster/status", get(status))
             .route("/api/cluster/peers", get(peers))
+            // MCPHub's name; presence expires, so every node listed is active (`?active=true`
+            // lists the same).
+            .route("/api/cluster/nodes", get(peers))
             .with_state(self.clone())
     }
 }

@@ -10,13 +10,13 @@ use crate::capabilities::{Capabilities, Capability};
 use crate::config::model::{BindingConfig, FailurePolicy, PrefixMode};
 use crate::config::parsed::Parsed;
 use crate::mcp::route::names::{Naming, UpstreamIdx};
-use crate::mcp::upstream::Upstream;
+use crate::mcp::upstream::pool::Pool;
 
 pub struct Binding {
     pub name: String,
     pub path: String,
     pub naming: Naming,
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub upstreams: Vec<Arc<Pool>>,
     policy: FailurePolicy,
     /// The `tasks` capability: who created each task (see `mcp::tasks`).
     pub tasks: Capability,
@@ -55,14 +55,8 @@ impl Binding {
                 .upstreams
                 .iter()
                 .map(|u| {
-                    Upstream::new(
-                        &cfg.name,
-                        u,
-                        parsed.http(&cfg.name, &u.name),
-                        base_dir,
-                        default_timeout,
-                    )
-                    .map_err(|e| anyhow::anyhow!("upstream `{}`: {e}", u.name))
+                    Pool::new(&cfg.name, u, parsed, base_dir, default_timeout)
+                        .map_err(|e| anyhow::anyhow!("upstream `{}`: {e}", u.name))
                 })
                 .collect::<anyhow::Result<_>>()?,
             policy: cfg.on_upstream_failure,

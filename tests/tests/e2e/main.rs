@@ -35,3 +35,4 @@ mod rate_limits;
 mod redis_cluster;
 mod rolling_upgrade;
 mod tls;
+mod upstream_pools;

@@ -18,7 +18,8 @@ use crate::mcp::relay::Reply;
 use crate::mcp::relay::exchange::{self, Relay, Shape, Step, response_out};
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::route::path::Path;
-use crate::mcp::upstream::Exchange;
+use crate::mcp::upstream::pool::InFlight;
+use crate::mcp::upstream::{Exchange, ModernHandle};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
 use crate::mcp::wire::meta;
 
@@ -226,9 +227,10 @@ pub async fn request(b: &Arc<Binding>, bridge: &Arc<Bridge>, ask: Ask, mut msg: 
             None => p.remove("requestState"),
         };
     }
-    let handle = match b.upstreams[up].modern().await {
-        Ok(h) => h,
-        Err(e) => return Reply::Json(e.to_message(id)),
+    let (handle, relay, in_flight) = match send(b, up, &msg, &extra).await {
+        Ok(s) => s,
+        Err(Err(e)) => return Reply::Json(e.to_message(id)),
+        Err(Ok(sent)) => return sent.reply(id, &b.upstreams[up].name),
     };
     let path = if handle.native {
         Path::Native
@@ -236,6 +238,7 @@ pub async fn request(b: &Arc<Binding>, bridge: &Arc<Bridge>, ask: Ask, mut msg: 
         Path::Park
     };
     let leg = Leg {
+        _in_flight: Some(in_flight),
         b: b.clone(),
         bridge: bridge.clone(),
         up,
@@ -253,17 +256,7 @@ pub async fn request(b: &Arc<Binding>, bridge: &Arc<Bridge>, ask: Ask, mut msg: 
             .and_then(Value::as_str)
             .map(str::to_owned),
     };
-    if path == Path::Park {
-        // The bridging session speaks a legacy revision; the per-request fields of
-        // 2026-07-28 would contradict its MCP-Protocol-Version (a dual-era upstream rejects
-        // that with -32020). The session's own `initialize` stands for them.
-        meta::strip_request_fields(&mut msg);
-    }
-    let deadline = tokio::time::Instant::now() + b.upstreams[up].timeout;
-    let mut relay = match Relay::start(&handle.conn, msg, &extra, deadline, None).await {
-        Ok(r) => r,
-        Err(e) => return e.reply(id, &b.upstreams[up].name),
-    };
+    let mut relay = relay;
     // Closing the client's stream cancels: an upstream on stdio or a bridged legacy
     // session is told; an HTTP upstream sees its own stream closed.
     if path == Path::Park || handle.conn.cancels_by_notification() {
@@ -272,9 +265,57 @@ pub async fn request(b: &Arc<Binding>, bridge: &Arc<Bridge>, ask: Ask, mut msg: 
     exchange::reply(relay, leg, id).await
 }
 
+/// Sends a 2026-07-28 request on an endpoint of upstream `up`'s pool. A request that never
+/// left mcpg (the endpoint refused the connection, or its conversation was already closed)
+/// is sent on another endpoint, within the pool's retry budget; one that may have reached
+/// an endpoint is never sent again. Both outcomes feed the pool's outlier detection.
+async fn send(
+    b: &Binding,
+    up: UpstreamIdx,
+    msg: &Message,
+    extra: &[(String, String)],
+) -> Result<(ModernHandle, Relay, InFlight), Result<exchange::Sent, RpcError>> {
+    let pool = &b.upstreams[up];
+    let mut tried = Vec::new();
+    loop {
+        let (i, handle) = pool.modern_on(&mut tried).await.map_err(Err)?;
+        let in_flight = pool.start(i);
+        let mut msg = msg.clone();
+        if !handle.native {
+            // The bridging session speaks a legacy revision; the per-request fields of
+            // 2026-07-28 would contradict its MCP-Protocol-Version (a dual-era upstream
+            // rejects that with -32020). The session's own `initialize` stands for them.
+            meta::strip_request_fields(&mut msg);
+        }
+        let deadline = tokio::time::Instant::now() + pool.timeout;
+        match Relay::start(&handle.conn, msg, extra, deadline, None).await {
+            Ok(relay) => {
+                pool.outcome(i, true);
+                return Ok((handle, relay, in_flight));
+            }
+            Err(exchange::Sent::NotReached(e)) => {
+                pool.outcome(i, false);
+                tried.push(i);
+                pool.count_not_reached(i);
+                if tried.len() == pool.members.len() || !pool.may_retry() {
+                    return Err(Ok(exchange::Sent::NotReached(e)));
+                }
+                tracing::info!(upstream = %pool.name, endpoint = %pool.members[i].name, error = %e.message, "request not sent; sending it to another endpoint");
+            }
+            Err(exchange::Sent::TimedOut) => {
+                pool.outcome(i, false);
+                return Err(Ok(exchange::Sent::TimedOut));
+            }
+            Err(other) => return Err(Ok(other)),
+        }
+    }
+}
+
 /// One exchange of a 2026-07-28 client with an upstream, and what shapes the messages
 /// relayed from it.
 struct Leg {
+    /// Counts the request in flight on its endpoint while the exchange lasts.
+    _in_flight: Option<InFlight>,
     b: Arc<Binding>,
     bridge: Arc<Bridge>,
     up: UpstreamIdx,
@@ -478,6 +519,7 @@ async fn resume(
         }
     }
     let leg = Leg {
+        _in_flight: None,
         b: b.clone(),
         bridge: bridge.clone(),
         up: p.up,

@@ -6,6 +6,7 @@
 
 pub mod admit;
 pub mod guard;
+pub mod pools;
 pub mod respond;
 pub mod sse;
 
@@ -46,12 +47,22 @@ pub fn router(gw: &Arc<Gateway>) -> Router {
         .fold(Router::new(), |r, b| r.merge(routes(gw.clone(), b.clone())))
 }
 
-/// Admin routes of the data plane: `GET /api/cluster/sessions/{id}`.
+/// Admin routes of the data plane: `GET /api/cluster/sessions/{id}` and the upstream pools'
+/// routes (`pools.rs`).
 pub fn admin_router(gw: &Arc<Gateway>) -> Router {
     Router::new()
         .route(
             "/api/cluster/sessions/{id}",
             axum::routing::get(session_status),
+        )
+        .route("/api/cluster/servers", axum::routing::get(pools::servers))
+        .route(
+            "/api/cluster/servers/{upstream}/replicas",
+            axum::routing::get(pools::replicas),
+        )
+        .route(
+            "/api/cluster/servers/{upstream}/replicas/{endpoint}/{action}",
+            axum::routing::post(pools::set_admin),
         )
         .with_state(gw.clone())
 }

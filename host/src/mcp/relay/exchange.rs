@@ -114,6 +114,7 @@ impl Relay {
                 tell: cancelled.is_some(),
                 cancelled,
             }),
+            Ok(Err(e)) if e.not_reached() => Err(Sent::NotReached(e.to_rpc())),
             Ok(Err(e)) => Err(Sent::Failed(e.to_rpc())),
             Err(_) => Err(Sent::TimedOut),
         }
@@ -239,6 +240,8 @@ async fn wait(
 /// Why a request was not sent, or not all of it.
 pub enum Sent {
     Failed(jsonrpc::RpcError),
+    /// It never left mcpg (connection refused or already closed): safe to send elsewhere.
+    NotReached(jsonrpc::RpcError),
     TimedOut,
     /// The client cancelled it while it was being sent.
     Cancelled,
@@ -249,7 +252,7 @@ impl Sent {
     /// request gets no response: an SSE stream that ends at once).
     pub fn reply(self, id: Value, upstream: &str) -> Reply {
         match self {
-            Sent::Failed(e) => Reply::Json(e.to_message(id)),
+            Sent::Failed(e) | Sent::NotReached(e) => Reply::Json(e.to_message(id)),
             Sent::TimedOut => Reply::Json(timeout_error(id, upstream)),
             Sent::Cancelled => Reply::Stream(mpsc::channel(1).1),
         }
@@ -258,7 +261,7 @@ impl Sent {
     /// The message ending a round of a request that could not be sent to `upstream`.
     pub fn to_message(self, id: Value, upstream: &str) -> Message {
         match self {
-            Sent::Failed(e) => e.to_message(id),
+            Sent::Failed(e) | Sent::NotReached(e) => e.to_message(id),
             Sent::TimedOut => timeout_error(id, upstream),
             Sent::Cancelled => closed_error(id, upstream),
         }

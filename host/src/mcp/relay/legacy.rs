@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::Reply;
 use super::cancel::InflightGuard;
-use super::exchange::{self, Relay, Shape, Step};
+use super::exchange::{self, Relay, Sent, Shape, Step};
 use crate::mcp::binding::Binding;
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::session::Live;
@@ -52,7 +52,14 @@ impl Call {
         let deadline = tokio::time::Instant::now() + self.b.upstreams[self.up].timeout;
         let relay = match Relay::start(&conn, msg, &self.extra, deadline, Some(cancelled)).await {
             Ok(r) => r,
-            Err(e) => return e.reply(self.id.clone(), self.name()),
+            Err(e) => {
+                // The pinned endpoint of a pool refused the connection: the conversation is
+                // closed, so the session's next request re-initialises on another endpoint.
+                if matches!(e, Sent::NotReached(_)) && self.b.upstreams[self.up].members.len() > 1 {
+                    conn.close().await;
+                }
+                return e.reply(self.id.clone(), self.name());
+            }
         };
         let id = self.id.clone();
         let shape = Legacy {

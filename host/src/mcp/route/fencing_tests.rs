@@ -48,6 +48,7 @@ async fn requests_carry_the_owners_token_and_none_reaches_the_upstream_once_unpr
             &b,
             &json!({"protocolVersion": "2025-06-18", "clientInfo": {"name": "unit"}}),
             None,
+            None,
         )
         .await
         .expect("a session");

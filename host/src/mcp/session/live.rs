@@ -167,18 +167,25 @@ impl Live {
         {
             return Err(upstream.unavailable());
         }
-        let hello = self.record.lock().expect("lock").hello.clone();
-        match upstream.connect(&hello, None).await {
+        let (hello, pin) = {
+            let r = self.record.lock().expect("lock");
+            (
+                r.hello.clone(),
+                r.upstream_endpoints.get(&upstream.name).cloned(),
+            )
+        };
+        match upstream.connect_pinned(&hello, None, pin.as_deref()).await {
             Ok(l) => {
-                tracing::info!(session = %self.id, upstream = %upstream.name, "reconnected upstream");
+                tracing::info!(session = %self.id, upstream = %upstream.name, endpoint = l.endpoint.as_deref().unwrap_or_default(), "reconnected upstream");
                 let conn = (l.conn.clone(), era_of(&l));
+                let mut r = self.record.lock().expect("lock");
                 if let Some(s) = &l.upstream_session {
-                    self.record
-                        .lock()
-                        .expect("lock")
-                        .upstream_sessions
-                        .insert(upstream.name.clone(), s.clone());
+                    r.upstream_sessions.insert(upstream.name.clone(), s.clone());
                 }
+                if let Some(e) = upstream.pin_of(&l) {
+                    r.upstream_endpoints.insert(upstream.name.clone(), e);
+                }
+                drop(r);
                 self.start_pump(up, &l);
                 *link = Some(l);
                 *slot.failed_at.lock().expect("lock") = None;

@@ -169,7 +169,7 @@ impl Sessions {
         s
     }
 
-    fn node_id(&self) -> &str {
+    pub fn node_id(&self) -> &str {
         self.ownership.node_id()
     }
 
@@ -260,6 +260,7 @@ impl Sessions {
             hello,
             upstream_sessions: HashMap::new(),
             upstream_versions: HashMap::new(),
+            upstream_endpoints: HashMap::new(),
             owner: self.node_id().to_owned(),
             owner_token: self.ownership.token(),
             created_ms: now_ms(),
@@ -276,6 +277,9 @@ impl Sessions {
             }
             if let Some(v) = l.answer["protocolVersion"].as_str() {
                 record.upstream_versions.insert(name.clone(), v.to_owned());
+            }
+            if let Some(e) = binding.upstreams[i].pin_of(l) {
+                record.upstream_endpoints.insert(name.clone(), e);
             }
         }
         record
@@ -628,6 +632,7 @@ impl Sessions {
             "served_here": live_here,
             "client": record.hello.client_info,
             "upstream_sessions": upstreams,
+            "upstream_endpoints": record.upstream_endpoints,
             "log_level": record.log_level,
             "subscriptions": record.listened,
         }))

@@ -442,7 +442,11 @@ impl Sessions {
                     .unwrap_or(&record.protocol_version);
                 (s.as_str(), version.as_str())
             });
-            u.connect(&record.hello, resume)
+            u.connect_pinned(
+                &record.hello,
+                resume,
+                record.upstream_endpoints.get(&u.name).map(String::as_str),
+            )
         });
         let links: Vec<Option<Link>> = futures::future::join_all(connects)
             .await

@@ -29,6 +29,11 @@ pub struct SessionRecord {
     /// Per upstream name: the revision that upstream agreed to (sent again on resumption).
     #[serde(default)]
     pub upstream_versions: HashMap<String, String>,
+    /// Per upstream name (pools of several endpoints only): the endpoint the session is
+    /// pinned to, so a replica taking it over talks to the same one. Absent in records of
+    /// earlier releases and of single-endpoint upstreams, which read as before.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub upstream_endpoints: HashMap<String, String>,
     /// The replica that owns the session (serves it and holds its upstream conversations);
     /// empty once its owner handed it over on shutdown, so any replica may claim it at once.
     pub owner: String,

@@ -101,7 +101,8 @@ impl Sessions {
                         .upstream_versions
                         .get(&u.name)
                         .unwrap_or(&rec.protocol_version);
-                    if let Ok(l) = u.connect(&rec.hello, Some((sid, version))).await {
+                    let pin = rec.upstream_endpoints.get(&u.name).map(String::as_str);
+                    if let Ok(l) = u.resume_at(pin, &rec.hello, (sid, version)).await {
                         l.conn.close().await;
                         closed += 1;
                     }

@@ -236,6 +236,7 @@ pub(crate) fn record(id: &str, owner: &str, token: u64, active_ms: u64) -> Sessi
         },
         upstream_sessions: Default::default(),
         upstream_versions: Default::default(),
+        upstream_endpoints: Default::default(),
         owner: owner.to_owned(),
         owner_token: token,
         created_ms: active_ms,

@@ -34,10 +34,23 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The request never reached the upstream (the connection was refused or already
+    /// closed): sending it elsewhere cannot run it twice.
+    pub fn not_reached(&self) -> bool {
+        match self {
+            UpstreamError::Closed(_) => true,
+            UpstreamError::Transport { message, .. } => message.starts_with(NOT_REACHED),
+            _ => false,
+        }
+    }
+
     pub fn to_rpc(&self) -> RpcError {
         RpcError::new(code::CONNECTION_CLOSED, self.to_string())
     }
 }
+
+/// How a transport's error message starts when the request never left mcpg.
+pub const NOT_REACHED: &str = "could not connect";
 
 /// How many messages outside any exchange one conversation buffers for its readers.
 const UNSOLICITED_BUFFER: usize = 64;

@@ -110,4 +110,50 @@ impl Upstream {
             self.modern().await.map(drop)
         }
     }
+
+    /// The periodic health probe of a pool's endpoint: [`Upstream::probe`], except that a
+    /// conversation already open is asked for a round trip rather than trusted (the shared
+    /// child and a bridging legacy session get `ping`, a 2026-07-28 conversation
+    /// `server/discover`). The outcome is recorded as the probe's is.
+    pub async fn check(&self) -> Result<(), RpcError> {
+        let open = match &self.shared {
+            Some(shared) => shared.borrow().clone().filter(|c| !c.is_closed()),
+            None => self
+                .modern
+                .try_lock()
+                .ok()
+                .and_then(|m| m.clone())
+                .filter(|h| !h.conn.is_closed())
+                .map(|h| h.conn),
+        };
+        let Some(conn) = open else {
+            return self.probe().await;
+        };
+        let deadline = self.deadline();
+        let native =
+            *self.speaks_modern.lock().expect("lock") == Some(true) && self.shared.is_none();
+        let r = if native {
+            super::discover(&conn, deadline)
+                .await
+                .map(drop)
+                .ok_or_else(|| {
+                    RpcError::new(
+                        code::CONNECTION_CLOSED,
+                        format!("upstream `{}` did not answer server/discover", self.name),
+                    )
+                })
+        } else {
+            match tokio::time::timeout_at(deadline, conn.call("ping", None)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) if e.code != code::CONNECTION_CLOSED => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(RpcError::new(
+                    code::REQUEST_TIMEOUT,
+                    format!("upstream `{}` did not answer ping in time", self.name),
+                )),
+            }
+        };
+        self.health.record(&r);
+        r
+    }
 }

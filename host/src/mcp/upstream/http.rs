@@ -581,7 +581,15 @@ impl Transport for HttpTransport {
             .body(jsonrpc::to_bytes(&msg))
             .send()
             .await
-            .map_err(|e| self.err(format!("request failed: {}", error_chain(&e))))?;
+            .map_err(|e| match e.is_connect() {
+                // Nothing was sent: a pool may send it to another endpoint.
+                true => self.err(format!(
+                    "{} (request not sent): {}",
+                    super::conn::NOT_REACHED,
+                    error_chain(&e)
+                )),
+                false => self.err(format!("request failed: {}", error_chain(&e))),
+            })?;
         if is_init && let Some(s) = resp.headers().get(SESSION_HEADER) {
             let s = s
                 .to_str()

@@ -2,12 +2,18 @@
 //! handshake its era needs, restarts with backoff, and the per-session / shared choice of
 //! stdio upstreams.
 
+pub mod balance;
+pub mod budget;
 pub mod callers;
 pub mod conn;
 pub mod health;
 pub mod http;
 #[cfg(test)]
 mod limit_tests;
+pub mod outlier;
+pub mod pool;
+#[cfg(test)]
+mod pool_tests;
 pub mod probe;
 pub mod stdio;
 #[cfg(test)]
@@ -27,8 +33,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub use conn::{Connection, Exchange, UpstreamError};
+pub use health::Health;
 
-use crate::config::model::{FencingToken, StdioMode, StdioTransport, UpstreamConfig};
+use crate::config::model::{
+    FencingToken, StdioMode, StdioTransport, TransportRef, UpstreamConfig,
+};
 use crate::config::parsed::HttpUpstream;
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::wire::jsonrpc::{self, RpcError};
@@ -150,12 +159,42 @@ pub struct Link {
     pub modern: bool,
     /// The handshake answer the client's `initialize` result is built from.
     pub answer: Value,
+    /// The endpoint of the upstream's pool the conversation is with (set by the pool).
+    pub endpoint: Option<String>,
 }
 
 impl Upstream {
+    /// The upstream's first (for a single-transport upstream, its only) endpoint.
     pub fn new(
         binding: &str,
         cfg: &UpstreamConfig,
+        parsed_http: Option<&HttpUpstream>,
+        base_dir: &std::path::Path,
+        default_timeout: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        let first = cfg
+            .pool()
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the config loader requires a transport"))?;
+        Self::build(
+            binding,
+            &cfg.name,
+            cfg,
+            first.transport,
+            parsed_http,
+            base_dir,
+            default_timeout,
+        )
+    }
+
+    /// One endpoint of upstream `cfg`, reached through `transport`, named `name` in errors,
+    /// logs and its health.
+    pub fn build(
+        binding: &str,
+        name: &str,
+        cfg: &UpstreamConfig,
+        transport: TransportRef<'_>,
         parsed_http: Option<&HttpUpstream>,
         base_dir: &std::path::Path,
         default_timeout: Duration,
@@ -165,7 +204,11 @@ impl Upstream {
             .map(Duration::from_millis)
             .unwrap_or(default_timeout);
         let max_line = usize::try_from(cfg.max_response_bytes).unwrap_or(usize::MAX);
-        let (kind, children, shared) = match (&cfg.stdio, &cfg.http) {
+        let (stdio, http) = match transport {
+            TransportRef::Stdio(s) => (Some(s), None),
+            TransportRef::Http(h) => (None, Some(h)),
+        };
+        let (kind, children, shared) = match (stdio, http) {
             (Some(s), _) => {
                 let kind = Kind::Stdio {
                     cfg: s.clone(),
@@ -190,9 +233,9 @@ impl Upstream {
                     None,
                 )
             }
-            (None, None) => unreachable!("the config loader requires a transport"),
+            (None, None) => unreachable!("a transport is one or the other"),
         };
-        let configured = cfg.http.as_ref().and_then(|h| match h.protocol {
+        let configured = http.and_then(|h| match h.protocol {
             crate::config::model::UpstreamProtocol::Auto => None,
             crate::config::model::UpstreamProtocol::Legacy => Some(false),
             crate::config::model::UpstreamProtocol::Modern => Some(true),
@@ -202,14 +245,12 @@ impl Upstream {
             (f, _) => f,
         };
         let mut up = Self {
-            name: cfg.name.clone(),
+            name: name.to_owned(),
             kind,
             timeout,
             fencing,
             children,
-            per_caller: cfg
-                .stdio
-                .as_ref()
+            per_caller: stdio
                 .filter(|s| s.mode == StdioMode::PerSession)
                 .and_then(|s| s.max_children_per_caller)
                 .map(callers::PerCaller::new),
@@ -218,9 +259,9 @@ impl Upstream {
             modern_failed: std::sync::Mutex::new(None),
             speaks_modern: std::sync::Mutex::new(configured),
             modern_only: configured == Some(true),
-            health: health::HealthCell::new(binding, &cfg.name),
+            health: health::HealthCell::new(binding, name),
         };
-        if let Some(s) = &cfg.stdio
+        if let Some(s) = stdio
             && s.mode == StdioMode::Shared
         {
             up.shared = Some(Self::supervise_shared(
@@ -378,6 +419,7 @@ impl Upstream {
             upstream_session: None,
             modern: true,
             answer,
+            endpoint: None,
         })
     }
 
@@ -444,6 +486,7 @@ impl Upstream {
                         upstream_session: None,
                         modern: false,
                         answer: Value::Null,
+                        endpoint: None,
                     });
                 }
                 let permit = self.child_permit(hello)?;
@@ -460,6 +503,7 @@ impl Upstream {
                     upstream_session: None,
                     modern: false,
                     answer: Value::Null,
+                    endpoint: None,
                 })
             }
             Kind::Http(endpoint) => {
@@ -484,6 +528,7 @@ impl Upstream {
                     upstream_session: t.session_id(),
                     modern: false,
                     answer: Value::Null,
+                    endpoint: None,
                 })
             }
         }

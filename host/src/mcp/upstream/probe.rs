@@ -1,5 +1,5 @@
 //! `mcpg-config-check --probe`: every upstream of a valid config reached once, as `mcpg`
-//! reaches them at start ([`Upstream::probe`]), each failure a diagnostic at the upstream's
+//! reaches them at start ([`Pool::probe`]: every endpoint of a pool; the upstream passes when one does), each failure a diagnostic at the upstream's
 //! position. A phase after validation, outside the pure loader: probing spawns children and
 //! connects.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::config::ValidatedConfig;
 use crate::config::{Diagnostic, KeyPath};
 
-use super::Upstream;
+use super::pool::Pool;
 
 /// Probes every upstream of `cfg` (concurrently); the failures as positioned errors.
 pub async fn probe_config(cfg: &ValidatedConfig) -> Vec<Diagnostic> {
@@ -24,8 +24,7 @@ pub async fn probe_config(cfg: &ValidatedConfig) -> Vec<Diagnostic> {
                 .index(bi)
                 .key("upstreams")
                 .index(ui);
-            let parsed = cfg.parsed.http(&b.name, &u.name);
-            let up = Upstream::new(&b.name, u, parsed, &cfg.base_dir, timeout);
+            let up = Pool::new(&b.name, u, &cfg.parsed, &cfg.base_dir, timeout);
             probes.push(async move {
                 let r = match up {
                     Ok(up) => up.probe().await.map_err(|e| e.message),
