@@ -76,6 +76,9 @@ pub struct ProcessPlan {
     pub pause_every: Duration,
     /// How often the backend is restarted (`None`: never).
     pub restart_every: Option<Duration>,
+    /// Run at least this long even if the acquisitions are done sooner (so a short run still
+    /// sees pauses and restarts).
+    pub min_duration: Duration,
     /// Give up after this long even if fewer acquisitions happened (reported as partial).
     pub limit: Duration,
 }
@@ -198,13 +201,22 @@ pub fn lease_safety_processes(
     let mut out = ProcessSafety::default();
     let mut next_pause = Instant::now() + plan.pause_every;
     let mut next_restart = plan.restart_every.map(|e| Instant::now() + e);
-    while count() < plan.acquisitions {
+    while count() < plan.acquisitions || started.elapsed() < plan.min_duration {
         if started.elapsed() > plan.limit {
             out.partial = true;
             break;
         }
         if Instant::now() >= next_pause {
-            let victim = &children[out.pauses % children.len()];
+            // The process that logged the latest holding: likely holding or about to again.
+            let latest = std::fs::read_to_string(&log)
+                .ok()
+                .and_then(|t| t.lines().last().map(str::to_owned))
+                .and_then(|l| serde_json::from_str::<Holding>(&l).ok())
+                .and_then(|h| {
+                    let node = h.holder.split('/').next()?.to_owned();
+                    node.rsplit('-').next()?.parse::<usize>().ok()
+                });
+            let victim = &children[latest.unwrap_or(out.pauses) % children.len()];
             signal(victim.id(), "STOP");
             std::thread::sleep(plan.ttl * 2);
             signal(victim.id(), "CONT");
@@ -302,7 +314,7 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// The plan a plugin's cross-process test runs: 3 processes × 3 contenders, a 2 s TTL, a holder
-/// paused every 3 s; `MCPG_LEASE_SAFETY_N` acquisitions (else `default_n`, the CI run) and a
+/// paused every 3 s, at least 12 s; `MCPG_LEASE_SAFETY_N` acquisitions (else `default_n`, the CI run) and a
 /// backend restart every `MCPG_LEASE_SAFETY_RESTART_SEC` seconds if set (else `restart_every`),
 /// within `MCPG_LEASE_SAFETY_LIMIT_SEC` (else 20 minutes).
 pub fn plan_from_env(default_n: usize, restart_every: Option<Duration>) -> ProcessPlan {
@@ -313,6 +325,7 @@ pub fn plan_from_env(default_n: usize, restart_every: Option<Duration>) -> Proce
         acquisitions: var("MCPG_LEASE_SAFETY_N").map_or(default_n, |n| n as usize),
         ttl: Duration::from_secs(2),
         pause_every: Duration::from_secs(3),
+        min_duration: Duration::from_secs(12),
         restart_every: var("MCPG_LEASE_SAFETY_RESTART_SEC")
             .map(Duration::from_secs)
             .or(restart_every),
