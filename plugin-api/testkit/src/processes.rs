@@ -95,6 +95,10 @@ pub struct ProcessSafety {
     pub stale_writes_refused: usize,
     /// Holdings that outlived their TTL (their holder was paused).
     pub outlived_ttl: usize,
+    /// Acquires that returned after the TTL counted from their send had passed (the holder
+    /// was paused while acquiring): never validly held, left out of the overlap and token
+    /// checks; their register writes are still replayed (and refused when stale).
+    pub expired_on_arrival: usize,
     pub partial: bool,
     pub seconds: f64,
 }
@@ -102,7 +106,7 @@ pub struct ProcessSafety {
 impl ProcessSafety {
     pub fn summary(&self) -> String {
         format!(
-            "{} acquisitions{} in {:.0} s, {} holder pauses, {} backend restarts: {} overlapping holders, {} token regressions, {} holdings outlived their TTL, {} stale register writes refused",
+            "{} acquisitions{} in {:.0} s, {} holder pauses, {} backend restarts: {} overlapping holders, {} token regressions, {} holdings outlived their TTL, {} expired before the acquire returned, {} stale register writes refused",
             self.acquisitions,
             if self.partial { " (partial)" } else { "" },
             self.seconds,
@@ -111,6 +115,7 @@ impl ProcessSafety {
             self.overlaps.len(),
             self.token_regressions.len(),
             self.outlived_ttl,
+            self.expired_on_arrival,
             self.stale_writes_refused
         )
     }
@@ -246,8 +251,12 @@ pub fn lease_safety_processes(
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    let _ = std::fs::remove_dir_all(&dir);
     judge(&holdings, plan.ttl, &mut out);
+    if out.overlaps.is_empty() && out.token_regressions.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("the holdings are kept in {}", log.display());
+    }
     out.seconds = started.elapsed().as_secs_f64();
     out
 }
@@ -262,6 +271,8 @@ pub fn judge(holdings: &[Holding], ttl: Duration, out: &mut ProcessSafety) {
             (h.start, valid_until, h)
         })
         .collect();
+    out.expired_on_arrival = hs.iter().filter(|(s, e, _)| e <= s).count();
+    hs.retain(|(s, e, _)| e > s);
     out.outlived_ttl = holdings
         .iter()
         .filter(|h| h.end > h.sent + ttl.as_secs_f64())
@@ -365,6 +376,18 @@ mod tests {
         );
         assert!(paused.overlaps.is_empty(), "{paused:?}");
         assert_eq!((paused.outlived_ttl, paused.stale_writes_refused), (1, 1));
+
+        // An acquire that returned after its TTL had run out (paused mid-acquire) held nothing:
+        // not an overlap, not a token regression; its stale write is refused.
+        let mut late = ProcessSafety::default();
+        let mut arrived_late = h("a", 1, 0.0, 5.1);
+        arrived_late.start = 5.0;
+        judge(&[h("b", 2, 2.5, 2.6), arrived_late], ttl, &mut late);
+        assert!(
+            late.overlaps.is_empty() && late.token_regressions.is_empty(),
+            "{late:?}"
+        );
+        assert_eq!((late.expired_on_arrival, late.stale_writes_refused), (1, 1));
 
         let mut bad = ProcessSafety::default();
         judge(&[h("a", 2, 0.0, 0.5), h("b", 1, 0.2, 0.3)], ttl, &mut bad);
