@@ -76,6 +76,9 @@ pub struct ProcessPlan {
     pub pause_every: Duration,
     /// How often the backend is restarted (`None`: never).
     pub restart_every: Option<Duration>,
+    /// Run at least this long even if the acquisitions are done sooner (so a short run still
+    /// sees pauses and restarts).
+    pub min_duration: Duration,
     /// Give up after this long even if fewer acquisitions happened (reported as partial).
     pub limit: Duration,
 }
@@ -92,6 +95,10 @@ pub struct ProcessSafety {
     pub stale_writes_refused: usize,
     /// Holdings that outlived their TTL (their holder was paused).
     pub outlived_ttl: usize,
+    /// Acquires that returned after the TTL counted from their send had passed (the holder
+    /// was paused while acquiring): never validly held, left out of the overlap and token
+    /// checks; their register writes are still replayed (and refused when stale).
+    pub expired_on_arrival: usize,
     pub partial: bool,
     pub seconds: f64,
 }
@@ -99,7 +106,7 @@ pub struct ProcessSafety {
 impl ProcessSafety {
     pub fn summary(&self) -> String {
         format!(
-            "{} acquisitions{} in {:.0} s, {} holder pauses, {} backend restarts: {} overlapping holders, {} token regressions, {} holdings outlived their TTL, {} stale register writes refused",
+            "{} acquisitions{} in {:.0} s, {} holder pauses, {} backend restarts: {} overlapping holders, {} token regressions, {} holdings outlived their TTL, {} expired before the acquire returned, {} stale register writes refused",
             self.acquisitions,
             if self.partial { " (partial)" } else { "" },
             self.seconds,
@@ -108,6 +115,7 @@ impl ProcessSafety {
             self.overlaps.len(),
             self.token_regressions.len(),
             self.outlived_ttl,
+            self.expired_on_arrival,
             self.stale_writes_refused
         )
     }
@@ -198,13 +206,22 @@ pub fn lease_safety_processes(
     let mut out = ProcessSafety::default();
     let mut next_pause = Instant::now() + plan.pause_every;
     let mut next_restart = plan.restart_every.map(|e| Instant::now() + e);
-    while count() < plan.acquisitions {
+    while count() < plan.acquisitions || started.elapsed() < plan.min_duration {
         if started.elapsed() > plan.limit {
             out.partial = true;
             break;
         }
         if Instant::now() >= next_pause {
-            let victim = &children[out.pauses % children.len()];
+            // The process that logged the latest holding: likely holding or about to again.
+            let latest = std::fs::read_to_string(&log)
+                .ok()
+                .and_then(|t| t.lines().last().map(str::to_owned))
+                .and_then(|l| serde_json::from_str::<Holding>(&l).ok())
+                .and_then(|h| {
+                    let node = h.holder.split('/').next()?.to_owned();
+                    node.rsplit('-').next()?.parse::<usize>().ok()
+                });
+            let victim = &children[latest.unwrap_or(out.pauses) % children.len()];
             signal(victim.id(), "STOP");
             std::thread::sleep(plan.ttl * 2);
             signal(victim.id(), "CONT");
@@ -234,8 +251,12 @@ pub fn lease_safety_processes(
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    let _ = std::fs::remove_dir_all(&dir);
     judge(&holdings, plan.ttl, &mut out);
+    if out.overlaps.is_empty() && out.token_regressions.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("the holdings are kept in {}", log.display());
+    }
     out.seconds = started.elapsed().as_secs_f64();
     out
 }
@@ -250,6 +271,8 @@ pub fn judge(holdings: &[Holding], ttl: Duration, out: &mut ProcessSafety) {
             (h.start, valid_until, h)
         })
         .collect();
+    out.expired_on_arrival = hs.iter().filter(|(s, e, _)| e <= s).count();
+    hs.retain(|(s, e, _)| e > s);
     out.outlived_ttl = holdings
         .iter()
         .filter(|h| h.end > h.sent + ttl.as_secs_f64())
@@ -302,7 +325,7 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// The plan a plugin's cross-process test runs: 3 processes × 3 contenders, a 2 s TTL, a holder
-/// paused every 3 s; `MCPG_LEASE_SAFETY_N` acquisitions (else `default_n`, the CI run) and a
+/// paused every 3 s, at least 12 s; `MCPG_LEASE_SAFETY_N` acquisitions (else `default_n`, the CI run) and a
 /// backend restart every `MCPG_LEASE_SAFETY_RESTART_SEC` seconds if set (else `restart_every`),
 /// within `MCPG_LEASE_SAFETY_LIMIT_SEC` (else 20 minutes).
 pub fn plan_from_env(default_n: usize, restart_every: Option<Duration>) -> ProcessPlan {
@@ -313,6 +336,7 @@ pub fn plan_from_env(default_n: usize, restart_every: Option<Duration>) -> Proce
         acquisitions: var("MCPG_LEASE_SAFETY_N").map_or(default_n, |n| n as usize),
         ttl: Duration::from_secs(2),
         pause_every: Duration::from_secs(3),
+        min_duration: Duration::from_secs(12),
         restart_every: var("MCPG_LEASE_SAFETY_RESTART_SEC")
             .map(Duration::from_secs)
             .or(restart_every),
@@ -352,6 +376,18 @@ mod tests {
         );
         assert!(paused.overlaps.is_empty(), "{paused:?}");
         assert_eq!((paused.outlived_ttl, paused.stale_writes_refused), (1, 1));
+
+        // An acquire that returned after its TTL had run out (paused mid-acquire) held nothing:
+        // not an overlap, not a token regression; its stale write is refused.
+        let mut late = ProcessSafety::default();
+        let mut arrived_late = h("a", 1, 0.0, 5.1);
+        arrived_late.start = 5.0;
+        judge(&[h("b", 2, 2.5, 2.6), arrived_late], ttl, &mut late);
+        assert!(
+            late.overlaps.is_empty() && late.token_regressions.is_empty(),
+            "{late:?}"
+        );
+        assert_eq!((late.expired_on_arrival, late.stale_writes_refused), (1, 1));
 
         let mut bad = ProcessSafety::default();
         judge(&[h("a", 2, 0.0, 0.5), h("b", 1, 0.2, 0.3)], ttl, &mut bad);

@@ -196,7 +196,9 @@ async fn lease_safety_under_contention() {
 #[test]
 fn lease_safety_across_processes_with_paused_holders() {
     let server = RedisServer::start();
-    let plan = mcpg_plugin_testkit::processes::plan_from_env(150, None);
+    let mut plan = mcpg_plugin_testkit::processes::plan_from_env(150, None);
+    // Never restarted, whatever MCPG_LEASE_SAFETY_RESTART_SEC says (see above).
+    plan.restart_every = None;
     let config = serde_json::json!({
         "url": server.url(),
         "key_prefix": "lsp:",

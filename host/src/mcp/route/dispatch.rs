@@ -62,7 +62,7 @@ pub async fn dispatch(b: &Arc<Binding>, client: Client<'_>, mut msg: Message) ->
                 Ok(t) => t,
                 Err(e) => return Reply::Json(e.to_message(id)),
             };
-            let extra = fencing_token(b.upstreams[up].fencing, token, &mut msg);
+            let extra = fencing_token(b.upstreams[up].fencing(), token, &mut msg);
             let call = legacy::Call {
                 b: b.clone(),
                 live: live.clone(),

@@ -98,6 +98,12 @@ pub struct EndpointView {
 }
 
 impl Pool {
+    /// How the pool's endpoints are told a session owner's fencing token (the same for all:
+    /// they share the upstream's config and transport kind).
+    pub fn fencing(&self) -> crate::config::model::FencingToken {
+        self.members[0].up.fencing
+    }
+
     pub fn new(
         binding: &str,
         cfg: &UpstreamConfig,

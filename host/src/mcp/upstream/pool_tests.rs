@@ -151,7 +151,7 @@ async fn send_error(url: &str) -> super::UpstreamError {
         headers: Default::default(),
         pass_through: Vec::new(),
     };
-    let endpoint = super::http::Endpoint::new(&cfg, &parsed);
+    let endpoint = super::http::Endpoint::new(&cfg, &parsed, 16 << 20);
     let t = Arc::new(super::http::HttpTransport::new("t", &endpoint));
     let conn = super::Connection::new("t", t, None);
     let msg = json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "x"}});

@@ -51,7 +51,8 @@ async fn run(plan: ChildPlan) {
                     }
                 };
                 let start = monotonic();
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                // Long enough that a pause often lands inside a holding.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 // The holder writes to the register only while it believes it holds the lease.
                 let believes = !lease.is_lost();
                 let write_at = believes.then(monotonic);
