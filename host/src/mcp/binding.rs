@@ -11,6 +11,7 @@ use crate::config::model::{BindingConfig, FailurePolicy, PrefixMode};
 use crate::config::parsed::Parsed;
 use crate::mcp::route::names::{Naming, UpstreamIdx};
 use crate::mcp::upstream::pool::Pool;
+use crate::telemetry::metrics::RequestRecorder;
 
 pub struct Binding {
     pub name: String,
@@ -26,6 +27,8 @@ pub struct Binding {
     pub ready_requires: Vec<String>,
     /// Rate limits, quotas and concurrency limits (`rate_limits`).
     pub limits: crate::mcp::limits::Limits,
+    /// Request metrics by upstream index; the last for requests that reached none.
+    pub recorders: Vec<Arc<RequestRecorder>>,
 }
 
 impl Binding {
@@ -41,7 +44,15 @@ impl Binding {
             PrefixMode::Always => true,
             PrefixMode::Never => false,
         };
+        let recorders = cfg
+            .upstreams
+            .iter()
+            .map(|u| Some(u.name.as_str()))
+            .chain([None])
+            .map(|u| Arc::new(RequestRecorder::new(&cfg.name, u)))
+            .collect();
         Ok(Arc::new(Self {
+            recorders,
             access: crate::mcp::access::Access::new(cfg, parsed)?,
             ready_requires: cfg.ready_requires.clone(),
             name: cfg.name.clone(),

@@ -2,6 +2,7 @@
 //! its audit record and metrics, taken from the request and the response that ended it (for a
 //! streamed reply, when the stream ends: without a response, the request was cancelled).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -13,7 +14,8 @@ use crate::mcp::binding::Binding;
 use crate::mcp::relay::Reply;
 use crate::mcp::wire::jsonrpc::{self, Message, code};
 use crate::mcp::wire::version::Era;
-use crate::telemetry::{self, metrics::metrics};
+use crate::telemetry::metrics::{RequestRecorder, metrics};
+use crate::telemetry::{self};
 
 /// A request being served, until its outcome is known.
 pub struct Observed {
@@ -24,6 +26,8 @@ pub struct Observed {
     record: Record,
     auditor: Auditor,
     span: tracing::Span,
+    /// The request metrics of its binding and upstream.
+    recorder: Arc<RequestRecorder>,
 }
 
 impl Observed {
@@ -49,7 +53,9 @@ impl Observed {
         record.session = session.map(str::to_owned);
         record.request_id = msg.get("id").cloned();
         let named = target(msg).map(|(_, n)| n);
-        record.upstream = upstream_of(b, named.as_deref());
+        let up = upstream_of(b, named.as_deref());
+        record.upstream = up.map(|i| b.upstreams[i].name.clone());
+        let recorder = b.recorders[up.unwrap_or(b.upstreams.len())].clone();
         record.name = named;
         if let Some(i) = &record.identity {
             span.record("identity", i.as_str());
@@ -74,6 +80,7 @@ impl Observed {
             record,
             auditor: auditor.clone(),
             span,
+            recorder,
         }
     }
 
@@ -191,13 +198,8 @@ impl Observed {
             label,
             code.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
         );
-        metrics().request_done(
-            &self.record.binding,
-            self.record.upstream.as_deref(),
-            &self.record.method,
-            label,
-            elapsed.as_secs_f64(),
-        );
+        self.recorder
+            .done(&self.record.method, label, elapsed.as_secs_f64());
         self.record.trace_id = telemetry::traces::trace_id(&self.span);
         if self.auditor.enabled() {
             let record = std::mem::replace(&mut self.record, Record::new("", "", ""));
@@ -245,6 +247,7 @@ impl Drop for Observed {
                 record: std::mem::replace(&mut self.record, Record::new("", "", "")),
                 auditor: self.auditor.clone(),
                 span: self.span.clone(),
+                recorder: self.recorder.clone(),
             };
             me.finish(None);
         }
@@ -258,14 +261,14 @@ fn is_response_to(m: &Message, id: Option<&Value>) -> bool {
         && !m.contains_key("method")
 }
 
-/// The upstream a name belongs to: the only one, or the one its prefix names.
-pub(crate) fn upstream_of(b: &Binding, name: Option<&str>) -> Option<String> {
+/// The index of the upstream a name belongs to: the only one, or the one its prefix names.
+pub(crate) fn upstream_of(b: &Binding, name: Option<&str>) -> Option<usize> {
     if b.upstreams.len() == 1 {
-        return Some(b.upstreams[0].name.clone());
+        return Some(0);
     }
     let name = name?;
     b.naming
         .name_in(name)
         .or_else(|| b.naming.uri_in(name))
-        .map(|(i, _)| b.upstreams[i].name.clone())
+        .map(|(i, _)| i.0)
 }

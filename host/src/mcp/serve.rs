@@ -32,11 +32,11 @@ pub async fn serve(
         Admitted::default()
     } else {
         let name = access::target(&msg).map(|(_, n)| n);
-        let upstream = upstream_of(b, name.as_deref());
+        let upstream = upstream_of(b, name.as_deref()).map(|i| b.upstreams[i].name.as_str());
         let req = Request {
             who: who.as_deref(),
             msg: &msg,
-            upstream: upstream.as_deref(),
+            upstream,
         };
         match obs.within(b.limits.admit(&req)).await {
             Ok(a) => a,

@@ -71,6 +71,59 @@ pub fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The outcomes a request ends with: the `outcome` label values of `mcpg_requests`.
+pub const REQUEST_OUTCOMES: [&str; 6] = [
+    "ok",
+    "error",
+    "cancelled",
+    "timed_out",
+    "denied",
+    "tool_error",
+];
+
+/// The request metrics of one binding and upstream (or none) in the process-wide registry,
+/// each (method, outcome) pair's counter and histogram resolved on its first request and kept:
+/// recording a request then builds no label set (two `String`s) and hashes nothing.
+pub struct RequestRecorder {
+    binding: String,
+    upstream: String,
+    /// Indexed by method (`KNOWN_METHODS`, then `other`) × outcome (`REQUEST_OUTCOMES`).
+    slots: Box<[OnceLock<(Counter, Histogram)>]>,
+}
+
+impl RequestRecorder {
+    pub fn new(binding: &str, upstream: Option<&str>) -> Self {
+        let n = (KNOWN_METHODS.len() + 1) * REQUEST_OUTCOMES.len();
+        Self {
+            binding: binding.to_owned(),
+            upstream: upstream.unwrap_or("").to_owned(),
+            slots: (0..n).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// [`Metrics::request_done`] for this binding and upstream, on [`metrics`].
+    pub fn done(&self, method: &str, outcome: &'static str, seconds: f64) {
+        let m = KNOWN_METHODS
+            .iter()
+            .position(|k| *k == method)
+            .unwrap_or(KNOWN_METHODS.len());
+        let Some(o) = REQUEST_OUTCOMES.iter().position(|k| *k == outcome) else {
+            let up = Some(self.upstream.as_str()).filter(|u| !u.is_empty());
+            return metrics().request_done(&self.binding, up, method, outcome, seconds);
+        };
+        let (count, duration) = self.slots[m * REQUEST_OUTCOMES.len() + o].get_or_init(|| {
+            metrics().request_handles(&RequestLabels {
+                binding: self.binding.clone(),
+                upstream: self.upstream.clone(),
+                method: method_label(method),
+                outcome,
+            })
+        });
+        count.inc();
+        duration.observe(seconds);
+    }
+}
+
 /// The `lease` label for a lease name: the leases the host takes have fixed names or a fixed
 /// prefix followed by a node id, which must not become a label value.
 pub fn lease_label(name: &str) -> &'static str {
@@ -329,6 +382,14 @@ impl Metrics {
         self.request_duration
             .get_or_create(&labels)
             .observe(seconds);
+    }
+
+    /// The request counter and latency histogram of one label set, resolved once.
+    fn request_handles(&self, labels: &RequestLabels) -> (Counter, Histogram) {
+        (
+            self.requests.get_or_create(labels).clone(),
+            self.request_duration.get_or_create(labels).clone(),
+        )
     }
 
     pub fn upstream_up(&self, binding: &str, upstream: &str, up: bool) {
