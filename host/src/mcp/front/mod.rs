@@ -304,24 +304,18 @@ async fn legacy_post(p: Post) -> Response {
     let (live, busy) = match placed {
         // A forward whose deadline passed while its session was being placed: the replica
         // that sent it has given up, so it does not run.
-        Ok(Placed::Here(..)) if forwarded && forward::expired(&p.headers) => {
-            if let Some(o) = obs {
-                o.not_here();
-            }
-            return McpError::ForwardExpired.respond(p.id);
+        Ok(Placed::Here(live, busy)) if !(forwarded && forward::expired(&p.headers)) => {
+            (live, busy)
         }
-        Ok(Placed::Here(live, busy)) => (live, busy),
-        Ok(Placed::Answered(r)) => {
+        other => {
             if let Some(o) = obs {
                 o.not_here();
             }
-            return r;
-        }
-        Err(e) => {
-            if let Some(o) = obs {
-                o.not_here();
-            }
-            return e.respond(p.id);
+            return match other {
+                Ok(Placed::Answered(r)) => r,
+                Err(e) => e.respond(p.id),
+                Ok(Placed::Here(..)) => McpError::ForwardExpired.respond(p.id),
+            };
         }
     };
     match kind {

@@ -35,9 +35,7 @@ use tokio::time::Instant;
 pub use conn::{Connection, Exchange, UpstreamError};
 pub use health::Health;
 
-use crate::config::model::{
-    FencingToken, StdioMode, StdioTransport, TransportRef, UpstreamConfig,
-};
+use crate::config::model::{FencingToken, StdioMode, StdioTransport, TransportRef, UpstreamConfig};
 use crate::config::parsed::HttpUpstream;
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::wire::jsonrpc::{self, RpcError};
@@ -208,33 +206,7 @@ impl Upstream {
             TransportRef::Stdio(s) => (Some(s), None),
             TransportRef::Http(h) => (None, Some(h)),
         };
-        let (kind, children, shared) = match (stdio, http) {
-            (Some(s), _) => {
-                let kind = Kind::Stdio {
-                    cfg: s.clone(),
-                    base_dir: base_dir.to_owned(),
-                    max_line,
-                };
-                match s.mode {
-                    StdioMode::PerSession => (
-                        kind,
-                        Some(Arc::new(Semaphore::new(s.max_children as usize))),
-                        None,
-                    ),
-                    StdioMode::Shared => (kind, None, None),
-                }
-            }
-            (None, Some(h)) => {
-                let parsed =
-                    parsed_http.ok_or_else(|| anyhow::anyhow!("the loader did not parse it"))?;
-                (
-                    Kind::Http(Arc::new(http::Endpoint::new(h, parsed, max_line))),
-                    None,
-                    None,
-                )
-            }
-            (None, None) => unreachable!("a transport is one or the other"),
-        };
+        let (kind, children) = Self::kind_of(stdio, http, parsed_http, base_dir, max_line)?;
         let configured = http.and_then(|h| match h.protocol {
             crate::config::model::UpstreamProtocol::Auto => None,
             crate::config::model::UpstreamProtocol::Legacy => Some(false),
@@ -254,7 +226,7 @@ impl Upstream {
                 .filter(|s| s.mode == StdioMode::PerSession)
                 .and_then(|s| s.max_children_per_caller)
                 .map(callers::PerCaller::new),
-            shared,
+            shared: None,
             modern: tokio::sync::Mutex::new(None),
             modern_failed: std::sync::Mutex::new(None),
             speaks_modern: std::sync::Mutex::new(configured),
@@ -274,6 +246,35 @@ impl Upstream {
             ));
         }
         Ok(Arc::new(up))
+    }
+
+    /// What one endpoint's transport is, and the cap on its children (`per_session` stdio).
+    fn kind_of(
+        stdio: Option<&StdioTransport>,
+        http: Option<&crate::config::model::HttpTransport>,
+        parsed_http: Option<&HttpUpstream>,
+        base_dir: &std::path::Path,
+        max_line: usize,
+    ) -> anyhow::Result<(Kind, Option<Arc<Semaphore>>)> {
+        Ok(match (stdio, http) {
+            (Some(s), _) => {
+                let kind = Kind::Stdio {
+                    cfg: s.clone(),
+                    base_dir: base_dir.to_owned(),
+                    max_line,
+                };
+                let children = (s.mode == StdioMode::PerSession)
+                    .then(|| Arc::new(Semaphore::new(s.max_children as usize)));
+                (kind, children)
+            }
+            (None, Some(h)) => {
+                let parsed =
+                    parsed_http.ok_or_else(|| anyhow::anyhow!("the loader did not parse it"))?;
+                let endpoint = http::Endpoint::new(h, parsed, max_line);
+                (Kind::Http(Arc::new(endpoint)), None)
+            }
+            (None, None) => unreachable!("a transport is one or the other"),
+        })
     }
 
     /// Whether some of the client's headers are copied to this upstream.
