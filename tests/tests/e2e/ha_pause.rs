@@ -95,7 +95,11 @@ fn requests_queued_at_a_paused_owner_never_run_on_its_stale_child() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     // The other replica forwards to the hung owner, gives up once its lease is gone, and takes
-    // the session over.
+    // the session over. The forwarded request itself is not run again (the owner took it and
+    // may have run it): the client is told so; its next request is served by the new owner.
+    let (status, _, body) = call(b.main, &sid, 2);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not run again"), "{body}");
     let (status, taken, body) = call(b.main, &sid, 2);
     assert_eq!(status, 200, "{body}");
     let taken = taken.expect("a count");

@@ -47,9 +47,14 @@ const HOP: [&str; 9] = [
 /// Why a forward did not produce the owner's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// The owner could not be reached (connection refused, reset before an answer).
+    /// The owner could not be reached: no connection was made, so the request was not
+    /// delivered (it may be placed again, once the owner's lease decides).
     #[error("replica at {url} unreachable: {message}")]
     Unreachable { url: String, message: String },
+    /// The request was sent, but no answer came (the connection broke, or the answer did not
+    /// begin in time): the owner may have run it, so it is never run a second time.
+    #[error("replica at {url} took the request but gave no answer: {message}")]
+    Lost { url: String, message: String },
     /// The replica reached does not own the session (any more).
     #[error("the replica reached does not own the session")]
     Misdirected,
@@ -137,7 +142,7 @@ impl Forwarder {
             self.start(&url, method, headers, body, budget),
         )
         .await
-        .map_err(|_| ForwardError::Unreachable {
+        .map_err(|_| ForwardError::Lost {
             url: url.clone(),
             message: format!(
                 "no answer began within {} ms",
@@ -183,9 +188,13 @@ impl Forwarder {
             .body(body)
             .send()
             .await
-            .map_err(|e| ForwardError::Unreachable {
-                url: url.to_owned(),
-                message: error_chain(&e),
+            .map_err(|e| {
+                let (url, message) = (url.to_owned(), error_chain(&e));
+                if e.is_connect() {
+                    ForwardError::Unreachable { url, message }
+                } else {
+                    ForwardError::Lost { url, message }
+                }
             })
     }
 }
@@ -212,7 +221,7 @@ async fn relay_back(resp: reqwest::Response, url: &str) -> Result<Response, Forw
     let body = if streamed {
         Body::from_stream(resp.bytes_stream())
     } else {
-        Body::from(resp.bytes().await.map_err(|e| ForwardError::Unreachable {
+        Body::from(resp.bytes().await.map_err(|e| ForwardError::Lost {
             url: url.to_owned(),
             message: error_chain(&e),
         })?)

@@ -86,6 +86,16 @@ impl Drop for Keeper {
     }
 }
 
+/// Why a forward produced no answer.
+pub(crate) enum Miss {
+    /// The replica reached does not own the session: look again.
+    Misdirected,
+    /// Not delivered (no connection): the owner's lease decides, then look again.
+    Unreachable,
+    /// Delivered, never answered: the owner may have run it (`gone`: its lease is gone).
+    Lost { why: String, gone: bool },
+}
+
 impl Sessions {
     /// Places a request of session `sid`: here, or (through `forward`, given the owner's URL)
     /// on the replica that owns it. A forward that finds the owner unreachable is retried once
@@ -125,37 +135,81 @@ impl Sessions {
                     // Let go between resolving and starting (handed over, ended): look again.
                 }
                 Resolved::Remote { owner, url } => {
-                    let m = crate::telemetry::metrics::metrics();
-                    // A hung owner (it accepts connections and never answers, as a paused
-                    // process does) is given up on once its ownership lease is gone; the
-                    // session is then taken over (its forward is refused there, late).
-                    let answer = tokio::select! {
-                        a = forward(url.clone()) => a,
-                        () = self.lease_gone(&owner) => Err(ForwardError::Unreachable {
-                            url,
-                            message: "no answer, and its ownership lease expired".into(),
-                        }),
-                    };
-                    match answer {
-                        Ok(answer) => {
-                            m.forwarded(&b.name, "ok");
-                            return Ok(Placed::Answered(answer));
+                    match self.forward_to(b, sid, &owner, url, &forward).await {
+                        Ok(answer) => return Ok(Placed::Answered(answer)),
+                        Err(Miss::Lost { why, gone }) => {
+                            // Taken by the owner but never answered: the owner may have run
+                            // it, so it is not run again (at most once). Once the owner's
+                            // lease is gone the session is taken over here for the next one.
+                            if gone {
+                                let _ = self.resolve(b, sid, false, Some(&owner), identity).await;
+                            }
+                            return Err(unavailable(format!(
+                                "{why}; the request may or may not have run, and was not run again"
+                            )));
                         }
-                        Err(ForwardError::Misdirected) => {
-                            m.forwarded(&b.name, "misdirected");
-                            self.forget_remote(sid);
-                        }
-                        Err(e @ ForwardError::Unreachable { .. }) => {
-                            m.forwarded(&b.name, "unreachable");
-                            self.forget_remote(sid);
-                            tracing::warn!(session = %sid, owner = %owner, error = %e, "cannot reach the session's owner; waiting for its ownership lease");
-                            unreachable = Some(owner);
-                        }
+                        Err(Miss::Misdirected) => {}
+                        Err(Miss::Unreachable) => unreachable = Some(owner),
                     }
                 }
             }
         }
         Err(SessionError::Unsettled)
+    }
+
+    /// One forward to `owner` at `url`: its answer, or why there is none.
+    async fn forward_to<A, F, Fut>(
+        &self,
+        b: &Arc<Binding>,
+        sid: &str,
+        owner: &str,
+        url: String,
+        forward: &F,
+    ) -> Result<A, Miss>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<A, ForwardError>>,
+    {
+        let m = crate::telemetry::metrics::metrics();
+        // A hung owner (it accepts connections and never answers, as a paused process does)
+        // is given up on once its ownership lease is gone; the session is then taken over
+        // (its forward is refused there, late: fenced, or past its deadline).
+        let answer = tokio::select! {
+            a = forward(url.clone()) => a,
+            () = self.lease_gone(owner) => {
+                m.forwarded(&b.name, "lost");
+                self.forget_remote(sid);
+                let why = format!("the replica at {url} took the request and its ownership lease expired without an answer");
+                tracing::warn!(session = %sid, owner = %owner, "{why}");
+                return Err(Miss::Lost { why, gone: true });
+            }
+        };
+        match answer {
+            Ok(answer) => {
+                m.forwarded(&b.name, "ok");
+                Ok(answer)
+            }
+            Err(ForwardError::Misdirected) => {
+                m.forwarded(&b.name, "misdirected");
+                self.forget_remote(sid);
+                Err(Miss::Misdirected)
+            }
+            Err(e @ ForwardError::Unreachable { .. }) => {
+                m.forwarded(&b.name, "unreachable");
+                self.forget_remote(sid);
+                tracing::warn!(session = %sid, owner = %owner, error = %e, "cannot reach the session's owner; waiting for its ownership lease");
+                Err(Miss::Unreachable)
+            }
+            Err(e @ ForwardError::Lost { .. }) => {
+                m.forwarded(&b.name, "lost");
+                self.forget_remote(sid);
+                tracing::warn!(session = %sid, owner = %owner, error = %e, "the session's owner took the request and gave no answer; it is not run again");
+                Err(Miss::Lost {
+                    why: e.to_string(),
+                    gone: false,
+                })
+            }
+        }
     }
 
     /// Resolves once `owner`'s ownership lease is gone (probed every third of a TTL); never

@@ -191,8 +191,8 @@ async fn an_unreachable_owner_whose_lease_is_gone_is_taken_over() {
 }
 
 /// A hung owner (it takes the forward and never answers, as a paused process does) is given
-/// up on once its ownership lease is gone, and its session taken over: the request is served
-/// here instead of waiting forever.
+/// up on once its ownership lease is gone, and its session taken over; the request itself is
+/// not run here (the owner took it and may have run it), the next one is.
 #[tokio::test(start_paused = true)]
 async fn a_hung_owner_is_taken_over_once_its_lease_is_gone() {
     let store = kit::store();
@@ -210,11 +210,46 @@ async fn a_hung_owner_is_taken_over_once_its_lease_is_gone() {
     let r = tokio::time::timeout(kit::OWNER_TTL * 2, placed)
         .await
         .expect("not waited for forever");
+    let Err(SessionError::Rpc(e)) = r else {
+        panic!("the request the hung owner took is not run again here")
+    };
+    assert!(e.message.contains("not run again"), "{}", e.message);
+    assert_eq!(b.record(&id).await.unwrap().owner, "node-b", "taken over");
+    let f = Forwards::answering(vec![]);
+    assert!(placed_here(
+        place(&b.sessions, &b.binding, &id, false, None, &f).await
+    ));
+    assert!(f.urls().is_empty());
+}
+
+/// A forward the owner took and never answered (its connection broke: the owner died while
+/// running it) is not run a second time anywhere: the client is told it may have run. The
+/// next request waits for the owner's lease as for an unreachable owner.
+#[tokio::test(start_paused = true)]
+async fn a_forward_lost_after_it_was_sent_is_never_run_twice() {
+    let store = kit::store();
+    let a = Replica::start(&store, "node-a", Some("http://node-a.test"), 10).await;
+    let b = Replica::start(&store, "node-b", Some("http://node-b.test"), 10).await;
+    let id = a.create(None).await;
+    let f = Forwards::answering(vec![Err(ForwardError::Lost {
+        url: "http://node-a.test".into(),
+        message: "connection reset".into(),
+    })]);
+    let r = place(&b.sessions, &b.binding, &id, false, None, &f).await;
+    let Err(SessionError::Rpc(e)) = r else {
+        panic!("a lost forward is not placed again")
+    };
     assert!(
-        matches!(r, Ok(Placed::Here(..))),
-        "taken over and served here"
+        e.message.contains("may or may not have run"),
+        "{}",
+        e.message
     );
-    assert_eq!(b.record(&id).await.unwrap().owner, "node-b");
+    assert_eq!(f.urls().len(), 1, "forwarded once, not retried");
+    assert_eq!(
+        b.record(&id).await.unwrap().owner,
+        "node-a",
+        "not taken over"
+    );
 }
 
 /// A request another replica forwarded is never forwarded again: the session is owned
