@@ -361,21 +361,7 @@ impl Sessions {
         live.record.lock().expect("lock").active_ms = now_ms();
         let record = live.current_record();
         match self
-            .fenced(&record, |e| {
-                let r = record.clone();
-                async move {
-                    self.cap
-                        .store
-                        .compare_and_swap(
-                            &record_key(&r.id),
-                            e.revision,
-                            serde_json::to_vec(&r).expect("serialisable"),
-                            Some(self.record_ttl()),
-                        )
-                        .await
-                        .map(|o| matches!(o, CasOutcome::Swapped(_)))
-                }
-            })
+            .fenced(&record, |e| self.swap_record(e.revision, &record))
             .await
         {
             Ok(true) => {}
@@ -425,21 +411,7 @@ impl Sessions {
             ..record.clone()
         };
         let won = self
-            .fenced(&fence, |e| {
-                let r = record.clone();
-                async move {
-                    self.cap
-                        .store
-                        .compare_and_swap(
-                            &record_key(&r.id),
-                            e.revision,
-                            serde_json::to_vec(&r).expect("serialisable"),
-                            Some(self.record_ttl()),
-                        )
-                        .await
-                        .map(|o| matches!(o, CasOutcome::Swapped(_)))
-                }
-            })
+            .fenced(&fence, |e| self.swap_record(e.revision, &record))
             .await;
         match won {
             Ok(true) => {
@@ -464,6 +436,25 @@ impl Sessions {
         if live.dirty.load(SeqCst) {
             self.refresh(live).await;
         }
+    }
+
+    /// Writes `record` over the stored one if that is still at `revision` (compare-and-swap,
+    /// with the record's TTL): true when the write went through.
+    pub(super) async fn swap_record(
+        &self,
+        revision: u64,
+        record: &SessionRecord,
+    ) -> mcpg_plugin_api::coordinator::CoordResult<bool> {
+        self.cap
+            .store
+            .compare_and_swap(
+                &record_key(&record.id),
+                revision,
+                serde_json::to_vec(record).expect("serialisable"),
+                Some(self.record_ttl()),
+            )
+            .await
+            .map(|o| matches!(o, CasOutcome::Swapped(_)))
     }
 
     /// Runs `write` on the stored record only if it still names this replica and `record`'s
@@ -553,25 +544,13 @@ impl Sessions {
         let token = record.owner_token;
         record.owner = String::new();
         record.owner_token = 0;
-        let id = record.id.clone();
         let fence = SessionRecord {
             owner: self.node_id().to_owned(),
             owner_token: token,
             ..record.clone()
         };
         let r = self
-            .fenced(&fence, |e| async move {
-                self.cap
-                    .store
-                    .compare_and_swap(
-                        &record_key(&id),
-                        e.revision,
-                        serde_json::to_vec(&record).expect("serialisable"),
-                        Some(self.record_ttl()),
-                    )
-                    .await
-                    .map(|o| matches!(o, CasOutcome::Swapped(_)))
-            })
+            .fenced(&fence, |e| self.swap_record(e.revision, &record))
             .await;
         if let Err(e) = r {
             tracing::warn!(session = %live.id, error = %e, "cannot hand the session over; it is taken over once the ownership link expires");
