@@ -373,8 +373,10 @@ fn open_session(addr: SocketAddr, path: &str) -> Option<String> {
 }
 
 /// One call and how the client judges its outcome: a result is `Ok`; an error the gateway
-/// gave (a JSON-RPC error, with any status) is `Fail`; anything else — no answer, a reset,
-/// nginx's own 502/504 page — is `Unknown`.
+/// gave (a JSON-RPC error, with any status) is `Fail`, unless the gateway says it does not
+/// know whether the call ran (a forward its owner took and never answered: "may or may not
+/// have run"); that, and anything else — no answer, a reset, nginx's own 502/504 page — is
+/// `Unknown`.
 fn call(addr: SocketAddr, path: &str, sid: &str, key: &str, id: &str) -> Outcome {
     let req =
         json!({"jsonrpc":"2.0","id":id,"method":"nemesis/count","params":{"key":key,"call":id}});
@@ -386,7 +388,12 @@ fn call(addr: SocketAddr, path: &str, sid: &str, key: &str, id: &str) -> Outcome
                 n: m["result"]["n"].as_u64().unwrap(),
             }),
             Some(m) if m["error"].is_object() => {
-                Outcome::Fail(format!("{status} {}", m["error"]["message"]))
+                let why = format!("{status} {}", m["error"]["message"]);
+                if why.contains("may or may not have run") {
+                    Outcome::Unknown(why)
+                } else {
+                    Outcome::Fail(why)
+                }
             }
             _ => Outcome::Unknown(format!(
                 "{status} {}",
