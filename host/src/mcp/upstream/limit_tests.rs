@@ -12,23 +12,10 @@ const LIMIT: usize = 4096;
 
 /// A legacy HTTP upstream at `url` with `max_response_bytes: LIMIT`.
 fn limited(url: &str) -> std::sync::Arc<super::Upstream> {
-    let cfg: crate::config::model::UpstreamConfig = serde_json::from_value(json!({
-        "name": "t", "max_response_bytes": LIMIT, "http": {"url": url, "protocol": "legacy"},
-    }))
-    .expect("an upstream config");
-    let parsed = crate::config::parsed::HttpUpstream {
-        url: url.parse().expect("a URL"),
-        headers: Default::default(),
-        pass_through: Vec::new(),
-    };
-    super::Upstream::new(
-        "b",
-        &cfg,
-        Some(&parsed),
-        ".".as_ref(),
-        std::time::Duration::from_secs(60),
+    super::test_server::upstream_from(
+        json!({"name": "t", "max_response_bytes": LIMIT, "http": {"url": url, "protocol": "legacy"}}),
+        url,
     )
-    .expect("an upstream")
 }
 
 fn result_of(id: &Value, text_len: usize) -> Vec<u8> {

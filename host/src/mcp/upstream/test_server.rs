@@ -109,10 +109,18 @@ pub(crate) fn upstream_speaking(
     timeout_ms: u64,
     protocol: &str,
 ) -> Arc<super::Upstream> {
-    let cfg: crate::config::model::UpstreamConfig = serde_json::from_value(json!({
-        "name": "t", "request_timeout_ms": timeout_ms, "http": {"url": url, "protocol": protocol},
-    }))
-    .expect("an upstream config");
+    upstream_from(
+        json!({
+            "name": "t", "request_timeout_ms": timeout_ms, "http": {"url": url, "protocol": protocol},
+        }),
+        url,
+    )
+}
+
+/// An HTTP upstream at `url` from the upstream config `cfg` (whose `http.url` is `url`).
+pub(crate) fn upstream_from(cfg: serde_json::Value, url: &str) -> Arc<super::Upstream> {
+    let cfg: crate::config::model::UpstreamConfig =
+        serde_json::from_value(cfg).expect("an upstream config");
     let parsed = crate::config::parsed::HttpUpstream {
         url: url.parse().expect("a URL"),
         headers: Default::default(),
