@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -286,12 +287,52 @@ pub async fn polled_peer_events<C: Coordinator + Clone>(
     Ok(receiver_stream(rx))
 }
 
-/// What a backend's renewal task holds: where to report loss, and when to stop.
+/// What a backend's renewal task holds: where to report loss, when the lease runs out, and when
+/// to stop.
 pub struct LeaseSignals {
     /// Send `true` when the lease is lost.
     pub lost: watch::Sender<bool>,
     /// Changes when the holder releases or drops the lease: stop renewing.
     pub stop: watch::Receiver<bool>,
+    /// The local deadline: the instant the last acquire or renewal was sent, plus the TTL.
+    /// [`Lease::is_lost`] is true from then on even before the renewal task has run (after
+    /// the process was paused, it may run after the holder asks).
+    pub deadline: Deadline,
+}
+
+/// A lease's local deadline, shared by its holder and its renewal task. Once seen passed it
+/// stays passed: a renewal answered after it does not bring the lease back.
+#[derive(Clone)]
+pub struct Deadline(Arc<std::sync::Mutex<(Instant, bool)>>);
+
+impl Deadline {
+    fn new(at: Instant) -> Self {
+        Self(Arc::new(std::sync::Mutex::new((at, false))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Instant, bool)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the deadline to `at`; false (and unchanged) once it has passed: the lease is lost.
+    pub fn set(&self, at: Instant) -> bool {
+        let mut d = self.lock();
+        if d.1 || Instant::now() >= d.0 {
+            d.1 = true;
+            return false;
+        }
+        d.0 = at;
+        true
+    }
+
+    /// Whether the deadline has passed, judged now on the monotonic clock.
+    pub fn passed(&self) -> bool {
+        let mut d = self.lock();
+        if !d.1 && Instant::now() >= d.0 {
+            d.1 = true;
+        }
+        d.1
+    }
 }
 
 type Action = Box<dyn Fn() -> BoxFuture<'static, CoordResult<()>> + Send + Sync>;
@@ -326,7 +367,12 @@ pub fn keep_renewing(
     signals: LeaseSignals,
     mut r: impl Renew,
 ) {
-    let LeaseSignals { lost, mut stop } = signals;
+    let LeaseSignals {
+        lost,
+        mut stop,
+        deadline: shared,
+    } = signals;
+    shared.set(sent + ttl);
     tokio::spawn(async move {
         let mut deadline = sent + ttl;
         let mut next = sent + every;
@@ -336,15 +382,21 @@ pub fn keep_renewing(
                 _ = stop.changed() => return,
             }
             let sent = Instant::now();
-            let outcome = if sent >= deadline {
+            let outcome = if sent >= deadline || shared.passed() {
                 Renewal::Lost
             } else {
                 r.renew().await
             };
             match outcome {
-                Renewal::Renewed => {
+                Renewal::Renewed if shared.set(sent + ttl) => {
                     deadline = sent + ttl;
                     next = sent + every;
+                }
+                // Answered after the deadline: the lease may be someone else's by now.
+                Renewal::Renewed => {
+                    r.lost();
+                    let _ = lost.send(true);
+                    return;
                 }
                 Renewal::Lost => {
                     r.lost();
@@ -370,6 +422,7 @@ pub struct HeldLease {
     ttl: Duration,
     lost: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
+    deadline: Deadline,
     release: Action,
 }
 
@@ -383,6 +436,8 @@ impl HeldLease {
     ) -> (Self, LeaseSignals) {
         let (lost_tx, lost_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Until the renewal task starts (`keep_renewing` sets it from the acquire's send time).
+        let deadline = Deadline::new(Instant::now() + ttl);
         (
             Self {
                 name: name.to_owned(),
@@ -390,11 +445,13 @@ impl HeldLease {
                 ttl,
                 lost: lost_rx,
                 stop: stop_tx,
+                deadline: deadline.clone(),
                 release: Box::new(release),
             },
             LeaseSignals {
                 lost: lost_tx,
                 stop: stop_rx,
+                deadline,
             },
         )
     }
@@ -414,8 +471,11 @@ impl Lease for HeldLease {
         self.ttl
     }
 
+    /// Lost when the renewal task said so, or once the local deadline has passed: a holder
+    /// resumed after a pause longer than the TTL learns it at once, whatever order its tasks
+    /// run in.
     fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+        *self.lost.borrow() || self.deadline.passed()
     }
 
     async fn lost(&self) {
@@ -499,6 +559,44 @@ mod tests {
             error_chain(&e),
             "error connecting to server: connection refused"
         );
+    }
+
+    /// A holder paused past its TTL (here: its only runtime thread blocked, so the renewal task
+    /// cannot run) learns at once that the lease is lost, and a renewal answered afterwards
+    /// does not bring it back.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lease_past_its_deadline_is_lost_before_the_renewal_task_runs() {
+        use crate::coordinator::Coordinator;
+        let store = crate::memory::MemoryStore::new(Default::default());
+        let c = store.handle("a");
+        let ttl = Duration::from_millis(200);
+        let lease = c
+            .acquire("l", Some(ttl), Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!lease.is_lost());
+        // No await: nothing else runs on this thread meanwhile.
+        std::thread::sleep(ttl + Duration::from_millis(50));
+        assert!(lease.is_lost(), "lost as soon as the deadline has passed");
+        tokio::time::timeout(Duration::from_secs(5), lease.lost())
+            .await
+            .expect("the renewal task reports the loss too");
+        assert!(lease.is_lost());
+
+        let (held, signals) = HeldLease::new("m", 1, ttl, || Box::pin(async { Ok(()) }));
+        let d = signals.deadline.clone();
+        assert!(
+            d.set(Instant::now() + ttl),
+            "a renewal in time moves the deadline"
+        );
+        d.set(Instant::now());
+        assert!(held.is_lost());
+        assert!(
+            !d.set(Instant::now() + ttl),
+            "a renewal answered after the deadline is refused"
+        );
+        assert!(held.is_lost(), "and the lease stays lost");
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use futures::stream::BoxStream;
 use mcpg_plugin_api::prelude::*;
 use mcpg_plugin_api::support::{
-    HeldLease, HeldPresence, LeaseSignals, peer_changes, receiver_stream,
+    Deadline, HeldLease, HeldPresence, LeaseSignals, peer_changes, receiver_stream,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -303,12 +303,17 @@ impl ConsulCoordinator {
         id: String,
         ttl: Duration,
         mut stop: watch::Receiver<bool>,
-        lost: Option<watch::Sender<bool>>,
+        lost: Option<(watch::Sender<bool>, Deadline)>,
     ) {
         let me = self.clone();
         let every = ttl * self.0.config.renew_percent() / 100;
+        let mut deadline = Instant::now() + ttl;
+        // The holder's deadline is the session's TTL, which Consul never cuts short (it may
+        // keep a session up to twice as long).
+        if let Some((_, shared)) = &lost {
+            shared.set(Instant::now() + session_ttl(ttl));
+        }
         tokio::spawn(async move {
-            let mut deadline = Instant::now() + ttl;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
@@ -316,7 +321,14 @@ impl ConsulCoordinator {
                 }
                 let sent = Instant::now();
                 match me.renew_session(&id).await {
-                    Ok(true) => deadline = sent + ttl,
+                    Ok(true) => {
+                        deadline = sent + ttl;
+                        if let Some((_, shared)) = &lost
+                            && !shared.set(sent + session_ttl(ttl))
+                        {
+                            break;
+                        }
+                    }
                     Ok(false) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "session renewal failed; retrying");
@@ -326,7 +338,7 @@ impl ConsulCoordinator {
                     }
                 }
             }
-            if let Some(l) = lost {
+            if let Some((l, _)) = lost {
                 let _ = l.send(true);
             }
         });
@@ -803,8 +815,17 @@ fn hold_lease(
         let (c, s) = (rc.clone(), rs.clone());
         Box::pin(async move { c.destroy_session(&s).await })
     });
-    let LeaseSignals { lost, mut stop } = signals;
-    c.keep_session(session.clone(), ttl, stop.clone(), Some(lost.clone()));
+    let LeaseSignals {
+        lost,
+        mut stop,
+        deadline,
+    } = signals;
+    c.keep_session(
+        session.clone(),
+        ttl,
+        stop.clone(),
+        Some((lost.clone(), deadline)),
+    );
     let k = c.p(&format!("lease/{name}"));
     tokio::spawn(async move {
         let mut index = token;
