@@ -468,6 +468,7 @@ impl Sessions {
         let previous = std::mem::take(&mut record.owner);
         record.owner = self.node_id().to_owned();
         record.owner_token = self.ownership.token();
+        record.epoch += 1;
         record.active_ms = now_ms();
         match self
             .cap

@@ -76,6 +76,7 @@ impl Sessions {
             let mut claimed = rec.clone();
             claimed.owner = self.node_id().to_owned();
             claimed.owner_token = self.ownership.token();
+            claimed.epoch += 1;
             let key = record_key(&rec.id);
             let revision = match self
                 .cap
