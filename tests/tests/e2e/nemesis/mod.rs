@@ -393,9 +393,9 @@ fn open_session(addr: SocketAddr, path: &str) -> Option<String> {
 
 /// One call and how the client judges its outcome: a result is `Ok`; an error the gateway
 /// gave (a JSON-RPC error, with any status) is `Fail`, unless the gateway says it does not
-/// know whether the call ran (a forward its owner took and never answered: "may or may not
-/// have run"); that, and anything else — no answer, a reset, nginx's own 502/504 page — is
-/// `Unknown`.
+/// know whether the call ran ("may or may not have run": a forward its owner took and never
+/// answered, or an upstream that closed the connection after the request was sent); that,
+/// and anything else — no answer, a reset, nginx's own 502/504 page — is `Unknown`.
 fn call(addr: SocketAddr, path: &str, sid: &str, key: &str, id: &str) -> Outcome {
     let req =
         json!({"jsonrpc":"2.0","id":id,"method":"nemesis/count","params":{"key":key,"call":id}});
