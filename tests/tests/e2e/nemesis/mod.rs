@@ -282,45 +282,49 @@ impl Cluster {
         }
     }
 
-    /// The upstreams' log: the executions, and the requests they refused for a stale
-    /// fencing token (which did not run).
     fn executions(&self) -> (Vec<Exec>, Vec<Refusal>, usize) {
-        let (mut execs, mut refused, mut untokened) = (Vec::new(), Vec::new(), 0);
-        let log = std::fs::read_to_string(&self.log).unwrap();
-        for v in log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        {
-            let (call, replica, at) = (
-                v["call"].as_str().unwrap_or("").to_owned(),
-                v["replica"].as_str().unwrap_or("").to_owned(),
-                v["at"].as_f64().unwrap_or(0.0),
-            );
-            if v["refused"] == true {
-                refused.push(Refusal {
-                    call,
-                    replica,
-                    at,
-                    token: v["token"].as_u64().unwrap_or(0),
-                    highest: v["highest"].as_u64().unwrap_or(0),
-                });
-                continue;
-            }
-            if !v["token"].is_u64() {
-                untokened += 1;
-            }
-            execs.push(Exec {
+        executions(&self.log)
+    }
+}
+
+/// The upstreams' log: the executions, the requests they refused for a stale fencing token
+/// (which did not run), and how many executions carried no token.
+fn executions(log: &std::path::Path) -> (Vec<Exec>, Vec<Refusal>, usize) {
+    let (mut execs, mut refused, mut untokened) = (Vec::new(), Vec::new(), 0);
+    let log = std::fs::read_to_string(log).unwrap();
+    for v in log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        let (call, replica, at) = (
+            v["call"].as_str().unwrap_or("").to_owned(),
+            v["replica"].as_str().unwrap_or("").to_owned(),
+            v["at"].as_f64().unwrap_or(0.0),
+        );
+        if v["refused"] == true {
+            refused.push(Refusal {
                 call,
                 replica,
                 at,
-                value: checker::Value {
-                    incarnation: v["incarnation"].as_str().unwrap_or("").to_owned(),
-                    n: v["n"].as_u64().unwrap_or(0),
-                },
+                token: v["token"].as_u64().unwrap_or(0),
+                highest: v["highest"].as_u64().unwrap_or(0),
             });
+            continue;
         }
-        (execs, refused, untokened)
+        if !v["token"].is_u64() {
+            untokened += 1;
+        }
+        execs.push(Exec {
+            call,
+            replica,
+            at,
+            value: checker::Value {
+                incarnation: v["incarnation"].as_str().unwrap_or("").to_owned(),
+                n: v["n"].as_u64().unwrap_or(0),
+            },
+        });
     }
+    (execs, refused, untokened)
 }
 
 /// One HTTP/1.1 POST over a fresh connection, never panicking: the status, headers and body,
@@ -609,6 +613,98 @@ fn ci(backend: Backend, fault: Fault, after: Duration) {
     );
     assert_eq!(run.report.violations(), 0, "{}", run.report.describe(20));
     assert_eq!(run.untokened, 0, "executions without a fencing token");
+}
+
+/// The instrumented upstreams do refuse a stale fencing token (else "0 refused" in a run
+/// would mean nothing): two stdio children of one client session share the register, so the
+/// second refuses a token below the first's; the HTTP upstream refuses a lower
+/// `Mcp-Fencing-Token` on the same upstream session and logs the refusal, not an execution.
+#[test]
+fn the_instrumented_upstreams_refuse_a_stale_fencing_token() {
+    let dir = TempDir::new("nemesis-peer");
+    let log = dir.0.join("executions.jsonl");
+    let count = |id: u64, token: u64| {
+        json!({"jsonrpc":"2.0","id":id,"method":"nemesis/count",
+               "params":{"key":"k","call":format!("c{id}"),"_meta":{"dev.mcpg/fencingToken":token}}})
+    };
+    let child = |lines: &[Value]| -> Vec<Value> {
+        let mut c = Command::new(python())
+            .arg(peers_script("nemesis_upstream.py"))
+            .arg("stdio")
+            .env("NEMESIS_LOG", &log)
+            .env("NEMESIS_REPLICA", "r")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python");
+        let mut input = c.stdin.take().unwrap();
+        for l in lines {
+            writeln!(input, "{l}").unwrap();
+        }
+        drop(input);
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let first = child(&[count(1, 3)]);
+    assert_eq!(first[0]["result"]["n"], 1, "{first:?}");
+    let second = child(&[count(2, 2), count(3, 4)]);
+    assert!(
+        second[0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stale fencing token 2")),
+        "{second:?}"
+    );
+    assert_eq!(
+        second[1]["result"]["n"], 1,
+        "a higher token runs: {second:?}"
+    );
+
+    let port = free_port();
+    let _http = Proc::spawn(
+        Command::new(python())
+            .arg(peers_script("nemesis_upstream.py"))
+            .args(["http", &port.to_string()])
+            .arg(&log),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
+        addr
+    )
+    .is_ok()));
+    let send = |id: u64, token: u64| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let body = json!({"jsonrpc":"2.0","id":id,"method":"nemesis/count","params":{"key":"h","call":format!("c{id}")}}).to_string();
+        write!(
+            s,
+            "POST /mcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nMcp-Session-Id: up-1\r\nMcp-Fencing-Token: {token}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        message(out.split_once("\r\n\r\n").unwrap().1).unwrap()
+    };
+    assert_eq!(send(4, 5)["result"]["n"], 1);
+    assert!(
+        send(5, 4)["error"]["message"].is_string(),
+        "token 4 after 5"
+    );
+    assert_eq!(send(6, 5)["result"]["n"], 2, "an equal token runs");
+
+    let (execs, refused, untokened) = executions(&log);
+    let calls = |v: Vec<String>| v.join(",");
+    assert_eq!(
+        calls(execs.into_iter().map(|e| e.call).collect()),
+        "c1,c3,c4,c6"
+    );
+    assert_eq!(
+        calls(refused.into_iter().map(|r| r.call).collect()),
+        "c2,c5"
+    );
+    assert_eq!(untokened, 0);
 }
 
 #[test]
