@@ -70,6 +70,19 @@ pub struct SessionRecord {
     pub identity: Option<String>,
 }
 
+impl SessionRecord {
+    /// This record as `owner` claims it under its ownership lease's `token`: the session's
+    /// next epoch (the claim itself is the caller's compare-and-swap on the stored record).
+    pub fn claimed(&self, owner: &str, token: u64) -> Self {
+        Self {
+            owner: owner.to_owned(),
+            owner_token: token,
+            epoch: self.epoch + 1,
+            ..self.clone()
+        }
+    }
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
