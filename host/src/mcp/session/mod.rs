@@ -71,7 +71,7 @@ pub enum SessionError {
     /// This replica owns the session but cannot prove now that it still holds its ownership
     /// lease (the backend stalls, or this process was paused): the request is not run.
     #[error(
-        "this replica cannot prove now that it still owns the session (its cluster backend does not answer); try again"
+        "this replica cannot prove now that it still owns the session (its cluster backend has not answered it recently, or it was paused); the request was not run; try again"
     )]
     Fenced,
     #[error(transparent)]
