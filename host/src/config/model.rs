@@ -679,12 +679,13 @@ pub struct UpstreamConfig {
     #[serde(default = "default_max_response_bytes")]
     #[schemars(range(min = 1024, max = 1_073_741_824))]
     pub max_response_bytes: u64,
-    /// Pass the fencing token of the replica that owns a legacy session to this upstream with
-    /// each of the session's requests, so an upstream that keeps state can refuse a request
-    /// carrying a lower token than one it has already seen (a replica that lost the session
-    /// and does not know yet): `meta` (in `params._meta["dev.mcpg/fencingToken"]`, a
-    /// number), `header` (the `Mcp-Fencing-Token` HTTP header; a stdio upstream gets it in
-    /// `_meta`), or `off` (messages pass unchanged).
+    /// Pass a legacy session's fencing token to this upstream with each of the session's
+    /// requests, so an upstream that keeps state can refuse a request carrying a lower token
+    /// than one it has already seen for the session (a replica that lost the session and
+    /// does not know yet). The token grows with each change of the session's owner: `meta`
+    /// (in `params._meta["dev.mcpg/fencingToken"]`, a number), `header` (the
+    /// `Mcp-Fencing-Token` HTTP header; a stdio upstream gets it in `_meta`), or `off`
+    /// (messages pass unchanged).
     #[serde(default)]
     pub fencing_token: FencingToken,
     /// Several endpoints serving this upstream as one pool (replicas of the same MCP server),

@@ -193,3 +193,23 @@ async fn lease_safety_under_contention() {
     eprintln!("lease safety: {found:?}");
     found.assert_safe();
 }
+
+/// Lease safety across processes (issue 19): 3 contender processes × 3 contenders loading the
+/// plugin `.so` as mcpg does, a holder SIGSTOPped for twice the TTL every 3 s, PostgreSQL
+/// crashed (`SIGQUIT`) and restarted on its data directory every 10 s. No overlapping holders,
+/// strictly increasing tokens, stale holders refused by the register. 150 acquisitions in CI;
+/// the long run sets `MCPG_LEASE_SAFETY_N=10000` (docs/reliability.md).
+#[test]
+fn lease_safety_across_processes_with_paused_holders_and_restarts() {
+    let mut server = PostgresServer::start();
+    let plan = mcpg_plugin_testkit::processes::plan_from_env(150, Some(Duration::from_secs(10)));
+    let found = mcpg_plugin_testkit::processes::lease_safety_processes(
+        &mcpg_plugin_testkit::library_path("libmcpg_cluster_postgres.so"),
+        ID,
+        serde_json::json!({"url": server.url(), "schema": "lsp"}),
+        &plan,
+        || server.restart(),
+    );
+    eprintln!("lease safety across processes: {}", found.summary());
+    found.assert_safe();
+}

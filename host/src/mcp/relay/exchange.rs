@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::Reply;
 use crate::mcp::binding::Binding;
 use crate::mcp::route::names::UpstreamIdx;
-use crate::mcp::upstream::{Connection, Exchange};
+use crate::mcp::upstream::{Connection, Exchange, UpstreamError};
 use crate::mcp::wire::jsonrpc::{self, Message, code};
 
 /// What a path does with one message the upstream sent for the request.
@@ -64,7 +64,8 @@ pub enum End {
     Final(Message),
     /// The gateway's deadline passed.
     TimedOut,
-    /// The upstream closed the connection (or the exchange's stream) before answering.
+    /// The upstream closed the connection (or the exchange's stream) after the request was
+    /// sent and before answering: it may or may not have run.
     Closed,
     /// The client cancelled the request (`notifications/cancelled`).
     Cancelled,
@@ -311,11 +312,14 @@ pub fn timeout_error(id: Value, upstream: &str) -> Message {
     )
 }
 
+/// The answer to a request whose exchange ended without a response after it was sent: the
+/// outcome is unknown, and the client is told so (a request that never left mcpg gets its
+/// own error, which says so).
 pub fn closed_error(id: Value, upstream: &str) -> Message {
     jsonrpc::error(
         id,
         code::CONNECTION_CLOSED,
-        format!("upstream `{upstream}` closed the connection before answering"),
+        UpstreamError::Lost(upstream.to_owned()).to_string(),
         None,
     )
 }

@@ -80,3 +80,76 @@ async fn a_cancelled_request_to_an_http_upstream_ends_and_the_upstream_is_told()
         "under the upstream's own id: {n}"
     );
 }
+
+/// What a test exchange does with the upstream's messages: the response ends it.
+struct Plain;
+
+impl super::exchange::Shape for Plain {
+    fn upstream(&self) -> &str {
+        "t"
+    }
+
+    async fn step(
+        &self,
+        _: &crate::mcp::upstream::Exchange,
+        m: jsonrpc::Message,
+    ) -> super::exchange::Step {
+        match jsonrpc::kind(&m) {
+            jsonrpc::Kind::Response => super::exchange::Step::Final(m),
+            _ => super::exchange::Step::Skip,
+        }
+    }
+
+    async fn finish(
+        &self,
+        _: crate::mcp::upstream::Exchange,
+        _: Value,
+        m: jsonrpc::Message,
+    ) -> jsonrpc::Message {
+        m
+    }
+}
+
+/// An upstream whose answer ends without a response after the request was sent (its stream
+/// closed: the upstream may have run the request) is reported as an unknown outcome, "may or
+/// may not have run"; a request that never left mcpg (the conversation was already closed)
+/// keeps an error that does not say it may have run.
+#[tokio::test]
+async fn an_answer_lost_after_the_request_was_sent_is_an_unknown_outcome() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = serve(move |m: Value| match m["method"].as_str() {
+        Some("initialize") => initialized(&m),
+        // An SSE answer that ends before any message: the request was taken, no answer came.
+        Some("lost") => Answer::Body("text/event-stream", Vec::new()),
+        _ => Answer::Accepted,
+    })
+    .await;
+    let up = upstream(&url, 60_000);
+    let link = up.connect(&Hello::gateway(), None).await.expect("connects");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+
+    let request = jsonrpc::request(json!(7), "lost", None);
+    let Ok(relay) = Relay::start(&link.conn, request, &[], deadline, None).await else {
+        panic!("the request was sent")
+    };
+    let reply = tokio::time::timeout(HANG, super::exchange::reply(relay, Plain, json!(7)))
+        .await
+        .expect("no hang");
+    let crate::mcp::relay::Reply::Json(m) = reply else {
+        panic!("one JSON-RPC error")
+    };
+    assert_eq!(m["id"], json!(7));
+    let msg = m["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(
+        msg,
+        "upstream `t` closed the connection after the request was sent; it may or may not have run"
+    );
+
+    link.conn.close().await;
+    let request = jsonrpc::request(json!(8), "lost", None);
+    let Err(Sent::NotReached(e)) = Relay::start(&link.conn, request, &[], deadline, None).await
+    else {
+        panic!("a closed conversation takes no request")
+    };
+    assert!(!e.message.contains("may or may not"), "{}", e.message);
+}

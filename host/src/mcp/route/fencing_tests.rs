@@ -1,5 +1,5 @@
 //! Request fencing at the last step before an upstream, against a real loopback HTTP
-//! upstream: each request of a legacy session carries the owner's fencing token where the
+//! upstream: each request of a legacy session carries the session's fencing token where the
 //! upstream asks for it (`fencing_token: meta`), none is handed to the upstream once the
 //! ownership lease cannot be proven, and the window between the check and the upstream
 //! reading the request is measured (printed; nothing timed is asserted).
@@ -68,7 +68,7 @@ async fn requests_carry_the_owners_token_and_none_reaches_the_upstream_once_unpr
         let (t1, m) = seen.lock().unwrap().last().cloned().expect("it arrived");
         assert_eq!(
             m["params"]["_meta"]["dev.mcpg/fencingToken"],
-            json!(r.ownership.token())
+            json!(live.record.lock().unwrap().epoch)
         );
         window.push(t1.duration_since(t0));
     }

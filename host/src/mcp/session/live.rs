@@ -125,18 +125,22 @@ impl Live {
 
     /// The fencing check made just before a request of this session is handed to an
     /// upstream: this replica proves its ownership lease now and serves the session under
-    /// that lease's token. The token, for upstreams that take one
-    /// (`upstreams[].fencing_token`).
+    /// that lease's token. The fencing token for upstreams that take one
+    /// (`upstreams[].fencing_token`): the session's ownership epoch, which grows with every
+    /// claim of the session (the lease token does not: each replica's lease counts its own).
     pub fn fence(&self) -> Result<u64, RpcError> {
         let o = &self.services.ownership;
-        let token = self.record.lock().expect("lock").owner_token;
+        let (token, epoch) = {
+            let r = self.record.lock().expect("lock");
+            (r.owner_token, r.epoch)
+        };
         if self.is_closed() || !o.provable() || token != o.token() {
             return Err(RpcError::new(
                 jsonrpc::code::INTERNAL_ERROR,
                 "this replica cannot prove now that it still owns the session; the request was not run; try again",
             ));
         }
-        Ok(token)
+        Ok(epoch)
     }
 
     /// The live conversation with upstream `up`, reconnecting (with the client's recorded

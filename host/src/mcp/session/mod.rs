@@ -71,7 +71,7 @@ pub enum SessionError {
     /// This replica owns the session but cannot prove now that it still holds its ownership
     /// lease (the backend stalls, or this process was paused): the request is not run.
     #[error(
-        "this replica cannot prove now that it still owns the session (its cluster backend does not answer); try again"
+        "this replica cannot prove now that it still owns the session (its cluster backend has not answered it recently, or it was paused); the request was not run; try again"
     )]
     Fenced,
     #[error(transparent)]
@@ -263,6 +263,7 @@ impl Sessions {
             upstream_endpoints: HashMap::new(),
             owner: self.node_id().to_owned(),
             owner_token: self.ownership.token(),
+            epoch: 1,
             created_ms: now_ms(),
             active_ms: now_ms(),
             log_level: None,
@@ -405,6 +406,7 @@ impl Sessions {
         let mut record = live.current_record();
         let old = record.owner_token;
         record.owner_token = token;
+        record.epoch += 1;
         record.active_ms = now_ms();
         let fence = SessionRecord {
             owner_token: old,
@@ -415,7 +417,11 @@ impl Sessions {
             .await;
         match won {
             Ok(true) => {
-                live.record.lock().expect("lock").owner_token = token;
+                {
+                    let mut r = live.record.lock().expect("lock");
+                    r.owner_token = token;
+                    r.epoch = record.epoch;
+                }
                 tracing::info!(session = %live.id, old_token = old, token, "session claimed back under the new ownership lease; its upstream conversations are kept");
                 true
             }
@@ -606,6 +612,7 @@ impl Sessions {
             "protocol_version": record.protocol_version,
             "owner": if record.owner.is_empty() { Value::Null } else { json!(record.owner) },
             "owner_token": record.owner_token,
+            "epoch": record.epoch,
             "created_ms": record.created_ms,
             "state": state,
             "served_here": live_here,

@@ -465,9 +465,8 @@ impl Sessions {
         if record.owner != seen_owner {
             return Err(Claim::Raced);
         }
-        let previous = std::mem::take(&mut record.owner);
-        record.owner = self.node_id().to_owned();
-        record.owner_token = self.ownership.token();
+        let previous = record.owner.clone();
+        record = record.claimed(self.node_id(), self.ownership.token());
         record.active_ms = now_ms();
         match self
             .cap

@@ -41,6 +41,15 @@ pub struct SessionRecord {
     /// is accepted only from the replica and lease the record names.
     #[serde(default)]
     pub owner_token: u64,
+    /// The session's ownership epoch: 1 when it is created, one more at each claim (a
+    /// takeover, a sweep's claim, a claim back under a new ownership lease), each made by
+    /// compare-and-swap on this record. It is the fencing token the session's requests carry
+    /// to upstreams configured with `fencing_token`: unlike the owner's lease token (one lease
+    /// per replica, its token counted per lease name), it grows with every change of owner, so
+    /// an upstream can refuse a request of an earlier owner. 0 in records of earlier releases
+    /// (their next claim makes it 1).
+    #[serde(default)]
+    pub epoch: u64,
     pub created_ms: u64,
     /// When the owner last saw a request of the session (updated with each refresh of the
     /// record, at most every tenth of the idle TTL). How the cluster finds sessions that were
@@ -59,6 +68,19 @@ pub struct SessionRecord {
     /// Only that identity may use it: anyone else presenting the id is told it does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+}
+
+impl SessionRecord {
+    /// This record as `owner` claims it under its ownership lease's `token`: the session's
+    /// next epoch (the claim itself is the caller's compare-and-swap on the stored record).
+    pub fn claimed(&self, owner: &str, token: u64) -> Self {
+        Self {
+            owner: owner.to_owned(),
+            owner_token: token,
+            epoch: self.epoch + 1,
+            ..self.clone()
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {

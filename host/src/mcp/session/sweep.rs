@@ -73,9 +73,7 @@ impl Sessions {
             if !orphaned {
                 continue;
             }
-            let mut claimed = rec.clone();
-            claimed.owner = self.node_id().to_owned();
-            claimed.owner_token = self.ownership.token();
+            let claimed = rec.claimed(self.node_id(), self.ownership.token());
             let key = record_key(&rec.id);
             let revision = match self
                 .cap

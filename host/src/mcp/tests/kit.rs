@@ -239,6 +239,7 @@ pub(crate) fn record(id: &str, owner: &str, token: u64, active_ms: u64) -> Sessi
         upstream_endpoints: Default::default(),
         owner: owner.to_owned(),
         owner_token: token,
+        epoch: 1,
         created_ms: active_ms,
         active_ms,
         log_level: None,

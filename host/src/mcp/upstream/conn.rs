@@ -31,6 +31,13 @@ pub enum UpstreamError {
     /// The upstream's HTTP session is gone (404 on a request carrying its session id).
     #[error("upstream `{0}` no longer knows its session")]
     SessionExpired(String),
+    /// The conversation ended after the request was written and before its answer: the
+    /// upstream may have run it (the outcome is unknown, as for a forward lost after it was
+    /// delivered), so it is never said not to have run.
+    #[error(
+        "upstream `{0}` closed the connection after the request was sent; it may or may not have run"
+    )]
+    Lost(String),
 }
 
 impl UpstreamError {
@@ -512,7 +519,7 @@ impl Exchange {
             }
             return response_result(m);
         }
-        Err(UpstreamError::Closed(self.conn.name().into()).to_rpc())
+        Err(UpstreamError::Lost(self.conn.name().into()).to_rpc())
     }
 
     /// Tells the upstream to stop working on this request.

@@ -428,7 +428,7 @@ async fn read_bounded(
 
 /// An error response without an id standing for an upstream's protocol violation: the
 /// exchange whose answer carried it ends with this error, which names the upstream's fault,
-/// instead of "closed the connection before answering".
+/// instead of "closed the connection after the request was sent".
 pub(super) fn violation(upstream: &str, what: &str) -> Message {
     jsonrpc::error(
         Value::Null,
@@ -588,7 +588,11 @@ impl Transport for HttpTransport {
                     super::conn::NOT_REACHED,
                     error_chain(&e)
                 )),
-                false => self.err(format!("request failed: {}", error_chain(&e))),
+                // Connected, so the request may have reached the upstream before it failed.
+                false => self.err(format!(
+                    "request failed after the connection was made; it may or may not have run: {}",
+                    error_chain(&e)
+                )),
             })?;
         if is_init && let Some(s) = resp.headers().get(SESSION_HEADER) {
             let s = s

@@ -1,6 +1,6 @@
 //! An upstream that breaks the protocol is named as the culprit: an answer that is not JSON,
 //! one with an id the request never had, or JSON nested past any sane depth ends the request
-//! with "upstream `t` broke the protocol: …", not "closed the connection before answering".
+//! with "upstream `t` broke the protocol: …", not "closed the connection after the request was sent".
 
 use serde_json::{Value, json};
 

@@ -1,5 +1,5 @@
-//! The nemesis checker: judges a history of client calls, the upstreams' execution records and
-//! the ownership timeline. Pure logic, unit-tested on hand-written histories (one per kind of
+//! The nemesis checker: judges a history of client calls, the upstreams' execution records
+//! (and the stale requests they refused by fencing token) and the ownership timeline. Pure logic, unit-tested on hand-written histories (one per kind of
 //! violation) so it is known to catch each.
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +46,17 @@ pub struct Exec {
     pub value: Value,
 }
 
+/// A request an upstream refused, unrun, because it carried a lower fencing token than one the
+/// session had already seen (a replica that lost the session and did not know yet).
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub call: String,
+    pub replica: String,
+    pub at: T,
+    pub token: u64,
+    pub highest: u64,
+}
+
 /// One observation of a session's owner (from the session record).
 #[derive(Clone, Debug)]
 pub struct Owned {
@@ -68,6 +79,9 @@ pub struct Report {
     /// started on another replica). Not a violation — a takeover after a crash costs it — but
     /// what a stall or a hand-over should not cost.
     pub state_resets: usize,
+    /// Stale requests the upstreams refused by fencing token (not run, so not violations:
+    /// what the token is for), one line each.
+    pub refused_stale: Vec<String>,
     /// How often each reason for a failed or unknown outcome came up.
     pub reasons: BTreeMap<String, usize>,
     /// Executed by a replica while the record named another owner before and after.
@@ -92,12 +106,13 @@ impl Report {
     /// Every violation, one per line, the first `max` of each kind.
     pub fn describe(&self, max: usize) -> String {
         let mut s = format!(
-            "{} calls: {} ok, {} failed, {} unknown; {} executions; {} ownership observations; {} state resets; violations: {} stale executions, {} counter regressions, {} acknowledged-not-once, {} unaccounted",
+            "{} calls: {} ok, {} failed, {} unknown; {} executions; {} stale requests refused by token; {} ownership observations; {} state resets; violations: {} stale executions, {} counter regressions, {} acknowledged-not-once, {} unaccounted",
             self.calls,
             self.ok,
             self.failed,
             self.unknown,
             self.executions,
+            self.refused_stale.len(),
             self.observations,
             self.state_resets,
             self.stale_executions.len(),
@@ -109,6 +124,7 @@ impl Report {
             s.push_str(&format!("\n  {n} × {why}"));
         }
         for v in [
+            &self.refused_stale,
             &self.stale_executions,
             &self.counter_regressions,
             &self.ack_not_once,
@@ -204,6 +220,35 @@ pub fn check(clients: &[Vec<Op>], execs: &[Exec], owned: &[Owned]) -> Report {
     }
     stale(&invoked, execs, owned, &mut r);
     r
+}
+
+/// Counts the upstreams' refusals of stale requests apart. A refused call must not have run
+/// (an execution of it is unaccounted) nor have been acknowledged with a value (caught by
+/// [`check`] as acknowledged-not-once, since it has no execution).
+pub fn refusals(r: &mut Report, clients: &[Vec<Op>], execs: &[Exec], refused: &[Refusal]) {
+    let outcome: HashMap<&str, &Outcome> = clients
+        .iter()
+        .flatten()
+        .map(|op| (op.call.as_str(), &op.outcome))
+        .collect();
+    for f in refused {
+        let seen = match outcome.get(f.call.as_str()) {
+            Some(Outcome::Ok(_)) => "acknowledged",
+            Some(Outcome::Fail(_)) => "failed",
+            Some(Outcome::Unknown(_)) => "unknown",
+            None => "not made by a client",
+        };
+        r.refused_stale.push(format!(
+            "call {} refused on {} at {:.3}: token {} below {} (client saw: {seen})",
+            f.call, f.replica, f.at, f.token, f.highest
+        ));
+        if let Some(e) = execs.iter().find(|e| e.call == f.call) {
+            r.unaccounted.push(format!(
+                "call {} was refused as stale on {} but executed on {} at {:.3}",
+                f.call, f.replica, e.replica, e.at
+            ));
+        }
+    }
 }
 
 /// Per session, the values one client saw must strictly increase: within an incarnation the
@@ -406,6 +451,36 @@ mod tests {
         execs.push(ex("c3", "r1", 3.006, v("a", 4)));
         let r = check(&ops, &execs, &own);
         assert_eq!(r.unaccounted.len(), 1, "{}", r.describe(10));
+    }
+
+    fn refusal(call: &str, replica: &str, at: T) -> Refusal {
+        Refusal {
+            call: call.into(),
+            replica: replica.into(),
+            at,
+            token: 1,
+            highest: 2,
+        }
+    }
+
+    #[test]
+    fn a_stale_request_refused_by_token_is_counted_apart_and_must_not_have_run() {
+        let (ops, execs, own) = clean();
+        // c4 failed: the old owner's request, refused by the upstream.
+        let mut r = check(&ops, &execs, &own);
+        refusals(&mut r, &ops, &execs, &[refusal("c4", "r1", 4.6)]);
+        assert_eq!(
+            (r.refused_stale.len(), r.violations()),
+            (1, 0),
+            "{}",
+            r.describe(10)
+        );
+        let (ops, mut execs, own) = clean();
+        execs.push(ex("c4", "r2", 4.7, v("b", 1)));
+        let mut r = check(&ops, &execs, &own);
+        let before = r.unaccounted.len();
+        refusals(&mut r, &ops, &execs, &[refusal("c4", "r1", 4.6)]);
+        assert_eq!(r.unaccounted.len(), before + 1, "{}", r.describe(10));
     }
 
     #[test]

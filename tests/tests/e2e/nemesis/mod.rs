@@ -1,6 +1,8 @@
 //! The nemesis suite (issue 19): three real `mcpg` replicas on a real backend (Redis, NATS,
 //! etcd) behind nginx round-robin, instrumented upstreams over stdio and HTTP that log which
-//! replica executed each call (`tests/peers/nemesis_upstream.py`), clients that record a
+//! replica executed each call and refuse requests carrying a stale fencing token (both
+//! bindings pass it: `meta` to stdio, `header` to HTTP) (`tests/peers/nemesis_upstream.py`),
+//! clients that record a
 //! history on the monotonic clock, a poller that records the ownership timeline, and faults
 //! injected meanwhile; [`checker`] judges the result.
 //!
@@ -20,7 +22,7 @@ use std::time::Duration;
 use mcpg_backends::{EtcdServer, NatsServer, RedisServer};
 use serde_json::{Value, json};
 
-use self::checker::{Exec, Op, Outcome, Owned, Report, T};
+use self::checker::{Exec, Op, Outcome, Owned, Refusal, Report, T};
 use crate::cluster_sessions::Nginx;
 use crate::harness::{Proc, TempDir, bin, cdylib, free_port, get_json, http_get, wait_until};
 use crate::peers::{peers_script, python};
@@ -177,8 +179,8 @@ impl Cluster {
             "mcpg.yaml",
             &format!(
                 "server:\n  drain_timeout_ms: 5000\n{}mcp:\n  sessions: {{owner_ttl_ms: {}}}\n\
-                 bindings:\n  - name: st\n    path: /st\n    upstreams: [{{name: st, stdio: {{command: {:?}, args: [{:?}, stdio], inherit_env: true}}}}]\n  \
-                 - name: ht\n    path: /ht\n    upstreams: [{{name: ht, http: {{url: \"http://{up}/mcp\", headers: {{X-Nemesis-Replica: \"${{env.NEMESIS_REPLICA}}\"}}}}}}]\n",
+                 bindings:\n  - name: st\n    path: /st\n    upstreams: [{{name: st, fencing_token: meta, stdio: {{command: {:?}, args: [{:?}, stdio], inherit_env: true}}}}]\n  \
+                 - name: ht\n    path: /ht\n    upstreams: [{{name: ht, fencing_token: header, http: {{url: \"http://{up}/mcp\", headers: {{X-Nemesis-Replica: \"${{env.NEMESIS_REPLICA}}\"}}}}}}]\n",
                 server.yaml(),
                 TTL.as_millis(),
                 python().display().to_string(),
@@ -280,28 +282,49 @@ impl Cluster {
         }
     }
 
-    /// The upstreams' execution log.
-    fn executions(&self) -> Vec<(Exec, String)> {
-        std::fs::read_to_string(&self.log)
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|v| {
-                (
-                    Exec {
-                        call: v["call"].as_str().unwrap_or("").to_owned(),
-                        replica: v["replica"].as_str().unwrap_or("").to_owned(),
-                        at: v["at"].as_f64().unwrap_or(0.0),
-                        value: checker::Value {
-                            incarnation: v["incarnation"].as_str().unwrap_or("").to_owned(),
-                            n: v["n"].as_u64().unwrap_or(0),
-                        },
-                    },
-                    v["key"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect()
+    fn executions(&self) -> (Vec<Exec>, Vec<Refusal>, usize) {
+        executions(&self.log)
     }
+}
+
+/// The upstreams' log: the executions, the requests they refused for a stale fencing token
+/// (which did not run), and how many executions carried no token.
+fn executions(log: &std::path::Path) -> (Vec<Exec>, Vec<Refusal>, usize) {
+    let (mut execs, mut refused, mut untokened) = (Vec::new(), Vec::new(), 0);
+    let log = std::fs::read_to_string(log).unwrap();
+    for v in log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        let (call, replica, at) = (
+            v["call"].as_str().unwrap_or("").to_owned(),
+            v["replica"].as_str().unwrap_or("").to_owned(),
+            v["at"].as_f64().unwrap_or(0.0),
+        );
+        if v["refused"] == true {
+            refused.push(Refusal {
+                call,
+                replica,
+                at,
+                token: v["token"].as_u64().unwrap_or(0),
+                highest: v["highest"].as_u64().unwrap_or(0),
+            });
+            continue;
+        }
+        if !v["token"].is_u64() {
+            untokened += 1;
+        }
+        execs.push(Exec {
+            call,
+            replica,
+            at,
+            value: checker::Value {
+                incarnation: v["incarnation"].as_str().unwrap_or("").to_owned(),
+                n: v["n"].as_u64().unwrap_or(0),
+            },
+        });
+    }
+    (execs, refused, untokened)
 }
 
 /// One HTTP/1.1 POST over a fresh connection, never panicking: the status, headers and body,
@@ -374,9 +397,9 @@ fn open_session(addr: SocketAddr, path: &str) -> Option<String> {
 
 /// One call and how the client judges its outcome: a result is `Ok`; an error the gateway
 /// gave (a JSON-RPC error, with any status) is `Fail`, unless the gateway says it does not
-/// know whether the call ran (a forward its owner took and never answered: "may or may not
-/// have run"); that, and anything else — no answer, a reset, nginx's own 502/504 page — is
-/// `Unknown`.
+/// know whether the call ran ("may or may not have run": a forward its owner took and never
+/// answered, or an upstream that closed the connection after the request was sent); that,
+/// and anything else — no answer, a reset, nginx's own 502/504 page — is `Unknown`.
 fn call(addr: SocketAddr, path: &str, sid: &str, key: &str, id: &str) -> Outcome {
     let req =
         json!({"jsonrpc":"2.0","id":id,"method":"nemesis/count","params":{"key":key,"call":id}});
@@ -409,6 +432,9 @@ pub struct Run {
     pub report: Report,
     /// The longest time any client went without a successful call, in seconds.
     pub longest_gap: f64,
+    /// Executions whose request carried no fencing token (both bindings are configured to
+    /// pass it: any is a wiring fault, and the upstream could not have refused it).
+    pub untokened: usize,
 }
 
 /// Runs `fault` against 3 replicas on `backend` with `clients` clients (half stdio, half
@@ -503,8 +529,9 @@ pub fn scenario(
         .collect();
     // Let the stopped replica resume anything queued, so late executions are in the log.
     std::thread::sleep(Duration::from_millis(500));
-    let execs: Vec<Exec> = cluster.executions().into_iter().map(|(e, _)| e).collect();
-    let report = checker::check(&clients_ops, &execs, &owned);
+    let (execs, refused, untokened) = cluster.executions();
+    let mut report = checker::check(&clients_ops, &execs, &owned);
+    checker::refusals(&mut report, &clients_ops, &execs, &refused);
     let longest_gap = clients_ops
         .iter()
         .map(|ops| {
@@ -532,6 +559,7 @@ pub fn scenario(
         fault,
         report,
         longest_gap,
+        untokened,
     }
 }
 
@@ -558,11 +586,12 @@ fn describe_owner(admin: SocketAddr, sid: &str) -> Option<String> {
 fn row(r: &Run) -> String {
     let rep = &r.report;
     format!(
-        "| {:?} | {} | {} | {} | {} | {} | {:.1} s |",
+        "| {:?} | {} | {} | {} | {} | {} | {} | {:.1} s |",
         r.fault,
         rep.calls,
         rep.failed,
         rep.unknown,
+        rep.refused_stale.len(),
         rep.violations(),
         rep.state_resets,
         r.longest_gap
@@ -570,17 +599,12 @@ fn row(r: &Run) -> String {
 }
 
 /// CI's reduced matrix: a fixed set (a retry means the same thing) of faults that end with 0
-/// violations on every run today; each asserts none. Replica SIGKILL, pause and hang are in
-/// the full matrix only until the gateway-side fixes land (docs/reliability.md has their
-/// counts).
-fn ci(backend: Backend, fault: Fault) {
-    let run = scenario(
-        backend,
-        fault,
-        6,
-        Duration::from_secs(3),
-        Duration::from_secs(8),
-    );
+/// violations on every run today; each asserts none, and that every execution carried its
+/// fencing token. `after` is the calm after the fault is healed (shorter for the replica
+/// faults, whose recovery happens during the fault). Replica SIGKILL is in the full matrix
+/// only (docs/reliability.md has its counts).
+fn ci(backend: Backend, fault: Fault, after: Duration) {
+    let run = scenario(backend, fault, 6, Duration::from_secs(3), after);
     eprintln!("{backend:?} {}\n{}", row(&run), run.report.describe(20));
     assert!(
         run.report.ok > 0,
@@ -588,26 +612,143 @@ fn ci(backend: Backend, fault: Fault) {
         run.report.describe(20)
     );
     assert_eq!(run.report.violations(), 0, "{}", run.report.describe(20));
+    assert_eq!(run.untokened, 0, "executions without a fencing token");
+}
+
+/// The instrumented upstreams do refuse a stale fencing token (else "0 refused" in a run
+/// would mean nothing): two stdio children of one client session share the register, so the
+/// second refuses a token below the first's; the HTTP upstream refuses a lower
+/// `Mcp-Fencing-Token` on the same upstream session and logs the refusal, not an execution.
+#[test]
+fn the_instrumented_upstreams_refuse_a_stale_fencing_token() {
+    let dir = TempDir::new("nemesis-peer");
+    let log = dir.0.join("executions.jsonl");
+    let count = |id: u64, token: u64| {
+        json!({"jsonrpc":"2.0","id":id,"method":"nemesis/count",
+               "params":{"key":"k","call":format!("c{id}"),"_meta":{"dev.mcpg/fencingToken":token}}})
+    };
+    let child = |lines: &[Value]| -> Vec<Value> {
+        let mut c = Command::new(python())
+            .arg(peers_script("nemesis_upstream.py"))
+            .arg("stdio")
+            .env("NEMESIS_LOG", &log)
+            .env("NEMESIS_REPLICA", "r")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python");
+        let mut input = c.stdin.take().unwrap();
+        for l in lines {
+            writeln!(input, "{l}").unwrap();
+        }
+        drop(input);
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let first = child(&[count(1, 3)]);
+    assert_eq!(first[0]["result"]["n"], 1, "{first:?}");
+    let second = child(&[count(2, 2), count(3, 4)]);
+    assert!(
+        second[0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stale fencing token 2")),
+        "{second:?}"
+    );
+    assert_eq!(
+        second[1]["result"]["n"], 1,
+        "a higher token runs: {second:?}"
+    );
+
+    let port = free_port();
+    let _http = Proc::spawn(
+        Command::new(python())
+            .arg(peers_script("nemesis_upstream.py"))
+            .args(["http", &port.to_string()])
+            .arg(&log),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
+        addr
+    )
+    .is_ok()));
+    let send = |id: u64, token: u64| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let body = json!({"jsonrpc":"2.0","id":id,"method":"nemesis/count","params":{"key":"h","call":format!("c{id}")}}).to_string();
+        write!(
+            s,
+            "POST /mcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nMcp-Session-Id: up-1\r\nMcp-Fencing-Token: {token}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        message(out.split_once("\r\n\r\n").unwrap().1).unwrap()
+    };
+    assert_eq!(send(4, 5)["result"]["n"], 1);
+    assert!(
+        send(5, 4)["error"]["message"].is_string(),
+        "token 4 after 5"
+    );
+    assert_eq!(send(6, 5)["result"]["n"], 2, "an equal token runs");
+
+    let (execs, refused, untokened) = executions(&log);
+    let calls = |v: Vec<String>| v.join(",");
+    assert_eq!(
+        calls(execs.into_iter().map(|e| e.call).collect()),
+        "c1,c3,c4,c6"
+    );
+    assert_eq!(
+        calls(refused.into_iter().map(|r| r.call).collect()),
+        "c2,c5"
+    );
+    assert_eq!(untokened, 0);
+}
+
+#[test]
+fn ci_redis_owner_hung() {
+    ci(Backend::Redis, Fault::HungReplica, Duration::from_secs(4));
+}
+
+#[test]
+fn ci_nats_owner_paused() {
+    ci(Backend::Nats, Fault::PauseReplica, Duration::from_secs(4));
+}
+
+#[test]
+fn ci_etcd_owner_paused() {
+    ci(Backend::Etcd, Fault::PauseReplica, Duration::from_secs(4));
 }
 
 #[test]
 fn ci_redis_backend_paused_below_the_ttl() {
-    ci(Backend::Redis, Fault::PauseBackendShort);
+    ci(
+        Backend::Redis,
+        Fault::PauseBackendShort,
+        Duration::from_secs(8),
+    );
 }
 
 #[test]
 fn ci_nats_backend_restarted() {
-    ci(Backend::Nats, Fault::RestartBackend);
+    ci(Backend::Nats, Fault::RestartBackend, Duration::from_secs(8));
 }
 
 #[test]
 fn ci_etcd_backend_paused_below_the_ttl() {
-    ci(Backend::Etcd, Fault::PauseBackendShort);
+    ci(
+        Backend::Etcd,
+        Fault::PauseBackendShort,
+        Duration::from_secs(8),
+    );
 }
 
 /// The full matrix (ignored in CI; `--run-ignored only`): every fault on every backend (or
 /// those in `MCPG_NEMESIS_BACKENDS`, e.g. `redis,nats`), one table per backend printed and
-/// appended to `$MCPG_NEMESIS_OUT` when set. Violations are reported, not asserted: some faults
+/// appended to `$MCPG_NEMESIS_OUT` when set; `MCPG_NEMESIS_FAULTS` (e.g.
+/// `PauseReplica,HungReplica`) picks faults. Violations are reported, not asserted: some faults
 /// still violate until the gateway-side fixes land.
 #[test]
 #[ignore = "the long full matrix: tools/nemesis runs it"]
@@ -624,7 +765,7 @@ fn full_matrix() {
             .collect(),
         None => vec![Backend::Redis, Backend::Nats, Backend::Etcd],
     };
-    let faults = [
+    let mut faults = vec![
         Fault::None,
         Fault::KillReplica,
         Fault::PauseReplica,
@@ -633,13 +774,21 @@ fn full_matrix() {
         Fault::PauseBackendLong,
         Fault::RestartBackend,
     ];
+    if let Ok(only) = std::env::var("MCPG_NEMESIS_FAULTS") {
+        faults.retain(|f| only.split(',').any(|o| o.trim() == format!("{f:?}")));
+    }
     for b in backends {
         let mut table = format!(
-            "\n{b:?}\n\n| scenario | calls | failed | unknown | violations | stdio state resets | longest time without success |\n|---|---|---|---|---|---|---|\n"
+            "\n{b:?}\n\n| scenario | calls | failed | unknown | stale requests refused | violations | stdio state resets | longest time without success |\n|---|---|---|---|---|---|---|---|\n"
         );
-        for f in faults {
-            let run = scenario(b, f, 8, Duration::from_secs(3), Duration::from_secs(10));
-            eprintln!("{b:?} {}\n{}", row(&run), run.report.describe(5));
+        for f in &faults {
+            let run = scenario(b, *f, 8, Duration::from_secs(3), Duration::from_secs(10));
+            eprintln!(
+                "{b:?} {}\n{}\n  {} executions without a fencing token",
+                row(&run),
+                run.report.describe(5),
+                run.untokened
+            );
             table.push_str(&row(&run));
             table.push('\n');
         }

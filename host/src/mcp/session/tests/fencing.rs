@@ -189,7 +189,39 @@ async fn a_request_read_after_a_pause_is_judged_after_it() {
         (r.owner.as_str(), r.owner_token),
         ("node-a", a.ownership.token())
     );
-    assert_eq!(before.fence().unwrap(), a.ownership.token());
+    assert_eq!(
+        before.fence().unwrap(),
+        2,
+        "the claim back is a claim: the session's token to upstreams grew"
+    );
+}
+
+/// The fencing token upstreams are given grows with every change of owner, whichever
+/// replica's lease token is larger: each replica's ownership lease counts its tokens on its
+/// own (here both leases hold token 1), so the owner's lease token cannot tell an upstream
+/// which of two owners is the later one; the session's epoch, bumped by each claim's
+/// compare-and-swap, can. (With the lease token, B's requests carried 1 like A's.)
+#[tokio::test(start_paused = true)]
+async fn the_token_upstreams_see_grows_with_each_change_of_owner() {
+    let store = kit::store();
+    let a = Replica::start(&store, "node-a", None, 10).await;
+    let b = Replica::start(&store, "node-b", None, 10).await;
+    assert_eq!(
+        a.ownership.token(),
+        b.ownership.token(),
+        "leases count apart"
+    );
+    let id = a.create(None).await;
+    let at_a = live(&a.sessions, &id).fence().unwrap();
+
+    a.ownership.release().await;
+    let at_b = here(&place(&b, &id).await)
+        .expect("taken over by B")
+        .fence()
+        .unwrap();
+    assert!(at_b > at_a, "B's token {at_b} is above A's {at_a}");
+    let r = b.record(&id).await.unwrap();
+    assert_eq!((r.owner.as_str(), r.epoch), ("node-b", at_b));
 }
 
 /// The backend drops A's ownership lease (a stall nobody used): A keeps its session, and once
