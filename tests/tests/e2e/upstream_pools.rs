@@ -15,7 +15,8 @@ use crate::harness::{
     wait_until,
 };
 
-fn fixture(port: u16) -> Proc {
+/// The fixture upstream listening on `port` (both eras over HTTP), once it accepts.
+pub(crate) fn fixture(port: u16) -> Proc {
     let p = Proc::spawn(
         Command::new(bin("mcpg-fixture-upstream")).args(["--listen", &format!("127.0.0.1:{port}")]),
     );

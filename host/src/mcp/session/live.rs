@@ -186,6 +186,9 @@ impl Live {
                     r.upstream_endpoints.insert(upstream.name.clone(), e);
                 }
                 drop(r);
+                // A takeover must resume this conversation (its endpoint, its upstream
+                // session), not the dead one: the record is written after this request.
+                self.mark_dirty();
                 self.start_pump(up, &l);
                 *link = Some(l);
                 *slot.failed_at.lock().expect("lock") = None;
