@@ -201,6 +201,17 @@ impl Live {
         }
     }
 
+    /// The position in upstream `up`'s pool of the endpoint this session is pinned to (the
+    /// only one of a single-endpoint upstream).
+    pub fn endpoint_index(&self, up: UpstreamIdx) -> usize {
+        let pool = &self.binding.upstreams[up];
+        let r = self.record.lock().expect("lock");
+        r.upstream_endpoints
+            .get(&pool.name)
+            .and_then(|e| pool.endpoint(e))
+            .unwrap_or(0)
+    }
+
     /// Whether upstream `up` serves this session through its 2026-07-28 conversation.
     pub async fn is_modern(&self, up: UpstreamIdx) -> bool {
         self.slots[up]

@@ -18,6 +18,39 @@ use super::{Health, Hello, Link, ModernHandle, Upstream};
 use crate::config::model::{HealthConfig, UpstreamConfig};
 use crate::config::parsed::Parsed;
 use crate::mcp::wire::jsonrpc::{RpcError, code};
+use crate::telemetry::metrics::{EndpointRecorder, metrics};
+
+tokio::task_local! {
+    /// The endpoint the request being served went to, for its audit record: set by
+    /// [`Pool::start`] on a pool of several endpoints, read by whoever scoped it
+    /// ([`noting_endpoint`]).
+    static CHOSEN: std::cell::RefCell<Option<String>>;
+}
+
+/// Runs `f`, returning what it returned and the endpoint of a pool it sent a request to
+/// (the last one, when it was sent again elsewhere); `None` for single-endpoint upstreams.
+pub async fn noting_endpoint<F: std::future::Future>(f: F) -> (F::Output, Option<String>) {
+    CHOSEN
+        .scope(std::cell::RefCell::new(None), async move {
+            let out = f.await;
+            (out, CHOSEN.with(|c| c.borrow_mut().take()))
+        })
+        .await
+}
+
+/// What an attempt to send a request to an endpoint found (the `outcome` of
+/// `mcpg_endpoint_requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// It left mcpg for the endpoint.
+    Sent,
+    /// It never left mcpg (refused connection, closed conversation): safe to send elsewhere.
+    NotReached,
+    /// Sending failed after it may have reached the endpoint (reset, HTTP error).
+    Failed,
+    /// No answer in time.
+    TimedOut,
+}
 
 /// What an operator set on one endpoint through the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +74,7 @@ pub struct Member {
     failures: AtomicU64,
     /// Requests that never left mcpg for it (refused connection, closed conversation).
     not_reached: AtomicU64,
+    metrics: EndpointRecorder,
 }
 
 impl Member {
@@ -57,13 +91,15 @@ impl Member {
 pub struct InFlight {
     pool: Arc<Pool>,
     pub endpoint: usize,
+    since: Instant,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.pool.members[self.endpoint]
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        let m = &self.pool.members[self.endpoint];
+        m.in_flight.fetch_sub(1, Ordering::Relaxed);
+        m.metrics.in_flight.dec();
+        m.metrics.observe(self.since.elapsed().as_secs_f64());
     }
 }
 
@@ -80,6 +116,11 @@ pub struct Pool {
     /// Requests sent again on another endpoint, and those the budget refused.
     retries: AtomicU64,
     retries_refused: AtomicU64,
+    /// `mcpg_upstream_retries`: retried, refused.
+    retry_metrics: (
+        prometheus_client::metrics::counter::Counter,
+        prometheus_client::metrics::counter::Counter,
+    ),
 }
 
 /// One endpoint as the management API shows it (this replica's view).
@@ -140,6 +181,7 @@ impl Pool {
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 not_reached: AtomicU64::new(0),
+                metrics: metrics().endpoint(binding, &cfg.name, &e.name),
             });
         }
         anyhow::ensure!(
@@ -156,9 +198,10 @@ impl Pool {
             binding: binding.to_owned(),
             retries: AtomicU64::new(0),
             retries_refused: AtomicU64::new(0),
+            retry_metrics: metrics().upstream_retries(binding, &cfg.name),
             members,
         });
-        if several && cfg.health.interval_ms > 0 {
+        if several {
             Self::probe_periodically(Arc::downgrade(&pool), cfg.health.interval_ms);
         }
         Ok(pool)
@@ -210,10 +253,26 @@ impl Pool {
         let m = &self.members[i];
         m.in_flight.fetch_add(1, Ordering::Relaxed);
         m.requests.fetch_add(1, Ordering::Relaxed);
+        m.metrics.in_flight.inc();
+        if self.members.len() > 1 {
+            let _ = CHOSEN.try_with(|c| *c.borrow_mut() = Some(m.name.clone()));
+        }
         InFlight {
             pool: self.clone(),
             endpoint: i,
+            since: Instant::now(),
         }
+    }
+
+    /// Notes what an attempt to send a request on endpoint `i` found: counted per endpoint,
+    /// and fed to the outlier detector (only [`Attempt::Sent`] is a success there).
+    pub fn attempt(&self, i: usize, a: Attempt) {
+        let m = &self.members[i];
+        m.metrics.attempt(a as usize);
+        if a == Attempt::NotReached {
+            m.not_reached.fetch_add(1, Ordering::Relaxed);
+        }
+        self.outcome(i, a == Attempt::Sent);
     }
 
     /// Notes what a request on endpoint `i` found: `ok` is false when the endpoint was not
@@ -233,9 +292,13 @@ impl Pool {
 
     fn log_change(&self, i: usize, change: Change) {
         let (binding, upstream, endpoint) = (&self.binding, &self.name, &self.members[i].name);
+        if change != Change::None {
+            self.refresh_states();
+        }
         match change {
             Change::None => {}
             Change::Ejected(d) => {
+                self.members[i].metrics.ejections.inc();
                 tracing::warn!(%binding, %upstream, %endpoint, ejected_for_ms = d.as_millis() as u64, "endpoint ejected after consecutive failures")
             }
             Change::EjectionRefused => {
@@ -255,16 +318,13 @@ impl Pool {
         let ok = self.budget.try_retry();
         if ok {
             self.retries.fetch_add(1, Ordering::Relaxed);
+            self.retry_metrics.0.inc();
         } else {
             self.retries_refused.fetch_add(1, Ordering::Relaxed);
+            self.retry_metrics.1.inc();
             tracing::warn!(binding = %self.binding, upstream = %self.name, "retry budget spent; not retrying");
         }
         ok
-    }
-
-    /// Counts a request that never left mcpg for endpoint `i`.
-    pub fn count_not_reached(&self, i: usize) {
-        self.members[i].not_reached.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests sent again on another endpoint, and retries the budget refused.
@@ -454,16 +514,35 @@ impl Pool {
         }
     }
 
+    /// Sets each endpoint's `mcpg_endpoint_state` to what the detector says now (an ejection
+    /// ends with time, not with an event: the probe timer calls this too).
+    fn refresh_states(&self) {
+        let now = Instant::now();
+        let states: Vec<State> = {
+            let d = self.detector.lock().expect("detector lock");
+            (0..self.members.len()).map(|i| d.state(i, now)).collect()
+        };
+        for (m, s) in self.members.iter().zip(states) {
+            m.metrics.set_state(s as usize);
+        }
+    }
+
     /// Probes every endpoint each `interval_ms` (an MCP round trip, [`Upstream::check`]) and
-    /// feeds the outcome to the detector's thresholds; ends with the pool.
+    /// feeds the outcome to the detector's thresholds; ends with the pool. With probes off
+    /// (`0`), only refreshes the state metrics, each second.
     fn probe_periodically(pool: Weak<Self>, interval_ms: u64) {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+            let every = if interval_ms == 0 { 1000 } else { interval_ms };
+            let mut tick = tokio::time::interval(Duration::from_millis(every));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
+                pool.refresh_states();
+                if interval_ms == 0 {
+                    continue;
+                }
                 let timeout = Duration::from_millis(pool.health_cfg.timeout_ms);
                 let checks = pool.members.iter().map(|m| async move {
                     matches!(
