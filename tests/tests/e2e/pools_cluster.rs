@@ -362,6 +362,103 @@ fn check_metrics(c: &Cluster, killed: &[(&str, &String)]) {
     assert!(retried >= 1.0, "no request was retried");
 }
 
+/// The management API before the kill: `/api/cluster/nodes` (both replicas with their
+/// role, health, open sessions, version), every replica's view of every endpoint, the tool
+/// lists compared, and a drain sent to one replica applied by the other.
+fn check_management_api(c: &Cluster) {
+    let admins = c.admins();
+    let (_, a0) = &admins[0];
+    let (id1, a1) = &admins[1];
+    let nodes = get_json(*a0, "/api/cluster/nodes?active=true").expect("the nodes");
+    eprintln!("[pools] /api/cluster/nodes: {}", nodes["nodes"]);
+    let list = nodes["nodes"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{nodes}");
+    assert_eq!(
+        list.iter().filter(|n| n["role"] == "leader").count(),
+        1,
+        "{nodes}"
+    );
+    for n in list {
+        assert_eq!(n["health"], "ready", "{n}");
+        assert!(n["open_sessions"].is_u64(), "{n}");
+        assert!(
+            n["version"].is_string() && n["advertise_url"].is_string(),
+            "{n}"
+        );
+    }
+    // Each replica publishes its count every two seconds.
+    let open = || -> u64 {
+        get_json(*a0, "/api/cluster/nodes").map_or(0, |v| {
+            v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|n| n["open_sessions"].as_u64())
+                .sum()
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || open() == 3),
+        "three legacy sessions are open: {}",
+        open()
+    );
+    // Both replicas' views, on either replica; the tool lists agree.
+    assert!(
+        wait_until(Duration::from_secs(15), || pool_view(*a0, "st")
+            .is_some_and(|v| {
+                v["replicas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| r["cluster"].as_array().map(Vec::len) == Some(2))
+                    && v["tool_lists"]["consistent"] == true
+            })),
+        "{:?}",
+        pool_view(*a0, "st")
+    );
+    // Drain rr/c on replica 0: replica 1 applies it; enable it again the same way.
+    let post = |admin: SocketAddr, action: &str| {
+        let (status, _, body) = crate::harness::http(
+            admin,
+            "POST",
+            &format!("/api/cluster/servers/fx/replicas/c/{action}"),
+            &[],
+            b"",
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let answer = post(*a0, "drain");
+    assert_eq!(answer["scope"], "cluster", "{answer}");
+    assert_eq!(
+        answer["changed"].as_array().unwrap().len(),
+        2,
+        "rr and lr: {answer}"
+    );
+    let admin_on = |a: SocketAddr, b: &str| {
+        pool_view(a, b).and_then(|v| {
+            v["replicas"]
+                .as_array()?
+                .iter()
+                .find(|r| r["name"] == "c")
+                .map(|r| r["admin"].clone())
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || admin_on(*a1, "rr")
+            == Some(json!("draining"))
+            && admin_on(*a1, "lr") == Some(json!("draining"))),
+        "{id1} never applied the drain: {:?}",
+        pool_view(*a1, "rr")
+    );
+    post(*a1, "enable");
+    assert!(
+        wait_until(Duration::from_secs(15), || admin_on(*a0, "rr")
+            == Some(json!("enabled"))),
+        "the enable did not reach replica 0"
+    );
+}
+
 /// `tools/call` audit records per (binding, era, endpoint), from every replica's audit file.
 fn audited(dir: &Path) -> BTreeMap<(String, String, String), usize> {
     let mut n = BTreeMap::new();
@@ -421,7 +518,7 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
         .zip(["fx", "fx", "fs"])
         .map(|(s, u)| pin(&c, s, u))
         .collect();
-    std::thread::sleep(Duration::from_secs(3));
+    check_management_api(&c);
 
     // Kill the endpoints the legacy sessions of /rr and /st are pinned to.
     let (http_victim, stdio_victim) = (pins_before[0].clone(), pins_before[2].clone());
@@ -437,6 +534,10 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
         revived.clone(),
         stop.clone(),
     );
+    let before_kill: Vec<(&str, BTreeMap<String, u64>)> = ["rr", "lr", "st"]
+        .iter()
+        .map(|b| (*b, distribution(&c.admins(), b)))
+        .collect();
     let killed_at = now_s();
     c.kill_http(&http_victim);
     let children_killed = c.kill_stdio(&stdio_victim);
@@ -460,6 +561,27 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
             .collect::<Vec<_>>()
     );
     std::thread::sleep(Duration::from_secs(3));
+    // Every replica's published view shows the dead endpoints out, on both replicas.
+    let (_, a0) = &c.admins()[0];
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let Some(v) = pool_view(*a0, "rr") else {
+                return false;
+            };
+            let ep = v["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"] == *http_victim)
+                .cloned();
+            ep.is_some_and(|e| {
+                let seen = e["cluster"].as_array().cloned().unwrap_or_default();
+                seen.len() == 2 && seen.iter().all(|s| s["state"] != "healthy")
+            })
+        }),
+        "the cluster's view of rr/{http_victim}: {:?}",
+        pool_view(*a0, "rr")
+    );
     // The legacy sessions pinned to the dead endpoints moved, and their records say where
     // (a takeover now would resume them there).
     for (i, (sid, upstream, victim)) in [
@@ -602,8 +724,10 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
     eprintln!(
         "[pools] killed fx/{http_victim} and fs/{stdio_victim} ({children_killed} stdio children) at {killed_at:.3}, back at {revived_at:.3}"
     );
-    for (b, d) in &dist {
-        eprintln!("[pools] requests per endpoint on {b} (both replicas): {d:?}");
+    for ((b, d), (_, before)) in dist.iter().zip(&before_kill) {
+        eprintln!(
+            "[pools] requests per endpoint on {b} (both replicas, legacy included): {before:?} before the kill, {d:?} in all"
+        );
     }
     assert_eq!(timeline.out.len(), 6, "{timeline:?}");
     let audit = audited(&c.dir.0);

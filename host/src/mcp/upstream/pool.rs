@@ -14,11 +14,15 @@ use tokio::time::Instant;
 use super::balance::{Balancer, Candidate};
 use super::budget::RetryBudget;
 use super::outlier::{Change, Detector, State};
+use super::tool_lists::{self, Comparison};
 use super::{Health, Hello, Link, ModernHandle, Upstream};
 use crate::config::model::{HealthConfig, UpstreamConfig};
 use crate::config::parsed::Parsed;
 use crate::mcp::wire::jsonrpc::{RpcError, code};
 use crate::telemetry::metrics::{EndpointRecorder, metrics};
+
+/// How often the endpoints' tool lists are compared (and once at the first tick).
+const TOOLS_EVERY: Duration = Duration::from_secs(60);
 
 tokio::task_local! {
     /// The endpoint the request being served went to, for its audit record: set by
@@ -53,7 +57,7 @@ pub enum Attempt {
 }
 
 /// What an operator set on one endpoint through the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Admin {
     Enabled,
@@ -116,6 +120,8 @@ pub struct Pool {
     /// Requests sent again on another endpoint, and those the budget refused.
     retries: AtomicU64,
     retries_refused: AtomicU64,
+    /// The last comparison of the endpoints' tool lists (pools of several endpoints).
+    tool_lists: Mutex<Option<Comparison>>,
     /// `mcpg_upstream_retries`: retried, refused.
     retry_metrics: (
         prometheus_client::metrics::counter::Counter,
@@ -199,6 +205,7 @@ impl Pool {
             retries: AtomicU64::new(0),
             retries_refused: AtomicU64::new(0),
             retry_metrics: metrics().upstream_retries(binding, &cfg.name),
+            tool_lists: Mutex::new(None),
             members,
         });
         if several {
@@ -536,10 +543,15 @@ impl Pool {
             let mut tick = tokio::time::interval(Duration::from_millis(every));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut last_tools = None;
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
                 pool.refresh_states();
+                if last_tools.is_none_or(|t: Instant| t.elapsed() >= TOOLS_EVERY) {
+                    last_tools = Some(Instant::now());
+                    pool.compare_tools().await;
+                }
                 if interval_ms == 0 {
                     continue;
                 }
@@ -561,6 +573,36 @@ impl Pool {
                 }
             }
         });
+    }
+
+    /// Reads every endpoint's `tools/list` and compares them; a difference is logged as a
+    /// warning when it is found (or changes), and kept for the management API.
+    pub async fn compare_tools(&self) {
+        let lists = futures::future::join_all(
+            self.members
+                .iter()
+                .map(|m| async { (m.name.clone(), tool_lists::fetch(&m.up).await) }),
+        )
+        .await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let c = tool_lists::compare(&lists, now_ms);
+        let mut last = self.tool_lists.lock().expect("tool lists lock");
+        let news = last.as_ref().is_none_or(|l| !l.same_finding(&c));
+        if news && !c.consistent {
+            tracing::warn!(binding = %self.binding, upstream = %self.name, only_on = ?c.only_on, defined_differently = ?c.defined_differently, "the endpoints of this pool list different tools; clients see the list of whichever endpoint answers them (not merged)");
+        } else if news && last.is_some() {
+            tracing::info!(binding = %self.binding, upstream = %self.name, "the endpoints of this pool list the same tools again");
+        }
+        *last = Some(c);
+    }
+
+    /// The last comparison of the endpoints' tool lists (`None` for a single endpoint, or
+    /// before the first).
+    pub fn tool_lists(&self) -> Option<Comparison> {
+        self.tool_lists.lock().expect("tool lists lock").clone()
     }
 
     /// Sets an endpoint's admin state; `false` when there is no such endpoint.
