@@ -292,9 +292,9 @@ fn distribution(admins: &[(String, SocketAddr)], binding: &str) -> BTreeMap<Stri
     d
 }
 
-/// A client's failures split into those in flight at `killed_at` (started before it and
-/// ended after it) and the others.
-fn split_failures(report: &Value, killed_at: f64) -> (Vec<Value>, Vec<Value>) {
+/// A client's failures split into those in flight at the kill (started before `until` and
+/// ended after `from`) and the others.
+fn split_failures(report: &Value, from: f64, until: f64) -> (Vec<Value>, Vec<Value>) {
     report["failures"]
         .as_array()
         .unwrap_or_else(|| panic!("{report}"))
@@ -302,7 +302,7 @@ fn split_failures(report: &Value, killed_at: f64) -> (Vec<Value>, Vec<Value>) {
         .cloned()
         .partition(|f| {
             let t = f["t"].as_f64().unwrap();
-            t <= killed_at && t + f["took"].as_f64().unwrap_or(0.0) >= killed_at
+            t <= until && t + f["took"].as_f64().unwrap_or(0.0) >= from
         })
 }
 
@@ -459,15 +459,36 @@ fn check_management_api(c: &Cluster) {
     );
 }
 
-/// `tools/call` audit records per (binding, era, endpoint), from every replica's audit file.
-fn audited(dir: &Path) -> BTreeMap<(String, String, String), usize> {
+/// How many lines each replica's audit file has now.
+fn audit_marks(dir: &Path) -> BTreeMap<String, usize> {
+    audit_files(dir)
+        .into_iter()
+        .map(|(name, text)| (name, text.lines().count()))
+        .collect()
+}
+
+fn audit_files(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|f| (f.file_name().to_string_lossy().into_owned(), f.path()))
+        .filter(|(n, _)| n.starts_with("audit-") && n.ends_with(".jsonl"))
+        .map(|(n, p)| (n, std::fs::read_to_string(p).unwrap()))
+        .collect()
+}
+
+/// `tools/call` audit records per (binding, era, endpoint), from every replica's audit file,
+/// between two marks (from the start, to the end when `None`).
+fn audited(
+    dir: &Path,
+    from: Option<&BTreeMap<String, usize>>,
+    to: Option<&BTreeMap<String, usize>>,
+) -> BTreeMap<(String, String, String), usize> {
     let mut n = BTreeMap::new();
-    for f in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
-        let name = f.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with("audit-") && name.ends_with(".jsonl")) {
-            continue;
-        }
-        for line in std::fs::read_to_string(f.path()).unwrap().lines() {
+    for (name, text) in audit_files(dir) {
+        let skip = from.and_then(|m| m.get(&name).copied()).unwrap_or(0);
+        let take = to.and_then(|m| m.get(&name).copied()).unwrap_or(usize::MAX);
+        for line in text.lines().take(take).skip(skip) {
             let Ok(v) = serde_json::from_str::<Value>(line) else {
                 continue;
             };
@@ -519,6 +540,10 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
         .map(|(s, u)| pin(&c, s, u))
         .collect();
     check_management_api(&c);
+    // A steady phase with every endpoint in rotation, for the policies' distribution.
+    let steady_from = audit_marks(&c.dir.0);
+    std::thread::sleep(Duration::from_secs(3));
+    let steady_to = audit_marks(&c.dir.0);
 
     // Kill the endpoints the legacy sessions of /rr and /st are pinned to.
     let (http_victim, stdio_victim) = (pins_before[0].clone(), pins_before[2].clone());
@@ -538,9 +563,12 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
         .iter()
         .map(|b| (*b, distribution(&c.admins(), b)))
         .collect();
-    let killed_at = now_s();
+    let kill_started = now_s();
     c.kill_http(&http_victim);
     let children_killed = c.kill_stdio(&stdio_victim);
+    // Requests that started before both endpoints were dead (and a moment for their sockets
+    // to close) and ended after the kill began were in flight on them.
+    let killed_at = now_s() + 0.2;
     let all_out = || {
         c.admins().iter().all(|(_, a)| {
             [
@@ -633,7 +661,7 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
         .collect();
     for (b, m) in bindings.iter().zip(modern) {
         let r = m.finish();
-        let (in_flight, other) = split_failures(&r, killed_at);
+        let (in_flight, other) = split_failures(&r, kill_started, killed_at);
         eprintln!(
             "[pools] stateless client on {b}: {} calls, {} ok, {} failed in flight at the kill {:?}, {} failed otherwise",
             r["calls"],
@@ -716,13 +744,13 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
         let back = timeline.back.get(&(id.clone(), binding.clone()));
         eprintln!(
             "[pools] {id} {binding}: out of rotation {:.2} s after the kill, back {} after the return",
-            t - killed_at,
+            t - kill_started,
             back.map(|b| format!("{:.2} s", b - revived_at))
                 .unwrap_or_else(|| "never seen".into())
         );
     }
     eprintln!(
-        "[pools] killed fx/{http_victim} and fs/{stdio_victim} ({children_killed} stdio children) at {killed_at:.3}, back at {revived_at:.3}"
+        "[pools] killed fx/{http_victim} and fs/{stdio_victim} ({children_killed} stdio children) at {kill_started:.3}, back at {revived_at:.3}"
     );
     for ((b, d), (_, before)) in dist.iter().zip(&before_kill) {
         eprintln!(
@@ -730,7 +758,11 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
         );
     }
     assert_eq!(timeline.out.len(), 6, "{timeline:?}");
-    let audit = audited(&c.dir.0);
+    let steady = audited(&c.dir.0, Some(&steady_from), Some(&steady_to));
+    eprintln!(
+        "[pools] steady phase (3 s, every endpoint in rotation): tools/call per (binding, era, endpoint) over both replicas: {steady:?}"
+    );
+    let audit = audited(&c.dir.0, None, None);
     eprintln!("[pools] tools/call audit records per (binding, endpoint): {audit:?}");
     assert!(
         audit.keys().all(|(_, _, e)| e != "-"),
