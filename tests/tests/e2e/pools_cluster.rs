@@ -729,6 +729,12 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
             r["failures"]
         );
         assert_eq!(r["session"], json!(sid), "the same session throughout");
+        // A request its endpoint refused never left mcpg: it went to the session's next
+        // endpoint rather than failing.
+        assert!(
+            !r["failures"].to_string().contains("request not sent"),
+            "a legacy request that never left mcpg failed: {r}"
+        );
         assert!(r["ok"].as_u64().unwrap() > 50, "{r}");
         assert_eq!(r["last_text"], json!(["pooled"]), "{r}");
         // At most a call in flight on the killed endpoint and one on the killed replica

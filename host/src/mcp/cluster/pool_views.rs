@@ -152,7 +152,7 @@ impl PoolViews {
         }
     }
 
-    async fn publish(&self) {
+    pub(crate) async fn publish(&self) {
         let view = serde_json::to_vec(&self.own_view()).expect("serialisable");
         let key = format!("views/{}", self.node_id);
         if let Err(e) = self
@@ -241,7 +241,7 @@ impl PoolViews {
 
     /// Makes every endpoint's admin state here what the cluster's keys say (no key:
     /// enabled). When the coordinator cannot be read, nothing changes.
-    async fn apply(&self) {
+    pub(crate) async fn apply(&self) {
         let Ok(entries) = self.cap.store.list("admin/").await else {
             return;
         };
@@ -265,4 +265,100 @@ impl PoolViews {
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mcp::tests::kit::{Replica, binding, binding_config, store};
+    use crate::mcp::upstream::pool::Attempt;
+
+    /// Replica `node` with a binding whose upstream `p` is a pool of two endpoints that cannot
+    /// start (no probes; one failure ejects), and its pool views.
+    async fn replica(
+        s: &mcpg_plugin_api::memory::MemoryStore,
+        node: &str,
+    ) -> (Replica, Arc<PoolViews>) {
+        let r = Replica::start(s, node, None, 10).await;
+        let cfg = binding_config(json!({"upstreams": [{
+            "name": "p",
+            "health": {"interval_ms": 0, "outlier": {"consecutive_failures": 1}},
+            "endpoints": [
+                {"name": "a", "stdio": {"command": "/nonexistent/mcpg-unit-a"}},
+                {"name": "b", "stdio": {"command": "/nonexistent/mcpg-unit-b"}},
+            ],
+        }]}));
+        let b = binding(&r.caps, &cfg);
+        let views = PoolViews::start(
+            r.caps.pools.clone(),
+            vec![b],
+            &r.sessions,
+            r.ownership.clone(),
+        );
+        (r, views)
+    }
+
+    fn state_of(v: &PoolViews, endpoint: &str) -> (State, Admin) {
+        let e = v.bindings[0].upstreams[0]
+            .view()
+            .into_iter()
+            .find(|e| e.name == endpoint)
+            .expect("the endpoint");
+        (e.state, e.admin)
+    }
+
+    #[tokio::test]
+    async fn a_replicas_view_is_shown_to_the_others_but_never_ejects_there() {
+        let s = store();
+        let (_r0, v0) = replica(&s, "n0").await;
+        let (_r1, v1) = replica(&s, "n1").await;
+        v0.bindings[0].upstreams[0].attempt(0, Attempt::NotReached);
+        assert_eq!(state_of(&v0, "a").0, State::Ejected);
+        v0.publish().await;
+        let cluster = v1.cluster().await.expect("the views");
+        let ids: Vec<&str> = cluster.iter().map(|v| v.node_id.as_str()).collect();
+        assert_eq!(ids, ["n0", "n1"]);
+        assert_eq!(cluster[0].servers[0].endpoints[0].state, State::Ejected);
+        assert_eq!(cluster[1].servers[0].endpoints[0].state, State::Healthy);
+        // n1 reads n0's view and still sends to `a`.
+        v1.apply().await;
+        assert_eq!(state_of(&v1, "a"), (State::Healthy, Admin::Enabled));
+        assert_eq!(v1.bindings[0].upstreams[0].pick(&[1]), Some(0));
+        let nodes = v1.nodes().await;
+        assert_eq!(nodes["n0"]["health"], "ready");
+        assert_eq!(nodes["n1"]["open_sessions"], 0);
+    }
+
+    #[tokio::test]
+    async fn drain_and_disable_are_applied_by_every_replica_and_enable_undoes_them() {
+        let s = store();
+        let (_r0, v0) = replica(&s, "n0").await;
+        let (_r1, v1) = replica(&s, "n1").await;
+        v0.set_admin(BINDING, "p", "b", Admin::Draining)
+            .await
+            .expect("stored");
+        assert_eq!(state_of(&v0, "b").1, Admin::Draining, "at once here");
+        assert_eq!(state_of(&v1, "b").1, Admin::Enabled, "not yet there");
+        v1.apply().await;
+        assert_eq!(state_of(&v1, "b").1, Admin::Draining);
+        v1.set_admin(BINDING, "p", "b", Admin::Disabled)
+            .await
+            .expect("stored");
+        v0.apply().await;
+        assert_eq!(state_of(&v0, "b").1, Admin::Disabled);
+        v0.set_admin(BINDING, "p", "b", Admin::Enabled)
+            .await
+            .expect("stored");
+        v1.apply().await;
+        assert_eq!(state_of(&v1, "b").1, Admin::Enabled);
+        // A replica started later finds the cluster's state.
+        v0.set_admin(BINDING, "p", "a", Admin::Draining)
+            .await
+            .expect("stored");
+        let (_r2, v2) = replica(&s, "n2").await;
+        v2.apply().await;
+        assert_eq!(state_of(&v2, "a").1, Admin::Draining);
+    }
+
+    use crate::mcp::tests::kit::BINDING;
 }
