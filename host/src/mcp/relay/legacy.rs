@@ -100,10 +100,7 @@ impl Call {
         let r = Relay::start(conn, msg, &self.extra, deadline, Some(cancelled)).await;
         let attempt = match &r {
             Ok(_) => Some(Attempt::Sent),
-            Err(Sent::NotReached(_)) => Some(Attempt::NotReached),
-            Err(Sent::Failed(_)) => Some(Attempt::Failed),
-            Err(Sent::TimedOut) => Some(Attempt::TimedOut),
-            Err(Sent::Cancelled) => None,
+            Err(e) => e.attempt(),
         };
         if let Some(a) = attempt {
             pool.attempt(i, a);

@@ -261,13 +261,20 @@ impl Pool {
         m.in_flight.fetch_add(1, Ordering::Relaxed);
         m.requests.fetch_add(1, Ordering::Relaxed);
         m.metrics.in_flight.inc();
-        if self.members.len() > 1 {
-            let _ = CHOSEN.try_with(|c| *c.borrow_mut() = Some(m.name.clone()));
-        }
+        self.note_endpoint(i);
         InFlight {
             pool: self.clone(),
             endpoint: i,
             since: Instant::now(),
+        }
+    }
+
+    /// Names endpoint `i` in the audit record of the request being served (pools of several
+    /// endpoints; see [`noting_endpoint`]).
+    pub fn note_endpoint(&self, i: usize) {
+        if self.members.len() > 1 {
+            let name = &self.members[i].name;
+            let _ = CHOSEN.try_with(|c| *c.borrow_mut() = Some(name.clone()));
         }
     }
 
