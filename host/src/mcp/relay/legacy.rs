@@ -54,7 +54,11 @@ impl Call {
             ));
         };
         let pool = &self.b.upstreams[self.up];
-        let again = (pool.members.len() > 1).then(|| msg.clone());
+        let again = (pool.members.len() > 1).then(|| {
+            // The retry budget is a share of all the pool's requests, sessions' included.
+            pool.first_attempt();
+            msg.clone()
+        });
         let sent = match (self.send(&conn, msg, cancelled).await, again) {
             (Err(Sent::NotReached(e)), Some(msg)) => {
                 // The pinned endpoint refused the connection: the conversation is closed,
