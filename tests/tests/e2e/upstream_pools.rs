@@ -2,7 +2,7 @@
 //! balanced over the endpoints keep succeeding while one endpoint is killed (requests that
 //! could not reach it are sent to another), the management API shows it out of rotation
 //! and back once it returns, a legacy session's pin is in its record, and drain works.
-//! (The two-replica, nginx, Redis and stdio-pool proof of issue 22 is not here yet.)
+//! (The two-replica, nginx, Redis and stdio-pool proof is `pools_cluster`.)
 
 use std::net::SocketAddr;
 use std::process::Command;
