@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use crate::cluster_sessions::{LongClient, Nginx, now_s};
 use crate::harness::{Proc, TempDir, bin, cdylib, free_port, get_json, http_get, wait_until};
 use crate::observability::{promtool_check, samples};
+use crate::peers::{peers_script, python};
 use crate::upstream_pools::fixture;
 
 /// How each pool is watched and ejected: short periods, so that the run stays near a minute.
@@ -109,12 +110,16 @@ impl Cluster {
                  bindings:\n\
                  \x20 - {{name: rr, path: /rr, upstreams: {}}}\n\
                  \x20 - {{name: lr, path: /lr, upstreams: {}}}\n\
-                 \x20 - {{name: st, path: /st, upstreams: [{{name: fs, {HEALTH}, endpoints: [{}]}}]}}\n",
+                 \x20 - {{name: st, path: /st, upstreams: [{{name: fs, {HEALTH}, endpoints: [{}]}}]}}\n\
+                 \x20 - {{name: mix, path: /mix, upstreams: [{{name: mx, health: {{interval_ms: 0}}, endpoints: [{{name: fx, stdio: {{command: \"{}\", args: [--stdio]}}}}, {{name: py, stdio: {{command: \"{}\", args: [\"{}\"]}}}}]}}]}}\n",
                 redis.url(),
                 cdylib("mcpg_cluster_redis").display(),
                 http_pool("round_robin"),
                 http_pool("least_requests"),
                 stdio.join(", "),
+                bin("mcpg-fixture-upstream").display(),
+                python().display(),
+                peers_script("echo_upstream.py").display(),
             ),
         );
         let mut replicas = Vec::new();
@@ -337,7 +342,7 @@ fn check_metrics(c: &Cluster, killed: &[(&str, &String)]) {
         let healthy = samples(&body, "mcpg_endpoint_state", &[("state", "healthy")]);
         assert_eq!(
             healthy.len(),
-            8,
+            10,
             "{id}: an endpoint_state series per endpoint: {body}"
         );
         assert!(
@@ -415,6 +420,28 @@ fn check_management_api(c: &Cluster) {
             })),
         "{:?}",
         pool_view(*a0, "st")
+    );
+    // A pool whose endpoints run different servers: reported, not merged.
+    assert!(
+        wait_until(Duration::from_secs(30), || pool_view(*a0, "mix")
+            .is_some_and(|v| v["tool_lists"]["consistent"] == false)),
+        "{:?}",
+        pool_view(*a0, "mix")
+    );
+    let mix = pool_view(*a0, "mix").unwrap();
+    eprintln!(
+        "[pools] tool lists of the mixed pool: {}",
+        mix["tool_lists"]
+    );
+    assert_eq!(
+        mix["tool_lists"]["only_on"]["echo2"],
+        json!(["py"]),
+        "{mix}"
+    );
+    assert_eq!(
+        mix["tool_lists"]["only_on"]["payload"],
+        json!(["fx"]),
+        "{mix}"
     );
     // Drain rr/c on replica 0: replica 1 applies it; enable it again the same way.
     let post = |admin: SocketAddr, action: &str| {
@@ -689,7 +716,11 @@ fn pools_behind_two_replicas_lose_no_stateless_call_when_an_endpoint_dies_and_re
     let i = c.replicas.iter().position(|r| r.0 == owner).unwrap();
     let p = c.replicas[i].1.take().unwrap();
     p.signal("KILL");
-    drop(p);
+    let (_, log) = p.wait(Duration::from_secs(10));
+    assert!(
+        log.contains("the endpoints of this pool list different tools"),
+        "no warning about the mixed pool in {owner}'s log"
+    );
     assert!(
         wait_until(Duration::from_secs(30), || c.session(sid)["owner"]
             .as_str()
