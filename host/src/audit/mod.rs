@@ -49,6 +49,10 @@ pub struct Record {
     pub binding: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// The endpoint of the upstream's pool the request went to (pools of several endpoints;
+    /// the last one tried when it was sent again elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     pub method: String,
     /// The tool or prompt name or the resource URI, as the client saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,6 +79,7 @@ impl Record {
             era,
             binding: binding.into(),
             upstream: None,
+            endpoint: None,
             method: method.into(),
             name: None,
             outcome: Outcome::Ok,

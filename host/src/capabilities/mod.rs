@@ -174,6 +174,9 @@ pub struct Capabilities {
     /// Rate-limit budgets (`bindings[].rate_limits`): always the cluster coordinator, since
     /// a limit counted per replica keeps its budgets in memory instead.
     pub rate_limits: Capability,
+    /// What replicas share about upstream pools (each one's view of its endpoints, the
+    /// operators' drain/disable): always the cluster coordinator.
+    pub pools: Capability,
 }
 
 /// A private in-process store under `capability`'s namespace (one replica's own state).
@@ -238,6 +241,7 @@ impl Capabilities {
             delivery: one("delivery", &config.delivery)?,
             cancellation: one("cancellation", &config.cancellation)?,
             rate_limits: one("rate_limits", &CapabilityConfig::default())?,
+            pools: one("pools", &CapabilityConfig::default())?,
         })
     }
 }

@@ -91,6 +91,11 @@ impl Replica {
             .map_err(StartError::Gateway)?;
         let gw = gateway.clone();
         control.report_data_plane(Arc::new(move || gw.upstream_status()));
+        let views = gateway.pool_views().clone();
+        control.report_nodes(Arc::new(move || {
+            let views = views.clone();
+            Box::pin(async move { views.nodes().await })
+        }));
         tracing::info!(
             node_id = %node_id,
             listen = %listeners.main_addr,

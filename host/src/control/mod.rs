@@ -56,7 +56,19 @@ pub struct ControlPlane {
     /// What the data plane adds to `/api/cluster/status` (its upstreams' state); the data
     /// plane sits above the control plane, so it hands this in.
     data_plane: Arc<std::sync::OnceLock<DataPlaneStatus>>,
+    /// What the data plane knows of each node (its health, open sessions), for
+    /// `/api/cluster/nodes`.
+    nodes: Arc<std::sync::OnceLock<DataPlaneNodes>>,
 }
+
+/// The data plane's facts per node id, merged into each node of `/api/cluster/nodes`.
+pub type DataPlaneNodes = Arc<
+    dyn Fn() -> futures::future::BoxFuture<
+            'static,
+            std::collections::HashMap<String, serde_json::Value>,
+        > + Send
+        + Sync,
+>;
 
 /// The data plane's part of `/api/cluster/status`.
 pub type DataPlaneStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
@@ -102,6 +114,7 @@ impl ControlPlane {
         let (stop, _) = watch::channel(false);
         let cp = Self {
             data_plane: Arc::default(),
+            nodes: Arc::default(),
             coordinator,
             kind,
             node_id,
@@ -233,6 +246,24 @@ impl ControlPlane {
         })
     }
 
+    /// Sets what the data plane adds to each node of `/api/cluster/nodes` (once).
+    pub fn report_nodes(&self, nodes: DataPlaneNodes) {
+        let _ = self.nodes.set(nodes);
+    }
+
+    /// The leader's node id: this replica while it holds the lease, else the leader record.
+    async fn leader_id(&self) -> Option<String> {
+        if self.current_lease().is_some() {
+            return Some(self.node_id.clone());
+        }
+        match self.coordinator.get(LEADER_RECORD).await {
+            Ok(Some(e)) => serde_json::from_slice::<LeaderRecord>(&e.value)
+                .ok()
+                .map(|r| r.node_id),
+            _ => None,
+        }
+    }
+
     /// Sets what the data plane adds to `/api/cluster/status` (once).
     pub fn report_data_plane(&self, status: DataPlaneStatus) {
         let _ = self.data_plane.set(status);
@@ -270,7 +301,7 @@ impl ControlPlane {
             .route("/api/cluster/peers", get(peers))
             // MCPHub's name; presence expires, so every node listed is active (`?active=true`
             // lists the same).
-            .route("/api/cluster/nodes", get(peers))
+            .route("/api/cluster/nodes", get(nodes))
             .with_state(self.clone())
     }
 }
@@ -309,6 +340,42 @@ async fn peers(
             Json(json!({"error": format!("coordinator unavailable: {}", e.kind)})),
         )),
     }
+}
+
+/// `GET /api/cluster/nodes` (`?active=true` lists the same: presence expires): every
+/// replica with its node id, advertised URL, role, health, open sessions and version, and
+/// its presence metadata as `/api/cluster/peers` shows it.
+async fn nodes(
+    State(cp): State<ControlPlane>,
+) -> Result<Json<serde_json::Value>, (StatusCode, Json<serde_json::Value>)> {
+    let Json(mut body) = peers(State(cp.clone())).await?;
+    let leader = cp.leader_id().await;
+    let facts = match cp.nodes.get() {
+        Some(f) => f().await,
+        None => Default::default(),
+    };
+    let nodes: Vec<serde_json::Value> = body["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let id = p["node_id"].as_str().unwrap_or_default();
+            let f = facts.get(id);
+            json!({
+                "node_id": id,
+                "advertise_url": p["meta"]["advertise_url"],
+                "role": if leader.as_deref() == Some(id) { "leader" } else { "follower" },
+                // Listed replicas are alive (presence expires); `ready` or `draining` as the
+                // replica last published, `unknown` before it has.
+                "health": f.map_or(json!("unknown"), |f| f["health"].clone()),
+                "open_sessions": f.map_or(serde_json::Value::Null, |f| f["open_sessions"].clone()),
+                "version": p["meta"]["version"],
+                "meta": p["meta"],
+            })
+        })
+        .collect();
+    body["nodes"] = json!(nodes);
+    Ok(Json(body))
 }
 
 #[cfg(test)]

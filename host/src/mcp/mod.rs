@@ -59,6 +59,8 @@ pub struct Gateway {
     pub auditor: crate::audit::Auditor,
     /// Set at the drain deadline: long-lived streams end (with a reconnect hint).
     closing: watch::Sender<bool>,
+    /// What this replica shares about its upstream pools (set once in `new`).
+    pools: std::sync::OnceLock<Arc<cluster::pool_views::PoolViews>>,
 }
 
 impl Gateway {
@@ -124,10 +126,23 @@ impl Gateway {
             max_body: c.mcp.limits.max_request_bytes as usize,
             tls: c.server.tls.is_some(),
             auditor,
+            pools: Default::default(),
         });
+        let views = cluster::pool_views::PoolViews::start(
+            caps.pools.clone(),
+            gw.bindings.clone(),
+            &gw.sessions,
+            gw.ownership.clone(),
+        );
+        let _ = gw.pools.set(views);
         gw.sessions.spawn_sweeper(gw.bindings.clone());
         gw.probe_upstreams();
         Ok(gw)
+    }
+
+    /// What this replica shares about its upstream pools.
+    pub fn pool_views(&self) -> &Arc<cluster::pool_views::PoolViews> {
+        self.pools.get().expect("set in Gateway::new")
     }
 
     /// Every binding's upstreams with what the last attempt to reach each found, for

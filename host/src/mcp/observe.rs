@@ -100,6 +100,11 @@ impl Observed {
         self.span.record("session", id);
     }
 
+    /// The endpoint of the upstream's pool the request went to.
+    pub fn set_endpoint(&mut self, endpoint: Option<String>) {
+        self.record.endpoint = endpoint;
+    }
+
     /// The request was refused by the access rules.
     pub fn denied(mut self, kind: crate::auth::Kind) {
         metrics().access_denied(&self.record.binding, kind.as_str());

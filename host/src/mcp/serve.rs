@@ -12,6 +12,7 @@ use crate::mcp::observe::{Observed, upstream_of};
 use crate::mcp::relay::Reply;
 use crate::mcp::route::dispatch::{self, Client};
 use crate::mcp::tasks;
+use crate::mcp::upstream::pool;
 use crate::mcp::wire::jsonrpc::{self, Message};
 
 /// Serves one request; the reply, and the observation still running while a streamed reply
@@ -48,7 +49,11 @@ pub async fn serve(
         return Ok((Reply::Json(refusal), None));
     }
     let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
-    let r = obs.within(dispatch::dispatch(b, client, msg)).await;
+    let (r, endpoint) = obs
+        .within(pool::noting_endpoint(dispatch::dispatch(b, client, msg)))
+        .await;
+    let mut obs = obs;
+    obs.set_endpoint(endpoint);
     let r = tasks::own_tasks(b, who, &method, r).await;
     Ok(obs.reply(admitted.hold(b.access.filter(who, &method, r))))
 }

@@ -229,6 +229,7 @@ pub struct Metrics {
     lease_changes: Family<LeaseLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     audit: Arc<AuditCollector>,
+    pools: PoolFamilies,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -343,6 +344,7 @@ impl Metrics {
         );
         let audit = Arc::new(AuditCollector::default());
         registry.register_collector(Box::new(audit.clone()));
+        let pools = PoolFamilies::register(&mut registry);
         Self {
             registry,
             requests,
@@ -359,6 +361,7 @@ impl Metrics {
             lease_changes,
             rate_limited,
             audit,
+            pools,
         }
     }
 
@@ -612,6 +615,188 @@ pub async fn handler() -> axum::response::Response {
     ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
+/// What a request attempt on one endpoint of an upstream found: the `outcome` label values
+/// of `mcpg_endpoint_requests`.
+pub const ENDPOINT_OUTCOMES: [&str; 4] = ["sent", "not_reached", "failed", "timed_out"];
+
+/// The states an endpoint is in as this replica sees it: the `state` label values of
+/// `mcpg_endpoint_state`.
+pub const ENDPOINT_STATES: [&str; 3] = ["healthy", "unhealthy", "ejected"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    binding: String,
+    upstream: String,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointOutcomeLabels {
+    binding: String,
+    upstream: String,
+    endpoint: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointStateLabels {
+    binding: String,
+    upstream: String,
+    endpoint: String,
+    state: &'static str,
+}
+
+/// The families of upstream pools: per endpoint and per upstream.
+struct PoolFamilies {
+    requests: Family<EndpointOutcomeLabels, Counter>,
+    duration: HistogramFamily<EndpointLabels>,
+    in_flight: Family<EndpointLabels, Gauge>,
+    ejections: Family<EndpointLabels, Counter>,
+    state: Family<EndpointStateLabels, Gauge>,
+    retries: Family<RetryLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    binding: String,
+    upstream: String,
+    outcome: &'static str,
+}
+
+impl PoolFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let f = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            in_flight: Family::default(),
+            ejections: Family::default(),
+            state: Family::default(),
+            retries: Family::default(),
+        };
+        registry.register(
+            "mcpg_endpoint_requests",
+            "Request attempts on one endpoint of an upstream, by binding, upstream, endpoint and \
+             outcome: sent, not_reached (never left mcpg; sent to another endpoint when the \
+             retry budget allows), failed (sending failed after it may have reached the \
+             endpoint) or timed_out",
+            f.requests.clone(),
+        );
+        registry.register(
+            "mcpg_endpoint_request_duration_seconds",
+            "How long a request attempt occupied an endpoint, from the attempt to the end of \
+             its exchange (the answer relayed, or the failure)",
+            f.duration.clone(),
+        );
+        registry.register(
+            "mcpg_endpoint_in_flight",
+            "Requests in flight on an endpoint (what least_requests balances on)",
+            f.in_flight.clone(),
+        );
+        registry.register(
+            "mcpg_endpoint_ejections",
+            "Times passive outlier detection ejected an endpoint",
+            f.ejections.clone(),
+        );
+        registry.register(
+            "mcpg_endpoint_state",
+            "An endpoint's health as this replica sees it: 1 for its current state (healthy, \
+             unhealthy: failing active probes, ejected: by outlier detection), 0 for the others",
+            f.state.clone(),
+        );
+        registry.register(
+            "mcpg_upstream_retries",
+            "Requests that never reached an endpoint, by whether they were sent to another \
+             endpoint (retried) or the retry budget refused it (refused)",
+            f.retries.clone(),
+        );
+        f
+    }
+}
+
+/// The metrics of one endpoint of an upstream, resolved when its pool is built: recording
+/// builds no label set and hashes nothing.
+pub struct EndpointRecorder {
+    requests: [Counter; 4],
+    duration: Histogram,
+    pub in_flight: Gauge,
+    pub ejections: Counter,
+    state: [Gauge; 3],
+}
+
+impl EndpointRecorder {
+    /// Counts an attempt with outcome `ENDPOINT_OUTCOMES[outcome]`.
+    pub fn attempt(&self, outcome: usize) {
+        self.requests[outcome].inc();
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        self.duration.observe(seconds);
+    }
+
+    /// Sets the current state to `ENDPOINT_STATES[state]`.
+    pub fn set_state(&self, state: usize) {
+        for (i, g) in self.state.iter().enumerate() {
+            g.set(i64::from(i == state));
+        }
+    }
+}
+
+impl Metrics {
+    /// The recorder of endpoint `endpoint` of upstream `upstream` in `binding`.
+    pub fn endpoint(&self, binding: &str, upstream: &str, endpoint: &str) -> EndpointRecorder {
+        let labels = EndpointLabels {
+            binding: binding.to_owned(),
+            upstream: upstream.to_owned(),
+            endpoint: endpoint.to_owned(),
+        };
+        let p = &self.pools;
+        let outcome = |outcome| {
+            p.requests
+                .get_or_create(&EndpointOutcomeLabels {
+                    binding: binding.to_owned(),
+                    upstream: upstream.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                    outcome,
+                })
+                .clone()
+        };
+        let state = |state| {
+            p.state
+                .get_or_create(&EndpointStateLabels {
+                    binding: binding.to_owned(),
+                    upstream: upstream.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                    state,
+                })
+                .clone()
+        };
+        let r = EndpointRecorder {
+            requests: ENDPOINT_OUTCOMES.map(outcome),
+            duration: p.duration.get_or_create(&labels).clone(),
+            in_flight: p.in_flight.get_or_create(&labels).clone(),
+            ejections: p.ejections.get_or_create(&labels).clone(),
+            state: ENDPOINT_STATES.map(state),
+        };
+        r.set_state(0);
+        r
+    }
+
+    /// The counters of upstream `upstream`'s retries: (retried, refused by the budget).
+    pub fn upstream_retries(&self, binding: &str, upstream: &str) -> (Counter, Counter) {
+        let c = |outcome| {
+            self.pools
+                .retries
+                .get_or_create(&RetryLabels {
+                    binding: binding.to_owned(),
+                    upstream: upstream.to_owned(),
+                    outcome,
+                })
+                .clone()
+        };
+        (c("retried"), c("refused"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,7 +819,59 @@ mod tests {
         m.coordinator_op("kv", "put", 0.1, Some("unavailable"));
         m.lease_change("mcpg/owners/node-a", "acquired");
         m.register_audit(Arc::new(AtomicU64::new(7)), Arc::new(AtomicU64::new(1)));
+        let e = m.endpoint("main", "search", "b");
+        e.attempt(0);
+        e.attempt(1);
+        e.observe(0.01);
+        e.in_flight.inc();
+        e.ejections.inc();
+        e.set_state(2);
+        m.upstream_retries("main", "search").0.inc();
         m
+    }
+
+    #[test]
+    fn endpoint_families_have_one_series_per_outcome_and_state() {
+        let text = populated().encode_text();
+        for family in [
+            "# TYPE mcpg_endpoint_requests_total counter",
+            "# TYPE mcpg_endpoint_request_duration_seconds histogram",
+            "# TYPE mcpg_endpoint_in_flight gauge",
+            "# TYPE mcpg_endpoint_ejections_total counter",
+            "# TYPE mcpg_endpoint_state gauge",
+            "# TYPE mcpg_upstream_retries_total counter",
+        ] {
+            assert!(text.contains(family), "{family} missing from\n{text}");
+        }
+        let ep = |name: &str, extra: &str| {
+            sample(
+                &text,
+                &format!(r#"{name}{{binding="main",upstream="search",endpoint="b"{extra}}}"#),
+            )
+        };
+        assert_eq!(
+            ep("mcpg_endpoint_requests_total", r#",outcome="sent""#),
+            Some(1.0)
+        );
+        assert_eq!(
+            ep("mcpg_endpoint_requests_total", r#",outcome="timed_out""#),
+            Some(0.0)
+        );
+        assert_eq!(
+            ep("mcpg_endpoint_request_duration_seconds_count", ""),
+            Some(1.0)
+        );
+        assert_eq!(ep("mcpg_endpoint_in_flight", ""), Some(1.0));
+        assert_eq!(ep("mcpg_endpoint_ejections_total", ""), Some(1.0));
+        assert_eq!(ep("mcpg_endpoint_state", r#",state="ejected""#), Some(1.0));
+        assert_eq!(ep("mcpg_endpoint_state", r#",state="healthy""#), Some(0.0));
+        assert_eq!(
+            sample(
+                &text,
+                r#"mcpg_upstream_retries_total{binding="main",upstream="search",outcome="refused"}"#
+            ),
+            Some(0.0)
+        );
     }
 
     /// The value of the sample line `series` (name and labels exactly as exposed).

@@ -561,7 +561,7 @@ fn client_scenarios(c: &Cluster) {
 }
 
 /// A Python client running one session through nginx until told to stop.
-struct LongClient {
+pub(crate) struct LongClient {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     stop: PathBuf,
@@ -570,16 +570,26 @@ struct LongClient {
 
 impl LongClient {
     fn start(url: &str, mode: &'static str, dir: &TempDir, subscribe: Option<&str>) -> Self {
-        let stop = dir.0.join(format!("stop-{mode}"));
         let mut plan = json!({
             "call": {"name": "echo", "arguments": {"message": "still here"}},
-            "stop_file": stop,
             "pause_ms": 20,
         });
         if let Some(uri) = subscribe {
             plan["subscribe"] = json!(uri);
             plan["first"] = json!([{"name": "toggle-subscriber-updates", "arguments": {}}]);
         }
+        Self::with_plan(url, mode, &dir.0.join(format!("stop-{mode}")), plan)
+    }
+
+    /// A client running `plan` (`cluster_client.py`'s), stopped by creating `stop`.
+    pub(crate) fn with_plan(
+        url: &str,
+        mode: &'static str,
+        stop: &std::path::Path,
+        mut plan: Value,
+    ) -> Self {
+        let stop = stop.to_path_buf();
+        plan["stop_file"] = json!(stop);
         let mut child = Command::new(python())
             .arg(peers_script("cluster_client.py"))
             .args([url, mode, &plan.to_string()])
@@ -603,7 +613,7 @@ impl LongClient {
     }
 
     /// Waits for the client's session to be set up; returns its session id (legacy).
-    fn ready(&self) -> Option<String> {
+    pub(crate) fn ready(&self) -> Option<String> {
         let line = self
             .lines
             .recv_timeout(Duration::from_secs(60))
@@ -613,7 +623,7 @@ impl LongClient {
         v["session"].as_str().map(str::to_owned)
     }
 
-    fn finish(mut self) -> Value {
+    pub(crate) fn finish(mut self) -> Value {
         std::fs::write(&self.stop, "").unwrap();
         let line = self
             .lines
@@ -625,7 +635,7 @@ impl LongClient {
     }
 }
 
-fn now_s() -> f64 {
+pub(crate) fn now_s() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

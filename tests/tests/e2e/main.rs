@@ -30,6 +30,7 @@ mod plugin_schemas;
 mod plugin_template;
 mod plugins;
 mod plugins_oci;
+mod pools_cluster;
 mod postgres_cluster;
 mod rate_limits;
 mod redis_cluster;

@@ -33,7 +33,7 @@ const FORWARDING_SECRET: &str = "obs-forwarding-secret-8d33e1";
 const CHILD_SECRET: &str = "obs-child-env-secret-41aa07";
 
 /// The value of every sample of `name` whose labels include all of `labels`.
-fn samples(body: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+pub(crate) fn samples(body: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -49,7 +49,7 @@ fn samples(body: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
 }
 
 /// `promtool check metrics` on `body`: its exit status and everything it printed.
-fn promtool_check(body: &str) -> (bool, String) {
+pub(crate) fn promtool_check(body: &str) -> (bool, String) {
     let mut child = match Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -2,7 +2,7 @@
 //! balanced over the endpoints keep succeeding while one endpoint is killed (requests that
 //! could not reach it are sent to another), the management API shows it out of rotation
 //! and back once it returns, a legacy session's pin is in its record, and drain works.
-//! (The two-replica, nginx, Redis and stdio-pool proof of issue 22 is not here yet.)
+//! (The two-replica, nginx, Redis and stdio-pool proof is `pools_cluster`.)
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -15,7 +15,8 @@ use crate::harness::{
     wait_until,
 };
 
-fn fixture(port: u16) -> Proc {
+/// The fixture upstream listening on `port` (both eras over HTTP), once it accepts.
+pub(crate) fn fixture(port: u16) -> Proc {
     let p = Proc::spawn(
         Command::new(bin("mcpg-fixture-upstream")).args(["--listen", &format!("127.0.0.1:{port}")]),
     );

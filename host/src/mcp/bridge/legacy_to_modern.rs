@@ -15,6 +15,7 @@ use crate::mcp::relay::exchange::{self, End, Relay, Shape, Step, response_out};
 use crate::mcp::relay::legacy::Call;
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::session::Live;
+use crate::mcp::upstream::pool::Attempt;
 use crate::mcp::upstream::{Connection, Exchange};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
 
@@ -36,6 +37,8 @@ pub async fn forward(call: Call, conn: Connection, mut msg: Message) -> Reply {
         });
     }
     stamp(&mut msg, &call.live);
+    // Named in the audit record here: the rounds run in a task of their own.
+    call.b.upstreams[call.up].note_endpoint(call.live.endpoint_index(call.up));
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(run(call, conn, msg, tx));
     Reply::Stream(rx)
@@ -95,9 +98,18 @@ async fn round(
     tx: &mpsc::Sender<Message>,
 ) -> Result<Message, Stop> {
     let shape = Round(call);
-    let mut relay = Relay::start(conn, msg.clone(), &call.extra, deadline, None)
-        .await
-        .map_err(|e| Some(e.to_message(call.id.clone(), call.name())))?;
+    // Counted on the session's endpoint (and fed to outlier detection) while it runs.
+    let pool = &call.b.upstreams[call.up];
+    let i = call.live.endpoint_index(call.up);
+    let _in_flight = pool.start(i);
+    let started = Relay::start(conn, msg.clone(), &call.extra, deadline, None).await;
+    if let Some(a) = started
+        .as_ref()
+        .map_or_else(|e| e.attempt(), |_| Some(Attempt::Sent))
+    {
+        pool.attempt(i, a);
+    }
+    let mut relay = started.map_err(|e| Some(e.to_message(call.id.clone(), call.name())))?;
     loop {
         match relay.next(&shape).await {
             Ok(m) => {

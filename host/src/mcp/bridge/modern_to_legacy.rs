@@ -18,7 +18,7 @@ use crate::mcp::relay::Reply;
 use crate::mcp::relay::exchange::{self, Relay, Shape, Step, response_out};
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::route::path::Path;
-use crate::mcp::upstream::pool::InFlight;
+use crate::mcp::upstream::pool::{Attempt, InFlight};
 use crate::mcp::upstream::{Exchange, ModernHandle};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
 use crate::mcp::wire::meta;
@@ -290,21 +290,24 @@ async fn send(
         let deadline = tokio::time::Instant::now() + pool.timeout;
         match Relay::start(&handle.conn, msg, extra, deadline, None).await {
             Ok(relay) => {
-                pool.outcome(i, true);
+                pool.attempt(i, Attempt::Sent);
                 return Ok((handle, relay, in_flight));
             }
             Err(exchange::Sent::NotReached(e)) => {
-                pool.outcome(i, false);
+                pool.attempt(i, Attempt::NotReached);
                 tried.push(i);
-                pool.count_not_reached(i);
                 if tried.len() == pool.members.len() || !pool.may_retry() {
                     return Err(Ok(exchange::Sent::NotReached(e)));
                 }
                 tracing::info!(upstream = %pool.name, endpoint = %pool.members[i].name, error = %e.message, "request not sent; sending it to another endpoint");
             }
             Err(exchange::Sent::TimedOut) => {
-                pool.outcome(i, false);
+                pool.attempt(i, Attempt::TimedOut);
                 return Err(Ok(exchange::Sent::TimedOut));
+            }
+            Err(exchange::Sent::Failed(e)) => {
+                pool.attempt(i, Attempt::Failed);
+                return Err(Ok(exchange::Sent::Failed(e)));
             }
             Err(other) => return Err(Ok(other)),
         }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::Reply;
 use crate::mcp::binding::Binding;
 use crate::mcp::route::names::UpstreamIdx;
+use crate::mcp::upstream::pool::Attempt;
 use crate::mcp::upstream::{Connection, Exchange, UpstreamError};
 use crate::mcp::wire::jsonrpc::{self, Message, code};
 
@@ -249,6 +250,16 @@ pub enum Sent {
 }
 
 impl Sent {
+    /// What this says about the endpoint it was sent to (nothing for a cancellation).
+    pub fn attempt(&self) -> Option<Attempt> {
+        match self {
+            Sent::Failed(_) => Some(Attempt::Failed),
+            Sent::NotReached(_) => Some(Attempt::NotReached),
+            Sent::TimedOut => Some(Attempt::TimedOut),
+            Sent::Cancelled => None,
+        }
+    }
+
     /// The client's reply to a request that could not be sent to `upstream` (a cancelled
     /// request gets no response: an SSE stream that ends at once).
     pub fn reply(self, id: Value, upstream: &str) -> Reply {

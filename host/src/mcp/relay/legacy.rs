@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use super::Reply;
 use super::cancel::InflightGuard;
@@ -14,8 +15,10 @@ use super::exchange::{self, Relay, Sent, Shape, Step};
 use crate::mcp::binding::Binding;
 use crate::mcp::route::names::UpstreamIdx;
 use crate::mcp::session::Live;
+use crate::mcp::upstream::pool::{Attempt, InFlight};
 use crate::mcp::upstream::{Connection, Exchange};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, code};
+use crate::mcp::wire::version::Era;
 
 /// A legacy session's request to one upstream.
 pub struct Call {
@@ -35,10 +38,11 @@ impl Call {
 
     /// Sends the request on `conn` and relays what comes back. Its id must not be in flight
     /// in the session already (the specification forbids reusing one; the two would be
-    /// indistinguishable to a cancellation).
+    /// indistinguishable to a cancellation). On a pool, a request that never left mcpg
+    /// because the session's endpoint refused it is sent once more, on the endpoint the
+    /// session re-initialises on (within the retry budget).
     pub async fn run(self, conn: Connection, msg: Message) -> Reply {
-        let inflight = &self.live.services.inflight;
-        let Some((guard, cancelled)) = inflight.register(&self.live.id, &self.id) else {
+        let Some((guard, cancelled)) = self.register() else {
             return Reply::Json(jsonrpc::error(
                 self.id.clone(),
                 code::INVALID_REQUEST,
@@ -49,24 +53,88 @@ impl Call {
                 None,
             ));
         };
-        let deadline = tokio::time::Instant::now() + self.b.upstreams[self.up].timeout;
-        let relay = match Relay::start(&conn, msg, &self.extra, deadline, Some(cancelled)).await {
-            Ok(r) => r,
-            Err(e) => {
-                // The pinned endpoint of a pool refused the connection: the conversation is
-                // closed, so the session's next request re-initialises on another endpoint.
-                if matches!(e, Sent::NotReached(_)) && self.b.upstreams[self.up].members.len() > 1 {
-                    conn.close().await;
-                }
-                return e.reply(self.id.clone(), self.name());
+        let pool = &self.b.upstreams[self.up];
+        let again = (pool.members.len() > 1).then(|| {
+            // The retry budget is a share of all the pool's requests, sessions' included.
+            pool.first_attempt();
+            msg.clone()
+        });
+        let sent = match (self.send(&conn, msg, cancelled).await, again) {
+            (Err(Sent::NotReached(e)), Some(msg)) => {
+                // The pinned endpoint refused the connection: the conversation is closed,
+                // so the session re-initialises on another endpoint.
+                conn.close().await;
+                drop(guard);
+                self.send_again(msg, e).await
             }
+            (r, _) => r.map(|(relay, in_flight)| (relay, in_flight, guard)),
+        };
+        let (relay, in_flight, guard) = match sent {
+            Ok(s) => s,
+            Err(e) => return e.reply(self.id.clone(), self.name()),
         };
         let id = self.id.clone();
         let shape = Legacy {
             call: self,
             _running: guard,
+            _in_flight: in_flight,
         };
         exchange::reply(relay, shape, id).await
+    }
+
+    fn register(&self) -> Option<(InflightGuard, oneshot::Receiver<String>)> {
+        self.live
+            .services
+            .inflight
+            .register(&self.live.id, &self.id)
+    }
+
+    /// Sends the request on the session's conversation `conn` with its endpoint, counted
+    /// there (and fed to the pool's outlier detection).
+    async fn send(
+        &self,
+        conn: &Connection,
+        msg: Message,
+        cancelled: oneshot::Receiver<String>,
+    ) -> Result<(Relay, InFlight), Sent> {
+        let pool = &self.b.upstreams[self.up];
+        let i = self.live.endpoint_index(self.up);
+        let in_flight = pool.start(i);
+        let deadline = tokio::time::Instant::now() + pool.timeout;
+        let r = Relay::start(conn, msg, &self.extra, deadline, Some(cancelled)).await;
+        let attempt = match &r {
+            Ok(_) => Some(Attempt::Sent),
+            Err(e) => e.attempt(),
+        };
+        if let Some(a) = attempt {
+            pool.attempt(i, a);
+        }
+        r.map(|relay| (relay, in_flight))
+    }
+
+    /// The second try of a request its endpoint refused: on the conversation the session
+    /// re-establishes (another endpoint, from its recorded handshake), if the retry budget
+    /// allows and that conversation speaks the same era; else the first error.
+    async fn send_again(
+        &self,
+        msg: Message,
+        first: jsonrpc::RpcError,
+    ) -> Result<(Relay, InFlight, InflightGuard), Sent> {
+        let pool = &self.b.upstreams[self.up];
+        if !pool.may_retry() {
+            return Err(Sent::NotReached(first));
+        }
+        let (conn, era) = match self.live.conn_and_era(self.up).await {
+            Ok((c, Era::Legacy)) => (c, Era::Legacy),
+            _ => return Err(Sent::NotReached(first)),
+        };
+        self.live.fence().map_err(Sent::Failed)?;
+        let Some((guard, cancelled)) = self.register() else {
+            return Err(Sent::NotReached(first));
+        };
+        tracing::info!(session = %self.live.id, upstream = %pool.name, ?era, error = %first.message, "request not sent; sending it on the session's new endpoint");
+        let (relay, in_flight) = self.send(&conn, msg, cancelled).await?;
+        Ok((relay, in_flight, guard))
     }
 }
 
@@ -74,6 +142,8 @@ impl Call {
 struct Legacy {
     call: Call,
     _running: InflightGuard,
+    /// Counts the request in flight on its endpoint while the exchange lasts.
+    _in_flight: InFlight,
 }
 
 impl Shape for Legacy {

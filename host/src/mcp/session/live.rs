@@ -190,6 +190,9 @@ impl Live {
                     r.upstream_endpoints.insert(upstream.name.clone(), e);
                 }
                 drop(r);
+                // A takeover must resume this conversation (its endpoint, its upstream
+                // session), not the dead one: the record is written after this request.
+                self.mark_dirty();
                 self.start_pump(up, &l);
                 *link = Some(l);
                 *slot.failed_at.lock().expect("lock") = None;
@@ -200,6 +203,17 @@ impl Live {
                 Err(e)
             }
         }
+    }
+
+    /// The position in upstream `up`'s pool of the endpoint this session is pinned to (the
+    /// only one of a single-endpoint upstream).
+    pub fn endpoint_index(&self, up: UpstreamIdx) -> usize {
+        let pool = &self.binding.upstreams[up];
+        let r = self.record.lock().expect("lock");
+        r.upstream_endpoints
+            .get(&pool.name)
+            .and_then(|e| pool.endpoint(e))
+            .unwrap_or(0)
     }
 
     /// Whether upstream `up` serves this session through its 2026-07-28 conversation.

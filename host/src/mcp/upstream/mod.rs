@@ -20,6 +20,7 @@ pub mod stdio;
 pub(crate) mod test_server;
 #[cfg(test)]
 mod timeout_tests;
+pub mod tool_lists;
 #[cfg(test)]
 mod violation_tests;
 

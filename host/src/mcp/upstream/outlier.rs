@@ -26,7 +26,7 @@ pub enum Change {
 }
 
 /// One endpoint's health state, as shown by the management API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Healthy,

@@ -14,13 +14,50 @@ use tokio::time::Instant;
 use super::balance::{Balancer, Candidate};
 use super::budget::RetryBudget;
 use super::outlier::{Change, Detector, State};
+use super::tool_lists::{self, Comparison};
 use super::{Health, Hello, Link, ModernHandle, Upstream};
 use crate::config::model::{HealthConfig, UpstreamConfig};
 use crate::config::parsed::Parsed;
 use crate::mcp::wire::jsonrpc::{RpcError, code};
+use crate::telemetry::metrics::{EndpointRecorder, metrics};
+
+/// How often the endpoints' tool lists are compared (and once at the first tick).
+const TOOLS_EVERY: Duration = Duration::from_secs(60);
+
+tokio::task_local! {
+    /// The endpoint the request being served went to, for its audit record: set by
+    /// [`Pool::start`] on a pool of several endpoints, read by whoever scoped it
+    /// ([`noting_endpoint`]).
+    static CHOSEN: std::cell::RefCell<Option<String>>;
+}
+
+/// Runs `f`, returning what it returned and the endpoint of a pool it sent a request to
+/// (the last one, when it was sent again elsewhere); `None` for single-endpoint upstreams.
+pub async fn noting_endpoint<F: std::future::Future>(f: F) -> (F::Output, Option<String>) {
+    CHOSEN
+        .scope(std::cell::RefCell::new(None), async move {
+            let out = f.await;
+            (out, CHOSEN.with(|c| c.borrow_mut().take()))
+        })
+        .await
+}
+
+/// What an attempt to send a request to an endpoint found (the `outcome` of
+/// `mcpg_endpoint_requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// It left mcpg for the endpoint.
+    Sent,
+    /// It never left mcpg (refused connection, closed conversation): safe to send elsewhere.
+    NotReached,
+    /// Sending failed after it may have reached the endpoint (reset, HTTP error).
+    Failed,
+    /// No answer in time.
+    TimedOut,
+}
 
 /// What an operator set on one endpoint through the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Admin {
     Enabled,
@@ -41,6 +78,7 @@ pub struct Member {
     failures: AtomicU64,
     /// Requests that never left mcpg for it (refused connection, closed conversation).
     not_reached: AtomicU64,
+    metrics: EndpointRecorder,
 }
 
 impl Member {
@@ -57,13 +95,15 @@ impl Member {
 pub struct InFlight {
     pool: Arc<Pool>,
     pub endpoint: usize,
+    since: Instant,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.pool.members[self.endpoint]
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        let m = &self.pool.members[self.endpoint];
+        m.in_flight.fetch_sub(1, Ordering::Relaxed);
+        m.metrics.in_flight.dec();
+        m.metrics.observe(self.since.elapsed().as_secs_f64());
     }
 }
 
@@ -80,6 +120,13 @@ pub struct Pool {
     /// Requests sent again on another endpoint, and those the budget refused.
     retries: AtomicU64,
     retries_refused: AtomicU64,
+    /// The last comparison of the endpoints' tool lists (pools of several endpoints).
+    tool_lists: Mutex<Option<Comparison>>,
+    /// `mcpg_upstream_retries`: retried, refused.
+    retry_metrics: (
+        prometheus_client::metrics::counter::Counter,
+        prometheus_client::metrics::counter::Counter,
+    ),
 }
 
 /// One endpoint as the management API shows it (this replica's view).
@@ -140,6 +187,7 @@ impl Pool {
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 not_reached: AtomicU64::new(0),
+                metrics: metrics().endpoint(binding, &cfg.name, &e.name),
             });
         }
         anyhow::ensure!(
@@ -156,9 +204,11 @@ impl Pool {
             binding: binding.to_owned(),
             retries: AtomicU64::new(0),
             retries_refused: AtomicU64::new(0),
+            retry_metrics: metrics().upstream_retries(binding, &cfg.name),
+            tool_lists: Mutex::new(None),
             members,
         });
-        if several && cfg.health.interval_ms > 0 {
+        if several {
             Self::probe_periodically(Arc::downgrade(&pool), cfg.health.interval_ms);
         }
         Ok(pool)
@@ -210,10 +260,33 @@ impl Pool {
         let m = &self.members[i];
         m.in_flight.fetch_add(1, Ordering::Relaxed);
         m.requests.fetch_add(1, Ordering::Relaxed);
+        m.metrics.in_flight.inc();
+        self.note_endpoint(i);
         InFlight {
             pool: self.clone(),
             endpoint: i,
+            since: Instant::now(),
         }
+    }
+
+    /// Names endpoint `i` in the audit record of the request being served (pools of several
+    /// endpoints; see [`noting_endpoint`]).
+    pub fn note_endpoint(&self, i: usize) {
+        if self.members.len() > 1 {
+            let name = &self.members[i].name;
+            let _ = CHOSEN.try_with(|c| *c.borrow_mut() = Some(name.clone()));
+        }
+    }
+
+    /// Notes what an attempt to send a request on endpoint `i` found: counted per endpoint,
+    /// and fed to the outlier detector (only [`Attempt::Sent`] is a success there).
+    pub fn attempt(&self, i: usize, a: Attempt) {
+        let m = &self.members[i];
+        m.metrics.attempt(a as usize);
+        if a == Attempt::NotReached {
+            m.not_reached.fetch_add(1, Ordering::Relaxed);
+        }
+        self.outcome(i, a == Attempt::Sent);
     }
 
     /// Notes what a request on endpoint `i` found: `ok` is false when the endpoint was not
@@ -233,9 +306,13 @@ impl Pool {
 
     fn log_change(&self, i: usize, change: Change) {
         let (binding, upstream, endpoint) = (&self.binding, &self.name, &self.members[i].name);
+        if change != Change::None {
+            self.refresh_states();
+        }
         match change {
             Change::None => {}
             Change::Ejected(d) => {
+                self.members[i].metrics.ejections.inc();
                 tracing::warn!(%binding, %upstream, %endpoint, ejected_for_ms = d.as_millis() as u64, "endpoint ejected after consecutive failures")
             }
             Change::EjectionRefused => {
@@ -255,16 +332,13 @@ impl Pool {
         let ok = self.budget.try_retry();
         if ok {
             self.retries.fetch_add(1, Ordering::Relaxed);
+            self.retry_metrics.0.inc();
         } else {
             self.retries_refused.fetch_add(1, Ordering::Relaxed);
+            self.retry_metrics.1.inc();
             tracing::warn!(binding = %self.binding, upstream = %self.name, "retry budget spent; not retrying");
         }
         ok
-    }
-
-    /// Counts a request that never left mcpg for endpoint `i`.
-    pub fn count_not_reached(&self, i: usize) {
-        self.members[i].not_reached.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests sent again on another endpoint, and retries the budget refused.
@@ -454,16 +528,40 @@ impl Pool {
         }
     }
 
+    /// Sets each endpoint's `mcpg_endpoint_state` to what the detector says now (an ejection
+    /// ends with time, not with an event: the probe timer calls this too).
+    fn refresh_states(&self) {
+        let now = Instant::now();
+        let states: Vec<State> = {
+            let d = self.detector.lock().expect("detector lock");
+            (0..self.members.len()).map(|i| d.state(i, now)).collect()
+        };
+        for (m, s) in self.members.iter().zip(states) {
+            m.metrics.set_state(s as usize);
+        }
+    }
+
     /// Probes every endpoint each `interval_ms` (an MCP round trip, [`Upstream::check`]) and
-    /// feeds the outcome to the detector's thresholds; ends with the pool.
+    /// feeds the outcome to the detector's thresholds; ends with the pool. With probes off
+    /// (`0`), only refreshes the state metrics, each second.
     fn probe_periodically(pool: Weak<Self>, interval_ms: u64) {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+            let every = if interval_ms == 0 { 1000 } else { interval_ms };
+            let mut tick = tokio::time::interval(Duration::from_millis(every));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut last_tools = None;
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
+                pool.refresh_states();
+                if last_tools.is_none_or(|t: Instant| t.elapsed() >= TOOLS_EVERY) {
+                    last_tools = Some(Instant::now());
+                    pool.compare_tools().await;
+                }
+                if interval_ms == 0 {
+                    continue;
+                }
                 let timeout = Duration::from_millis(pool.health_cfg.timeout_ms);
                 let checks = pool.members.iter().map(|m| async move {
                     matches!(
@@ -482,6 +580,36 @@ impl Pool {
                 }
             }
         });
+    }
+
+    /// Reads every endpoint's `tools/list` and compares them; a difference is logged as a
+    /// warning when it is found (or changes), and kept for the management API.
+    pub async fn compare_tools(&self) {
+        let lists = futures::future::join_all(
+            self.members
+                .iter()
+                .map(|m| async { (m.name.clone(), tool_lists::fetch(&m.up).await) }),
+        )
+        .await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let c = tool_lists::compare(&lists, now_ms);
+        let mut last = self.tool_lists.lock().expect("tool lists lock");
+        let news = last.as_ref().is_none_or(|l| !l.same_finding(&c));
+        if news && !c.consistent {
+            tracing::warn!(binding = %self.binding, upstream = %self.name, only_on = ?c.only_on, defined_differently = ?c.defined_differently, "the endpoints of this pool list different tools; clients see the list of whichever endpoint answers them (not merged)");
+        } else if news && last.is_some() {
+            tracing::info!(binding = %self.binding, upstream = %self.name, "the endpoints of this pool list the same tools again");
+        }
+        *last = Some(c);
+    }
+
+    /// The last comparison of the endpoints' tool lists (`None` for a single endpoint, or
+    /// before the first).
+    pub fn tool_lists(&self) -> Option<Comparison> {
+        self.tool_lists.lock().expect("tool lists lock").clone()
     }
 
     /// Sets an endpoint's admin state; `false` when there is no such endpoint.

@@ -200,3 +200,48 @@ fn the_pin_is_kept_in_the_record_and_records_without_one_read_as_before() {
         serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
     assert_eq!(back.upstream_endpoints["search"], "b");
 }
+
+/// An endpoint that lists `tools`.
+async fn listing(tools: serde_json::Value) -> String {
+    serve(move |m| {
+        if m["method"] == "initialize" {
+            initialized(&m)
+        } else if m.get("id").is_none() {
+            Answer::Accepted
+        } else {
+            let result = if m["method"] == "tools/list" {
+                json!({"tools": tools.clone()})
+            } else {
+                json!({})
+            };
+            let r = json!({"jsonrpc": "2.0", "id": m["id"], "result": result});
+            Answer::Body("application/json", r.to_string().into_bytes())
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn endpoints_listing_different_tools_are_reported_not_merged() {
+    let echo = json!({"name": "echo", "inputSchema": {"type": "object"}});
+    let echo2 = json!({"name": "echo", "description": "v2", "inputSchema": {"type": "object"}});
+    let add = json!({"name": "add", "inputSchema": {"type": "object"}});
+    let a = listing(json!([echo.clone(), add])).await;
+    let b = listing(json!([echo2])).await;
+    let dead = refusing().await;
+    let p = pool(&[&a, &b, &dead], "round_robin");
+    assert!(p.tool_lists().is_none(), "nothing compared yet");
+    p.compare_tools().await;
+    let c = p.tool_lists().expect("compared");
+    assert!(!c.consistent, "{c:?}");
+    assert_eq!(c.only_on["add"], ["a"]);
+    assert_eq!(c.defined_differently, ["echo"]);
+    assert!(c.unreadable.contains_key("c"), "{c:?}");
+    assert_eq!((c.tools["a"], c.tools["b"]), (2, 1));
+
+    let a = listing(json!([echo.clone()])).await;
+    let b = listing(json!([echo])).await;
+    let p = pool(&[&a, &b], "round_robin");
+    p.compare_tools().await;
+    assert!(p.tool_lists().unwrap().consistent);
+}
