@@ -259,6 +259,9 @@ impl RedisServer {
                     "--save",
                     "",
                 ]);
+                // Protected mode refuses clients from anything but loopback addresses, which a
+                // client in another network namespace is not.
+                c.args(["--protected-mode", "no"]);
                 if opts.persistent {
                     c.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
                         .arg(dir);

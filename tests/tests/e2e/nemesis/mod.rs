@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use self::checker::{Exec, Op, Outcome, Owned, Refusal, Report, T};
 use self::netns::Netns;
 use crate::cluster_sessions::Nginx;
-use crate::harness::{Proc, TempDir, bin, cdylib, free_port, get_json, http_get, wait_until};
+use crate::harness::{Proc, TempDir, bin, cdylib, free_port, http_get, wait_until};
 use crate::peers::{peers_script, python};
 
 /// Seconds on `CLOCK_MONOTONIC`, the clock the upstreams' `time.monotonic()` reads.
@@ -171,6 +171,10 @@ impl Fault {
     }
 }
 
+/// The admin API's bearer token: a namespaced replica's admin API is on a non-loopback address,
+/// which mcpg serves only with a token.
+const ADMIN_TOKEN: &str = "nemesis-admin-token-0123456789abcdef0123";
+
 /// The owner TTL every scenario runs with.
 const TTL: Duration = Duration::from_secs(3);
 
@@ -225,7 +229,7 @@ impl Cluster {
         let f = dir.write(
             "mcpg.yaml",
             &format!(
-                "server:\n  drain_timeout_ms: 5000\n{}mcp:\n  sessions: {{owner_ttl_ms: {}}}\n\
+                "server:\n  drain_timeout_ms: 5000\n  admin_token: \"{ADMIN_TOKEN}\"\n{}mcp:\n  sessions: {{owner_ttl_ms: {}}}\n\
                  bindings:\n  - name: st\n    path: /st\n    upstreams: [{{name: st, fencing_token: meta, stdio: {{command: {:?}, args: [{:?}, stdio], inherit_env: true}}}}]\n  \
                  - name: ht\n    path: /ht\n    upstreams: [{{name: ht, fencing_token: header, http: {{url: \"http://{up}/mcp\", headers: {{X-Nemesis-Replica: \"${{env.NEMESIS_REPLICA}}\"}}}}}}]\n",
                 server.yaml(),
@@ -263,7 +267,7 @@ impl Cluster {
         for r in &mut replicas {
             let ready = wait_until(Duration::from_secs(60), || {
                 matches!(http_get(r.main, "/readyz"), Ok((200, _)))
-                    && get_json(r.admin, "/api/cluster/peers")
+                    && admin_get(r.admin, "/api/cluster/peers", Duration::from_secs(5))
                         .and_then(|v| v["peers"].as_array().map(Vec::len))
                         == Some(3)
             });
@@ -688,11 +692,21 @@ pub fn scenario(
 /// The session's owner as `admin` reports it (short timeout: a stopped replica must not hold
 /// the poller up).
 fn describe_owner(admin: SocketAddr, sid: &str) -> Option<String> {
+    let v = admin_get(
+        admin,
+        &format!("/api/cluster/sessions/{sid}"),
+        Duration::from_millis(300),
+    )?;
+    v["owner"].as_str().map(str::to_owned)
+}
+
+/// `GET path` on an admin API with the token, as JSON when it answers 200 within `timeout`.
+fn admin_get(admin: SocketAddr, path: &str, timeout: Duration) -> Option<Value> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
     write!(
         s,
-        "GET /api/cluster/sessions/{sid} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = String::new();
@@ -701,8 +715,7 @@ fn describe_owner(admin: SocketAddr, sid: &str) -> Option<String> {
     if !head.starts_with("HTTP/1.1 200") {
         return None;
     }
-    let v: Value = serde_json::from_str(body).ok()?;
-    v["owner"].as_str().map(str::to_owned)
+    serde_json::from_str(body).ok()
 }
 
 fn row(r: &Run) -> String {
