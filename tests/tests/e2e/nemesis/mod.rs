@@ -880,6 +880,15 @@ fn ci_etcd_backend_paused_below_the_ttl() {
     );
 }
 
+#[test]
+fn ci_redis_replica_cut_off_from_the_backend() {
+    ci(
+        Backend::Redis,
+        Fault::PartitionBackend,
+        Duration::from_secs(4),
+    );
+}
+
 /// The full matrix (ignored in CI; `--run-ignored only`): every fault on every backend (or
 /// those in `MCPG_NEMESIS_BACKENDS`, e.g. `redis,nats`), one table per backend printed and
 /// appended to `$MCPG_NEMESIS_OUT` when set; `MCPG_NEMESIS_FAULTS` (e.g.

@@ -162,7 +162,9 @@ impl Netns {
             for s in &steps {
                 let args: Vec<&str> = s.iter().map(String::as_str).collect();
                 if let Err(e) = run("ip", &args) {
-                    panic!("network namespaces are not usable here: {e}");
+                    panic!(
+                        "network namespaces are not usable here (they need root or CAP_NET_ADMIN): {e}"
+                    );
                 }
             }
             return ns;
