@@ -398,7 +398,12 @@ impl Cluster {
                     a.extend(r.iter().map(String::as_str));
                     n.iptables(&a);
                 }
-                std::thread::sleep(ttl * 2);
+                // `MCPG_NEMESIS_PARTITION_MS` lengthens the cut for a one-off run.
+                let cut = std::env::var("MCPG_NEMESIS_PARTITION_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map_or(ttl * 2, Duration::from_millis);
+                std::thread::sleep(cut);
                 for r in &rules {
                     let mut a = vec!["-D"];
                     a.extend(r.iter().map(String::as_str));
