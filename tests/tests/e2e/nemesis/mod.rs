@@ -897,7 +897,8 @@ fn ci_redis_replica_cut_off_from_the_backend() {
 /// The full matrix (ignored in CI; `--run-ignored only`): every fault on every backend (or
 /// those in `MCPG_NEMESIS_BACKENDS`, e.g. `redis,nats`), one table per backend printed and
 /// appended to `$MCPG_NEMESIS_OUT` when set; `MCPG_NEMESIS_FAULTS` (e.g.
-/// `PauseReplica,HungReplica`) picks faults. Violations are reported, not asserted: some faults
+/// `PauseReplica,HungReplica`) picks faults; `MCPG_NEMESIS_PARTITION_MS` sets how long a partition
+/// lasts (2 × the owner TTL by default). Violations are reported, not asserted: some faults
 /// still violate until the gateway-side fixes land.
 #[test]
 #[ignore = "the long full matrix: tools/nemesis runs it"]
