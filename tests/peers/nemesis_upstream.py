@@ -7,7 +7,8 @@ system's monotonic clock (the one the Rust harness reads too), written with one 
 stdio: `nemesis_upstream.py stdio` — one child per session, so the counter is the session's
   state and the incarnation is this process; the replica is $NEMESIS_REPLICA, the log
   $NEMESIS_LOG (mcpg passes its environment with `inherit_env`).
-http: `nemesis_upstream.py http <port> <log>` — one process for all; the counter is per `key`
+http: `nemesis_upstream.py http <port> <log> [host]` — one process for all, on `host`
+  (default 127.0.0.1; a partition scenario binds an address its network namespace reaches); the counter is per `key`
   (the client's session) and survives takeovers; the replica is the `X-Nemesis-Replica` header.
 
 Fencing, as an upstream that cares about stale writes does it: a `nemesis/count` carrying a
@@ -152,7 +153,7 @@ def stdio():
         sys.stdout.flush()
 
 
-def http(port, log):
+def http(port, log, host="127.0.0.1"):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -194,11 +195,11 @@ def http(port, log):
         def do_DELETE(self):
             self.reply(200)
 
-    ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+    ThreadingHTTPServer((host, port), H).serve_forever()
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "stdio":
         stdio()
     else:
-        http(int(sys.argv[2]), sys.argv[3])
+        http(int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])

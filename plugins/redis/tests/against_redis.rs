@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use mcpg_backends::RedisServer;
+use mcpg_backends::{RedisOptions, RedisServer};
 use mcpg_plugin_api::coordinator::{Coordinator, ErrorKind};
 use mcpg_plugin_api::export::HostInfo;
 use mcpg_plugin_api::remote::LoadedPlugin;
@@ -247,6 +247,67 @@ async fn a_restart_without_persistence_breaks_lease_safety() {
     assert!(
         second.token() <= first.token(),
         "the fencing counter restarted: {} after {}",
+        second.token(),
+        first.token()
+    );
+}
+
+/// The other side of that limit: with `appendonly yes` + `appendfsync always` a restart keeps
+/// the lease and the fencing counter, so a second contender is refused the lease the first
+/// still holds, and once it is released gets a larger token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_persistence_keeps_leases_and_tokens() {
+    let mut server = RedisServer::start_with(RedisOptions {
+        persistent: true,
+        ..RedisOptions::default()
+    });
+    let plugin = built_library("libmcpg_cluster_redis.so", "dev.mcpg.cluster.redis");
+    let config =
+        serde_json::json!({"url": server.url(), "key_prefix": "dur:", "lease_ttl_ms": 30000});
+    let a = boot(&plugin, config.clone(), "a").await;
+    let first = a
+        .acquire("durable", Some(Duration::from_secs(30)), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("acquired");
+    server.restart();
+    let b = boot(&plugin, config, "b").await;
+    let refused = b
+        .acquire(
+            "durable",
+            Some(Duration::from_secs(30)),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    assert!(
+        refused.is_none(),
+        "the restarted Redis granted a lease its first holder still holds"
+    );
+    let mut released = false;
+    for _ in 0..100 {
+        if first.release().await.is_ok() {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        released,
+        "the first holder could not release after the restart"
+    );
+    let second = b
+        .acquire(
+            "durable",
+            Some(Duration::from_secs(30)),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .expect("acquired once released");
+    assert!(
+        second.token() > first.token(),
+        "the fencing counter went back: {} after {}",
         second.token(),
         first.token()
     );

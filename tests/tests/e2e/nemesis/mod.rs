@@ -11,6 +11,7 @@
 //! nothing, so scenarios that still violate are reported, not hidden.
 
 pub mod checker;
+pub mod netns;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,12 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcpg_backends::{EtcdServer, NatsServer, RedisServer};
+use mcpg_backends::{EtcdServer, NatsServer, RedisOptions, RedisServer};
 use serde_json::{Value, json};
 
 use self::checker::{Exec, Op, Outcome, Owned, Refusal, Report, T};
+use self::netns::Netns;
 use crate::cluster_sessions::Nginx;
-use crate::harness::{Proc, TempDir, bin, cdylib, free_port, get_json, http_get, wait_until};
+use crate::harness::{Proc, TempDir, bin, cdylib, free_port, http_get, wait_until};
 use crate::peers::{peers_script, python};
 
 /// Seconds on `CLOCK_MONOTONIC`, the clock the upstreams' `time.monotonic()` reads.
@@ -53,11 +55,24 @@ enum Server {
 }
 
 impl Server {
-    fn start(b: Backend) -> Self {
+    /// Starts `b` bound to `host`; Redis with `appendonly yes` + `appendfsync always` when
+    /// `persistent` (NATS and etcd always keep their data across a restart here).
+    fn start(b: Backend, host: &str, persistent: bool) -> Self {
         match b {
-            Backend::Redis => Self::Redis(RedisServer::start()),
-            Backend::Nats => Self::Nats(NatsServer::start()),
-            Backend::Etcd => Self::Etcd(EtcdServer::start()),
+            Backend::Redis => Self::Redis(RedisServer::start_with(RedisOptions {
+                host: host.to_owned(),
+                persistent,
+            })),
+            Backend::Nats => Self::Nats(NatsServer::start_on(host, &[])),
+            Backend::Etcd => Self::Etcd(EtcdServer::start_on(host)),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            Self::Redis(s) => s.port,
+            Self::Nats(s) => s.port,
+            Self::Etcd(s) => s.port,
         }
     }
 
@@ -135,7 +150,30 @@ pub enum Fault {
     PauseBackendLong,
     /// SIGKILL of the backend, restarted after 1 s (Redis: without persistence).
     RestartBackend,
+    /// As `RestartBackend`, with Redis running `appendonly yes` + `appendfsync always` (NATS
+    /// and etcd keep their data in `RestartBackend` already: the full matrix runs this on
+    /// Redis only).
+    RestartBackendPersisted,
+    /// Replica 0, in its own network namespace, cut off from the backend (packets to the
+    /// backend's port dropped inside the namespace) for twice the owner TTL, then healed; the
+    /// clients and the other replicas still reach it.
+    PartitionBackend,
+    /// Replica 0, in its own network namespace, cut off from the other replicas (its forwards
+    /// to them and theirs to it dropped) for twice the owner TTL, then healed; it still reaches
+    /// the backend and nginx still reaches it.
+    PartitionPeers,
 }
+
+impl Fault {
+    /// Whether replica 0 runs in its own network namespace.
+    fn partitions(self) -> bool {
+        matches!(self, Self::PartitionBackend | Self::PartitionPeers)
+    }
+}
+
+/// The admin API's bearer token: a namespaced replica's admin API is on a non-loopback address,
+/// which mcpg serves only with a token.
+const ADMIN_TOKEN: &str = "nemesis-admin-token-0123456789abcdef0123";
 
 /// The owner TTL every scenario runs with.
 const TTL: Duration = Duration::from_secs(3);
@@ -155,10 +193,18 @@ struct Cluster {
     _http_upstream: Proc,
     log: std::path::PathBuf,
     _dir: TempDir,
+    /// Replica 0's network namespace (partition faults). Declared last: dropped after the
+    /// processes in it are gone.
+    netns: Option<Netns>,
 }
 
 impl Cluster {
-    fn start(backend: Backend) -> Self {
+    fn start(backend: Backend, fault: Fault) -> Self {
+        let netns = fault.partitions().then(Netns::create);
+        // Everything in the root namespace listens where the namespace reaches it.
+        let host = netns
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_owned(), |n| n.host.to_string());
         let dir = TempDir::new("nemesis");
         let log = dir.0.join("executions.jsonl");
         std::fs::write(&log, "").unwrap();
@@ -167,18 +213,23 @@ impl Cluster {
             Command::new(python())
                 .arg(peers_script("nemesis_upstream.py"))
                 .args(["http", &up_port.to_string()])
-                .arg(&log),
+                .arg(&log)
+                .arg(&host),
         );
-        let up: SocketAddr = format!("127.0.0.1:{up_port}").parse().unwrap();
+        let up: SocketAddr = format!("{host}:{up_port}").parse().unwrap();
         assert!(
             wait_until(Duration::from_secs(20), || TcpStream::connect(up).is_ok()),
             "the HTTP upstream never listened"
         );
-        let server = Server::start(backend);
+        let server = Server::start(
+            backend,
+            &host,
+            matches!(fault, Fault::RestartBackendPersisted),
+        );
         let f = dir.write(
             "mcpg.yaml",
             &format!(
-                "server:\n  drain_timeout_ms: 5000\n{}mcp:\n  sessions: {{owner_ttl_ms: {}}}\n\
+                "server:\n  drain_timeout_ms: 5000\n  admin_token: \"{ADMIN_TOKEN}\"\n{}mcp:\n  sessions: {{owner_ttl_ms: {}}}\n\
                  bindings:\n  - name: st\n    path: /st\n    upstreams: [{{name: st, fencing_token: meta, stdio: {{command: {:?}, args: [{:?}, stdio], inherit_env: true}}}}]\n  \
                  - name: ht\n    path: /ht\n    upstreams: [{{name: ht, fencing_token: header, http: {{url: \"http://{up}/mcp\", headers: {{X-Nemesis-Replica: \"${{env.NEMESIS_REPLICA}}\"}}}}}}]\n",
                 server.yaml(),
@@ -191,13 +242,17 @@ impl Cluster {
         for i in 0..3 {
             let (listen, admin) = (free_port(), free_port());
             let id = format!("replica-{i}");
+            // Replica 0 runs in the namespace when there is one, on its inside address.
+            let (mut cmd, addr) = match (&netns, i) {
+                (Some(n), 0) => (n.command(&bin("mcpg")), n.inside.to_string()),
+                _ => (Command::new(bin("mcpg")), host.clone()),
+            };
             let proc = Proc::spawn(
-                Command::new(bin("mcpg"))
-                    .arg("--config")
+                cmd.arg("--config")
                     .arg(&f)
                     .args(["--node-id", &id])
-                    .args(["--listen", &format!("127.0.0.1:{listen}")])
-                    .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+                    .args(["--listen", &format!("{addr}:{listen}")])
+                    .args(["--admin-listen", &format!("{addr}:{admin}")])
                     .env("NEMESIS_REPLICA", &id)
                     .env("NEMESIS_LOG", &log)
                     .env("MCPG_LOG", "warn"),
@@ -205,14 +260,14 @@ impl Cluster {
             replicas.push(Replica {
                 id,
                 proc: Some(proc),
-                main: format!("127.0.0.1:{listen}").parse().unwrap(),
-                admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+                main: format!("{addr}:{listen}").parse().unwrap(),
+                admin: format!("{addr}:{admin}").parse().unwrap(),
             });
         }
         for r in &mut replicas {
             let ready = wait_until(Duration::from_secs(60), || {
                 matches!(http_get(r.main, "/readyz"), Ok((200, _)))
-                    && get_json(r.admin, "/api/cluster/peers")
+                    && admin_get(r.admin, "/api/cluster/peers", Duration::from_secs(5))
                         .and_then(|v| v["peers"].as_array().map(Vec::len))
                         == Some(3)
             });
@@ -226,7 +281,10 @@ impl Cluster {
                 );
             }
         }
-        let nginx = Nginx::start(&replicas.iter().map(|r| r.main).collect::<Vec<_>>());
+        let nginx = Nginx::start_bound(
+            &replicas.iter().map(|r| r.main).collect::<Vec<_>>(),
+            netns.as_ref().map(|n| n.nginx.into()),
+        );
         Self {
             server,
             replicas,
@@ -234,6 +292,59 @@ impl Cluster {
             _http_upstream: http_upstream,
             log,
             _dir: dir,
+            netns,
+        }
+    }
+
+    /// The `iptables` rules (inside replica 0's namespace) that make `fault`'s partition: to the
+    /// backend's port; or to the other replicas' listeners and from them to replica 0's (nginx
+    /// connects from its own address, the admin API stays reachable for the poller).
+    fn partition_rules(&self, fault: Fault) -> Vec<Vec<String>> {
+        let n = self
+            .netns
+            .as_ref()
+            .expect("a partition fault has a namespace");
+        let host = n.host.to_string();
+        let drop_to = |port: u16| {
+            [
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                &host,
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "DROP",
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        };
+        match fault {
+            Fault::PartitionBackend => vec![drop_to(self.server.port())],
+            Fault::PartitionPeers => {
+                let mut rules: Vec<Vec<String>> = self.replicas[1..]
+                    .iter()
+                    .map(|r| drop_to(r.main.port()))
+                    .collect();
+                rules.push(
+                    [
+                        "INPUT",
+                        "-p",
+                        "tcp",
+                        "-s",
+                        &host,
+                        "--dport",
+                        &self.replicas[0].main.port().to_string(),
+                        "-j",
+                        "DROP",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                );
+                rules
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -274,10 +385,30 @@ impl Cluster {
                 std::thread::sleep(Duration::from_secs(5));
                 self.server.resume();
             }
-            Fault::RestartBackend => {
+            Fault::RestartBackend | Fault::RestartBackendPersisted => {
                 self.server.kill();
                 std::thread::sleep(Duration::from_secs(1));
                 self.server.restart();
+            }
+            Fault::PartitionBackend | Fault::PartitionPeers => {
+                let rules = self.partition_rules(fault);
+                let n = self.netns.as_ref().unwrap();
+                for r in &rules {
+                    let mut a = vec!["-A"];
+                    a.extend(r.iter().map(String::as_str));
+                    n.iptables(&a);
+                }
+                // `MCPG_NEMESIS_PARTITION_MS` lengthens the cut for a one-off run.
+                let cut = std::env::var("MCPG_NEMESIS_PARTITION_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map_or(ttl * 2, Duration::from_millis);
+                std::thread::sleep(cut);
+                for r in &rules {
+                    let mut a = vec!["-D"];
+                    a.extend(r.iter().map(String::as_str));
+                    n.iptables(&a);
+                }
             }
         }
     }
@@ -446,7 +577,7 @@ pub fn scenario(
     before: Duration,
     after: Duration,
 ) -> Run {
-    let mut cluster = Cluster::start(backend);
+    let mut cluster = Cluster::start(backend, fault);
     let front = cluster.nginx.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let sessions = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -566,11 +697,21 @@ pub fn scenario(
 /// The session's owner as `admin` reports it (short timeout: a stopped replica must not hold
 /// the poller up).
 fn describe_owner(admin: SocketAddr, sid: &str) -> Option<String> {
+    let v = admin_get(
+        admin,
+        &format!("/api/cluster/sessions/{sid}"),
+        Duration::from_millis(300),
+    )?;
+    v["owner"].as_str().map(str::to_owned)
+}
+
+/// `GET path` on an admin API with the token, as JSON when it answers 200 within `timeout`.
+fn admin_get(admin: SocketAddr, path: &str, timeout: Duration) -> Option<Value> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
     write!(
         s,
-        "GET /api/cluster/sessions/{sid} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = String::new();
@@ -579,8 +720,7 @@ fn describe_owner(admin: SocketAddr, sid: &str) -> Option<String> {
     if !head.starts_with("HTTP/1.1 200") {
         return None;
     }
-    let v: Value = serde_json::from_str(body).ok()?;
-    v["owner"].as_str().map(str::to_owned)
+    serde_json::from_str(body).ok()
 }
 
 fn row(r: &Run) -> String {
@@ -745,10 +885,20 @@ fn ci_etcd_backend_paused_below_the_ttl() {
     );
 }
 
+#[test]
+fn ci_redis_replica_cut_off_from_the_backend() {
+    ci(
+        Backend::Redis,
+        Fault::PartitionBackend,
+        Duration::from_secs(4),
+    );
+}
+
 /// The full matrix (ignored in CI; `--run-ignored only`): every fault on every backend (or
 /// those in `MCPG_NEMESIS_BACKENDS`, e.g. `redis,nats`), one table per backend printed and
 /// appended to `$MCPG_NEMESIS_OUT` when set; `MCPG_NEMESIS_FAULTS` (e.g.
-/// `PauseReplica,HungReplica`) picks faults. Violations are reported, not asserted: some faults
+/// `PauseReplica,HungReplica`) picks faults; `MCPG_NEMESIS_PARTITION_MS` sets how long a partition
+/// lasts (2 × the owner TTL by default). Violations are reported, not asserted: some faults
 /// still violate until the gateway-side fixes land.
 #[test]
 #[ignore = "the long full matrix: tools/nemesis runs it"]
@@ -773,6 +923,9 @@ fn full_matrix() {
         Fault::PauseBackendShort,
         Fault::PauseBackendLong,
         Fault::RestartBackend,
+        Fault::RestartBackendPersisted,
+        Fault::PartitionBackend,
+        Fault::PartitionPeers,
     ];
     if let Ok(only) = std::env::var("MCPG_NEMESIS_FAULTS") {
         faults.retain(|f| only.split(',').any(|o| o.trim() == format!("{f:?}")));
@@ -782,6 +935,10 @@ fn full_matrix() {
             "\n{b:?}\n\n| scenario | calls | failed | unknown | stale requests refused | violations | stdio state resets | longest time without success |\n|---|---|---|---|---|---|---|---|\n"
         );
         for f in &faults {
+            if matches!(f, Fault::RestartBackendPersisted) && !matches!(b, Backend::Redis) {
+                // NATS and etcd keep their data in `RestartBackend` already.
+                continue;
+            }
             let run = scenario(b, *f, 8, Duration::from_secs(3), Duration::from_secs(10));
             eprintln!(
                 "{b:?} {}\n{}\n  {} executions without a fencing token",
