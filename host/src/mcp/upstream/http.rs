@@ -787,3 +787,25 @@ impl Transport for HttpTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    #[test]
+    fn user_info_in_the_url_is_sent_as_basic_authentication_and_left_out_of_the_target() {
+        let url = "https://al%40ice:p+w%3A@up.example.com:8443/mcp?x=1"
+            .parse()
+            .unwrap();
+        let (uri, auth) = super::target_of(&url);
+        assert_eq!(uri.to_string(), "https://up.example.com:8443/mcp?x=1");
+        let expected = base64::engine::general_purpose::STANDARD.encode("al@ice:p+w:");
+        let auth = auth.expect("user info becomes a header");
+        assert_eq!(auth.to_str().unwrap(), format!("Basic {expected}"));
+        assert!(auth.is_sensitive());
+
+        let (uri, auth) = super::target_of(&"http://127.0.0.1:9/mcp".parse().unwrap());
+        assert_eq!(uri.to_string(), "http://127.0.0.1:9/mcp");
+        assert!(auth.is_none());
+    }
+}
