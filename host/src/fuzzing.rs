@@ -183,16 +183,21 @@ pub fn upstream(data: &[u8]) {
         0 => builder.header("content-type", "text/event-stream"),
         _ => builder.header("content-type", "application/json"),
     };
+    // A body of known length (one piece) or one streamed in chunks without a length.
     let resp_body = if mode & 3 == 1 {
-        reqwest::Body::from(body.to_vec())
+        http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            body,
+        )))
     } else {
-        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = body
+        let chunks: Vec<Result<http_body::Frame<bytes::Bytes>, std::io::Error>> = body
             .chunks(chunk)
-            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .map(|c| Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(c))))
             .collect();
-        reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+        http_body_util::Either::Right(http_body_util::StreamBody::new(futures::stream::iter(
+            chunks,
+        )))
     };
-    let resp = reqwest::Response::from(builder.body(resp_body).expect("a valid response"));
+    let resp = builder.body(resp_body).expect("a valid response");
     runtime().block_on(async {
         let Ok(Some(mut messages)) = http_transport().answer(resp).await else {
             return;

@@ -76,7 +76,14 @@ const ABI_STABLE_CRATES: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 // HTTP libraries in host/src (the plain `http` types crate is not one of them).
 
-const HTTP_CRATES: &[&str] = &["axum", "hyper", "hyper_util", "reqwest", "tower"];
+const HTTP_CRATES: &[&str] = &[
+    "axum",
+    "hyper",
+    "hyper_rustls",
+    "hyper_util",
+    "reqwest",
+    "tower",
+];
 /// Where in host/src a path into an HTTP library may appear: a folder (ending in `/`) or a file.
 const HTTP_ALLOWED: &[&str] = &[
     "host/src/server/",

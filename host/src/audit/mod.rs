@@ -31,8 +31,12 @@ pub const REDACTED: &str = "[redacted]";
 /// One MCP request and its outcome. The field names are the JSON keys.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    /// When the record was made ([`Record::new`]): RFC 3339, UTC, milliseconds.
+    /// When the request arrived ([`Record::new`]): RFC 3339, UTC, milliseconds. Formatted by
+    /// [`Auditor::record`] from [`Record::at`], so a record nobody writes is never formatted.
     pub time: String,
+    /// When the record was made; [`Auditor::record`] writes it to `time` if that is empty.
+    #[serde(skip)]
+    pub at: SystemTime,
     /// The replica's node id; [`Auditor::record`] fills it when left empty.
     pub replica: String,
     /// Who called, as authentication named them (`token:ci`, `jwt:alice`); `None` = anonymous.
@@ -71,7 +75,8 @@ impl Record {
     /// A record stamped now, with outcome `ok` and everything optional unset.
     pub fn new(era: &'static str, binding: impl Into<String>, method: impl Into<String>) -> Self {
         Self {
-            time: rfc3339_millis(SystemTime::now()),
+            time: String::new(),
+            at: SystemTime::now(),
             replica: String::new(),
             identity: None,
             session: None,
@@ -223,6 +228,9 @@ impl Auditor {
     /// config does not ask for them, so no caller can forget.
     pub fn record(&self, mut r: Record) {
         let Some(tx) = &self.inner.tx else { return };
+        if r.time.is_empty() {
+            r.time = rfc3339_millis(r.at);
+        }
         if r.replica.is_empty() {
             r.replica.clone_from(&self.inner.node_id);
         }

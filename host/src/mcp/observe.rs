@@ -42,27 +42,31 @@ impl Observed {
         who: &Caller,
     ) -> Self {
         let method = jsonrpc::method(msg).unwrap_or_default();
-        let params = msg.get("params");
-        let span = telemetry::request_span(&b.name, method, msg.get("id"), session, era.as_str());
+        let named = target(msg).map(|(_, n)| n);
+        let up = upstream_of(b, named.as_deref());
+        let identity = who.as_deref().map(|i| i.key.as_str());
+        let upstream = up.map(|i| b.upstreams[i].name.as_str());
+        // Everything but the outcome is known now, so the span is made with it.
+        let span = telemetry::request_span_for(&telemetry::RequestInfo {
+            binding: &b.name,
+            method,
+            request_id: msg.get("id"),
+            session,
+            era: era.as_str(),
+            identity,
+            upstream,
+            params: msg.get("params"),
+        });
         // The caller's trace (W3C `traceparent` header, or in `_meta`) is the parent; a request
         // forwarded by another replica carries that replica's span.
         telemetry::set_parent(&span, parent);
-        telemetry::record_target(&span, method, params);
         let mut record = Record::new(era.as_str(), &b.name, method);
-        record.identity = who.as_deref().map(|i| i.key.clone());
+        record.identity = identity.map(str::to_owned);
         record.session = session.map(str::to_owned);
         record.request_id = msg.get("id").cloned();
-        let named = target(msg).map(|(_, n)| n);
-        let up = upstream_of(b, named.as_deref());
-        record.upstream = up.map(|i| b.upstreams[i].name.clone());
+        record.upstream = upstream.map(str::to_owned);
         let recorder = b.recorders[up.unwrap_or(b.upstreams.len())].clone();
         record.name = named;
-        if let Some(i) = &record.identity {
-            span.record("identity", i.as_str());
-        }
-        if let Some(u) = &record.upstream {
-            span.record("upstream", u.as_str());
-        }
         if auditor.wants_arguments() {
             record.arguments = jsonrpc::params(msg).map(|p| match p.get("arguments") {
                 Some(a) => a.clone(),

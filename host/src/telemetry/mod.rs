@@ -101,13 +101,83 @@ where
     }
 }
 
+/// What is known of a request when it arrives: everything its span shows but the outcome.
+/// `era` is the protocol era (e.g. `legacy`, `2026-07-28`); `params` names the target (the
+/// tool of a `tools/call`, the prompt of a `prompts/get`, the URI of a `resources/*` request).
+#[derive(Clone, Copy)]
+pub struct RequestInfo<'a> {
+    pub binding: &'a str,
+    pub method: &'a str,
+    pub request_id: Option<&'a Value>,
+    pub session: Option<&'a str>,
+    pub era: &'static str,
+    pub identity: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub params: Option<&'a Value>,
+}
+
 /// The span around one MCP request or notification from a client: every log line inside it
 /// carries these fields, and with tracing configured it is the request's server span (see
-/// `traces`). `era` is the protocol era (e.g. `legacy`, `2026-07-28`).
+/// `traces`). The tool or prompt name is part of the trace span's name (`tools/call
+/// get_weather`).
 ///
-/// Fields recorded later with `Span::record`: `identity`, `upstream`, `outcome` (or through
-/// [`record_outcome`]), and the target through [`record_target`]. Call [`set_parent`] before
-/// the span is first entered, so the remote parent is in place when the span starts.
+/// Every field known on arrival is set as the span is made, which costs one pass through the
+/// log layers instead of one per field; only `outcome` ([`record_outcome`]) and a session an
+/// `initialize` starts are recorded later. The fields are declared in the order a log line
+/// shows them. Call [`set_parent`] before the span is first entered, so the remote parent is
+/// in place when the span starts.
+pub fn request_span_for(info: &RequestInfo<'_>) -> tracing::Span {
+    let target = Target::of(info.method, info.params);
+    let named;
+    let otel_name = match target.named() {
+        Some((_, name)) => {
+            named = format!("{} {name}", info.method);
+            named.as_str()
+        }
+        None => info.method,
+    };
+    // One call site per JSON type of the id, so that a number stays a number in the logs.
+    macro_rules! span {
+        ($id:expr) => {
+            tracing::info_span!(
+                target: "mcpg::request",
+                "mcp.request",
+                binding = info.binding,
+                method = info.method,
+                era = info.era,
+                request_id = $id,
+                session = info.session,
+                tool = target.tool,
+                prompt = target.prompt,
+                resource = target.resource,
+                identity = info.identity,
+                upstream = info.upstream,
+                outcome = Empty,
+                // Read by the OpenTelemetry layer only; both log formats leave `otel.*` out.
+                "otel.name" = otel_name,
+                "otel.kind" = "server",
+                "otel.status_code" = Empty,
+            )
+        };
+    }
+    let span = match info.request_id {
+        Some(Value::String(s)) => span!(s.as_str()),
+        Some(Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => span!(i),
+            (None, Some(u)) => span!(u),
+            (None, None) => span!(n.as_f64().unwrap_or_default()),
+        },
+        Some(other) => span!(tracing::field::display(other)),
+        None => span!(Empty),
+    };
+    traces::annotate_request(&span, info.method, info.request_id, info.session);
+    target.annotate(&span);
+    span
+}
+
+/// [`request_span_for`] a request whose caller, upstream and target are not known (or are
+/// recorded later: `identity` and `upstream` with `Span::record`, the target through
+/// [`record_target`]).
 pub fn request_span(
     binding: &str,
     method: &str,
@@ -115,78 +185,85 @@ pub fn request_span(
     session: Option<&str>,
     era: &'static str,
 ) -> tracing::Span {
-    let span = tracing::info_span!(
-        target: "mcpg::request",
-        "mcp.request",
+    request_span_for(&RequestInfo {
         binding,
         method,
-        request_id = Empty,
-        session = Empty,
+        request_id,
+        session,
         era,
-        identity = Empty,
-        upstream = Empty,
-        tool = Empty,
-        prompt = Empty,
-        resource = Empty,
-        outcome = Empty,
-        // Read by the OpenTelemetry layer only; both log formats leave `otel.*` out.
-        "otel.name" = method,
-        "otel.kind" = "server",
-        "otel.status_code" = Empty,
-    );
-    match request_id {
-        Some(Value::String(s)) => {
-            span.record("request_id", s.as_str());
-        }
-        Some(Value::Number(n)) => {
-            if let Some(i) = n.as_i64() {
-                span.record("request_id", i);
-            } else if let Some(u) = n.as_u64() {
-                span.record("request_id", u);
-            } else {
-                span.record("request_id", n.as_f64().unwrap_or_default());
-            }
-        }
-        Some(other) => {
-            span.record("request_id", tracing::field::display(other));
-        }
-        None => {}
-    }
-    if let Some(s) = session {
-        span.record("session", s);
-    }
-    traces::annotate_request(&span, method, request_id, session);
-    span
+        identity: None,
+        upstream: None,
+        params: None,
+    })
 }
 
-/// Records what the request is about, from its `params`: the tool of a `tools/call`, the
-/// prompt of a `prompts/get`, the URI of a `resources/*` request. The tool or prompt name
-/// becomes part of the trace span's name (`tools/call get_weather`).
-pub fn record_target(span: &tracing::Span, method: &str, params: Option<&Value>) {
-    let str_param = |key: &str| params.and_then(|p| p.get(key)).and_then(Value::as_str);
-    match method {
-        "tools/call" => {
-            if let Some(name) = str_param("name") {
-                span.record("tool", name);
-                traces::annotate_target(span, method, Some(("gen_ai.tool.name", name)));
-            }
+/// What a request is about, from its `params`.
+#[derive(Default)]
+struct Target<'a> {
+    tool: Option<&'a str>,
+    prompt: Option<&'a str>,
+    resource: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    fn of(method: &str, params: Option<&'a Value>) -> Self {
+        let str_param = |key: &str| params.and_then(|p| p.get(key)).and_then(Value::as_str);
+        match method {
+            "tools/call" => Self {
+                tool: str_param("name"),
+                ..Self::default()
+            },
+            "prompts/get" => Self {
+                prompt: str_param("name"),
+                ..Self::default()
+            },
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Self {
+                resource: str_param("uri"),
+                ..Self::default()
+            },
+            _ => Self::default(),
         }
-        "prompts/get" => {
-            if let Some(name) = str_param("name") {
-                span.record("prompt", name);
-                traces::annotate_target(span, method, Some(("gen_ai.prompt.name", name)));
-            }
-        }
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            if let Some(uri) = str_param("uri") {
-                span.record("resource", uri);
-                // The URI is an attribute but not part of the span name: it is unbounded.
-                traces::annotate_target(span, method, None);
-                traces::set_attribute(span, "mcp.resource.uri", uri.to_owned());
-            }
-        }
-        _ => {}
     }
+
+    /// The trace attribute of a tool or prompt name, which is also part of the span's name
+    /// (a URI is not: it is unbounded).
+    fn named(&self) -> Option<(&'static str, &'a str)> {
+        match (self.tool, self.prompt) {
+            (Some(tool), _) => Some(("gen_ai.tool.name", tool)),
+            (None, Some(prompt)) => Some(("gen_ai.prompt.name", prompt)),
+            (None, None) => None,
+        }
+    }
+
+    /// Sets the target's trace attributes on `span`.
+    fn annotate(&self, span: &tracing::Span) {
+        if let Some((key, name)) = self.named() {
+            traces::annotate_target(span, key, name);
+        }
+        if let Some(uri) = self.resource {
+            traces::set_attribute(span, "mcp.resource.uri", uri.to_owned());
+        }
+    }
+}
+
+/// Records what the request is about, from its `params`, on a span made without them
+/// ([`request_span`]): the tool of a `tools/call`, the prompt of a `prompts/get`, the URI of a
+/// `resources/*` request. The tool or prompt name becomes part of the trace span's name.
+pub fn record_target(span: &tracing::Span, method: &str, params: Option<&Value>) {
+    let target = Target::of(method, params);
+    if let Some(tool) = target.tool {
+        span.record("tool", tool);
+    }
+    if let Some(prompt) = target.prompt {
+        span.record("prompt", prompt);
+    }
+    if let Some(uri) = target.resource {
+        span.record("resource", uri);
+    }
+    if let Some((_, name)) = target.named() {
+        span.record("otel.name", format!("{method} {name}"));
+    }
+    target.annotate(span);
 }
 
 /// Records how the request ended (`ok`, `error`, `cancelled`, `timed_out`, `denied`,
@@ -570,6 +647,71 @@ mod tests {
         assert!(out.contains("tool=\"echo\""), "{out}");
         assert!(out.contains("relayed"), "{out}");
         assert!(!out.contains("otel."), "{out}");
+    }
+
+    /// The span made with every field known ([`request_span_for`]) prints what the span made
+    /// bare and recorded field by field printed: the same keys, values and order, both formats.
+    #[test]
+    fn a_span_made_with_its_fields_prints_the_lines_of_one_recorded_field_by_field() {
+        let ids = [
+            Some(json!(42)),
+            Some(json!("a-1")),
+            Some(json!(u64::MAX)),
+            Some(json!(1.5)),
+            Some(json!(null)),
+            None,
+        ];
+        let calls = [
+            ("tools/call", json!({"name": "get_weather"})),
+            ("prompts/get", json!({"name": "greet"})),
+            ("resources/read", json!({"uri": "file:///a"})),
+            ("tools/list", json!({})),
+        ];
+        let without_time = |out: String| -> Vec<String> {
+            out.lines()
+                .map(|l| match l.find("\"level\"") {
+                    Some(i) => l[i..].to_owned(), // JSON: drop the timestamp
+                    None => l.split_once(' ').map_or(l, |(_, rest)| rest).to_owned(),
+                })
+                .collect()
+        };
+        for json in [true, false] {
+            for id in &ids {
+                for (method, params) in &calls {
+                    let emit = |span: tracing::Span| {
+                        let _g = span.enter();
+                        tracing::info!(bytes = 12, "relayed");
+                        record_outcome(&span, "ok", None);
+                        tracing::warn!("late");
+                    };
+                    let recorded = capture(json, "info", || {
+                        let span = request_span("main", method, id.as_ref(), Some("s-1"), "legacy");
+                        record_target(&span, method, Some(params));
+                        span.record("identity", "token:ci");
+                        span.record("upstream", "files");
+                        emit(span);
+                    });
+                    let made = capture(json, "info", || {
+                        emit(request_span_for(&RequestInfo {
+                            binding: "main",
+                            method,
+                            request_id: id.as_ref(),
+                            session: Some("s-1"),
+                            era: "legacy",
+                            identity: Some("token:ci"),
+                            upstream: Some("files"),
+                            params: Some(params),
+                        }))
+                    });
+                    assert_eq!(recorded.lines().count(), 2, "{recorded}");
+                    assert_eq!(
+                        without_time(made),
+                        without_time(recorded),
+                        "{method} {id:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -244,12 +244,11 @@ pub(crate) fn annotate_request(
     span.set_attribute("network.protocol.name", "http");
 }
 
-/// Names the span `{mcp.method.name} {target}` and sets the target's attribute; tool calls
-/// also get `gen_ai.operation.name = execute_tool`.
-pub(crate) fn annotate_target(span: &tracing::Span, method: &str, target: Option<(&str, &str)>) {
-    let Some((key, name)) = target else { return };
-    span.record("otel.name", format!("{method} {name}"));
-    span.set_attribute(key.to_owned(), name.to_owned());
+/// Sets the target's attribute (`key` is `gen_ai.tool.name` or `gen_ai.prompt.name`); tool
+/// calls also get `gen_ai.operation.name = execute_tool`. The span's name, `{mcp.method.name}
+/// {target}`, is its `otel.name` field (`telemetry::request_span_for`).
+pub(crate) fn annotate_target(span: &tracing::Span, key: &'static str, name: &str) {
+    span.set_attribute(key, name.to_owned());
     if key == "gen_ai.tool.name" {
         span.set_attribute("gen_ai.operation.name", "execute_tool");
     }

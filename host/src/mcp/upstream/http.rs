@@ -2,15 +2,26 @@
 //! an SSE stream or 202; the upstream's session id and protocol version carried as headers
 //! once known; the GET stream for what the upstream sends outside any request; DELETE when the
 //! conversation ends.
+//!
+//! Requests go through hyper-util's pooled client directly (no redirects followed: a 3xx is
+//! the upstream's answer, as behind a plain reverse proxy); the URL is parsed once per
+//! endpoint rather than on every request.
 
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyDataStream, BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
 
 use super::conn::{Connection, Transport, UpstreamError};
@@ -21,30 +32,119 @@ use crate::mcp::wire::jsonrpc::{self, Message};
 
 use crate::mcp::wire::headers::{SESSION_HEADER, VERSION_HEADER};
 
+/// The HTTP client of one upstream: its own pool of kept-alive connections.
+pub type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
+
+/// The error a body read fails with, whatever the body.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Builds the HTTP client of one upstream (its own connection pool), trusting `ca_file` in
 /// addition to the platform's roots. Start-up has already read the file
 /// (`tls::check_ca_files`); should it have become unreadable since, the client keeps only the
 /// platform's roots and the error is logged, so the upstream's TLS fails rather than the boot.
-pub fn client(connect_timeout: Duration, ca_file: Option<&std::path::Path>) -> reqwest::Client {
-    let builder = crate::tls::client_builder(ca_file).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "upstream CA file not usable; trusting the platform roots only");
-        reqwest::Client::builder()
-    });
-    builder
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
+/// `connect_timeout` bounds the whole connection set-up, TLS handshake included; connections
+/// have `TCP_NODELAY` and TCP keep-alive probes (15 s, 3 retries), and an idle pooled
+/// connection is closed after 90 s.
+pub fn client(connect_timeout: Duration, ca_file: Option<&std::path::Path>) -> Client {
+    let tls = crate::tls::client_tls(ca_file)
+        .or_else(|e| {
+            tracing::error!(error = %e, "upstream CA file not usable; trusting the platform roots only");
+            crate::tls::client_tls(None)
+        })
+        .expect("the platform's trust roots load");
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    tcp.set_keepalive(Some(Duration::from_secs(15)));
+    tcp.set_keepalive_interval(Some(Duration::from_secs(15)));
+    tcp.set_keepalive_retries(Some(3));
+    // `http` and `https` URLs alike; the TLS configuration offers ALPN `http/1.1` itself.
+    let https = hyper_rustls::HttpsConnector::from((tcp, tls));
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build()
-        .expect("the HTTP client configuration is static")
+        .pool_timer(TokioTimer::new())
+        .build(Connector {
+            inner: https,
+            timeout: connect_timeout,
+        })
+}
+
+/// The connector of [`client`]: TCP and TLS, the whole set-up bounded by the connect timeout
+/// (the TCP connector's own timeout covers the TCP part only).
+#[derive(Clone)]
+pub struct Connector {
+    inner: hyper_rustls::HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type Connecting = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>,
+                    BoxError,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tower::Service<Uri> for Connector {
+    type Response = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Connecting {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("connecting timed out after {timeout:?}").into()),
+            }
+        })
+    }
+}
+
+/// The URL as a request target, and the `Authorization` its user info stands for (as a
+/// browser or curl would send it): `http::Uri` carries no user info.
+fn target_of(url: &url::Url) -> (Uri, Option<HeaderValue>) {
+    let mut plain = url.clone();
+    let auth = (!url.username().is_empty() || url.password().is_some()).then(|| {
+        use base64::Engine;
+        let user = percent_decode(url.username());
+        let pass = url.password().map(percent_decode).unwrap_or_default();
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        let _ = plain.set_username("");
+        let _ = plain.set_password(None);
+        let mut v = HeaderValue::from_str(&format!("Basic {token}"))
+            .expect("base64 is a valid header value");
+        v.set_sensitive(true);
+        v
+    });
+    // A parsed `url::Url` is always a valid URI (the loader accepts http(s) URLs only).
+    let uri = plain.as_str().parse().expect("a parsed URL is a valid URI");
+    (uri, auth)
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 /// An HTTP upstream as configured, parsed once at start-up: its URL, the headers sent with
 /// every request, the client headers passed through, and its own connection pool.
 pub struct Endpoint {
-    url: reqwest::Url,
+    url: Uri,
     headers: HeaderMap,
     pass_through: Vec<HeaderName>,
-    client: reqwest::Client,
+    client: Client,
     /// The upstream's `max_response_bytes`.
     max_message: usize,
 }
@@ -56,10 +156,17 @@ impl Endpoint {
         parsed: &HttpUpstream,
         max_message: usize,
     ) -> Self {
+        let (url, auth) = target_of(&parsed.url);
+        let mut headers = parsed.headers.clone();
+        if let Some(auth) = auth
+            && !headers.contains_key(AUTHORIZATION)
+        {
+            headers.insert(AUTHORIZATION, auth);
+        }
         Self {
             max_message,
-            url: parsed.url.clone(),
-            headers: parsed.headers.clone(),
+            url,
+            headers,
             pass_through: parsed.pass_through.clone(),
             // One pool per upstream, so its connections are reused across sessions.
             client: client(
@@ -78,8 +185,8 @@ impl Endpoint {
 /// One conversation with an HTTP upstream.
 pub struct HttpTransport {
     name: String,
-    url: reqwest::Url,
-    client: reqwest::Client,
+    url: Uri,
+    client: Client,
     headers: HeaderMap,
     session: RwLock<Option<String>>,
     version: RwLock<Option<String>>,
@@ -143,31 +250,34 @@ impl HttpTransport {
         }
     }
 
-    fn base_request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
-        let mut rb = self
-            .client
-            .request(method, self.url.clone())
-            .headers(self.headers.clone());
-        if let Some(s) = self.session.read().expect("lock").as_deref() {
-            rb = rb.header(SESSION_HEADER, s);
+    /// A request to the upstream with its configured headers, the session and version once
+    /// known, and the client's headers passed through.
+    fn base_request(&self, method: Method, body: Bytes) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = self.url.clone();
+        let h = req.headers_mut();
+        h.clone_from(&self.headers);
+        if let Some(s) = self.session.read().expect("lock").as_deref()
+            && let Ok(v) = HeaderValue::from_str(s)
+        {
+            h.append(SESSION_HEADER, v);
         }
-        if let Some(v) = self.version.read().expect("lock").as_deref() {
-            rb = rb.header(VERSION_HEADER, v);
+        if let Some(v) = self.version.read().expect("lock").as_deref()
+            && let Ok(v) = HeaderValue::from_str(v)
+        {
+            h.append(VERSION_HEADER, v);
         }
         if !self.pass_through.is_empty() {
-            let copied: Vec<(HeaderName, HeaderValue)> = CLIENT_HEADERS
-                .try_with(|h| {
-                    self.pass_through
-                        .iter()
-                        .flat_map(|n| h.get_all(n).iter().map(|v| (n.clone(), v.clone())))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (k, v) in copied {
-                rb = rb.header(k, v);
-            }
+            let _ = CLIENT_HEADERS.try_with(|client| {
+                for n in &self.pass_through {
+                    for v in client.get_all(n) {
+                        h.append(n.clone(), v.clone());
+                    }
+                }
+            });
         }
-        rb
+        req
     }
 
     /// Opens the GET stream and feeds what arrives on it to `conn` until either ends. An
@@ -178,20 +288,23 @@ impl HttpTransport {
             let mut last_event: Option<String> = None;
             let mut backoff = Duration::from_millis(200);
             while !conn.is_closed() {
-                let mut rb = me
-                    .base_request(reqwest::Method::GET)
-                    .header(ACCEPT, "text/event-stream");
-                if let Some(id) = &last_event {
-                    rb = rb.header("last-event-id", id);
+                let mut req = me.base_request(Method::GET, Bytes::new());
+                req.headers_mut()
+                    .insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+                if let Some(id) = last_event
+                    .as_deref()
+                    .and_then(|id| HeaderValue::from_str(id).ok())
+                {
+                    req.headers_mut().insert("last-event-id", id);
                 }
                 let resp = tokio::select! {
-                    r = rb.send() => r,
+                    r = me.client.request(req) => r,
                     _ = conn.closed() => return,
                 };
                 match resp {
                     Ok(r) if r.status().is_success() && is_sse(r.headers()) => {
                         backoff = Duration::from_millis(200);
-                        let mut events = bounded_events(r, me.max_message);
+                        let mut events = bounded_events(r.into_body(), me.max_message);
                         loop {
                             let ev = tokio::select! {
                                 e = events.next() => e,
@@ -214,8 +327,8 @@ impl HttpTransport {
                             }
                         }
                     }
-                    Ok(r) if r.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => return,
-                    Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                    Ok(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => return,
+                    Ok(r) if r.status() == StatusCode::NOT_FOUND => {
                         tracing::info!(upstream = %me.name, "upstream session expired (GET 404)");
                         conn.mark_closed();
                         return;
@@ -239,27 +352,28 @@ impl HttpTransport {
 }
 
 /// `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name`, mirrored from the message as the
-/// 2026-07-28 transport requires.
-fn modern_headers(mut rb: reqwest::RequestBuilder, msg: &Message) -> reqwest::RequestBuilder {
+/// 2026-07-28 transport requires. Fails with the header whose value cannot be sent.
+fn modern_headers(h: &mut HeaderMap, msg: &Message) -> Result<(), &'static str> {
     let version = jsonrpc::params(msg)
         .and_then(|p| p.get("_meta"))
         .and_then(|m| m.get(crate::mcp::wire::meta::PROTOCOL_VERSION))
         .and_then(Value::as_str)
         .unwrap_or(crate::mcp::wire::version::LATEST_MODERN);
-    rb = rb.header(VERSION_HEADER, version);
+    let value = |v: &str, name: &'static str| HeaderValue::from_str(v).map_err(|_| name);
+    h.append(VERSION_HEADER, value(version, VERSION_HEADER)?);
     if let Some(m) = jsonrpc::method(msg) {
-        rb = rb.header(headers::METHOD, m);
+        h.append(headers::METHOD, value(m, headers::METHOD)?);
     }
     if let Some(n) = headers::name_value(msg) {
-        rb = rb.header(headers::NAME, headers::encode(&n));
+        h.append(headers::NAME, value(&headers::encode(&n), headers::NAME)?);
     }
-    rb
+    Ok(())
 }
 
 /// The JSON-RPC messages in a JSON body read as it arrives: a single object, an array of
 /// them, or a sequence of objects separated by whitespace (newline-delimited JSON).
-fn json_values(
-    body: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
+fn json_values<E: std::fmt::Display>(
+    body: impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
     upstream: String,
     max: usize,
 ) -> BoxStream<'static, Message> {
@@ -321,8 +435,8 @@ fn json_values(
 
 /// [`json_values`] for the limit's tests.
 #[cfg(test)]
-pub(super) fn json_values_for_test(
-    body: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
+pub(super) fn json_values_for_test<E: std::fmt::Display>(
+    body: impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
     max: usize,
 ) -> BoxStream<'static, Message> {
     json_values(body, "t".into(), max)
@@ -365,7 +479,7 @@ pub(super) fn too_large(upstream: &str, max: usize, id: Value) -> Message {
 /// Why reading an upstream's body stopped: the body broke, or it outgrew the limit.
 #[derive(Debug)]
 enum BodyError {
-    Read(reqwest::Error),
+    Read(BoxError),
     TooLarge,
 }
 
@@ -383,15 +497,15 @@ impl std::error::Error for BodyError {}
 /// The SSE events of `resp`, none larger than `max` bytes: the bytes received since the last
 /// complete event are counted, and the stream fails with [`BodyError::TooLarge`] as soon as
 /// they exceed it (so at most `max` plus one network read is ever buffered).
-fn bounded_events(
-    resp: reqwest::Response,
+fn bounded_events<B: UpstreamBody>(
+    body: B,
     max: usize,
 ) -> BoxStream<'static, Result<eventsource_stream::Event, EventStreamError<BodyError>>> {
     let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = pending.clone();
-    resp.bytes_stream()
+    BodyDataStream::new(body)
         .map(move |chunk| {
-            let chunk = chunk.map_err(BodyError::Read)?;
+            let chunk = chunk.map_err(|e| BodyError::Read(e.into()))?;
             let n = counted.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
             if n.saturating_add(chunk.len()) > max {
                 return Err(BodyError::TooLarge);
@@ -409,21 +523,47 @@ fn bounded_events(
 
 /// Reads a whole body of at most `max` bytes; `Ok(None)` when it is (or declares itself)
 /// larger, without reading on.
-async fn read_bounded(
-    mut resp: reqwest::Response,
-    max: usize,
-) -> reqwest::Result<Option<bytes::Bytes>> {
-    if resp.content_length().is_some_and(|n| n > max as u64) {
+async fn read_bounded<B: UpstreamBody>(mut body: B, max: usize) -> Result<Option<Bytes>, BoxError> {
+    if body.size_hint().exact().is_some_and(|n| n > max as u64) {
         return Ok(None);
     }
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if body.len() + chunk.len() > max {
+    // The common case, one chunk, is kept as it came rather than copied.
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(chunk) = frame.map_err(Into::into)?.into_data() else {
+            continue; // trailers
+        };
+        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if held + chunk.len() > max {
             return Ok(None);
         }
-        body.extend_from_slice(&chunk);
+        match &first {
+            None => first = Some(chunk),
+            Some(_) => rest.extend_from_slice(&chunk),
+        }
     }
-    Ok(Some(body.freeze()))
+    Ok(Some(match first {
+        None => Bytes::new(),
+        Some(f) if rest.is_empty() => f,
+        Some(f) => {
+            let mut all = bytes::BytesMut::from(&f[..]);
+            all.extend_from_slice(&rest);
+            all.freeze()
+        }
+    }))
+}
+
+/// What an upstream's answer body can be: hyper's incoming body in service, any body in the
+/// fuzz target.
+pub(crate) trait UpstreamBody:
+    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<B> UpstreamBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
 }
 
 /// An error response without an id standing for an upstream's protocol violation: the
@@ -457,13 +597,13 @@ impl HttpTransport {
     /// A non-2xx answer: the JSON-RPC error it carries for this very request (a 2026-07-28
     /// server answers -32021 with 400 and -32601 with 404), the session gone (404 with a
     /// session), or the status as an error.
-    async fn refused(
+    async fn refused<B: UpstreamBody>(
         &self,
         msg: &Message,
-        resp: reqwest::Response,
+        resp: Response<B>,
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
         let status = resp.status();
-        let body = read_bounded(resp, self.max_message)
+        let body = read_bounded(resp.into_body(), self.max_message)
             .await
             .ok()
             .flatten()
@@ -475,7 +615,7 @@ impl HttpTransport {
         {
             return Ok(Some(futures::stream::iter([answer]).boxed()));
         }
-        if status == reqwest::StatusCode::NOT_FOUND && self.session_id().is_some() {
+        if status == StatusCode::NOT_FOUND && self.session_id().is_some() {
             return Err(UpstreamError::SessionExpired(self.name.clone()));
         }
         Err(UpstreamError::Status {
@@ -488,11 +628,12 @@ impl HttpTransport {
     /// The messages of a successful answer: an SSE stream, JSON of a known length (the common
     /// case: one value, parsed once), or (as some servers stream) several JSON values
     /// concatenated or newline-delimited, yielded as each is complete.
-    pub(crate) async fn answer(
+    pub(crate) async fn answer<B: UpstreamBody>(
         &self,
-        resp: reqwest::Response,
+        resp: Response<B>,
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
-        if is_sse(resp.headers()) {
+        let (head, body) = resp.into_parts();
+        if is_sse(&head.headers) {
             let name = self.name.clone();
             let upstream = self.name.clone();
             let max = self.max_message;
@@ -500,7 +641,7 @@ impl HttpTransport {
             // error that says so.
             let mut over = false;
             return Ok(Some(
-                bounded_events(resp, max)
+                bounded_events(body, max)
                     .take_while(move |ev| {
                         let go = !over;
                         match ev {
@@ -523,8 +664,8 @@ impl HttpTransport {
                     .boxed(),
             ));
         }
-        if resp.content_length().is_some() {
-            let Some(body) = read_bounded(resp, self.max_message)
+        if body.size_hint().exact().is_some() {
+            let Some(body) = read_bounded(body, self.max_message)
                 .await
                 .map_err(|e| self.err(format!("reading the answer failed: {e}")))?
             else {
@@ -539,7 +680,7 @@ impl HttpTransport {
             if let Ok(v) = serde_json::from_slice::<Value>(&body) {
                 return Ok(Some(futures::stream::iter(messages(v)).boxed()));
             }
-            let stream = futures::stream::iter([Ok::<_, reqwest::Error>(body)]);
+            let stream = futures::stream::iter([Ok::<_, BoxError>(body)]);
             return Ok(Some(json_values(
                 stream,
                 self.name.clone(),
@@ -547,7 +688,7 @@ impl HttpTransport {
             )));
         }
         Ok(Some(json_values(
-            resp.bytes_stream(),
+            BodyDataStream::new(body).map(|r| r.map_err(Into::<BoxError>::into)),
             self.name.clone(),
             self.max_message,
         )))
@@ -562,24 +703,32 @@ impl Transport for HttpTransport {
         extra: &[(String, String)],
     ) -> Result<Option<BoxStream<'static, Message>>, UpstreamError> {
         let is_init = jsonrpc::method(&msg) == Some("initialize");
-        let mut rb = self.base_request(reqwest::Method::POST);
-        let mut trace = HeaderMap::new();
-        crate::telemetry::inject_headers(&tracing::Span::current(), &mut trace);
-        if !trace.is_empty() {
-            rb = rb.headers(trace);
-        }
+        let mut req = self.base_request(Method::POST, Bytes::from(jsonrpc::to_bytes(&msg)));
+        let h = req.headers_mut();
+        crate::telemetry::inject_headers(&tracing::Span::current(), h);
+        let unsendable = |name: &str| {
+            self.err(format!(
+                "{} (request not sent): its `{name}` header would not be a valid header value",
+                super::conn::NOT_REACHED
+            ))
+        };
         if self.modern {
-            rb = modern_headers(rb, &msg);
+            modern_headers(h, &msg).map_err(unsendable)?;
         }
         // The client's `Mcp-Param-*` (2026-07-28) and the fencing token (either era).
         for (k, v) in extra {
-            rb = rb.header(k.as_str(), v.as_str());
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| unsendable(k))?;
+            let value = HeaderValue::from_str(v).map_err(|_| unsendable(k))?;
+            h.append(name, value);
         }
-        let resp = rb
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json, text/event-stream")
-            .body(jsonrpc::to_bytes(&msg))
-            .send()
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        let resp = self
+            .client
+            .request(req)
             .await
             .map_err(|e| match e.is_connect() {
                 // Nothing was sent: a pool may send it to another endpoint.
@@ -603,7 +752,7 @@ impl Transport for HttpTransport {
         if !resp.status().is_success() {
             return self.refused(&msg, resp).await;
         }
-        if resp.status() == reqwest::StatusCode::ACCEPTED {
+        if resp.status() == StatusCode::ACCEPTED {
             return Ok(None);
         }
         self.answer(resp).await
@@ -623,7 +772,8 @@ impl Transport for HttpTransport {
         // Bounded: a stuck upstream must not hold up reaping or shutdown.
         let r = tokio::time::timeout(
             Duration::from_secs(5),
-            self.base_request(reqwest::Method::DELETE).send(),
+            self.client
+                .request(self.base_request(Method::DELETE, Bytes::new())),
         )
         .await;
         match r {
@@ -635,5 +785,27 @@ impl Transport for HttpTransport {
                 tracing::debug!(upstream = %self.name, "DELETE of the upstream session timed out")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    #[test]
+    fn user_info_in_the_url_is_sent_as_basic_authentication_and_left_out_of_the_target() {
+        let url = "https://al%40ice:p+w%3A@up.example.com:8443/mcp?x=1"
+            .parse()
+            .unwrap();
+        let (uri, auth) = super::target_of(&url);
+        assert_eq!(uri.to_string(), "https://up.example.com:8443/mcp?x=1");
+        let expected = base64::engine::general_purpose::STANDARD.encode("al@ice:p+w:");
+        let auth = auth.expect("user info becomes a header");
+        assert_eq!(auth.to_str().unwrap(), format!("Basic {expected}"));
+        assert!(auth.is_sensitive());
+
+        let (uri, auth) = super::target_of(&"http://127.0.0.1:9/mcp".parse().unwrap());
+        assert_eq!(uri.to_string(), "http://127.0.0.1:9/mcp");
+        assert!(auth.is_none());
     }
 }

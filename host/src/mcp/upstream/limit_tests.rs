@@ -81,7 +81,7 @@ async fn a_streamed_json_answer_may_not_grow_past_the_limit() {
     // Newline-delimited JSON without a length: small values pass, a value still arriving past
     // the limit ends the answer with the error.
     let small = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {}});
-    let mut chunks: Vec<reqwest::Result<bytes::Bytes>> =
+    let mut chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
         vec![Ok(format!("{small}\n").into_bytes().into())];
     let open = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"t\":\"".to_vec();
     chunks.push(Ok(open.into()));
