@@ -175,6 +175,38 @@ impl Proc {
         Self { child, stderr }
     }
 
+    /// SIGSTOP, and waits until every thread of the process has stopped: `kill` returns once
+    /// the signal is sent, and a thread running at that moment may go on briefly (long enough,
+    /// on a loaded machine, to read and serve a request sent after `kill` returned).
+    pub fn stop(&self) {
+        self.signal("STOP");
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|dir| {
+                dir.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                        stat.rsplit_once(')').is_some_and(|(_, rest)| {
+                            matches!(rest.trim_start().as_bytes().first(), Some(b'T' | b't'))
+                        })
+                    })
+                })
+            })
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), stopped),
+            "process {} did not stop",
+            self.child.id()
+        );
+    }
+
+    /// What the process has written to stderr so far (for a failing test to show).
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr
+            .as_ref()
+            .map(|(buf, _)| String::from_utf8_lossy(&buf.lock().unwrap()).into_owned())
+            .unwrap_or_default()
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
