@@ -1,6 +1,9 @@
 //! The minimal control plane: this replica's presence, leader election for cluster-wide
 //! singleton work, graceful resignation, and the admin endpoints that show them
-//! (`GET /api/cluster/status`, `GET /api/cluster/peers`).
+//! (`GET /api/cluster/status`, `GET /api/cluster/peers`). `config.rs`: which config each
+//! replica runs, published through the coordinator.
+
+pub mod config;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,6 +59,11 @@ pub struct ControlPlane {
     /// What the data plane adds to `/api/cluster/status` (its upstreams' state); the data
     /// plane sits above the control plane, so it hands this in.
     data_plane: Arc<std::sync::OnceLock<DataPlaneStatus>>,
+    /// This replica's config (digest, generation, last reload) for `/api/cluster/status`,
+    /// handed in by the reloader, which sits above.
+    config: Arc<std::sync::OnceLock<DataPlaneStatus>>,
+    /// The record `config::publish` keeps in the coordinator.
+    config_record: watch::Sender<Option<config::ConfigRecord>>,
 }
 
 /// The data plane's part of `/api/cluster/status`.
@@ -100,8 +108,16 @@ impl ControlPlane {
         };
         let presence: Arc<dyn Presence> = Arc::from(coordinator.register(meta).await?);
         let (stop, _) = watch::channel(false);
+        let (config_record, published) = watch::channel(None);
+        tokio::spawn(config::publish(
+            coordinator.clone(),
+            published,
+            stop.subscribe(),
+        ));
         let cp = Self {
             data_plane: Arc::default(),
+            config: Arc::default(),
+            config_record,
             coordinator,
             kind,
             node_id,
@@ -230,7 +246,27 @@ impl ControlPlane {
             "leadership_token": leader.as_ref().map(|l| l.token),
             "backend": {"ok": health.ok, "detail": health.detail},
             "upstreams": self.data_plane.get().map(|f| f()),
+            "config": self.config.get().map(|f| f()),
+            "fleet": match config::fleet(self.coordinator.as_ref()).await {
+                Ok(f) => json!(f),
+                Err(e) => json!({"error": e}),
+            },
         })
+    }
+
+    /// Sets what the reloader adds to `/api/cluster/status` (once).
+    pub fn report_config(&self, status: DataPlaneStatus) {
+        let _ = self.config.set(status);
+    }
+
+    /// Publishes the config this replica runs now (digest and generation) to the fleet.
+    pub fn publish_config(&self, digest: &str, generation: u64, loaded_at_ms: u64) {
+        self.config_record.send_replace(Some(config::ConfigRecord {
+            node_id: self.node_id.clone(),
+            digest: digest.to_owned(),
+            generation,
+            loaded_at_ms,
+        }));
     }
 
     /// Sets what the data plane adds to `/api/cluster/status` (once).
@@ -293,6 +329,10 @@ async fn status(State(cp): State<ControlPlane>) -> Json<serde_json::Value> {
 async fn peers(
     State(cp): State<ControlPlane>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, Json<serde_json::Value>)> {
+    let configs = config::fleet(cp.coordinator.as_ref())
+        .await
+        .map(|f| f.replicas)
+        .unwrap_or_default();
     match cp.coordinator.peers().await {
         Ok(peers) => Ok(Json(json!({
             "node_id": cp.node_id,
@@ -300,7 +340,9 @@ async fn peers(
                 .into_iter()
                 .map(|p| {
                     let meta: serde_json::Value = serde_json::from_str(&p.meta).unwrap_or(serde_json::Value::Null);
-                    json!({"node_id": p.node_id, "meta": meta})
+                    let config = configs.iter().find(|c| c.node_id == p.node_id)
+                        .map(|c| json!({"digest": c.digest, "generation": c.generation}));
+                    json!({"node_id": p.node_id, "meta": meta, "config": config})
                 })
                 .collect::<Vec<_>>(),
         }))),

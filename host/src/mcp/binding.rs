@@ -39,6 +39,19 @@ impl Binding {
         caps: &Capabilities,
         parsed: &Parsed,
     ) -> anyhow::Result<Arc<Self>> {
+        Self::with_pools(cfg, base_dir, default_timeout, caps, parsed, &[])
+    }
+
+    /// [`Binding::new`], reusing the pools in `kept` (by upstream name) instead of building
+    /// them: a config reload keeps an unchanged upstream's children, connections and health.
+    pub fn with_pools(
+        cfg: &BindingConfig,
+        base_dir: &std::path::Path,
+        default_timeout: Duration,
+        caps: &Capabilities,
+        parsed: &Parsed,
+        kept: &[Arc<Pool>],
+    ) -> anyhow::Result<Arc<Self>> {
         let prefix = match cfg.prefix {
             PrefixMode::Auto => cfg.upstreams.len() > 1,
             PrefixMode::Always => true,
@@ -65,9 +78,10 @@ impl Binding {
             upstreams: cfg
                 .upstreams
                 .iter()
-                .map(|u| {
-                    Pool::new(&cfg.name, u, parsed, base_dir, default_timeout)
-                        .map_err(|e| anyhow::anyhow!("upstream `{}`: {e}", u.name))
+                .map(|u| match kept.iter().find(|p| p.name == u.name) {
+                    Some(p) => Ok(p.clone()),
+                    None => Pool::new(&cfg.name, u, parsed, base_dir, default_timeout)
+                        .map_err(|e| anyhow::anyhow!("upstream `{}`: {e}", u.name)),
                 })
                 .collect::<anyhow::Result<_>>()?,
             policy: cfg.on_upstream_failure,
@@ -89,6 +103,20 @@ impl Binding {
             .map(|u| u.timeout)
             .max()
             .unwrap_or_default()
+    }
+
+    /// Whether a session started on `other` can go on here: the same upstream pools, in the
+    /// same order (its conversations are one per upstream, by index), at the same path.
+    pub fn serves_sessions_of(&self, other: &Binding) -> bool {
+        self.path == other.path
+            && self.naming.prefix == other.naming.prefix
+            && self.naming.sep == other.naming.sep
+            && self.upstreams.len() == other.upstreams.len()
+            && self
+                .upstreams
+                .iter()
+                .zip(&other.upstreams)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
     }
 
     /// The index of every upstream, in order.

@@ -42,7 +42,7 @@ type S = State<(Arc<Gateway>, Arc<Binding>)>;
 
 /// The routes of every binding, for the main listener.
 pub fn router(gw: &Arc<Gateway>) -> Router {
-    gw.bindings
+    gw.bindings()
         .iter()
         .fold(Router::new(), |r, b| r.merge(routes(gw.clone(), b.clone())))
 }

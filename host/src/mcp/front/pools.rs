@@ -37,19 +37,23 @@ fn server(b: &Binding, p: &Pool) -> Value {
 }
 
 /// Every upstream named `name`, with its binding (one name may serve several bindings).
-fn named<'a>(gw: &'a Gateway, name: &'a str) -> impl Iterator<Item = (&'a Binding, &'a Arc<Pool>)> {
-    gw.bindings.iter().flat_map(move |b| {
-        b.upstreams
-            .iter()
-            .filter(move |p| p.name == name)
-            .map(move |p| (b.as_ref(), p))
-    })
+fn named(gw: &Gateway, name: &str) -> Vec<(Arc<Binding>, Arc<Pool>)> {
+    let bindings = gw.bindings();
+    bindings
+        .iter()
+        .flat_map(|b| {
+            b.upstreams
+                .iter()
+                .filter(|p| p.name == name)
+                .map(|p| (b.clone(), p.clone()))
+        })
+        .collect()
 }
 
 /// `GET /api/cluster/servers`.
 pub async fn servers(State(gw): State<Arc<Gateway>>) -> Response {
     let servers: Vec<Value> = gw
-        .bindings
+        .bindings()
         .iter()
         .flat_map(|b| b.upstreams.iter().map(|p| server(b, p)))
         .collect();
@@ -58,7 +62,10 @@ pub async fn servers(State(gw): State<Arc<Gateway>>) -> Response {
 
 /// `GET /api/cluster/servers/{upstream}/replicas`.
 pub async fn replicas(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
-    let found: Vec<Value> = named(&gw, &name).map(|(b, p)| server(b, p)).collect();
+    let found: Vec<Value> = named(&gw, &name)
+        .iter()
+        .map(|(b, p)| server(b, p))
+        .collect();
     if found.is_empty() {
         return error(StatusCode::NOT_FOUND, format!("no upstream named `{name}`"));
     }

@@ -517,6 +517,23 @@ impl Sessions {
         }
     }
 
+    /// Ends every session of the binding `name` served here (a config reload removed or
+    /// replaced it); how many.
+    pub async fn end_binding(&self, name: &str) -> usize {
+        let ending: Vec<Arc<Live>> = self
+            .live
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|l| l.binding.name == name)
+            .cloned()
+            .collect();
+        for live in &ending {
+            self.end(live).await;
+        }
+        ending.len()
+    }
+
     /// Shutdown: hands every session served here back to the cluster (its record says it has
     /// no owner, so the next request for it is served by another replica at once), each as
     /// soon as no request of it is running here, and all of them by `deadline`.

@@ -324,6 +324,12 @@ impl Sessions {
         if live.binding.name != binding.name {
             return Err(SessionError::WrongBinding);
         }
+        // A config reload replaced the binding under this session (other upstreams, path or
+        // naming): the session cannot go on, and its client initialises again (404).
+        if !binding.serves_sessions_of(&live.binding) {
+            self.end(&live).await;
+            return Err(SessionError::NotFound);
+        }
         if live.record.lock().expect("lock").identity.as_deref() != identity {
             return Err(SessionError::NotFound);
         }
