@@ -119,6 +119,17 @@ impl Binding {
                 .all(|(a, b)| Arc::ptr_eq(a, b))
     }
 
+    /// The upstreams of `other` that this binding does not serve with the same pool
+    /// (replaced or removed), by name.
+    pub fn replaced_upstreams_of(&self, other: &Binding) -> Vec<String> {
+        other
+            .upstreams
+            .iter()
+            .filter(|o| !self.upstreams.iter().any(|u| Arc::ptr_eq(u, o)))
+            .map(|o| o.name.clone())
+            .collect()
+    }
+
     /// The index of every upstream, in order.
     pub fn indices(&self) -> impl Iterator<Item = UpstreamIdx> + use<> {
         UpstreamIdx::all(self.upstreams.len())

@@ -171,16 +171,37 @@ impl Gateway {
             .collect()
     }
 
-    /// Serves `next` from now on (the caller swaps the routes): sessions of the bindings in
-    /// `ending` that this replica serves end (their clients get 404 and initialise again),
-    /// and the upstreams that are new are probed.
-    pub async fn install(&self, next: Vec<Arc<Binding>>, ending: &[String]) {
+    /// Serves `next` from now on (the caller swaps the routes). Sessions served here of the
+    /// bindings in `ending` end (their clients get 404); those of the bindings in `moving`
+    /// move to the new binding, forgetting the upstreams named with each (in the background:
+    /// each once no request of it runs). The upstreams that are new are probed.
+    pub async fn install(
+        &self,
+        next: Vec<Arc<Binding>>,
+        ending: &[String],
+        moving: Vec<(String, Vec<String>)>,
+    ) {
         let before = self.bindings.swap(Arc::new(next));
         for name in ending {
             let n = self.sessions.end_binding(name).await;
             if n > 0 {
-                tracing::info!(binding = %name, sessions = n, "config reload: the binding's sessions ended");
+                tracing::info!(binding = %name, sessions = n, "config reload: the removed binding's sessions ended");
             }
+        }
+        for (name, forget) in moving {
+            let Some(was) = before.iter().find(|b| b.name == name) else {
+                continue;
+            };
+            let (sessions, deadline) = (
+                self.sessions.clone(),
+                tokio::time::Instant::now() + was.longest_timeout(),
+            );
+            tokio::spawn(async move {
+                let n = sessions.move_binding(&name, &forget, deadline).await;
+                if n > 0 {
+                    tracing::info!(binding = %name, sessions = n, "config reload: the binding's sessions move to its new upstreams");
+                }
+            });
         }
         let old: Vec<Arc<upstream::pool::Pool>> = before
             .iter()

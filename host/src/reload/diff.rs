@@ -22,7 +22,9 @@ pub enum BindingChange {
     /// pools, in the same order; its sessions go on.
     InPlace,
     /// Its upstream set, path or naming changed: a new binding object (unchanged upstreams
-    /// keep their pools); its live sessions end, and their clients re-initialise.
+    /// keep their pools); its live sessions move to it (handed over and claimed again:
+    /// conversations with kept upstreams resume, replaced and added upstreams are
+    /// initialised with the client's recorded hello, removed ones are dropped).
     Replaced,
     Added,
     /// Its route goes; its live sessions end.
@@ -85,12 +87,31 @@ impl Diff {
             .all(|b| b.change == BindingChange::Kept)
     }
 
-    /// The bindings whose live sessions end.
+    /// The bindings whose live sessions end: the removed ones.
     pub fn ending(&self) -> impl Iterator<Item = &str> {
         self.bindings
             .iter()
-            .filter(|b| matches!(b.change, BindingChange::Replaced | BindingChange::Removed))
+            .filter(|b| b.change == BindingChange::Removed)
             .map(|b| b.name.as_str())
+    }
+
+    /// The bindings whose live sessions move to a new binding object, each with the
+    /// upstreams whose conversations they lose (replaced or removed).
+    pub fn moving(&self) -> impl Iterator<Item = (&str, Vec<String>)> {
+        self.bindings
+            .iter()
+            .filter(|b| b.change == BindingChange::Replaced)
+            .map(|b| {
+                let lost = b
+                    .upstreams
+                    .iter()
+                    .filter(|(_, c)| {
+                        matches!(c, UpstreamChange::Replaced | UpstreamChange::Removed)
+                    })
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                (b.name.as_str(), lost)
+            })
     }
 
     pub fn binding(&self, name: &str) -> Option<&BindingDiff> {
@@ -348,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_url_replaces_the_upstream_and_ends_the_bindings_sessions() {
+    fn a_changed_url_replaces_the_upstream_and_moves_the_bindings_sessions() {
         let old = base();
         let new = cfg("http://127.0.0.1:9001/mcp", "", "");
         let d = diff(&old, &old, &new);
@@ -360,7 +381,13 @@ mod tests {
         );
         assert_eq!(change(&d, "a"), BindingChange::Replaced);
         assert_eq!(change(&d, "b"), BindingChange::Kept);
-        assert_eq!(d.ending().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(d.ending().count(), 0);
+        let moving: Vec<_> = d.moving().collect();
+        assert_eq!(
+            moving,
+            [("a", vec!["x".to_owned()])],
+            "only x's conversation is lost"
+        );
     }
 
     #[test]
@@ -406,9 +433,9 @@ mod tests {
         assert_eq!(change(&d, "c"), BindingChange::Added);
         assert_eq!(change(&d, "b"), BindingChange::Removed);
         assert_eq!(upstream(&d, "b", "z"), UpstreamChange::Removed);
-        let mut ending: Vec<_> = d.ending().collect();
-        ending.sort();
-        assert_eq!(ending, ["a", "b"]);
+        assert_eq!(d.ending().collect::<Vec<_>>(), ["b"]);
+        let moving: Vec<_> = d.moving().collect();
+        assert_eq!(moving, [("a", vec![])], "an added upstream loses nothing");
         assert_eq!(d.summary(), "added: c; replaced: a; removed: b");
     }
 

@@ -237,7 +237,8 @@ impl Reloader {
             match self.build(&d, &cfg) {
                 Ok(next) => {
                     let ending: Vec<String> = d.ending().map(str::to_owned).collect();
-                    self.parts.gateway.install(next, &ending).await;
+                    let moving = d.moving().map(|(b, f)| (b.to_owned(), f)).collect();
+                    self.parts.gateway.install(next, &ending, moving).await;
                     (self.parts.swap_routes)();
                     Outcome::Applied
                 }

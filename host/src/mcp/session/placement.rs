@@ -324,11 +324,13 @@ impl Sessions {
         if live.binding.name != binding.name {
             return Err(SessionError::WrongBinding);
         }
-        // A config reload replaced the binding under this session (other upstreams, path or
-        // naming): the session cannot go on, and its client initialises again (404).
+        // A config reload changed the upstreams under this session: it moves to the new
+        // binding (handed over, then claimed like any session without an owner).
         if !binding.serves_sessions_of(&live.binding) {
-            self.end(&live).await;
-            return Err(SessionError::NotFound);
+            let forget = binding.replaced_upstreams_of(&live.binding);
+            let deadline = Instant::now() + live.binding.longest_timeout();
+            self.move_session(&live, &forget, deadline).await;
+            return Ok(None);
         }
         if live.record.lock().expect("lock").identity.as_deref() != identity {
             return Err(SessionError::NotFound);

@@ -1,6 +1,7 @@
 //! Sessions across a config reload: a binding changed in place (same pools) goes on serving
-//! the very same live session; a binding whose upstreams were replaced ends it (the client
-//! gets 404 and initialises again), and so does [`Sessions::end_binding`] for a removed one.
+//! the very same live session; a binding whose upstreams were replaced gets it moved (handed
+//! over and claimed on the new binding, same id); [`Sessions::end_binding`] ends those of a
+//! removed one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,22 +63,53 @@ async fn an_in_place_change_keeps_the_live_session_and_its_conversations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replaced_upstreams_end_the_session_and_its_record() {
+async fn replaced_upstreams_move_the_session_to_the_new_binding() {
     let store = kit::store();
     let r = Replica::start(&store, "a", None, 10).await;
     let id = r.create(None).await;
-    // The same config, but new pools: what a changed command or URL makes.
-    let next = rebuilt(&r, &kit::binding_config(json!({})), &[]);
+    let Ok(Resolved::Local(before)) = resolve(&r, &r.binding, &id).await else {
+        panic!("the session is served here");
+    };
+    // `one` kept, `two` replaced (a new pool: what a changed command or URL makes).
+    let two_new = rebuilt(&r, &kit::binding_config(json!({})), &[]).upstreams[1].clone();
+    let next = rebuilt(
+        &r,
+        &kit::binding_config(json!({})),
+        &[r.binding.upstreams[0].clone(), two_new],
+    );
     assert!(!next.serves_sessions_of(&r.binding));
-    assert!(matches!(
-        resolve(&r, &next, &id).await,
-        Err(SessionError::NotFound)
-    ));
-    assert!(r.record(&id).await.is_none(), "the record went with it");
-    assert!(matches!(
-        resolve(&r, &r.binding, &id).await,
-        Err(SessionError::NotFound)
-    ));
+    assert_eq!(next.replaced_upstreams_of(&r.binding), ["two"]);
+    let Ok(Resolved::Local(after)) = resolve(&r, &next, &id).await else {
+        panic!("the session moves to the new binding, served here");
+    };
+    assert!(!Arc::ptr_eq(&before, &after), "claimed anew");
+    assert!(before.is_closed(), "the old live session is let go");
+    assert!(Arc::ptr_eq(&after.binding, &next));
+    assert_eq!(after.id, id, "same session id: the client sees no change");
+    let rec = r.record(&id).await.expect("the record stays");
+    assert_eq!(rec.owner, "a");
+    assert!(!rec.upstream_sessions.contains_key("two"));
+    assert_eq!(r.sessions.live_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_every_session_of_a_changed_binding() {
+    let store = kit::store();
+    let r = Replica::start(&store, "a", None, 10).await;
+    let (one, two) = (r.create(None).await, r.create(None).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    assert_eq!(r.sessions.move_binding("another", &[], deadline).await, 0);
+    assert_eq!(
+        r.sessions
+            .move_binding(kit::BINDING, &["two".to_owned()], deadline)
+            .await,
+        2
+    );
+    assert_eq!(r.sessions.live_count(), 0);
+    for id in [&one, &two] {
+        let rec = r.record(id).await.expect("handed over, not ended");
+        assert_eq!(rec.owner, "", "no owner: the next request claims it");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
