@@ -90,7 +90,9 @@ fn watch_file(
         .unwrap_or_else(|| PathBuf::from("/"));
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        // Reads are not changes: reading the file (this replica's reload, or another
+        // process's) must not start another round.
+        if ev.is_ok_and(|e| !e.kind.is_access()) {
             let _ = tx.send(());
         }
     })?;

@@ -91,6 +91,8 @@ struct Current {
     digest: String,
     loaded_at_ms: u64,
     last_reload: Option<Report>,
+    /// The last reload that applied something.
+    last_applied: Option<Report>,
     /// The last rejected reload, kept until a later one applies or finds nothing changed.
     last_error: Option<Report>,
 }
@@ -125,6 +127,7 @@ impl Reloader {
             digest: parts.digest.clone(),
             loaded_at_ms: now_ms(),
             last_reload: None,
+            last_applied: None,
             last_error: None,
         };
         parts
@@ -154,6 +157,7 @@ impl Reloader {
             "generation": c.generation,
             "loaded_at_ms": c.loaded_at_ms,
             "last_reload": c.last_reload,
+            "last_applied": c.last_applied,
             "last_error": c.last_error,
         })
     }
@@ -368,7 +372,11 @@ impl Reloader {
         c.last_reload = Some(r.clone());
         match r.outcome {
             Outcome::Rejected => c.last_error = Some(r.clone()),
-            _ => c.last_error = None,
+            Outcome::Applied => {
+                c.last_applied = Some(r.clone());
+                c.last_error = None;
+            }
+            Outcome::Unchanged => c.last_error = None,
         }
         self.parts
             .control
