@@ -58,8 +58,7 @@ fn config(redis: &str, deny: bool, fy: bool, gone: bool) -> String {
     }
     if gone {
         c.push_str(&format!(
-            "  - name: gone\n    path: /gone\n    upstreams: [{}]\n",
-            up("fz")
+            "  - name: gone\n    path: /gone\n    upstreams: [{{name: fz, stdio: {{command: \"{fixture}\", args: [\"--stdio\"], mode: shared, env: {{MCPG_E2E_UPSTREAM: fz}}}}}}]\n"
         ));
     }
     c
@@ -273,6 +272,13 @@ fn config_changes_apply_on_both_replicas_under_continuous_load_and_a_bad_file_ch
             cl.name
         );
     }
+    for p in &c.procs {
+        assert_eq!(
+            children_with_env(p.child.id(), FZ).len(),
+            1,
+            "fz's shared child"
+        );
+    }
     std::thread::sleep(Duration::from_millis(500));
 
     // 1. An upstream added to `main`, by replacing the file atomically.
@@ -338,6 +344,16 @@ fn config_changes_apply_on_both_replicas_under_continuous_load_and_a_bad_file_ch
         assert_eq!(changes.len(), 1, "only `gone` changed: {body}");
         assert_eq!(changes[0]["name"], "gone");
         assert_eq!(changes[0]["change"], "removed");
+    }
+    // The removed upstream's shared child stops with it, on each replica.
+    for p in &c.procs {
+        let pid = p.child.id();
+        assert!(
+            wait_until(Duration::from_secs(30), || children_with_env(pid, FZ)
+                .is_empty()),
+            "fz's child still runs under {pid}: {:?}",
+            children_with_env(pid, FZ)
+        );
     }
     for m in &c.mains {
         assert_eq!(call(*m, "/gone", "echo").0, 404, "no route any more on {m}");
@@ -474,6 +490,31 @@ fn config_changes_apply_on_both_replicas_under_continuous_load_and_a_bad_file_ch
         moved,
         "the legacy session of `main` moved to its new upstreams"
     );
+}
+
+/// What marks the shared child of `gone`'s upstream in its environment.
+const FZ: &str = "MCPG_E2E_UPSTREAM=fz";
+
+/// The child processes of `pid` whose environment has `entry`.
+fn children_with_env(pid: u32, entry: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`; comm may hold spaces, so split after its `)`.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            ppid == Some(pid)
+                && std::fs::read(format!("/proc/{child}/environ"))
+                    .unwrap_or_default()
+                    .split(|b| *b == 0)
+                    .any(|kv| kv == entry.as_bytes())
+        })
+        .collect()
 }
 
 fn metric_sum(admins: &[SocketAddr], series: &str) -> u64 {
