@@ -62,12 +62,15 @@ pub struct Diff {
     /// Keys whose new value takes effect only after a restart, as key paths
     /// (`server.listen`, `cluster.url`), the deepest key that differs.
     pub restart_required: Vec<String>,
+    /// The new `observability.logs.level`, when it changed.
+    pub log_level: Option<String>,
 }
 
 /// The top-level sections (and keys of sections) that need a restart, as JSON pointers: the
 /// listeners, the cluster and its plugin, the capability stores, the session registry and
 /// everything started once per process (audit sink, log subscriber, trace exporter).
-/// Everything else (`bindings`, `mcp.limits.request_timeout_ms`) is applied.
+/// Everything else (`bindings`, `mcp.limits.request_timeout_ms`,
+/// `observability.logs.level`) is applied.
 pub const RESTART_REQUIRED: &[&str] = &[
     "/server",
     "/cluster",
@@ -76,15 +79,19 @@ pub const RESTART_REQUIRED: &[&str] = &[
     "/mcp/sessions",
     "/mcp/limits/max_request_bytes",
     "/audit",
-    "/observability",
+    "/observability/enabled",
+    "/observability/logs/format",
+    "/observability/tracing",
 ];
 
 impl Diff {
     /// Whether applying this diff changes nothing that is applied without a restart.
     pub fn is_empty(&self) -> bool {
-        self.bindings
-            .iter()
-            .all(|b| b.change == BindingChange::Kept)
+        self.log_level.is_none()
+            && self
+                .bindings
+                .iter()
+                .all(|b| b.change == BindingChange::Kept)
     }
 
     /// The bindings whose live sessions end: the removed ones.
@@ -181,9 +188,11 @@ pub fn diff(boot: &ValidatedConfig, old: &ValidatedConfig, new: &ValidatedConfig
             });
         }
     }
+    let level = |c: &ValidatedConfig| c.config.observability.logs.level.clone();
     Diff {
         bindings,
         restart_required: restart_keys(&boot.config, &new.config),
+        log_level: (level(old) != level(new)).then(|| level(new)),
     }
 }
 
@@ -487,6 +496,7 @@ mod tests {
         };
         let d = diff(&boot, &boot, &new);
         assert!(d.is_empty(), "nothing applicable changed");
+        assert!(d.log_level.is_none());
         assert_eq!(
             d.restart_required,
             ["server.listen", "audit.enabled", "audit.stdout"]
@@ -494,5 +504,19 @@ mod tests {
         // A later reload that keeps the change still names it: it has not taken effect.
         let again = diff(&boot, &new, &new);
         assert_eq!(again.restart_required, d.restart_required);
+    }
+
+    #[test]
+    fn the_log_level_is_applied_and_the_log_format_needs_a_restart() {
+        let boot = base();
+        let new = cfg(
+            "http://127.0.0.1:9000/mcp",
+            "",
+            "observability:\n  logs:\n    level: debug\n    format: json\n",
+        );
+        let d = diff(&boot, &boot, &new);
+        assert_eq!(d.log_level.as_deref(), Some("debug"));
+        assert!(!d.is_empty());
+        assert_eq!(d.restart_required, ["observability.logs.format"]);
     }
 }

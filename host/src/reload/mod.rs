@@ -235,8 +235,25 @@ impl Reloader {
         diagnostics: Vec<Value>,
     ) -> Report {
         let d = diff::diff(&self.parts.boot, running, &cfg);
+        if let Some(level) = &d.log_level {
+            match crate::telemetry::set_log_level(level) {
+                Ok(true) => tracing::warn!(level = %level, "config reload: log level set"),
+                Ok(false) => {
+                    tracing::warn!(level = %level, "config reload: MCPG_LOG is set and wins over observability.logs.level")
+                }
+                Err(e) => {
+                    return self.rejected(
+                        Some(file_digest),
+                        diagnostics,
+                        format!("observability.logs.level: {e}"),
+                    );
+                }
+            }
+        }
         let outcome = if d.is_empty() {
             Outcome::Unchanged
+        } else if d.bindings.iter().all(|b| b.change == BindingChange::Kept) {
+            Outcome::Applied
         } else {
             match self.build(&d, &cfg) {
                 Ok(next) => {
@@ -412,6 +429,7 @@ fn summary(changes: &[BindingDiff]) -> String {
     Diff {
         bindings: changes.to_vec(),
         restart_required: Vec::new(),
+        log_level: None,
     }
     .summary()
 }

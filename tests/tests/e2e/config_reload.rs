@@ -4,9 +4,10 @@
 //! five times, each trigger used at least once: an upstream added (the file replaced by an
 //! atomic rename, as a Kubernetes ConfigMap is), an access rule changed (SIGHUP), a binding
 //! removed (`POST /api/config/reload`), an invalid file (written in place) and its fix (the
-//! file watch again). Failed calls are counted (none expected, except those of the client
-//! whose binding is removed, after its removal); each change is checked on both replicas
-//! directly; the invalid file changes nothing and is reported with positions.
+//! file watch again); the log level goes from info to warn on the way. Failed calls are
+//! counted (none expected, except those of the client whose binding is removed, after its
+//! removal); each change is checked on both replicas directly; the invalid file changes
+//! nothing and is reported with positions.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,10 @@ struct Cluster {
 }
 
 /// The config: binding `main` at `/mcp` (prefixed names; upstream `fx`, and `fy` when
-/// asked; `fx__payload` denied when `deny`), and `gone` at `/gone` when asked.
+/// asked; `fx__payload` denied when `deny`), and `gone` at `/gone` when asked. From step 2 on
+/// the log level is `warn`.
 fn config(redis: &str, deny: bool, fy: bool, gone: bool) -> String {
+    let quiet = deny || !gone;
     let fixture = bin("mcpg-fixture-upstream").display().to_string();
     let up = |name: &str| {
         format!("{{name: {name}, stdio: {{command: \"{fixture}\", args: [\"--stdio\"]}}}}")
@@ -49,6 +52,13 @@ fn config(redis: &str, deny: bool, fy: bool, gone: bool) -> String {
          bindings:\n  - name: main\n    path: /mcp\n    prefix: always\n",
         cdylib("mcpg_cluster_redis").display(),
     );
+    if quiet {
+        c = c.replacen(
+            "cluster:",
+            "observability:\n  logs: {level: warn}\ncluster:",
+            1,
+        );
+    }
     if deny {
         c.push_str("    access: {default: allow, rules: [{deny: {tools: [fx__payload]}}]}\n");
     }
@@ -78,6 +88,7 @@ fn start() -> Cluster {
             Command::new(bin("mcpg"))
                 .arg("--config")
                 .arg(&file)
+                .env_remove("MCPG_LOG")
                 .args(["--node-id", &format!("reload-{i}")])
                 .args(["--listen", &format!("127.0.0.1:{listen}")])
                 .args(["--admin-listen", &format!("127.0.0.1:{admin}")]),
@@ -472,11 +483,18 @@ fn config_changes_apply_on_both_replicas_under_continuous_load_and_a_bad_file_ch
 
     // The refusal reached the log as one line with every positioned diagnostic; the legacy
     // session of `main` was moved (handed over, claimed on the new binding) by step 1.
-    let mut moved = false;
+    let (mut moved, mut applied_lines) = (false, 0);
     for p in c.procs {
         p.signal("TERM");
         let (_, log) = p.wait(Duration::from_secs(60));
         moved |= log.contains("the binding's sessions move to its new upstreams");
+        // The level went from info to warn with step 2: of the INFO lines saying a reload
+        // applied, only step 1's was written.
+        applied_lines += log.matches("\"config reload applied\"").count();
+        assert!(
+            log.contains("config reload: log level set"),
+            "the new level was applied"
+        );
         let line = log
             .lines()
             .find(|l| l.contains("config reload rejected"))
@@ -489,6 +507,10 @@ fn config_changes_apply_on_both_replicas_under_continuous_load_and_a_bad_file_ch
     assert!(
         moved,
         "the legacy session of `main` moved to its new upstreams"
+    );
+    assert_eq!(
+        applied_lines, 2,
+        "one INFO line per replica, step 1's; none after `warn`"
     );
 }
 
