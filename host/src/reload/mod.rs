@@ -235,38 +235,25 @@ impl Reloader {
         diagnostics: Vec<Value>,
     ) -> Report {
         let d = diff::diff(&self.parts.boot, running, &cfg);
+        // Built before anything changes: a binding that cannot be built refuses the reload.
+        let bindings_changed = d.bindings.iter().any(|b| b.change != BindingChange::Kept);
+        let next = match bindings_changed.then(|| self.build(&d, &cfg)).transpose() {
+            Ok(next) => next,
+            Err(e) => return self.rejected(Some(file_digest), diagnostics, format!("{e:#}")),
+        };
         if let Some(level) = &d.log_level {
-            match crate::telemetry::set_log_level(level) {
-                Ok(true) => tracing::warn!(level = %level, "config reload: log level set"),
-                Ok(false) => {
-                    tracing::warn!(level = %level, "config reload: MCPG_LOG is set and wins over observability.logs.level")
-                }
-                Err(e) => {
-                    return self.rejected(
-                        Some(file_digest),
-                        diagnostics,
-                        format!("observability.logs.level: {e}"),
-                    );
-                }
-            }
+            set_log_level(level);
+        }
+        if let Some(next) = next {
+            let ending: Vec<String> = d.ending().map(str::to_owned).collect();
+            let moving = d.moving().map(|(b, f)| (b.to_owned(), f)).collect();
+            self.parts.gateway.install(next, &ending, moving).await;
+            (self.parts.swap_routes)();
         }
         let outcome = if d.is_empty() {
             Outcome::Unchanged
-        } else if d.bindings.iter().all(|b| b.change == BindingChange::Kept) {
-            Outcome::Applied
         } else {
-            match self.build(&d, &cfg) {
-                Ok(next) => {
-                    let ending: Vec<String> = d.ending().map(str::to_owned).collect();
-                    let moving = d.moving().map(|(b, f)| (b.to_owned(), f)).collect();
-                    self.parts.gateway.install(next, &ending, moving).await;
-                    (self.parts.swap_routes)();
-                    Outcome::Applied
-                }
-                Err(e) => {
-                    return self.rejected(Some(file_digest), diagnostics, format!("{e:#}"));
-                }
-            }
+            Outcome::Applied
         };
         *running = cfg;
         let mut c = self.current.lock().expect("lock");
@@ -398,6 +385,20 @@ impl Reloader {
         self.parts
             .control
             .publish_config(&c.digest, c.generation, c.loaded_at_ms);
+    }
+}
+
+/// Applies `observability.logs.level` (validated by the loader, so it parses).
+fn set_log_level(level: &str) {
+    match crate::telemetry::set_log_level(level) {
+        Ok(true) => tracing::warn!(level = %level, "config reload: log level set"),
+        Ok(false) => tracing::warn!(
+            level = %level,
+            "config reload: MCPG_LOG is set and wins over observability.logs.level"
+        ),
+        Err(e) => {
+            tracing::error!(level = %level, error = %e, "config reload: cannot set the log level")
+        }
     }
 }
 
