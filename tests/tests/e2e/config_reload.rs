@@ -552,3 +552,34 @@ fn metric_sum(admins: &[SocketAddr], series: &str) -> u64 {
         })
         .sum()
 }
+
+/// The alert rules `docs/reload.md` gives for config drift pass `promtool check rules`.
+#[test]
+fn the_drift_alert_rules_in_the_docs_pass_promtool() {
+    let doc = std::fs::read_to_string(crate::harness::repo_root().join("docs/reload.md")).unwrap();
+    let rules = doc
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/reload.md has a yaml block with the alert rules");
+    assert!(rules.contains("mcpg_config_fleet_digests"), "{rules}");
+    let dir = TempDir::new("reload-rules");
+    let file = dir.write("rules.yml", rules);
+    let out = match Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => panic!(
+            "promtool could not be run ({e}): run tools/install-test-deps (it installs Debian's \
+             prometheus package, which has promtool)"
+        ),
+    };
+    assert!(
+        out.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
