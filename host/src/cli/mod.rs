@@ -60,6 +60,7 @@ fn serve(args: Args) -> ExitCode {
     telemetry::init(&cfg.config.observability, cfg.parsed.traces_endpoint());
     let overrides = args.overrides();
     on_runtime(async move {
+        let hangups = reload::hangups();
         let plugin = match plugin_phase(&cfg, &file).await {
             Ok(p) => p,
             Err(e) => return fail(e),
@@ -73,6 +74,7 @@ fn serve(args: Args) -> ExitCode {
                 path: config_path,
                 overrides,
                 digest,
+                hangups,
             },
         };
         let replica = match Replica::start(&cfg, options).await {

@@ -34,15 +34,33 @@ async fn reload(State(r): State<Arc<Reloader>>) -> Response {
     (status, Json(report)).into_response()
 }
 
+/// SIGHUP, listened for from the start of serving: its default action would end the process
+/// if one arrived before the replica is up (a `systemctl reload` during a long
+/// `--wait-for-cluster`); those that do are answered with a reload once it is.
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /api/config/reload");
+            None
+        }
+    }
+}
+
 /// Starts the SIGHUP listener and, unless switched off, the file watch; both stop when the
 /// returned tasks are aborted.
 pub fn spawn_triggers(
     reloader: Arc<Reloader>,
+    hangups: Option<tokio::signal::unix::Signal>,
     path: &Path,
     digest: String,
     cfg: &ConfigReloadConfig,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = vec![tokio::spawn(on_sighup(reloader.clone()))];
+    let mut tasks = Vec::new();
+    if let Some(hup) = hangups {
+        tasks.push(tokio::spawn(on_sighup(reloader.clone(), hup)));
+    }
     if cfg.watch {
         match watch_file(
             path,
@@ -61,12 +79,7 @@ pub fn spawn_triggers(
     tasks
 }
 
-async fn on_sighup(reloader: Arc<Reloader>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload with POST /api/config/reload");
-        return;
-    };
+async fn on_sighup(reloader: Arc<Reloader>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config");
         reloader.reload(Trigger::Signal).await;

@@ -40,6 +40,8 @@ pub struct ReloadSource {
     pub path: std::path::PathBuf,
     pub overrides: Vec<crate::config::Override>,
     pub digest: String,
+    /// SIGHUP, listened for since before the replica started.
+    pub hangups: Option<tokio::signal::unix::Signal>,
 }
 
 /// Why a replica did not start. Each renders as the message `mcpg` prints before exiting 1.
@@ -78,7 +80,7 @@ pub struct Replica {
 impl Replica {
     /// Binds the listeners, joins the cluster, builds the data plane and serves it; returns
     /// once the replica is ready.
-    pub async fn start(cfg: &ValidatedConfig, options: Options) -> Result<Self, StartError> {
+    pub async fn start(cfg: &ValidatedConfig, mut options: Options) -> Result<Self, StartError> {
         let listeners = Listeners::bind(cfg, options.wait_for_cluster).await?;
         let Joined {
             booted,
@@ -137,6 +139,7 @@ impl Replica {
         let _ = data_routes.set(swappable);
         let reload_triggers = super::reload::spawn_triggers(
             reloader,
+            options.reload.hangups.take(),
             &options.reload.path,
             options.reload.digest.clone(),
             &cfg.config.server.config_reload,
