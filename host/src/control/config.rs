@@ -38,15 +38,22 @@ pub struct Fleet {
     pub drift: bool,
 }
 
-/// Reads every published record.
+/// Reads every published record of a live replica (a record outlives a replica that died by
+/// up to its TTL; presence says sooner who is gone).
 pub async fn fleet(coordinator: &dyn Coordinator) -> Result<Fleet, String> {
     let entries = coordinator
         .list(CONFIG_PREFIX)
         .await
         .map_err(|e| format!("coordinator unavailable: {}", e.kind))?;
+    let live: Option<BTreeSet<String>> = coordinator
+        .peers()
+        .await
+        .ok()
+        .map(|p| p.into_iter().map(|p| p.node_id).collect());
     let mut replicas: Vec<ConfigRecord> = entries
         .iter()
-        .filter_map(|e| serde_json::from_slice(&e.value).ok())
+        .filter_map(|e| serde_json::from_slice::<ConfigRecord>(&e.value).ok())
+        .filter(|r| live.as_ref().is_none_or(|l| l.contains(&r.node_id)))
         .collect();
     replicas.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let distinct_digests = replicas
@@ -92,5 +99,51 @@ pub async fn publish(
     }
     if let Some(k) = key {
         let _ = coordinator.delete(&k, None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcpg_plugin_api::memory::{MemoryConfig, MemoryStore};
+
+    async fn put(c: &dyn Coordinator, node: &str, digest: &str) {
+        let r = ConfigRecord {
+            node_id: node.into(),
+            digest: digest.into(),
+            generation: 1,
+            loaded_at_ms: 0,
+        };
+        c.put(
+            &format!("{CONFIG_PREFIX}{node}"),
+            serde_json::to_vec(&r).unwrap(),
+            Some(CONFIG_TTL),
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_fleet_counts_the_digests_of_live_replicas_only() {
+        let store = MemoryStore::new(MemoryConfig::default());
+        let (a, b) = (store.handle("a"), store.handle("b"));
+        let _pa = a.register("{}".into()).await.unwrap();
+        let _pb = b.register("{}".into()).await.unwrap();
+        put(&a, "a", "d1").await;
+        put(&b, "b", "d1").await;
+        let f = fleet(&a).await.unwrap();
+        assert_eq!(
+            (f.replicas.len(), f.distinct_digests, f.drift),
+            (2, 1, false)
+        );
+        put(&b, "b", "d2").await;
+        let f = fleet(&a).await.unwrap();
+        assert_eq!((f.distinct_digests, f.drift), (2, true));
+        // A record whose replica has no presence (it died; the record's TTL runs on) is left
+        // out.
+        put(&a, "gone", "d3").await;
+        let f = fleet(&a).await.unwrap();
+        assert_eq!(f.replicas.len(), 2);
+        assert_eq!(f.distinct_digests, 2);
     }
 }

@@ -29,6 +29,8 @@ pub struct Binding {
     pub limits: crate::mcp::limits::Limits,
     /// Request metrics by upstream index; the last for requests that reached none.
     pub recorders: Vec<Arc<RequestRecorder>>,
+    /// Set when a config reload removed or replaced this binding: its GET streams end.
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 impl Binding {
@@ -65,6 +67,7 @@ impl Binding {
             .map(|u| Arc::new(RequestRecorder::new(&cfg.name, u)))
             .collect();
         Ok(Arc::new(Self {
+            retired: tokio::sync::watch::channel(false).0,
             recorders,
             access: crate::mcp::access::Access::new(cfg, parsed)?,
             ready_requires: cfg.ready_requires.clone(),
@@ -128,6 +131,20 @@ impl Binding {
             .filter(|o| !self.upstreams.iter().any(|u| Arc::ptr_eq(u, o)))
             .map(|o| o.name.clone())
             .collect()
+    }
+
+    /// A config reload removed or replaced this binding: its long-lived streams end (each
+    /// with a reconnect hint), so nothing holds it and its upstreams any longer.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    /// Resolves once the binding is retired.
+    pub fn retiring(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.retired.subscribe();
+        async move {
+            let _ = rx.wait_for(|r| *r).await;
+        }
     }
 
     /// The index of every upstream, in order.

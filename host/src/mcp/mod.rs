@@ -182,25 +182,54 @@ impl Gateway {
         moving: Vec<(String, Vec<String>)>,
     ) {
         let before = self.bindings.swap(Arc::new(next));
+        for b in before.iter() {
+            if ending.contains(&b.name) || moving.iter().any(|(n, _)| *n == b.name) {
+                b.retire();
+            }
+        }
+        let longest = before.iter().map(|b| b.longest_timeout()).max();
+        // A session of the old config that a request was still creating when its binding
+        // went is caught by a second pass, once such a request has timed out at the latest.
+        let second = longest.unwrap_or_default() + Duration::from_secs(1);
         for name in ending {
             let n = self.sessions.end_binding(name).await;
             if n > 0 {
                 tracing::info!(binding = %name, sessions = n, "config reload: the removed binding's sessions ended");
             }
+            let (sessions, current, name) =
+                (self.sessions.clone(), self.bindings.clone(), name.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(second).await;
+                let now = current.load_full();
+                sessions
+                    .end_where(&|l| l.binding.name == name && !now.iter().any(|b| b.name == name))
+                    .await;
+            });
         }
         for (name, forget) in moving {
             let Some(was) = before.iter().find(|b| b.name == name) else {
                 continue;
             };
-            let (sessions, deadline) = (
+            let (sessions, current, deadline) = (
                 self.sessions.clone(),
+                self.bindings.clone(),
                 tokio::time::Instant::now() + was.longest_timeout(),
             );
             tokio::spawn(async move {
-                let n = sessions.move_binding(&name, &forget, deadline).await;
+                let stale = |l: &session::Live| {
+                    l.binding.name == name
+                        && !current
+                            .load()
+                            .iter()
+                            .any(|b| b.serves_sessions_of(&l.binding))
+                };
+                let n = sessions.move_where(&stale, &forget, deadline).await;
                 if n > 0 {
                     tracing::info!(binding = %name, sessions = n, "config reload: the binding's sessions move to its new upstreams");
                 }
+                tokio::time::sleep(second).await;
+                let late = deadline + second;
+                sessions.move_where(&stale, &forget, late).await;
             });
         }
         let old: Vec<Arc<upstream::pool::Pool>> = before

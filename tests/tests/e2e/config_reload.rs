@@ -47,6 +47,7 @@ fn config(redis: &str, deny: bool, fy: bool, gone: bool) -> String {
     };
     let mut c = format!(
         "server:\n  config_reload: {{debounce_ms: {DEBOUNCE_MS}}}\n\
+         mcp:\n  limits: {{request_timeout_ms: 5000}}\n\
          cluster:\n  kind: redis\n  url: \"{redis}\"\n  key_prefix: \"reload:\"\n\
          plugins:\n  - id: dev.mcpg.cluster.redis\n    source: {{path: \"{}\"}}\n\
          bindings:\n  - name: main\n    path: /mcp\n    prefix: always\n",

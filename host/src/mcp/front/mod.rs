@@ -502,7 +502,14 @@ async fn open_stream(
     let keeper = gw
         .sessions
         .keep_owned(b.clone(), sid, identity_key(&who).map(str::to_owned));
-    Ok(sse::get_stream(stream, keeper, gw.streams_closing()))
+    let (closing, retiring) = (gw.streams_closing(), b.retiring());
+    let ends = async move {
+        tokio::select! {
+            _ = closing => {}
+            _ = retiring => {}
+        }
+    };
+    Ok(sse::get_stream(stream, keeper, ends))
 }
 
 /// DELETE ends the session and its upstream sessions (on the replica that owns it).

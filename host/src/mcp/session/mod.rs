@@ -517,13 +517,13 @@ impl Sessions {
         }
     }
 
-    /// Every session of the binding `name` served here.
-    fn of_binding(&self, name: &str) -> Vec<Arc<Live>> {
+    /// Every session served here that `pick` picks.
+    fn picked(&self, pick: &(dyn Fn(&Live) -> bool + Sync)) -> Vec<Arc<Live>> {
         self.live
             .lock()
             .expect("lock")
             .values()
-            .filter(|l| l.binding.name == name)
+            .filter(|l| pick(l))
             .cloned()
             .collect()
     }
@@ -531,7 +531,12 @@ impl Sessions {
     /// Ends every session of the binding `name` served here (a config reload removed it);
     /// how many.
     pub async fn end_binding(&self, name: &str) -> usize {
-        let ending = self.of_binding(name);
+        self.end_where(&|l| l.binding.name == name).await
+    }
+
+    /// Ends every session served here that `pick` picks; how many.
+    pub async fn end_where(&self, pick: &(dyn Fn(&Live) -> bool + Sync)) -> usize {
+        let ending = self.picked(pick);
         for live in &ending {
             self.end(live).await;
         }
@@ -544,9 +549,20 @@ impl Sessions {
     /// that the next request claims it on the new binding: kept upstreams resumed, new ones
     /// initialised with the client's recorded hello. How many moved.
     pub async fn move_binding(&self, name: &str, forget: &[String], deadline: Instant) -> usize {
+        self.move_where(&|l| l.binding.name == name, forget, deadline)
+            .await
+    }
+
+    /// [`Sessions::move_binding`] for the sessions `pick` picks.
+    pub async fn move_where(
+        &self,
+        pick: &(dyn Fn(&Live) -> bool + Sync),
+        forget: &[String],
+        deadline: Instant,
+    ) -> usize {
         let mut moved = 0;
         loop {
-            let all = self.of_binding(name);
+            let all = self.picked(pick);
             if all.is_empty() {
                 return moved;
             }
