@@ -15,6 +15,8 @@
 //! - [`audit`]: the audit log of MCP requests (sinks, hash chain, `mcpg audit verify`).
 //! - [`auth`]: downstream authentication and per-identity access rules.
 //! - [`tls`]: listener certificates (reloaded on change) and custom CAs for outgoing TLS.
+//! - [`reload`]: changing a running replica's config (what changed, applied without a
+//!   restart).
 //! - [`cli`]: the `mcpg` command line and boot sequence.
 //! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and their replay test.
 
@@ -31,6 +33,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod mcp;
 pub mod oci;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

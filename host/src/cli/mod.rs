@@ -6,6 +6,7 @@
 //! - `plugin.rs`: `mcpg plugin push|pull|inspect`.
 //! - `audit.rs`: `mcpg audit verify`.
 //! - `replica.rs`: [`Replica`]: `start` (bind, join the cluster, serve) and `drain`.
+//! - `reload.rs`: what triggers a config reload (SIGHUP, the file watch, the admin route).
 
 use std::future::Future;
 use std::path::Path;
@@ -20,10 +21,11 @@ use crate::{coordinator, identity, server, telemetry};
 mod args;
 mod audit;
 mod plugin;
+mod reload;
 mod replica;
 
 pub use args::{Args, AuditCommand, Command, PluginCommand, RegistryArgs};
-pub use replica::{Options, Replica, StartError};
+pub use replica::{Options, ReloadSource, Replica, StartError};
 
 /// Exit codes: 0 clean shutdown, 1 invalid config or failed start, 2 unreadable config.
 pub fn main() -> ExitCode {
@@ -46,7 +48,7 @@ fn serve(args: Args) -> ExitCode {
         .clone()
         .expect("clap requires --config without a command");
     install_crypto();
-    let (cfg, file) = match load_config(&config_path, &args) {
+    let (cfg, file, digest) = match load_config(&config_path, &args) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -56,7 +58,9 @@ fn serve(args: Args) -> ExitCode {
         return fail(format!("--node-id: {e}"));
     }
     telemetry::init(&cfg.config.observability, cfg.parsed.traces_endpoint());
+    let overrides = args.overrides();
     on_runtime(async move {
+        let hangups = reload::hangups();
         let plugin = match plugin_phase(&cfg, &file).await {
             Ok(p) => p,
             Err(e) => return fail(e),
@@ -66,6 +70,12 @@ fn serve(args: Args) -> ExitCode {
             node_id: args.node_id,
             wait_for_cluster: args.wait_for_cluster,
             config_file: file,
+            reload: replica::ReloadSource {
+                path: config_path,
+                overrides,
+                digest,
+                hangups,
+            },
         };
         let replica = match Replica::start(&cfg, options).await {
             Ok(r) => r,
@@ -79,8 +89,8 @@ fn serve(args: Args) -> ExitCode {
 
 /// Loads the config with the flags' overrides and prints every diagnostic. `Err` is the exit
 /// code: 2 when the file cannot be read, 1 when it is invalid.
-fn load_config(path: &Path, args: &Args) -> Result<(ValidatedConfig, String), ExitCode> {
-    let outcome = match config::load_file_with_overrides(path, &args.overrides()) {
+fn load_config(path: &Path, args: &Args) -> Result<(ValidatedConfig, String, String), ExitCode> {
+    let (outcome, digest) = match config::load_file_hashed(path, &args.overrides()) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("mcpg: {e}");
@@ -92,7 +102,7 @@ fn load_config(path: &Path, args: &Args) -> Result<(ValidatedConfig, String), Ex
         eprintln!("{}", d.render(&file));
     }
     match outcome.config {
-        Some(cfg) => Ok((cfg, file)),
+        Some(cfg) => Ok((cfg, file, digest)),
         None => Err(fail(format!(
             "{file}: invalid configuration ({} errors); not starting",
             outcome.errors().count()

@@ -3,7 +3,7 @@
 //! hand sessions over, resign) and stop.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +15,7 @@ use crate::config::ValidatedConfig;
 use crate::control::ControlPlane;
 use crate::mcp::Gateway;
 use crate::mcp::cluster::ownership::{Ownership, OwnershipError};
+use crate::reload::{self, Reloader};
 use crate::telemetry::{TracesGuard, TracingError};
 use crate::{coordinator, identity, server, telemetry};
 
@@ -29,6 +30,18 @@ pub struct Options {
     pub wait_for_cluster: bool,
     /// The config file as given, for the start-up log line.
     pub config_file: String,
+    /// What a config reload reads again: the file, the flags that win over it, and the
+    /// digest of the bytes the process started with.
+    pub reload: ReloadSource,
+}
+
+/// The config's origin, for reloads.
+pub struct ReloadSource {
+    pub path: std::path::PathBuf,
+    pub overrides: Vec<crate::config::Override>,
+    pub digest: String,
+    /// SIGHUP, listened for since before the replica started.
+    pub hangups: Option<tokio::signal::unix::Signal>,
 }
 
 /// Why a replica did not start. Each renders as the message `mcpg` prints before exiting 1.
@@ -58,6 +71,8 @@ pub struct Replica {
     booted: coordinator::Booted,
     running: server::Running,
     traces: Option<TracesGuard>,
+    /// SIGHUP and the config file watch.
+    reload_triggers: Vec<tokio::task::JoinHandle<()>>,
     shutdown_delay_ms: u64,
     drain_timeout_ms: u64,
 }
@@ -65,7 +80,7 @@ pub struct Replica {
 impl Replica {
     /// Binds the listeners, joins the cluster, builds the data plane and serves it; returns
     /// once the replica is ready.
-    pub async fn start(cfg: &ValidatedConfig, options: Options) -> Result<Self, StartError> {
+    pub async fn start(cfg: &ValidatedConfig, mut options: Options) -> Result<Self, StartError> {
         let listeners = Listeners::bind(cfg, options.wait_for_cluster).await?;
         let Joined {
             booted,
@@ -105,8 +120,35 @@ impl Replica {
             summary = %cfg.summary(),
             "mcpg starting"
         );
+        let data_routes: Arc<OnceLock<DataRoutes>> = Arc::default();
+        let reloader = {
+            let (gw, cp, routes) = (gateway.clone(), control.clone(), data_routes.clone());
+            Reloader::new(reload::Parts {
+                path: options.reload.path.clone(),
+                overrides: options.reload.overrides.clone(),
+                plugin: options.plugin.clone(),
+                boot: cfg.clone(),
+                digest: options.reload.digest.clone(),
+                gateway: gateway.clone(),
+                control: control.clone(),
+                swap_routes: Box::new(move || {
+                    if let Some(r) = routes.get() {
+                        r.set(data_router(&gw, &cp));
+                    }
+                }),
+            })
+        };
         let (data, admin) = routes(&gateway, &control, obs.enabled);
-        let running = listeners.serve(data, admin);
+        let admin = admin.merge(super::reload::admin_router(reloader.clone()));
+        let (running, swappable) = listeners.serve(data, admin);
+        let _ = data_routes.set(swappable);
+        let reload_triggers = super::reload::spawn_triggers(
+            reloader,
+            options.reload.hangups.take(),
+            &options.reload.path,
+            options.reload.digest.clone(),
+            &cfg.config.server.config_reload,
+        );
         running.readiness.watch_backend(booted.coordinator.clone());
         let gw = gateway.clone();
         running
@@ -123,6 +165,7 @@ impl Replica {
             booted,
             running,
             traces,
+            reload_triggers,
             shutdown_delay_ms: cfg.config.server.shutdown_delay_ms,
             drain_timeout_ms: cfg.config.server.drain_timeout_ms,
         })
@@ -133,6 +176,9 @@ impl Replica {
     /// `drain_timeout_ms`, long-lived streams end just before that deadline; presence goes
     /// last, then the data plane, the audit log and the traces.
     pub async fn drain(self) {
+        for t in &self.reload_triggers {
+            t.abort();
+        }
         self.running.readiness.set_draining();
         server::systemd::stopping();
         self.gateway.begin_drain();
@@ -245,11 +291,17 @@ impl Listeners {
         })
     }
 
-    /// Serves `data` (the bindings, `/mcpg/meta`) and `admin` (the admin API).
-    fn serve(self, data: Router, admin: Router) -> server::Running {
+    /// Serves `data` (the bindings, `/mcpg/meta`) and `admin` (the admin API); the data
+    /// routes through a [`DataRoutes`] a config reload replaces.
+    fn serve(self, data: Router, admin: Router) -> (server::Running, DataRoutes) {
         let separate_admin = self.admin_addr.is_some();
         match self.serving {
-            Serving::NotYet(bound) => bound.start(data, admin),
+            Serving::NotYet(bound) => {
+                let late = server::Late::default();
+                late.set(data);
+                let running = bound.start(late.router(), admin);
+                (running, DataRoutes { late, admin: None })
+            }
             Serving::Late {
                 running,
                 mcp,
@@ -258,11 +310,35 @@ impl Listeners {
                 if separate_admin {
                     mcp.set(data);
                     late_admin.set(admin);
+                    (
+                        running,
+                        DataRoutes {
+                            late: mcp,
+                            admin: None,
+                        },
+                    )
                 } else {
-                    mcp.set(data.merge(admin));
+                    mcp.set(data.merge(admin.clone()));
+                    let admin = Some(admin);
+                    (running, DataRoutes { late: mcp, admin })
                 }
-                running
             }
+        }
+    }
+}
+
+/// Where the data plane's routes are replaced after a reload: the main listener's routes,
+/// with the admin routes merged in when they share it.
+struct DataRoutes {
+    late: server::Late,
+    admin: Option<Router>,
+}
+
+impl DataRoutes {
+    fn set(&self, data: Router) {
+        match &self.admin {
+            Some(admin) => self.late.set(data.merge(admin.clone())),
+            None => self.late.set(data),
         }
     }
 }
@@ -270,8 +346,7 @@ impl Listeners {
 /// The routes of each listener: the bindings and `/mcpg/meta` on the main one; the admin API
 /// (and `/metrics` when observability is on) wherever the admin routes go.
 fn routes(gateway: &Arc<Gateway>, control: &ControlPlane, metrics: bool) -> (Router, Router) {
-    let data = crate::mcp::front::router(gateway)
-        .merge(control.meta_router(crate::mcp::wire::version::by_era()));
+    let data = data_router(gateway, control);
     let mut admin = control
         .router()
         .merge(crate::mcp::front::admin_router(gateway));
@@ -279,6 +354,13 @@ fn routes(gateway: &Arc<Gateway>, control: &ControlPlane, metrics: bool) -> (Rou
         admin = admin.route("/metrics", axum::routing::get(telemetry::metrics::handler));
     }
     (data, admin)
+}
+
+/// The main listener's own routes: every binding (as the gateway holds them now) and
+/// `/mcpg/meta`.
+fn data_router(gateway: &Arc<Gateway>, control: &ControlPlane) -> Router {
+    crate::mcp::front::router(gateway)
+        .merge(control.meta_router(crate::mcp::wire::version::by_era()))
 }
 
 /// What joining the cluster produced.

@@ -163,6 +163,31 @@ pub fn load_file_with_overrides(
     })
 }
 
+/// [`load_file_with_overrides`], also returning the SHA-256 (hex) of the bytes it validated:
+/// the config's digest, read once with the text so the two cannot disagree.
+pub fn load_file_hashed(
+    path: &Path,
+    overrides: &[Override],
+) -> Result<(LoadOutcome, String), ReadError> {
+    use sha2::Digest;
+    let env = |name: &str| std::env::var(name).ok();
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| ReadError {
+        file: file.clone(),
+        source,
+    })?;
+    let digest = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let base_dir = base_dir_of(path);
+    let outcome = match decode(bytes) {
+        Ok(text) => load_str_with(&file, &base_dir, &text, &env, overrides),
+        Err(d) => LoadOutcome::refused(d),
+    };
+    Ok((outcome, digest))
+}
+
 /// Reads a config file and validates it, looking variables up through `env`.
 pub fn load_file_with_env(path: &Path, env: EnvLookup<'_>) -> Result<LoadOutcome, ReadError> {
     let (file, base_dir, text) = read(path)?;
@@ -181,8 +206,13 @@ fn read(path: &Path) -> Result<Read, ReadError> {
         file: file.clone(),
         source,
     })?;
-    let base_dir = path
-        .parent()
+    let base_dir = base_dir_of(path);
+    Ok((file, base_dir, decode(bytes)))
+}
+
+/// The directory relative paths in the file at `path` are resolved against.
+fn base_dir_of(path: &Path) -> PathBuf {
+    path.parent()
         .map(|p| {
             if p.as_os_str().is_empty() {
                 Path::new(".")
@@ -191,8 +221,7 @@ fn read(path: &Path) -> Result<Read, ReadError> {
             }
         })
         .unwrap_or(Path::new("."))
-        .to_path_buf();
-    Ok((file, base_dir, decode(bytes)))
+        .to_path_buf()
 }
 
 /// The file's text, or where it stops being UTF-8: the line and column (in characters, like

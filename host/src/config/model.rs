@@ -112,6 +112,39 @@ pub struct ServerConfig {
     /// HTTPS) enforces, so a slow or hostile client cannot hold connections open.
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Reloading this config without a restart: besides SIGHUP and
+    /// `POST /api/config/reload`, the file is watched for changes.
+    #[serde(default)]
+    pub config_reload: ConfigReloadConfig,
+}
+
+/// How the running config follows its file.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigReloadConfig {
+    /// Watch the config file's directory and reload when the file's content changes (an
+    /// in-place write, an atomic rename, or a Kubernetes ConfigMap's `..data` symlink swap).
+    /// SIGHUP and `POST /api/config/reload` work either way.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How long the file must stay quiet after a change before it is read, in milliseconds,
+    /// so an editor's or a deployment tool's several writes make one reload.
+    #[serde(default = "default_reload_debounce_ms")]
+    #[schemars(range(min = 10, max = 60_000))]
+    pub debounce_ms: u64,
+}
+
+fn default_reload_debounce_ms() -> u64 {
+    500
+}
+
+impl Default for ConfigReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            debounce_ms: default_reload_debounce_ms(),
+        }
+    }
 }
 
 /// Timeouts and connection limits of the listeners. Each listener applies them on its own
@@ -247,6 +280,7 @@ impl Default for ServerConfig {
             admin_token: None,
             forwarding_ca_file: None,
             limits: ListenerLimits::default(),
+            config_reload: ConfigReloadConfig::default(),
         }
     }
 }

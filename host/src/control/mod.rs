@@ -1,6 +1,9 @@
 //! The minimal control plane: this replica's presence, leader election for cluster-wide
 //! singleton work, graceful resignation, and the admin endpoints that show them
-//! (`GET /api/cluster/status`, `GET /api/cluster/peers`).
+//! (`GET /api/cluster/status`, `GET /api/cluster/peers`). `config.rs`: which config each
+//! replica runs, published through the coordinator.
+
+pub mod config;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,6 +62,11 @@ pub struct ControlPlane {
     /// What the data plane knows of each node (its health, open sessions), for
     /// `/api/cluster/nodes`.
     nodes: Arc<std::sync::OnceLock<DataPlaneNodes>>,
+    /// This replica's config (digest, generation, last reload) for `/api/cluster/status`,
+    /// handed in by the reloader, which sits above.
+    config: Arc<std::sync::OnceLock<DataPlaneStatus>>,
+    /// The record `config::publish` keeps in the coordinator.
+    config_record: watch::Sender<Option<config::ConfigRecord>>,
 }
 
 /// The data plane's facts per node id, merged into each node of `/api/cluster/nodes`.
@@ -112,9 +120,17 @@ impl ControlPlane {
         };
         let presence: Arc<dyn Presence> = Arc::from(coordinator.register(meta).await?);
         let (stop, _) = watch::channel(false);
+        let (config_record, published) = watch::channel(None);
+        tokio::spawn(config::publish(
+            coordinator.clone(),
+            published,
+            stop.subscribe(),
+        ));
         let cp = Self {
             data_plane: Arc::default(),
             nodes: Arc::default(),
+            config: Arc::default(),
+            config_record,
             coordinator,
             kind,
             node_id,
@@ -243,6 +259,11 @@ impl ControlPlane {
             "leadership_token": leader.as_ref().map(|l| l.token),
             "backend": {"ok": health.ok, "detail": health.detail},
             "upstreams": self.data_plane.get().map(|f| f()),
+            "config": self.config.get().map(|f| f()),
+            "fleet": match config::fleet(self.coordinator.as_ref()).await {
+                Ok(f) => json!(f),
+                Err(e) => json!({"error": e}),
+            },
         })
     }
 
@@ -262,6 +283,21 @@ impl ControlPlane {
                 .map(|r| r.node_id),
             _ => None,
         }
+    }
+
+    /// Sets what the reloader adds to `/api/cluster/status` (once).
+    pub fn report_config(&self, status: DataPlaneStatus) {
+        let _ = self.config.set(status);
+    }
+
+    /// Publishes the config this replica runs now (digest and generation) to the fleet.
+    pub fn publish_config(&self, digest: &str, generation: u64, loaded_at_ms: u64) {
+        self.config_record.send_replace(Some(config::ConfigRecord {
+            node_id: self.node_id.clone(),
+            digest: digest.to_owned(),
+            generation,
+            loaded_at_ms,
+        }));
     }
 
     /// Sets what the data plane adds to `/api/cluster/status` (once).
@@ -324,6 +360,10 @@ async fn status(State(cp): State<ControlPlane>) -> Json<serde_json::Value> {
 async fn peers(
     State(cp): State<ControlPlane>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, Json<serde_json::Value>)> {
+    let configs = config::fleet(cp.coordinator.as_ref())
+        .await
+        .map(|f| f.replicas)
+        .unwrap_or_default();
     match cp.coordinator.peers().await {
         Ok(peers) => Ok(Json(json!({
             "node_id": cp.node_id,
@@ -331,7 +371,9 @@ async fn peers(
                 .into_iter()
                 .map(|p| {
                     let meta: serde_json::Value = serde_json::from_str(&p.meta).unwrap_or(serde_json::Value::Null);
-                    json!({"node_id": p.node_id, "meta": meta})
+                    let config = configs.iter().find(|c| c.node_id == p.node_id)
+                        .map(|c| json!({"digest": c.digest, "generation": c.generation}));
+                    json!({"node_id": p.node_id, "meta": meta, "config": config})
                 })
                 .collect::<Vec<_>>(),
         }))),
@@ -343,8 +385,8 @@ async fn peers(
 }
 
 /// `GET /api/cluster/nodes` (`?active=true` lists the same: presence expires): every
-/// replica with its node id, advertised URL, role, health, open sessions and version, and
-/// its presence metadata as `/api/cluster/peers` shows it.
+/// replica with its node id, advertised URL, role, health, open sessions, version and config
+/// (digest, generation), and its presence metadata as `/api/cluster/peers` shows it.
 async fn nodes(
     State(cp): State<ControlPlane>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, Json<serde_json::Value>)> {
@@ -370,6 +412,8 @@ async fn nodes(
                 "health": f.map_or(json!("unknown"), |f| f["health"].clone()),
                 "open_sessions": f.map_or(serde_json::Value::Null, |f| f["open_sessions"].clone()),
                 "version": p["meta"]["version"],
+                // The digest and generation of the config it runs (see docs/reload.md).
+                "config": p["config"],
                 "meta": p["meta"],
             })
         })

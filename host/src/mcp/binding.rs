@@ -29,6 +29,8 @@ pub struct Binding {
     pub limits: crate::mcp::limits::Limits,
     /// Request metrics by upstream index; the last for requests that reached none.
     pub recorders: Vec<Arc<RequestRecorder>>,
+    /// Set when a config reload removed or replaced this binding: its GET streams end.
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 impl Binding {
@@ -38,6 +40,19 @@ impl Binding {
         default_timeout: Duration,
         caps: &Capabilities,
         parsed: &Parsed,
+    ) -> anyhow::Result<Arc<Self>> {
+        Self::with_pools(cfg, base_dir, default_timeout, caps, parsed, &[])
+    }
+
+    /// [`Binding::new`], reusing the pools in `kept` (by upstream name) instead of building
+    /// them: a config reload keeps an unchanged upstream's children, connections and health.
+    pub fn with_pools(
+        cfg: &BindingConfig,
+        base_dir: &std::path::Path,
+        default_timeout: Duration,
+        caps: &Capabilities,
+        parsed: &Parsed,
+        kept: &[Arc<Pool>],
     ) -> anyhow::Result<Arc<Self>> {
         let prefix = match cfg.prefix {
             PrefixMode::Auto => cfg.upstreams.len() > 1,
@@ -52,6 +67,7 @@ impl Binding {
             .map(|u| Arc::new(RequestRecorder::new(&cfg.name, u)))
             .collect();
         Ok(Arc::new(Self {
+            retired: tokio::sync::watch::channel(false).0,
             recorders,
             access: crate::mcp::access::Access::new(cfg, parsed)?,
             ready_requires: cfg.ready_requires.clone(),
@@ -65,9 +81,10 @@ impl Binding {
             upstreams: cfg
                 .upstreams
                 .iter()
-                .map(|u| {
-                    Pool::new(&cfg.name, u, parsed, base_dir, default_timeout)
-                        .map_err(|e| anyhow::anyhow!("upstream `{}`: {e}", u.name))
+                .map(|u| match kept.iter().find(|p| p.name == u.name) {
+                    Some(p) => Ok(p.clone()),
+                    None => Pool::new(&cfg.name, u, parsed, base_dir, default_timeout)
+                        .map_err(|e| anyhow::anyhow!("upstream `{}`: {e}", u.name)),
                 })
                 .collect::<anyhow::Result<_>>()?,
             policy: cfg.on_upstream_failure,
@@ -89,6 +106,45 @@ impl Binding {
             .map(|u| u.timeout)
             .max()
             .unwrap_or_default()
+    }
+
+    /// Whether a session started on `other` can go on here: the same upstream pools, in the
+    /// same order (its conversations are one per upstream, by index), at the same path.
+    pub fn serves_sessions_of(&self, other: &Binding) -> bool {
+        self.path == other.path
+            && self.naming.prefix == other.naming.prefix
+            && self.naming.sep == other.naming.sep
+            && self.upstreams.len() == other.upstreams.len()
+            && self
+                .upstreams
+                .iter()
+                .zip(&other.upstreams)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    /// The upstreams of `other` that this binding does not serve with the same pool
+    /// (replaced or removed), by name.
+    pub fn replaced_upstreams_of(&self, other: &Binding) -> Vec<String> {
+        other
+            .upstreams
+            .iter()
+            .filter(|o| !self.upstreams.iter().any(|u| Arc::ptr_eq(u, o)))
+            .map(|o| o.name.clone())
+            .collect()
+    }
+
+    /// A config reload removed or replaced this binding: its long-lived streams end (each
+    /// with a reconnect hint), so nothing holds it and its upstreams any longer.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    /// Resolves once the binding is retired.
+    pub fn retiring(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.retired.subscribe();
+        async move {
+            let _ = rx.wait_for(|r| *r).await;
+        }
     }
 
     /// The index of every upstream, in order.

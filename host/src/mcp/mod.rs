@@ -42,9 +42,15 @@ use front::guard;
 use session::Sessions;
 use tokio::sync::watch;
 
+/// The bindings being served now: one generation, swapped whole by a config reload
+/// (`crate::reload`). Requests hold the `Arc<Binding>` they started with.
+pub type Bindings = Arc<arc_swap::ArcSwap<Vec<Arc<Binding>>>>;
+
 /// The data plane of one replica.
 pub struct Gateway {
-    pub bindings: Vec<Arc<Binding>>,
+    bindings: Bindings,
+    /// What bindings are built with (a reload builds new ones).
+    caps: Capabilities,
     pub sessions: Arc<Sessions>,
     pub ownership: Arc<Ownership>,
     pub forwarder: forward::Forwarder,
@@ -96,7 +102,8 @@ impl Gateway {
             })
             .collect::<anyhow::Result<Vec<Arc<Binding>>>>()?;
         let gw = Arc::new(Self {
-            bindings,
+            bindings: Arc::new(arc_swap::ArcSwap::from_pointee(bindings)),
+            caps: caps.clone(),
             sessions: Sessions::new(
                 caps.sessions.clone(),
                 services,
@@ -136,7 +143,7 @@ impl Gateway {
         );
         let _ = gw.pools.set(views);
         gw.sessions.spawn_sweeper(gw.bindings.clone());
-        gw.probe_upstreams();
+        gw.probe_upstreams(&gw.bindings(), &[]);
         Ok(gw)
     }
 
@@ -145,11 +152,113 @@ impl Gateway {
         self.pools.get().expect("set in Gateway::new")
     }
 
+    /// The bindings served now.
+    pub fn bindings(&self) -> Arc<Vec<Arc<Binding>>> {
+        self.bindings.load_full()
+    }
+
+    /// The bindings of `cfg` for a reload: those `kept` by name are the same objects; the
+    /// rest are built anew, reusing the pools of the upstreams in `pools` (by binding, then
+    /// upstream name). Nothing is served until [`Gateway::install`].
+    pub fn build_bindings(
+        &self,
+        cfg: &ValidatedConfig,
+        kept: &[&str],
+        pools: &dyn Fn(&str) -> Vec<Arc<upstream::pool::Pool>>,
+    ) -> anyhow::Result<Vec<Arc<Binding>>> {
+        let now = self.bindings();
+        let timeout = Duration::from_millis(cfg.config.mcp.limits.request_timeout_ms);
+        cfg.config
+            .bindings
+            .iter()
+            .map(|b| match now.iter().find(|n| n.name == b.name) {
+                Some(n) if kept.contains(&b.name.as_str()) => Ok(n.clone()),
+                _ => Binding::with_pools(
+                    b,
+                    &cfg.base_dir,
+                    timeout,
+                    &self.caps,
+                    &cfg.parsed,
+                    &pools(&b.name),
+                )
+                .map_err(|e| anyhow::anyhow!("binding `{}`: {e}", b.name)),
+            })
+            .collect()
+    }
+
+    /// Serves `next` from now on (the caller swaps the routes). Sessions served here of the
+    /// bindings in `ending` end (their clients get 404); those of the bindings in `moving`
+    /// move to the new binding, forgetting the upstreams named with each (in the background:
+    /// each once no request of it runs). The upstreams that are new are probed.
+    pub async fn install(
+        &self,
+        next: Vec<Arc<Binding>>,
+        ending: &[String],
+        moving: Vec<(String, Vec<String>)>,
+    ) {
+        let before = self.bindings.swap(Arc::new(next));
+        for b in before.iter() {
+            if ending.contains(&b.name) || moving.iter().any(|(n, _)| *n == b.name) {
+                b.retire();
+            }
+        }
+        let longest = before.iter().map(|b| b.longest_timeout()).max();
+        // A session of the old config that a request was still creating when its binding
+        // went is caught by a second pass, once such a request has timed out at the latest.
+        let second = longest.unwrap_or_default() + Duration::from_secs(1);
+        for name in ending {
+            let n = self.sessions.end_binding(name).await;
+            if n > 0 {
+                tracing::info!(binding = %name, sessions = n, "config reload: the removed binding's sessions ended");
+            }
+            let (sessions, current, name) =
+                (self.sessions.clone(), self.bindings.clone(), name.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(second).await;
+                let now = current.load_full();
+                sessions
+                    .end_where(&|l| l.binding.name == name && !now.iter().any(|b| b.name == name))
+                    .await;
+            });
+        }
+        for (name, forget) in moving {
+            let Some(was) = before.iter().find(|b| b.name == name) else {
+                continue;
+            };
+            let (sessions, current, deadline) = (
+                self.sessions.clone(),
+                self.bindings.clone(),
+                tokio::time::Instant::now() + was.longest_timeout(),
+            );
+            tokio::spawn(async move {
+                let stale = |l: &session::Live| {
+                    l.binding.name == name
+                        && !current
+                            .load()
+                            .iter()
+                            .any(|b| b.serves_sessions_of(&l.binding))
+                };
+                let n = sessions.move_where(&stale, &forget, deadline).await;
+                if n > 0 {
+                    tracing::info!(binding = %name, sessions = n, "config reload: the binding's sessions move to its new upstreams");
+                }
+                tokio::time::sleep(second).await;
+                let late = deadline + second;
+                sessions.move_where(&stale, &forget, late).await;
+            });
+        }
+        let old: Vec<Arc<upstream::pool::Pool>> = before
+            .iter()
+            .flat_map(|b| b.upstreams.iter().cloned())
+            .collect();
+        self.probe_upstreams(&self.bindings(), &old);
+    }
+
     /// Every binding's upstreams with what the last attempt to reach each found, for
     /// `/api/cluster/status`.
     pub fn upstream_status(&self) -> serde_json::Value {
         let all: Vec<serde_json::Value> = self
-            .bindings
+            .bindings()
             .iter()
             .flat_map(|b| {
                 b.upstreams.iter().map(|u| {
@@ -170,7 +279,7 @@ impl Gateway {
     /// Why the upstreams bindings require for readiness (`ready_requires`) keep this replica
     /// unready: the first that is not known to be up.
     pub fn required_upstreams_down(&self) -> Option<String> {
-        self.bindings.iter().find_map(|b| {
+        self.bindings().iter().find_map(|b| {
             b.upstreams
                 .iter()
                 .filter(|u| b.ready_requires.contains(&u.name))
@@ -182,9 +291,14 @@ impl Gateway {
     /// Reaches every upstream once, in the background (see `Upstream::probe`): a broken one
     /// is found at start, its cause logged at WARN and kept for its clients' errors and
     /// `/api/cluster/status`.
-    fn probe_upstreams(&self) {
-        for b in &self.bindings {
-            for up in &b.upstreams {
+    /// Upstreams already in `known` (the same pools) are not probed again.
+    fn probe_upstreams(&self, bindings: &[Arc<Binding>], known: &[Arc<upstream::pool::Pool>]) {
+        for b in bindings {
+            for up in b
+                .upstreams
+                .iter()
+                .filter(|u| !known.iter().any(|k| Arc::ptr_eq(k, u)))
+            {
                 let (binding, up) = (b.name.clone(), up.clone());
                 tokio::spawn(async move {
                     match up.probe().await {

@@ -22,7 +22,7 @@ mod tls_tests;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -178,10 +178,12 @@ impl Bound {
     }
 }
 
-/// Routes that exist only once the replica has joined the cluster: served from the start,
-/// answering 503 ("starting") until they are set.
+/// Routes set after the listeners start serving: those that exist only once the replica has
+/// joined the cluster (served from the start, answering 503 "starting" until they are set),
+/// and the data plane's routes, which a config reload replaces. Each request runs on the
+/// routes set when it arrived.
 #[derive(Clone, Default)]
-pub struct Late(Arc<OnceLock<Router>>);
+pub struct Late(Arc<arc_swap::ArcSwapOption<Router>>);
 
 impl Late {
     /// The router to serve now.
@@ -190,8 +192,9 @@ impl Late {
         Router::new().fallback(move |req: axum::extract::Request| {
             let me = me.clone();
             async move {
-                match me.0.get() {
-                    Some(r) => r.clone().oneshot(req).await.into_response(),
+                let current = me.0.load_full();
+                match current {
+                    Some(r) => Router::clone(&r).oneshot(req).await.into_response(),
                     None => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         [(axum::http::header::RETRY_AFTER, "2")],
@@ -203,9 +206,9 @@ impl Late {
         })
     }
 
-    /// Fills the routes in (once).
+    /// Fills the routes in, or replaces them.
     pub fn set(&self, r: Router) {
-        let _ = self.0.set(r);
+        self.0.store(Some(Arc::new(r)));
     }
 }
 

@@ -230,6 +230,7 @@ pub struct Metrics {
     rate_limited: Family<LimitLabels, Counter>,
     audit: Arc<AuditCollector>,
     pools: PoolFamilies,
+    config: ConfigMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -345,7 +346,9 @@ impl Metrics {
         let audit = Arc::new(AuditCollector::default());
         registry.register_collector(Box::new(audit.clone()));
         let pools = PoolFamilies::register(&mut registry);
+        let config = ConfigMetrics::register(&mut registry);
         Self {
+            config,
             registry,
             requests,
             request_duration,
@@ -500,6 +503,11 @@ impl Metrics {
     /// atomics and bumps them itself; a scrape reads them. A second call replaces the first.
     pub fn register_audit(&self, written: Arc<AtomicU64>, dropped: Arc<AtomicU64>) {
         *self.audit.counters.lock().expect("audit counters lock") = Some((written, dropped));
+    }
+
+    /// The config reload's metrics (`reload/`).
+    pub fn config(&self) -> &ConfigMetrics {
+        &self.config
     }
 
     /// The registry in the Prometheus text format 0.0.4 (see [`CONTENT_TYPE`]).
@@ -1018,5 +1026,66 @@ mod tests {
             resp.headers()[axum::http::header::CONTENT_TYPE],
             CONTENT_TYPE
         );
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: &'static str,
+}
+
+/// What config reloads did and which configs the fleet runs.
+#[derive(Debug)]
+pub struct ConfigMetrics {
+    reloads: Family<ReloadLabels, Counter>,
+    generation: Gauge,
+    fleet_digests: Gauge,
+}
+
+impl ConfigMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        for outcome in ["applied", "unchanged", "rejected"] {
+            let _ = reloads.get_or_create(&ReloadLabels { outcome });
+        }
+        registry.register(
+            "mcpg_config_reload",
+            "Config reloads by outcome: applied, unchanged (nothing that reloads changed) or \
+             rejected (invalid; the running config stays)",
+            reloads.clone(),
+        );
+        let generation = Gauge::default();
+        generation.set(1);
+        registry.register(
+            "mcpg_config_generation",
+            "The generation of the config this replica runs: 1 at start, one more per applied \
+             reload",
+            generation.clone(),
+        );
+        let fleet_digests = Gauge::default();
+        registry.register(
+            "mcpg_config_fleet_digests",
+            "How many distinct configs (by digest) the live replicas run, as this replica last \
+             read them from the coordinator; above 1 for longer than a rollout is drift",
+            fleet_digests.clone(),
+        );
+        Self {
+            reloads,
+            generation,
+            fleet_digests,
+        }
+    }
+
+    /// A reload ended with `outcome` (`applied`, `unchanged` or `rejected`).
+    pub fn reload(&self, outcome: &'static str) {
+        self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
+    }
+
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.set(generation as i64);
+    }
+
+    pub fn set_fleet_digests(&self, n: usize) {
+        self.fleet_digests.set(n as i64);
     }
 }

@@ -54,6 +54,15 @@ pub fn init(obs: &ObservabilityConfig, traces_endpoint: Option<&url::Url>) {
         LogFormat::Human => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    // The level can change while the process runs (a config reload): the filter sits behind
+    // a reload handle.
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_LEVEL.set(Box::new(move |directive: &str| {
+        let f = EnvFilter::builder()
+            .parse(directive)
+            .map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    }));
     let tracing = obs.tracing.as_ref().zip(traces_endpoint);
     let otel = tracing.filter(|_| obs.enabled).map(|(cfg, endpoint)| {
         traces::install(cfg, endpoint)
@@ -72,19 +81,37 @@ pub fn init(obs: &ObservabilityConfig, traces_endpoint: Option<&url::Url>) {
         .try_init();
 }
 
+/// Sets the log level of the running process (see [`set_log_level`]).
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static LOG_LEVEL: std::sync::OnceLock<SetLevel> = std::sync::OnceLock::new();
+
+/// Changes the log level (`observability.logs.level`) of the running process; `Ok(false)` when
+/// `MCPG_LOG` is set (it wins over the config, at start and after) or logging was not set up
+/// by [`init`].
+pub fn set_log_level(level: &str) -> Result<bool, String> {
+    if std::env::var_os("MCPG_LOG").is_some() {
+        return Ok(false);
+    }
+    match LOG_LEVEL.get() {
+        Some(set) => set(level).map(|()| true),
+        None => Ok(false),
+    }
+}
+
 /// The log output layer. The request span passes the level filter whatever the level, so that
 /// a `warn` line inside a request still carries the request's ids when `info` is filtered out
 /// (a span only prints as the context of lines, never on its own). Colours only on a terminal:
 /// `format: human` into a file or a pipe gets plain text.
-fn log_layer<S, W>(
+fn log_layer<S, W, F>(
     json: bool,
     ansi: bool,
     writer: W,
-    filter: EnvFilter,
+    filter: F,
 ) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    F: tracing_subscriber::layer::Filter<S> + Send + Sync + 'static,
 {
     let filter = filter.or(filter_fn(|m| m.is_span() && m.name() == REQUEST_SPAN));
     let layer = tracing_subscriber::fmt::layer()

@@ -97,6 +97,11 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     // SIGTERM is mcpg's drain; the stop timeout must outlast it with the defaults the unit
     // runs with (a config that raises them must raise TimeoutStopSec too: the unit says so).
     assert_eq!(directive(&unit, "KillSignal"), Some("SIGTERM"));
+    // `systemctl reload` is mcpg's SIGHUP: the config re-read without a restart.
+    assert_eq!(
+        directive(&unit, "ExecReload"),
+        Some("/bin/kill -HUP $MAINPID")
+    );
     // mcpg says when it is ready (see the test below), so systemd waits for it.
     assert_eq!(directive(&unit, "Type"), Some("notify"));
     let stop_s: u64 = directive(&unit, "TimeoutStopSec")

@@ -12,6 +12,7 @@ mod clients;
 mod cluster_lifecycle;
 mod cluster_sessions;
 mod config_check;
+mod config_reload;
 mod consul_config;
 mod deploy_image;
 mod deploy_kubernetes;

@@ -5,6 +5,7 @@
 //! replica). One replica's view never takes an endpoint out on another: views are only
 //! shown; each replica's own health checks decide for it.
 
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,7 +68,8 @@ struct AdminKey {
 pub struct PoolViews {
     cap: Capability,
     node_id: String,
-    bindings: Vec<Arc<Binding>>,
+    /// The bindings served now (a config reload swaps them).
+    bindings: Arc<ArcSwap<Vec<Arc<Binding>>>>,
     sessions: Weak<Sessions>,
     ownership: Arc<Ownership>,
 }
@@ -87,7 +89,7 @@ impl PoolViews {
     /// Starts publishing and applying in the background, until the returned value is dropped.
     pub fn start(
         cap: Capability,
-        bindings: Vec<Arc<Binding>>,
+        bindings: Arc<ArcSwap<Vec<Arc<Binding>>>>,
         sessions: &Arc<Sessions>,
         ownership: Arc<Ownership>,
     ) -> Arc<Self> {
@@ -119,6 +121,7 @@ impl PoolViews {
     pub fn own_view(&self) -> ReplicaView {
         let servers = self
             .bindings
+            .load()
             .iter()
             .flat_map(|b| {
                 b.upstreams.iter().map(|p| ServerBrief {
@@ -226,17 +229,15 @@ impl PoolViews {
         Ok(())
     }
 
-    fn pool(
-        &self,
-        binding: &str,
-        upstream: &str,
-    ) -> Option<&Arc<crate::mcp::upstream::pool::Pool>> {
+    fn pool(&self, binding: &str, upstream: &str) -> Option<Arc<crate::mcp::upstream::pool::Pool>> {
         self.bindings
+            .load()
             .iter()
             .find(|b| b.name == binding)?
             .upstreams
             .iter()
             .find(|p| p.name == upstream)
+            .cloned()
     }
 
     /// Makes every endpoint's admin state here what the cluster's keys say (no key:
@@ -249,7 +250,7 @@ impl PoolViews {
             .iter()
             .filter_map(|e| serde_json::from_slice(&e.value).ok())
             .collect();
-        for b in &self.bindings {
+        for b in self.bindings.load().iter() {
             for p in &b.upstreams {
                 for m in &p.members {
                     let want = keys
@@ -291,7 +292,7 @@ mod tests {
         let b = binding(&r.caps, &cfg);
         let views = PoolViews::start(
             r.caps.pools.clone(),
-            vec![b],
+            Arc::new(ArcSwap::from_pointee(vec![b])),
             &r.sessions,
             r.ownership.clone(),
         );
@@ -299,7 +300,7 @@ mod tests {
     }
 
     fn state_of(v: &PoolViews, endpoint: &str) -> (State, Admin) {
-        let e = v.bindings[0].upstreams[0]
+        let e = v.bindings.load()[0].upstreams[0]
             .view()
             .into_iter()
             .find(|e| e.name == endpoint)
@@ -312,7 +313,7 @@ mod tests {
         let s = store();
         let (_r0, v0) = replica(&s, "n0").await;
         let (_r1, v1) = replica(&s, "n1").await;
-        v0.bindings[0].upstreams[0].attempt(0, Attempt::NotReached);
+        v0.bindings.load()[0].upstreams[0].attempt(0, Attempt::NotReached);
         assert_eq!(state_of(&v0, "a").0, State::Ejected);
         v0.publish().await;
         let cluster = v1.cluster().await.expect("the views");
@@ -323,7 +324,7 @@ mod tests {
         // n1 reads n0's view and still sends to `a`.
         v1.apply().await;
         assert_eq!(state_of(&v1, "a"), (State::Healthy, Admin::Enabled));
-        assert_eq!(v1.bindings[0].upstreams[0].pick(&[1]), Some(0));
+        assert_eq!(v1.bindings.load()[0].upstreams[0].pick(&[1]), Some(0));
         let nodes = v1.nodes().await;
         assert_eq!(nodes["n0"]["health"], "ready");
         assert_eq!(nodes["n1"]["open_sessions"], 0);

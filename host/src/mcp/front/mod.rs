@@ -42,7 +42,7 @@ type S = State<(Arc<Gateway>, Arc<Binding>)>;
 
 /// The routes of every binding, for the main listener.
 pub fn router(gw: &Arc<Gateway>) -> Router {
-    gw.bindings
+    gw.bindings()
         .iter()
         .fold(Router::new(), |r, b| r.merge(routes(gw.clone(), b.clone())))
 }
@@ -502,7 +502,14 @@ async fn open_stream(
     let keeper = gw
         .sessions
         .keep_owned(b.clone(), sid, identity_key(&who).map(str::to_owned));
-    Ok(sse::get_stream(stream, keeper, gw.streams_closing()))
+    let (closing, retiring) = (gw.streams_closing(), b.retiring());
+    let ends = async move {
+        tokio::select! {
+            _ = closing => {}
+            _ = retiring => {}
+        }
+    };
+    Ok(sse::get_stream(stream, keeper, ends))
 }
 
 /// DELETE ends the session and its upstream sessions (on the replica that owns it).

@@ -64,13 +64,17 @@ fn server(b: &Binding, p: &Pool, cluster: &[ReplicaView]) -> Value {
 }
 
 /// Every upstream named `name`, with its binding (one name may serve several bindings).
-fn named<'a>(gw: &'a Gateway, name: &'a str) -> impl Iterator<Item = (&'a Binding, &'a Arc<Pool>)> {
-    gw.bindings.iter().flat_map(move |b| {
-        b.upstreams
-            .iter()
-            .filter(move |p| p.name == name)
-            .map(move |p| (b.as_ref(), p))
-    })
+fn named(gw: &Gateway, name: &str) -> Vec<(Arc<Binding>, Arc<Pool>)> {
+    let bindings = gw.bindings();
+    bindings
+        .iter()
+        .flat_map(|b| {
+            b.upstreams
+                .iter()
+                .filter(|p| p.name == name)
+                .map(|p| (b.clone(), p.clone()))
+        })
+        .collect()
 }
 
 /// The answer listing the upstreams named `only` (all when `None`), with the cluster's
@@ -81,7 +85,7 @@ async fn listing(gw: &Gateway, only: Option<&str>) -> Response {
         Err(e) => (vec![gw.pool_views().own_view()], Some(e)),
     };
     let servers: Vec<Value> = gw
-        .bindings
+        .bindings()
         .iter()
         .flat_map(|b| b.upstreams.iter().map(move |p| (b.as_ref(), p)))
         .filter(|(_, p)| only.is_none_or(|n| p.name == n))
@@ -103,7 +107,7 @@ pub async fn servers(State(gw): State<Arc<Gateway>>) -> Response {
 
 /// `GET /api/cluster/servers/{upstream}/replicas`.
 pub async fn replicas(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
-    if named(&gw, &name).next().is_none() {
+    if named(&gw, &name).is_empty() {
         return error(StatusCode::NOT_FOUND, format!("no upstream named `{name}`"));
     }
     listing(&gw, Some(&name)).await
@@ -126,12 +130,14 @@ pub async fn set_admin(
             );
         }
     };
-    let targets: Vec<(String, String)> = named(&gw, &name)
+    let found = named(&gw, &name);
+    let targets: Vec<(String, String)> = found
+        .iter()
         .filter(|(_, p)| p.endpoint(&endpoint).is_some())
         .map(|(b, p)| (b.name.clone(), p.name.clone()))
         .collect();
     if targets.is_empty() {
-        let why = if named(&gw, &name).next().is_none() {
+        let why = if found.is_empty() {
             format!("no upstream named `{name}`")
         } else {
             format!("upstream `{name}` has no endpoint named `{endpoint}`")

@@ -523,6 +523,87 @@ impl Sessions {
         }
     }
 
+    /// Every session served here that `pick` picks.
+    fn picked(&self, pick: &(dyn Fn(&Live) -> bool + Sync)) -> Vec<Arc<Live>> {
+        self.live
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|l| pick(l))
+            .cloned()
+            .collect()
+    }
+
+    /// Ends every session of the binding `name` served here (a config reload removed it);
+    /// how many.
+    pub async fn end_binding(&self, name: &str) -> usize {
+        self.end_where(&|l| l.binding.name == name).await
+    }
+
+    /// Ends every session served here that `pick` picks; how many.
+    pub async fn end_where(&self, pick: &(dyn Fn(&Live) -> bool + Sync)) -> usize {
+        let ending = self.picked(pick);
+        for live in &ending {
+            self.end(live).await;
+        }
+        ending.len()
+    }
+
+    /// A config reload changed the upstreams of the binding `name`: each of its sessions
+    /// served here is handed over as at shutdown (once idle, all by `deadline`), its record
+    /// forgetting its conversations with the upstreams in `forget` (replaced or removed), so
+    /// that the next request claims it on the new binding: kept upstreams resumed, new ones
+    /// initialised with the client's recorded hello. How many moved.
+    pub async fn move_binding(&self, name: &str, forget: &[String], deadline: Instant) -> usize {
+        self.move_where(&|l| l.binding.name == name, forget, deadline)
+            .await
+    }
+
+    /// [`Sessions::move_binding`] for the sessions `pick` picks.
+    pub async fn move_where(
+        &self,
+        pick: &(dyn Fn(&Live) -> bool + Sync),
+        forget: &[String],
+        deadline: Instant,
+    ) -> usize {
+        let mut moved = 0;
+        loop {
+            let all = self.picked(pick);
+            if all.is_empty() {
+                return moved;
+            }
+            let late = Instant::now() >= deadline;
+            for l in all {
+                if late {
+                    l.closed.store(true, SeqCst);
+                } else if !l.let_go_if_idle() {
+                    continue;
+                }
+                self.hand_over_forgetting(&l, forget).await;
+                moved += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`Sessions::move_binding`] for one session, found by a request that arrived on the new
+    /// binding before the reload moved it.
+    pub(super) async fn move_session(
+        &self,
+        live: &Arc<Live>,
+        forget: &[String],
+        deadline: Instant,
+    ) {
+        while !live.let_go_if_idle() {
+            if Instant::now() >= deadline {
+                live.closed.store(true, SeqCst);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.hand_over_forgetting(live, forget).await;
+    }
+
     /// Shutdown: hands every session served here back to the cluster (its record says it has
     /// no owner, so the next request for it is served by another replica at once), each as
     /// soon as no request of it is running here, and all of them by `deadline`.
@@ -546,7 +627,17 @@ impl Sessions {
     }
 
     async fn hand_over(&self, live: &Arc<Live>) {
+        self.hand_over_forgetting(live, &[]).await;
+    }
+
+    /// Hands a session over, its record forgetting the upstreams in `forget`.
+    async fn hand_over_forgetting(&self, live: &Arc<Live>, forget: &[String]) {
         let mut record = live.current_record();
+        for name in forget {
+            record.upstream_sessions.remove(name);
+            record.upstream_versions.remove(name);
+            record.upstream_endpoints.remove(name);
+        }
         let token = record.owner_token;
         record.owner = String::new();
         record.owner_token = 0;

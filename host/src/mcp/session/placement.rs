@@ -324,6 +324,14 @@ impl Sessions {
         if live.binding.name != binding.name {
             return Err(SessionError::WrongBinding);
         }
+        // A config reload changed the upstreams under this session: it moves to the new
+        // binding (handed over, then claimed like any session without an owner).
+        if !binding.serves_sessions_of(&live.binding) {
+            let forget = binding.replaced_upstreams_of(&live.binding);
+            let deadline = Instant::now() + live.binding.longest_timeout();
+            self.move_session(&live, &forget, deadline).await;
+            return Ok(None);
+        }
         if live.record.lock().expect("lock").identity.as_deref() != identity {
             return Err(SessionError::NotFound);
         }

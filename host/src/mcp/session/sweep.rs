@@ -14,7 +14,7 @@ use crate::mcp::binding::Binding;
 impl Sessions {
     /// Every quarter of the idle TTL (between 1 s and 5 min), whichever replica takes the
     /// sweeper lease ends the sessions that departed replicas left idle ([`Sessions::sweep`]).
-    pub fn spawn_sweeper(self: &Arc<Self>, bindings: Vec<Arc<Binding>>) {
+    pub fn spawn_sweeper(self: &Arc<Self>, bindings: Arc<arc_swap::ArcSwap<Vec<Arc<Binding>>>>) {
         let every = (self.idle_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -25,7 +25,7 @@ impl Sessions {
                     return;
                 }
                 if let Some(lease) = s.ownership.sweeper_lease(every * 2).await {
-                    s.sweep(&bindings).await;
+                    s.sweep(&bindings.load_full()).await;
                     let _ = lease.release().await;
                 }
             }

@@ -312,7 +312,15 @@ impl Upstream {
                     Ok(conn) => {
                         tx.send_replace(Some(conn.clone()));
                         answer_unattributable(&conn);
-                        conn.closed().await;
+                        // The upstream is gone (a config reload removed or replaced it):
+                        // the child goes with it.
+                        tokio::select! {
+                            _ = conn.closed() => {}
+                            _ = tx.closed() => {
+                                conn.close().await;
+                                return;
+                            }
+                        }
                         let why = conn.why_closed().await;
                         health.record::<()>(&Err(RpcError::new(
                             jsonrpc::code::CONNECTION_CLOSED,
