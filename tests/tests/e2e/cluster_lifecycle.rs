@@ -5,15 +5,14 @@
 //! coordinator.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mcpg_backends::RedisServer;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    MCP_ACCEPT as ACCEPT, MCP_JSON as JSON, Proc, TempDir, bin, cdylib, free_port, get_json, http,
-    http_get, legacy_session, session_post, wait_until,
+    MCP_ACCEPT as ACCEPT, MCP_JSON as JSON, Proc, TempDir, cdylib, get_json, http, http_get,
+    legacy_session, replica_command, session_post, wait_until,
 };
 use crate::peers::{peers_script, python};
 
@@ -41,20 +40,11 @@ struct Node {
 }
 
 fn start(config: &std::path::Path, id: &str, extra: &[&str]) -> Node {
-    let (listen, admin) = (free_port(), free_port());
-    let proc = Proc::spawn(
-        Command::new(bin("mcpg"))
-            .arg("--config")
-            .arg(config)
-            .args(["--node-id", id])
-            .args(["--listen", &format!("127.0.0.1:{listen}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(extra),
-    );
+    let (mut cmd, main, admin) = replica_command(config, id);
     Node {
-        proc,
-        main: format!("127.0.0.1:{listen}").parse().unwrap(),
-        admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+        proc: Proc::spawn(cmd.args(extra)),
+        main,
+        admin,
     }
 }
 

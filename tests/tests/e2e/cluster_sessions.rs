@@ -15,8 +15,9 @@ use mcpg_backends::{PostgresServer, RedisServer};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    MCP_ACCEPT as ACCEPT, MCP_JSON as JSON, Proc, TempDir, bin, cdylib, free_port, get_json, http,
-    http_for, http_get, legacy_session, repo_root, session_post, sse_messages, wait_until,
+    MCP_ACCEPT as ACCEPT, MCP_JSON as JSON, Proc, TempDir, cdylib, free_port, get_json, http,
+    http_for, http_get, legacy_session, replica_command, repo_root, session_post, sse_messages,
+    wait_until,
 };
 use crate::peers::{Everything, everything_http, peers_script, py_client, python};
 
@@ -209,22 +210,14 @@ impl Cluster {
         );
         let mut replicas = Vec::new();
         for i in 0..n {
-            let (listen, admin) = (free_port(), free_port());
             let id = format!("replica-{i}");
-            let proc = Proc::spawn(
-                Command::new(bin("mcpg"))
-                    .arg("--config")
-                    .arg(&f)
-                    .args(["--node-id", &id])
-                    .args(["--listen", &format!("127.0.0.1:{listen}")])
-                    .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-                    .env("MCPG_LOG", "info,mcpg=debug"),
-            );
+            let (mut cmd, main, admin) = replica_command(&f, &id);
+            let proc = Proc::spawn(cmd.env("MCPG_LOG", "info,mcpg=debug"));
             replicas.push(Replica {
                 id,
                 proc: Some(proc),
-                main: format!("127.0.0.1:{listen}").parse().unwrap(),
-                admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+                main,
+                admin,
             });
         }
         for r in &mut replicas {

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::cluster_sessions::Nginx;
 use crate::harness::{
-    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, cdylib, free_port, http, http_get, wait_until,
+    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, cdylib, http, http_get, replica_command, wait_until,
 };
 use crate::peers::{peers_script, python};
 
@@ -84,18 +84,10 @@ fn start() -> Cluster {
     std::fs::write(&file, config(&redis.url(), false, false, true)).unwrap();
     let (mut procs, mut mains, mut admins) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..2 {
-        let (listen, admin) = (free_port(), free_port());
-        procs.push(Proc::spawn(
-            Command::new(bin("mcpg"))
-                .arg("--config")
-                .arg(&file)
-                .env_remove("MCPG_LOG")
-                .args(["--node-id", &format!("reload-{i}")])
-                .args(["--listen", &format!("127.0.0.1:{listen}")])
-                .args(["--admin-listen", &format!("127.0.0.1:{admin}")]),
-        ));
-        mains.push(format!("127.0.0.1:{listen}").parse().unwrap());
-        admins.push(format!("127.0.0.1:{admin}").parse().unwrap());
+        let (mut cmd, main, admin) = replica_command(&file, &format!("reload-{i}"));
+        procs.push(Proc::spawn(cmd.env_remove("MCPG_LOG")));
+        mains.push(main);
+        admins.push(admin);
     }
     for m in &mains {
         assert!(

@@ -126,6 +126,20 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// A replica's command line: `mcpg --config <config> --node-id <id>` listening on free loopback
+/// ports; add environment or arguments, then spawn. Also its main and admin addresses.
+pub fn replica_command(config: &Path, id: &str) -> (Command, SocketAddr, SocketAddr) {
+    let (listen, admin) = (free_port(), free_port());
+    let mut c = Command::new(bin("mcpg"));
+    c.arg("--config")
+        .arg(config)
+        .args(["--node-id", id])
+        .args(["--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")]);
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    (c, at(listen), at(admin))
+}
+
 /// A child process that is killed if the test ends before it exits.
 pub struct Proc {
     pub child: Child,

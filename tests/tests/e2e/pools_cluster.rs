@@ -23,7 +23,9 @@ use mcpg_backends::RedisServer;
 use serde_json::{Value, json};
 
 use crate::cluster_sessions::{LongClient, Nginx, now_s};
-use crate::harness::{Proc, TempDir, bin, cdylib, free_port, get_json, http_get, wait_until};
+use crate::harness::{
+    Proc, TempDir, bin, cdylib, free_port, get_json, http_get, replica_command, wait_until,
+};
 use crate::observability::{promtool_check, samples};
 use crate::peers::{peers_script, python};
 use crate::upstream_pools::fixture;
@@ -124,19 +126,9 @@ impl Cluster {
         );
         let mut replicas = Vec::new();
         for i in 0..2 {
-            let (listen, admin) = (free_port(), free_port());
             let id = format!("pool-{i}");
-            let proc = Proc::spawn(
-                Command::new(bin("mcpg"))
-                    .arg("--config")
-                    .arg(&f)
-                    .args(["--node-id", &id])
-                    .args(["--listen", &format!("127.0.0.1:{listen}")])
-                    .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-                    .env("AUDIT_FILE", dir.0.join(format!("audit-{id}.jsonl"))),
-            );
-            let main: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-            let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+            let (mut cmd, main, admin) = replica_command(&f, &id);
+            let proc = Proc::spawn(cmd.env("AUDIT_FILE", dir.0.join(format!("audit-{id}.jsonl"))));
             replicas.push((id, Some(proc), main, admin));
         }
         for (id, proc, main, admin) in &mut replicas {

@@ -5,7 +5,6 @@
 //! and the wait in `data`), and the quota comes back with the next window.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mcpg_backends::RedisServer;
@@ -13,7 +12,8 @@ use serde_json::{Value, json};
 
 use crate::cluster_sessions::Nginx;
 use crate::harness::{
-    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, cdylib, free_port, header, http, http_get, wait_until,
+    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, cdylib, header, http, http_get, replica_command,
+    wait_until,
 };
 use crate::peers::py_client_env;
 
@@ -50,17 +50,10 @@ fn start() -> Replicas {
     );
     let (mut procs, mut mains, mut admins) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..3 {
-        let (listen, admin) = (free_port(), free_port());
-        procs.push(Proc::spawn(
-            Command::new(bin("mcpg"))
-                .arg("--config")
-                .arg(&f)
-                .args(["--node-id", &format!("rl-{i}")])
-                .args(["--listen", &format!("127.0.0.1:{listen}")])
-                .args(["--admin-listen", &format!("127.0.0.1:{admin}")]),
-        ));
-        mains.push(format!("127.0.0.1:{listen}").parse().unwrap());
-        admins.push(format!("127.0.0.1:{admin}").parse().unwrap());
+        let (mut cmd, main, admin) = replica_command(&f, &format!("rl-{i}"));
+        procs.push(Proc::spawn(&mut cmd));
+        mains.push(main);
+        admins.push(admin);
     }
     for m in &mains {
         assert!(
