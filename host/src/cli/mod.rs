@@ -61,6 +61,7 @@ fn serve(args: Args) -> ExitCode {
     let overrides = args.overrides();
     on_runtime(async move {
         let hangups = reload::hangups();
+        let shutdown = server::shutdown_signal();
         let plugin = match plugin_phase(&cfg, &file).await {
             Ok(p) => p,
             Err(e) => return fail(e),
@@ -81,7 +82,7 @@ fn serve(args: Args) -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(e),
         };
-        server::shutdown_signal().await;
+        shutdown.await;
         replica.drain().await;
         ExitCode::SUCCESS
     })
