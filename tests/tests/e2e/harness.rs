@@ -194,18 +194,8 @@ impl Proc {
     /// on a loaded machine, to read and serve a request sent after `kill` returned).
     pub fn stop(&self) {
         self.signal("STOP");
-        let tasks = format!("/proc/{}/task", self.child.id());
-        let stopped = || {
-            std::fs::read_dir(&tasks).is_ok_and(|dir| {
-                dir.flatten().all(|t| {
-                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
-                        stat.rsplit_once(')').is_some_and(|(_, rest)| {
-                            matches!(rest.trim_start().as_bytes().first(), Some(b'T' | b't'))
-                        })
-                    })
-                })
-            })
-        };
+        let pid = self.child.id();
+        let stopped = || mcpg_backends::all_threads_stopped(pid);
         assert!(
             wait_until(Duration::from_secs(10), stopped),
             "process {} did not stop",

@@ -24,6 +24,22 @@ pub fn require_binary(name: &str, install_hint: &str) -> PathBuf {
     );
 }
 
+/// Whether every thread of process `pid` is stopped (state `T` or `t` in
+/// `/proc/<pid>/task/*/stat`), or the process is gone.
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    dir.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).map_or(true, |stat| {
+            // `tid (comm) state …`; comm may hold spaces and parentheses.
+            stat.rsplit_once(')').is_some_and(|(_, rest)| {
+                matches!(rest.trim_start().as_bytes().first(), Some(b'T' | b't'))
+            })
+        })
+    })
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -131,6 +147,22 @@ impl Managed {
         }
     }
 
+    /// Stops the server and its descendants (`SIGSTOP`) and returns once every thread of them
+    /// is stopped: `kill` returns when the signal is sent, and a multi-threaded server (NATS,
+    /// etcd) can answer a request or two in between.
+    fn pause(&self) {
+        self.signal("STOP");
+        let start = Instant::now();
+        while !self.processes().into_iter().all(all_threads_stopped) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} did not stop",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     fn kill(&mut self) {
         // A stopped server handles no signal but KILL: let it run first.
         self.signal("CONT");
@@ -230,7 +262,7 @@ impl RedisServer {
     /// Stops the server (`SIGSTOP` to it and its children): connections stay open, nothing
     /// answers, until [`RedisServer::resume`].
     pub fn pause(&self) {
-        self.server.signal("STOP");
+        self.server.pause();
     }
 
     /// Lets a paused server run again (`SIGCONT`).
@@ -310,7 +342,7 @@ impl NatsServer {
     /// Stops the server (`SIGSTOP` to it and its children): connections stay open, nothing
     /// answers, until [`NatsServer::resume`].
     pub fn pause(&self) {
-        self.server.signal("STOP");
+        self.server.pause();
     }
 
     /// Lets a paused server run again (`SIGCONT`).
@@ -375,7 +407,7 @@ impl EtcdServer {
     /// Stops the server (`SIGSTOP` to it and its children): connections stay open, nothing
     /// answers, until [`EtcdServer::resume`].
     pub fn pause(&self) {
-        self.server.signal("STOP");
+        self.server.pause();
     }
 
     /// Lets a paused server run again (`SIGCONT`).
@@ -497,7 +529,7 @@ impl PostgresServer {
     /// Stops the server (`SIGSTOP` to it and its children): connections stay open, nothing
     /// answers, until [`PostgresServer::resume`].
     pub fn pause(&self) {
-        self.server.signal("STOP");
+        self.server.pause();
     }
 
     /// Lets a paused server run again (`SIGCONT`).
