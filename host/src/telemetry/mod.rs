@@ -437,31 +437,18 @@ where
 /// A span's fields for the JSON format, kept as one JSON object that each `Span::record`
 /// appends to. `JsonFields` parses the whole object and writes it out again on every record,
 /// which was a third of the instructions of a request in profiles (the request span records
-/// five fields after it starts); [`FlatJson`] reads the object into a map, where a field
-/// recorded twice keeps its last value, as before. `otel.*` fields, which no log line shows,
-/// are left out.
+/// fields after it starts); [`FlatJson`] reads the object into a map, where a field recorded
+/// twice keeps its last value. The fields are written straight into the span's text as they
+/// are visited (no map, no `Value` per field: every request pays for this, whether or not a
+/// line is ever printed inside it). `otel.*` fields, which no log line shows, are left out.
 struct AppendJsonFields;
-
-impl AppendJsonFields {
-    fn append(out: &mut Writer<'_>, open: bool, fields: &Map<String, Value>) -> fmt::Result {
-        let mut first = !open;
-        for (k, v) in fields.iter().filter(|(k, _)| !k.starts_with("otel.")) {
-            if !first {
-                out.write_char(',')?;
-            }
-            first = false;
-            write!(out, "{}:{}", Value::String(k.clone()), v)?;
-        }
-        Ok(())
-    }
-}
 
 impl<'w> FormatFields<'w> for AppendJsonFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut map = Map::new();
-        fields.record(&mut JsonVisitor(&mut map));
         writer.write_char('{')?;
-        Self::append(&mut writer, false, &map)?;
+        let mut v = JsonWriter::new(&mut writer, false);
+        fields.record(&mut v);
+        v.result?;
         writer.write_char('}')
     }
 
@@ -470,28 +457,113 @@ impl<'w> FormatFields<'w> for AppendJsonFields {
         current: &'w mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
-        let mut map = Map::new();
-        fields.record(&mut JsonVisitor(&mut map));
-        if map.keys().all(|k| k.starts_with("otel.")) {
+        // The object so far without its closing brace; whether it holds a field already.
+        let (body, open) = match current.fields.strip_suffix('}') {
+            Some(body) => (body.len(), body.len() > 1),
+            None => (0, false),
+        };
+        let mut added = String::new();
+        let mut w = Writer::new(&mut added);
+        let mut v = JsonWriter::new(&mut w, open);
+        fields.record(&mut v);
+        v.result?;
+        if added.is_empty() {
             return Ok(());
         }
-        // The object so far without its closing brace; whether it holds a field already.
-        let open = match current.fields.strip_suffix('}') {
-            Some(body) => {
-                let open = body.len() > 1;
-                current.fields.truncate(body.len());
-                open
-            }
-            None => {
-                current.fields.clear();
-                current.fields.push('{');
-                false
-            }
-        };
-        let mut w = current.as_writer();
-        Self::append(&mut w, open, &map)?;
-        w.write_char('}')
+        if body == 0 {
+            current.fields.clear();
+            current.fields.push('{');
+        } else {
+            current.fields.truncate(body);
+        }
+        current.fields.push_str(&added);
+        current.fields.push('}');
+        Ok(())
     }
+}
+
+/// Writes each visited field as `"name":value` (comma-separated) into a JSON object being
+/// written, leaving out `otel.*` fields.
+struct JsonWriter<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    /// Whether a field was written before (the next one needs a comma).
+    open: bool,
+    result: fmt::Result,
+}
+
+impl<'a, 'w> JsonWriter<'a, 'w> {
+    fn new(out: &'a mut Writer<'w>, open: bool) -> Self {
+        Self {
+            out,
+            open,
+            result: Ok(()),
+        }
+    }
+
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'w>) -> fmt::Result) {
+        if self.result.is_err() || is_otel(field) {
+            return;
+        }
+        self.result = (|| {
+            if self.open {
+                self.out.write_char(',')?;
+            }
+            self.open = true;
+            json_str(self.out, field.name())?;
+            self.out.write_char(':')?;
+            value(self.out)
+        })();
+    }
+}
+
+impl Visit for JsonWriter<'_, '_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.field(field, |w| write!(w, "{}", Value::from(value)));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, |w| write!(w, "{value}"));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, |w| write!(w, "{value}"));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, |w| write!(w, "{value}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, |w| json_str(w, value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.field(field, |w| json_str(w, &value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, |w| json_str(w, &format!("{value:?}")));
+    }
+}
+
+/// `s` as a JSON string literal (RFC 8259 escapes).
+fn json_str(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let esc = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 => "",
+            _ => continue,
+        };
+        w.write_str(&s[start..i])?;
+        if esc.is_empty() {
+            write!(w, "\\u{:04x}", c as u32)?;
+        } else {
+            w.write_str(esc)?;
+        }
+        start = i + c.len_utf8();
+    }
+    w.write_str(&s[start..])?;
+    w.write_char('"')
 }
 
 struct JsonVisitor<'a>(&'a mut Map<String, Value>);
@@ -574,6 +646,38 @@ mod tests {
         out.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
+    }
+
+    #[test]
+    fn json_span_fields_of_every_type_and_any_text_round_trip() {
+        let nasty = "q\"uote \\ back\nline\ttab\u{1} ctl \u{7f} é 💥";
+        let out = capture(true, "info", || {
+            let span = tracing::info_span!(
+                "mcp.request",
+                s = nasty,
+                i = -3i64,
+                u = 18_446_744_073_709_551_615u64,
+                f = 1.5f64,
+                b = true,
+                d = ?vec!["a\"b"],
+                later = tracing::field::Empty,
+                "otel.name" = "left out",
+            );
+            let _g = span.enter();
+            span.record("later", nasty);
+            span.record("otel.status_code", "left out too");
+            tracing::info!("inside");
+        });
+        let line = &json_lines(&out)[0];
+        assert_eq!(line["s"], nasty);
+        assert_eq!(line["later"], nasty);
+        assert_eq!(line["i"], -3);
+        assert_eq!(line["u"], json!(u64::MAX));
+        assert_eq!(line["f"], 1.5);
+        assert_eq!(line["b"], true);
+        assert_eq!(line["d"], r#"["a\"b"]"#);
+        assert!(line.get("otel.name").is_none(), "{line}");
+        assert!(line.get("otel.status_code").is_none(), "{line}");
     }
 
     #[test]
