@@ -5,6 +5,9 @@ usage: reload_client.py URL MODE TOOL STOPFILE READYFILE
   MODE  legacy | 2026-07-28   (initialize a session, or the stateless 2026-07-28 era)
   READYFILE  created after the first call that succeeded
 
+Every server notification the client gets is counted by method and reported too (a session
+moved by a reload is told its lists may have changed).
+
 A call that raises is recorded with the exception; the client then connects again (a legacy
 session the gateway ended must be initialised anew) and goes on. The end-to-end test of
 config reloads runs several of these while it changes the gateway's config.
@@ -23,10 +26,18 @@ from mcp import Client
 async def main() -> None:
     url, mode, tool, stop, ready = sys.argv[1:6]
     calls, connects, n = [], [], 0
+    notified: dict[str, int] = {}
+
+    async def on_message(message) -> None:
+        inner = getattr(message, "root", message)
+        method = getattr(inner, "method", None)
+        if isinstance(method, str):
+            notified[method] = notified.get(method, 0) + 1
+
     while not os.path.exists(stop):
         connects.append(time.time())
         try:
-            async with Client(url, mode=mode, read_timeout_seconds=60) as c:
+            async with Client(url, mode=mode, read_timeout_seconds=60, message_handler=on_message) as c:
                 while not os.path.exists(stop):
                     n += 1
                     text = f"call {n}"
@@ -45,7 +56,7 @@ async def main() -> None:
         except Exception as e:
             calls.append({"t": time.time(), "ok": False, "exception": "connect: " + repr(e)[:300]})
             await anyio.sleep(0.2)
-    print(json.dumps({"calls": calls, "connects": connects}))
+    print(json.dumps({"calls": calls, "connects": connects, "notified": notified}))
 
 
 try:

@@ -194,8 +194,9 @@ fn caller(url: &str, mode: &str, tool: &str, stop: &Path, name: &'static str) ->
     Caller { child, name, ready }
 }
 
-/// Each call's (time in s since the epoch, ok, what failed).
-fn finish(c: Caller) -> Vec<(f64, bool, String)> {
+/// Each call's (time in s since the epoch, ok, what failed), and how many notifications of
+/// each method the client got.
+fn finish(c: Caller) -> (Vec<(f64, bool, String)>, Value) {
     let out = c.child.wait_with_output().expect("the client ends");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -210,7 +211,7 @@ fn finish(c: Caller) -> Vec<(f64, bool, String)> {
         c.name,
         v["connects"].as_array().map_or(0, Vec::len)
     );
-    v["calls"]
+    let calls = v["calls"]
         .as_array()
         .unwrap()
         .iter()
@@ -221,7 +222,8 @@ fn finish(c: Caller) -> Vec<(f64, bool, String)> {
                 format!("{}{}", c["exception"].as_str().unwrap_or(""), c["text"]),
             )
         })
-        .collect()
+        .collect();
+    (calls, v["notified"].clone())
 }
 
 fn now_s() -> f64 {
@@ -442,7 +444,15 @@ fn config_changes_apply_on_both_replicas_under_continuous_load_and_a_bad_file_ch
     let mut failed_total = 0;
     for cl in callers {
         let name = cl.name;
-        let calls = finish(cl);
+        let (calls, notified) = finish(cl);
+        eprintln!("config_reload: {name}: notified {notified}");
+        if name == "legacy on /mcp" {
+            // Step 1 moved its session to `main`'s new upstreams: its client was told.
+            assert!(
+                notified["notifications/tools/list_changed"].as_u64() >= Some(1),
+                "{name} got no tools/list_changed: {notified}"
+            );
+        }
         let failed: Vec<_> = calls.iter().filter(|(_, ok, _)| !ok).collect();
         eprintln!(
             "config_reload: {name}: {} calls, {} failed",
@@ -456,7 +466,7 @@ fn config_changes_apply_on_both_replicas_under_continuous_load_and_a_bad_file_ch
             "{name}: calls failed across the reloads: {failed:?}"
         );
     }
-    let doomed_calls = finish(doomed);
+    let (doomed_calls, _) = finish(doomed);
     let before_removal = doomed_calls.iter().filter(|(t, _, _)| *t < removed_at);
     let failed_before = before_removal.clone().filter(|(_, ok, _)| !ok).count();
     let failed_after = doomed_calls

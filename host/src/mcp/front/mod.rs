@@ -492,7 +492,7 @@ async fn open_stream(
     gw.sessions.exists(b, &sid, identity_key(&who)).await?;
     // Resumption: the client names the last event it saw.
     let last = header(headers, "last-event-id").and_then(|v| v.trim().parse::<u64>().ok());
-    let stream = gw
+    let (position, stream) = gw
         .sessions
         .services()
         .delivery
@@ -509,7 +509,7 @@ async fn open_stream(
             _ = retiring => {}
         }
     };
-    Ok(sse::get_stream(stream, keeper, ends))
+    Ok(sse::get_stream(position, stream, keeper, ends))
 }
 
 /// DELETE ends the session and its upstream sessions (on the replica that owns it).

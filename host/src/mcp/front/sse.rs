@@ -1,5 +1,5 @@
 //! Server-sent events: one message as an event, and the GET stream of a legacy session (a
-//! reconnect hint first, numbered events for `Last-Event-ID` resumption, and a last hint when
+//! reconnect hint with the stream's position first, numbered events for `Last-Event-ID` resumption, and a last hint when
 //! this replica drains).
 
 use std::convert::Infallible;
@@ -22,17 +22,27 @@ pub fn event(m: &Message) -> Event {
         .data(serde_json::to_string(m).expect("a JSON map always serialises"))
 }
 
-/// A session's GET stream from its numbered messages. `held` lives as long as the stream;
-/// `closing` ends the stream when this replica drains.
+/// A session's GET stream from its numbered messages, starting at event id `position`.
+/// `held` lives as long as the stream; `closing` ends the stream when this replica drains or
+/// its binding is replaced by a config reload.
 pub fn get_stream(
+    position: u64,
     messages: BoxStream<'static, (u64, Message)>,
     held: impl Send + Sync + 'static,
     closing: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Response {
-    // A reconnect hint first: when the replica holding this stream goes away, the client
-    // comes back quickly (to any replica) and resumes from its Last-Event-ID.
-    let hint =
-        futures::stream::once(async { Ok::<_, Infallible>(Event::default().retry(RECONNECT)) });
+    // A reconnect hint first, with the position as its id and no data (the priming event of
+    // the 2025-11-25 transport): when the stream ends before any message came, the client
+    // comes back quickly (to any replica) and resumes from there, so nothing delivered in
+    // between is lost.
+    let hint = futures::stream::once(async move {
+        Ok::<_, Infallible>(
+            Event::default()
+                .retry(RECONNECT)
+                .id(position.to_string())
+                .data(""),
+        )
+    });
     let events = messages
         .map(move |(n, m)| {
             let _held = &held;

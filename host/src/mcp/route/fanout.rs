@@ -65,8 +65,24 @@ pub fn merge_initialize(b: &Binding, negotiated: &str, answers: &[(UpstreamIdx, 
         r
     };
     result["protocolVersion"] = json!(agreed);
+    declare_lists_change(&mut result);
     note_unavailable(b, answers.iter().map(|(i, _)| *i), &mut result);
     result
+}
+
+/// mcpg itself may change a session's tools, prompts and resources: a config reload moves the
+/// session to the binding's new upstreams and sends it the three `list_changed`
+/// notifications (docs/reload.md). So each of those capabilities the client sees declares
+/// `listChanged`, whatever the upstream said.
+fn declare_lists_change(result: &mut Value) {
+    let Some(caps) = result["capabilities"].as_object_mut() else {
+        return;
+    };
+    for kind in ["tools", "prompts", "resources"] {
+        if let Some(Value::Object(c)) = caps.get_mut(kind) {
+            c.insert("listChanged".into(), Value::Bool(true));
+        }
+    }
 }
 
 /// Names, in a result's `_meta`, the binding's upstreams that did not answer (with the cause

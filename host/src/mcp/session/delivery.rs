@@ -55,11 +55,14 @@ impl Delivery {
 
     /// The messages for one session's GET stream, with their event ids: those after
     /// `last_event_id` still in the log first (a resumption), then new ones as they come.
+    /// With them, the stream's starting position: the event id a client that reconnects
+    /// before any message came should resume from (the newest message in the log when the
+    /// stream is not a resumption), so that what was delivered in between is replayed.
     pub async fn stream(
         &self,
         sid: &str,
         last_event_id: Option<u64>,
-    ) -> Result<futures::stream::BoxStream<'static, (u64, Message)>, RpcError> {
+    ) -> Result<(u64, futures::stream::BoxStream<'static, (u64, Message)>), RpcError> {
         let delivery = &self.cap;
         let err = |e: mcpg_plugin_api::coordinator::CoordError| {
             RpcError::new(code::INTERNAL_ERROR, e.to_string())
@@ -70,33 +73,39 @@ impl Delivery {
             .subscribe(&format!("s.{sid}"))
             .await
             .map_err(err)?;
-        let mut replay: Vec<(u64, Message)> = Vec::new();
-        if let Some(last) = last_event_id {
-            for e in delivery
-                .store
-                .list(&format!("log/{sid}/"))
-                .await
-                .map_err(err)?
-            {
-                if let Some(ev) = parse_event(&e.value)
-                    && ev.0 > last
-                {
-                    replay.push(ev);
-                }
-            }
-            replay.sort_by_key(|(n, _)| *n);
-        }
-        let floor = replay
-            .last()
-            .map(|(n, _)| *n)
-            .or(last_event_id)
-            .unwrap_or(0);
-        let live =
-            live.filter_map(
-                move |m| async move { parse_event(&m.payload).filter(|(n, _)| *n > floor) },
-            );
-        Ok(futures::stream::iter(replay).chain(live).boxed())
+        let mut logged: Vec<(u64, Message)> = delivery
+            .store
+            .list(&format!("log/{sid}/"))
+            .await
+            .map_err(err)?
+            .iter()
+            .filter_map(|e| parse_event(&e.value))
+            .collect();
+        logged.sort_by_key(|(n, _)| *n);
+        let head = logged.last().map_or(0, |(n, _)| *n);
+        let Some(last) = last_event_id else {
+            // Not a resumption: only what comes next; a message that came between the
+            // subscription and the listing is given live (its id may be below `head`).
+            return Ok((head, live_after(live, 0)));
+        };
+        let replay: Vec<_> = logged.into_iter().filter(|(n, _)| *n > last).collect();
+        let floor = replay.last().map_or(last, |(n, _)| *n);
+        Ok((
+            floor,
+            futures::stream::iter(replay)
+                .chain(live_after(live, floor))
+                .boxed(),
+        ))
     }
+}
+
+/// The bus's messages for a stream numbered above `floor` (those at or below it were replayed).
+fn live_after(
+    live: futures::stream::BoxStream<'static, mcpg_plugin_api::coordinator::Message>,
+    floor: u64,
+) -> futures::stream::BoxStream<'static, (u64, Message)> {
+    live.filter_map(move |m| async move { parse_event(&m.payload).filter(|(n, _)| *n > floor) })
+        .boxed()
 }
 
 fn log_key(sid: &str, n: u64) -> String {

@@ -566,11 +566,24 @@ impl Sessions {
         forget: &[String],
         deadline: Instant,
     ) -> usize {
-        let mut moved = 0;
+        self.hand_over_where(pick, forget, deadline, true).await
+    }
+
+    /// Hands over each session `pick` picks once no request of it runs (all by `deadline`),
+    /// its record forgetting the upstreams in `forget`; with `moved`, its client is told that
+    /// the lists it holds may be stale. How many.
+    async fn hand_over_where(
+        &self,
+        pick: &(dyn Fn(&Live) -> bool + Sync),
+        forget: &[String],
+        deadline: Instant,
+        moved: bool,
+    ) -> usize {
+        let mut done = 0;
         loop {
             let all = self.picked(pick);
             if all.is_empty() {
-                return moved;
+                return done;
             }
             let late = Instant::now() >= deadline;
             for l in all {
@@ -580,7 +593,10 @@ impl Sessions {
                     continue;
                 }
                 self.hand_over_forgetting(&l, forget).await;
-                moved += 1;
+                if moved {
+                    tell_lists_changed(&l).await;
+                }
+                done += 1;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -602,13 +618,14 @@ impl Sessions {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.hand_over_forgetting(live, forget).await;
+        tell_lists_changed(live).await;
     }
 
     /// Shutdown: hands every session served here back to the cluster (its record says it has
     /// no owner, so the next request for it is served by another replica at once), each as
     /// soon as no request of it is running here, and all of them by `deadline`.
     pub async fn hand_over_all(&self, deadline: Instant) {
-        self.move_where(&|_| true, &[], deadline).await;
+        self.hand_over_where(&|_| true, &[], deadline, false).await;
     }
 
     /// Hands one session over as at shutdown (the tests' way to stage a hand-over).
@@ -732,6 +749,28 @@ async fn close_all(links: Vec<Option<Link>>) {
         if l.owned {
             l.conn.close().await;
         }
+    }
+}
+
+/// The notifications a session moved by a config reload gets on its GET stream: its binding's
+/// upstreams changed, so the tools, prompts and resources it listed may have too (the next
+/// `*/list` is answered by the new binding).
+const LISTS_CHANGED: [&str; 3] = [
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/resources/list_changed",
+];
+
+/// Tells a moved session's client that its lists may have changed (see [`LISTS_CHANGED`]).
+async fn tell_lists_changed(live: &Live) {
+    for method in LISTS_CHANGED {
+        let mut m = jsonrpc::Message::new();
+        m.insert("jsonrpc".into(), json!("2.0"));
+        m.insert("method".into(), json!(method));
+        live.services
+            .delivery
+            .deliver(&live.id, &live.events, &m)
+            .await;
     }
 }
 

@@ -398,3 +398,42 @@ fn session_errors_map_to_refusals() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// mcpg sends `list_changed` itself when a reload moves a session, so the `initialize` result
+/// it gives declares it for every list the upstreams offer, and nothing else is added.
+#[tokio::test]
+async fn initialize_declares_list_changes_for_every_list_offered() {
+    let r = super::kit::Replica::start(&super::kit::store(), "a", None, 10).await;
+    let answers = [
+        (
+            UpstreamIdx(0),
+            json!({"protocolVersion": "2025-06-18", "capabilities": {
+                "tools": {"listChanged": false}, "prompts": {}, "logging": {}}}),
+        ),
+        (
+            UpstreamIdx(1),
+            json!({"protocolVersion": "2025-06-18", "capabilities": {
+                "resources": {"subscribe": true}}}),
+        ),
+    ];
+    let result = crate::mcp::route::fanout::merge_initialize(&r.binding, "2025-06-18", &answers);
+    assert_eq!(
+        result["capabilities"],
+        json!({
+            "tools": {"listChanged": true},
+            "prompts": {"listChanged": true},
+            "resources": {"subscribe": true, "listChanged": true},
+            "logging": {},
+        })
+    );
+    let none = [(
+        UpstreamIdx(0),
+        json!({"protocolVersion": "2025-06-18", "capabilities": {}}),
+    )];
+    let result = crate::mcp::route::fanout::merge_initialize(&r.binding, "2025-06-18", &none);
+    assert_eq!(
+        result["capabilities"],
+        json!({}),
+        "no list, nothing declared"
+    );
+}

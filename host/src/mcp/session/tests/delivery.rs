@@ -53,7 +53,8 @@ async fn a_resumed_stream_replays_after_the_last_event_id_then_goes_on() {
     }
     d.deliver("other", &AtomicU64::new(100), &note(99)).await;
 
-    let mut resumed = d.stream("s1", Some(102)).await.unwrap();
+    let (at, mut resumed) = d.stream("s1", Some(102)).await.unwrap();
+    assert_eq!(at, 105, "positioned after the replay");
     assert_eq!(next(&mut resumed).await, (103, 3));
     assert_eq!(next(&mut resumed).await, (104, 4));
     assert_eq!(next(&mut resumed).await, (105, 5));
@@ -73,15 +74,24 @@ async fn a_resumed_stream_replays_after_the_last_event_id_then_goes_on() {
     );
     nothing_more(&mut resumed).await;
 
-    // A stream that is not a resumption gets only what comes next.
-    let mut fresh = d.stream("s1", None).await.unwrap();
+    // A stream that is not a resumption gets only what comes next, and starts at the newest
+    // message logged: a client that reconnects from there before anything came gets what
+    // was delivered in between.
+    let (at, mut fresh) = d.stream("s1", None).await.unwrap();
+    assert_eq!(at, 106, "the newest logged");
     d.deliver("s1", &seq, &note(7)).await;
     assert_eq!(next(&mut fresh).await, (107, 7));
     nothing_more(&mut fresh).await;
+    let (_, mut from_start) = d.stream("s1", Some(at)).await.unwrap();
+    assert_eq!(next(&mut from_start).await, (107, 7));
+    nothing_more(&mut from_start).await;
 
     // Resuming at the end replays nothing.
-    let mut caught_up = d.stream("s1", Some(107)).await.unwrap();
+    let (at, mut caught_up) = d.stream("s1", Some(107)).await.unwrap();
+    assert_eq!(at, 107);
     nothing_more(&mut caught_up).await;
+    // A session nothing was delivered to starts at 0.
+    assert_eq!(d.stream("quiet", None).await.unwrap().0, 0);
 }
 
 /// The log keeps the last `max_events` messages; a stream held on another replica receives
@@ -92,14 +102,14 @@ async fn the_log_is_bounded_and_shared_by_replicas() {
     let a = delivery(&store, "node-a", 3);
     let b = delivery(&store, "node-b", 3);
     let seq = AtomicU64::new(0);
-    let mut held_on_b = b.stream("s1", None).await.unwrap();
+    let (_, mut held_on_b) = b.stream("s1", None).await.unwrap();
     for n in 1..=5 {
         a.deliver("s1", &seq, &note(n)).await;
     }
     for n in 1..=5 {
         assert_eq!(next(&mut held_on_b).await, (n, n));
     }
-    let mut replay = b.stream("s1", Some(0)).await.unwrap();
+    let (_, mut replay) = b.stream("s1", Some(0)).await.unwrap();
     assert_eq!(next(&mut replay).await, (3, 3), "the two oldest fell out");
     assert_eq!(next(&mut replay).await, (4, 4));
     assert_eq!(next(&mut replay).await, (5, 5));

@@ -1,7 +1,7 @@
 //! Sessions across a config reload: a binding changed in place (same pools) goes on serving
 //! the very same live session; a binding whose upstreams were replaced gets it moved (handed
 //! over and claimed on the new binding, same id); [`Sessions::end_binding`] ends those of a
-//! removed one.
+//! removed one. A moved session's client is told its lists may have changed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,23 @@ fn rebuilt(
         pools,
     )
     .expect("a binding")
+}
+
+/// The methods in session `id`'s event log: what a GET stream resuming from the start replays.
+async fn logged(r: &Replica, id: &str) -> Vec<String> {
+    use futures::StreamExt;
+    let (_, mut s) = r
+        .sessions
+        .services
+        .delivery
+        .stream(id, Some(0))
+        .await
+        .expect("a stream");
+    let mut out = Vec::new();
+    while let Ok(Some((_, m))) = tokio::time::timeout(Duration::from_millis(200), s.next()).await {
+        out.push(m["method"].as_str().unwrap_or_default().to_owned());
+    }
+    out
 }
 
 async fn resolve(r: &Replica, b: &Arc<Binding>, id: &str) -> Result<Resolved, SessionError> {
@@ -109,7 +126,28 @@ async fn a_reload_moves_every_session_of_a_changed_binding() {
     for id in [&one, &two] {
         let rec = r.record(id).await.expect("handed over, not ended");
         assert_eq!(rec.owner, "", "no owner: the next request claims it");
+        assert_eq!(
+            logged(&r, id).await,
+            [
+                "notifications/tools/list_changed",
+                "notifications/prompts/list_changed",
+                "notifications/resources/list_changed"
+            ],
+            "the client is told its lists may have changed"
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_hand_over_tells_the_client_nothing() {
+    let store = kit::store();
+    let r = Replica::start(&store, "a", None, 10).await;
+    let id = r.create(None).await;
+    r.sessions
+        .hand_over_all(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    assert_eq!(r.record(&id).await.expect("handed over").owner, "");
+    assert!(logged(&r, &id).await.is_empty(), "same binding, same lists");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
