@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     MCP_ACCEPT as ACCEPT, MCP_JSON as JSON, Proc, TempDir, cdylib, free_port, get_json, http,
-    http_for, http_get, legacy_session, replica_command, repo_root, session_post, sse_messages,
-    wait_until,
+    http_for, legacy_session, repo_root, session_post, sse_messages, start_replicas, wait_until,
 };
 use crate::peers::{Everything, everything_http, peers_script, py_client, python};
 
@@ -208,29 +207,17 @@ impl Cluster {
                 bindings(&everything.url)
             ),
         );
-        let mut replicas = Vec::new();
-        for i in 0..n {
-            let id = format!("replica-{i}");
-            let (mut cmd, main, admin) = replica_command(&f, &id);
-            let proc = Proc::spawn(cmd.env("MCPG_LOG", "info,mcpg=debug"));
-            replicas.push(Replica {
-                id,
-                proc: Some(proc),
-                main,
-                admin,
-            });
-        }
-        for r in &mut replicas {
-            let ready = wait_until(Duration::from_secs(60), || {
-                matches!(http_get(r.main, "/readyz"), Ok((200, _)))
-            });
-            if !ready {
-                let proc = r.proc.take().unwrap();
-                proc.signal("KILL");
-                let (status, stderr) = proc.wait(Duration::from_secs(10));
-                panic!("{} never became ready ({status}):\n{stderr}", r.id);
-            }
-        }
+        let mut replicas: Vec<Replica> = start_replicas(&f, "replica", n, |_, cmd| {
+            cmd.env("MCPG_LOG", "info,mcpg=debug");
+        })
+        .into_iter()
+        .map(|r| Replica {
+            id: r.id,
+            proc: Some(r.proc),
+            main: r.main,
+            admin: r.admin,
+        })
+        .collect();
         // Everyone sees everyone (forwarding needs the peers' advertised URLs).
         for r in &mut replicas {
             let seen = wait_until(Duration::from_secs(30), || {

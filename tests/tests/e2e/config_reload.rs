@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::cluster_sessions::Nginx;
 use crate::harness::{
-    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, cdylib, http, http_get, replica_command, wait_until,
+    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, cdylib, http, http_get, start_replicas, wait_until,
 };
 use crate::peers::{peers_script, python};
 
@@ -82,22 +82,12 @@ fn start() -> Cluster {
     std::fs::create_dir_all(dir.0.join("conf")).unwrap();
     let file = dir.0.join("conf/mcpg.yaml");
     std::fs::write(&file, config(&redis.url(), false, false, true)).unwrap();
-    let (mut procs, mut mains, mut admins) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..2 {
-        let (mut cmd, main, admin) = replica_command(&file, &format!("reload-{i}"));
-        procs.push(Proc::spawn(cmd.env_remove("MCPG_LOG")));
-        mains.push(main);
-        admins.push(admin);
-    }
-    for m in &mains {
-        assert!(
-            wait_until(Duration::from_secs(60), || matches!(
-                http_get(*m, "/readyz"),
-                Ok((200, _))
-            )),
-            "replica at {m} never became ready"
-        );
-    }
+    let started = start_replicas(&file, "reload", 2, |_, cmd| {
+        cmd.env_remove("MCPG_LOG");
+    });
+    let mains = started.iter().map(|r| r.main).collect();
+    let admins = started.iter().map(|r| r.admin).collect();
+    let procs = started.into_iter().map(|r| r.proc).collect();
     Cluster {
         procs,
         mains,

@@ -140,6 +140,54 @@ pub fn replica_command(config: &Path, id: &str) -> (Command, SocketAddr, SocketA
     (c, at(listen), at(admin))
 }
 
+/// A replica started by [`start_replicas`].
+pub struct Started {
+    pub id: String,
+    pub proc: Proc,
+    pub main: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts `n` replicas on `config` named `<prefix>-<i>` (each [`replica_command`], given to
+/// `setup` for its environment first) and waits until every one answers `/readyz` with 200;
+/// one that never does fails the test with its stderr.
+pub fn start_replicas(
+    config: &Path,
+    prefix: &str,
+    n: usize,
+    mut setup: impl FnMut(&str, &mut Command),
+) -> Vec<Started> {
+    let started: Vec<Started> = (0..n)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            let (mut cmd, main, admin) = replica_command(config, &id);
+            setup(&id, &mut cmd);
+            let proc = Proc::spawn(&mut cmd);
+            Started {
+                id,
+                proc,
+                main,
+                admin,
+            }
+        })
+        .collect();
+    for r in &started {
+        let ready = wait_until(Duration::from_secs(60), || {
+            matches!(http_get(r.main, "/readyz"), Ok((200, _)))
+        });
+        if !ready {
+            r.proc.signal("KILL");
+            panic!(
+                "{} at {} never became ready:\n{}",
+                r.id,
+                r.main,
+                r.proc.stderr_so_far()
+            );
+        }
+    }
+    started
+}
+
 /// A child process that is killed if the test ends before it exits.
 pub struct Proc {
     pub child: Child,

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::cluster_sessions::{LongClient, Nginx, now_s};
 use crate::harness::{
-    Proc, TempDir, bin, cdylib, free_port, get_json, http_get, replica_command, wait_until,
+    Proc, TempDir, bin, cdylib, free_port, get_json, http_get, start_replicas, wait_until,
 };
 use crate::observability::{promtool_check, samples};
 use crate::peers::{peers_script, python};
@@ -124,13 +124,13 @@ impl Cluster {
                 peers_script("echo_upstream.py").display(),
             ),
         );
-        let mut replicas = Vec::new();
-        for i in 0..2 {
-            let id = format!("pool-{i}");
-            let (mut cmd, main, admin) = replica_command(&f, &id);
-            let proc = Proc::spawn(cmd.env("AUDIT_FILE", dir.0.join(format!("audit-{id}.jsonl"))));
-            replicas.push((id, Some(proc), main, admin));
-        }
+        let audit_dir = dir.0.clone();
+        let mut replicas: Vec<_> = start_replicas(&f, "pool", 2, |id, cmd| {
+            cmd.env("AUDIT_FILE", audit_dir.join(format!("audit-{id}.jsonl")));
+        })
+        .into_iter()
+        .map(|r| (r.id, Some(r.proc), r.main, r.admin))
+        .collect();
         for (id, proc, main, admin) in &mut replicas {
             let up = wait_until(Duration::from_secs(60), || {
                 matches!(http_get(*main, "/readyz"), Ok((200, _)))

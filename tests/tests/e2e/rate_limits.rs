@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 
 use crate::cluster_sessions::Nginx;
 use crate::harness::{
-    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, cdylib, header, http, http_get, replica_command,
-    wait_until,
+    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, cdylib, header, http, http_get, start_replicas,
 };
 use crate::peers::py_client_env;
 
@@ -48,22 +47,10 @@ fn start() -> Replicas {
             WINDOW_MS / 1000,
         ),
     );
-    let (mut procs, mut mains, mut admins) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..3 {
-        let (mut cmd, main, admin) = replica_command(&f, &format!("rl-{i}"));
-        procs.push(Proc::spawn(&mut cmd));
-        mains.push(main);
-        admins.push(admin);
-    }
-    for m in &mains {
-        assert!(
-            wait_until(Duration::from_secs(60), || matches!(
-                http_get(*m, "/readyz"),
-                Ok((200, _))
-            )),
-            "replica at {m} never became ready"
-        );
-    }
+    let started = start_replicas(&f, "rl", 3, |_, _| {});
+    let mains = started.iter().map(|r| r.main).collect();
+    let admins = started.iter().map(|r| r.admin).collect();
+    let procs = started.into_iter().map(|r| r.proc).collect();
     Replicas {
         procs,
         mains,
