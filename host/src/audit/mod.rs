@@ -6,7 +6,8 @@
 //! - [`verify`]: checking files against the chain, behind `mcpg audit verify`.
 //!
 //! The data plane calls [`Auditor::record`], which never blocks: a full queue turns into a
-//! counted drop, so a slow disk degrades the audit log, never the traffic. See `docs/audit.md`.
+//! counted drop, so a slow disk degrades the audit log, never the traffic. A config reload
+//! changes the settings and sinks in place ([`Auditor::reconfigure`]). See `docs/audit.md`.
 
 pub mod chain;
 pub mod sink;
@@ -118,10 +119,11 @@ pub enum Outcome {
     },
 }
 
-/// The handle the data plane records through. Cloning is cheap.
+/// The handle the data plane records through. Cloning is cheap; every clone sees a
+/// [`Auditor::reconfigure`].
 #[derive(Clone)]
 pub struct Auditor {
-    inner: Arc<Inner>,
+    inner: Arc<arc_swap::ArcSwap<Inner>>,
 }
 
 struct Inner {
@@ -140,111 +142,155 @@ struct Inner {
 impl Auditor {
     /// An auditor that records nothing.
     pub fn disabled() -> Self {
+        Self::over(Inner::off(String::new(), Arc::default(), Arc::default()))
+    }
+
+    fn over(inner: Inner) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                tx: None,
-                node_id: String::new(),
-                include_arguments: false,
-                include_results: false,
-                redact: HashSet::new(),
-                written: Arc::default(),
-                dropped: Arc::default(),
-                warn_gate: WarnGate::new(),
-            }),
+            inner: Arc::new(arc_swap::ArcSwap::from_pointee(inner)),
         }
     }
 
     /// Opens the sinks (resuming the file's chain) and starts the writer. `cfg.file.path` is
     /// absolute: the config loader resolved it against the config file's directory.
     pub async fn start(cfg: &AuditConfig, node_id: &str) -> anyhow::Result<Self> {
+        let (written, dropped) = (Arc::default(), Arc::default());
         if !cfg.enabled {
-            return Ok(Self::disabled());
+            return Ok(Self::over(Inner::off(node_id.to_owned(), written, dropped)));
         }
-        let mut sinks: Vec<Box<dyn sink::Sink>> = Vec::new();
-        if let Some(f) = cfg.file.clone() {
-            let node = node_id.to_owned();
-            // Resuming reads the file's tail and may truncate or fsync: blocking work.
-            let file = tokio::task::spawn_blocking(move || {
-                sink::FileSink::open(&f.path, f.max_bytes, f.max_files, &node)
-            })
-            .await??;
-            sinks.push(Box::new(file));
-        }
-        if cfg.stdout {
-            sinks.push(Box::new(sink::StdoutSink));
-        }
-        anyhow::ensure!(
-            !sinks.is_empty(),
-            "audit is enabled but has no sink (`audit.file` or `audit.stdout`)"
-        );
-        Self::with_sinks(cfg, node_id, sinks)
+        let open = opener(cfg, node_id);
+        // Resuming reads the file's tail and may truncate or fsync: blocking work.
+        let sinks = tokio::task::spawn_blocking(open).await??;
+        let tx = Self::spawn(cfg, sinks, &written, &dropped)?;
+        Ok(Self::over(Inner::on(cfg, node_id, tx, written, dropped)))
     }
 
     /// Starts the writer over the given sinks; the first one decides what counts as written.
+    fn spawn(
+        cfg: &AuditConfig,
+        sinks: Vec<Box<dyn sink::Sink>>,
+        written: &Arc<AtomicU64>,
+        dropped: &Arc<AtomicU64>,
+    ) -> anyhow::Result<mpsc::Sender<sink::Msg>> {
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1) as usize);
+        sink::spawn_writer(rx, sinks, written.clone(), dropped.clone())?;
+        Ok(tx)
+    }
+
+    /// An auditor over the given sinks (tests with sinks of their own).
+    #[cfg(test)]
     fn with_sinks(
         cfg: &AuditConfig,
         node_id: &str,
         sinks: Vec<Box<dyn sink::Sink>>,
     ) -> anyhow::Result<Self> {
-        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1) as usize);
-        let written = Arc::new(AtomicU64::new(0));
-        let dropped = Arc::new(AtomicU64::new(0));
-        sink::spawn_writer(rx, sinks, written.clone(), dropped.clone())?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                tx: Some(tx),
-                node_id: node_id.to_owned(),
-                include_arguments: cfg.include_arguments,
-                include_results: cfg.include_results,
-                redact: cfg.redact.iter().map(|k| k.to_lowercase()).collect(),
-                written,
-                dropped,
-                warn_gate: WarnGate::new(),
-            }),
-        })
+        let (written, dropped) = (Arc::default(), Arc::default());
+        let tx = Self::spawn(cfg, sinks, &written, &dropped)?;
+        Ok(Self::over(Inner::on(cfg, node_id, tx, written, dropped)))
+    }
+
+    /// Applies a reloaded `audit` section, from `old` (running) to `new`, without losing a
+    /// queued record: switched on, a writer starts; switched off, the writer writes what is
+    /// queued and stops; otherwise the running writer swaps its sinks in queue order (the old
+    /// file synced, the new one resumed: a file's chain is never written by two writers) and
+    /// the redaction and `include_*` settings change with it. An error (a file that cannot
+    /// be opened) changes nothing. `queue_capacity` needs a restart.
+    pub async fn reconfigure(&self, old: &AuditConfig, new: &AuditConfig) -> anyhow::Result<()> {
+        let same = |a: &AuditConfig, b: &AuditConfig| {
+            serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+        };
+        if same(old, new) {
+            return Ok(());
+        }
+        let now = self.inner.load_full();
+        let (written, dropped) = (now.written.clone(), now.dropped.clone());
+        let node = now.node_id.clone();
+        let next = match (&now.tx, new.enabled) {
+            (_, false) => Inner::off(node, written, dropped),
+            (None, true) => {
+                let sinks = tokio::task::spawn_blocking(opener(new, &node)).await??;
+                let tx = Self::spawn(new, sinks, &written, &dropped)?;
+                Inner::on(new, &node, tx, written, dropped)
+            }
+            (Some(tx), true) => {
+                let sinks_differ = !same(
+                    &AuditConfig {
+                        file: old.file.clone(),
+                        stdout: old.stdout,
+                        ..AuditConfig::default()
+                    },
+                    &AuditConfig {
+                        file: new.file.clone(),
+                        stdout: new.stdout,
+                        ..AuditConfig::default()
+                    },
+                );
+                if old.enabled && sinks_differ {
+                    let (ack, done) = oneshot::channel();
+                    tx.send(sink::Msg::Replace(Box::new(opener(new, &node)), ack))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?;
+                    done.await
+                        .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?
+                        .map_err(|e| anyhow::anyhow!("cannot open the new audit sinks: {e}"))?;
+                }
+                Inner::on(new, &node, tx.clone(), written, dropped)
+            }
+        };
+        self.inner.store(Arc::new(next));
+        if let (Some(tx), false) = (&now.tx, new.enabled) {
+            let (ack, done) = oneshot::channel();
+            if tx.send(sink::Msg::Shutdown(ack)).await.is_ok() {
+                let _ = done.await;
+            }
+        }
+        Ok(())
     }
 
     pub fn enabled(&self) -> bool {
-        self.inner.tx.is_some()
+        self.inner.load().tx.is_some()
     }
 
     /// Whether arguments will be kept: callers can skip cloning them otherwise.
     pub fn wants_arguments(&self) -> bool {
-        self.enabled() && self.inner.include_arguments
+        let i = self.inner.load();
+        i.tx.is_some() && i.include_arguments
     }
 
     pub fn wants_results(&self) -> bool {
-        self.enabled() && self.inner.include_results
+        let i = self.inner.load();
+        i.tx.is_some() && i.include_results
     }
 
     /// `v` with the value of every configured field name (at any depth, keys compared
     /// case-insensitively) replaced by `"[redacted]"`.
     pub fn redacted(&self, v: &Value) -> Value {
-        redact(v, &self.inner.redact)
+        redact(v, &self.inner.load().redact)
     }
 
     /// Queues a record. Never blocks and never awaits: when the queue is full the record is
     /// dropped and counted. Arguments and results are redacted here, or removed when the
     /// config does not ask for them, so no caller can forget.
     pub fn record(&self, mut r: Record) {
-        let Some(tx) = &self.inner.tx else { return };
+        let inner = self.inner.load();
+        let Some(tx) = &inner.tx else { return };
         if r.time.is_empty() {
             r.time = rfc3339_millis(r.at);
         }
         if r.replica.is_empty() {
-            r.replica.clone_from(&self.inner.node_id);
+            r.replica.clone_from(&inner.node_id);
         }
         r.arguments = match r.arguments.take() {
-            Some(a) if self.inner.include_arguments => Some(self.redacted(&a)),
+            Some(a) if inner.include_arguments => Some(redact(&a, &inner.redact)),
             _ => None,
         };
         r.result = match r.result.take() {
-            Some(a) if self.inner.include_results => Some(self.redacted(&a)),
+            Some(a) if inner.include_results => Some(redact(&a, &inner.redact)),
             _ => None,
         };
         if let Err(e) = tx.try_send(sink::Msg::Record(Box::new(r))) {
-            let total = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if self.inner.warn_gate.open() {
+            let total = inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if inner.warn_gate.open() {
                 let why = match e {
                     mpsc::error::TrySendError::Full(_) => "the audit queue is full",
                     mpsc::error::TrySendError::Closed(_) => "the audit writer has stopped",
@@ -256,27 +302,93 @@ impl Auditor {
 
     /// Records dropped so far: queue full, writer stopped, or a sink write that failed.
     pub fn dropped(&self) -> u64 {
-        self.inner.dropped.load(Ordering::Relaxed)
+        self.inner.load().dropped.load(Ordering::Relaxed)
     }
 
     /// Records the first sink (the file when there is one) has accepted.
     pub fn written(&self) -> u64 {
-        self.inner.written.load(Ordering::Relaxed)
+        self.inner.load().written.load(Ordering::Relaxed)
     }
 
     /// `(written, dropped)`, shared with the metrics.
     pub fn counters(&self) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
-        (self.inner.written.clone(), self.inner.dropped.clone())
+        let i = self.inner.load();
+        (i.written.clone(), i.dropped.clone())
     }
 
     /// Writes everything queued so far, fsyncs the file and stops the writer. Records made
     /// afterwards are counted as dropped.
     pub async fn shutdown(&self) {
-        let Some(tx) = &self.inner.tx else { return };
+        let inner = self.inner.load_full();
+        let Some(tx) = &inner.tx else { return };
         let (ack, done) = oneshot::channel();
         if tx.send(sink::Msg::Shutdown(ack)).await.is_ok() {
             let _ = done.await;
         }
+    }
+}
+
+impl Inner {
+    /// Auditing off (records are not even formatted).
+    fn off(node_id: String, written: Arc<AtomicU64>, dropped: Arc<AtomicU64>) -> Self {
+        Self {
+            tx: None,
+            node_id,
+            include_arguments: false,
+            include_results: false,
+            redact: HashSet::new(),
+            written,
+            dropped,
+            warn_gate: WarnGate::new(),
+        }
+    }
+
+    /// Auditing on `cfg`'s settings into the writer behind `tx`.
+    fn on(
+        cfg: &AuditConfig,
+        node_id: &str,
+        tx: mpsc::Sender<sink::Msg>,
+        written: Arc<AtomicU64>,
+        dropped: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            tx: Some(tx),
+            node_id: node_id.to_owned(),
+            include_arguments: cfg.include_arguments,
+            include_results: cfg.include_results,
+            redact: cfg.redact.iter().map(|k| k.to_lowercase()).collect(),
+            written,
+            dropped,
+            warn_gate: WarnGate::new(),
+        }
+    }
+}
+
+/// What opens `cfg`'s sinks (blocking: the file sink resumes its chain).
+fn opener(
+    cfg: &AuditConfig,
+    node_id: &str,
+) -> impl FnOnce() -> std::io::Result<Vec<Box<dyn sink::Sink>>> + Send + 'static {
+    let (file, stdout, node) = (cfg.file.clone(), cfg.stdout, node_id.to_owned());
+    move || {
+        let mut sinks: Vec<Box<dyn sink::Sink>> = Vec::new();
+        if let Some(f) = file {
+            sinks.push(Box::new(sink::FileSink::open(
+                &f.path,
+                f.max_bytes,
+                f.max_files,
+                &node,
+            )?));
+        }
+        if stdout {
+            sinks.push(Box::new(sink::StdoutSink));
+        }
+        if sinks.is_empty() {
+            return Err(std::io::Error::other(
+                "audit is enabled but has no sink (`audit.file` or `audit.stdout`)",
+            ));
+        }
+        Ok(sinks)
     }
 }
 

@@ -2,6 +2,10 @@
 //! chain at start, rotates at `max_bytes` without splitting or losing a record, and fsyncs on
 //! rotation and shutdown; the stdout sink writes plain records.
 //!
+//! A config reload replaces the sinks through the queue ([`Msg::Replace`]), so every record
+//! queued before it goes to the old sinks and every one after to the new: one writer at a
+//! time, a file's chain never forked.
+//!
 //! The writer is an OS thread rather than a Tokio task because file writes and fsync block:
 //! on a runtime worker they would stall request handling, which the bounded queue exists to
 //! prevent.
@@ -22,7 +26,14 @@ pub enum Msg {
     Record(Box<Record>),
     /// Write what came before, fsync, acknowledge and stop.
     Shutdown(oneshot::Sender<()>),
+    /// Write what came before and fsync, then open the sinks the function makes (on the writer
+    /// thread: opening a file resumes its chain, blocking work) and write what comes after to
+    /// them. If they cannot be opened the old sinks stay. Acknowledged with the outcome.
+    Replace(Opener, oneshot::Sender<Result<(), String>>),
 }
+
+/// Opens a set of sinks (see [`Msg::Replace`]).
+pub type Opener = Box<dyn FnOnce() -> io::Result<Vec<Box<dyn Sink>>> + Send>;
 
 /// A destination for records. Every call happens on the writer thread.
 pub trait Sink: Send {
@@ -50,15 +61,19 @@ pub fn spawn_writer(
             let mut ack: Option<oneshot::Sender<()>> = None;
             let mut open = true;
             while open {
+                // A replacement ends the batch: what came before it goes to the old sinks.
+                let mut replace = None;
                 match rx.blocking_recv() {
                     Some(Msg::Record(r)) => batch.push(r),
                     Some(Msg::Shutdown(a)) => (ack, open) = (Some(a), false),
+                    Some(Msg::Replace(o, a)) => replace = Some((o, a)),
                     None => open = false,
                 }
-                while open && batch.len() < BATCH {
+                while open && replace.is_none() && batch.len() < BATCH {
                     match rx.try_recv() {
                         Ok(Msg::Record(r)) => batch.push(r),
                         Ok(Msg::Shutdown(a)) => (ack, open) = (Some(a), false),
+                        Ok(Msg::Replace(o, a)) => replace = Some((o, a)),
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                     }
@@ -66,6 +81,9 @@ pub fn spawn_writer(
                 if !batch.is_empty() {
                     write_batch(&mut sinks, &batch, &written, &dropped);
                     batch.clear();
+                }
+                if let Some((opener, done)) = replace {
+                    let _ = done.send(replace_sinks(&mut sinks, opener));
                 }
             }
             for s in &mut sinks {
@@ -85,6 +103,24 @@ pub fn spawn_writer(
             }
         })?;
     Ok(())
+}
+
+/// Syncs the current sinks and swaps in the ones `opener` makes; keeps the current ones if it
+/// fails.
+fn replace_sinks(sinks: &mut Vec<Box<dyn Sink>>, opener: Opener) -> Result<(), String> {
+    for s in sinks.iter_mut() {
+        if let Err(e) = s.sync() {
+            tracing::error!("audit {} sink: cannot sync before a reload: {e}", s.name());
+        }
+    }
+    match opener() {
+        Ok(new) if !new.is_empty() => {
+            *sinks = new;
+            Ok(())
+        }
+        Ok(_) => Err("no sink".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn write_batch(

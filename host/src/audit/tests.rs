@@ -568,3 +568,77 @@ fn resuming_after_seq_u64_max_is_a_clear_error() {
     assert_eq!(done, 0);
     assert!(e.to_string().contains("the largest there is"), "{e}");
 }
+
+/// A config reload changes the audit log in place: records queued before a change go where
+/// the old config said, the ones after where the new one says, each file's chain intact and
+/// continued (never written by two writers); switched off, nothing is written; a sink that
+/// cannot be opened changes nothing; the counters carry on across it all.
+#[tokio::test]
+async fn a_reload_moves_the_sinks_and_settings_in_queue_order() {
+    let dir = temp_dir();
+    let (a_path, b_path) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+    let a_cfg = config(&a_path, 1 << 20, 3);
+    let b_cfg = AuditConfig {
+        include_arguments: true,
+        redact: vec!["secret".into()],
+        ..config(&b_path, 1 << 20, 3)
+    };
+    let with_args = |i: usize| {
+        let mut r = sample(i);
+        r.arguments = Some(json!({"secret": "s3", "q": i}));
+        r
+    };
+    let auditor = Auditor::start(&a_cfg, "node-a").await.unwrap();
+    let (written, _) = auditor.counters();
+    for i in 0..3 {
+        auditor.record(with_args(i));
+    }
+    assert!(!auditor.wants_arguments());
+    auditor.reconfigure(&a_cfg, &b_cfg).await.unwrap();
+    assert!(auditor.wants_arguments());
+    for i in 3..5 {
+        auditor.record(with_args(i));
+    }
+    // A file in a directory that cannot be made: refused, the running sinks stay.
+    let bad = config(Path::new("/proc/mcpg-audit/x.jsonl"), 1 << 20, 3);
+    assert!(auditor.reconfigure(&b_cfg, &bad).await.is_err());
+    auditor.record(with_args(5));
+    // Off, then on again on the first file: its chain goes on where it stopped.
+    let off = AuditConfig::default();
+    auditor.reconfigure(&b_cfg, &off).await.unwrap();
+    assert!(!auditor.enabled());
+    auditor.record(with_args(99));
+    auditor.reconfigure(&off, &a_cfg).await.unwrap();
+    auditor.record(with_args(6));
+    auditor.shutdown().await;
+
+    let ids = |p: &Path| -> Vec<Value> {
+        lines(p)
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect()
+    };
+    let a = ids(&a_path);
+    let b = ids(&b_path);
+    assert_eq!(
+        a.iter()
+            .map(|r| r["request_id"].clone())
+            .collect::<Vec<_>>(),
+        [json!(0), json!(1), json!(2), json!(6)]
+    );
+    assert!(
+        a.iter().all(|r| r.get("arguments").is_none()),
+        "not asked for in a"
+    );
+    assert_eq!(
+        b.iter()
+            .map(|r| r["request_id"].clone())
+            .collect::<Vec<_>>(),
+        [json!(3), json!(4), json!(5)]
+    );
+    assert_eq!(b[0]["arguments"], json!({"secret": REDACTED, "q": 3}));
+    let report = verify(std::slice::from_ref(&a_path)).unwrap();
+    assert_eq!((report.records, report.last_seq), (4, Some(3)));
+    assert_eq!(verify(&[b_path]).unwrap().records, 3);
+    assert_eq!(written.load(Ordering::Relaxed), 7, "one counter throughout");
+}

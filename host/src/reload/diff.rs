@@ -64,12 +64,15 @@ pub struct Diff {
     pub restart_required: Vec<String>,
     /// The new `observability.logs.level`, when it changed.
     pub log_level: Option<String>,
+    /// Whether the `audit` section changed (applied by [`crate::audit::Auditor::reconfigure`];
+    /// only `audit.queue_capacity` needs a restart).
+    pub audit: bool,
 }
 
 /// The top-level sections (and keys of sections) that need a restart, as JSON pointers: the
 /// listeners, the cluster and its plugin, the capability stores, the session registry and
-/// everything started once per process (audit sink, log subscriber, trace exporter).
-/// Everything else (`bindings`, `mcp.limits.request_timeout_ms`,
+/// everything started once per process (the audit queue, log subscriber, trace exporter).
+/// Everything else (`bindings`, `mcp.limits.request_timeout_ms`, `audit` but its queue,
 /// `observability.logs.level`) is applied.
 pub const RESTART_REQUIRED: &[&str] = &[
     "/server",
@@ -78,7 +81,7 @@ pub const RESTART_REQUIRED: &[&str] = &[
     "/mcp/configurations",
     "/mcp/sessions",
     "/mcp/limits/max_request_bytes",
-    "/audit",
+    "/audit/queue_capacity",
     "/observability/enabled",
     "/observability/logs/format",
     "/observability/tracing",
@@ -88,6 +91,7 @@ impl Diff {
     /// Whether applying this diff changes nothing that is applied without a restart.
     pub fn is_empty(&self) -> bool {
         self.log_level.is_none()
+            && !self.audit
             && self
                 .bindings
                 .iter()
@@ -193,6 +197,7 @@ pub fn diff(boot: &ValidatedConfig, old: &ValidatedConfig, new: &ValidatedConfig
         bindings,
         restart_required: restart_keys(&boot.config, &new.config),
         log_level: (level(old) != level(new)).then(|| level(new)),
+        audit: value(&old.config.audit) != value(&new.config.audit),
     }
 }
 
@@ -486,7 +491,7 @@ mod tests {
         let new = cfg(
             "http://127.0.0.1:9000/mcp",
             "",
-            "audit:\n  enabled: true\n  stdout: true\n",
+            "audit:\n  enabled: true\n  stdout: true\n  queue_capacity: 5\n",
         );
         let new = {
             let mut n = new;
@@ -495,11 +500,12 @@ mod tests {
             n
         };
         let d = diff(&boot, &boot, &new);
-        assert!(d.is_empty(), "nothing applicable changed");
+        assert!(d.audit, "the audit section is applied");
+        assert!(!d.is_empty());
         assert!(d.log_level.is_none());
         assert_eq!(
             d.restart_required,
-            ["server.listen", "audit.enabled", "audit.stdout"]
+            ["server.listen", "audit.queue_capacity"]
         );
         // A later reload that keeps the change still names it: it has not taken effect.
         let again = diff(&boot, &new, &new);

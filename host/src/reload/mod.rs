@@ -226,7 +226,8 @@ impl Reloader {
     }
 
     /// Applies a valid config: the bindings that changed are built (unchanged upstreams keep
-    /// their pools), swapped in with the routes, and the sessions that cannot go on end.
+    /// their pools), the audit sinks and settings changed, the log level set, the bindings
+    /// swapped in with the routes, and the sessions that cannot go on end.
     async fn apply(
         &self,
         running: &mut ValidatedConfig,
@@ -241,6 +242,18 @@ impl Reloader {
             Ok(next) => next,
             Err(e) => return self.rejected(Some(file_digest), diagnostics, format!("{e:#}")),
         };
+        // The audit sinks next: a file that cannot be opened refuses the reload before
+        // anything has changed (the running sinks stay).
+        if d.audit {
+            let audit = &self.parts.gateway.auditor;
+            if let Err(e) = audit
+                .reconfigure(&running.config.audit, &cfg.config.audit)
+                .await
+            {
+                return self.rejected(Some(file_digest), diagnostics, format!("audit: {e:#}"));
+            }
+            tracing::warn!("config reload: audit settings applied");
+        }
         if let Some(level) = &d.log_level {
             set_log_level(level);
         }
@@ -431,6 +444,7 @@ fn summary(changes: &[BindingDiff]) -> String {
         bindings: changes.to_vec(),
         restart_required: Vec::new(),
         log_level: None,
+        audit: false,
     }
     .summary()
 }
