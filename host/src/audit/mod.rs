@@ -196,10 +196,7 @@ impl Auditor {
     /// the redaction and `include_*` settings change with it. An error (a file that cannot
     /// be opened) changes nothing. `queue_capacity` needs a restart.
     pub async fn reconfigure(&self, old: &AuditConfig, new: &AuditConfig) -> anyhow::Result<()> {
-        let same = |a: &AuditConfig, b: &AuditConfig| {
-            serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
-        };
-        if same(old, new) {
+        if json(old) == json(new) {
             return Ok(());
         }
         let now = self.inner.load_full();
@@ -213,19 +210,7 @@ impl Auditor {
                 Inner::on(new, &node, tx, written, dropped)
             }
             (Some(tx), true) => {
-                let sinks_differ = !same(
-                    &AuditConfig {
-                        file: old.file.clone(),
-                        stdout: old.stdout,
-                        ..AuditConfig::default()
-                    },
-                    &AuditConfig {
-                        file: new.file.clone(),
-                        stdout: new.stdout,
-                        ..AuditConfig::default()
-                    },
-                );
-                if old.enabled && sinks_differ {
+                if (json(&old.file), old.stdout) != (json(&new.file), new.stdout) {
                     let (ack, done) = oneshot::channel();
                     tx.send(sink::Msg::Replace(Box::new(opener(new, &node)), ack))
                         .await
@@ -362,6 +347,11 @@ impl Inner {
             warn_gate: WarnGate::new(),
         }
     }
+}
+
+/// A config value as JSON, to compare (the config types derive no `PartialEq`).
+fn json<T: Serialize>(v: &T) -> Option<Value> {
+    serde_json::to_value(v).ok()
 }
 
 /// What opens `cfg`'s sinks (blocking: the file sink resumes its chain).

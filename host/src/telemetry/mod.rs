@@ -540,30 +540,25 @@ impl Visit for JsonWriter<'_, '_> {
     }
 }
 
-/// `s` as a JSON string literal (RFC 8259 escapes).
+/// `s` as a JSON string literal, escaped by serde_json, written without an allocation.
 fn json_str(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
-    w.write_char('"')?;
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let esc = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if (c as u32) < 0x20 => "",
-            _ => continue,
-        };
-        w.write_str(&s[start..i])?;
-        if esc.is_empty() {
-            write!(w, "\\u{:04x}", c as u32)?;
-        } else {
-            w.write_str(esc)?;
-        }
-        start = i + c.len_utf8();
+    serde_json::to_writer(Utf8Io(w), s).map_err(|_| fmt::Error)
+}
+
+/// A `fmt::Write` as the `io::Write` serde_json's writers take. serde_json writes a string
+/// in pieces cut only before and after its ASCII escapes, so each piece is UTF-8.
+struct Utf8Io<'a, W: ?Sized>(&'a mut W);
+
+impl<W: fmt::Write + ?Sized> std::io::Write for Utf8Io<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let s = std::str::from_utf8(bytes).map_err(std::io::Error::other)?;
+        self.0.write_str(s).map_err(std::io::Error::other)?;
+        Ok(bytes.len())
     }
-    w.write_str(&s[start..])?;
-    w.write_char('"')
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 struct JsonVisitor<'a>(&'a mut Map<String, Value>);

@@ -73,22 +73,24 @@ impl Delivery {
             .subscribe(&format!("s.{sid}"))
             .await
             .map_err(err)?;
-        let mut logged: Vec<(u64, Message)> = delivery
+        let logged = delivery
             .store
             .list(&format!("log/{sid}/"))
             .await
-            .map_err(err)?
-            .iter()
-            .filter_map(|e| parse_event(&e.value))
-            .collect();
-        logged.sort_by_key(|(n, _)| *n);
-        let head = logged.last().map_or(0, |(n, _)| *n);
+            .map_err(err)?;
+        // Numbered by key (`log_key`): the messages are parsed only to be replayed.
+        let numbered = logged.iter().filter_map(|e| Some((logged_seq(&e.key)?, e)));
         let Some(last) = last_event_id else {
             // Not a resumption: only what comes next; a message that came between the
-            // subscription and the listing is given live (its id may be below `head`).
+            // subscription and the listing is given live (its id may be below the head).
+            let head = numbered.map(|(n, _)| n).max().unwrap_or(0);
             return Ok((head, live_after(live, 0)));
         };
-        let replay: Vec<_> = logged.into_iter().filter(|(n, _)| *n > last).collect();
+        let mut replay: Vec<(u64, Message)> = numbered
+            .filter(|(n, _)| *n > last)
+            .filter_map(|(_, e)| parse_event(&e.value))
+            .collect();
+        replay.sort_by_key(|(n, _)| *n);
         let floor = replay.last().map_or(last, |(n, _)| *n);
         Ok((
             floor,
@@ -110,6 +112,11 @@ fn live_after(
 
 fn log_key(sid: &str, n: u64) -> String {
     format!("log/{sid}/{n:016x}")
+}
+
+/// The number a [`log_key`] ends with.
+fn logged_seq(key: &str) -> Option<u64> {
+    u64::from_str_radix(key.rsplit('/').next()?, 16).ok()
 }
 
 fn parse_event(bytes: &[u8]) -> Option<(u64, Message)> {
