@@ -129,3 +129,27 @@ fn a_bad_node_id_flag_is_refused() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--node-id"), "{stderr}");
 }
+
+/// mcpg sets mimalloc's `arena_eager_commit` to 0 before the first allocation, so an idle
+/// replica does not hold committed arena pages nothing uses (issue 21's idle-RSS target); the
+/// environment variable still overrides it. mimalloc prints its options with `MIMALLOC_VERBOSE`.
+#[test]
+fn mimalloc_commits_arenas_lazily_unless_the_environment_says_otherwise() {
+    let option = |env: Option<&str>| {
+        let mut cmd = Command::new(bin("mcpg"));
+        cmd.arg("--version").env("MIMALLOC_VERBOSE", "1");
+        match env {
+            Some(v) => cmd.env("MIMALLOC_ARENA_EAGER_COMMIT", v),
+            None => cmd.env_remove("MIMALLOC_ARENA_EAGER_COMMIT"),
+        };
+        let out = cmd.output().expect("run mcpg --version");
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.lines()
+            .find_map(|l| l.split("option 'arena_eager_commit': ").nth(1))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("mimalloc printed no arena_eager_commit option:\n{err}"))
+    };
+    assert_eq!(option(None), "0");
+    assert_eq!(option(Some("1")), "1");
+}
