@@ -197,7 +197,7 @@ async fn bridged_source(
         .map(|(_, method, _)| (*method).to_owned())
         .collect();
     let rx = handle.conn.unsolicited();
-    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |m| {
+    let stream = rx.into_stream().filter_map(move |m| {
         let keep = match &m {
             Ok(m) => match jsonrpc::method(m) {
                 Some("notifications/resources/updated") => m["params"]["uri"]

@@ -247,29 +247,35 @@ impl Live {
                 };
                 let mut m = match m {
                     Ok(m) => m,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    Err(crate::mcp::upstream::unsolicited::RecvError::Lagged(n)) => {
                         tracing::warn!(session = %sid, skipped = n, "client too slow; upstream messages dropped");
                         continue;
                     }
                     Err(_) => return,
                 };
+                // Handling a message is boxed: the pump then holds only its wait while idle,
+                // and there is one pump per upstream of every session (per-session memory).
                 match jsonrpc::kind(&m) {
                     Kind::Notification => {
                         binding.naming.notification_out(up, &mut m);
-                        services.delivery.deliver(&sid, &events, &m).await;
+                        Box::pin(services.delivery.deliver(&sid, &events, &m)).await;
                     }
                     // A shared child's requests cannot be attributed to one client; its
                     // supervisor answers them.
-                    Kind::Request if owned => match services
-                        .server_requests
-                        .to_client_request(&sid, &binding.upstreams[up].name, m)
-                        .await
-                    {
-                        Ok(m) => services.delivery.deliver(&sid, &events, &m).await,
-                        Err(e) => {
+                    Kind::Request if owned => {
+                        let name = &binding.upstreams[up].name;
+                        let relayed = Box::pin(async {
+                            let m = services
+                                .server_requests
+                                .to_client_request(&sid, name, m)
+                                .await?;
+                            services.delivery.deliver(&sid, &events, &m).await;
+                            anyhow::Ok(())
+                        });
+                        if let Err(e) = relayed.await {
                             tracing::warn!(session = %sid, error = %e, "cannot relay a server request")
                         }
-                    },
+                    }
                     _ => {}
                 }
             }

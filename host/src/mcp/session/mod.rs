@@ -212,7 +212,7 @@ impl Sessions {
         let answers: Vec<(UpstreamIdx, Value)> = links
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| Some((UpstreamIdx(i), l.as_ref()?.answer.clone())))
+            .filter_map(|(i, l)| Some((UpstreamIdx(i), Value::clone(&l.as_ref()?.answer))))
             .collect();
         let result = fanout::merge_initialize(binding, &hello.protocol_version, &answers);
         let record = self.new_record(binding, &result, hello, &links, identity);

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
+
+use super::unsolicited::{self, Unsolicited};
 
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError, code};
 
@@ -59,9 +61,6 @@ impl UpstreamError {
 /// How a transport's error message starts when the request never left mcpg.
 pub const NOT_REACHED: &str = "could not connect";
 
-/// How many messages outside any exchange one conversation buffers for its readers.
-const UNSOLICITED_BUFFER: usize = 64;
-
 /// A way of moving JSON-RPC messages to and from an upstream.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -104,7 +103,7 @@ struct Route {
 struct Shared {
     name: Arc<str>,
     routes: Mutex<HashMap<u64, Route>>,
-    unsolicited: broadcast::Sender<Message>,
+    unsolicited: Unsolicited,
     closed: watch::Sender<bool>,
 }
 
@@ -116,7 +115,7 @@ pub struct Connection {
     next_id: Arc<AtomicU64>,
     /// What the upstream answered to the handshake (legacy `initialize`, modern
     /// `server/discover`), set once by whoever established the connection.
-    pub handshake: Arc<std::sync::OnceLock<Value>>,
+    pub handshake: Arc<std::sync::OnceLock<Arc<Value>>>,
 }
 
 impl Connection {
@@ -128,15 +127,10 @@ impl Connection {
         transport: Arc<dyn Transport>,
         incoming: Option<mpsc::UnboundedReceiver<Message>>,
     ) -> Self {
-        // Messages outside any exchange are rare (list changes, resource updates, logs) and
-        // are forwarded at once; a broadcast channel allocates every slot up front, per
-        // conversation, so this bound is per-session memory. A receiver that falls this far
-        // behind loses messages, with a warning.
-        let (unsolicited, _) = broadcast::channel(UNSOLICITED_BUFFER);
         let shared = Arc::new(Shared {
             name: name.into(),
             routes: Mutex::new(HashMap::new()),
-            unsolicited,
+            unsolicited: Unsolicited::default(),
             closed: watch::channel(false).0,
         });
         if let Some(mut incoming) = incoming {
@@ -181,7 +175,7 @@ impl Connection {
 
     /// Messages the upstream sends that belong to no exchange: list changes, resource
     /// updates, log messages and server requests it sends outside any request.
-    pub fn unsolicited(&self) -> broadcast::Receiver<Message> {
+    pub fn unsolicited(&self) -> unsolicited::Receiver {
         self.shared.unsolicited.subscribe()
     }
 
@@ -418,7 +412,7 @@ impl Shared {
                         let _ = routes[&id].tx.send(m);
                     }
                     _ => {
-                        let _ = self.unsolicited.send(m);
+                        self.unsolicited.send(m);
                     }
                 }
             }
@@ -427,7 +421,7 @@ impl Shared {
                     let _ = routes[&id].tx.send(m);
                 }
                 None => {
-                    let _ = self.unsolicited.send(m);
+                    self.unsolicited.send(m);
                 }
             },
             Kind::Invalid => {

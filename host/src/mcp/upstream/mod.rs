@@ -21,6 +21,7 @@ pub(crate) mod test_server;
 #[cfg(test)]
 mod timeout_tests;
 pub mod tool_lists;
+pub mod unsolicited;
 #[cfg(test)]
 mod violation_tests;
 
@@ -156,8 +157,9 @@ pub struct Link {
     /// The conversation is the upstream's shared 2026-07-28 one (the upstream speaks only
     /// that era): the session's requests are stamped with per-request `_meta`.
     pub modern: bool,
-    /// The handshake answer the client's `initialize` result is built from.
-    pub answer: Value,
+    /// The handshake answer the client's `initialize` result is built from (shared with the
+    /// connection's own copy: one per conversation, not two).
+    pub answer: Arc<Value>,
     /// The endpoint of the upstream's pool the conversation is with (set by the pool).
     pub endpoint: Option<String>,
 }
@@ -428,7 +430,7 @@ impl Upstream {
             owned: false,
             upstream_session: None,
             modern: true,
-            answer,
+            answer: Arc::new(answer),
             endpoint: None,
         })
     }
@@ -495,7 +497,7 @@ impl Upstream {
                         owned: false,
                         upstream_session: None,
                         modern: false,
-                        answer: Value::Null,
+                        answer: Arc::default(),
                         endpoint: None,
                     });
                 }
@@ -512,7 +514,7 @@ impl Upstream {
                     owned: true,
                     upstream_session: None,
                     modern: false,
-                    answer: Value::Null,
+                    answer: Arc::default(),
                     endpoint: None,
                 })
             }
@@ -522,7 +524,9 @@ impl Upstream {
                 if let Some((id, version)) = resume {
                     t.set_session(Some(id.to_owned()));
                     t.set_version(Some(version.to_owned()));
-                    let _ = conn.handshake.set(json!({"protocolVersion": version}));
+                    let _ = conn
+                        .handshake
+                        .set(Arc::new(json!({"protocolVersion": version})));
                 } else {
                     let result = handshake(&conn, hello, self.deadline()).await?;
                     t.set_version(result["protocolVersion"].as_str().map(str::to_owned));
@@ -537,7 +541,7 @@ impl Upstream {
                     owned: true,
                     upstream_session: t.session_id(),
                     modern: false,
-                    answer: Value::Null,
+                    answer: Arc::default(),
                     endpoint: None,
                 })
             }
@@ -649,7 +653,7 @@ impl Upstream {
                 Ok(ModernHandle {
                     conn: link.conn,
                     native: false,
-                    info: Arc::new(info),
+                    info,
                 })
             }
         }
@@ -686,7 +690,7 @@ fn answer_unattributable(conn: &Connection) {
             };
             let m = match m {
                 Ok(m) => m,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(unsolicited::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
             };
             if jsonrpc::kind(&m) == jsonrpc::Kind::Request {
@@ -771,6 +775,6 @@ async fn handshake(conn: &Connection, hello: &Hello, deadline: Instant) -> Resul
             ),
         ));
     }
-    let _ = conn.handshake.set(result.clone());
+    let _ = conn.handshake.set(Arc::new(result.clone()));
     Ok(result)
 }
