@@ -1,5 +1,7 @@
 """Draws bench/results/summary.png from the latest result files: throughput and p50 latency of
-every case of the gateway-overhead, cross-replica and other-gateways benchmarks, side by side.
+every case of the gateway-overhead, cross-replica and other-gateways benchmarks, side by side;
+and bench/results/scaling.png: the curves of the upstream-scaling and session-scaling
+benchmarks (throughput and p50 of tools/call and tools/list against upstreams or open sessions).
 
 usage: python plot.py RESULTS_DIR     (needs matplotlib; bench/run-plot installs it)
 """
@@ -70,6 +72,42 @@ def main():
             ax.legend(fontsize=7)
     fig.tight_layout()
     out = os.path.join(results, "summary.png")
+    fig.savefig(out, dpi=110)
+    print(out)
+    scaling(results)
+
+
+def scaling(results):
+    """One row per scaling benchmark: x = upstreams or open sessions (log), one line per era,
+    request and concurrency."""
+    rows = []
+    for name, key, xlabel in [("upstream-scaling", "upstreams", "upstreams in the binding"),
+                              ("session-scaling", "open_sessions", "open idle sessions")]:
+        report = latest(results, name)
+        if report:
+            rows.append((name, key, xlabel, report["runs"]))
+    if not rows:
+        return
+    fig, axes = plt.subplots(len(rows), 2, figsize=(14, 4.5 * len(rows)), squeeze=False)
+    for row, (name, key, xlabel, runs) in enumerate(rows):
+        lines = {}
+        for r in runs:
+            what = "list" if r["tool"] == "tools/list" else "call"
+            lines.setdefault(f"{r['era']} {what} c{r['concurrency']}", []).append(
+                (max(r[key], 1) if key == "open_sessions" else r[key], r["throughput_rps"], r["latency_us"]["p50"]))
+        for col, (idx, ylabel) in enumerate([(1, "requests/s (log)"), (2, "p50 µs (log)")]):
+            ax = axes[row][col]
+            for label, pts in sorted(lines.items()):
+                pts.sort()
+                ax.plot([p[0] for p in pts], [p[idx] for p in pts], marker="o", label=label)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel + (" (0 drawn at 1)" if key == "open_sessions" else ""))
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{name}: {'throughput' if idx == 1 else 'p50 latency'}")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = os.path.join(results, "scaling.png")
     fig.savefig(out, dpi=110)
     print(out)
 

@@ -1,5 +1,5 @@
-//! `mcp-load`: a load generator for MCP `tools/call` over Streamable HTTP, in either protocol
-//! era. It owns the command line, the per-era request shapes (2026-07-28 metadata headers and
+//! `mcp-load`: a load generator for MCP `tools/call` (or `tools/list`, `--tool list`) over
+//! Streamable HTTP, in either protocol era. It owns the command line, the per-era request shapes (2026-07-28 metadata headers and
 //! `_meta`; a legacy session per worker), the two load models (fixed concurrency, closed loop;
 //! fixed rate, open loop with latency from the intended send time, so coordinated omission is
 //! corrected), answer checking (JSON or SSE) and the one JSON report on stdout.
@@ -7,7 +7,9 @@
 //! Every latency goes into an HdrHistogram (nanoseconds, 3 significant digits). Requests are
 //! counted when their (intended) send time falls in the measured window, after the warm-up.
 //! An error is any transport failure, non-200 status, unreadable answer, JSON-RPC error, tool
-//! result with `isError: true`, or (`--tool payload`) a text of the wrong length.
+//! result with `isError: true`, (`--tool payload`) a text of the wrong length, or (`--tool
+//! list`) a list with no tools or not `--expect-tools` of them. `--tool-prefix` names a tool
+//! behind a binding that prefixes names (`u01__echo`).
 //!
 //! `--header 'Name: value'` (repeatable) adds a header to every request, e.g. a bearer token
 //! for a binding with `auth`; the report lists the names (`headers`), not the values.
@@ -37,6 +39,9 @@ enum Tool {
     Echo,
     /// Asks for `--payload-bytes` of text back.
     Payload,
+    /// Sends `tools/list` instead of `tools/call` (the answer must list at least one tool, or
+    /// exactly `--expect-tools`).
+    List,
 }
 
 #[derive(Parser, Debug)]
@@ -65,6 +70,13 @@ struct Args {
     warmup_secs: f64,
     #[arg(long, value_enum, default_value = "echo")]
     tool: Tool,
+    /// Put before the tool's name, e.g. `u01__` for a binding whose tool names carry their
+    /// upstream's prefix.
+    #[arg(long, default_value = "")]
+    tool_prefix: String,
+    /// With `--tool list`: how many tools every answer must list.
+    #[arg(long)]
+    expect_tools: Option<usize>,
     /// Bytes of text sent (echo) or asked for (payload).
     #[arg(long, default_value_t = 100)]
     payload_bytes: usize,
@@ -108,6 +120,8 @@ struct Shared {
     first_error: Mutex<Option<String>>,
     /// The JSON-RPC `arguments` of every call.
     arguments: Value,
+    /// The called tool's full name (`--tool-prefix` included); `None` for `tools/list`.
+    tool_name: Option<String>,
 }
 
 impl Shared {
@@ -233,30 +247,42 @@ impl Worker {
         }
     }
 
-    /// One `tools/call`, checked; `Err` is the error's text.
+    /// One `tools/call` (or `tools/list`), checked; `Err` is the error's text.
     async fn call(&mut self, sh: &Shared) -> Result<(), String> {
         let id = self.next_id();
-        let tool = match sh.args.tool {
-            Tool::Echo => "echo",
-            Tool::Payload => "payload",
+        let (method, mut params) = match &sh.tool_name {
+            Some(name) => (
+                "tools/call",
+                json!({"name": name, "arguments": sh.arguments}),
+            ),
+            None => ("tools/list", json!({})),
         };
-        let mut params = json!({"name": tool, "arguments": sh.arguments});
         if sh.args.era == Era::Modern {
             params["_meta"] = json!({
                 "io.modelcontextprotocol/protocolVersion": MODERN,
                 "io.modelcontextprotocol/clientCapabilities": {},
             });
         }
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let resp = sh
             .client
             .post(&sh.args.url)
-            .headers(self.headers(sh, "tools/call", Some(tool)))
+            .headers(self.headers(sh, method, sh.tool_name.as_deref()))
             .body(serde_json::to_vec(&body).expect("serialise"))
             .send()
             .await
             .map_err(|e| error_chain(&e))?;
         let result = answer(resp, id).await?;
+        if sh.args.tool == Tool::List {
+            let listed = result.get("tools").and_then(Value::as_array).map(Vec::len);
+            return match (listed, sh.args.expect_tools) {
+                (Some(n), Some(want)) if n != want => {
+                    Err(format!("tools/list listed {n} tools, expected {want}"))
+                }
+                (Some(n), _) if n > 0 => Ok(()),
+                _ => Err(format!("tools/list listed no tools: {result}")),
+            };
+        }
         if result.get("isError").and_then(Value::as_bool) == Some(true) {
             return Err(format!("tool result has isError: true: {result}"));
         }
@@ -482,6 +508,12 @@ async fn run(args: Args) -> Value {
     let arguments = match args.tool {
         Tool::Echo => json!({"text": "x".repeat(args.payload_bytes)}),
         Tool::Payload => json!({"bytes": args.payload_bytes}),
+        Tool::List => json!({}),
+    };
+    let tool_name = match args.tool {
+        Tool::Echo => Some(format!("{}echo", args.tool_prefix)),
+        Tool::Payload => Some(format!("{}payload", args.tool_prefix)),
+        Tool::List => None,
     };
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup_secs);
@@ -499,6 +531,7 @@ async fn run(args: Args) -> Value {
         errors: AtomicU64::new(0),
         first_error: Mutex::new(None),
         arguments,
+        tool_name,
         args,
     });
     let workers: Vec<_> = (0..sh.args.concurrency)
@@ -522,7 +555,8 @@ async fn run(args: Args) -> Value {
         "era": match a.era { Era::Modern => "modern", Era::Legacy => "legacy" },
         "url": a.url,
         "session_url": a.session_url(),
-        "tool": match a.tool { Tool::Echo => "echo", Tool::Payload => "payload" },
+        "tool": match a.tool { Tool::Echo => "echo", Tool::Payload => "payload", Tool::List => "tools/list" },
+        "tool_name": sh.tool_name,
         "concurrency": a.concurrency,
         "rate": a.rate,
         "duration_s": a.duration_secs,

@@ -9,18 +9,16 @@ use serde_json::Value;
 use crate::harness::bin;
 use crate::peers::Gateway;
 
+/// `mcp-load` for one second; `tools/call` of `payload` with 100 B unless `args` name a tool.
 fn load(url: &str, args: &[&str]) -> Value {
+    let tool: &[&str] = if args.contains(&"--tool") {
+        &[]
+    } else {
+        &["--tool", "payload", "--payload-bytes", "100"]
+    };
     let out = Command::new(bin("mcp-load"))
-        .args([
-            "--url",
-            url,
-            "--duration-secs",
-            "1",
-            "--tool",
-            "payload",
-            "--payload-bytes",
-            "100",
-        ])
+        .args(["--url", url, "--duration-secs", "1"])
+        .args(tool)
         .args(args)
         .output()
         .expect("run mcp-load");
@@ -56,6 +54,40 @@ fn mcp_load_drives_the_fixture_directly_and_through_mcpg() {
                 "{target} {args:?}: {r}"
             );
         }
+    }
+}
+
+/// The scaling benchmark's pieces: a fixture offering more tools (`--tools`), a binding of
+/// several upstreams with prefixed names, and `mcp-load` sending `tools/list` (checking how
+/// many tools are listed) and calling a prefixed tool, in both eras.
+#[test]
+fn mcp_load_lists_and_calls_prefixed_tools_of_several_upstreams() {
+    let (_fixture, url) = crate::mcp_peers::bench_fixture_with(&["--tools", "5"]);
+    let gw = Gateway::start(
+        "bench-smoke-upstreams",
+        &format!(
+            "bindings:\n  - name: f\n    path: /mcp\n    prefix: always\n    upstreams:\n\
+             \x20     - {{name: u1, http: {{url: {url:?}}}}}\n\
+             \x20     - {{name: u2, http: {{url: {url:?}}}}}\n"
+        ),
+    );
+    let through = gw.url("/mcp");
+    for era in ["modern", "legacy"] {
+        for args in [
+            &["--tool", "list", "--expect-tools", "10"][..],
+            &["--tool", "echo", "--tool-prefix", "u2__"][..],
+        ] {
+            let r = load(&through, &[&["--era", era], args].concat());
+            assert_eq!(r["errors"], 0, "{era} {args:?}: {r}");
+            assert!(r["requests"].as_u64() > Some(0), "{era} {args:?}: {r}");
+        }
+        // The count is checked: a wrong expectation is an error on every request.
+        let r = load(
+            &through,
+            &["--era", era, "--tool", "list", "--expect-tools", "11"],
+        );
+        assert_eq!(r["requests"], 0, "{era}: {r}");
+        assert!(r["errors"].as_u64() > Some(0), "{era}: {r}");
     }
 }
 

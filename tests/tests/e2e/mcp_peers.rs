@@ -433,9 +433,15 @@ fn every_tool_prompt_and_resource_of_both_upstreams() {
 /// Starts the workspace's fast fixture upstream (both eras on one endpoint); returns it and
 /// its URL.
 pub fn bench_fixture() -> (crate::harness::Proc, String) {
+    bench_fixture_with(&[])
+}
+
+/// [`bench_fixture`] with more arguments (e.g. `--tools 100`).
+pub fn bench_fixture_with(args: &[&str]) -> (crate::harness::Proc, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(crate::harness::bin("mcpg-fixture-upstream"))
         .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
