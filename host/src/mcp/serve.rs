@@ -49,8 +49,12 @@ pub async fn serve(
         return Ok((Reply::Json(refusal), None));
     }
     let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
+    // Boxed: the dispatch's future is most of a request's state, and the wrappers around it
+    // (and axum, which boxes the handler's future) would otherwise move it whole.
     let (r, endpoint) = obs
-        .within(pool::noting_endpoint(dispatch::dispatch(b, client, msg)))
+        .within(pool::noting_endpoint(Box::pin(dispatch::dispatch(
+            b, client, msg,
+        ))))
         .await;
     let mut obs = obs;
     obs.set_endpoint(endpoint);

@@ -33,13 +33,19 @@ tokio::task_local! {
 
 /// Runs `f`, returning what it returned and the endpoint of a pool it sent a request to
 /// (the last one, when it was sent again elsewhere); `None` for single-endpoint upstreams.
-pub async fn noting_endpoint<F: std::future::Future>(f: F) -> (F::Output, Option<String>) {
-    CHOSEN
-        .scope(std::cell::RefCell::new(None), async move {
-            let out = f.await;
-            (out, CHOSEN.with(|c| c.borrow_mut().take()))
-        })
-        .await
+///
+/// Not an `async fn`: one would hold `f` three times over (its argument, the block that
+/// awaits it, the scope's copy), and a request's future is moved whole several times on its
+/// way to the runtime, so its size is paid in copying on every request. The map runs inside
+/// the scope, where the endpoint can still be read.
+pub fn noting_endpoint<F: std::future::Future>(
+    f: F,
+) -> impl std::future::Future<Output = (F::Output, Option<String>)> {
+    use futures::FutureExt;
+    CHOSEN.scope(
+        std::cell::RefCell::new(None),
+        f.map(|out| (out, CHOSEN.with(|c| c.borrow_mut().take()))),
+    )
 }
 
 /// What an attempt to send a request to an endpoint found (the `outcome` of
