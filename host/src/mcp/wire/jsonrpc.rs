@@ -42,15 +42,29 @@ pub enum Kind {
     Invalid,
 }
 
+/// What the message is. One pass over its (few) top-level members: a map lookup hashes its
+/// key (SipHash, in serde_json's order-preserving map), and this runs several times per
+/// request.
 pub fn kind(m: &Message) -> Kind {
-    if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+    let (mut version, mut id, mut method) = (None, None, None);
+    let (mut result, mut error) = (false, false);
+    for (k, v) in m {
+        match k.as_str() {
+            "jsonrpc" => version = Some(v),
+            "id" => id = Some(v),
+            "method" => method = Some(v),
+            "result" => result = true,
+            "error" => error = true,
+            _ => {}
+        }
+    }
+    if version.and_then(Value::as_str) != Some("2.0") {
         return Kind::Invalid;
     }
-    let id_ok = m.get("id").is_some_and(valid_id);
-    match (m.get("method"), m.contains_key("id")) {
-        (Some(Value::String(_)), true) if id_ok => Kind::Request,
-        (Some(Value::String(_)), false) => Kind::Notification,
-        (None, true) if m.contains_key("result") != m.contains_key("error") => Kind::Response,
+    match (method, id) {
+        (Some(Value::String(_)), Some(id)) if valid_id(id) => Kind::Request,
+        (Some(Value::String(_)), None) => Kind::Notification,
+        (None, Some(_)) if result != error => Kind::Response,
         _ => Kind::Invalid,
     }
 }
