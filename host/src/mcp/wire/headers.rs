@@ -32,8 +32,7 @@ pub fn name_field(method: &str) -> Option<&'static str> {
 /// The value `Mcp-Name` must carry for a message, if any.
 pub fn name_value(m: &Message) -> Option<String> {
     let field = name_field(jsonrpc::method(m)?)?;
-    jsonrpc::params(m)?
-        .get(field)
+    jsonrpc::member(jsonrpc::params(m)?, field)
         .and_then(Value::as_str)
         .map(str::to_owned)
 }

@@ -42,6 +42,18 @@ pub enum Kind {
     Invalid,
 }
 
+/// Member `key` of a JSON object. A small object (a message's top level, its `params`, its
+/// `_meta`) is scanned: serde_json's order-preserving map hashes the key with SipHash on every
+/// lookup, which costs more than comparing a handful of short keys, and the request path looks
+/// up dozens of members per request.
+pub fn member<'a>(m: &'a Message, key: &str) -> Option<&'a Value> {
+    if m.len() <= 8 {
+        m.iter().find_map(|(k, v)| (k == key).then_some(v))
+    } else {
+        m.get(key)
+    }
+}
+
 /// What the message is. One pass over its (few) top-level members: a map lookup hashes its
 /// key (SipHash, in serde_json's order-preserving map), and this runs several times per
 /// request.
@@ -73,7 +85,7 @@ pub fn kind(m: &Message) -> Kind {
 /// integer beyond 64 bits has already lost digits when parsed (mcpg does not parse numbers with
 /// arbitrary precision), so it is never echoed: the client could not match it.
 pub fn answerable_id(m: &Message) -> Value {
-    m.get("id")
+    member(m, "id")
         .filter(|v| valid_id(v))
         .cloned()
         .unwrap_or(Value::Null)
@@ -85,15 +97,15 @@ fn valid_id(v: &Value) -> bool {
 }
 
 pub fn method(m: &Message) -> Option<&str> {
-    m.get("method").and_then(Value::as_str)
+    member(m, "method").and_then(Value::as_str)
 }
 
 pub fn id(m: &Message) -> Option<&Value> {
-    m.get("id")
+    member(m, "id")
 }
 
 pub fn params(m: &Message) -> Option<&Map<String, Value>> {
-    m.get("params").and_then(Value::as_object)
+    member(m, "params").and_then(Value::as_object)
 }
 
 pub fn params_mut(m: &mut Message) -> &mut Map<String, Value> {
@@ -108,7 +120,7 @@ pub fn params_mut(m: &mut Message) -> &mut Map<String, Value> {
 
 /// `params._meta.progressToken`, when the request asks for progress.
 pub fn progress_token(m: &Message) -> Option<&Value> {
-    params(m)?.get("_meta")?.get("progressToken")
+    member(member(params(m)?, "_meta")?.as_object()?, "progressToken")
 }
 
 pub fn set_progress_token(m: &mut Message, token: Value) {

@@ -19,12 +19,12 @@ pub const FENCING_TOKEN: &str = "dev.mcpg/fencingToken";
 
 /// A request's `params._meta`, if it has one.
 pub fn of(m: &Message) -> Option<&Map<String, Value>> {
-    jsonrpc::params(m)?.get("_meta")?.as_object()
+    jsonrpc::member(jsonrpc::params(m)?, "_meta")?.as_object()
 }
 
 /// The protocol version a request's `_meta` names.
 pub fn protocol_version(m: &Message) -> Option<&str> {
-    of(m)?.get(PROTOCOL_VERSION)?.as_str()
+    jsonrpc::member(of(m)?, PROTOCOL_VERSION)?.as_str()
 }
 
 /// Removes the 2026-07-28 per-request fields from a request's `_meta` (for a legacy
