@@ -59,7 +59,8 @@ fn serve(args: Args) -> ExitCode {
     }
     telemetry::init(&cfg.config.observability, cfg.parsed.traces_endpoint());
     let overrides = args.overrides();
-    on_runtime(async move {
+    let threads = cfg.config.server.worker_threads;
+    on_runtime_with(threads, async move {
         let hangups = reload::hangups();
         let shutdown = server::shutdown_signal();
         let plugin = match plugin_phase(&cfg, &file).await {
@@ -140,10 +141,17 @@ async fn plugin_phase(
 /// Runs `work` on the process's one Tokio runtime, built here and nowhere else in the host.
 /// Each plugin runs its own inside its library, by design: a cdylib links its own Tokio.
 fn on_runtime(work: impl Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    on_runtime_with(0, work)
+}
+
+/// [`on_runtime`] with `threads` workers (`server.worker_threads`); 0 is Tokio's default, one
+/// per CPU (or `TOKIO_WORKER_THREADS`).
+fn on_runtime_with(threads: u16, work: impl Future<Output = ExitCode>) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(usize::from(threads));
+    }
+    match builder.enable_all().build() {
         Ok(rt) => rt.block_on(work),
         Err(e) => fail(format!("cannot start the async runtime: {e}")),
     }

@@ -118,6 +118,8 @@ impl Replica {
             admin_listen = listeners.admin_addr.map(tracing::field::display),
             config = %options.config_file,
             summary = %cfg.summary(),
+            // The runtime's threads as built (`server.worker_threads`, 0 being one per CPU).
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "mcpg starting"
         );
         let data_routes: Arc<OnceLock<DataRoutes>> = Arc::default();

@@ -67,6 +67,13 @@ pub struct ServerConfig {
     #[serde(default)]
     #[schemars(range(max = 600_000))]
     pub shutdown_delay_ms: u64,
+    /// Threads that serve requests (the async runtime's workers). `0`, the default, is one
+    /// per CPU. Fewer can be faster on a small machine shared with other busy processes:
+    /// every hand-over of work between threads costs a wake-up (measured in
+    /// `docs/deployment.md`).
+    #[serde(default)]
+    #[schemars(range(max = 1024))]
+    pub worker_threads: u16,
     /// Host names (optionally `name:port`) MCP requests may carry in their `Host` header,
     /// against DNS rebinding. When empty, a loopback `listen` allows only the loopback names
     /// (`localhost`, `127.0.0.1`, `[::1]`) and any other `listen` allows every host. When set,
@@ -272,6 +279,7 @@ impl Default for ServerConfig {
             advertise_url: None,
             drain_timeout_ms: default_drain_timeout_ms(),
             shutdown_delay_ms: 0,
+            worker_threads: 0,
             allowed_hosts: Vec::new(),
             forwarding_secret: None,
             allowed_origins: Vec::new(),

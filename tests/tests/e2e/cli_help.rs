@@ -40,13 +40,13 @@ fn help_names_the_environment_the_exit_codes_and_every_argument() {
 }
 
 #[test]
-fn the_start_log_gives_the_admin_address_itself() {
+fn the_start_log_gives_the_admin_address_and_the_worker_threads() {
     let dir = TempDir::new("cli-start-log");
     let (port, admin) = (free_port(), free_port());
     let f = dir.write(
         "mcpg.yaml",
         &format!(
-            "server:\n  listen: \"127.0.0.1:{port}\"\n  admin_listen: \"127.0.0.1:{admin}\"\nobservability:\n  logs: {{format: json}}\nbindings:\n  - name: time\n    path: /mcp\n    upstreams:\n      - {}\n",
+            "server:\n  listen: \"127.0.0.1:{port}\"\n  admin_listen: \"127.0.0.1:{admin}\"\n  worker_threads: 3\nobservability:\n  logs: {{format: json}}\nbindings:\n  - name: time\n    path: /mcp\n    upstreams:\n      - {}\n",
             time_stdio("")
         ),
     );
@@ -72,6 +72,8 @@ fn the_start_log_gives_the_admin_address_itself() {
         format!("127.0.0.1:{admin}"),
         "{start}"
     );
+    // `server.worker_threads` is the runtime's size (3: not this machine's CPU count).
+    assert_eq!(start["worker_threads"], 3, "{start}");
 }
 
 /// The README's quick start: `examples/single-node.yaml` as it is, started from a shell where
