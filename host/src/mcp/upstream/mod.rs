@@ -620,7 +620,7 @@ impl Upstream {
                         Ok(ModernHandle {
                             conn,
                             native: false,
-                            info: Arc::new(info),
+                            info,
                         })
                     }
                     Err(e) => {
@@ -748,7 +748,11 @@ async fn connect_stdio(
 
 /// The legacy handshake: `initialize` with the client's hello, answered by `deadline` (the
 /// upstream's request timeout); the result is kept on the connection.
-async fn handshake(conn: &Connection, hello: &Hello, deadline: Instant) -> Result<Value, RpcError> {
+async fn handshake(
+    conn: &Connection,
+    hello: &Hello,
+    deadline: Instant,
+) -> Result<Arc<Value>, RpcError> {
     let params = json!({
         "protocolVersion": hello.protocol_version,
         "capabilities": hello.capabilities,
@@ -775,6 +779,7 @@ async fn handshake(conn: &Connection, hello: &Hello, deadline: Instant) -> Resul
             ),
         ));
     }
-    let _ = conn.handshake.set(Arc::new(result.clone()));
+    let result = Arc::new(result);
+    let _ = conn.handshake.set(result.clone());
     Ok(result)
 }
