@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mcpg_plugin_api::remote::LoadedPlugin;
 
+use crate::config::model::Scheduler;
 use crate::config::{self, Severity, ValidatedConfig};
 use crate::{coordinator, identity, server, telemetry};
 
@@ -60,7 +61,7 @@ fn serve(args: Args) -> ExitCode {
     telemetry::init(&cfg.config.observability, cfg.parsed.traces_endpoint());
     let overrides = args.overrides();
     let threads = cfg.config.server.worker_threads;
-    on_runtime_with(threads, async move {
+    on_runtime_with(threads, cfg.config.server.scheduler, async move {
         let hangups = reload::hangups();
         let shutdown = server::shutdown_signal();
         let plugin = match plugin_phase(&cfg, &file).await {
@@ -138,18 +139,39 @@ async fn plugin_phase(
     Ok(plugin)
 }
 
-/// Runs `work` on the process's one Tokio runtime, built here and nowhere else in the host.
-/// Each plugin runs its own inside its library, by design: a cdylib links its own Tokio.
+/// Runs `work` on the process's main Tokio runtime, built here and nowhere else in the host
+/// (the serving threads' runtimes aside, `server::threads`). Each plugin runs its own inside
+/// its library, by design: a cdylib links its own Tokio.
 fn on_runtime(work: impl Future<Output = ExitCode>) -> ExitCode {
-    on_runtime_with(0, work)
+    on_runtime_with(0, Scheduler::WorkStealing, work)
 }
 
-/// [`on_runtime`] with `threads` workers (`server.worker_threads`); 0 is Tokio's default, one
-/// per CPU (or `TOKIO_WORKER_THREADS`).
-fn on_runtime_with(threads: u16, work: impl Future<Output = ExitCode>) -> ExitCode {
+/// [`on_runtime`] with `threads` threads serving requests (`server.worker_threads`; 0 is one
+/// per CPU) spread as `scheduler` says. `pinned` starts
+/// that many serving threads, and the main runtime, which then only accepts connections and
+/// runs the control plane, gets at most two workers.
+fn on_runtime_with(
+    threads: u16,
+    scheduler: Scheduler,
+    work: impl Future<Output = ExitCode>,
+) -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if threads > 0 {
-        builder.worker_threads(usize::from(threads));
+    match scheduler {
+        Scheduler::WorkStealing => {
+            if threads > 0 {
+                builder.worker_threads(usize::from(threads));
+            }
+        }
+        Scheduler::Pinned => {
+            let n = match threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => usize::from(n),
+            };
+            if let Err(e) = server::threads::start(n) {
+                return fail(format!("cannot start the serving threads: {e}"));
+            }
+            builder.worker_threads(n.min(2));
+        }
     }
     match builder.enable_all().build() {
         Ok(rt) => rt.block_on(work),

@@ -118,8 +118,16 @@ impl Replica {
             admin_listen = listeners.admin_addr.map(tracing::field::display),
             config = %options.config_file,
             summary = %cfg.summary(),
-            // The runtime's threads as built (`server.worker_threads`, 0 being one per CPU).
-            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            // The threads that serve requests as built (`server.worker_threads`, 0 being one
+            // per CPU): the serving threads, or the runtime's workers with `work_stealing`.
+            worker_threads = match crate::server::threads::count() {
+                0 => tokio::runtime::Handle::current().metrics().num_workers(),
+                n => n,
+            },
+            scheduler = match cfg.config.server.scheduler {
+                crate::config::model::Scheduler::Pinned => "pinned",
+                crate::config::model::Scheduler::WorkStealing => "work_stealing",
+            },
             "mcpg starting"
         );
         let data_routes: Arc<OnceLock<DataRoutes>> = Arc::default();

@@ -67,13 +67,21 @@ pub struct ServerConfig {
     #[serde(default)]
     #[schemars(range(max = 600_000))]
     pub shutdown_delay_ms: u64,
-    /// Threads that serve requests (the async runtime's workers). `0`, the default, is one
-    /// per CPU. Fewer can be faster on a small machine shared with other busy processes:
-    /// every hand-over of work between threads costs a wake-up (measured in
+    /// Threads that serve requests (see `scheduler`). `0`, the default, is one per CPU. Fewer
+    /// can be faster on a small machine shared with other busy processes (measured in
     /// `docs/deployment.md`).
     #[serde(default)]
     #[schemars(range(max = 1024))]
     pub worker_threads: u16,
+    /// How connections are spread over those threads. `pinned` (the default): each thread
+    /// runs its own single-threaded runtime, a new connection goes to the thread with the
+    /// fewest open connections and stays there, and each upstream keeps a connection pool per
+    /// thread, so a request is served on one thread from end to end. `work_stealing`: one
+    /// runtime whose threads take work from each other, for few client connections that each
+    /// carry many concurrent requests (HTTP/2); every hand-over between threads costs a
+    /// wake-up.
+    #[serde(default)]
+    pub scheduler: Scheduler,
     /// Host names (optionally `name:port`) MCP requests may carry in their `Host` header,
     /// against DNS rebinding. When empty, a loopback `listen` allows only the loopback names
     /// (`localhost`, `127.0.0.1`, `[::1]`) and any other `listen` allows every host. When set,
@@ -280,6 +288,7 @@ impl Default for ServerConfig {
             drain_timeout_ms: default_drain_timeout_ms(),
             shutdown_delay_ms: 0,
             worker_threads: 0,
+            scheduler: Scheduler::default(),
             allowed_hosts: Vec::new(),
             forwarding_secret: None,
             allowed_origins: Vec::new(),
@@ -400,6 +409,15 @@ pub struct RateLimit {
     /// requests are refused with `503`).
     #[serde(default)]
     pub on_coordinator_error: CoordinatorFailure,
+}
+
+/// How connections are spread over the threads that serve them (`server.scheduler`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    #[default]
+    Pinned,
+    WorkStealing,
 }
 
 /// What one budget of a limit is shared by.

@@ -29,7 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
-use super::strict;
+use super::{strict, threads};
 use crate::config::model::ListenerLimits;
 
 /// How long a client may take to complete the TLS handshake before its connection is closed.
@@ -79,7 +79,8 @@ impl Default for Limits {
 }
 
 /// Serves one listener until told to stop: the accept loop only accepts; each connection is
-/// served in its own task, so a slow or failing client never holds up the others. On stop the
+/// served in its own task, so a slow or failing client never holds up the others, on the
+/// serving thread with the fewest open connections when there are serving threads. On stop the
 /// loop stops accepting and waits for its connections, each finishing its in-flight requests
 /// (the caller enforces the deadline by aborting this task, which drops and so closes every
 /// connection).
@@ -119,7 +120,27 @@ pub async fn serve(
                         builder: builder.clone(),
                         stop: stop.clone(),
                     };
-                    conns.spawn(conn.run(tcp, tls.clone(), slot));
+                    let tls = tls.clone();
+                    match threads::place() {
+                        // Served start to finish on one serving thread (`threads.rs`), the
+                        // socket registered with that thread's reactor, not this one's.
+                        Some(placed) => match tcp.into_std() {
+                            Ok(tcp) => {
+                                let on = placed.handle().clone();
+                                conns.spawn_on(async move {
+                                    match TcpStream::from_std(tcp) {
+                                        Ok(tcp) => conn.run(tcp, tls, slot).await,
+                                        Err(e) => tracing::warn!(error = %e, "a connection could not be handed to its serving thread"),
+                                    }
+                                    drop(placed);
+                                }, &on);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "a connection could not be handed to its serving thread"),
+                        },
+                        None => {
+                            conns.spawn(conn.run(tcp, tls, slot));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off as axum::serve does,
@@ -328,12 +349,20 @@ impl Conn {
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
-        // While requests are in flight there is no deadline; the state changes wake the loop,
-        // and it looks again at least this often anyway.
+        // One timer, armed for the earliest deadline seen. While requests are in flight there is
+        // no deadline; the state changes wake the loop. The timer moves only to an earlier
+        // deadline: one that moved later (the next request, the next idle spell) is found when
+        // it fires, and it is then armed again. So a busy connection touches the runtime's
+        // timer about once per `tick`, not on every request.
         let tick = self.limits.header_read.min(self.limits.idle);
+        let timer = tokio::time::sleep(tick);
+        tokio::pin!(timer);
         loop {
-            let next = activity.deadline(&self.limits);
-            let wake = next.map_or_else(|| Instant::now() + tick, |(at, _)| at);
+            if let Some((at, _)) = activity.deadline(&self.limits)
+                && at < timer.deadline()
+            {
+                timer.as_mut().reset(at);
+            }
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
@@ -343,14 +372,16 @@ impl Conn {
                 }
                 _ = stopped(&mut self.stop) => break,
                 _ = activity.changed.notified() => {}
-                _ = tokio::time::sleep_until(wake) => {
-                    if let Some((at, why)) = activity.deadline(&self.limits)
-                        && at <= Instant::now()
-                    {
-                        tracing::debug!(%peer, "closing the connection: {why}");
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
-                        return;
+                _ = timer.as_mut() => {
+                    match activity.deadline(&self.limits) {
+                        Some((at, why)) if at <= Instant::now() => {
+                            tracing::debug!(%peer, "closing the connection: {why}");
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+                            return;
+                        }
+                        Some((at, _)) => timer.as_mut().reset(at),
+                        None => timer.as_mut().reset(Instant::now() + tick),
                     }
                 }
             }
@@ -543,16 +574,20 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        // The timer starts when the body first makes the reader wait: a body already read
+        // with its head (most are) costs no timer.
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            self.timer = None;
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        }
         let limit = self.limit;
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(BodyStalled(limit.as_millis()).into())));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(limit.as_millis()).into()))),
+            Poll::Pending => Poll::Pending,
         }
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
-        self.timer = None;
-        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

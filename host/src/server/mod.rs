@@ -7,7 +7,8 @@
 //! HTTPS when its `tls` block is set (`tls.rs` holds the certificate; this module accepts and
 //! serves), and with `server.admin_token` both guard the admin paths (`admin.rs`). Every
 //! listener bounds its connections (`conn.rs`: `server.limits`) and refuses ambiguous hosts
-//! (`strict.rs`).
+//! (`strict.rs`). With `server.scheduler: pinned` each accepted connection is served on one of
+//! the serving threads (`threads.rs`).
 
 pub mod admin;
 pub mod conn;
@@ -16,6 +17,7 @@ mod h2_tests;
 pub mod health;
 mod strict;
 pub mod systemd;
+pub mod threads;
 #[cfg(test)]
 mod tls_tests;
 

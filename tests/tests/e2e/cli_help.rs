@@ -40,40 +40,57 @@ fn help_names_the_environment_the_exit_codes_and_every_argument() {
 }
 
 #[test]
-fn the_start_log_gives_the_admin_address_and_the_worker_threads() {
-    let dir = TempDir::new("cli-start-log");
-    let (port, admin) = (free_port(), free_port());
-    let f = dir.write(
-        "mcpg.yaml",
-        &format!(
-            "server:\n  listen: \"127.0.0.1:{port}\"\n  admin_listen: \"127.0.0.1:{admin}\"\n  worker_threads: 3\nobservability:\n  logs: {{format: json}}\nbindings:\n  - name: time\n    path: /mcp\n    upstreams:\n      - {}\n",
-            time_stdio("")
-        ),
-    );
-    let proc = Proc::spawn(Command::new(bin("mcpg")).arg("--config").arg(&f));
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(30), || matches!(
-            http_get(addr, "/readyz"),
-            Ok((200, _))
-        )),
-        "mcpg never became ready"
-    );
-    proc.signal("TERM");
-    let (status, log) = proc.wait(Duration::from_secs(30));
-    assert!(status.success(), "{log}");
-    let start: serde_json::Value = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message"] == "mcpg starting")
-        .unwrap_or_else(|| panic!("no start line in:\n{log}"));
-    assert_eq!(
-        start["admin_listen"],
-        format!("127.0.0.1:{admin}"),
-        "{start}"
-    );
-    // `server.worker_threads` is the runtime's size (3: not this machine's CPU count).
-    assert_eq!(start["worker_threads"], 3, "{start}");
+fn the_start_log_gives_the_admin_address_the_worker_threads_and_the_scheduler() {
+    for scheduler in ["pinned", "work_stealing"] {
+        let dir = TempDir::new("cli-start-log");
+        let (port, admin) = (free_port(), free_port());
+        let f = dir.write(
+            "mcpg.yaml",
+            &format!(
+                "server:\n  listen: \"127.0.0.1:{port}\"\n  admin_listen: \"127.0.0.1:{admin}\"\n  worker_threads: 3\n  scheduler: {scheduler}\nobservability:\n  logs: {{format: json}}\nbindings:\n  - name: time\n    path: /mcp\n    upstreams:\n      - {}\n",
+                time_stdio("")
+            ),
+        );
+        let proc = Proc::spawn(Command::new(bin("mcpg")).arg("--config").arg(&f));
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(30), || matches!(
+                http_get(addr, "/readyz"),
+                Ok((200, _))
+            )),
+            "mcpg never became ready"
+        );
+        // `pinned` runs one named thread per `worker_threads`; `work_stealing` none.
+        let mut serving: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proc.child.id()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .filter(|name| name.starts_with("mcpg-serve-"))
+            .collect();
+        serving.sort();
+        let want: &[&str] = match scheduler {
+            "pinned" => &["mcpg-serve-1", "mcpg-serve-2", "mcpg-serve-3"],
+            _ => &[],
+        };
+        assert_eq!(serving, want, "{scheduler}");
+        proc.signal("TERM");
+        let (status, log) = proc.wait(Duration::from_secs(30));
+        assert!(status.success(), "{log}");
+        let start: serde_json::Value = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "mcpg starting")
+            .unwrap_or_else(|| panic!("no start line in:\n{log}"));
+        assert_eq!(
+            start["admin_listen"],
+            format!("127.0.0.1:{admin}"),
+            "{start}"
+        );
+        // `server.worker_threads` is the number of threads serving (3: not this machine's CPU
+        // count), whichever the scheduler.
+        assert_eq!(start["worker_threads"], 3, "{start}");
+        assert_eq!(start["scheduler"], scheduler, "{start}");
+    }
 }
 
 /// The README's quick start: `examples/single-node.yaml` as it is, started from a shell where

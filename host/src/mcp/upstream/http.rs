@@ -29,6 +29,7 @@ use crate::config::parsed::HttpUpstream;
 use crate::errors::error_chain;
 use crate::mcp::wire::headers;
 use crate::mcp::wire::jsonrpc::{self, Message};
+use crate::server::threads::PerThread;
 
 use crate::mcp::wire::headers::{SESSION_HEADER, VERSION_HEADER};
 
@@ -39,19 +40,38 @@ pub type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Builds the HTTP client of one upstream (its own connection pool), trusting `ca_file` in
-/// addition to the platform's roots. Start-up has already read the file
-/// (`tls::check_ca_files`); should it have become unreadable since, the client keeps only the
-/// platform's roots and the error is logged, so the upstream's TLS fails rather than the boot.
-/// `connect_timeout` bounds the whole connection set-up, TLS handshake included; connections
-/// have `TCP_NODELAY` and TCP keep-alive probes (15 s, 3 retries), and an idle pooled
-/// connection is closed after 90 s.
+/// addition to the platform's roots. See [`clients`].
 pub fn client(connect_timeout: Duration, ca_file: Option<&std::path::Path>) -> Client {
-    let tls = crate::tls::client_tls(ca_file)
+    client_with(connect_timeout, upstream_tls(ca_file))
+}
+
+/// An upstream's clients, one per serving thread (`server::threads`): a pooled connection
+/// runs as a task of the runtime that opened it, so each thread keeps its own pool and a
+/// request never hands its upstream exchange to another thread. The trust roots are loaded
+/// once for all of them. Start-up has already read `ca_file` (`tls::check_ca_files`); should
+/// it have become unreadable since, the clients keep only the platform's roots and the error
+/// is logged, so the upstream's TLS fails rather than the boot.
+pub fn clients(connect_timeout: Duration, ca_file: Option<&std::path::Path>) -> Clients {
+    let tls = upstream_tls(ca_file);
+    PerThread::new(|| client_with(connect_timeout, tls.clone()))
+}
+
+/// An upstream's clients, one per serving thread.
+pub type Clients = PerThread<Client>;
+
+fn upstream_tls(ca_file: Option<&std::path::Path>) -> rustls::ClientConfig {
+    crate::tls::client_tls(ca_file)
         .or_else(|e| {
             tracing::error!(error = %e, "upstream CA file not usable; trusting the platform roots only");
             crate::tls::client_tls(None)
         })
-        .expect("the platform's trust roots load");
+        .expect("the platform's trust roots load")
+}
+
+/// `connect_timeout` bounds the whole connection set-up, TLS handshake included; connections
+/// have `TCP_NODELAY` and TCP keep-alive probes (15 s, 3 retries), and an idle pooled
+/// connection is closed after 90 s.
+fn client_with(connect_timeout: Duration, tls: rustls::ClientConfig) -> Client {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
@@ -144,7 +164,7 @@ pub struct Endpoint {
     url: Uri,
     headers: HeaderMap,
     pass_through: Vec<HeaderName>,
-    client: Client,
+    clients: Arc<Clients>,
     /// The upstream's `max_response_bytes`.
     max_message: usize,
 }
@@ -168,11 +188,12 @@ impl Endpoint {
             url,
             headers,
             pass_through: parsed.pass_through.clone(),
-            // One pool per upstream, so its connections are reused across sessions.
-            client: client(
+            // One pool per upstream (and serving thread), so its connections are reused
+            // across sessions.
+            clients: Arc::new(clients(
                 Duration::from_millis(cfg.connect_timeout_ms),
                 cfg.ca_file.as_deref(),
-            ),
+            )),
         }
     }
 
@@ -186,7 +207,7 @@ impl Endpoint {
 pub struct HttpTransport {
     name: String,
     url: Uri,
-    client: Client,
+    clients: Arc<Clients>,
     headers: HeaderMap,
     session: RwLock<Option<String>>,
     version: RwLock<Option<String>>,
@@ -211,7 +232,7 @@ impl HttpTransport {
         Self {
             name: name.into(),
             url: endpoint.url.clone(),
-            client: endpoint.client.clone(),
+            clients: endpoint.clients.clone(),
             headers: endpoint.headers.clone(),
             session: RwLock::new(None),
             version: RwLock::new(None),
@@ -241,6 +262,11 @@ impl HttpTransport {
     /// handshake.
     pub fn set_version(&self, v: Option<String>) {
         *self.version.write().expect("lock") = v;
+    }
+
+    /// The calling thread's client of this upstream.
+    fn client(&self) -> &Client {
+        self.clients.get()
     }
 
     fn err(&self, message: impl Into<String>) -> UpstreamError {
@@ -298,7 +324,7 @@ impl HttpTransport {
                     req.headers_mut().insert("last-event-id", id);
                 }
                 let resp = tokio::select! {
-                    r = me.client.request(req) => r,
+                    r = me.client().request(req) => r,
                     _ = conn.closed() => return,
                 };
                 match resp {
@@ -727,7 +753,7 @@ impl Transport for HttpTransport {
             HeaderValue::from_static("application/json, text/event-stream"),
         );
         let resp = self
-            .client
+            .client()
             .request(req)
             .await
             .map_err(|e| match e.is_connect() {
@@ -772,7 +798,7 @@ impl Transport for HttpTransport {
         // Bounded: a stuck upstream must not hold up reaping or shutdown.
         let r = tokio::time::timeout(
             Duration::from_secs(5),
-            self.client
+            self.client()
                 .request(self.base_request(Method::DELETE, Bytes::new())),
         )
         .await;
