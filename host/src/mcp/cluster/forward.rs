@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use crate::errors::error_chain;
+use crate::server::threads::PerThread;
 
 /// Carries the inter-replica secret on a forwarded request.
 pub const FORWARDED: &str = "x-mcpg-forwarded";
@@ -89,7 +90,9 @@ pub enum Origin {
 
 /// Sends requests to other replicas.
 pub struct Forwarder {
-    client: reqwest::Client,
+    /// One client (and connection pool) per serving thread, as for upstreams
+    /// (`server::threads`): a forwarded request stays on the thread that received it.
+    clients: PerThread<reqwest::Client>,
     secret: String,
     node_id: String,
 }
@@ -98,18 +101,23 @@ impl Forwarder {
     /// `ca_file` (`server.forwarding_ca_file`) is trusted for replicas' `https://` URLs in
     /// addition to the platform's roots; start-up has already checked that it reads.
     pub fn new(secret: String, node_id: String, ca_file: Option<&std::path::Path>) -> Self {
-        let builder = crate::tls::client_builder(ca_file).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "server.forwarding_ca_file not usable; trusting the platform roots only");
-            reqwest::Client::builder()
+        let mut warned = false;
+        let clients = PerThread::new(|| {
+            let builder = crate::tls::client_builder(ca_file).unwrap_or_else(|e| {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::error!(error = %e, "server.forwarding_ca_file not usable; trusting the platform roots only");
+                }
+                reqwest::Client::builder()
+            });
+            builder
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build()
+                .expect("the HTTP client configuration is static")
         });
-        let client = builder
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .expect("the HTTP client configuration is static");
         Self {
-            client,
+            clients,
             secret,
             node_id,
         }
@@ -182,7 +190,8 @@ impl Forwarder {
             HeaderName::from_static(DEADLINE),
             HeaderValue::from(deadline),
         );
-        self.client
+        self.clients
+            .get()
             .request(method, url)
             .headers(out)
             .body(body)
