@@ -540,8 +540,15 @@ impl Visit for JsonWriter<'_, '_> {
     }
 }
 
-/// `s` as a JSON string literal, escaped by serde_json, written without an allocation.
+/// `s` as a JSON string literal, escaped by serde_json, written without an allocation. A
+/// string with nothing to escape (the usual field: a method, a binding, an id) is written as
+/// it is, in one piece: this runs for every field of every request span.
 fn json_str(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        w.write_char('"')?;
+        w.write_str(s)?;
+        return w.write_char('"');
+    }
     serde_json::to_writer(Utf8Io(w), s).map_err(|_| fmt::Error)
 }
 
@@ -596,6 +603,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn json_str_writes_what_serde_json_writes() {
+        for s in [
+            "",
+            "tools/call",
+            "bench-legacy",
+            "a \"quoted\" name",
+            "back\\slash",
+            "line\nbreak\ttab\u{1}",
+            "déjà vu ✓",
+            "\u{7f} delete",
+        ] {
+            let mut out = String::new();
+            json_str(&mut out, s).unwrap();
+            assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
 
     /// A writer into a shared buffer, standing in for standard error.
     #[derive(Clone, Default)]

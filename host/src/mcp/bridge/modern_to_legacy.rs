@@ -227,7 +227,18 @@ pub async fn request(b: &Arc<Binding>, bridge: &Arc<Bridge>, ask: Ask, mut msg: 
             None => p.remove("requestState"),
         };
     }
-    let (handle, relay, in_flight) = match send(b, up, &msg, &extra).await {
+    // What the client declared it can answer (a bridged upstream's server request it cannot
+    // answer is declined on its behalf), and the level it asked log messages of this request
+    // at (a legacy upstream logs whatever its session level allows), read before the message
+    // goes upstream.
+    let caps = meta::of(&msg)
+        .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
+        .cloned();
+    let log_level = meta::of(&msg)
+        .and_then(|m| m.get(meta::LOG_LEVEL))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let (handle, relay, in_flight) = match send(b, up, msg, &extra).await {
         Ok(s) => s,
         Err(Err(e)) => return Reply::Json(e.to_message(id)),
         Err(Ok(sent)) => return sent.reply(id, &b.upstreams[up].name),
@@ -244,17 +255,8 @@ pub async fn request(b: &Arc<Binding>, bridge: &Arc<Bridge>, ask: Ask, mut msg: 
         up,
         method,
         path,
-        // What the client declared it can answer (a bridged upstream's server request it
-        // cannot answer is declined on its behalf).
-        caps: meta::of(&msg)
-            .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
-            .cloned(),
-        // A legacy upstream logs whatever its session level allows; the client asked for
-        // log messages of this request at this level or above, or for none.
-        log_level: meta::of(&msg)
-            .and_then(|m| m.get(meta::LOG_LEVEL))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        caps,
+        log_level,
     };
     let mut relay = relay;
     // Closing the client's stream cancels: an upstream on stdio or a bridged legacy
@@ -272,15 +274,24 @@ pub async fn request(b: &Arc<Binding>, bridge: &Arc<Bridge>, ask: Ask, mut msg: 
 async fn send(
     b: &Binding,
     up: UpstreamIdx,
-    msg: &Message,
+    msg: Message,
     extra: &[(String, String)],
 ) -> Result<(ModernHandle, Relay, InFlight), Result<exchange::Sent, RpcError>> {
     let pool = &b.upstreams[up];
     let mut tried = Vec::new();
+    let mut msg = Some(msg);
     loop {
         let (i, handle) = pool.modern_on(&mut tried).await.map_err(Err)?;
         let in_flight = pool.start(i);
-        let mut msg = msg.clone();
+        // A copy only while another endpoint may still be tried after this one (each attempt
+        // is on an endpoint not tried before, so the last one takes the message itself).
+        let next = match tried.len() + 1 < pool.members.len() {
+            true => msg.clone(),
+            false => msg.take(),
+        };
+        let Some(mut msg) = next else {
+            return Err(Err(pool.unavailable()));
+        };
         if !handle.native {
             // The bridging session speaks a legacy revision; the per-request fields of
             // 2026-07-28 would contradict its MCP-Protocol-Version (a dual-era upstream
