@@ -17,6 +17,18 @@ fn help(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until the mcpg listening on `port` answers `/readyz` with 200.
+fn wait_ready(port: u16) {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || matches!(
+            http_get(addr, "/readyz"),
+            Ok((200, _))
+        )),
+        "mcpg never became ready"
+    );
+}
+
 #[test]
 fn help_names_the_environment_the_exit_codes_and_every_argument() {
     let top = help(&["--help"]);
@@ -52,14 +64,7 @@ fn the_start_log_gives_the_admin_address_the_worker_threads_and_the_scheduler() 
             ),
         );
         let proc = Proc::spawn(Command::new(bin("mcpg")).arg("--config").arg(&f));
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert!(
-            wait_until(Duration::from_secs(30), || matches!(
-                http_get(addr, "/readyz"),
-                Ok((200, _))
-            )),
-            "mcpg never became ready"
-        );
+        wait_ready(port);
         // `pinned` runs one named thread per `worker_threads`; `work_stealing` none.
         let mut serving: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proc.child.id()))
             .unwrap()
@@ -117,14 +122,7 @@ fn the_readme_quick_start_serves_time_from_an_activated_venv() {
             .env("PATH", path)
             .env("VIRTUAL_ENV", venv_bin.parent().unwrap()),
     );
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(30), || matches!(
-            http_get(addr, "/readyz"),
-            Ok((200, _))
-        )),
-        "mcpg never became ready"
-    );
+    wait_ready(port);
     let report = crate::peers::py_client(
         &format!("http://127.0.0.1:{port}/mcp"),
         "legacy",
