@@ -16,7 +16,7 @@ use super::Services;
 use super::record::{SessionRecord, now_ms};
 use crate::mcp::binding::Binding;
 use crate::mcp::route::names::UpstreamIdx;
-use crate::mcp::upstream::{Connection, Conversations, Link};
+use crate::mcp::upstream::{Connection, Conversations, Link, expand};
 use crate::mcp::wire::jsonrpc::{self, Kind, Message, RpcError};
 use crate::mcp::wire::version::Era;
 
@@ -347,14 +347,20 @@ impl Live {
     /// Adds the session's per-request `_meta` (what its client's `initialize` declared, and
     /// its log level) to request params for an upstream that speaks only 2026-07-28.
     pub fn stamp(&self, params: &mut serde_json::Map<String, Value>) {
-        let hello = self.record.lock().expect("lock").hello.clone();
+        let (caps, info) = {
+            let record = self.record.lock().expect("lock");
+            (
+                expand(&record.hello.capabilities),
+                expand(&record.hello.client_info),
+            )
+        };
         let level = self.log_level.lock().expect("lock").clone();
-        let caps = if hello.capabilities.is_object() {
-            hello.capabilities
+        let caps = if caps.is_object() {
+            caps
         } else {
             serde_json::json!({})
         };
-        crate::mcp::wire::meta::stamp(params, caps, hello.client_info, level);
+        crate::mcp::wire::meta::stamp(params, caps, info, level);
     }
 
     /// A client notification: cancellations go through the `cancellation` bus to wherever

@@ -24,7 +24,7 @@ use crate::mcp::binding::Binding;
 use crate::mcp::cluster::ownership::Ownership;
 use crate::mcp::route::fanout;
 use crate::mcp::route::names::UpstreamIdx;
-use crate::mcp::upstream::{Hello, Link};
+use crate::mcp::upstream::{Hello, Link, compact, expand};
 use crate::mcp::wire::jsonrpc::{self, RpcError};
 use mcpg_plugin_api::coordinator::{CasOutcome, Entry};
 
@@ -202,8 +202,8 @@ impl Sessions {
             .ok_or_else(|| RpcError::invalid_params("`params.protocolVersion` is required"))?;
         let hello = Hello {
             protocol_version: crate::mcp::wire::version::negotiate_legacy(requested).to_owned(),
-            capabilities: params.get("capabilities").cloned().unwrap_or(json!({})),
-            client_info: params.get("clientInfo").cloned().unwrap_or(json!({})),
+            capabilities: compact(params.get("capabilities").unwrap_or(&json!({}))),
+            client_info: compact(params.get("clientInfo").unwrap_or(&json!({}))),
             caller: identity
                 .map(|i| format!("id:{i}"))
                 .or_else(|| addr.map(|a| format!("addr:{a}"))),
@@ -711,7 +711,7 @@ impl Sessions {
             "created_ms": record.created_ms,
             "state": state,
             "served_here": live_here,
-            "client": record.hello.client_info,
+            "client": expand(&record.hello.client_info),
             "upstream_sessions": upstreams,
             "upstream_endpoints": record.upstream_endpoints,
             "log_level": record.log_level,

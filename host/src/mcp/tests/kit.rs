@@ -230,8 +230,8 @@ pub(crate) fn record(id: &str, owner: &str, token: u64, active_ms: u64) -> Sessi
         protocol_version: "2025-06-18".into(),
         hello: Hello {
             protocol_version: "2025-06-18".into(),
-            capabilities: json!({}),
-            client_info: json!({"name": "unit"}),
+            capabilities: crate::mcp::upstream::compact(&json!({})),
+            client_info: crate::mcp::upstream::compact(&json!({"name": "unit"})),
             caller: None,
         },
         upstream_sessions: Default::default(),

@@ -56,15 +56,17 @@ pub trait Conversations: Send + Sync {
 }
 
 /// The client's side of a legacy handshake, replayed to each upstream the gateway connects
-/// for that client.
+/// for that client. A session holds it for as long as it lives and reads it only to connect
+/// an upstream, so what the client declared is kept as compact JSON text ([`Compact`]), not
+/// as a tree: a few dozen bytes instead of about a kilobyte per session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hello {
     #[serde(rename = "protocolVersion")]
     pub protocol_version: String,
-    #[serde(default)]
-    pub capabilities: Value,
-    #[serde(rename = "clientInfo", default)]
-    pub client_info: Value,
+    #[serde(default = "empty_object")]
+    pub capabilities: Compact,
+    #[serde(rename = "clientInfo", default = "empty_object")]
+    pub client_info: Compact,
     /// Who the client is for `max_children_per_caller` (`id:<identity>` or `addr:<ip>`);
     /// kept in the session record so a reconnect or a takeover counts for the same caller.
     /// Never sent upstream.
@@ -78,11 +80,30 @@ impl Hello {
     pub fn gateway() -> Self {
         Self {
             protocol_version: version::LATEST_LEGACY.into(),
-            capabilities: json!({"roots": {"listChanged": true}, "sampling": {}, "elicitation": {"form": {}, "url": {}}}),
-            client_info: json!({"name": "mcpg", "version": env!("CARGO_PKG_VERSION")}),
+            capabilities: compact(
+                &json!({"roots": {"listChanged": true}, "sampling": {}, "elicitation": {"form": {}, "url": {}}}),
+            ),
+            client_info: compact(&json!({"name": "mcpg", "version": env!("CARGO_PKG_VERSION")})),
             caller: None,
         }
     }
+}
+
+/// A JSON value kept as its compact text (see [`Hello`]); it serialises as the value itself.
+pub type Compact = Box<serde_json::value::RawValue>;
+
+/// `v` as compact JSON text.
+pub fn compact(v: &Value) -> Compact {
+    serde_json::value::to_raw_value(v).expect("a JSON value serialises")
+}
+
+/// The value a [`Compact`] holds.
+pub fn expand(c: &serde_json::value::RawValue) -> Value {
+    serde_json::from_str(c.get()).expect("compact JSON text parses")
+}
+
+fn empty_object() -> Compact {
+    compact(&json!({}))
 }
 
 /// How an upstream serves 2026-07-28 traffic: one stateless conversation shared by every
@@ -755,8 +776,8 @@ async fn handshake(
 ) -> Result<Arc<Value>, RpcError> {
     let params = json!({
         "protocolVersion": hello.protocol_version,
-        "capabilities": hello.capabilities,
-        "clientInfo": hello.client_info,
+        "capabilities": expand(&hello.capabilities),
+        "clientInfo": expand(&hello.client_info),
     });
     let result = tokio::time::timeout_at(deadline, conn.call("initialize", Some(params)))
         .await
@@ -782,4 +803,36 @@ async fn handshake(
     let result = Arc::new(result);
     let _ = conn.handshake.set(result.clone());
     Ok(result)
+}
+
+#[cfg(test)]
+mod hello_tests {
+    use serde_json::json;
+
+    use super::{Hello, compact, expand};
+
+    /// A hello kept as compact text reads and writes the same JSON as the tree it replaced:
+    /// records written by earlier releases (which omit what the client did not send) read,
+    /// and what is written back is what was read.
+    #[test]
+    fn a_compact_hello_reads_and_writes_the_json_of_earlier_releases() {
+        let earlier = r#"{"protocolVersion":"2025-06-18","capabilities":{"roots":{"listChanged":true},"sampling":{}},"clientInfo":{"name":"c","version":"1 ✓"},"caller":"addr:10.0.0.1"}"#;
+        let hello: Hello = serde_json::from_str(earlier).unwrap();
+        assert_eq!(
+            expand(&hello.capabilities),
+            json!({"roots": {"listChanged": true}, "sampling": {}})
+        );
+        assert_eq!(expand(&hello.client_info)["version"], "1 ✓");
+        assert_eq!(serde_json::to_string(&hello).unwrap(), earlier);
+        // Through a `Value` as well (the session view, the handshake's params).
+        assert_eq!(
+            serde_json::to_value(&hello).unwrap(),
+            serde_json::from_str::<serde_json::Value>(earlier).unwrap()
+        );
+
+        let bare: Hello = serde_json::from_str(r#"{"protocolVersion":"2025-03-26"}"#).unwrap();
+        assert_eq!(expand(&bare.capabilities), json!({}));
+        assert_eq!(expand(&bare.client_info), json!({}));
+        assert_eq!(compact(&json!({"a": [1, "b"]})).get(), r#"{"a":[1,"b"]}"#);
+    }
 }
