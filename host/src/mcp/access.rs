@@ -61,7 +61,7 @@ impl Access {
         if policy.allows(who.as_deref(), kind, &name) {
             return None;
         }
-        let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let id = jsonrpc::member(msg, "id").cloned().unwrap_or(Value::Null);
         let err = jsonrpc::error(
             id,
             code::INVALID_PARAMS,
@@ -109,10 +109,10 @@ pub fn target(msg: &Message) -> Option<(Kind, String)> {
     let p = jsonrpc::params(msg)?;
     let s = |v: &Value| v.as_str().map(str::to_owned);
     match jsonrpc::method(msg)? {
-        "tools/call" => Some((Kind::Tool, s(p.get("name")?)?)),
-        "prompts/get" => Some((Kind::Prompt, s(p.get("name")?)?)),
+        "tools/call" => Some((Kind::Tool, s(jsonrpc::member(p, "name")?)?)),
+        "prompts/get" => Some((Kind::Prompt, s(jsonrpc::member(p, "name")?)?)),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            Some((Kind::Resource, s(p.get("uri")?)?))
+            Some((Kind::Resource, s(jsonrpc::member(p, "uri")?)?))
         }
         "completion/complete" => {
             let r = p.get("ref")?;

@@ -50,12 +50,12 @@ impl Observed {
         let span = telemetry::request_span_for(&telemetry::RequestInfo {
             binding: &b.name,
             method,
-            request_id: msg.get("id"),
+            request_id: jsonrpc::member(msg, "id"),
             session,
             era: era.as_str(),
             identity,
             upstream,
-            params: msg.get("params"),
+            params: jsonrpc::member(msg, "params"),
         });
         // The caller's trace (W3C `traceparent` header, or in `_meta`) is the parent; a request
         // forwarded by another replica carries that replica's span.
@@ -63,7 +63,7 @@ impl Observed {
         let mut record = Record::new(era.as_str(), &b.name, method);
         record.identity = identity.map(str::to_owned);
         record.session = session.map(str::to_owned);
-        record.request_id = msg.get("id").cloned();
+        record.request_id = jsonrpc::member(msg, "id").cloned();
         record.upstream = upstream.map(str::to_owned);
         let recorder = b.recorders[up.unwrap_or(b.upstreams.len())].clone();
         record.name = named;
@@ -139,16 +139,17 @@ impl Observed {
     fn finish_outcome(&mut self, response: Option<&Message>) -> Outcome {
         match response {
             None => Outcome::Cancelled,
-            Some(m) => match m.get("error") {
+            Some(m) => match jsonrpc::member(m, "error") {
                 Some(e) => {
-                    let code = e.get("code").and_then(Value::as_i64).unwrap_or(0);
+                    let code = jsonrpc::field(e, "code")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
                     if code == code::REQUEST_TIMEOUT {
                         Outcome::TimedOut
                     } else {
                         Outcome::Error {
                             code,
-                            message: e
-                                .get("message")
+                            message: jsonrpc::field(e, "message")
                                 .and_then(Value::as_str)
                                 .unwrap_or_default()
                                 .to_owned(),
@@ -157,11 +158,10 @@ impl Observed {
                 }
                 None => {
                     if self.auditor.wants_results() {
-                        self.record.result = m.get("result").cloned();
+                        self.record.result = jsonrpc::member(m, "result").cloned();
                     }
-                    let failed_tool = m
-                        .get("result")
-                        .and_then(|r| r.get("isError"))
+                    let failed_tool = jsonrpc::member(m, "result")
+                        .and_then(|r| jsonrpc::field(r, "isError"))
                         .and_then(Value::as_bool)
                         == Some(true);
                     if failed_tool {
@@ -265,9 +265,9 @@ impl Drop for Observed {
 
 fn is_response_to(m: &Message, id: Option<&Value>) -> bool {
     id.is_some()
-        && m.get("id") == id
-        && (m.contains_key("result") || m.contains_key("error"))
-        && !m.contains_key("method")
+        && jsonrpc::member(m, "id") == id
+        && (jsonrpc::member(m, "result").is_some() || jsonrpc::member(m, "error").is_some())
+        && jsonrpc::member(m, "method").is_none()
 }
 
 /// The index of the upstream a name belongs to: the only one, or the one its prefix names.

@@ -232,10 +232,10 @@ pub async fn request(b: &Arc<Binding>, bridge: &Arc<Bridge>, ask: Ask, mut msg: 
     // at (a legacy upstream logs whatever its session level allows), read before the message
     // goes upstream.
     let caps = meta::of(&msg)
-        .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
+        .and_then(|m| jsonrpc::member(m, meta::CLIENT_CAPABILITIES))
         .cloned();
     let log_level = meta::of(&msg)
-        .and_then(|m| m.get(meta::LOG_LEVEL))
+        .and_then(|m| jsonrpc::member(m, meta::LOG_LEVEL))
         .and_then(Value::as_str)
         .map(str::to_owned);
     let (handle, relay, in_flight) = match send(b, up, msg, &extra).await {

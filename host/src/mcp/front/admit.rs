@@ -280,7 +280,7 @@ pub fn modern_headers(
         });
     }
     if meta::of(msg)
-        .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
+        .and_then(|m| jsonrpc::member(m, meta::CLIENT_CAPABILITIES))
         .is_none()
     {
         return Err(missing_meta(meta::CLIENT_CAPABILITIES));

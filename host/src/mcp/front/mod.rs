@@ -166,7 +166,7 @@ async fn post(
 /// The caller's trace context (W3C `traceparent` header, or in `_meta`): the parent of the
 /// request's span.
 fn trace_parent(headers: &HeaderMap, msg: &Message) -> opentelemetry::Context {
-    let meta = jsonrpc::params(msg).and_then(|p| p.get("_meta"));
+    let meta = jsonrpc::params(msg).and_then(|p| jsonrpc::member(p, "_meta"));
     crate::telemetry::extract_parent(headers, meta)
 }
 
@@ -199,7 +199,7 @@ async fn post_as(
         Ok(m) => m,
         Err((id, e)) => return e.respond(id),
     };
-    let id = msg.get("id").cloned().unwrap_or(Value::Null);
+    let id = jsonrpc::member(&msg, "id").cloned().unwrap_or(Value::Null);
     let era = admit::era(&headers, &msg);
     let p = Post {
         gw,

@@ -35,7 +35,7 @@ pub enum Client<'a> {
 
 /// Answers one client request (already admitted and allowed).
 pub async fn dispatch(b: &Arc<Binding>, client: Client<'_>, mut msg: Message) -> Reply {
-    let id = msg.get("id").cloned().unwrap_or(Value::Null);
+    let id = jsonrpc::member(&msg, "id").cloned().unwrap_or(Value::Null);
     let method = jsonrpc::method(&msg).unwrap_or_default().to_owned();
     // A retry answering an input-required result carries mcpg's requestState.
     let mut state = None;

@@ -340,7 +340,7 @@ impl Shared {
     /// it cannot be for is the upstream's protocol violation: the exchange ends with an error
     /// that says so.
     fn dispatch_response(&self, routes: &mut HashMap<u64, Route>, m: Message, on: Option<u64>) {
-        let id = m.get("id").and_then(Value::as_u64);
+        let id = jsonrpc::member(&m, "id").and_then(Value::as_u64);
         if let Some(r) = id.and_then(|id| routes.remove(&id)) {
             let _ = r.tx.send(m);
             return;
@@ -379,9 +379,8 @@ impl Shared {
             Kind::Response => self.dispatch_response(&mut routes, m, on),
             Kind::Notification => {
                 // A 2026-07-28 subscription's notifications name the listen request.
-                let subscription = m
-                    .get("params")
-                    .and_then(|p| p.get("_meta"))
+                let subscription = jsonrpc::member(&m, "params")
+                    .and_then(|p| jsonrpc::field(p, "_meta"))
                     .and_then(|x| x.get(crate::mcp::wire::meta::SUBSCRIPTION_ID))
                     // Some servers echo a numeric id as a string.
                     .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));

@@ -54,6 +54,11 @@ pub fn member<'a>(m: &'a Message, key: &str) -> Option<&'a Value> {
     }
 }
 
+/// Member `key` of `v` when it is an object, as [`member`] finds it.
+pub fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.as_object().and_then(|m| member(m, key))
+}
+
 /// What the message is. One pass over its (few) top-level members: a map lookup hashes its
 /// key (SipHash, in serde_json's order-preserving map), and this runs several times per
 /// request.
