@@ -136,6 +136,11 @@ pub fn jsonrpc(data: &[u8]) {
                 let _ = admit::era(&HeaderMap::new(), &msg);
                 // What the gateway writes on must parse back as the same kind of message.
                 let again = jsonrpc::to_bytes(&msg);
+                assert_eq!(
+                    again,
+                    serde_json::to_vec(&msg).expect("a map serialises"),
+                    "the gateway's writer writes serde_json's text"
+                );
                 match jsonrpc::parse(&again) {
                     Ok(Parsed::One(m)) => assert_eq!(jsonrpc::kind(&m), kind),
                     _ => panic!("a message the gateway serialises does not parse back"),

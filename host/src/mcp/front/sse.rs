@@ -19,7 +19,7 @@ const RECONNECT: Duration = Duration::from_millis(500);
 pub fn event(m: &Message) -> Event {
     Event::default()
         .event("message")
-        .data(serde_json::to_string(m).expect("a JSON map always serialises"))
+        .data(crate::mcp::wire::json_out::to_string(m))
 }
 
 /// A session's GET stream from its numbered messages, starting at event id `position`.
