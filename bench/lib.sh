@@ -47,3 +47,63 @@ start_mcpg() {
   done
   echo "mcpg did not become ready:" >&2; cat "$work/$name.err" >&2; exit 1
 }
+
+# start_nginx HOST:PORT: starts nginx (Debian's package; NGINX overrides the path) as a plain
+# reverse proxy in front of HOST:PORT on a free port, and waits until it answers; sets
+# nginx_port. Keep-alive connections to the target, HTTP/1.1 without `Connection: close`,
+# nothing buffered, the target's own Host; one worker process per core (as mcpg runs one
+# serving thread per core); no access log. The yardstick: an HTTP hop that does not
+# understand the bytes.
+start_nginx() {
+  local target=$1 nginx=${NGINX:-/usr/sbin/nginx}
+  if [[ ! -x $nginx ]]; then
+    echo "nginx is missing: run tools/install-test-deps (apt-get install nginx-light)" >&2; exit 1
+  fi
+  nginx_port=$(free_port)
+  local dir="$work/nginx-$nginx_port"
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+daemon off;
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    upstream target {
+        server $target;
+        keepalive 128;
+        keepalive_requests 1000000;
+        keepalive_timeout 120s;
+    }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            proxy_pass http://target;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $target;
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }
+    }
+}
+EOF
+  "$nginx" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/nginx.out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    # Any HTTP answer from behind it means nginx is up and reaches the target.
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$nginx_port/" || true) != 000 ]]; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "nginx did not start:" >&2; cat "$dir/nginx.out" "$dir/error.log" >&2; exit 1
+}

@@ -5,16 +5,20 @@
 //! a response-start timeout (the client's budget plus [`RESPONSE_START_SLACK`]), and the
 //! client's deadline passed on in [`DEADLINE`], past which the owner does not run the request
 //! (a forward that waited in a paused owner's socket is dropped, never executed late).
+//!
+//! Forwards go through the same pooled hyper-util client as HTTP upstreams
+//! (`upstream::http::clients`, one pool per serving thread), with no redirect followed.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Full};
 use subtle::ConstantTimeEq;
 
 use crate::errors::error_chain;
-use crate::server::threads::PerThread;
+use crate::mcp::upstream::http::{self as upstream_http, Clients};
 
 /// Carries the inter-replica secret on a forwarded request.
 pub const FORWARDED: &str = "x-mcpg-forwarded";
@@ -92,7 +96,7 @@ pub enum Origin {
 pub struct Forwarder {
     /// One client (and connection pool) per serving thread, as for upstreams
     /// (`server::threads`): a forwarded request stays on the thread that received it.
-    clients: PerThread<reqwest::Client>,
+    clients: Clients,
     secret: String,
     node_id: String,
 }
@@ -101,21 +105,7 @@ impl Forwarder {
     /// `ca_file` (`server.forwarding_ca_file`) is trusted for replicas' `https://` URLs in
     /// addition to the platform's roots; start-up has already checked that it reads.
     pub fn new(secret: String, node_id: String, ca_file: Option<&std::path::Path>) -> Self {
-        let mut warned = false;
-        let clients = PerThread::new(|| {
-            let builder = crate::tls::client_builder(ca_file).unwrap_or_else(|e| {
-                if !std::mem::replace(&mut warned, true) {
-                    tracing::error!(error = %e, "server.forwarding_ca_file not usable; trusting the platform roots only");
-                }
-                reqwest::Client::builder()
-            });
-            builder
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .build()
-                .expect("the HTTP client configuration is static")
-        });
+        let clients = upstream_http::clients(CONNECT_TIMEOUT, ca_file);
         Self {
             clients,
             secret,
@@ -145,9 +135,13 @@ impl Forwarder {
         budget: Duration,
     ) -> Result<Response, ForwardError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
+        let uri = Uri::try_from(url.as_str()).map_err(|e| ForwardError::Unreachable {
+            url: url.clone(),
+            message: format!("not a URL: {e}"),
+        })?;
         let started = tokio::time::timeout(
             budget + RESPONSE_START_SLACK,
-            self.start(&url, method, headers, body, budget),
+            self.start(uri, &url, method, headers, body, budget),
         )
         .await
         .map_err(|_| ForwardError::Lost {
@@ -163,12 +157,13 @@ impl Forwarder {
     /// Sends the request; the owner's response once its head arrives.
     async fn start(
         &self,
+        uri: Uri,
         url: &str,
         method: Method,
         headers: &HeaderMap,
         body: Bytes,
         budget: Duration,
-    ) -> Result<reqwest::Response, ForwardError> {
+    ) -> Result<Response<hyper::body::Incoming>, ForwardError> {
         let mut out = HeaderMap::with_capacity(headers.len() + 2);
         for (k, v) in headers {
             let name = k.as_str();
@@ -190,26 +185,26 @@ impl Forwarder {
             HeaderName::from_static(DEADLINE),
             HeaderValue::from(deadline),
         );
-        self.clients
-            .get()
-            .request(method, url)
-            .headers(out)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                let (url, message) = (url.to_owned(), error_chain(&e));
-                if e.is_connect() {
-                    ForwardError::Unreachable { url, message }
-                } else {
-                    ForwardError::Lost { url, message }
-                }
-            })
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = out;
+        self.clients.get().request(req).await.map_err(|e| {
+            let (url, message) = (url.to_owned(), error_chain(&e));
+            if e.is_connect() {
+                ForwardError::Unreachable { url, message }
+            } else {
+                ForwardError::Lost { url, message }
+            }
+        })
     }
 }
 
 /// The owner's answer relayed back: a stream as it is written, anything else whole.
-async fn relay_back(resp: reqwest::Response, url: &str) -> Result<Response, ForwardError> {
+async fn relay_back(
+    resp: Response<hyper::body::Incoming>,
+    url: &str,
+) -> Result<Response, ForwardError> {
     if resp.headers().contains_key(MISDIRECTED) {
         return Err(ForwardError::Misdirected);
     }
@@ -222,18 +217,23 @@ async fn relay_back(resp: reqwest::Response, url: &str) -> Result<Response, Forw
     }
     let streamed = resp
         .headers()
-        .get(reqwest::header::CONTENT_TYPE)
+        .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     // A stream flows through as it is written; anything else is passed on whole, with its
     // length.
     let body = if streamed {
-        Body::from_stream(resp.bytes_stream())
+        Body::new(resp.into_body())
     } else {
-        Body::from(resp.bytes().await.map_err(|e| ForwardError::Lost {
-            url: url.to_owned(),
-            message: error_chain(&e),
-        })?)
+        let whole = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ForwardError::Lost {
+                url: url.to_owned(),
+                message: error_chain(&e),
+            })?;
+        Body::from(whole.to_bytes())
     };
     let mut r = body.into_response();
     *r.status_mut() = status;

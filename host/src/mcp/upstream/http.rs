@@ -62,7 +62,7 @@ pub type Clients = PerThread<Client>;
 fn upstream_tls(ca_file: Option<&std::path::Path>) -> rustls::ClientConfig {
     crate::tls::client_tls(ca_file)
         .or_else(|e| {
-            tracing::error!(error = %e, "upstream CA file not usable; trusting the platform roots only");
+            tracing::error!(error = %e, ca_file = ?ca_file, "CA file not usable; trusting the platform roots only");
             crate::tls::client_tls(None)
         })
         .expect("the platform's trust roots load")
