@@ -123,20 +123,17 @@ pub async fn serve(
                     let tls = tls.clone();
                     match threads::place() {
                         // Served start to finish on one serving thread (`threads.rs`), the
-                        // socket registered with that thread's reactor, not this one's.
-                        Some(placed) => match tcp.into_std() {
-                            Ok(tcp) => {
-                                let on = placed.handle().clone();
-                                conns.spawn_on(async move {
-                                    match TcpStream::from_std(tcp) {
-                                        Ok(tcp) => conn.run(tcp, tls, slot).await,
-                                        Err(e) => tracing::warn!(error = %e, "a connection could not be handed to its serving thread"),
-                                    }
-                                    drop(placed);
-                                }, &on);
-                            }
-                            Err(e) => tracing::warn!(error = %e, "a connection could not be handed to its serving thread"),
-                        },
+                        // socket moved from this runtime's reactor to that thread's.
+                        Some(placed) => {
+                            let on = placed.handle().clone();
+                            conns.spawn_on(async move {
+                                match tcp.into_std().and_then(TcpStream::from_std) {
+                                    Ok(tcp) => conn.run(tcp, tls, slot).await,
+                                    Err(e) => tracing::warn!(error = %e, "a connection could not be handed to its serving thread"),
+                                }
+                                drop(placed);
+                            }, &on);
+                        }
                         None => {
                             conns.spawn(conn.run(tcp, tls, slot));
                         }

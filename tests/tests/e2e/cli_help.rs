@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Proc, TempDir, bin, free_port, http_get, wait_until};
+use crate::harness::{Proc, TempDir, bin, free_port, wait_ready};
 use crate::peers::time_stdio;
 
 fn help(args: &[&str]) -> String {
@@ -18,13 +18,10 @@ fn help(args: &[&str]) -> String {
 }
 
 /// Waits until the mcpg listening on `port` answers `/readyz` with 200.
-fn wait_ready(port: u16) {
+fn assert_ready(port: u16) {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || matches!(
-            http_get(addr, "/readyz"),
-            Ok((200, _))
-        )),
+        wait_ready(addr, Duration::from_secs(30)),
         "mcpg never became ready"
     );
 }
@@ -64,7 +61,7 @@ fn the_start_log_gives_the_admin_address_the_worker_threads_and_the_scheduler() 
             ),
         );
         let proc = Proc::spawn(Command::new(bin("mcpg")).arg("--config").arg(&f));
-        wait_ready(port);
+        assert_ready(port);
         // `pinned` runs one named thread per `worker_threads`; `work_stealing` none.
         let mut serving: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proc.child.id()))
             .unwrap()
@@ -122,7 +119,7 @@ fn the_readme_quick_start_serves_time_from_an_activated_venv() {
             .env("PATH", path)
             .env("VIRTUAL_ENV", venv_bin.parent().unwrap()),
     );
-    wait_ready(port);
+    assert_ready(port);
     let report = crate::peers::py_client(
         &format!("http://127.0.0.1:{port}/mcp"),
         "legacy",

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 
 use crate::deploy_kubernetes::yaml_documents;
 use crate::harness::{
-    Proc, TempDir, bin, free_port, http, http_get, legacy_session, repo_root, run_ok, session_post,
-    wait_until,
+    Proc, TempDir, bin, free_port, http, legacy_session, repo_root, run_ok, session_post,
+    wait_ready, wait_until,
 };
 use crate::mcp_peers::bench_fixture;
 use crate::plugins_oci::Registry;
@@ -408,9 +408,7 @@ fn boot_single_node(image: &Unpacked, upstream: &str) {
     argv.extend(["--config", "/etc/mcpg/single-node.yaml"]);
     let proc = Proc::spawn(&mut image.command(&argv, &[]));
     let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-    let ready = wait_until(Duration::from_secs(30), || {
-        matches!(http_get(addr, "/readyz"), Ok((200, _)))
-    });
+    let ready = wait_ready(addr, Duration::from_secs(30));
     assert!(ready, "mcpg from the image never became ready");
     let (uid, gid, groups) = credentials(proc.child.id());
     let want = |id: u64| vec![id.to_string(); 4].join(" ");
@@ -568,9 +566,7 @@ fn boot_kubernetes_config(image: &Unpacked, upstream: &str) {
         start_pod(image, "mcpg-6d4b9c7f8-k7v4m", &redis.url(), upstream),
     ];
     for pod in &pods {
-        let ready = wait_until(Duration::from_secs(30), || {
-            matches!(http_get(pod.main, "/readyz"), Ok((200, _)))
-        });
+        let ready = wait_ready(pod.main, Duration::from_secs(30));
         assert!(
             ready,
             "{} from the image never became ready on Redis",

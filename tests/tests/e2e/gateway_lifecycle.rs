@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Proc, TempDir, bin, free_port, http_get, wait_until};
+use crate::harness::{Proc, TempDir, bin, free_port, http_get, wait_ready, wait_until};
 
 fn start(config: &std::path::Path) -> Proc {
     Proc::spawn(
@@ -35,10 +35,7 @@ fn serves_probes_and_drains_on_sigterm() {
     let main: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     assert!(
-        wait_until(Duration::from_secs(20), || matches!(
-            http_get(main, "/readyz"),
-            Ok((200, _))
-        )),
+        wait_ready(main, Duration::from_secs(20)),
         "mcpg never became ready"
     );
     assert_eq!(http_get(main, "/healthz").unwrap().0, 200);
@@ -70,10 +67,7 @@ fn ctrl_c_also_shuts_down_cleanly() {
     let f = dir.write("c.yaml", &config(port, free_port(), ""));
     let mcpg = start(&f);
     let main: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(wait_until(Duration::from_secs(20), || matches!(
-        http_get(main, "/readyz"),
-        Ok((200, _))
-    )));
+    assert!(wait_ready(main, Duration::from_secs(20)));
     mcpg.signal("INT");
     let (status, stderr) = mcpg.wait(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "{stderr}");

@@ -126,6 +126,11 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Polls `addr`'s `/readyz` until it answers 200 or `limit` passes; whether it did.
+pub fn wait_ready(addr: SocketAddr, limit: Duration) -> bool {
+    wait_until(limit, || matches!(http_get(addr, "/readyz"), Ok((200, _))))
+}
+
 /// A replica's command line: `mcpg --config <config> --node-id <id>` listening on free loopback
 /// ports; add environment or arguments, then spawn. Also its main and admin addresses.
 pub fn replica_command(config: &Path, id: &str) -> (Command, SocketAddr, SocketAddr) {
@@ -172,9 +177,7 @@ pub fn start_replicas(
         })
         .collect();
     for r in &started {
-        let ready = wait_until(Duration::from_secs(60), || {
-            matches!(http_get(r.main, "/readyz"), Ok((200, _)))
-        });
+        let ready = wait_ready(r.main, Duration::from_secs(60));
         if !ready {
             r.proc.signal("KILL");
             panic!(
@@ -359,10 +362,7 @@ pub fn start_agreeing_replicas(
     }
     for r in &replicas {
         assert!(
-            wait_until(Duration::from_secs(30), || matches!(
-                http_get(r.main, "/readyz"),
-                Ok((200, _))
-            )),
+            wait_ready(r.main, Duration::from_secs(30)),
             "{} never became ready",
             r.id
         );

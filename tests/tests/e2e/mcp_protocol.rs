@@ -870,10 +870,7 @@ fn ready_requires_makes_readiness_wait_for_the_named_upstreams() {
     let (_broken_proc, broken_addr) = start("broken", "broken");
     let (_echo_proc, echo_addr) = start("echo", "echo");
     assert!(
-        wait_until(Duration::from_secs(30), || matches!(
-            crate::harness::http_get(echo_addr, "/readyz"),
-            Ok((200, _))
-        )),
+        crate::harness::wait_ready(echo_addr, Duration::from_secs(30)),
         "requiring the working upstream: ready"
     );
     // Past "starting", it says what keeps it unready.
@@ -1038,10 +1035,7 @@ fn a_session_in_a_durable_store_is_revived_after_a_restart() {
             .arg(&config),
     );
     assert!(
-        crate::harness::wait_until(Duration::from_secs(20), || matches!(
-            crate::harness::http_get(addr, "/readyz"),
-            Ok((200, _))
-        )),
+        crate::harness::wait_ready(addr, Duration::from_secs(20)),
         "mcpg did not come back"
     );
     let body = json!({"jsonrpc": "2.0", "id": 2, "method": "echo/sleep", "params": {"ms": 1}});

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Proc, TempDir, bin, free_port, http_get, repo_root, wait_until};
+use crate::harness::{Proc, TempDir, bin, free_port, repo_root, wait_ready, wait_until};
 
 pub fn deps() -> PathBuf {
     std::env::var_os("MCPG_DEPS")
@@ -114,10 +114,7 @@ impl Gateway {
         );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         assert!(
-            wait_until(Duration::from_secs(30), || matches!(
-                http_get(addr, "/readyz"),
-                Ok((200, _))
-            )),
+            wait_ready(addr, Duration::from_secs(30)),
             "mcpg never became ready"
         );
         Self {

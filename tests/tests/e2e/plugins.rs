@@ -10,7 +10,7 @@ use mcpg_plugin_api::coordinator::ErrorKind;
 use mcpg_plugin_api::export::HostInfo;
 use mcpg_plugin_api::remote::{LoadError, LoadedPlugin};
 
-use crate::harness::{Proc, TempDir, bin, cdylib, free_port, http_get, wait_until};
+use crate::harness::{Proc, TempDir, bin, cdylib, free_port, http_get, wait_ready, wait_until};
 
 fn plugin_config(kind: &str, id: &str, lib: &Path, listen: u16, admin: u16, extra: &str) -> String {
     format!(
@@ -41,10 +41,7 @@ fn boot_and_check_status(
             .arg(config),
     );
     assert!(
-        wait_until(Duration::from_secs(30), || matches!(
-            http_get(main, "/readyz"),
-            Ok((200, _))
-        )),
+        wait_ready(main, Duration::from_secs(30)),
         "mcpg never became ready"
     );
     assert!(

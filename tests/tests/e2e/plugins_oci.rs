@@ -13,7 +13,7 @@ use std::time::Duration;
 use mcpg_backends::RedisServer;
 use serde_json::Value;
 
-use crate::harness::{Proc, TempDir, bin, cdylib, free_port, http_get, wait_until};
+use crate::harness::{Proc, TempDir, bin, cdylib, free_port, http_get, wait_ready, wait_until};
 use crate::peers::python;
 
 /// `docker-registry`, which `tools/install-test-deps` installs.
@@ -463,10 +463,7 @@ fn a_registry_with_basic_auth_takes_credentials_from_the_config_or_the_docker_fi
             .env("OCI_TEST_PASSWORD", "s3cret-pass"),
     );
     assert!(
-        wait_until(Duration::from_secs(60), || matches!(
-            http_get(listen, "/readyz"),
-            Ok((200, _))
-        )),
+        wait_ready(listen, Duration::from_secs(60)),
         "mcpg did not boot with registry credentials from the config"
     );
     proc.signal("TERM");

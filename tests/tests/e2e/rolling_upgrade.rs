@@ -14,7 +14,7 @@ use mcpg_backends::RedisServer;
 use serde_json::json;
 
 use crate::harness::{
-    Proc, TempDir, bin, cdylib, free_port, http_get, legacy_session, peer_ids, session_post,
+    Proc, TempDir, bin, cdylib, free_port, legacy_session, peer_ids, session_post, wait_ready,
     wait_until,
 };
 
@@ -63,10 +63,7 @@ fn start(dir: &TempDir, id: &str, mcpg: PathBuf, plugin: PathBuf, redis: &str) -
     );
     let main = format!("127.0.0.1:{listen}").parse().unwrap();
     assert!(
-        wait_until(Duration::from_secs(60), || matches!(
-            http_get(main, "/readyz"),
-            Ok((200, _))
-        )),
+        wait_ready(main, Duration::from_secs(60)),
         "{id} never became ready"
     );
     Side {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, free_port, get_json, http, http_get, legacy_session,
-    wait_until,
+    MCP_ACCEPT, MCP_JSON, Proc, TempDir, bin, free_port, get_json, http, legacy_session,
+    wait_ready, wait_until,
 };
 
 /// The fixture upstream listening on `port` (both eras over HTTP), once it accepts.
@@ -103,10 +103,7 @@ bindings:
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || matches!(
-            http_get(addr, "/readyz"),
-            Ok((200, _))
-        )),
+        wait_ready(addr, Duration::from_secs(30)),
         "mcpg never became ready"
     );
 

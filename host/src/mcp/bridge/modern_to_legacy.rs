@@ -285,9 +285,10 @@ async fn send(
         let in_flight = pool.start(i);
         // A copy only while another endpoint may still be tried after this one (each attempt
         // is on an endpoint not tried before, so the last one takes the message itself).
-        let next = match tried.len() + 1 < pool.members.len() {
-            true => msg.clone(),
-            false => msg.take(),
+        let next = if tried.len() + 1 < pool.members.len() {
+            msg.clone()
+        } else {
+            msg.take()
         };
         let Some(mut msg) = next else {
             return Err(Err(pool.unavailable()));
