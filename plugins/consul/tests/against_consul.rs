@@ -56,14 +56,15 @@ impl Harness for ConsulHarness {
     }
 }
 
+// No Consul server can be installed where CI runs, so this test is skipped there (and shown as
+// skipped, not passed). With a Consul at hand: `CONSUL_HTTP_ADDR=http://127.0.0.1:8500 cargo
+// test -p mcpg-cluster-consul -- --include-ignored`; run without the variable, it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_test_kit_against_a_real_consul_when_one_is_given() {
-    let Ok(address) = std::env::var("CONSUL_HTTP_ADDR") else {
-        eprintln!(
-            "\n*** NOT RUN: the coordinator test kit against Consul needs a real Consul; set CONSUL_HTTP_ADDR (e.g. http://127.0.0.1:8500 from `consul agent -dev`). Nothing was verified against Consul in this run. ***\n"
-        );
-        return;
-    };
+#[ignore = "needs a real Consul: set CONSUL_HTTP_ADDR and pass --include-ignored"]
+async fn the_test_kit_against_a_real_consul() {
+    let address = std::env::var("CONSUL_HTTP_ADDR").expect(
+        "CONSUL_HTTP_ADDR names the Consul to test against (e.g. http://127.0.0.1:8500 from `consul agent -dev`)",
+    );
     let address = if address.contains("://") {
         address
     } else {
