@@ -30,12 +30,14 @@ start_fixture() {
   echo "the fixture did not start:" >&2; cat "$work/fixture.err" >&2; exit 1
 }
 
-# start_mcpg CONFIG PORT: starts mcpg with CONFIG and waits until PORT's /readyz answers 200;
-# sets mcpg_pid.
+# start_mcpg CONFIG PORT [ARGS...]: starts mcpg with CONFIG (and ARGS, e.g. `--node-id`) and
+# waits until PORT's /readyz answers 200; sets mcpg_pid. Its output goes to
+# $work/<config name>-<PORT>.{out,err}.
 start_mcpg() {
   local config=$1 port=$2 name
-  name=$(basename "$config" .yaml)
-  "$bin/mcpg" --config "$config" >"$work/$name.out" 2>"$work/$name.err" &
+  shift 2
+  name="$(basename "$config" .yaml)-$port"
+  "$bin/mcpg" --config "$config" "$@" >"$work/$name.out" 2>"$work/$name.err" &
   mcpg_pid=$!
   pids+=($mcpg_pid)
   for _ in $(seq 300); do

@@ -52,9 +52,9 @@ fn ready(n: &Node) -> bool {
     matches!(http_get(n.main, "/readyz"), Ok((200, _)))
 }
 
-fn wait_ready(n: &Node, what: &str) {
+fn assert_ready(n: &Node, what: &str) {
     assert!(
-        wait_until(Duration::from_secs(30), || ready(n)),
+        crate::harness::wait_ready(n.main, Duration::from_secs(30)),
         "{what} never became ready"
     );
 }
@@ -83,8 +83,8 @@ fn a_draining_replica_hands_its_sessions_over() {
     let f = config(&dir, &redis.url(), 60_000);
     let a = start(&f, "drain-a", &[]);
     let b = start(&f, "drain-b", &[]);
-    wait_ready(&a, "drain-a");
-    wait_ready(&b, "drain-b");
+    assert_ready(&a, "drain-a");
+    assert_ready(&b, "drain-b");
     let sid = initialize(a.main);
     let (status, r) = sleep_call(b.main, &sid);
     assert_eq!(status, 200, "{r}");
@@ -116,7 +116,7 @@ fn a_node_id_in_use_is_refused_but_a_restart_is_not() {
     let dir = TempDir::new("life-dup");
     let f = config(&dir, &redis.url(), 1500);
     let first = start(&f, "same-id", &[]);
-    wait_ready(&first, "the first instance");
+    assert_ready(&first, "the first instance");
     let second = start(&f, "same-id", &[]);
     let (code, stderr) = second.proc.wait(Duration::from_secs(30));
     assert_eq!(code.code(), Some(1), "{stderr}");
@@ -130,7 +130,7 @@ fn a_node_id_in_use_is_refused_but_a_restart_is_not() {
     first.proc.signal("KILL");
     drop(first);
     let restarted = start(&f, "same-id", &[]);
-    wait_ready(&restarted, "the restarted instance");
+    assert_ready(&restarted, "the restarted instance");
 }
 
 /// Without `--wait-for-cluster`, an unreachable backend at start is fatal and the message
@@ -167,7 +167,7 @@ fn a_backend_that_is_not_up_yet_is_waited_for_only_when_asked() {
         "became ready without a backend"
     );
     redis.restart();
-    wait_ready(&patient, "the waiting replica");
+    assert_ready(&patient, "the waiting replica");
     let sid = initialize(patient.main);
     assert_eq!(sleep_call(patient.main, &sid).0, 200);
 
@@ -181,7 +181,7 @@ fn a_backend_that_is_not_up_yet_is_waited_for_only_when_asked() {
     assert!(body.contains("coordinator"), "{body}");
     redis.restart();
     assert!(
-        wait_until(Duration::from_secs(20), || ready(&patient)),
+        crate::harness::wait_ready(patient.main, Duration::from_secs(20)),
         "not ready again after the coordinator came back"
     );
     let _ = patient.admin;
@@ -209,8 +209,8 @@ fn sessions_left_idle_by_a_dead_replica_are_cleaned_up_once() {
     );
     let a = start(&f, "sweep-a", &[]);
     let b = start(&f, "sweep-b", &[]);
-    wait_ready(&a, "sweep-a");
-    wait_ready(&b, "sweep-b");
+    assert_ready(&a, "sweep-a");
+    assert_ready(&b, "sweep-b");
     let sid = legacy_session(a.main, "/ev");
     let record = get_json(b.admin, &format!("/api/cluster/sessions/{sid}")).unwrap();
     assert_eq!(
@@ -268,8 +268,8 @@ fn a_bridged_session_keeps_its_log_level_and_subscriptions_across_a_takeover() {
     );
     let a = start(&f, "bridged-a", &[]);
     let b = start(&f, "bridged-b", &[]);
-    wait_ready(&a, "bridged-a");
-    wait_ready(&b, "bridged-b");
+    assert_ready(&a, "bridged-a");
+    assert_ready(&b, "bridged-b");
     let sid = legacy_session(a.main, "/cf");
     let post = |addr: SocketAddr, body: Value| session_post(addr, "/cf", &sid, &body);
     for (i, (method, params)) in [

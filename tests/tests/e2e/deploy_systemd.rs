@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::{Proc, TempDir, bin, free_port, http_get, repo_root, wait_until};
+use crate::harness::{Proc, TempDir, bin, free_port, repo_root, wait_ready};
 
 fn systemd_analyze() -> PathBuf {
     let p = PathBuf::from("/usr/bin/systemd-analyze");
@@ -169,9 +169,7 @@ fn mcpg_tells_the_service_manager_when_it_is_ready_and_when_it_stops() {
     );
     // Ready means ready: the probe agrees.
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || {
-        http_get(addr, "/readyz").is_ok_and(|(s, _)| s == 200)
-    }));
+    assert!(wait_ready(addr, Duration::from_secs(5)));
     p.signal("TERM");
     let stopping = notifications_until(&sock, "STOPPING=1", Duration::from_secs(30));
     assert!(
